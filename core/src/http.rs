@@ -1,0 +1,992 @@
+//! HTTP/1.1 message heads (RFC 9112): parsing over `httparse`, the meaning-level
+//! checks `httparse` leaves to us, body framing, and hop-by-hop handling.
+//!
+//! Parsing never copies: a head is described by byte ranges into the read
+//! buffer (like hyper's `HeaderIndices`), so the caller can keep moving that
+//! buffer through io_uring operations. Forwarding a head means writing the
+//! kept ranges, then a small patch (`write_request_patch`), then CRLF.
+//!
+//! Everything ambiguous is refused here, before a byte goes upstream:
+//! CL with TE, differing or malformed Content-Length, TE in HTTP/1.0,
+//! unknown or repeated transfer codings, obs-fold, bare LF, CTLs in values,
+//! whitespace before the colon, missing or repeated Host. No I/O here.
+
+use std::io::Write as _;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::ops::Range;
+
+/// Hard ceiling on `max_headers`, so the parser's header array lives on the
+/// stack (32 KiB) and is never allocated per request.
+pub const MAX_HEADERS_CEILING: usize = 1024;
+
+/// A head may name at most this many headers in `Connection`; more is refused
+/// rather than tracked in an unbounded list.
+pub const MAX_CONNECTION_OPTIONS: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// How a request body is delimited (RFC 9112 §6.3). Requests are never
+/// close-delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestBody {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Why a head was refused. `status()` is what a client gets for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    Malformed(&'static str),
+    TooLarge,
+    TooManyHeaders,
+    UnsupportedTransferCoding,
+    UnsupportedMethod,
+}
+
+impl HeadError {
+    pub fn status(self) -> u16 {
+        match self {
+            HeadError::Malformed(_) => 400,
+            HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::UnsupportedTransferCoding | HeadError::UnsupportedMethod => 501,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            HeadError::Malformed(why) => why,
+            HeadError::TooLarge => "header section too large",
+            HeadError::TooManyHeaders => "too many header fields",
+            HeadError::UnsupportedTransferCoding => "unsupported transfer coding",
+            HeadError::UnsupportedMethod => "method not supported by this proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.reason(), self.status())
+    }
+}
+
+/// A parsed request head: offsets into the buffer it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head including the blank line; the body starts here.
+    pub head_len: usize,
+    pub method: Range<usize>,
+    pub target: Range<usize>,
+    /// Path used for routing: the origin-form target, or the path of an
+    /// absolute-form target.
+    pub path: Range<usize>,
+    /// Host header value, or the authority of an absolute-form target
+    /// (RFC 9112 §3.2.2: then Host is ignored).
+    pub authority: Option<Range<usize>>,
+    pub version: Version,
+    pub body: RequestBody,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub is_head_method: bool,
+}
+
+/// Per-connection scratch space reused for every head, so the keep-alive
+/// fast path allocates nothing once warm.
+#[derive(Debug, Default)]
+pub struct HeadScratch {
+    /// Ranges of the head to forward verbatim, in order; the request or
+    /// status line first. The final blank line is not included.
+    pub forward: Vec<Range<usize>>,
+    /// Values of `X-Forwarded-For` / `Forwarded` lines the client sent, which
+    /// the patch re-emits with our own element appended.
+    pub forwarded_for: Vec<Range<usize>>,
+    pub forwarded: Vec<Range<usize>>,
+    connection_options: Vec<Range<usize>>,
+}
+
+impl HeadScratch {
+    fn clear(&mut self) {
+        self.forward.clear();
+        self.forwarded_for.clear();
+        self.forwarded.clear();
+        self.connection_options.clear();
+    }
+
+    fn keep(&mut self, range: Range<usize>) {
+        match self.forward.last_mut() {
+            Some(last) if last.end == range.start => last.end = range.end,
+            _ => self.forward.push(range),
+        }
+    }
+}
+
+fn offset_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// RFC 9112 §2.2: we do not accept a bare LF as a line terminator anywhere in
+/// a head, so forwarded heads are always CRLF and no peer can read them
+/// differently from us.
+fn has_bare_lf(head: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in head {
+        if b == b'\n' && prev != b'\r' {
+            return true;
+        }
+        prev = b;
+    }
+    false
+}
+
+/// End (exclusive) of the field line whose value ends at `value_end`: just past
+/// its LF.
+fn line_end(buf: &[u8], value_end: usize) -> usize {
+    buf[value_end..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |p| value_end + p + 1)
+}
+
+fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' |
+        b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' |
+        b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Iterates the elements of a comma-separated list field (RFC 9110 §5.6.1),
+/// trimmed of OWS; empty elements are yielded so callers can refuse them.
+fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows)
+}
+
+/// Accumulates Content-Length values: every element of every line must be
+/// 1*DIGIT and all must agree (RFC 9112 §6.3 rule 5).
+fn merge_content_length(acc: &mut Option<u64>, value: &[u8]) -> Result<(), HeadError> {
+    for element in list_elements(value) {
+        if element.is_empty() || !element.iter().all(u8::is_ascii_digit) {
+            return Err(HeadError::Malformed("invalid Content-Length"));
+        }
+        let mut n: u64 = 0;
+        for &d in element {
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                .ok_or(HeadError::Malformed("Content-Length overflows"))?;
+        }
+        match *acc {
+            Some(prev) if prev != n => {
+                return Err(HeadError::Malformed("conflicting Content-Length values"))
+            }
+            _ => *acc = Some(n),
+        }
+    }
+    Ok(())
+}
+
+/// Transfer-Encoding across all its lines: only the exact list `chunked` is
+/// understood. Returns Ok(()) after checking syntax; the caller knows a TE
+/// header was present.
+#[derive(Default)]
+struct TransferCodings {
+    seen: bool,
+    chunked_count: usize,
+    last_is_chunked: bool,
+    other_codings: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, value: &[u8]) -> Result<(), HeadError> {
+        self.seen = true;
+        for element in list_elements(value) {
+            // Parameters (";q=...") are not allowed on any coding we know.
+            if element.is_empty() || !element.iter().all(|&b| is_tchar(b)) {
+                return Err(HeadError::Malformed("invalid Transfer-Encoding"));
+            }
+            if element.eq_ignore_ascii_case(b"chunked") {
+                self.chunked_count += 1;
+                self.last_is_chunked = true;
+            } else {
+                self.other_codings = true;
+                self.last_is_chunked = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 9112 §6.1 and §6.3: chunked must be final and appear once; any
+    /// other coding is one we do not implement.
+    fn check(&self) -> Result<(), HeadError> {
+        if self.chunked_count > 1 {
+            return Err(HeadError::Malformed("chunked applied more than once"));
+        }
+        if !self.last_is_chunked {
+            return Err(HeadError::Malformed(
+                "chunked is not the final transfer coding",
+            ));
+        }
+        if self.other_codings {
+            return Err(HeadError::UnsupportedTransferCoding);
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9110 §7.2 / RFC 3986 §3.2: uri-host [":" port]. Refuses anything that
+/// could be read as a different authority (userinfo, paths, spaces).
+fn valid_authority(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'~' | b'%')
+    })
+}
+
+fn connection_has(options: &[Range<usize>], buf: &[u8], name: &[u8]) -> bool {
+    options
+        .iter()
+        .any(|r| buf[r.clone()].eq_ignore_ascii_case(name))
+}
+
+/// Headers a proxy consumes itself (RFC 9110 §7.6.1) plus the ones the patch
+/// re-emits. Transfer-Encoding is not among them: chunked bodies are
+/// forwarded as they are, so the framing header goes with them.
+fn is_request_header_replaced(name: &[u8]) -> bool {
+    const DROPPED: [&[u8]; 10] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"forwarded",
+    ];
+    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+fn is_response_hop_by_hop(name: &[u8]) -> bool {
+    const DROPPED: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    ];
+    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+/// Collects the options of every `Connection` line (RFC 9110 §7.6.1).
+fn collect_connection_options(
+    buf: &[u8],
+    value: &[u8],
+    options: &mut Vec<Range<usize>>,
+) -> Result<(), HeadError> {
+    for element in list_elements(value) {
+        if element.is_empty() {
+            continue;
+        }
+        if !element.iter().all(|&b| is_tchar(b)) {
+            return Err(HeadError::Malformed("invalid Connection option"));
+        }
+        if options.len() == MAX_CONNECTION_OPTIONS {
+            return Err(HeadError::Malformed("too many Connection options"));
+        }
+        options.push(offset_in(buf, element));
+    }
+    Ok(())
+}
+
+fn map_parse_error(e: httparse::Error) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
+        httparse::Error::HeaderName => HeadError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => HeadError::Malformed("invalid header value"),
+        httparse::Error::NewLine => HeadError::Malformed("invalid line ending"),
+        httparse::Error::Status => HeadError::Malformed("invalid status"),
+        httparse::Error::Token => HeadError::Malformed("invalid token"),
+        httparse::Error::Version => HeadError::Malformed("invalid HTTP version"),
+    }
+}
+
+/// Parses a request head at the start of `buf`. `Ok(None)`: incomplete, read
+/// more. On success `scratch.forward` holds the ranges to forward.
+pub fn parse_request(
+    buf: &[u8],
+    limits: HeadLimits,
+    scratch: &mut HeadScratch,
+) -> Result<Option<RequestHead>, HeadError> {
+    scratch.clear();
+    let max_headers = limits.max_headers.min(MAX_HEADERS_CEILING);
+    let mut storage =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
+    let mut req = httparse::Request::new(&mut []);
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let head_len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut req,
+        window,
+        &mut storage[..max_headers],
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= limits.max_head_bytes {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(e) => return Err(map_parse_error(e)),
+    };
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(HeadError::Malformed("bare LF line terminator"));
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Malformed("incomplete request line"));
+    };
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
+    let method_range = offset_in(buf, method.as_bytes());
+    let target_range = offset_in(buf, target.as_bytes());
+    let line_start = method_range.start;
+    let request_line_end = line_end(buf, target_range.end);
+    scratch.keep(line_start..request_line_end);
+
+    if method == "CONNECT" {
+        return Err(HeadError::UnsupportedMethod);
+    }
+    // RFC 9112 §3.2: origin-form, absolute-form, or "*" for OPTIONS.
+    let (path_range, target_authority) = if target.starts_with('/') {
+        (target_range.clone(), None)
+    } else if target == "*" && method == "OPTIONS" {
+        (target_range.clone(), None)
+    } else if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        let authority_len = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_len];
+        if authority.is_empty() || !valid_authority(authority.as_bytes()) {
+            return Err(HeadError::Malformed("invalid request-target authority"));
+        }
+        let auth_range = offset_in(buf, authority.as_bytes());
+        (auth_range.end..target_range.end, Some(auth_range))
+    } else {
+        return Err(HeadError::Malformed("invalid request-target"));
+    };
+
+    let mut content_length: Option<u64> = None;
+    let mut codings = TransferCodings::default();
+    let mut host: Option<Range<usize>> = None;
+    let mut host_count = 0usize;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            merge_content_length(&mut content_length, h.value)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings.add(h.value)?;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            host_count += 1;
+            if !valid_authority(h.value) {
+                return Err(HeadError::Malformed("invalid Host"));
+            }
+            host = Some(offset_in(buf, h.value));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            collect_connection_options(buf, h.value, &mut scratch.connection_options)?;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            if h.value.eq_ignore_ascii_case(b"100-continue") {
+                expect_continue = true;
+            } else {
+                // RFC 9110 §10.1.1 would allow 417; a 400 is as clear.
+                return Err(HeadError::Malformed("unsupported Expect"));
+            }
+        }
+    }
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
+    if host_count > 1 {
+        return Err(HeadError::Malformed("more than one Host"));
+    }
+    if host_count == 0 && version == Version::Http11 {
+        return Err(HeadError::Malformed("missing Host"));
+    }
+    let body = if codings.seen {
+        // RFC 9112 §6.1: TE in a 1.0 request, or with CL, is a smuggling
+        // attempt until proven otherwise; refuse and close.
+        if version == Version::Http10 {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
+        if content_length.is_some() {
+            return Err(HeadError::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        codings.check()?;
+        RequestBody::Chunked
+    } else {
+        match content_length {
+            None | Some(0) => RequestBody::Empty,
+            Some(n) => RequestBody::Length(n),
+        }
+    };
+
+    let opts = &scratch.connection_options;
+    let keep_alive = match version {
+        Version::Http11 => !connection_has(opts, buf, b"close"),
+        Version::Http10 => {
+            connection_has(opts, buf, b"keep-alive") && !connection_has(opts, buf, b"close")
+        }
+    };
+
+    for i in 0..req.headers.len() {
+        let h = &req.headers[i];
+        let name = h.name.as_bytes();
+        let name_range = offset_in(buf, name);
+        let value_range = offset_in(buf, h.value);
+        let line = name_range.start..line_end(buf, value_range.end);
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            scratch.forwarded_for.push(value_range);
+        } else if name.eq_ignore_ascii_case(b"forwarded") {
+            scratch.forwarded.push(value_range);
+        } else if is_request_header_replaced(name)
+            || connection_has(&scratch.connection_options, buf, name)
+        {
+            // dropped
+        } else {
+            scratch.keep(line);
+        }
+    }
+
+    Ok(Some(RequestHead {
+        head_len,
+        method: method_range,
+        target: target_range,
+        path: path_range,
+        authority: target_authority.or(host),
+        version,
+        body,
+        keep_alive,
+        expect_continue,
+        is_head_method: method == "HEAD",
+    }))
+}
+
+/// Writes the headers the proxy adds to a forwarded request, then the blank
+/// line: `X-Forwarded-For` and `Forwarded` with the client appended to what it
+/// sent (RFC 7239 §4), and our own `X-Forwarded-Proto`.
+pub fn write_request_patch(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    scratch: &HeadScratch,
+    client_ip: IpAddr,
+    proto: &str,
+) {
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for r in &scratch.forwarded_for {
+        out.extend_from_slice(&buf[r.clone()]);
+        out.extend_from_slice(b", ");
+    }
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{client_ip}\r\nX-Forwarded-Proto: {proto}\r\nForwarded: "
+    );
+    for r in &scratch.forwarded {
+        out.extend_from_slice(&buf[r.clone()]);
+        out.extend_from_slice(b", ");
+    }
+    // RFC 7239 §6: IPv6 addresses are quoted and bracketed.
+    let _ = match client_ip {
+        IpAddr::V4(ip) => write!(out, "for={ip};proto={proto}\r\n\r\n"),
+        IpAddr::V6(ip) => write!(out, "for=\"[{ip}]\";proto={proto}\r\n\r\n"),
+    };
+}
+
+/// A parsed response head: offsets into the buffer it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub version: Version,
+    pub body: ResponseBody,
+    /// The upstream connection may be reused after this response.
+    pub reusable: bool,
+}
+
+impl ResponseHead {
+    /// 1xx other than 101: an interim response, forwarded and followed by the
+    /// final one (RFC 9110 §15.2).
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status) && self.status != 101
+    }
+}
+
+/// Parses a response head to a request (`request_was_head` tells whether the
+/// request method was HEAD). Any ambiguity is an error: the caller answers the
+/// client 502 and discards the upstream connection.
+pub fn parse_response(
+    buf: &[u8],
+    limits: HeadLimits,
+    request_was_head: bool,
+    scratch: &mut HeadScratch,
+) -> Result<Option<ResponseHead>, HeadError> {
+    scratch.clear();
+    let max_headers = limits.max_headers.min(MAX_HEADERS_CEILING);
+    let mut storage =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
+    let mut res = httparse::Response::new(&mut []);
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        window,
+        &mut storage[..max_headers],
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= limits.max_head_bytes {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(e) => return Err(map_parse_error(e)),
+    };
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(HeadError::Malformed("bare LF line terminator"));
+    }
+    let (Some(status), Some(minor)) = (res.code, res.version) else {
+        return Err(HeadError::Malformed("incomplete status line"));
+    };
+    if status == 101 {
+        return Err(HeadError::Malformed("protocol upgrade not supported"));
+    }
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
+    // The status line: from the start of the buffer past leading CRLFs that
+    // httparse skipped, up to its LF.
+    let first_line_start = buf[..head_len]
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let first_line_end = line_end(buf, first_line_start);
+    scratch.keep(first_line_start..first_line_end);
+
+    let mut content_length: Option<u64> = None;
+    let mut codings = TransferCodings::default();
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            merge_content_length(&mut content_length, h.value)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            codings.add(h.value)?;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            collect_connection_options(buf, h.value, &mut scratch.connection_options)?;
+        }
+    }
+    let no_body =
+        request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
+    if codings.seen && content_length.is_some() {
+        return Err(HeadError::Malformed(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if codings.seen {
+        if version == Version::Http10 {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding in an HTTP/1.0 response",
+            ));
+        }
+        codings.check()?;
+    }
+    let body = if no_body {
+        ResponseBody::Empty
+    } else if codings.seen {
+        ResponseBody::Chunked
+    } else {
+        match content_length {
+            Some(0) => ResponseBody::Empty,
+            Some(n) => ResponseBody::Length(n),
+            None => ResponseBody::UntilClose,
+        }
+    };
+    let opts = &scratch.connection_options;
+    let persistent = match version {
+        Version::Http11 => !connection_has(opts, buf, b"close"),
+        Version::Http10 => {
+            connection_has(opts, buf, b"keep-alive") && !connection_has(opts, buf, b"close")
+        }
+    };
+    let reusable = persistent && body != ResponseBody::UntilClose;
+
+    for i in 0..res.headers.len() {
+        let h = &res.headers[i];
+        let name = h.name.as_bytes();
+        let name_range = offset_in(buf, name);
+        let line = name_range.start..line_end(buf, offset_in(buf, h.value).end);
+        if !is_response_hop_by_hop(name) && !connection_has(&scratch.connection_options, buf, name)
+        {
+            scratch.keep(line);
+        }
+    }
+    Ok(Some(ResponseHead {
+        head_len,
+        status,
+        version,
+        body,
+        reusable,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_head_bytes: 16 * 1024,
+        max_headers: 100,
+    };
+
+    fn req(raw: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+        parse_request(raw, LIMITS, &mut HeadScratch::default())
+    }
+
+    fn forwarded(raw: &[u8]) -> Vec<u8> {
+        let mut scratch = HeadScratch::default();
+        parse_request(raw, LIMITS, &mut scratch).unwrap().unwrap();
+        let mut out = Vec::new();
+        for r in &scratch.forward {
+            out.extend_from_slice(&raw[r.clone()]);
+        }
+        write_request_patch(&mut out, raw, &scratch, "10.0.0.1".parse().unwrap(), "http");
+        out
+    }
+
+    fn refused(raw: &[u8]) -> HeadError {
+        req(raw).expect_err("must be refused")
+    }
+
+    #[test]
+    fn simple_get_parses_with_offsets() {
+        let raw = b"GET /a?b=1 HTTP/1.1\r\nHost: Example.com:80\r\n\r\nrest";
+        let head = req(raw).unwrap().unwrap();
+        assert_eq!(head.head_len, raw.len() - 4);
+        assert_eq!(&raw[head.method.clone()], b"GET");
+        assert_eq!(&raw[head.path.clone()], b"/a?b=1");
+        assert_eq!(&raw[head.authority.clone().unwrap()], b"Example.com:80");
+        assert_eq!(head.body, RequestBody::Empty);
+        assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn partial_head_asks_for_more() {
+        assert_eq!(req(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn head_over_limit_is_431() {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        raw.resize(LIMITS.max_head_bytes + 10, b'a');
+        assert_eq!(refused(&raw), HeadError::TooLarge);
+        assert_eq!(HeadError::TooLarge.status(), 431);
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..LIMITS.max_headers {
+            raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        assert_eq!(refused(&raw), HeadError::TooManyHeaders);
+    }
+
+    #[test]
+    fn cl_and_te_together_is_refused() {
+        let e = refused(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn differing_content_lengths_are_refused() {
+        refused(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        refused(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n");
+    }
+
+    #[test]
+    fn identical_content_lengths_are_merged() {
+        let head = req(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.body, RequestBody::Length(5));
+    }
+
+    #[test]
+    fn malformed_content_lengths_are_refused() {
+        for v in [
+            "+5",
+            "-1",
+            "0x5",
+            "5a",
+            "",
+            " ",
+            "99999999999999999999999",
+            "5 5",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n");
+            assert_eq!(refused(raw.as_bytes()).status(), 400, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn te_in_http10_is_refused() {
+        refused(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn obfuscated_transfer_encodings_are_refused() {
+        for v in [
+            "xchunked",
+            "chunked, identity",
+            "chunked, chunked",
+            "chunked;q=1",
+            ",",
+            "gzip",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {v}\r\n\r\n");
+            assert_eq!(refused(raw.as_bytes()).status(), 400, "{v:?}");
+        }
+        refused(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\x0b\r\n\r\n");
+        refused(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn unknown_coding_before_chunked_is_501() {
+        let e = refused(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(e.status(), 501);
+    }
+
+    #[test]
+    fn chunked_is_recognised_in_any_case() {
+        let head = req(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.body, RequestBody::Chunked);
+    }
+
+    #[test]
+    fn obs_fold_is_refused() {
+        refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n");
+    }
+
+    #[test]
+    fn control_characters_in_values_are_refused() {
+        refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n");
+        refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n");
+        refused(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x7fb\r\n\r\n");
+    }
+
+    #[test]
+    fn bare_lf_is_refused() {
+        refused(b"GET /a HTTP/1.1\nHost: x\n\n");
+        refused(b"GET /a HTTP/1.1\r\nHost: x\nX: y\r\n\r\n");
+    }
+
+    #[test]
+    fn host_rules() {
+        refused(b"GET / HTTP/1.1\r\n\r\n");
+        refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+        refused(b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n");
+        assert!(req(b"GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn absolute_form_routes_by_its_authority() {
+        let raw = b"GET http://api.example/x?y HTTP/1.1\r\nHost: other\r\n\r\n";
+        let head = req(raw).unwrap().unwrap();
+        assert_eq!(&raw[head.authority.clone().unwrap()], b"api.example");
+        assert_eq!(&raw[head.path.clone()], b"/x?y");
+    }
+
+    #[test]
+    fn connect_is_501_and_bad_targets_400() {
+        assert_eq!(
+            refused(b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n").status(),
+            501
+        );
+        assert_eq!(
+            refused(b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n").status(),
+            400
+        );
+        assert_eq!(refused(b"GARBAGE\r\n\r\n").status(), 400);
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection() {
+        assert!(
+            !req(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        assert!(!req(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            req(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_options_are_dropped() {
+        let out = forwarded(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nX-Kept: yes\r\n\r\n",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("GET / HTTP/1.1\r\nHost: x\r\nX-Kept: yes\r\n"),
+            "{text}"
+        );
+        for gone in [
+            "X-Secret",
+            "Keep-Alive",
+            "TE:",
+            "Upgrade",
+            "Proxy-Connection",
+            "Connection",
+        ] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn forwarding_headers_are_appended() {
+        let out = forwarded(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-Proto: https\r\n\r\n",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.1\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Forwarded: for=1.2.3.4, for=10.0.0.1;proto=http\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("X-Forwarded-Proto: http\r\n"), "{text}");
+        assert!(!text.contains("https"), "{text}");
+    }
+
+    fn res(raw: &[u8], head: bool) -> Result<Option<ResponseHead>, HeadError> {
+        parse_response(raw, LIMITS, head, &mut HeadScratch::default())
+    }
+
+    #[test]
+    fn response_framing() {
+        let r = res(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, ResponseBody::Length(3));
+        assert!(r.reusable);
+        let r = res(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.body, ResponseBody::Chunked);
+        let r = res(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(r.body, ResponseBody::UntilClose);
+        assert!(!r.reusable);
+        let r = res(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.body, ResponseBody::Empty);
+        for status in ["204 No Content", "304 Not Modified", "103 Early Hints"] {
+            let raw = format!("HTTP/1.1 {status}\r\nContent-Length: 3\r\n\r\n");
+            assert_eq!(
+                res(raw.as_bytes(), false).unwrap().unwrap().body,
+                ResponseBody::Empty
+            );
+        }
+        let r = res(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!r.reusable);
+    }
+
+    #[test]
+    fn ambiguous_responses_are_refused() {
+        res(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap_err();
+        res(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            false,
+        )
+        .unwrap_err();
+        res(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).unwrap_err();
+        res(b"HTTP/1.1 200 OK\nContent-Length: 3\n\n", false).unwrap_err();
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_dropped() {
+        let raw = b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        let mut scratch = HeadScratch::default();
+        parse_response(raw, LIMITS, false, &mut scratch)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        for r in &scratch.forward {
+            out.extend_from_slice(&raw[r.clone()]);
+        }
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
+    }
+}

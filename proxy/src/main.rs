@@ -1,0 +1,2 @@
+//! ringgate: the binary.
+fn main() {}
