@@ -392,9 +392,8 @@ pub fn parse_request(
         return Err(HeadError::UnsupportedMethod);
     }
     // RFC 9112 §3.2: origin-form, absolute-form, or "*" for OPTIONS.
-    let (path_range, target_authority) = if target.starts_with('/') {
-        (target_range.clone(), None)
-    } else if target == "*" && method == "OPTIONS" {
+    let origin_or_asterisk = target.starts_with('/') || (target == "*" && method == "OPTIONS");
+    let (path_range, target_authority) = if origin_or_asterisk {
         (target_range.clone(), None)
     } else if let Some(rest) = target
         .strip_prefix("http://")

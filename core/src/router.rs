@@ -1,0 +1,501 @@
+//! Request routing: picks a route's target from the Host header, the path and
+//! the method.
+//!
+//! Owns the route table, built once per config snapshot by [`Router::new`];
+//! [`Router::find`] runs on every request and allocates nothing. The target is
+//! an index into the caller's upstream list: this module knows nothing of
+//! upstreams or backends. No I/O here.
+//!
+//! Matching is on raw bytes: the caller percent-decodes or normalises the
+//! path (or refuses it) before routing if it wants that. A path prefix matches
+//! byte-wise, so `/api` also matches `/apix`; write `/api/` to stop at a
+//! segment boundary.
+
+/// One route as the config describes it.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// Lowercase exact host (`api.example.com`) or wildcard (`*.example.com`,
+    /// matching any subdomain depth of `example.com` but not `example.com`
+    /// itself). `None` matches any host, and requests without one.
+    pub host: Option<String>,
+    /// Byte prefix of the path; `""` or `"/"` matches every origin-form path.
+    pub path_prefix: String,
+    /// Methods accepted, compared case-sensitively (RFC 9110 §9.1); empty
+    /// accepts any method.
+    pub methods: Vec<String>,
+    /// What the route leads to (an upstream index, for the proxy).
+    pub target: usize,
+}
+
+/// How a route constrains the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostMatch {
+    /// Lowercase host, no trailing dot.
+    Exact(Box<[u8]>),
+    /// Lowercase suffix including its leading dot: `*.example.com` is stored
+    /// as `.example.com`.
+    Wildcard(Box<[u8]>),
+    Any,
+}
+
+impl HostMatch {
+    fn parse(host: Option<&str>) -> Self {
+        let Some(host) = host else {
+            return HostMatch::Any;
+        };
+        let host = host.to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(&host);
+        match host.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') => {
+                HostMatch::Wildcard(suffix.as_bytes().into())
+            }
+            _ => HostMatch::Exact(host.as_bytes().into()),
+        }
+    }
+
+    /// Order of host classes, most specific first: exact, then wildcards by
+    /// longer suffix, then host-less.
+    fn rank(&self) -> (u8, std::cmp::Reverse<usize>) {
+        match self {
+            HostMatch::Exact(_) => (0, std::cmp::Reverse(0)),
+            HostMatch::Wildcard(s) => (1, std::cmp::Reverse(s.len())),
+            HostMatch::Any => (2, std::cmp::Reverse(0)),
+        }
+    }
+
+    /// `host` is already normalised by [`normalize_host`] but not lowercased.
+    fn matches(&self, host: Option<&[u8]>) -> bool {
+        match (self, host) {
+            (HostMatch::Any, _) => true,
+            (_, None) => false,
+            (HostMatch::Exact(want), Some(h)) => h.eq_ignore_ascii_case(want),
+            (HostMatch::Wildcard(suffix), Some(h)) => {
+                h.len() > suffix.len() && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    host: HostMatch,
+    path_prefix: Box<[u8]>,
+    methods: Box<[Box<[u8]>]>,
+    target: usize,
+}
+
+/// The route table, sorted most specific first so the first match wins.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Box<[Route]>,
+}
+
+impl Router {
+    /// Builds the table. Precedence, most important first:
+    /// 1. host class: exact host, then wildcards (longer suffix first), then
+    ///    host-less routes;
+    /// 2. within a class, the longest path prefix;
+    /// 3. a route listing methods before one accepting any method;
+    /// 4. the order given, for routes equal on all of the above.
+    ///
+    /// A request that matches a class's host but none of its paths or methods
+    /// falls through to the next, less specific class.
+    pub fn new(routes: Vec<RouteSpec>) -> Self {
+        let mut routes: Vec<Route> = routes
+            .into_iter()
+            .map(|r| Route {
+                host: HostMatch::parse(r.host.as_deref()),
+                path_prefix: r.path_prefix.into_bytes().into(),
+                methods: r
+                    .methods
+                    .into_iter()
+                    .map(|m| m.into_bytes().into())
+                    .collect(),
+                target: r.target,
+            })
+            .collect();
+        // Stable sort keeps config order for ties (rule 4).
+        routes.sort_by_key(|r| {
+            (
+                r.host.rank(),
+                std::cmp::Reverse(r.path_prefix.len()),
+                r.methods.is_empty(),
+            )
+        });
+        Router {
+            routes: routes.into(),
+        }
+    }
+
+    /// host: raw Host header value (may carry ":port", any case; may be None);
+    /// path: request-target path bytes (the query, from '?', is ignored);
+    /// method: exact, case-sensitive.
+    ///
+    /// Linear in the number of routes: the table is sorted so the first match
+    /// is the best one. Fine for the tens of routes a proxy config holds; an
+    /// exact-host map and a suffix trie would replace the scan if tables grow.
+    pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
+        let host = host.and_then(normalize_host);
+        // RFC 9112 §3.2: origin-form = absolute-path [ "?" query ].
+        let path = path
+            .iter()
+            .position(|&b| b == b'?')
+            .map_or(path, |q| &path[..q]);
+        self.routes
+            .iter()
+            .find(|r| {
+                r.host.matches(host)
+                    && path.starts_with(&r.path_prefix)
+                    && (r.methods.is_empty() || r.methods.iter().any(|m| **m == *method))
+            })
+            .map(|r| r.target)
+    }
+}
+
+/// Reduces a Host header value to the host name: surrounding whitespace, the
+/// port (RFC 9110 §7.2: `Host = uri-host [ ":" port ]`) and a trailing root
+/// dot go. `None` when nothing is left. Case is left alone; comparisons
+/// ignore it.
+fn normalize_host(raw: &[u8]) -> Option<&[u8]> {
+    let raw = raw.trim_ascii();
+    // RFC 3986 §3.2.2: an IP-literal is bracketed and holds colons itself.
+    let host = if raw.first() == Some(&b'[') {
+        raw.iter()
+            .position(|&b| b == b']')
+            .map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.iter()
+            .position(|&b| b == b':')
+            .map_or(raw, |colon| &raw[..colon])
+    };
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn route(host: Option<&str>, prefix: &str, methods: &[&str], target: usize) -> RouteSpec {
+        RouteSpec {
+            host: host.map(str::to_owned),
+            path_prefix: prefix.to_owned(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            target,
+        }
+    }
+
+    fn find(router: &Router, host: Option<&str>, path: &str, method: &str) -> Option<usize> {
+        router.find(host.map(str::as_bytes), path.as_bytes(), method.as_bytes())
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_and_hostless() {
+        let r = Router::new(vec![
+            route(None, "/", &[], 1),
+            route(Some("*.example.com"), "/", &[], 2),
+            route(Some("api.example.com"), "/", &[], 3),
+        ]);
+        assert_eq!(find(&r, Some("api.example.com"), "/x", "GET"), Some(3));
+        assert_eq!(find(&r, Some("www.example.com"), "/x", "GET"), Some(2));
+        assert_eq!(find(&r, Some("other.org"), "/x", "GET"), Some(1));
+        assert_eq!(find(&r, None, "/x", "GET"), Some(1));
+    }
+
+    #[test]
+    fn longer_wildcard_suffix_beats_shorter() {
+        let r = Router::new(vec![
+            route(Some("*.example.com"), "/", &[], 1),
+            route(Some("*.eu.example.com"), "/", &[], 2),
+        ]);
+        assert_eq!(find(&r, Some("a.eu.example.com"), "/", "GET"), Some(2));
+        assert_eq!(find(&r, Some("eu.example.com"), "/", "GET"), Some(1));
+        assert_eq!(find(&r, Some("a.b.example.com"), "/", "GET"), Some(1));
+    }
+
+    #[test]
+    fn wildcard_does_not_match_its_bare_domain() {
+        let r = Router::new(vec![route(Some("*.example.com"), "/", &[], 1)]);
+        assert_eq!(find(&r, Some("example.com"), "/", "GET"), None);
+        assert_eq!(find(&r, Some("badexample.com"), "/", "GET"), None);
+        assert_eq!(find(&r, Some("x.y.example.com"), "/", "GET"), Some(1));
+    }
+
+    #[test]
+    fn host_compare_ignores_case_port_and_root_dot() {
+        let r = Router::new(vec![
+            route(Some("api.example.com"), "/", &[], 1),
+            route(Some("[::1]"), "/", &[], 2),
+        ]);
+        for host in [
+            "API.Example.COM",
+            "api.example.com:8080",
+            "api.example.com.",
+            "Api.Example.Com.:443",
+            " api.example.com\t",
+        ] {
+            assert_eq!(find(&r, Some(host), "/", "GET"), Some(1), "{host}");
+        }
+        assert_eq!(find(&r, Some("[::1]:8080"), "/", "GET"), Some(2));
+        assert_eq!(find(&r, Some("api.example.co"), "/", "GET"), None);
+        assert_eq!(find(&r, Some(""), "/", "GET"), None);
+    }
+
+    #[test]
+    fn route_host_is_lowercased_at_build() {
+        let r = Router::new(vec![route(Some("API.Example.com"), "/", &[], 1)]);
+        assert_eq!(find(&r, Some("api.example.com"), "/", "GET"), Some(1));
+    }
+
+    #[test]
+    fn longest_path_prefix_wins_within_a_host_class() {
+        let r = Router::new(vec![
+            route(None, "/", &[], 1),
+            route(None, "/api/", &[], 2),
+            route(None, "/api/v2/", &[], 3),
+        ]);
+        assert_eq!(find(&r, None, "/api/v2/users", "GET"), Some(3));
+        assert_eq!(find(&r, None, "/api/v1/users", "GET"), Some(2));
+        assert_eq!(find(&r, None, "/static/a.css", "GET"), Some(1));
+    }
+
+    #[test]
+    fn host_class_beats_a_longer_path_in_a_less_specific_class() {
+        let r = Router::new(vec![
+            route(None, "/api/v2/", &[], 1),
+            route(Some("api.example.com"), "/", &[], 2),
+        ]);
+        assert_eq!(
+            find(&r, Some("api.example.com"), "/api/v2/x", "GET"),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn route_with_methods_beats_one_without() {
+        let r = Router::new(vec![
+            route(None, "/api/", &[], 1),
+            route(None, "/api/", &["POST", "PUT"], 2),
+        ]);
+        assert_eq!(find(&r, None, "/api/x", "POST"), Some(2));
+        assert_eq!(find(&r, None, "/api/x", "PUT"), Some(2));
+        assert_eq!(find(&r, None, "/api/x", "GET"), Some(1));
+    }
+
+    #[test]
+    fn method_compare_is_case_sensitive() {
+        let r = Router::new(vec![route(None, "/", &["GET"], 1)]);
+        assert_eq!(find(&r, None, "/", "GET"), Some(1));
+        assert_eq!(find(&r, None, "/", "get"), None);
+    }
+
+    #[test]
+    fn unmatched_host_class_falls_through_to_less_specific() {
+        let r = Router::new(vec![
+            route(None, "/", &[], 1),
+            route(Some("*.example.com"), "/static/", &[], 2),
+            route(Some("api.example.com"), "/api/", &["GET"], 3),
+        ]);
+        assert_eq!(find(&r, Some("api.example.com"), "/api/x", "GET"), Some(3));
+        // Exact class has the path but not the method.
+        assert_eq!(find(&r, Some("api.example.com"), "/api/x", "POST"), Some(1));
+        // Exact class lacks the path; the wildcard class has it.
+        assert_eq!(
+            find(&r, Some("api.example.com"), "/static/a", "GET"),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn query_is_ignored() {
+        let r = Router::new(vec![
+            route(None, "/", &[], 1),
+            route(None, "/search", &[], 2),
+        ]);
+        assert_eq!(find(&r, None, "/search?q=1", "GET"), Some(2));
+        assert_eq!(find(&r, None, "/?/search", "GET"), Some(1));
+    }
+
+    #[test]
+    fn no_route_gives_none() {
+        let r = Router::new(vec![route(Some("a.example.com"), "/api/", &[], 1)]);
+        assert_eq!(find(&r, Some("a.example.com"), "/web", "GET"), None);
+        assert_eq!(find(&r, None, "/api/", "GET"), None);
+        assert_eq!(Router::new(Vec::new()).find(None, b"/", b"GET"), None);
+    }
+
+    #[test]
+    fn ties_keep_config_order() {
+        let r = Router::new(vec![route(None, "/", &[], 1), route(None, "/", &[], 2)]);
+        assert_eq!(find(&r, None, "/", "GET"), Some(1));
+    }
+
+    /// The precedence rules written as plainly as possible, allocating freely:
+    /// the best-scoring matching route, config order breaking ties.
+    fn reference(
+        routes: &[RouteSpec],
+        host: Option<&[u8]>,
+        path: &[u8],
+        method: &[u8],
+    ) -> Option<usize> {
+        let host: Option<Vec<u8>> = host.and_then(|h| {
+            let s = String::from_utf8(h.to_vec()).ok()?;
+            let s = s.trim_matches([' ', '\t']).to_lowercase();
+            let name = if s.starts_with('[') {
+                match s.find(']') {
+                    Some(end) => s[..=end].to_owned(),
+                    None => s,
+                }
+            } else {
+                s.split(':').next().unwrap_or("").to_owned()
+            };
+            let name = name.strip_suffix('.').unwrap_or(&name).to_owned();
+            (!name.is_empty()).then(|| name.into_bytes())
+        });
+        let path = path.split(|&b| b == b'?').next().unwrap_or(b"");
+        routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let host_score = match r.host.as_deref().map(str::to_lowercase) {
+                    None => (0, 0),
+                    Some(spec) => {
+                        let spec = spec.strip_suffix('.').unwrap_or(&spec).to_owned();
+                        let h = host.as_deref()?;
+                        if let Some(suffix) = spec.strip_prefix("*.") {
+                            let dotted = format!(".{suffix}");
+                            if !h.ends_with(dotted.as_bytes()) || h.len() == dotted.len() {
+                                return None;
+                            }
+                            (1, dotted.len())
+                        } else if h == spec.as_bytes() {
+                            (2, 0)
+                        } else {
+                            return None;
+                        }
+                    }
+                };
+                if !path.starts_with(r.path_prefix.as_bytes()) {
+                    return None;
+                }
+                if !r.methods.is_empty() && !r.methods.iter().any(|m| m.as_bytes() == method) {
+                    return None;
+                }
+                let key = (
+                    host_score,
+                    r.path_prefix.len(),
+                    !r.methods.is_empty(),
+                    std::cmp::Reverse(i),
+                );
+                Some((key, r.target))
+            })
+            .max_by_key(|(key, _)| *key)
+            .map(|(_, target)| target)
+    }
+
+    const SPEC_HOSTS: &[Option<&str>] = &[
+        None,
+        Some("example.com"),
+        Some("a.example.com"),
+        Some("b.a.example.com"),
+        Some("*.example.com"),
+        Some("*.a.example.com"),
+        Some("*.org"),
+        Some("other.org"),
+    ];
+    const REQ_HOSTS: &[&str] = &[
+        "example.com",
+        "a.example.com",
+        "b.a.example.com",
+        "c.b.a.example.com",
+        "z.example.com",
+        "other.org",
+        "x.other.org",
+        "org",
+        "",
+    ];
+    const PREFIXES: &[&str] = &["", "/", "/api", "/api/", "/api/v1/", "/static/"];
+    const PATHS: &[&str] = &[
+        "/",
+        "/api",
+        "/api/",
+        "/api/v1/x",
+        "/apix",
+        "/static/a",
+        "/x?/api/",
+    ];
+    const METHODS: &[&str] = &["GET", "POST", "PUT", "get"];
+
+    fn spec_strategy() -> impl Strategy<Value = RouteSpec> {
+        (
+            0..SPEC_HOSTS.len(),
+            0..PREFIXES.len(),
+            prop::collection::vec(0..METHODS.len() - 1, 0..3),
+            0usize..100,
+        )
+            .prop_map(|(h, p, ms, target)| RouteSpec {
+                host: SPEC_HOSTS[h].map(str::to_owned),
+                path_prefix: PREFIXES[p].to_owned(),
+                methods: ms.into_iter().map(|m| METHODS[m].to_owned()).collect(),
+                target,
+            })
+    }
+
+    /// A request host with random case, and maybe a port or a root dot.
+    fn host_strategy() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop::option::of(
+            (
+                0..REQ_HOSTS.len(),
+                any::<u64>(),
+                prop::option::of(0u16..),
+                any::<bool>(),
+            )
+                .prop_map(|(h, case_bits, port, dot)| {
+                    let mut host: Vec<u8> = REQ_HOSTS[h]
+                        .bytes()
+                        .enumerate()
+                        .map(|(i, b)| {
+                            if case_bits >> (i % 64) & 1 == 1 {
+                                b.to_ascii_uppercase()
+                            } else {
+                                b
+                            }
+                        })
+                        .collect();
+                    if dot {
+                        host.push(b'.');
+                    }
+                    if let Some(port) = port {
+                        host.extend_from_slice(format!(":{port}").as_bytes());
+                    }
+                    host
+                }),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn find_agrees_with_the_reference(
+            specs in prop::collection::vec(spec_strategy(), 0..12),
+            requests in prop::collection::vec(
+                (host_strategy(), 0..PATHS.len(), 0..METHODS.len()),
+                1..16,
+            ),
+        ) {
+            let router = Router::new(specs.clone());
+            for (host, p, m) in requests {
+                let path = PATHS[p].as_bytes();
+                let method = METHODS[m].as_bytes();
+                prop_assert_eq!(
+                    router.find(host.as_deref(), path, method),
+                    reference(&specs, host.as_deref(), path, method),
+                    "host {:?} path {:?} method {:?}",
+                    host.as_deref().map(String::from_utf8_lossy),
+                    PATHS[p],
+                    METHODS[m]
+                );
+            }
+        }
+    }
+}
