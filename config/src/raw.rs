@@ -1,0 +1,225 @@
+//! The serde-shaped mirror of the TOML file: every table denies unknown keys,
+//! every value validation must point at keeps its span. Nothing here is trusted;
+//! `validate` turns it into the types in `model` exactly once.
+//!
+//! Values whose shape alone is wrong (a duration that does not parse, a size
+//! with an unknown unit, `workers = 0`) fail here, inside serde, so the TOML
+//! deserializer attaches the span of the offending value.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::{Workers, WORKERS_MAX};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub server: Option<RawServer>,
+    pub limits: Option<RawLimits>,
+    pub listeners: Option<Spanned<Vec<RawListener>>>,
+    pub routes: Option<Spanned<Vec<RawRoute>>>,
+    pub upstreams: Option<Spanned<Vec<RawUpstream>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub workers: Option<Workers>,
+    pub pin: Option<bool>,
+    pub backlog: Option<Spanned<i64>>,
+    pub max_connections_per_worker: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_head_size: Option<Spanned<Size>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<HumanDuration>>,
+    pub keepalive_timeout: Option<Spanned<HumanDuration>>,
+    pub body_read_timeout: Option<Spanned<HumanDuration>>,
+    pub max_chunk_line_size: Option<Spanned<Size>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub listener: Spanned<String>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub upstream: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub name: Spanned<String>,
+    pub balance: Option<RawBalance>,
+    pub backends: Option<Spanned<Vec<RawBackend>>>,
+    pub timeouts: Option<RawTimeouts>,
+    pub pool: Option<RawPool>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawBalance {
+    RoundRobin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub address: Spanned<String>,
+    pub weight: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<Spanned<HumanDuration>>,
+    pub response: Option<Spanned<HumanDuration>>,
+    pub idle: Option<Spanned<HumanDuration>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub max_idle_per_backend: Option<Spanned<i64>>,
+}
+
+/// A duration written as a humantime string: "250ms", "2s", "1m 30s", "1h".
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration string such as "250ms", "2s", "1m" or "1h""#)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s.trim())
+                    .map(HumanDuration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            r#"invalid duration "{s}": {e}; write e.g. "250ms", "2s", "1m" or "1h""#
+                        ))
+                    })
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+/// A byte count: a bare TOML integer, or a string of digits with an optional
+/// unit `B`, `KiB`, `MiB` or `GiB`. Decimal units (`KB`, `MB`) are refused
+/// rather than guessed: "16KB" meaning 16000 or 16384 is exactly the ambiguity
+/// a limit must not have.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Size(pub u64);
+
+const SIZE_HINT: &str =
+    r#"write a byte count such as 512, "512", "16KiB", "1MiB" or "1GiB" (units: B, KiB, MiB, GiB)"#;
+
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    if number.is_empty() {
+        return Err(format!(r#"invalid size "{text}": no number; {SIZE_HINT}"#));
+    }
+    let multiplier: u64 = match unit.trim_start() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                r#"invalid size "{text}": unknown unit "{other}"; {SIZE_HINT}"#
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!(r#"invalid size "{text}": too large"#))
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(SIZE_HINT)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("invalid size {n}: must not be negative")))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
+                parse_size(s).map(Size).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, r#""auto" or an integer in 1..={WORKERS_MAX}"#)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Workers, E> {
+                match usize::try_from(n) {
+                    Ok(n) if (1..=WORKERS_MAX).contains(&n) => Ok(Workers::Count(n)),
+                    _ => Err(E::custom(format!(
+                        r#"invalid worker count {n}: write "auto" or an integer in 1..={WORKERS_MAX}"#
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Workers, E> {
+                if s == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        r#"invalid worker count "{s}": write "auto" or an integer in 1..={WORKERS_MAX}"#
+                    )))
+                }
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}

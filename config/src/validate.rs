@@ -1,0 +1,584 @@
+//! Raw → validated, once. Every check runs even after one fails, so a file
+//! with five mistakes reports five errors; a failed value is replaced by its
+//! default only so later checks can go on, and the result is then discarded.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::ops::{Range, RangeInclusive};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::error::{line_column, ConfigError, ConfigErrors, Source};
+use crate::model::*;
+use crate::raw::*;
+
+/// (listener, host, path_prefix): routes sharing one may only differ by methods.
+type MatchKey = (usize, Option<String>, String);
+
+struct Checker<'a> {
+    src: &'a Source<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(self.src.error(span, key, message));
+    }
+
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        line_column(self.src.text, span.start).0
+    }
+
+    /// An integer in `range`, or `default` after recording an error.
+    fn int<T>(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        key: &str,
+        range: RangeInclusive<T>,
+        default: T,
+    ) -> T
+    where
+        T: TryFrom<i64> + PartialOrd + Display + Copy,
+    {
+        let Some(value) = value else { return default };
+        match T::try_from(*value.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                let message = format!(
+                    "{} is out of range; must be in {}..={}",
+                    value.get_ref(),
+                    range.start(),
+                    range.end()
+                );
+                self.err(value.span(), key, message);
+                default
+            }
+        }
+    }
+
+    /// A byte size in `range`, or `default` after recording an error.
+    fn size(
+        &mut self,
+        value: Option<&Spanned<Size>>,
+        key: &str,
+        range: RangeInclusive<usize>,
+        default: usize,
+    ) -> usize {
+        let Some(value) = value else { return default };
+        match usize::try_from(value.get_ref().0) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                let message = format!(
+                    "{} bytes is out of range; must be in {}..={} bytes ({}..={})",
+                    value.get_ref().0,
+                    range.start(),
+                    range.end(),
+                    human_size(*range.start()),
+                    human_size(*range.end())
+                );
+                self.err(value.span(), key, message);
+                default
+            }
+        }
+    }
+
+    /// A timeout in `1ms..=TIMEOUT_MAX`, or `default` after recording an error.
+    fn timeout(
+        &mut self,
+        value: Option<&Spanned<HumanDuration>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        let d = value.get_ref().0;
+        if d < Duration::from_millis(1) || d > TIMEOUT_MAX {
+            let message = format!(
+                "{} is out of range; must be in 1ms..={}",
+                humantime::format_duration(d),
+                humantime::format_duration(TIMEOUT_MAX)
+            );
+            self.err(value.span(), key, message);
+            return default;
+        }
+        d
+    }
+
+    /// A unique, non-empty name of safe characters (it ends up in logs and metric labels).
+    fn name(
+        &mut self,
+        name: &Spanned<String>,
+        key: &str,
+        seen: &mut HashMap<String, Range<usize>>,
+    ) {
+        let text = name.get_ref();
+        if text.is_empty() {
+            self.err(name.span(), key, "must not be empty");
+        } else if !text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            self.err(
+                name.span(),
+                key,
+                format!("{text:?} may only contain A-Z, a-z, 0-9, '_', '-' and '.'"),
+            );
+        }
+        match seen.get(text) {
+            Some(first) => {
+                let line = self.line_of(first);
+                self.err(
+                    name.span(),
+                    key,
+                    format!("duplicate name {text:?}; first defined on line {line}"),
+                );
+            }
+            None => {
+                seen.insert(text.clone(), name.span());
+            }
+        }
+    }
+
+    fn address(&mut self, address: &Spanned<String>, key: &str) -> Option<SocketAddr> {
+        let text = address.get_ref();
+        match text.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    address.span(),
+                    key,
+                    format!(
+                        r#"invalid socket address {text:?}; write IP:port such as "127.0.0.1:8080" or "[::1]:8080" (host names are not resolved)"#
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn human_size(n: usize) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
+}
+
+/// Splits an optional spanned array into its span and items; a missing array
+/// is located at the start of the file.
+fn spanned_vec<T>(value: Option<Spanned<Vec<T>>>) -> (Range<usize>, Vec<T>) {
+    match value {
+        Some(v) => (v.span(), v.into_inner()),
+        None => (0..0, Vec::new()),
+    }
+}
+
+pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        src,
+        errors: Vec::new(),
+    };
+
+    let server = server(&mut c, raw.server.as_ref());
+    let limits = limits(&mut c, raw.limits.as_ref());
+
+    let (span, raw_listeners) = spanned_vec(raw.listeners);
+    if raw_listeners.is_empty() {
+        c.err(
+            span,
+            "listeners",
+            "at least one [[listeners]] table is required",
+        );
+    }
+    let mut listener_names = HashMap::new();
+    let mut listener_addrs: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+    let mut listeners = Vec::with_capacity(raw_listeners.len());
+    for (i, l) in raw_listeners.iter().enumerate() {
+        c.name(
+            &l.name,
+            &format!("listeners[{i}].name"),
+            &mut listener_names,
+        );
+        let key = format!("listeners[{i}].address");
+        let Some(address) = c.address(&l.address, &key) else {
+            continue;
+        };
+        // Port 0 asks the kernel for a fresh port each time, so it never clashes.
+        if address.port() != 0 {
+            if let Some(first) = listener_addrs.get(&address) {
+                let line = c.line_of(first);
+                c.err(
+                    l.address.span(),
+                    key,
+                    format!("address {address} is already used by the listener on line {line}"),
+                );
+            } else {
+                listener_addrs.insert(address, l.address.span());
+            }
+        }
+        listeners.push(Listener {
+            name: l.name.get_ref().clone(),
+            address,
+        });
+    }
+
+    let (span, raw_upstreams) = spanned_vec(raw.upstreams);
+    if raw_upstreams.is_empty() {
+        c.err(
+            span,
+            "upstreams",
+            "at least one [[upstreams]] table is required",
+        );
+    }
+    let mut upstream_names = HashMap::new();
+    let upstreams: Vec<Upstream> = raw_upstreams
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| upstream(&mut c, i, u, &mut upstream_names))
+        .collect();
+
+    let (span, raw_routes) = spanned_vec(raw.routes);
+    if raw_routes.is_empty() {
+        c.err(span, "routes", "at least one [[routes]] table is required");
+    }
+    let listener_index = index_by_name(listeners.iter().map(|l| l.name.as_str()));
+    let upstream_index = index_by_name(upstreams.iter().map(|u| u.name.as_str()));
+    let mut routes = Vec::with_capacity(raw_routes.len());
+    // (listener, host, path_prefix) → earlier routes with their methods, for the ambiguity check.
+    let mut seen_matches: HashMap<MatchKey, Vec<(usize, Vec<String>)>> = HashMap::new();
+    for (i, r) in raw_routes.iter().enumerate() {
+        let listener = lookup(
+            &mut c,
+            &r.listener,
+            &format!("routes[{i}].listener"),
+            &listener_index,
+            "listener",
+        );
+        let upstream = lookup(
+            &mut c,
+            &r.upstream,
+            &format!("routes[{i}].upstream"),
+            &upstream_index,
+            "upstream",
+        );
+        let (host, path_prefix, methods) = route_match(&mut c, i, r.matcher.as_ref());
+        let (Some(listener), Some(upstream)) = (listener, upstream) else {
+            continue;
+        };
+        let earlier = seen_matches
+            .entry((listener, host.clone(), path_prefix.clone()))
+            .or_default();
+        let overlaps = |other: &Vec<String>| {
+            (other.is_empty() && methods.is_empty()) || other.iter().any(|m| methods.contains(m))
+        };
+        if let Some((j, _)) = earlier.iter().find(|(_, m)| overlaps(m)) {
+            let message = format!(
+                "matches the same requests as routes[{j}] (same listener, host and path_prefix, overlapping methods); routing would be ambiguous"
+            );
+            c.err(r.listener.span(), format!("routes[{i}]"), message);
+        }
+        earlier.push((i, methods.clone()));
+        routes.push(Route {
+            listener,
+            host,
+            path_prefix,
+            methods,
+            upstream,
+        });
+    }
+
+    if c.errors.is_empty() {
+        Ok(Config {
+            server,
+            limits,
+            listeners,
+            routes,
+            upstreams,
+        })
+    } else {
+        c.errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(c.errors))
+    }
+}
+
+fn index_by_name<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<&'a str, usize> {
+    let mut index = HashMap::new();
+    for (i, name) in names.enumerate() {
+        // A duplicate name is already an error; resolve it to the first.
+        index.entry(name).or_insert(i);
+    }
+    index
+}
+
+fn lookup(
+    c: &mut Checker<'_>,
+    name: &Spanned<String>,
+    key: &str,
+    index: &HashMap<&str, usize>,
+    what: &str,
+) -> Option<usize> {
+    let found = index.get(name.get_ref().as_str()).copied();
+    if found.is_none() {
+        let mut known: Vec<&str> = index.keys().copied().collect();
+        known.sort_unstable();
+        let known = if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        };
+        c.err(
+            name.span(),
+            key,
+            format!("no {what} named {:?}; defined: {known}", name.get_ref()),
+        );
+    }
+    found
+}
+
+fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
+    let d = Server::default();
+    let Some(raw) = raw else { return d };
+    Server {
+        workers: raw.workers.unwrap_or(d.workers),
+        pin: raw.pin.unwrap_or(d.pin),
+        backlog: c.int(
+            raw.backlog.as_ref(),
+            "server.backlog",
+            1..=BACKLOG_MAX,
+            d.backlog,
+        ),
+        max_connections_per_worker: c.int(
+            raw.max_connections_per_worker.as_ref(),
+            "server.max_connections_per_worker",
+            1..=MAX_CONNECTIONS_PER_WORKER_MAX,
+            d.max_connections_per_worker,
+        ),
+    }
+}
+
+fn limits(c: &mut Checker<'_>, raw: Option<&RawLimits>) -> Limits {
+    let d = Limits::default();
+    let Some(raw) = raw else { return d };
+    Limits {
+        max_head_bytes: c.size(
+            raw.max_head_size.as_ref(),
+            "limits.max_head_size",
+            MAX_HEAD_BYTES_MIN..=MAX_HEAD_BYTES_MAX,
+            d.max_head_bytes,
+        ),
+        max_headers: c.int(
+            raw.max_headers.as_ref(),
+            "limits.max_headers",
+            1..=MAX_HEADERS_MAX,
+            d.max_headers,
+        ),
+        header_read_timeout: c.timeout(
+            raw.header_read_timeout.as_ref(),
+            "limits.header_read_timeout",
+            d.header_read_timeout,
+        ),
+        keepalive_timeout: c.timeout(
+            raw.keepalive_timeout.as_ref(),
+            "limits.keepalive_timeout",
+            d.keepalive_timeout,
+        ),
+        body_read_timeout: c.timeout(
+            raw.body_read_timeout.as_ref(),
+            "limits.body_read_timeout",
+            d.body_read_timeout,
+        ),
+        max_chunk_line_bytes: c.size(
+            raw.max_chunk_line_size.as_ref(),
+            "limits.max_chunk_line_size",
+            MAX_CHUNK_LINE_BYTES_MIN..=MAX_CHUNK_LINE_BYTES_MAX,
+            d.max_chunk_line_bytes,
+        ),
+    }
+}
+
+fn upstream(
+    c: &mut Checker<'_>,
+    i: usize,
+    raw: RawUpstream,
+    names: &mut HashMap<String, Range<usize>>,
+) -> Upstream {
+    let key = format!("upstreams[{i}]");
+    c.name(&raw.name, &format!("{key}.name"), names);
+
+    let backends_key = format!("{key}.backends");
+    let (span, raw_backends) = match raw.backends {
+        Some(b) => (b.span(), b.into_inner()),
+        None => (raw.name.span(), Vec::new()),
+    };
+    if raw_backends.is_empty() {
+        c.err(span, &backends_key, "at least one backend is required");
+    }
+    let mut seen: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+    let mut backends = Vec::with_capacity(raw_backends.len());
+    for (j, b) in raw_backends.iter().enumerate() {
+        let address_key = format!("{backends_key}[{j}].address");
+        let weight = c.int(
+            b.weight.as_ref(),
+            &format!("{backends_key}[{j}].weight"),
+            1..=WEIGHT_MAX,
+            DEFAULT_WEIGHT,
+        );
+        let Some(address) = c.address(&b.address, &address_key) else {
+            continue;
+        };
+        if let Some(first) = seen.get(&address) {
+            let line = c.line_of(first);
+            let message = format!(
+                "backend {address} is already listed on line {line}; raise its weight instead"
+            );
+            c.err(b.address.span(), address_key, message);
+        } else {
+            seen.insert(address, b.address.span());
+        }
+        backends.push(Backend { address, weight });
+    }
+
+    let t = raw.timeouts.as_ref();
+    Upstream {
+        name: raw.name.into_inner(),
+        balance: match raw.balance.unwrap_or(RawBalance::RoundRobin) {
+            RawBalance::RoundRobin => Balance::RoundRobin,
+        },
+        backends,
+        connect_timeout: c.timeout(
+            t.and_then(|t| t.connect.as_ref()),
+            &format!("{key}.timeouts.connect"),
+            DEFAULT_CONNECT_TIMEOUT,
+        ),
+        response_timeout: c.timeout(
+            t.and_then(|t| t.response.as_ref()),
+            &format!("{key}.timeouts.response"),
+            DEFAULT_RESPONSE_TIMEOUT,
+        ),
+        idle_timeout: c.timeout(
+            t.and_then(|t| t.idle.as_ref()),
+            &format!("{key}.timeouts.idle"),
+            DEFAULT_IDLE_TIMEOUT,
+        ),
+        max_idle_per_backend: c.int(
+            raw.pool
+                .as_ref()
+                .and_then(|p| p.max_idle_per_backend.as_ref()),
+            &format!("{key}.pool.max_idle_per_backend"),
+            0..=MAX_IDLE_PER_BACKEND_MAX,
+            DEFAULT_MAX_IDLE_PER_BACKEND,
+        ),
+    }
+}
+
+fn route_match(
+    c: &mut Checker<'_>,
+    i: usize,
+    raw: Option<&RawMatch>,
+) -> (Option<String>, String, Vec<String>) {
+    let key = format!("routes[{i}].match");
+    let Some(raw) = raw else {
+        return (None, "/".to_owned(), Vec::new());
+    };
+
+    let host = raw.host.as_ref().and_then(|h| {
+        // Host names are case-insensitive (RFC 9110 §4.2.3) and a trailing dot
+        // names the same host; store one spelling so the router compares bytes.
+        let host = h.get_ref().trim().to_ascii_lowercase();
+        let host = host.strip_suffix('.').map_or(host.clone(), str::to_owned);
+        match check_host(&host) {
+            Ok(()) => Some(host),
+            Err(why) => {
+                c.err(
+                    h.span(),
+                    format!("{key}.host"),
+                    format!("invalid host {:?}: {why}", h.get_ref()),
+                );
+                None
+            }
+        }
+    });
+
+    let path_prefix = match &raw.path_prefix {
+        None => "/".to_owned(),
+        Some(p) => {
+            let text = p.get_ref();
+            if !text.starts_with('/') {
+                c.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!("{text:?} must start with \"/\""),
+                );
+            } else if text.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                c.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!("{text:?} must not contain whitespace or control characters"),
+                );
+            }
+            text.clone()
+        }
+    };
+
+    let mut methods: Vec<String> = Vec::new();
+    for (j, m) in raw.methods.iter().flatten().enumerate() {
+        let text = m.get_ref();
+        let method_key = format!("{key}.methods[{j}]");
+        if text.is_empty() || !text.bytes().all(is_tchar) {
+            // RFC 9110 §9.1: method = token; §5.6.2: token = 1*tchar.
+            c.err(
+                m.span(),
+                method_key,
+                format!("{text:?} is not a valid HTTP method token (RFC 9110 §5.6.2)"),
+            );
+        } else if text.bytes().any(|b| b.is_ascii_lowercase()) {
+            // RFC 9110 §9.1: methods are case-sensitive, so "get" would never match a GET.
+            let upper = text.to_ascii_uppercase();
+            c.err(m.span(), method_key, format!("{text:?} must be uppercase (methods are case-sensitive, RFC 9110 §9.1); write {upper:?}"));
+        } else if methods.contains(text) {
+            c.err(m.span(), method_key, format!("{text:?} is listed twice"));
+        } else {
+            methods.push(text.clone());
+        }
+    }
+    (host, path_prefix, methods)
+}
+
+/// RFC 9110 §5.6.2 tchar.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A lowercased host name or IPv4 literal, optionally `*.` + suffix; no port.
+fn check_host(host: &str) -> Result<(), &'static str> {
+    if host.is_empty() {
+        return Err("must not be empty; omit host to match any host");
+    }
+    if host == "*" {
+        return Err("\"*\" alone is not allowed; omit host to match any host");
+    }
+    if host.contains(':') {
+        return Err("must not contain a port");
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("has an empty label");
+        }
+        if label.len() > 63 {
+            return Err("has a label longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(
+                "may only contain letters, digits, '-', '_' and '.', with \"*.\" only at the start",
+            );
+        }
+    }
+    Ok(())
+}
