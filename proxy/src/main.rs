@@ -1,2 +1,117 @@
-//! ringgate: the binary.
-fn main() {}
+//! ringgate: the binary. Parses the command line and the config, binds the
+//! listeners, starts one pinned worker per core and waits for them.
+//! The request path lives in `conn`; everything runtime-free in ringgate-core.
+
+mod conn;
+mod demo;
+mod io;
+mod upstream;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ringgate", version, about = "io_uring thread-per-core HTTP reverse proxy")]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file without starting.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start embedded backends, the proxy and a short load run; print latency.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match (cli.command, cli.config) {
+        (Some(Command::Check { config }), _) => match ringgate_config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        (Some(Command::Demo(args)), _) => demo::run(args),
+        (None, Some(path)) => match ringgate_config::load(&path) {
+            Ok(config) => serve(config),
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
+        (None, None) => {
+            eprintln!("ringgate: no configuration given: use -c FILE (or `ringgate demo`)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Binds, starts the workers and blocks while they run.
+pub fn serve(config: ringgate_config::Config) -> ExitCode {
+    match start(config) {
+        Ok(handles) => {
+            for handle in handles {
+                let _ = handle.join();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds every listener and spawns the workers; returns their threads.
+pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let config = Arc::new(config);
+    let (count, cores) = worker::plan(config.server.workers);
+    let (mut listeners, bound) = worker::bind_all(&config, count)?;
+    let mut handles = Vec::with_capacity(count);
+    for id in (0..count).rev() {
+        let sockets = listeners.pop().unwrap_or_default();
+        let cpu = if config.server.pin && !cores.is_empty() {
+            Some(cores[id % cores.len()])
+        } else {
+            None
+        };
+        let config = config.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("ringgate-w{id}"))
+                .spawn(move || worker::run(id, cpu, config, sockets))?,
+        );
+    }
+    let addrs: Vec<String> = config
+        .listeners
+        .iter()
+        .zip(&bound)
+        .map(|(l, a)| format!("{}={a}", l.name))
+        .collect();
+    eprintln!(
+        "ringgate {}: {count} worker(s), listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        addrs.join(", ")
+    );
+    Ok(handles)
+}

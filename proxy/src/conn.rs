@@ -1,0 +1,623 @@
+//! One downstream connection, as a readable loop:
+//! read head → route → upstream → stream both ways → keep-alive or close.
+//!
+//! Request bodies and responses move concurrently (the request body may
+//! still be streaming while the response arrives), each half able to abort
+//! the other. Every error becomes a status in one place (`Refusal`), and a
+//! request is refused before any of its bytes go upstream whenever the
+//! problem is visible in what has been read.
+
+use std::cell::Cell;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
+use ringgate_core::http::{
+    parse_request, parse_response, write_request_patch, HeadScratch, RequestBody, RequestHead, ResponseBody,
+    Version,
+};
+
+use crate::io::{
+    read_append, reserve_spare, write_gather, write_range, write_static, Abort, Gather, Part, ReadFail, Reader,
+    Writer,
+};
+use crate::upstream::{ConnectError, UpstreamState};
+use crate::worker::Worker;
+
+/// Read size for heads; a head larger than this grows the buffer up to the
+/// configured limit.
+const HEAD_READ_BYTES: usize = 16 * 1024;
+/// Read size while streaming bodies: large enough to amortise a syscall,
+/// small enough to keep 10k connections cheap.
+const BODY_READ_BYTES: usize = 64 * 1024;
+
+const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What happens to the client connection after a request.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// A refusal the client is told about: status and a short reason.
+struct Refusal {
+    status: u16,
+    reason: &'static str,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str) -> Self {
+        Refusal { status, reason }
+    }
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// Builds a small error response. Error paths may allocate; the happy path
+/// does not come here.
+fn error_response(refusal: &Refusal, close: bool) -> Vec<u8> {
+    let body_len = refusal.reason.len() + 1;
+    let mut out = Vec::with_capacity(160 + body_len);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}\n",
+        refusal.status,
+        status_text(refusal.status),
+        body_len,
+        if close { "Connection: close\r\n" } else { "" },
+        refusal.reason
+    );
+    out
+}
+
+struct Downstream {
+    r: Reader,
+    w: Writer,
+    peer_ip: IpAddr,
+    /// Client bytes: the head being parsed, any body bytes read with it, and
+    /// pipelined requests after it.
+    req: Gather,
+    /// Scratch for streaming request bodies.
+    body: Vec<u8>,
+    /// Upstream bytes: response head and body chunks.
+    resp: Gather,
+    req_scratch: HeadScratch,
+    resp_scratch: HeadScratch,
+    client_abort: Abort,
+    upstream_abort: Abort,
+}
+
+pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer_ip: IpAddr) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut d = Downstream {
+        r,
+        w,
+        peer_ip,
+        req: Gather::with_capacity(HEAD_READ_BYTES),
+        body: Vec::new(),
+        resp: Gather::with_capacity(HEAD_READ_BYTES),
+        req_scratch: HeadScratch::default(),
+        resp_scratch: HeadScratch::default(),
+        client_abort: Abort::default(),
+        upstream_abort: Abort::default(),
+    };
+    let mut first = true;
+    loop {
+        let head = match d.read_head(&worker, first).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(refusal) => {
+                d.send_refusal(&refusal, true).await;
+                return;
+            }
+        };
+        first = false;
+        match d.handle(&worker, listener, &head).await {
+            Next::KeepAlive => continue,
+            Next::Close => return,
+        }
+    }
+}
+
+impl Downstream {
+    async fn send_refusal(&mut self, refusal: &Refusal, close: bool) -> bool {
+        let bytes = error_response(refusal, close);
+        let len = bytes.len();
+        let (res, _) = write_range(&mut self.w, bytes, 0..len).await;
+        res.is_ok()
+    }
+
+    /// Reads until a whole head is buffered. `Ok(None)`: the client went away
+    /// or stayed idle past the keep-alive timeout; close quietly.
+    async fn read_head(&mut self, worker: &Worker, first: bool) -> Result<Option<RequestHead>, Refusal> {
+        let limits = &worker.config.limits;
+        let mut head_started: Option<Instant> = None;
+        loop {
+            if !self.req.source.is_empty() {
+                match parse_request(&self.req.source, worker.head_limits, &mut self.req_scratch) {
+                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(None) => {}
+                    Err(e) => return Err(Refusal::new(e.status(), e.reason())),
+                }
+                head_started.get_or_insert_with(Instant::now);
+            }
+            // Slowloris: the whole head must arrive within header_read_timeout
+            // of its first byte (of the connection, for the first request).
+            let timeout = match head_started {
+                Some(t) => limits.header_read_timeout.saturating_sub(t.elapsed()),
+                None if first => limits.header_read_timeout,
+                None => limits.keepalive_timeout,
+            };
+            reserve_spare(&mut self.req.source, HEAD_READ_BYTES);
+            let buf = std::mem::take(&mut self.req.source);
+            let (res, buf) = read_append(&mut self.r, buf, timeout, &self.client_abort).await;
+            self.req.source = buf;
+            match res {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(ReadFail::TimedOut) if head_started.is_some() || first => {
+                    return Err(Refusal::new(408, "request head not received in time"))
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
+        let src = &self.req.source;
+        let host = head.authority.clone().map(|r| &src[r]);
+        let target = worker.routers[listener].find(host, &src[head.path.clone()], &src[head.method.clone()]);
+        let Some(upstream) = target.map(|i| &worker.upstreams[i]) else {
+            // The body was never forwarded; only a body-less request can
+            // leave the connection in sync.
+            let keep = head.keep_alive && head.body == RequestBody::Empty && head.version == Version::Http11;
+            let sent = self.send_refusal(&Refusal::new(404, "no route"), !keep).await;
+            if keep && sent {
+                self.req.source.drain(..head.head_len);
+                return Next::KeepAlive;
+            }
+            return Next::Close;
+        };
+        match self.forward(worker, upstream, head).await {
+            Ok(next) => next,
+            Err(refusal) => {
+                self.send_refusal(&refusal, true).await;
+                Next::Close
+            }
+        }
+    }
+
+    /// Proxies one routed request. `Err` means nothing of a response has
+    /// reached the client yet, so the caller can still answer with a status.
+    async fn forward(&mut self, worker: &Worker, upstream: &UpstreamState, head: &RequestHead) -> Result<Next, Refusal> {
+        let available = self.req.source.len() - head.head_len;
+        let (initial_body, mut body_left) = match head.body {
+            RequestBody::Empty => (0, None),
+            RequestBody::Length(n) => {
+                let have = (available as u64).min(n) as usize;
+                (have, (n > have as u64).then_some(BodyLeft::Length(n - have as u64)))
+            }
+            RequestBody::Chunked => {
+                // Check what is already here before anything goes upstream.
+                let mut decoder = ChunkedDecoder::new(worker.chunk_limits);
+                let feed = decoder
+                    .feed(&self.req.source[head.head_len..], &mut |_| {})
+                    .map_err(chunk_refusal)?;
+                (feed.consumed, (!feed.done).then_some(BodyLeft::Chunked(decoder)))
+            }
+        };
+        let forwarded_len = head.head_len + initial_body;
+        // Only a request whose bytes are all still in hand can be sent again.
+        let replayable = body_left.is_none();
+        let client_closing = !head.keep_alive || head.version == Version::Http10;
+        self.req.patch.clear();
+        write_request_patch(&mut self.req.patch, &self.req.source, &self.req_scratch, self.peer_ip, "http");
+
+        let mut attempt = 0;
+        loop {
+            let backend = upstream.pick().ok_or(Refusal::new(503, "no backend"))?;
+            let mut conn = upstream.checkout(backend, attempt > 0).await.map_err(|e| match e {
+                ConnectError::TimedOut => Refusal::new(504, "upstream connect timed out"),
+                ConnectError::Failed => Refusal::new(502, "upstream connect failed"),
+            })?;
+            self.req.clear_segments();
+            for range in &self.req_scratch.forward {
+                self.req.push(Part::Source, range.clone());
+            }
+            self.req.push(Part::Patch, 0..self.req.patch.len());
+            self.req.push(Part::Source, head.head_len..forwarded_len);
+            let gather = std::mem::take(&mut self.req);
+            let (res, gather) = write_gather(&mut conn.w, gather).await;
+            self.req = gather;
+            if res.is_err() {
+                if conn.reused && replayable && attempt == 0 {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(Refusal::new(502, "upstream write failed"));
+            }
+            if head.expect_continue && body_left.is_some() && write_static(&mut self.w, CONTINUE_100).await.is_err() {
+                return Ok(Next::Close);
+            }
+
+            self.client_abort.reset();
+            self.upstream_abort.reset();
+            let sending = Cell::new(body_left.is_some());
+            let relay_ctx = RelayCtx {
+                worker,
+                request_was_head: head.is_head_method,
+                client_version: head.version,
+                client_closing,
+                response_timeout: upstream.config.response_timeout,
+                sending: &sending,
+            };
+            let (relayed, sent) = match body_left.take() {
+                None => {
+                    let relayed = relay_response(
+                        &relay_ctx,
+                        &mut conn.r,
+                        &mut self.w,
+                        &mut self.resp,
+                        &mut self.resp_scratch,
+                        &self.upstream_abort,
+                        &self.client_abort,
+                    )
+                    .await;
+                    (relayed, Ok(0..0))
+                }
+                Some(left) => {
+                    let send = send_body(
+                        worker,
+                        &mut self.r,
+                        &mut self.body,
+                        &mut conn.w,
+                        left,
+                        &self.client_abort,
+                        &self.upstream_abort,
+                        &sending,
+                    );
+                    let relay = relay_response(
+                        &relay_ctx,
+                        &mut conn.r,
+                        &mut self.w,
+                        &mut self.resp,
+                        &mut self.resp_scratch,
+                        &self.upstream_abort,
+                        &self.client_abort,
+                    );
+                    let (sent, relayed) = monoio::join!(send, relay);
+                    (relayed, sent)
+                }
+            };
+            match relayed {
+                Err(RelayError::Silent) if conn.reused && replayable && attempt == 0 => {
+                    // A pooled connection the backend had closed: try once
+                    // more on a new one.
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) if !e.started() => {
+                    return Err(match sent {
+                        Err(SendError::BadChunk(c)) => chunk_refusal(c),
+                        Err(SendError::ClientTimeout) => Refusal::new(408, "request body not received in time"),
+                        _ => e.refusal(),
+                    })
+                }
+                Err(_) => return Ok(Next::Close),
+                Ok(done) => {
+                    let Ok(leftover) = sent else {
+                        // The response went out but the request body did not
+                        // end cleanly: the connection is out of sync.
+                        return Ok(Next::Close);
+                    };
+                    if done.upstream_reusable {
+                        upstream.checkin(conn);
+                    }
+                    self.req.source.drain(..forwarded_len);
+                    self.req.source.extend_from_slice(&self.body[leftover]);
+                    return Ok(if done.client_close || client_closing {
+                        Next::Close
+                    } else {
+                        Next::KeepAlive
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn chunk_refusal(e: ChunkError) -> Refusal {
+    Refusal::new(
+        400,
+        match e {
+            ChunkError::InvalidSize => "invalid chunk size",
+            ChunkError::SizeOverflow => "chunk size overflows",
+            ChunkError::InvalidExtension => "invalid chunk extension",
+            ChunkError::LineTooLong => "chunk line too long",
+            ChunkError::BareLf => "bare LF in chunked framing",
+            ChunkError::MissingCrlfAfterData => "chunk data not followed by CRLF",
+            ChunkError::InvalidTrailer => "invalid trailer field",
+            ChunkError::TrailerTooLarge => "trailer section too large",
+        },
+    )
+}
+
+/// What of a request body is still to come from the client.
+enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+enum SendError {
+    ClientGone,
+    ClientTimeout,
+    BadChunk(ChunkError),
+    Aborted,
+    UpstreamWrite,
+}
+
+/// Streams the rest of a request body from the client to the upstream.
+/// Returns the range of `body` that belongs to the next request.
+#[allow(clippy::too_many_arguments)]
+async fn send_body(
+    worker: &Worker,
+    client: &mut Reader,
+    body: &mut Vec<u8>,
+    up: &mut Writer,
+    mut left: BodyLeft,
+    client_abort: &Abort,
+    upstream_abort: &Abort,
+    sending: &Cell<bool>,
+) -> Result<Range<usize>, SendError> {
+    let result = async {
+        loop {
+            body.clear();
+            reserve_spare(body, BODY_READ_BYTES);
+            let buf = std::mem::take(body);
+            let timeout = worker.config.limits.body_read_timeout;
+            let (res, buf) = read_append(client, buf, timeout, client_abort).await;
+            *body = buf;
+            let n = match res {
+                Ok(0) | Err(ReadFail::Io(_)) => return Err(SendError::ClientGone),
+                Ok(n) => n,
+                Err(ReadFail::TimedOut) => return Err(SendError::ClientTimeout),
+                Err(ReadFail::Aborted) => return Err(SendError::Aborted),
+            };
+            let (take, done) = match &mut left {
+                BodyLeft::Length(remaining) => {
+                    let take = (n as u64).min(*remaining);
+                    *remaining -= take;
+                    (take as usize, *remaining == 0)
+                }
+                BodyLeft::Chunked(decoder) => {
+                    let feed = decoder.feed(&body[..n], &mut |_| {}).map_err(SendError::BadChunk)?;
+                    (feed.consumed, feed.done)
+                }
+            };
+            let (res, buf) = write_range(up, std::mem::take(body), 0..take).await;
+            *body = buf;
+            if res.is_err() {
+                return Err(SendError::UpstreamWrite);
+            }
+            if done {
+                return Ok(take..n);
+            }
+        }
+    }
+    .await;
+    sending.set(false);
+    if let Err(SendError::ClientGone | SendError::ClientTimeout | SendError::BadChunk(_)) = result {
+        // The upstream holds half a request it must never complete: stop
+        // waiting for its answer. The connection is dropped, not pooled.
+        upstream_abort.abort();
+    }
+    result
+}
+
+struct RelayCtx<'a> {
+    worker: &'a Worker,
+    request_was_head: bool,
+    client_version: Version,
+    client_closing: bool,
+    /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
+    response_timeout: Duration,
+    /// The request body is still streaming: the upstream may legitimately
+    /// wait for all of it before answering.
+    sending: &'a Cell<bool>,
+}
+
+struct RelayDone {
+    upstream_reusable: bool,
+    client_close: bool,
+}
+
+enum RelayError {
+    /// The upstream closed or reset before sending a byte.
+    Silent,
+    TimedOut,
+    BadResponse(&'static str),
+    Aborted,
+    /// Failed after part of the response reached the client.
+    Broken,
+}
+
+impl RelayError {
+    fn started(&self) -> bool {
+        matches!(self, RelayError::Broken)
+    }
+
+    fn refusal(&self) -> Refusal {
+        match self {
+            RelayError::Silent => Refusal::new(502, "upstream closed the connection without a response"),
+            RelayError::TimedOut => Refusal::new(504, "upstream response timed out"),
+            RelayError::BadResponse(why) => Refusal::new(502, why),
+            RelayError::Aborted | RelayError::Broken => Refusal::new(502, "upstream exchange aborted"),
+        }
+    }
+}
+
+/// Reads the upstream response and streams it to the client.
+async fn relay_response(
+    ctx: &RelayCtx<'_>,
+    up: &mut Reader,
+    client: &mut Writer,
+    resp: &mut Gather,
+    scratch: &mut HeadScratch,
+    upstream_abort: &Abort,
+    client_abort: &Abort,
+) -> Result<RelayDone, RelayError> {
+    let result = relay_inner(ctx, up, client, resp, scratch, upstream_abort).await;
+    if result.is_err() {
+        client_abort.abort();
+    }
+    result
+}
+
+async fn relay_inner(
+    ctx: &RelayCtx<'_>,
+    up: &mut Reader,
+    client: &mut Writer,
+    resp: &mut Gather,
+    scratch: &mut HeadScratch,
+    upstream_abort: &Abort,
+) -> Result<RelayDone, RelayError> {
+    let worker = ctx.worker;
+    let timeout = ctx.response_timeout;
+    resp.source.clear();
+    let mut started = false;
+    let broken = |started: bool, e: RelayError| if started { RelayError::Broken } else { e };
+    loop {
+        let head = loop {
+            if !resp.source.is_empty() {
+                match parse_response(&resp.source, worker.head_limits, ctx.request_was_head, scratch) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(e) => return Err(broken(started, RelayError::BadResponse(e.reason()))),
+                }
+            }
+            reserve_spare(&mut resp.source, HEAD_READ_BYTES);
+            let buf = std::mem::take(&mut resp.source);
+            let (res, buf) = read_append(up, buf, timeout, upstream_abort).await;
+            resp.source = buf;
+            match res {
+                Ok(0) | Err(ReadFail::Io(_)) if resp.source.is_empty() && !started => return Err(RelayError::Silent),
+                Ok(0) | Err(ReadFail::Io(_)) => {
+                    return Err(broken(started, RelayError::BadResponse("upstream closed mid-head")))
+                }
+                Ok(_) => {}
+                Err(ReadFail::TimedOut) if ctx.sending.get() => {}
+                Err(ReadFail::TimedOut) => return Err(broken(started, RelayError::TimedOut)),
+                Err(ReadFail::Aborted) => return Err(broken(started, RelayError::Aborted)),
+            }
+        };
+        let available = resp.source.len() - head.head_len;
+        let (initial, mut left) = match head.body {
+            ResponseBody::Empty => (0, None),
+            ResponseBody::Length(n) => {
+                let have = (available as u64).min(n) as usize;
+                (have, (n > have as u64).then_some(BodyLeft::Length(n - have as u64)))
+            }
+            ResponseBody::Chunked => {
+                if ctx.client_version == Version::Http10 {
+                    return Err(broken(started, RelayError::BadResponse("chunked response to an HTTP/1.0 request")));
+                }
+                let mut decoder = ChunkedDecoder::new(worker.chunk_limits);
+                let feed = decoder
+                    .feed(&resp.source[head.head_len..], &mut |_| {})
+                    .map_err(|_| broken(started, RelayError::BadResponse("invalid chunked response body")))?;
+                (feed.consumed, (!feed.done).then_some(BodyLeft::Chunked(decoder)))
+            }
+            ResponseBody::UntilClose => (available, None),
+        };
+        let until_close = head.body == ResponseBody::UntilClose;
+        let client_close = ctx.client_closing || until_close;
+        let interim = head.is_interim();
+        resp.patch.clear();
+        if client_close && !interim {
+            resp.patch.extend_from_slice(b"Connection: close\r\n");
+        }
+        resp.patch.extend_from_slice(b"\r\n");
+        resp.clear_segments();
+        for range in &scratch.forward {
+            resp.push(Part::Source, range.clone());
+        }
+        resp.push(Part::Patch, 0..resp.patch.len());
+        resp.push(Part::Source, head.head_len..head.head_len + initial);
+        let gather = std::mem::take(resp);
+        let (res, gather) = write_gather(client, gather).await;
+        *resp = gather;
+        if res.is_err() {
+            return Err(RelayError::Broken);
+        }
+        started = true;
+        if interim {
+            resp.source.drain(..head.head_len);
+            continue;
+        }
+        let mut surplus = resp.source.len() > head.head_len + initial;
+        // Stream the rest of the body, reusing the same buffer.
+        loop {
+            if left.is_none() && !until_close {
+                break;
+            }
+            resp.source.clear();
+            reserve_spare(&mut resp.source, BODY_READ_BYTES);
+            let buf = std::mem::take(&mut resp.source);
+            let (res, buf) = read_append(up, buf, timeout, upstream_abort).await;
+            resp.source = buf;
+            let n = match res {
+                Ok(0) if until_close => break,
+                Ok(0) => return Err(RelayError::Broken),
+                Ok(n) => n,
+                Err(_) => return Err(RelayError::Broken),
+            };
+            let take = match &mut left {
+                None => n,
+                Some(BodyLeft::Length(remaining)) => {
+                    let take = (n as u64).min(*remaining);
+                    *remaining -= take;
+                    if *remaining == 0 {
+                        left = None;
+                    }
+                    take as usize
+                }
+                Some(BodyLeft::Chunked(decoder)) => {
+                    let feed = decoder.feed(&resp.source[..n], &mut |_| {}).map_err(|_| RelayError::Broken)?;
+                    if feed.done {
+                        left = None;
+                    }
+                    feed.consumed
+                }
+            };
+            surplus |= take < n;
+            let (res, buf) = write_range(client, std::mem::take(&mut resp.source), 0..take).await;
+            resp.source = buf;
+            if res.is_err() {
+                return Err(RelayError::Broken);
+            }
+        }
+        return Ok(RelayDone {
+            // Bytes past the response mean the upstream is out of sync.
+            upstream_reusable: head.reusable && !surplus,
+            client_close,
+        });
+    }
+}

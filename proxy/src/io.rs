@@ -1,0 +1,228 @@
+//! I/O primitives on monoio's rent-style API: reads that time out by
+//! cancelling the io_uring operation (never by dropping it, so the buffer
+//! comes back), an abort switch one half of an exchange can pull on the other,
+//! and `Gather`, a writev over slices of an owned buffer plus a patch.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::ops::Range;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
+use monoio::io::{
+    AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf, OwnedWriteHalf,
+};
+use monoio::net::TcpStream;
+
+pub type Reader = OwnedReadHalf<TcpStream>;
+pub type Writer = OwnedWriteHalf<TcpStream>;
+
+/// ECANCELED: what a cancelled io_uring operation completes with.
+const ECANCELED: i32 = 125;
+
+/// Cancels the pending reads of one connection: on a timeout, or when the
+/// other half of an exchange fails. One per connection, reused for every
+/// read, so a read allocates nothing once warm.
+#[derive(Default)]
+pub struct Abort {
+    canceller: RefCell<Canceller>,
+    aborted: Cell<bool>,
+}
+
+impl Abort {
+    /// Fails the pending read, and every read after it until `reset`.
+    pub fn abort(&self) {
+        self.aborted.set(true);
+        self.cancel_pending();
+    }
+
+    pub fn reset(&self) {
+        self.aborted.set(false);
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.get()
+    }
+
+    fn cancel_pending(&self) {
+        let old = std::mem::take(&mut *self.canceller.borrow_mut());
+        *self.canceller.borrow_mut() = old.cancel();
+    }
+}
+
+/// Why a read did not return bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFail {
+    TimedOut,
+    Aborted,
+    Io(io::ErrorKind),
+}
+
+/// Reads into the spare capacity of `buf` (appending; the caller reserves),
+/// giving up after `timeout`. `Ok(0)` is end of stream.
+pub async fn read_append(
+    r: &mut Reader,
+    buf: Vec<u8>,
+    timeout: Duration,
+    abort: &Abort,
+) -> (Result<usize, ReadFail>, Vec<u8>) {
+    if abort.is_aborted() {
+        return (Err(ReadFail::Aborted), buf);
+    }
+    let start = buf.len();
+    let end = buf.capacity();
+    debug_assert!(end > start, "caller must reserve space before reading");
+    let handle = abort.canceller.borrow().handle();
+    let mut read = pin!(r.cancelable_read(buf.slice_mut(start..end), handle));
+    let mut sleep = pin!(monoio::time::sleep(timeout));
+    let mut timed_out = false;
+    let (res, slice) = poll_fn(|cx| {
+        if let Poll::Ready(out) = read.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if !timed_out && sleep.as_mut().poll(cx).is_ready() {
+            // The read is still in the kernel: cancel it and wait for it to
+            // hand the buffer back (it may still complete with data).
+            timed_out = true;
+            abort.cancel_pending();
+            if let Poll::Ready(out) = read.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let buf = slice.into_inner();
+    let res = match res {
+        Ok(n) => Ok(n),
+        Err(e) if e.raw_os_error() == Some(ECANCELED) => {
+            Err(if timed_out { ReadFail::TimedOut } else { ReadFail::Aborted })
+        }
+        Err(e) => Err(ReadFail::Io(e.kind())),
+    };
+    (res, buf)
+}
+
+/// Makes room for at least `min_spare` more bytes, growing in steps.
+pub fn reserve_spare(buf: &mut Vec<u8>, min_spare: usize) {
+    if buf.capacity() - buf.len() < min_spare {
+        buf.reserve(min_spare.max(buf.capacity()));
+    }
+}
+
+/// Where a `Gather` segment points.
+#[derive(Clone, Copy)]
+pub enum Part {
+    Source,
+    Patch,
+}
+
+/// A writev of ranges of `source` (bytes as read from a peer) interleaved
+/// with `patch` (the few bytes the proxy adds), so a head goes out as the
+/// original bytes, not re-serialized.
+#[derive(Default)]
+pub struct Gather {
+    pub source: Vec<u8>,
+    pub patch: Vec<u8>,
+    iov: Vec<libc::iovec>,
+    first: usize,
+}
+
+impl Gather {
+    pub fn with_capacity(source: usize) -> Self {
+        Gather {
+            source: Vec::with_capacity(source),
+            patch: Vec::with_capacity(256),
+            iov: Vec::with_capacity(16),
+            first: 0,
+        }
+    }
+
+    pub fn clear_segments(&mut self) {
+        self.iov.clear();
+        self.first = 0;
+    }
+
+    /// Appends a segment. The buffers must not change until the write is done
+    /// and `clear_segments` is called: the segments point into them.
+    pub fn push(&mut self, part: Part, range: Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        let bytes = match part {
+            Part::Source => &self.source[range],
+            Part::Patch => &self.patch[range],
+        };
+        if let Some(last) = self.iov.last_mut() {
+            if last.iov_base as usize + last.iov_len == bytes.as_ptr() as usize {
+                last.iov_len += bytes.len();
+                return;
+            }
+        }
+        self.iov.push(libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        });
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.first < self.iov.len() {
+            let v = &mut self.iov[self.first];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                self.first += 1;
+            } else {
+                // SAFETY: n < iov_len, so the new base stays inside the same buffer.
+                v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+}
+
+// SAFETY: every iovec points into `source` or `patch`, whose heap storage does
+// not move or change while the runtime owns the Gather (nothing can touch it
+// then), and `first..len` are valid iovecs.
+unsafe impl IoVecBuf for Gather {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov[self.first..].as_ptr()
+    }
+
+    fn read_iovec_len(&self) -> usize {
+        self.iov.len() - self.first
+    }
+}
+
+/// Writes every segment of `g`, looping over partial writes.
+pub async fn write_gather(w: &mut Writer, mut g: Gather) -> (io::Result<()>, Gather) {
+    while g.first < g.iov.len() {
+        let (res, back) = w.writev(g).await;
+        g = back;
+        match res {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), g),
+            Ok(n) => g.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), g),
+        }
+    }
+    (Ok(()), g)
+}
+
+/// Writes `buf[range]` completely and hands `buf` back.
+pub async fn write_range(w: &mut Writer, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
+    if range.is_empty() {
+        return (Ok(()), buf);
+    }
+    let (res, slice) = w.write_all(buf.slice(range)).await;
+    (res.map(|_| ()), slice.into_inner())
+}
+
+/// Writes a static response in full.
+pub async fn write_static(w: &mut Writer, bytes: &'static [u8]) -> io::Result<()> {
+    let (res, _) = w.write_all(bytes).await;
+    res.map(|_| ())
+}

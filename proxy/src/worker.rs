@@ -1,0 +1,219 @@
+//! Workers: one per core, each pinned to its CPU and running its own monoio
+//! runtime (io_uring, or the legacy epoll driver where io_uring is blocked).
+//! A worker owns its listeners (SO_REUSEPORT), routers, upstream pools and
+//! counters; nothing here is shared between workers but the immutable config.
+
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+use ringgate_config::{Config, Workers};
+use ringgate_core::chunked::ChunkLimits;
+use ringgate_core::http::HeadLimits;
+use ringgate_core::router::{RouteSpec, Router};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::conn;
+use crate::upstream::UpstreamState;
+
+/// Submission queue size: enough to batch a loop iteration's operations for
+/// a few thousand connections into one io_uring_enter.
+const URING_ENTRIES: u32 = 4096;
+
+/// Pause after a failed accept (e.g. EMFILE) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Everything one worker owns. Built on the worker's own thread.
+pub struct Worker {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub head_limits: HeadLimits,
+    pub chunk_limits: ChunkLimits,
+    /// One router per listener, indexed like `config.listeners`.
+    pub routers: Vec<Router>,
+    /// Indexed like `config.upstreams`.
+    pub upstreams: Vec<UpstreamState>,
+    connections: Cell<usize>,
+    over_limit_logged: Cell<bool>,
+}
+
+impl Worker {
+    fn new(id: usize, config: Arc<Config>) -> Self {
+        let routers = (0..config.listeners.len())
+            .map(|listener| {
+                Router::new(
+                    config
+                        .routes
+                        .iter()
+                        .filter(|r| r.listener == listener)
+                        .map(|r| RouteSpec {
+                            host: r.host.clone(),
+                            path_prefix: r.path_prefix.clone(),
+                            methods: r.methods.clone(),
+                            target: r.upstream,
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let upstreams = config.upstreams.iter().map(|u| UpstreamState::new(u.clone(), id)).collect();
+        let limits = &config.limits;
+        Worker {
+            id,
+            head_limits: HeadLimits {
+                max_head_bytes: limits.max_head_bytes,
+                max_headers: limits.max_headers,
+            },
+            chunk_limits: ChunkLimits {
+                max_line_bytes: limits.max_chunk_line_bytes,
+                // A trailer section is a head; the same bound applies.
+                max_trailer_bytes: limits.max_head_bytes,
+            },
+            routers,
+            upstreams,
+            connections: Cell::new(0),
+            over_limit_logged: Cell::new(false),
+            config,
+        }
+    }
+}
+
+/// Counts a live connection for as long as it is held.
+struct ConnectionSlot(Rc<Worker>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.connections.set(self.0.connections.get() - 1);
+    }
+}
+
+/// The number of workers `workers` resolves to, and the CPUs to pin them to.
+pub fn plan(workers: Workers) -> (usize, Vec<core_affinity::CoreId>) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let count = match workers {
+        Workers::Count(n) => n,
+        Workers::Auto => cores.len().max(1),
+    };
+    (count, cores)
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    // Each worker binds its own socket on the port; the kernel spreads
+    // connections across them, so no accept lock is shared.
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
+/// Binds every listener once per worker. Port 0 resolves on the first bind
+/// and the other workers join that port.
+pub fn bind_all(config: &Config, workers: usize) -> io::Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>)> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let first = bind(listener.address, config.server.backlog)
+            .map_err(|e| io::Error::new(e.kind(), format!("listener {} on {}: {e}", listener.name, listener.address)))?;
+        let addr = first.local_addr()?;
+        bound.push(addr);
+        per_worker[0].push(first);
+        for sockets in per_worker.iter_mut().skip(1) {
+            sockets.push(bind(addr, config.server.backlog)?);
+        }
+    }
+    Ok((per_worker, bound))
+}
+
+/// Runs worker `id` on the current thread until the process exits.
+pub fn run(id: usize, cpu: Option<core_affinity::CoreId>, config: Arc<Config>, listeners: Vec<std::net::TcpListener>) {
+    if let Some(cpu) = cpu {
+        if !core_affinity::set_for_current(cpu) {
+            eprintln!("ringgate: worker {id}: could not pin to cpu {}", cpu.id);
+        }
+    }
+    let force_legacy = std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy");
+    if !force_legacy && monoio::utils::detect_uring() {
+        match RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => return rt.block_on(worker_main(id, config, listeners)),
+            Err(e) => log_fallback(&format!("io_uring setup failed ({e})")),
+        }
+    } else if force_legacy {
+        log_fallback("RINGGATE_DRIVER=legacy");
+    } else {
+        log_fallback("io_uring is not available (kernel, seccomp or io_uring_disabled)");
+    }
+    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+        Ok(mut rt) => rt.block_on(worker_main(id, config, listeners)),
+        Err(e) => {
+            eprintln!("ringgate: worker {id}: cannot start any runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn log_fallback(why: &str) {
+    if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+        eprintln!("ringgate: {why}; workers use the legacy epoll driver");
+    }
+}
+
+async fn worker_main(id: usize, config: Arc<Config>, listeners: Vec<std::net::TcpListener>) {
+    let worker = Rc::new(Worker::new(id, config));
+    let mut loops = Vec::new();
+    for (index, std_listener) in listeners.into_iter().enumerate() {
+        match monoio::net::TcpListener::from_std(std_listener) {
+            Ok(listener) => loops.push(monoio::spawn(accept_loop(worker.clone(), index, listener))),
+            Err(e) => {
+                eprintln!("ringgate: worker {id}: listener {index}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    for handle in loops {
+        handle.await;
+    }
+}
+
+async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::TcpListener) {
+    let max = worker.config.server.max_connections_per_worker;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if worker.connections.get() >= max {
+                    // Shed load at the door rather than degrade every
+                    // connection; say so once per episode.
+                    if !worker.over_limit_logged.replace(true) {
+                        eprintln!("ringgate: worker {}: max_connections_per_worker ({max}) reached, refusing", worker.id);
+                    }
+                    drop(stream);
+                    continue;
+                }
+                worker.over_limit_logged.set(false);
+                worker.connections.set(worker.connections.get() + 1);
+                let slot = ConnectionSlot(worker.clone());
+                monoio::spawn(async move {
+                    conn::serve(slot.0.clone(), index, stream, peer.ip()).await;
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                eprintln!("ringgate: worker {}: accept: {e}", worker.id);
+                monoio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
