@@ -18,13 +18,13 @@ use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
-    parse_request, parse_response, write_request_patch, HeadScratch, RequestBody, RequestHead, ResponseBody,
-    Version,
+    parse_request, parse_response, write_request_patch, HeadScratch, RequestBody, RequestHead,
+    ResponseBody, Version,
 };
 
 use crate::io::{
-    read_append, reserve_spare, write_gather, write_range, write_static, Abort, Gather, Part, ReadFail, Reader,
-    Writer,
+    read_append, reserve_spare, write_gather, write_range, write_static, Abort, Gather, Part,
+    ReadFail, Reader, Writer,
 };
 use crate::upstream::{ConnectError, UpstreamState};
 use crate::worker::Worker;
@@ -147,7 +147,11 @@ impl Downstream {
 
     /// Reads until a whole head is buffered. `Ok(None)`: the client went away
     /// or stayed idle past the keep-alive timeout; close quietly.
-    async fn read_head(&mut self, worker: &Worker, first: bool) -> Result<Option<RequestHead>, Refusal> {
+    async fn read_head(
+        &mut self,
+        worker: &Worker,
+        first: bool,
+    ) -> Result<Option<RequestHead>, Refusal> {
         let limits = &worker.config.limits;
         let mut head_started: Option<Instant> = None;
         loop {
@@ -184,12 +188,17 @@ impl Downstream {
     async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         let src = &self.req.source;
         let host = head.authority.clone().map(|r| &src[r]);
-        let target = worker.routers[listener].find(host, &src[head.path.clone()], &src[head.method.clone()]);
+        let target =
+            worker.routers[listener].find(host, &src[head.path.clone()], &src[head.method.clone()]);
         let Some(upstream) = target.map(|i| &worker.upstreams[i]) else {
             // The body was never forwarded; only a body-less request can
             // leave the connection in sync.
-            let keep = head.keep_alive && head.body == RequestBody::Empty && head.version == Version::Http11;
-            let sent = self.send_refusal(&Refusal::new(404, "no route"), !keep).await;
+            let keep = head.keep_alive
+                && head.body == RequestBody::Empty
+                && head.version == Version::Http11;
+            let sent = self
+                .send_refusal(&Refusal::new(404, "no route"), !keep)
+                .await;
             if keep && sent {
                 self.req.source.drain(..head.head_len);
                 return Next::KeepAlive;
@@ -207,13 +216,21 @@ impl Downstream {
 
     /// Proxies one routed request. `Err` means nothing of a response has
     /// reached the client yet, so the caller can still answer with a status.
-    async fn forward(&mut self, worker: &Worker, upstream: &UpstreamState, head: &RequestHead) -> Result<Next, Refusal> {
+    async fn forward(
+        &mut self,
+        worker: &Worker,
+        upstream: &UpstreamState,
+        head: &RequestHead,
+    ) -> Result<Next, Refusal> {
         let available = self.req.source.len() - head.head_len;
         let (initial_body, mut body_left) = match head.body {
             RequestBody::Empty => (0, None),
             RequestBody::Length(n) => {
                 let have = (available as u64).min(n) as usize;
-                (have, (n > have as u64).then_some(BodyLeft::Length(n - have as u64)))
+                (
+                    have,
+                    (n > have as u64).then_some(BodyLeft::Length(n - have as u64)),
+                )
             }
             RequestBody::Chunked => {
                 // Check what is already here before anything goes upstream.
@@ -221,7 +238,10 @@ impl Downstream {
                 let feed = decoder
                     .feed(&self.req.source[head.head_len..], &mut |_| {})
                     .map_err(chunk_refusal)?;
-                (feed.consumed, (!feed.done).then_some(BodyLeft::Chunked(decoder)))
+                (
+                    feed.consumed,
+                    (!feed.done).then_some(BodyLeft::Chunked(decoder)),
+                )
             }
         };
         let forwarded_len = head.head_len + initial_body;
@@ -229,15 +249,24 @@ impl Downstream {
         let replayable = body_left.is_none();
         let client_closing = !head.keep_alive || head.version == Version::Http10;
         self.req.patch.clear();
-        write_request_patch(&mut self.req.patch, &self.req.source, &self.req_scratch, self.peer_ip, "http");
+        write_request_patch(
+            &mut self.req.patch,
+            &self.req.source,
+            &self.req_scratch,
+            self.peer_ip,
+            "http",
+        );
 
         let mut attempt = 0;
         loop {
             let backend = upstream.pick().ok_or(Refusal::new(503, "no backend"))?;
-            let mut conn = upstream.checkout(backend, attempt > 0).await.map_err(|e| match e {
-                ConnectError::TimedOut => Refusal::new(504, "upstream connect timed out"),
-                ConnectError::Failed => Refusal::new(502, "upstream connect failed"),
-            })?;
+            let mut conn = upstream
+                .checkout(backend, attempt > 0)
+                .await
+                .map_err(|e| match e {
+                    ConnectError::TimedOut => Refusal::new(504, "upstream connect timed out"),
+                    ConnectError::Failed => Refusal::new(502, "upstream connect failed"),
+                })?;
             self.req.clear_segments();
             for range in &self.req_scratch.forward {
                 self.req.push(Part::Source, range.clone());
@@ -254,7 +283,10 @@ impl Downstream {
                 }
                 return Err(Refusal::new(502, "upstream write failed"));
             }
-            if head.expect_continue && body_left.is_some() && write_static(&mut self.w, CONTINUE_100).await.is_err() {
+            if head.expect_continue
+                && body_left.is_some()
+                && write_static(&mut self.w, CONTINUE_100).await.is_err()
+            {
                 return Ok(Next::Close);
             }
 
@@ -317,7 +349,9 @@ impl Downstream {
                 Err(e) if !e.started() => {
                     return Err(match sent {
                         Err(SendError::BadChunk(c)) => chunk_refusal(c),
-                        Err(SendError::ClientTimeout) => Refusal::new(408, "request body not received in time"),
+                        Err(SendError::ClientTimeout) => {
+                            Refusal::new(408, "request body not received in time")
+                        }
                         _ => e.refusal(),
                     })
                 }
@@ -408,7 +442,9 @@ async fn send_body(
                     (take as usize, *remaining == 0)
                 }
                 BodyLeft::Chunked(decoder) => {
-                    let feed = decoder.feed(&body[..n], &mut |_| {}).map_err(SendError::BadChunk)?;
+                    let feed = decoder
+                        .feed(&body[..n], &mut |_| {})
+                        .map_err(SendError::BadChunk)?;
                     (feed.consumed, feed.done)
                 }
             };
@@ -466,10 +502,14 @@ impl RelayError {
 
     fn refusal(&self) -> Refusal {
         match self {
-            RelayError::Silent => Refusal::new(502, "upstream closed the connection without a response"),
+            RelayError::Silent => {
+                Refusal::new(502, "upstream closed the connection without a response")
+            }
             RelayError::TimedOut => Refusal::new(504, "upstream response timed out"),
             RelayError::BadResponse(why) => Refusal::new(502, why),
-            RelayError::Aborted | RelayError::Broken => Refusal::new(502, "upstream exchange aborted"),
+            RelayError::Aborted | RelayError::Broken => {
+                Refusal::new(502, "upstream exchange aborted")
+            }
         }
     }
 }
@@ -507,7 +547,12 @@ async fn relay_inner(
     loop {
         let head = loop {
             if !resp.source.is_empty() {
-                match parse_response(&resp.source, worker.head_limits, ctx.request_was_head, scratch) {
+                match parse_response(
+                    &resp.source,
+                    worker.head_limits,
+                    ctx.request_was_head,
+                    scratch,
+                ) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
                     Err(e) => return Err(broken(started, RelayError::BadResponse(e.reason()))),
@@ -518,9 +563,14 @@ async fn relay_inner(
             let (res, buf) = read_append(up, buf, timeout, upstream_abort).await;
             resp.source = buf;
             match res {
-                Ok(0) | Err(ReadFail::Io(_)) if resp.source.is_empty() && !started => return Err(RelayError::Silent),
+                Ok(0) | Err(ReadFail::Io(_)) if resp.source.is_empty() && !started => {
+                    return Err(RelayError::Silent)
+                }
                 Ok(0) | Err(ReadFail::Io(_)) => {
-                    return Err(broken(started, RelayError::BadResponse("upstream closed mid-head")))
+                    return Err(broken(
+                        started,
+                        RelayError::BadResponse("upstream closed mid-head"),
+                    ))
                 }
                 Ok(_) => {}
                 Err(ReadFail::TimedOut) if ctx.sending.get() => {}
@@ -533,17 +583,31 @@ async fn relay_inner(
             ResponseBody::Empty => (0, None),
             ResponseBody::Length(n) => {
                 let have = (available as u64).min(n) as usize;
-                (have, (n > have as u64).then_some(BodyLeft::Length(n - have as u64)))
+                (
+                    have,
+                    (n > have as u64).then_some(BodyLeft::Length(n - have as u64)),
+                )
             }
             ResponseBody::Chunked => {
                 if ctx.client_version == Version::Http10 {
-                    return Err(broken(started, RelayError::BadResponse("chunked response to an HTTP/1.0 request")));
+                    return Err(broken(
+                        started,
+                        RelayError::BadResponse("chunked response to an HTTP/1.0 request"),
+                    ));
                 }
                 let mut decoder = ChunkedDecoder::new(worker.chunk_limits);
                 let feed = decoder
                     .feed(&resp.source[head.head_len..], &mut |_| {})
-                    .map_err(|_| broken(started, RelayError::BadResponse("invalid chunked response body")))?;
-                (feed.consumed, (!feed.done).then_some(BodyLeft::Chunked(decoder)))
+                    .map_err(|_| {
+                        broken(
+                            started,
+                            RelayError::BadResponse("invalid chunked response body"),
+                        )
+                    })?;
+                (
+                    feed.consumed,
+                    (!feed.done).then_some(BodyLeft::Chunked(decoder)),
+                )
             }
             ResponseBody::UntilClose => (available, None),
         };
@@ -600,7 +664,9 @@ async fn relay_inner(
                     take as usize
                 }
                 Some(BodyLeft::Chunked(decoder)) => {
-                    let feed = decoder.feed(&resp.source[..n], &mut |_| {}).map_err(|_| RelayError::Broken)?;
+                    let feed = decoder
+                        .feed(&resp.source[..n], &mut |_| {})
+                        .map_err(|_| RelayError::Broken)?;
                     if feed.done {
                         left = None;
                     }

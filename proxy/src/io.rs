@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
 use monoio::io::{
-    AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf, OwnedWriteHalf,
+    AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf,
+    OwnedWriteHalf,
 };
 use monoio::net::TcpStream;
 
@@ -98,9 +99,11 @@ pub async fn read_append(
     let buf = slice.into_inner();
     let res = match res {
         Ok(n) => Ok(n),
-        Err(e) if e.raw_os_error() == Some(ECANCELED) => {
-            Err(if timed_out { ReadFail::TimedOut } else { ReadFail::Aborted })
-        }
+        Err(e) if e.raw_os_error() == Some(ECANCELED) => Err(if timed_out {
+            ReadFail::TimedOut
+        } else {
+            ReadFail::Aborted
+        }),
         Err(e) => Err(ReadFail::Io(e.kind())),
     };
     (res, buf)
@@ -213,7 +216,11 @@ pub async fn write_gather(w: &mut Writer, mut g: Gather) -> (io::Result<()>, Gat
 }
 
 /// Writes `buf[range]` completely and hands `buf` back.
-pub async fn write_range(w: &mut Writer, buf: Vec<u8>, range: Range<usize>) -> (io::Result<()>, Vec<u8>) {
+pub async fn write_range(
+    w: &mut Writer,
+    buf: Vec<u8>,
+    range: Range<usize>,
+) -> (io::Result<()>, Vec<u8>) {
     if range.is_empty() {
         return (Ok(()), buf);
     }

@@ -18,7 +18,11 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringgate", version, about = "io_uring thread-per-core HTTP reverse proxy")]
+#[command(
+    name = "ringgate",
+    version,
+    about = "io_uring thread-per-core HTTP reverse proxy"
+)]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(short, long, value_name = "FILE")]

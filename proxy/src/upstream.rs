@@ -46,7 +46,11 @@ pub enum ConnectError {
 
 impl UpstreamState {
     pub fn new(config: Upstream, worker_id: usize) -> Self {
-        let pools = config.backends.iter().map(|_| RefCell::new(Vec::new())).collect();
+        let pools = config
+            .backends
+            .iter()
+            .map(|_| RefCell::new(Vec::new()))
+            .collect();
         UpstreamState {
             // Workers start at different backends so that N workers do not
             // send their first N requests to the same one.
@@ -66,7 +70,11 @@ impl UpstreamState {
 
     /// A pooled connection if a fresh enough one is idle (and `fresh` is not
     /// asked), else a new one.
-    pub async fn checkout(&self, backend: usize, fresh: bool) -> Result<UpstreamConn, ConnectError> {
+    pub async fn checkout(
+        &self,
+        backend: usize,
+        fresh: bool,
+    ) -> Result<UpstreamConn, ConnectError> {
         if !fresh {
             let mut pool = self.pools[backend].borrow_mut();
             while let Some(idle) = pool.pop() {

@@ -63,7 +63,11 @@ impl Worker {
                 )
             })
             .collect();
-        let upstreams = config.upstreams.iter().map(|u| UpstreamState::new(u.clone(), id)).collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamState::new(u.clone(), id))
+            .collect();
         let limits = &config.limits;
         Worker {
             id,
@@ -118,12 +122,20 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
 
 /// Binds every listener once per worker. Port 0 resolves on the first bind
 /// and the other workers join that port.
-pub fn bind_all(config: &Config, workers: usize) -> io::Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>)> {
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+pub fn bind_all(
+    config: &Config,
+    workers: usize,
+) -> io::Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>)> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let first = bind(listener.address, config.server.backlog)
-            .map_err(|e| io::Error::new(e.kind(), format!("listener {} on {}: {e}", listener.name, listener.address)))?;
+        let first = bind(listener.address, config.server.backlog).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("listener {} on {}: {e}", listener.name, listener.address),
+            )
+        })?;
         let addr = first.local_addr()?;
         bound.push(addr);
         per_worker[0].push(first);
@@ -135,7 +147,12 @@ pub fn bind_all(config: &Config, workers: usize) -> io::Result<(Vec<Vec<std::net
 }
 
 /// Runs worker `id` on the current thread until the process exits.
-pub fn run(id: usize, cpu: Option<core_affinity::CoreId>, config: Arc<Config>, listeners: Vec<std::net::TcpListener>) {
+pub fn run(
+    id: usize,
+    cpu: Option<core_affinity::CoreId>,
+    config: Arc<Config>,
+    listeners: Vec<std::net::TcpListener>,
+) {
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
             eprintln!("ringgate: worker {id}: could not pin to cpu {}", cpu.id);
