@@ -11,7 +11,6 @@
 //! unknown or repeated transfer codings, obs-fold, bare LF, CTLs in values,
 //! whitespace before the colon, missing or repeated Host. No I/O here.
 
-use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -508,6 +507,28 @@ pub fn parse_request(
     }))
 }
 
+/// The client's address as the forwarding headers spell it, formatted once
+/// per connection rather than per request.
+#[derive(Debug, Clone)]
+pub struct ForwardedClient {
+    ip: String,
+    /// RFC 7239 §6: IPv6 node names are quoted and bracketed.
+    node: String,
+}
+
+impl ForwardedClient {
+    pub fn new(ip: IpAddr) -> Self {
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        ForwardedClient {
+            ip: ip.to_string(),
+            node,
+        }
+    }
+}
+
 /// Writes the headers the proxy adds to a forwarded request, then the blank
 /// line: `X-Forwarded-For` and `Forwarded` with the client appended to what it
 /// sent (RFC 7239 §4), and our own `X-Forwarded-Proto`.
@@ -515,7 +536,7 @@ pub fn write_request_patch(
     out: &mut Vec<u8>,
     buf: &[u8],
     scratch: &HeadScratch,
-    client_ip: IpAddr,
+    client: &ForwardedClient,
     proto: &str,
 ) {
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -523,20 +544,19 @@ pub fn write_request_patch(
         out.extend_from_slice(&buf[r.clone()]);
         out.extend_from_slice(b", ");
     }
-    // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "{client_ip}\r\nX-Forwarded-Proto: {proto}\r\nForwarded: "
-    );
+    out.extend_from_slice(client.ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b"\r\nForwarded: ");
     for r in &scratch.forwarded {
         out.extend_from_slice(&buf[r.clone()]);
         out.extend_from_slice(b", ");
     }
-    // RFC 7239 §6: IPv6 addresses are quoted and bracketed.
-    let _ = match client_ip {
-        IpAddr::V4(ip) => write!(out, "for={ip};proto={proto}\r\n\r\n"),
-        IpAddr::V6(ip) => write!(out, "for=\"[{ip}]\";proto={proto}\r\n\r\n"),
-    };
+    out.extend_from_slice(b"for=");
+    out.extend_from_slice(client.node.as_bytes());
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
 }
 
 /// A parsed response head: offsets into the buffer it was parsed from.
@@ -697,7 +717,13 @@ mod tests {
         for r in &scratch.forward {
             out.extend_from_slice(&raw[r.clone()]);
         }
-        write_request_patch(&mut out, raw, &scratch, "10.0.0.1".parse().unwrap(), "http");
+        write_request_patch(
+            &mut out,
+            raw,
+            &scratch,
+            &ForwardedClient::new("10.0.0.1".parse().unwrap()),
+            "http",
+        );
         out
     }
 
@@ -898,6 +924,27 @@ mod tests {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_quoted_in_forwarded() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut scratch = HeadScratch::default();
+        parse_request(raw, LIMITS, &mut scratch).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_request_patch(
+            &mut out,
+            raw,
+            &scratch,
+            &ForwardedClient::new("::1".parse().unwrap()),
+            "http",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-Forwarded-For: ::1\r\n"), "{text}");
+        assert!(
+            text.contains("Forwarded: for=\"[::1]\";proto=http\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

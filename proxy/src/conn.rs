@@ -18,8 +18,8 @@ use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
-    parse_request, parse_response, write_request_patch, HeadScratch, RequestBody, RequestHead,
-    ResponseBody, Version,
+    parse_request, parse_response, write_request_patch, ForwardedClient, HeadScratch, RequestBody,
+    RequestHead, ResponseBody, Version,
 };
 
 use crate::io::{
@@ -90,7 +90,7 @@ fn error_response(refusal: &Refusal, close: bool) -> Vec<u8> {
 struct Downstream {
     r: Reader,
     w: Writer,
-    peer_ip: IpAddr,
+    client: ForwardedClient,
     /// Client bytes: the head being parsed, any body bytes read with it, and
     /// pipelined requests after it.
     req: Gather,
@@ -110,7 +110,7 @@ pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer_
     let mut d = Downstream {
         r,
         w,
-        peer_ip,
+        client: ForwardedClient::new(peer_ip),
         req: Gather::with_capacity(HEAD_READ_BYTES),
         body: Vec::new(),
         resp: Gather::with_capacity(HEAD_READ_BYTES),
@@ -253,7 +253,7 @@ impl Downstream {
             &mut self.req.patch,
             &self.req.source,
             &self.req_scratch,
-            self.peer_ip,
+            &self.client,
             "http",
         );
 

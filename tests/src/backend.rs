@@ -1,0 +1,500 @@
+//! Loopback test backends: real HTTP/1.1 servers on std threads (one per
+//! connection) that record every request they parse, so a test can assert
+//! what reached the upstream side of the proxy, including requests that
+//! should never have got there (smuggling shows up as an extra record).
+
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::wire::{self, Framing, Head, Reader, HEAD_SIZE_MAX, READ_SIZE};
+
+/// The first bytes of every request body are kept for inspection; beyond
+/// this only the length is counted (the streaming tests send a gigabyte).
+pub const BODY_KEEP_MAX: usize = 4 * 1024 * 1024;
+
+/// Idle keep-alive wait on a backend connection; longer than any test.
+const IDLE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A stuck write means the proxy stopped reading; give up eventually so the
+/// thread does not outlive the test by much.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a backend does with a request.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// 200 with a small body naming the backend and target, `x-backend: NAME`.
+    Ok,
+    /// Streams the request body back as it arrives: Content-Length when the
+    /// request had one, chunked when the request was chunked.
+    Echo,
+    /// Waits, then answers like `Ok`.
+    Stall(Duration),
+    /// Reads the request, then closes without a byte of response.
+    CloseWithoutResponse,
+    /// A response carrying both Content-Length and Transfer-Encoding.
+    AmbiguousFraming,
+    /// A chunked response (several chunks).
+    Chunked,
+    /// A response with neither Content-Length nor Transfer-Encoding, ended by
+    /// closing the connection.
+    CloseDelimited,
+    /// `Ok`, plus hop-by-hop response headers (Keep-Alive, a header named in
+    /// Connection, Proxy-Connection) that the proxy must strip.
+    HopByHopHeaders,
+}
+
+/// One request as the backend parsed it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Which accepted connection (0-based, in accept order) carried it.
+    pub conn: usize,
+    pub method: String,
+    pub target: String,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub raw_head: Vec<u8>,
+    /// The first `BODY_KEEP_MAX` bytes of the decoded body.
+    pub body: Vec<u8>,
+    pub body_len: u64,
+    pub body_complete: bool,
+    /// Set when the head could not be parsed or the body was cut short.
+    pub error: Option<String>,
+}
+
+impl Recorded {
+    fn head(&self) -> Head {
+        Head {
+            start: [
+                self.method.clone(),
+                self.target.clone(),
+                self.version.clone(),
+            ],
+            headers: self.headers.clone(),
+        }
+    }
+
+    /// The comma-joined values of a header, `None` if absent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head().header(name)
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+struct Shared {
+    name: String,
+    default: Behaviour,
+    /// (path prefix, behaviour); the longest matching prefix wins.
+    routes: Vec<(String, Behaviour)>,
+    records: Mutex<Vec<Recorded>>,
+    connections: AtomicUsize,
+    streams: Mutex<Vec<TcpStream>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn behaviour_for(&self, target: &str) -> Behaviour {
+        self.routes
+            .iter()
+            .filter(|(p, _)| target.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| self.default.clone())
+    }
+
+    fn record(&self, r: Recorded) -> usize {
+        let mut records = self.records.lock().unwrap();
+        records.push(r);
+        records.len() - 1
+    }
+
+    fn update(&self, idx: usize, f: impl FnOnce(&mut Recorded)) {
+        let mut records = self.records.lock().unwrap();
+        f(&mut records[idx]);
+    }
+}
+
+pub struct BackendBuilder {
+    name: String,
+    default: Behaviour,
+    routes: Vec<(String, Behaviour)>,
+}
+
+impl BackendBuilder {
+    /// Behaviour for targets starting with `prefix`.
+    pub fn route(mut self, prefix: &str, b: Behaviour) -> Self {
+        self.routes.push((prefix.to_string(), b));
+        self
+    }
+
+    pub fn default_behaviour(mut self, b: Behaviour) -> Self {
+        self.default = b;
+        self
+    }
+
+    pub fn start(self) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test backend");
+        let addr = listener.local_addr().expect("backend local addr");
+        let shared = Arc::new(Shared {
+            name: self.name,
+            default: self.default,
+            routes: self.routes,
+            records: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+            streams: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let accept = thread::Builder::new()
+            .name(format!("backend-{}", s.name))
+            .spawn(move || accept_loop(listener, s))
+            .expect("spawn backend accept thread");
+        Backend {
+            addr,
+            shared,
+            accept: Some(accept),
+        }
+    }
+}
+
+/// A running backend; stops (and cuts its connections) on drop.
+pub struct Backend {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    pub fn builder(name: &str) -> BackendBuilder {
+        BackendBuilder {
+            name: name.to_string(),
+            default: Behaviour::Ok,
+            routes: Vec::new(),
+        }
+    }
+
+    /// A backend doing `b` for every request.
+    pub fn start(name: &str, b: Behaviour) -> Backend {
+        Backend::builder(name).default_behaviour(b).start()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A snapshot of every request recorded so far.
+    pub fn records(&self) -> Vec<Recorded> {
+        self.shared.records.lock().unwrap().clone()
+    }
+
+    /// The targets of every recorded request, in order.
+    pub fn targets(&self) -> Vec<String> {
+        self.records().into_iter().map(|r| r.target).collect()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// The body `Behaviour::Ok` sends for `target`.
+    pub fn ok_body(&self, target: &str) -> String {
+        ok_body(&self.shared.name, target)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        for s in self.shared.streams.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn ok_body(name: &str, target: &str) -> String {
+    format!("hello from {name} {target}\n")
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let conn = shared.connections.fetch_add(1, Ordering::SeqCst);
+        if let Ok(clone) = stream.try_clone() {
+            shared.streams.lock().unwrap().push(clone);
+        }
+        let s = shared.clone();
+        let _ = thread::Builder::new()
+            .name(format!("backend-{}-c{conn}", s.name))
+            .spawn(move || {
+                let closer = stream.try_clone();
+                let _ = serve(stream, conn, &s);
+                // Other handles (kept for Drop) would hold the socket open.
+                if let Ok(c) = closer {
+                    let _ = c.shutdown(Shutdown::Both);
+                }
+            });
+    }
+}
+
+fn unparseable(conn: usize, raw: Vec<u8>, error: String) -> Recorded {
+    Recorded {
+        conn,
+        method: "<unparseable>".into(),
+        target: String::new(),
+        version: String::new(),
+        headers: Vec::new(),
+        raw_head: raw,
+        body: Vec::new(),
+        body_len: 0,
+        body_complete: false,
+        error: Some(error),
+    }
+}
+
+/// One connection: read head → record → behave → keep-alive or close.
+fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
+    stream.set_read_timeout(Some(IDLE_READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut w = stream.try_clone()?;
+    let mut r = Reader::new(stream);
+    loop {
+        let raw = match r.read_head(HEAD_SIZE_MAX) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // Bytes that never formed a head are still evidence that
+                // something reached the backend.
+                let partial = r.buffered().to_vec();
+                if !partial.is_empty() {
+                    shared.record(unparseable(conn, partial, e.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        let head = match wire::parse_head(&raw) {
+            Ok(h) => h,
+            Err(e) => {
+                shared.record(unparseable(conn, raw, e.to_string()));
+                return Err(e);
+            }
+        };
+        let [method, target, version] = head.start.clone();
+        let idx = shared.record(Recorded {
+            conn,
+            method,
+            target: target.clone(),
+            version: version.clone(),
+            headers: head.headers.clone(),
+            raw_head: raw,
+            body: Vec::new(),
+            body_len: 0,
+            body_complete: false,
+            error: None,
+        });
+        let framing = head.framing();
+        let wants_close = head
+            .header("connection")
+            .map(|c| c.to_ascii_lowercase().contains("close"))
+            .unwrap_or(false)
+            || (version == "HTTP/1.0"
+                && !head
+                    .header("connection")
+                    .map(|c| c.to_ascii_lowercase().contains("keep-alive"))
+                    .unwrap_or(false));
+        let expects_continue = head
+            .header("expect")
+            .map(|e| e.eq_ignore_ascii_case("100-continue"))
+            .unwrap_or(false);
+        if expects_continue && framing != Framing::None && framing != Framing::Length(0) {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+
+        let behaviour = shared.behaviour_for(&target);
+        let name = shared.name.as_str();
+        let mut kept = Vec::new();
+        let mut len = 0u64;
+
+        if let Behaviour::Echo = behaviour {
+            let res = echo(&mut r, &mut w, framing, name, shared, idx);
+            if let Err(e) = &res {
+                shared.update(idx, |rec| rec.error = Some(e.to_string()));
+            }
+            res?;
+            if wants_close {
+                return Ok(());
+            }
+            continue;
+        }
+
+        let mut keep = |p: &[u8]| -> io::Result<()> {
+            len += p.len() as u64;
+            if kept.len() < BODY_KEEP_MAX {
+                let n = p.len().min(BODY_KEEP_MAX - kept.len());
+                kept.extend_from_slice(&p[..n]);
+            }
+            Ok(())
+        };
+        let res = match framing {
+            Framing::None => Ok(()),
+            Framing::Length(n) => wire::read_length(&mut r, n, &mut keep),
+            Framing::Chunked => wire::read_chunked(&mut r, &mut keep).map(|_| ()),
+            Framing::UntilClose => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request body framed by a transfer coding other than chunked",
+            )),
+        };
+        shared.update(idx, |rec| {
+            rec.body = std::mem::take(&mut kept);
+            rec.body_len = len;
+            rec.body_complete = res.is_ok();
+            rec.error = res.as_ref().err().map(|e| e.to_string());
+        });
+        res?;
+
+        let body = ok_body(name, &target);
+        match behaviour {
+            Behaviour::Echo => unreachable!("handled above"),
+            Behaviour::Ok => write_ok(&mut w, name, &body, "")?,
+            Behaviour::Stall(d) => {
+                thread::sleep(d);
+                write_ok(&mut w, name, &body, "")?;
+            }
+            Behaviour::CloseWithoutResponse => {
+                let _ = w.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Behaviour::AmbiguousFraming => {
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+                    body.len(),
+                    String::from_utf8_lossy(&wire::chunked_body(body.as_bytes(), 7)),
+                );
+                w.write_all(resp.as_bytes())?;
+            }
+            Behaviour::Chunked => {
+                let mut resp = format!(
+                    "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .into_bytes();
+                resp.extend_from_slice(&wire::chunked_body(body.as_bytes(), 5));
+                w.write_all(&resp)?;
+            }
+            Behaviour::CloseDelimited => {
+                let resp = format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\n\r\n{body}");
+                w.write_all(resp.as_bytes())?;
+                let _ = w.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Behaviour::HopByHopHeaders => write_ok(
+                &mut w,
+                name,
+                &body,
+                "Connection: keep-alive, x-resp-secret\r\nKeep-Alive: timeout=5\r\nX-Resp-Secret: 1\r\nProxy-Connection: keep-alive\r\n",
+            )?,
+        }
+        if wants_close {
+            let _ = w.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+}
+
+fn write_ok(w: &mut TcpStream, name: &str, body: &str, extra_headers: &str) -> io::Result<()> {
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+        body.len()
+    );
+    w.write_all(resp.as_bytes())
+}
+
+/// Streams the request body back piece by piece as it is read. Each piece
+/// is recorded before it is written back, so once a client has the whole
+/// echo the record is complete too.
+fn echo(
+    r: &mut Reader<TcpStream>,
+    w: &mut TcpStream,
+    framing: Framing,
+    name: &str,
+    shared: &Shared,
+    idx: usize,
+) -> io::Result<()> {
+    let note = |p: &[u8], complete: bool| {
+        shared.update(idx, |rec| {
+            rec.body_len += p.len() as u64;
+            if rec.body.len() < BODY_KEEP_MAX {
+                let n = p.len().min(BODY_KEEP_MAX - rec.body.len());
+                rec.body.extend_from_slice(&p[..n]);
+            }
+            rec.body_complete = complete;
+        })
+    };
+    match framing {
+        Framing::None => {
+            note(&[], true);
+            write_ok_empty(w, name)
+        }
+        Framing::Length(n) => {
+            if n == 0 {
+                note(&[], true);
+            }
+            w.write_all(
+                format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\nContent-Length: {n}\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            let mut seen = 0u64;
+            wire::read_length(r, n, |p| {
+                seen += p.len() as u64;
+                note(p, seen == n);
+                w.write_all(p)
+            })
+        }
+        Framing::Chunked => {
+            w.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+                .as_bytes(),
+            )?;
+            let mut out = Vec::with_capacity(READ_SIZE + 32);
+            wire::read_chunked(r, |p| {
+                note(p, false);
+                out.clear();
+                out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+                out.extend_from_slice(p);
+                out.extend_from_slice(b"\r\n");
+                w.write_all(&out)
+            })?;
+            note(&[], true);
+            w.write_all(b"0\r\n\r\n")
+        }
+        Framing::UntilClose => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "request body framed by a transfer coding other than chunked",
+        )),
+    }
+}
+
+fn write_ok_empty(w: &mut TcpStream, name: &str) -> io::Result<()> {
+    w.write_all(
+        format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+}

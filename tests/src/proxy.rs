@@ -1,0 +1,392 @@
+//! Starting the real `ringgate` binary: locating it, writing its config to a
+//! temporary file, waiting for its listener, and killing it on drop.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long the proxy gets to start accepting on its listener.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of the `ringgate` binary: `$RINGGATE_BIN`, else `ringgate` next to
+/// the target profile directory this test binary runs from
+/// (`target/debug/deps/x-hash` → `target/debug/ringgate`).
+pub fn ringgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGGATE_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "RINGGATE_BIN={} does not exist; build it first: cargo build -p ringgate",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe
+        .parent()
+        .expect("test binary has a directory")
+        .to_path_buf();
+    if dir.file_name().map(|n| n == "deps").unwrap_or(false) {
+        dir.pop();
+    }
+    let bin = dir.join("ringgate");
+    assert!(
+        bin.is_file(),
+        "ringgate binary not found at {}; build it first: cargo build -p ringgate",
+        bin.display()
+    );
+    bin
+}
+
+/// A unique path in the temp directory (`prefix-PID-N-NANOS.ext`).
+pub fn temp_path(prefix: &str, ext: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}-{nanos}.{ext}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+/// Writes `contents` to a fresh temp file and returns its path.
+pub fn write_temp(prefix: &str, ext: &str, contents: &[u8]) -> PathBuf {
+    let p = temp_path(prefix, ext);
+    fs::write(&p, contents).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+    p
+}
+
+/// A loopback port nothing is listening on right now.
+///
+/// Binds 127.0.0.1 and drops the socket. Candidates come from below the
+/// kernel's ephemeral range first, so the port is not handed out again as
+/// the source port of some test connection before the proxy binds it;
+/// falls back to port 0 if none of those is free.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, _) = ephemeral_range();
+    // Spread test processes apart by PID; a per-process counter keeps
+    // concurrent tests in one process from ever picking the same port.
+    let base = 20_000u32;
+    let span = low.saturating_sub(base).max(1);
+    let start = (std::process::id().wrapping_mul(7919)) % span;
+    for _ in 0..200 {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = base + (start + n * 13) % span;
+        if port >= low || port > u16::MAX as u32 {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            drop(l);
+            return port as u16;
+        }
+    }
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+fn ephemeral_range() -> (u32, u32) {
+    let text = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|s| s.parse::<u32>().ok());
+    match (it.next(), it.next()) {
+        (Some(a), Some(b)) if a > 20_100 => (a, b),
+        _ => (32_768, 60_999),
+    }
+}
+
+/// Builds the config most tests use: one listener on a free port, one route
+/// to one upstream.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub port: u16,
+    pub workers: u32,
+    pub server_extra: Vec<String>,
+    pub limits: Vec<String>,
+    pub backends: Vec<SocketAddr>,
+    pub route_prefix: String,
+    pub timeouts: Option<String>,
+    pub pool: Option<String>,
+}
+
+impl ProxyConfig {
+    pub fn new(backend: SocketAddr) -> Self {
+        ProxyConfig {
+            port: free_port(),
+            workers: 1,
+            server_extra: Vec::new(),
+            limits: Vec::new(),
+            backends: vec![backend],
+            route_prefix: "/".into(),
+            timeouts: None,
+            pool: None,
+        }
+    }
+
+    /// Adds `key = value` (value in TOML syntax) to `[limits]`.
+    pub fn limit(mut self, key: &str, value: &str) -> Self {
+        self.limits.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Adds `key = value` (value in TOML syntax) to `[server]`.
+    pub fn server(mut self, key: &str, value: &str) -> Self {
+        self.server_extra.push(format!("{key} = {value}"));
+        self
+    }
+
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub fn route_prefix(mut self, p: &str) -> Self {
+        self.route_prefix = p.into();
+        self
+    }
+
+    /// The upstream's inline `timeouts` table body, e.g. `response = "300ms"`.
+    pub fn timeouts(mut self, inline: &str) -> Self {
+        self.timeouts = Some(inline.into());
+        self
+    }
+
+    pub fn to_toml(&self) -> String {
+        let mut s = String::from("[server]\n");
+        s += &format!("workers = {}\n", self.workers);
+        for l in &self.server_extra {
+            s += l;
+            s += "\n";
+        }
+        if !self.limits.is_empty() {
+            s += "\n[limits]\n";
+            for l in &self.limits {
+                s += l;
+                s += "\n";
+            }
+        }
+        s += &format!(
+            "\n[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:{}\"\n",
+            self.port
+        );
+        s += &format!(
+            "\n[[routes]]\nlistener = \"web\"\nmatch = {{ path_prefix = \"{}\" }}\nupstream = \"app\"\n",
+            self.route_prefix
+        );
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .collect();
+        s += &format!(
+            "\n[[upstreams]]\nname = \"app\"\nbackends = [{}]\n",
+            backends.join(", ")
+        );
+        if let Some(t) = &self.timeouts {
+            s += &format!("timeouts = {{ {t} }}\n");
+        }
+        if let Some(p) = &self.pool {
+            s += &format!("pool = {{ {p} }}\n");
+        }
+        s
+    }
+
+    pub fn start(&self) -> Proxy {
+        Proxy::start(&self.to_toml())
+    }
+}
+
+/// A running `ringgate -c FILE`; killed on drop. When a test panics, its
+/// stderr is printed so the failure shows what the proxy said.
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+/// The port of the first `address = "..."` in the first `[[listeners]]`.
+fn listener_port(toml: &str) -> Option<u16> {
+    let mut in_listener = false;
+    for line in toml.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if in_listener {
+                return None;
+            }
+            in_listener = t == "[[listeners]]";
+            continue;
+        }
+        if in_listener {
+            if let Some(rest) = t.strip_prefix("address") {
+                let v = rest
+                    .trim_start()
+                    .strip_prefix('=')?
+                    .trim()
+                    .trim_matches('"');
+                return v.parse::<SocketAddr>().ok().map(|a| a.port());
+            }
+        }
+    }
+    None
+}
+
+impl Proxy {
+    /// Starts `ringgate -c FILE` with `config_toml` and waits (up to
+    /// `START_TIMEOUT`) for the first listener to accept.
+    pub fn start(config_toml: &str) -> Proxy {
+        Proxy::start_with_args(config_toml, &["-c"])
+    }
+
+    /// Like `start`, with the flag naming the config file given explicitly
+    /// (`-c` or `--config`).
+    pub fn start_with_args(config_toml: &str, flag: &[&str]) -> Proxy {
+        let port =
+            listener_port(config_toml).expect("config has a [[listeners]] table with an address");
+        let config_path = write_temp("ringgate-test", "toml", config_toml.as_bytes());
+        let stderr_path = temp_path("ringgate-test-stderr", "log");
+        let stderr = fs::File::create(&stderr_path).expect("create stderr file");
+        let child = Command::new(ringgate_bin())
+            .args(flag)
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", ringgate_bin().display()));
+        let mut proxy = Proxy {
+            child,
+            port,
+            config_path,
+            stderr_path,
+        };
+        proxy.wait_listening();
+        proxy
+    }
+
+    fn wait_listening(&mut self) {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ringgate exited ({status}) before listening on {addr}\nconfig:\n{}\nstderr:\n{}",
+                    fs::read_to_string(&self.config_path).unwrap_or_default(),
+                    self.stderr()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "ringgate did not accept on {addr} within {START_TIMEOUT:?}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the proxy wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Is the process still running?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!(
+                "--- ringgate stderr ({}) ---\n{}\n--- end ---",
+                self.stderr_path.display(),
+                self.stderr()
+            );
+        }
+        let _ = fs::remove_file(&self.config_path);
+        let _ = fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Runs `ringgate ARGS` to completion (with a time limit) and returns
+/// (exit success, exit code, stdout, stderr).
+pub fn run_ringgate(args: &[&std::ffi::OsStr]) -> CommandOutput {
+    run_with_timeout(
+        Command::new(ringgate_bin()).args(args),
+        Duration::from_secs(10),
+    )
+}
+
+pub struct CommandOutput {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command, killing it if it outlives `limit`.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> CommandOutput {
+    let out_path = temp_path("ringgate-test-out", "log");
+    let err_path = temp_path("ringgate-test-err", "log");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).expect("create stdout file"))
+        .stderr(fs::File::create(&err_path).expect("create stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still running after {limit:?}; stderr:\n{}",
+                fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let out = CommandOutput {
+        success: status.success(),
+        code: status.code(),
+        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+    };
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    out
+}
+
+/// `curl` on PATH; panics with a clear message when it is missing.
+pub fn curl() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let c = dir.join("curl");
+        if c.is_file() {
+            return c;
+        }
+    }
+    panic!("curl not found on PATH: these tests drive the proxy with the real curl (CI installs it; apt-get install curl)");
+}

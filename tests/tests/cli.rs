@@ -1,0 +1,92 @@
+//! The command line: `ringgate -c FILE`, `--config FILE`, `check`, `--version`.
+
+use std::ffi::OsStr;
+
+use ringgate_tests::proxy::{run_ringgate, write_temp};
+use ringgate_tests::{Backend, Behaviour, Client, Proxy, ProxyConfig};
+
+#[test]
+fn short_config_flag_runs_the_proxy() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let cfg = ProxyConfig::new(backend.addr());
+    let proxy = Proxy::start_with_args(&cfg.to_toml(), &["-c"]);
+    let r = Client::connect(proxy.port).get("/x");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), backend.ok_body("/x"));
+}
+
+#[test]
+fn long_config_flag_runs_the_proxy() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let cfg = ProxyConfig::new(backend.addr());
+    let proxy = Proxy::start_with_args(&cfg.to_toml(), &["--config"]);
+    let r = Client::connect(proxy.port).get("/x");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), backend.ok_body("/x"));
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let cfg = ProxyConfig::new(([127, 0, 0, 1], 9).into());
+    let path = write_temp("ringgate-check-good", "toml", cfg.to_toml().as_bytes());
+    let out = run_ringgate(&[OsStr::new("check"), OsStr::new("-c"), path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.success,
+        "`ringgate check -c` refused a good config (exit {:?})\nconfig:\n{}\nstdout:\n{}\nstderr:\n{}",
+        out.code,
+        cfg.to_toml(),
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_file_line_col_and_key_for_a_route_naming_a_missing_upstream() {
+    let toml = "[server]\nworkers = 1\n\n[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:18080\"\n\n[[routes]]\nlistener = \"web\"\nupstream = \"missing\"\n\n[[upstreams]]\nname = \"app\"\nbackends = [{ address = \"127.0.0.1:9\" }]\n";
+    let line = toml
+        .lines()
+        .position(|l| l.starts_with("upstream = \"missing\""))
+        .expect("fixture has the line")
+        + 1;
+    let path = write_temp("ringgate-check-bad", "toml", toml.as_bytes());
+    let out = run_ringgate(&[OsStr::new("check"), OsStr::new("-c"), path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        !out.success,
+        "`ringgate check` accepted a route naming a missing upstream; stderr:\n{}",
+        out.stderr
+    );
+    let prefix = format!("{}:{line}:", path.display());
+    let located = out.stderr.match_indices(&prefix).any(|(i, _)| {
+        let rest = &out.stderr[i + prefix.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest[digits..].starts_with(':')
+    });
+    assert!(
+        located,
+        "stderr lacks `{prefix}COL:` (the line of the bad `upstream` key):\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("upstream"),
+        "stderr does not name the key `upstream`:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = run_ringgate(&[OsStr::new("--version")]);
+    assert!(
+        out.success,
+        "--version failed: {:?}\n{}",
+        out.code, out.stderr
+    );
+    let version = env!("CARGO_PKG_VERSION"); // shared workspace version
+    assert!(
+        out.stdout.contains(version),
+        "--version printed {:?}, expected it to contain {version}",
+        out.stdout
+    );
+}

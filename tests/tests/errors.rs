@@ -1,0 +1,156 @@
+//! Failures mapped to statuses: upstream trouble (502, 504), routing (404),
+//! limits (431, 408), unsupported codings (501).
+
+use std::time::{Duration, Instant};
+
+use ringgate_tests::{free_port, Backend, Behaviour, Client, ProxyConfig};
+
+#[test]
+fn stopped_backend_gives_502() {
+    let dead = ([127, 0, 0, 1], free_port()).into();
+    let proxy = ProxyConfig::new(dead).start();
+    let r = Client::connect(proxy.port).get("/x");
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+#[test]
+fn backend_closing_without_a_response_gives_502() {
+    let backend = Backend::start("b", Behaviour::CloseWithoutResponse);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let r = Client::connect(proxy.port).get("/x");
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+#[test]
+fn backend_slower_than_response_timeout_gives_504() {
+    let backend = Backend::start("b", Behaviour::Stall(Duration::from_secs(3)));
+    let proxy = ProxyConfig::new(backend.addr())
+        .timeouts("response = \"300ms\"")
+        .start();
+    let t = Instant::now();
+    let r = Client::connect(proxy.port).get("/x");
+    let took = t.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "504 took {took:?} with a 300ms response timeout"
+    );
+}
+
+#[test]
+fn response_with_both_content_length_and_transfer_encoding_gives_502() {
+    let backend = Backend::start("b", Behaviour::AmbiguousFraming);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let r = Client::connect(proxy.port).get("/x");
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+#[test]
+fn unrouted_path_gives_404_and_reaches_no_backend() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).route_prefix("/a").start();
+    let r = Client::connect(proxy.port).get("/b");
+    assert_eq!(r.status, 404, "{r:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        backend.targets().is_empty(),
+        "backend saw {:?}",
+        backend.targets()
+    );
+    // The route itself works.
+    let r = Client::connect(proxy.port).get("/a");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(backend.targets(), ["/a"]);
+}
+
+#[test]
+fn head_larger_than_max_head_size_gives_431() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .limit("max_head_size", "\"1KiB\"")
+        .start();
+    let big = "v".repeat(2000);
+    let r = Client::connect(proxy.port)
+        .request(format!("GET /x HTTP/1.1\r\nHost: test\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(
+        backend.targets().is_empty(),
+        "backend saw {:?}",
+        backend.targets()
+    );
+}
+
+#[test]
+fn more_headers_than_max_headers_gives_431() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .limit("max_headers", "5")
+        .start();
+    let mut req = String::from("GET /x HTTP/1.1\r\nHost: test\r\n");
+    for i in 0..10 {
+        req += &format!("X-H{i}: {i}\r\n");
+    }
+    req += "\r\n";
+    let r = Client::connect(proxy.port).request(req.as_bytes());
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(
+        backend.targets().is_empty(),
+        "backend saw {:?}",
+        backend.targets()
+    );
+}
+
+#[test]
+fn unknown_transfer_coding_gives_501() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let r = Client::connect(proxy.port).request(
+        b"POST /x HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 501, "{r:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        backend.targets().is_empty(),
+        "backend saw {:?}",
+        backend.targets()
+    );
+}
+
+#[test]
+fn slow_head_gets_408_and_close() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .limit("header_read_timeout", "\"500ms\"")
+        .start();
+    let mut c = Client::connect(proxy.port);
+    let t = Instant::now();
+    c.send(b"GET /x HTTP/1.1\r\nHost: test\r\n");
+    c.set_read_timeout(Duration::from_secs(2));
+    match c.read_final() {
+        Ok(r) => {
+            assert_eq!(r.status, 408, "half a head got {r:?}");
+            let left = Duration::from_secs(2).saturating_sub(t.elapsed());
+            c.wait_closed(left.max(Duration::from_millis(100)))
+                .expect("connection must close after the 408");
+        }
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+            ),
+            "neither 408 nor a close within 2 s of half a head: {e}"
+        ),
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        backend.targets().is_empty(),
+        "backend saw {:?}",
+        backend.targets()
+    );
+}

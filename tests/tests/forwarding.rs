@@ -1,0 +1,270 @@
+//! Requests and responses going through the proxy intact: bodies, keep-alive,
+//! pipelining, HTTP/1.0, `Expect: 100-continue`, real curl.
+
+use std::io::Write;
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use ringgate_tests::proxy::{curl, run_with_timeout, write_temp};
+use ringgate_tests::{wire, Backend, Behaviour, Client, Pattern, ProxyConfig};
+
+const BODY_3MB: usize = 3 * 1024 * 1024;
+
+/// Sends `head` + `body` from a writer thread while this thread reads the
+/// response, as a streaming client must.
+fn send_concurrently(c: &mut Client, head: String, body: Vec<u8>) -> ringgate_tests::Response {
+    let mut w = c.writer();
+    let writer = thread::spawn(move || {
+        w.write_all(head.as_bytes())?;
+        w.write_all(&body)
+    });
+    let r = c
+        .read_final()
+        .unwrap_or_else(|e| panic!("reading the echoed response: {e}"));
+    writer
+        .join()
+        .expect("writer thread")
+        .unwrap_or_else(|e| panic!("writing the request body: {e}"));
+    r
+}
+
+#[test]
+fn body_of_3_mb_round_trips_with_content_length() {
+    let backend = Backend::start("echo", Behaviour::Echo);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let data = Pattern::new(1).take(BODY_3MB);
+    let mut c = Client::connect(proxy.port);
+    let head = format!("POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: {BODY_3MB}\r\n\r\n");
+    let r = send_concurrently(&mut c, head, data.clone());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), data.len(), "echoed length");
+    assert!(r.body == data, "echoed bytes differ");
+    let rec = &backend.records()[0];
+    assert_eq!(rec.body_len, BODY_3MB as u64);
+    assert!(rec.body == data, "backend received different bytes");
+}
+
+#[test]
+fn body_of_3_mb_round_trips_chunked() {
+    let backend = Backend::start("echo", Behaviour::Echo);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let data = Pattern::new(2).take(BODY_3MB);
+    // Irregular chunk sizes, so no chunk boundary lines up with a read.
+    let mut body = Vec::new();
+    let sizes = [1usize, 100, 8192, 65_536, 100_003, 7];
+    let (mut off, mut i) = (0, 0);
+    while off < data.len() {
+        let n = sizes[i % sizes.len()].min(data.len() - off);
+        body.extend_from_slice(&wire::chunk(&data[off..off + n]));
+        off += n;
+        i += 1;
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let mut c = Client::connect(proxy.port);
+    let head =
+        "POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+    let r = send_concurrently(&mut c, head, body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), data.len(), "echoed length");
+    assert!(r.body == data, "echoed bytes differ");
+    let rec = &backend.records()[0];
+    assert!(
+        rec.body_complete,
+        "backend saw an incomplete body: {:?}",
+        rec.error
+    );
+    assert!(rec.body == data, "backend received different bytes");
+}
+
+#[test]
+fn fifty_keepalive_requests_share_one_client_connection_and_pooled_upstreams() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    for i in 0..50 {
+        let path = format!("/k{i}");
+        let r = c.get(&path);
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.body_str(), backend.ok_body(&path), "request {i}");
+    }
+    assert_eq!(backend.records().len(), 50);
+    let conns = backend.connections();
+    assert!(
+        conns < 50,
+        "backend saw {conns} TCP connections for 50 requests: upstream connections are not pooled"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    c.send(
+        b"GET /p1 HTTP/1.1\r\nHost: test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: test\r\n\r\nGET /p3 HTTP/1.1\r\nHost: test\r\n\r\n",
+    );
+    for p in ["/p1", "/p2", "/p3"] {
+        let r = c
+            .read_final()
+            .unwrap_or_else(|e| panic!("response for {p}: {e}"));
+        assert_eq!(r.status, 200, "{p}: {r:?}");
+        assert_eq!(r.body_str(), backend.ok_body(p), "responses out of order");
+    }
+}
+
+#[test]
+fn http10_client_is_served_and_the_connection_closes() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    let r = c.request(b"GET /old HTTP/1.0\r\nHost: test\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), backend.ok_body("/old"));
+    assert!(
+        r.header("transfer-encoding").is_none(),
+        "chunked response sent to an HTTP/1.0 client: {r:?}"
+    );
+    c.wait_closed(Duration::from_secs(5))
+        .expect("HTTP/1.0 connection without keep-alive must close after the response");
+}
+
+#[test]
+fn http10_keepalive_client_is_served() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    let req = b"GET /old HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n";
+    let r = c.request(req);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), backend.ok_body("/old"));
+    let kept = r
+        .header("connection")
+        .map(|v| v.to_ascii_lowercase().contains("keep-alive"))
+        .unwrap_or(false);
+    if kept {
+        // The proxy promised keep-alive: a second request must work.
+        let r2 = c.request(req);
+        assert_eq!(
+            r2.status, 200,
+            "second request on a kept-alive 1.0 connection: {r2:?}"
+        );
+    } else {
+        c.wait_closed(Duration::from_secs(5))
+            .expect("no `Connection: keep-alive` in the response, so the connection must close");
+    }
+}
+
+#[test]
+fn expect_100_continue_gets_interim_response_then_final() {
+    let backend = Backend::start("echo", Behaviour::Echo);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let interim = c
+        .read_response()
+        .unwrap_or_else(|e| panic!("no `100 Continue` before the body was sent: {e}"));
+    assert_eq!(
+        interim.status, 100,
+        "expected 100 Continue, got {interim:?}"
+    );
+    assert_eq!(interim.version, "HTTP/1.1");
+    c.send(b"hello world");
+    let r = c.read_final().expect("final response");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), "hello world");
+    let recs = backend.records();
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].body, b"hello world", "backend did not get the body");
+}
+
+#[test]
+fn curl_post_with_expect_100_continue_round_trips() {
+    let curl = curl();
+    let backend = Backend::start("echo", Behaviour::Echo);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let data = Pattern::new(3).take(64 * 1024);
+    let file = write_temp("ringgate-curl-body", "bin", &data);
+    let out_file = ringgate_tests::proxy::temp_path("ringgate-curl-out", "bin");
+    // curl adds `Expect: 100-continue` by itself for bodies over 1 KiB (or
+    // 1 MiB in newer versions); the explicit header makes it version-proof.
+    let out = run_with_timeout(
+        Command::new(&curl)
+            .args([
+                "-sS",
+                "-v",
+                "--max-time",
+                "10",
+                "-H",
+                "Expect: 100-continue",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg("-o")
+            .arg(&out_file)
+            .args(["-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{}/echo", proxy.port)),
+        Duration::from_secs(15),
+    );
+    let got = std::fs::read(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&out_file);
+    assert!(out.success, "curl failed ({:?}): {}", out.code, out.stderr);
+    assert_eq!(out.stdout, "200", "curl status; stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("HTTP/1.1 100 Continue"),
+        "curl never saw `100 Continue` (it sends the body anyway after 1 s):\n{}",
+        out.stderr
+    );
+    assert_eq!(got.len(), data.len(), "echoed length");
+    assert!(got == data, "echoed bytes differ");
+    let recs = backend.records();
+    assert_eq!(recs.len(), 1);
+    assert!(recs[0].body == data, "backend got different bytes");
+}
+
+#[test]
+fn curl_get_works() {
+    let curl = curl();
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let out_file = ringgate_tests::proxy::temp_path("ringgate-curl-out", "txt");
+    let out = run_with_timeout(
+        Command::new(&curl)
+            .args(["-sS", "--max-time", "10", "-o"])
+            .arg(&out_file)
+            .args(["-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{}/hello", proxy.port)),
+        Duration::from_secs(15),
+    );
+    let body = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    assert!(out.success, "curl failed ({:?}): {}", out.code, out.stderr);
+    assert_eq!(out.stdout, "200");
+    assert_eq!(body, backend.ok_body("/hello"));
+}
+
+#[test]
+fn chunked_response_is_relayed() {
+    let backend = Backend::start("b", Behaviour::Chunked);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    let r = c.get("/c");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), backend.ok_body("/c"));
+    // The connection stays usable.
+    let r = c.get("/c2");
+    assert_eq!(r.body_str(), backend.ok_body("/c2"));
+}
+
+#[test]
+fn close_delimited_response_is_relayed() {
+    let backend = Backend::start("b", Behaviour::CloseDelimited);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    let r = c.get("/cd");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), backend.ok_body("/cd"));
+}

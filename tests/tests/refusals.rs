@@ -1,0 +1,242 @@
+//! Requests the proxy must refuse (400, close) without forwarding a byte:
+//! ambiguous framing, malformed lengths and codings, bad chunks, malformed
+//! heads (RFC 9112 §2.2, §3, §5, §6, §7).
+
+use ringgate_tests::assert_refused;
+
+#[test]
+fn cl_and_te_together_are_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "CL then TE",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "TE then CL",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn differing_content_lengths_are_refused() {
+    assert_refused(
+        400,
+        &[(
+            "two Content-Length fields",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        )],
+    );
+}
+
+#[test]
+fn content_length_list_is_refused() {
+    assert_refused(
+        400,
+        &[(
+            "Content-Length: 5, 6",
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        )],
+    );
+}
+
+#[test]
+fn malformed_content_length_is_refused() {
+    let values = ["+5", "-1", "0x5", "5a", "", "99999999999999999999999"];
+    let raws: Vec<(String, Vec<u8>)> = values
+        .iter()
+        .map(|v| {
+            (
+                format!("Content-Length: {v:?}"),
+                format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\nhello")
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    let cases: Vec<(&str, &[u8])> = raws
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.as_slice()))
+        .collect();
+    assert_refused(400, &cases);
+}
+
+#[test]
+fn transfer_encoding_in_http10_request_is_refused() {
+    assert_refused(
+        400,
+        &[(
+            "TE in HTTP/1.0",
+            b"POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )],
+    );
+}
+
+#[test]
+fn obfuscated_transfer_encoding_is_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "xchunked",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "chunked, identity (chunked not final)",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "chunked followed by vertical tab",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\x0b\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "space before the colon",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn duplicated_chunked_is_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "chunked, chunked",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "two Transfer-Encoding: chunked fields",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn bad_chunked_framing_is_refused() {
+    // The bad chunk travels in the same write as the head, so the proxy has
+    // it before it could forward anything.
+    const HEAD: &str = "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let bodies: [(&str, &[u8]); 6] = [
+        ("empty chunk-size line", b"\r\nhello\r\n0\r\n\r\n"),
+        ("non-hex chunk size", b"zz\r\nhello\r\n0\r\n\r\n"),
+        (
+            "chunk size overflow",
+            b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+        ),
+        ("bare LF after chunk size", b"5;\nhello\r\n0\r\n\r\n"),
+        ("NUL in chunk extension", b"5;a\x00b\r\nhello\r\n0\r\n\r\n"),
+        ("missing CRLF after chunk data", b"5\r\nhelloXX0\r\n\r\n"),
+    ];
+    let raws: Vec<(&str, Vec<u8>)> = bodies
+        .iter()
+        .map(|(n, b)| {
+            let mut raw = HEAD.as_bytes().to_vec();
+            raw.extend_from_slice(b);
+            (*n, raw)
+        })
+        .collect();
+    let cases: Vec<(&str, &[u8])> = raws.iter().map(|(n, r)| (*n, r.as_slice())).collect();
+    assert_refused(400, &cases);
+}
+
+#[test]
+fn obs_fold_is_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "obs-fold with spaces",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  continued\r\n\r\n",
+            ),
+            (
+                "obs-fold with a tab",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\tcontinued\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn control_characters_in_header_value_are_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "CR in value",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+            ),
+            (
+                "LF in value",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\nb\r\n\r\n",
+            ),
+            (
+                "NUL in value",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn whitespace_before_colon_is_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "space before colon",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nX-A : 1\r\n\r\n",
+            ),
+            (
+                "tab before colon",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nX-A\t: 1\r\n\r\n",
+            ),
+            (
+                "Host with space before colon",
+                b"GET /a HTTP/1.1\r\nHost : x\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn missing_host_in_http11_is_refused() {
+    assert_refused(400, &[("no Host", b"GET /a HTTP/1.1\r\nX-A: 1\r\n\r\n")]);
+}
+
+#[test]
+fn two_host_headers_are_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "two differing Host",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            ),
+            (
+                "two equal Host",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn bare_lf_line_endings_are_refused() {
+    assert_refused(400, &[("bare LF head", b"GET /a HTTP/1.1\nHost: x\n\n")]);
+}
+
+#[test]
+fn malformed_request_line_is_refused() {
+    assert_refused(
+        400,
+        &[
+            ("GARBAGE", b"GARBAGE\r\n\r\n"),
+            ("missing version", b"GET /a\r\nHost: x\r\n\r\n"),
+        ],
+    );
+}

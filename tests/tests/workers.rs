@@ -1,0 +1,77 @@
+//! Thread-per-core layout: one pinned thread, one io_uring and one
+//! SO_REUSEPORT listener per worker.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ringgate_tests::procfs::{
+    io_uring_fds, listening_sockets, parse_cpu_list, status_field, tasks,
+};
+use ringgate_tests::{eventually, Backend, Behaviour, Client, ProxyConfig};
+
+#[test]
+fn two_workers_have_pinned_threads_rings_and_listeners() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).workers(2).start();
+    let pid = proxy.pid();
+    let port = proxy.port;
+
+    let workers = eventually(Duration::from_secs(3), || {
+        let w: Vec<_> = tasks(pid)
+            .into_iter()
+            .filter(|t| t.comm.starts_with("ringgate-w"))
+            .collect();
+        let names: BTreeSet<&str> = w.iter().map(|t| t.comm.as_str()).collect();
+        if w.len() == 2 && names == BTreeSet::from(["ringgate-w0", "ringgate-w1"]) {
+            Ok(w)
+        } else {
+            Err(format!(
+                "want exactly threads ringgate-w0 and ringgate-w1; the process has {:?}",
+                tasks(pid)
+            ))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let own_cpus =
+        parse_cpu_list(&status_field(std::process::id(), "Cpus_allowed_list").unwrap_or_default());
+    let mut pinned = BTreeSet::new();
+    for w in &workers {
+        let cpus = parse_cpu_list(&w.cpus_allowed_list);
+        assert_eq!(
+            cpus.len(),
+            1,
+            "{} is not pinned to one CPU: Cpus_allowed_list {:?}",
+            w.comm,
+            w.cpus_allowed_list
+        );
+        pinned.insert(cpus[0]);
+    }
+    if own_cpus.len() >= 2 {
+        assert_eq!(
+            pinned.len(),
+            2,
+            "both workers pinned to the same CPU: {workers:?}"
+        );
+    }
+
+    eventually(Duration::from_secs(2), || match io_uring_fds(pid) {
+        2 => Ok(()),
+        n => Err(format!("want 2 io_uring instances, /proc/{pid}/fd has {n}")),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    eventually(Duration::from_secs(2), || match listening_sockets(port) {
+        2 => Ok(()),
+        n => Err(format!(
+            "want 2 listening sockets on port {port}, /proc/net/tcp{{,6}} has {n}"
+        )),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // And it serves.
+    for i in 0..4 {
+        let r = Client::connect(port).get(&format!("/w{i}"));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
