@@ -162,6 +162,7 @@ pub fn run(
     if !force_legacy && monoio::utils::detect_uring() {
         match RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(URING_ENTRIES)
+            .uring_builder(uring_setup())
             .enable_timer()
             .build()
         {
@@ -180,6 +181,28 @@ pub fn run(
             std::process::exit(1);
         }
     }
+}
+
+/// Ring set-up flags. Experimental knob while measuring: RINGGATE_URING=
+/// comma list of coop,single,defer.
+fn uring_setup() -> io_uring::Builder {
+    let mut builder = io_uring::IoUring::builder();
+    let flags = std::env::var("RINGGATE_URING").unwrap_or_default();
+    for flag in flags.split(',') {
+        match flag {
+            "coop" => {
+                builder.setup_coop_taskrun();
+            }
+            "single" => {
+                builder.setup_single_issuer();
+            }
+            "defer" => {
+                builder.setup_defer_taskrun();
+            }
+            _ => {}
+        }
+    }
+    builder
 }
 
 fn log_fallback(why: &str) {

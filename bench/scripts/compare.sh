@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Side-by-side keep-alive reverse-proxy comparison on one machine (2+ cores):
+# backend (nginx `return 200`, 1 worker) and wrk on CPU 1, the proxy (1 worker)
+# on CPU 0. Reports requests/s and the proxy's CPU time per request
+# (user+sys from /proc/PID/stat over requests served).
+# Usage: bench/scripts/compare.sh [duration_s=10] [connections=64] [proxies="ringgate nginx haproxy"]
+set -euo pipefail
+DUR=${1:-10}; CONNS=${2:-64}; PROXIES=${3:-"ringgate nginx haproxy"}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+RG=${RINGGATE_BIN:-$ROOT/target/release/ringgate}
+W=$(mktemp -d /tmp/rgbench.XXXX)
+BACKEND_PORT=19000; PROXY_PORT=18080
+TICK=$(getconf CLK_TCK)
+for tool in nginx wrk taskset; do command -v $tool >/dev/null || { echo "missing $tool: apt-get install nginx haproxy wrk" >&2; exit 1; }; done
+
+cat > $W/backend.conf <<EOC
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:$BACKEND_PORT reuseport; location / { return 200 "hello from backend\n"; } } }
+EOC
+cat > $W/ringgate.toml <<EOC
+[server]
+workers = 1
+[[listeners]]
+name = "web"
+address = "127.0.0.1:$PROXY_PORT"
+[[routes]]
+listener = "web"
+upstream = "b"
+[[upstreams]]
+name = "b"
+backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+pool = { max_idle_per_backend = 256 }
+EOC
+cat > $W/nginx-proxy.conf <<EOC
+worker_processes 1; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 256; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:$PROXY_PORT reuseport;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; } } }
+EOC
+cat > $W/haproxy.cfg <<EOC
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$PROXY_PORT
+  default_backend b
+backend b
+  server s1 127.0.0.1:$BACKEND_PORT
+EOC
+
+taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
+sleep 0.5
+cleanup() { kill $BACKEND 2>/dev/null || true; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null || true; }
+trap cleanup EXIT
+
+cpu_ticks() { # user+sys of a process and its threads/children, in ticks
+  local total=0
+  for p in "$@"; do read -r -a f < /proc/$p/stat; total=$((total + f[13] + f[14] + f[15] + f[16])); done
+  echo $total
+}
+
+printf "| proxy | requests/s | p50 | p99 | CPU µs/request |\n|---|---:|---:|---:|---:|\n" > $W/table.md
+echo "backend alone:"
+taskset -c 1 wrk -t1 -c$CONNS -d${DUR}s http://127.0.0.1:$BACKEND_PORT/ | grep -E "Requests/sec"
+for p in $PROXIES; do
+  case $p in
+    ringgate) [ -x "$RG" ] || { echo "skip ringgate: build it first (cargo build --release -p ringgate)"; continue; }
+              taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+    nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
+    haproxy)  command -v haproxy >/dev/null || { echo "skip haproxy: apt-get install haproxy"; continue; }
+              taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
+  esac
+  sleep 1
+  PIDS=$(pgrep -P $PROXY || true); PIDS="$PROXY $PIDS"
+  taskset -c 1 wrk -t1 -c$CONNS -d2s http://127.0.0.1:$PROXY_PORT/ > /dev/null   # warm-up
+  before=$(cpu_ticks $PIDS)
+  out=$(taskset -c 1 wrk -t1 -c$CONNS -d${DUR}s --latency http://127.0.0.1:$PROXY_PORT/)
+  after=$(cpu_ticks $PIDS)
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" || true)
+  cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
+  echo "$p: $rps req/s, $cpu_us µs CPU/request, p50 $p50, p99 $p99 $errs"
+  echo "| $p | $rps | $p50 | $p99 | $cpu_us |" >> $W/table.md
+  kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
+  sleep 0.5
+done
+echo; cat $W/table.md
