@@ -249,6 +249,15 @@ impl Proxy {
     /// Like `start`, with the flag naming the config file given explicitly
     /// (`-c` or `--config`).
     pub fn start_with_args(config_toml: &str, flag: &[&str]) -> Proxy {
+        Proxy::spawn(config_toml, flag, &[])
+    }
+
+    /// Like `start`, with extra environment variables for the proxy.
+    pub fn start_with_env(config_toml: &str, env: &[(&str, &str)]) -> Proxy {
+        Proxy::spawn(config_toml, &["-c"], env)
+    }
+
+    fn spawn(config_toml: &str, flag: &[&str], env: &[(&str, &str)]) -> Proxy {
         let port =
             listener_port(config_toml).expect("config has a [[listeners]] table with an address");
         let config_path = write_temp("ringgate-test", "toml", config_toml.as_bytes());
@@ -257,6 +266,7 @@ impl Proxy {
         let child = Command::new(ringgate_bin())
             .args(flag)
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -9,6 +9,32 @@ use ringgate_tests::procfs::{
 };
 use ringgate_tests::{eventually, Backend, Behaviour, Client, ProxyConfig};
 
+fn legacy_driver() -> bool {
+    std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy")
+}
+
+#[test]
+fn legacy_driver_fallback_is_logged_once_and_serves() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let config = ProxyConfig::new(backend.addr()).workers(2).to_toml();
+    let proxy = ringgate_tests::Proxy::start_with_env(&config, &[("RINGGATE_DRIVER", "legacy")]);
+    let mut c = Client::connect(proxy.port);
+    c.send(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read_final().unwrap_or_else(|e| panic!("response: {e}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        io_uring_fds(proxy.pid()),
+        0,
+        "legacy driver must not create rings"
+    );
+    let log = proxy.stderr();
+    assert_eq!(
+        log.matches("legacy epoll driver").count(),
+        1,
+        "want exactly one fallback line, stderr:\n{log}"
+    );
+}
+
 #[test]
 fn two_workers_have_pinned_threads_rings_and_listeners() {
     let backend = Backend::start("b", Behaviour::Ok);
@@ -22,7 +48,11 @@ fn two_workers_have_pinned_threads_rings_and_listeners() {
             .filter(|t| t.comm.starts_with("ringgate-w"))
             .collect();
         let names: BTreeSet<&str> = w.iter().map(|t| t.comm.as_str()).collect();
-        if w.len() == 2 && names == BTreeSet::from(["ringgate-w0", "ringgate-w1"]) {
+        // A worker pins itself as its thread starts: wait for that too.
+        let all_pinned = w
+            .iter()
+            .all(|t| parse_cpu_list(&t.cpus_allowed_list).len() == 1);
+        if w.len() == 2 && names == BTreeSet::from(["ringgate-w0", "ringgate-w1"]) && all_pinned {
             Ok(w)
         } else {
             Err(format!(
@@ -55,9 +85,14 @@ fn two_workers_have_pinned_threads_rings_and_listeners() {
         );
     }
 
+    // The suite also runs with RINGGATE_DRIVER=legacy (README's test
+    // command), where the workers must hold no ring at all.
+    let want_rings = if legacy_driver() { 0 } else { 2 };
     eventually(Duration::from_secs(2), || match io_uring_fds(pid) {
-        2 => Ok(()),
-        n => Err(format!("want 2 io_uring instances, /proc/{pid}/fd has {n}")),
+        n if n == want_rings => Ok(()),
+        n => Err(format!(
+            "want {want_rings} io_uring instances, /proc/{pid}/fd has {n}"
+        )),
     })
     .unwrap_or_else(|e| panic!("{e}"));
 
