@@ -4,6 +4,7 @@
 
 mod conn;
 mod demo;
+mod gossip;
 mod io;
 mod upstream;
 mod worker;
@@ -91,6 +92,7 @@ pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread
     let config = Arc::new(config);
     let (count, cores) = worker::plan(config.server.workers);
     let (mut listeners, bound) = worker::bind_all(&config, count)?;
+    let driver = worker::choose_driver();
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -103,7 +105,7 @@ pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread
         handles.push(
             std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
-                .spawn(move || worker::run(id, cpu, config, sockets))?,
+                .spawn(move || worker::run(id, cpu, driver, config, sockets))?,
         );
     }
     let addrs: Vec<String> = config
@@ -113,8 +115,12 @@ pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread
         .map(|(l, a)| format!("{}={a}", l.name))
         .collect();
     eprintln!(
-        "ringgate {}: {count} worker(s), listening on {}",
+        "ringgate {}: {count} worker(s) on {}, listening on {}",
         env!("CARGO_PKG_VERSION"),
+        match driver {
+            worker::Driver::IoUring => "io_uring",
+            worker::Driver::Legacy => "epoll (legacy)",
+        },
         addrs.join(", ")
     );
     Ok(handles)

@@ -7,7 +7,6 @@ use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +26,6 @@ const URING_ENTRIES: u32 = 4096;
 
 /// Pause after a failed accept (e.g. EMFILE) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-
-static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// Everything one worker owns. Built on the worker's own thread.
 pub struct Worker {
@@ -146,10 +143,35 @@ pub fn bind_all(
     Ok((per_worker, bound))
 }
 
+/// The I/O driver every worker starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Legacy,
+}
+
+/// Decides the driver once for the process, and says so when it is not
+/// io_uring: one log line, not one per worker.
+pub fn choose_driver() -> Driver {
+    if std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy") {
+        eprintln!("ringgate: RINGGATE_DRIVER=legacy; workers use the legacy epoll driver");
+        Driver::Legacy
+    } else if monoio::utils::detect_uring() {
+        Driver::IoUring
+    } else {
+        eprintln!(
+            "ringgate: io_uring is not available (kernel, seccomp or io_uring_disabled); \
+             workers use the legacy epoll driver"
+        );
+        Driver::Legacy
+    }
+}
+
 /// Runs worker `id` on the current thread until the process exits.
 pub fn run(
     id: usize,
     cpu: Option<core_affinity::CoreId>,
+    driver: Driver,
     config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
 ) {
@@ -158,8 +180,7 @@ pub fn run(
             eprintln!("ringgate: worker {id}: could not pin to cpu {}", cpu.id);
         }
     }
-    let force_legacy = std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy");
-    if !force_legacy && monoio::utils::detect_uring() {
+    if driver == Driver::IoUring {
         match RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(URING_ENTRIES)
             .uring_builder(uring_setup())
@@ -167,12 +188,10 @@ pub fn run(
             .build()
         {
             Ok(mut rt) => return rt.block_on(worker_main(id, config, listeners)),
-            Err(e) => log_fallback(&format!("io_uring setup failed ({e})")),
+            Err(e) => eprintln!(
+                "ringgate: worker {id}: io_uring setup failed ({e}); using the legacy epoll driver"
+            ),
         }
-    } else if force_legacy {
-        log_fallback("RINGGATE_DRIVER=legacy");
-    } else {
-        log_fallback("io_uring is not available (kernel, seccomp or io_uring_disabled)");
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
         Ok(mut rt) => rt.block_on(worker_main(id, config, listeners)),
@@ -203,12 +222,6 @@ fn uring_setup() -> io_uring::Builder {
         }
     }
     builder
-}
-
-fn log_fallback(why: &str) {
-    if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
-        eprintln!("ringgate: {why}; workers use the legacy epoll driver");
-    }
 }
 
 async fn worker_main(id: usize, config: Arc<Config>, listeners: Vec<std::net::TcpListener>) {
