@@ -27,6 +27,13 @@ pub struct Server {
     pub backlog: u32,
     /// Accepted connections a worker holds at once, `1..=MAX_CONNECTIONS_PER_WORKER_MAX`.
     pub max_connections_per_worker: usize,
+    /// How often a worker publishes its deltas to the others,
+    /// `GOSSIP_INTERVAL_MIN..=GOSSIP_INTERVAL_MAX`.
+    pub gossip_interval: Duration,
+    /// Messages each worker's gossip inbox holds, `1..=GOSSIP_INBOX_MAX`.
+    pub gossip_inbox: usize,
+    /// Keys each rate-limited route tracks per worker, `1..=RATE_LIMIT_MAX_KEYS_MAX`.
+    pub rate_limit_max_keys: usize,
 }
 
 /// `"auto"`: the core count is the right default for a thread-per-core proxy.
@@ -43,6 +50,25 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_WORKER: usize = 10_000;
 /// Past a million per worker the fd limit and buffer memory run out first.
 pub const MAX_CONNECTIONS_PER_WORKER_MAX: usize = 1_000_000;
 
+/// Rate limits are accurate to about two gossip intervals of traffic; 10 ms
+/// keeps that to 1-2% of a second's worth while costing 100 small messages
+/// per second per worker pair.
+pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(10);
+/// Below 1 ms the tick itself becomes a measurable share of a core.
+pub const GOSSIP_INTERVAL_MIN: Duration = Duration::from_millis(1);
+/// Above 1 s health transitions and rate-limit charges arrive too late to matter.
+pub const GOSSIP_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// Ten seconds of messages from up to ten peers at the default tick: an inbox
+/// overflows only when its worker is stalled, never from a burst.
+pub const DEFAULT_GOSSIP_INBOX: usize = 1024;
+/// A larger inbox only hides a stuck worker for longer.
+pub const GOSSIP_INBOX_MAX: usize = 1_048_576;
+/// 100k keys × (64-byte key + bucket + index) ≈ 15 MB per route per worker at
+/// most: room for every client of a busy edge, bounded under a flood.
+pub const DEFAULT_RATE_LIMIT_MAX_KEYS: usize = 100_000;
+/// Ten million keys is already ~1.5 GB per route per worker.
+pub const RATE_LIMIT_MAX_KEYS_MAX: usize = 10_000_000;
+
 impl Default for Server {
     fn default() -> Self {
         Self {
@@ -50,6 +76,9 @@ impl Default for Server {
             pin: DEFAULT_PIN,
             backlog: DEFAULT_BACKLOG,
             max_connections_per_worker: DEFAULT_MAX_CONNECTIONS_PER_WORKER,
+            gossip_interval: DEFAULT_GOSSIP_INTERVAL,
+            gossip_inbox: DEFAULT_GOSSIP_INBOX,
+            rate_limit_max_keys: DEFAULT_RATE_LIMIT_MAX_KEYS,
         }
     }
 }
@@ -134,7 +163,43 @@ pub struct Route {
     pub methods: Vec<String>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// `None`: not rate limited.
+    pub rate_limit: Option<RateLimit>,
 }
+
+/// `rate_limit`: a token bucket per key, node-wide (see `docs/CONFIG.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    pub key: RateLimitKey,
+    /// `requests` per `per` (1 s or 1 min); `1..=RATE_REQUESTS_MAX`.
+    pub requests: u32,
+    pub per: Duration,
+    /// Bucket size, `1..=BURST_MAX`.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub fn rate_per_sec(&self) -> f64 {
+        f64::from(self.requests) / self.per.as_secs_f64()
+    }
+}
+
+/// What a rate limit counts separately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client's IP address.
+    ClientIp,
+    /// Every request of the route shares one bucket.
+    Route,
+    /// The value of this request header (lowercased name); requests without
+    /// it share one bucket.
+    Header(String),
+}
+
+/// A billion requests a second is beyond any one node; the bound keeps the
+/// token arithmetic far from overflow.
+pub const RATE_REQUESTS_MAX: u32 = 1_000_000_000;
+pub const BURST_MAX: u32 = 1_000_000_000;
 
 /// `[[upstreams]]`: a named set of backends and how to talk to them.
 #[derive(Debug, Clone)]
@@ -151,14 +216,148 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Per worker, idle keep-alive connections kept per backend; 0 disables reuse.
     pub max_idle_per_backend: usize,
+    /// `Some` exactly when `balance` is [`Balance::MaglevHash`].
+    pub hash_key: Option<HashKey>,
+    /// `None`: no active checks; backends are healthy unless ejected.
+    pub health_check: Option<HealthCheck>,
+    /// Always set (defaults when the table is absent); `max_ejection_percent = 0` disables it.
+    pub outlier_detection: OutlierDetection,
+    /// `None`: no retries.
+    pub retries: Option<Retries>,
+    /// `None`: no circuit breaker.
+    pub circuit_breaker: Option<CircuitBreaker>,
 }
 
 /// Load-balancing policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
-    /// Weighted round robin.
+    /// Plain rotation; refused with unequal weights (they would be ignored).
     RoundRobin,
+    /// nginx's smooth weighted round robin; the default.
+    WeightedRoundRobin,
+    /// Fewest requests in flight per unit of weight.
+    LeastConn,
+    /// Power of two choices on latency EWMA × load.
+    P2cEwma,
+    /// Maglev consistent hashing on [`Upstream::hash_key`].
+    MaglevHash,
+    /// Weighted random.
+    Random,
 }
+
+/// Equal weights make it plain round robin, so configs without weights
+/// behave as before; with weights it honours them.
+pub const DEFAULT_BALANCE: Balance = Balance::WeightedRoundRobin;
+
+/// What `maglev_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// Request header, name lowercased.
+    Header(String),
+    /// Cookie name, case-sensitive (RFC 6265 §4.1.1: a cookie-name is a token, compared as octets).
+    Cookie(String),
+}
+
+/// `health_check`: active probes, each backend probed by one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Origin-form request target starting with `/`.
+    pub path: String,
+    pub interval: Duration,
+    /// At most `interval`: one probe per backend is outstanding at a time.
+    pub timeout: Duration,
+    /// Consecutive passing probes to become healthy, `1..=HEALTH_THRESHOLD_MAX`.
+    pub rise: u32,
+    /// Consecutive failing probes to become unhealthy, `1..=HEALTH_THRESHOLD_MAX`.
+    pub fall: u32,
+    /// The status a passing probe answers, `100..=599`.
+    pub expect_status: u16,
+}
+
+/// nginx and HAProxy both default to rise 2; fall 3 rides out one lost probe.
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+pub const DEFAULT_HEALTH_EXPECT_STATUS: u16 = 200;
+/// A hundred probes is minutes at any sane interval; more is a typo.
+pub const HEALTH_THRESHOLD_MAX: u32 = 100;
+
+/// `outlier_detection`: passive ejection on consecutive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// `1..=CONSECUTIVE_FAILURES_MAX`.
+    pub consecutive_failures: u32,
+    pub base_ejection_time: Duration,
+    /// At least `base_ejection_time`.
+    pub max_ejection_time: Duration,
+    /// `0..=100`; 0 disables ejection.
+    pub max_ejection_percent: u8,
+}
+
+/// Envoy's defaults (consecutive_5xx 5, 30 s base, 300 s max), with its
+/// 10% max ejection raised to 50% so a small pool can shed a bad half.
+pub const DEFAULT_OUTLIER_DETECTION: OutlierDetection = OutlierDetection {
+    consecutive_failures: 5,
+    base_ejection_time: Duration::from_secs(30),
+    max_ejection_time: Duration::from_secs(300),
+    max_ejection_percent: 50,
+};
+/// Beyond a thousand in a row, ejection would never trigger in practice.
+pub const CONSECUTIVE_FAILURES_MAX: u32 = 1000;
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        DEFAULT_OUTLIER_DETECTION
+    }
+}
+
+/// `retries`: replay a safe request on another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retries {
+    /// Retries after the first try, `1..=RETRY_ATTEMPTS_MAX`.
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// Retries may add at most this percentage to the requests sent, `0..=100`.
+    pub budget_percent: u8,
+}
+
+/// Which failures a retry follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    pub status_5xx: bool,
+}
+
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// Each retry multiplies a failing backend's load; five is already a storm.
+pub const RETRY_ATTEMPTS_MAX: u32 = 5;
+/// Only failures where the backend cannot have acted on the request.
+pub const DEFAULT_RETRY_ON: RetryOn = RetryOn {
+    connect_failure: true,
+    reset: true,
+    timeout: false,
+    status_5xx: false,
+};
+/// Linkerd's default retry budget.
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u8 = 20;
+
+/// `circuit_breaker`: per-backend limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    /// Requests in flight to one backend (node-wide), `1..=MAX_PENDING_MAX`.
+    pub max_pending: u32,
+    /// `1..=CONSECUTIVE_FAILURES_MAX`.
+    pub consecutive_failures: u32,
+    pub open_for: Duration,
+}
+
+/// Envoy's default max_pending_requests.
+pub const DEFAULT_MAX_PENDING: u32 = 1024;
+pub const MAX_PENDING_MAX: u32 = 1_000_000;
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
 
 /// One backend of an upstream.
 #[derive(Debug, Clone)]

@@ -32,6 +32,9 @@ pub(crate) struct RawServer {
     pub pin: Option<bool>,
     pub backlog: Option<Spanned<i64>>,
     pub max_connections_per_worker: Option<Spanned<i64>>,
+    pub gossip_interval: Option<Spanned<HumanDuration>>,
+    pub gossip_inbox: Option<Spanned<i64>>,
+    pub rate_limit_max_keys: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,6 +62,15 @@ pub(crate) struct RawRoute {
     #[serde(rename = "match")]
     pub matcher: Option<RawMatch>,
     pub upstream: Spanned<String>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub key: Spanned<String>,
+    pub rate: Spanned<String>,
+    pub burst: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,16 +85,74 @@ pub(crate) struct RawMatch {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstream {
     pub name: Spanned<String>,
-    pub balance: Option<RawBalance>,
+    pub balance: Option<Spanned<RawBalance>>,
+    pub hash_key: Option<Spanned<String>>,
     pub backends: Option<Spanned<Vec<RawBackend>>>,
     pub timeouts: Option<RawTimeouts>,
     pub pool: Option<RawPool>,
+    pub health_check: Option<RawHealthCheck>,
+    pub outlier_detection: Option<RawOutlierDetection>,
+    pub retries: Option<RawRetries>,
+    pub circuit_breaker: Option<RawCircuitBreaker>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum RawBalance {
     RoundRobin,
+    WeightedRoundRobin,
+    LeastConn,
+    P2cEwma,
+    MaglevHash,
+    Random,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    pub path: Spanned<String>,
+    pub interval: Spanned<HumanDuration>,
+    pub timeout: Spanned<HumanDuration>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub expect_status: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlierDetection {
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub base_ejection_time: Option<Spanned<HumanDuration>>,
+    pub max_ejection_time: Option<Spanned<HumanDuration>>,
+    pub max_ejection_percent: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetries {
+    pub attempts: Option<Spanned<i64>>,
+    pub on: Option<Spanned<Vec<Spanned<RawRetryOn>>>>,
+    pub budget: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) enum RawRetryOn {
+    #[serde(rename = "connect_failure")]
+    ConnectFailure,
+    #[serde(rename = "reset")]
+    Reset,
+    #[serde(rename = "timeout")]
+    Timeout,
+    #[serde(rename = "5xx")]
+    Status5xx,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCircuitBreaker {
+    pub max_pending: Option<Spanned<i64>>,
+    pub consecutive_failures: Option<Spanned<i64>>,
+    pub open_for: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,7 +94,16 @@ fn minimal_config_takes_every_default() {
     assert_eq!(r.path_prefix, "/");
     assert!(r.methods.is_empty());
     let u = &c.upstreams[0];
-    assert_eq!(u.balance, Balance::RoundRobin);
+    assert_eq!(u.balance, Balance::WeightedRoundRobin);
+    assert_eq!(u.hash_key, None);
+    assert_eq!(u.health_check, None);
+    assert_eq!(u.outlier_detection, DEFAULT_OUTLIER_DETECTION);
+    assert_eq!(u.retries, None);
+    assert_eq!(u.circuit_breaker, None);
+    assert_eq!(r.rate_limit, None);
+    assert_eq!(c.server.gossip_interval, Duration::from_millis(10));
+    assert_eq!(c.server.gossip_inbox, 1024);
+    assert_eq!(c.server.rate_limit_max_keys, 100_000);
     assert_eq!(u.backends[0].address, addr("127.0.0.1:9000"));
     assert_eq!(u.backends[0].weight, 1);
     assert_eq!(u.connect_timeout, Duration::from_secs(1));
@@ -118,6 +127,47 @@ fn full_example_sets_every_key() {
     assert_eq!(c.routes[1].upstream, 1);
     assert_eq!(c.routes[2].listener, 1);
     assert_eq!(c.upstreams[0].backends[0].weight, 3);
+    assert_eq!(c.server.gossip_interval, Duration::from_millis(10));
+    assert_eq!(c.server.gossip_inbox, 1024);
+    assert_eq!(c.server.rate_limit_max_keys, 100_000);
+    let api = &c.upstreams[0];
+    assert_eq!(api.balance, Balance::WeightedRoundRobin);
+    let hc = api.health_check.as_ref().expect("health_check");
+    assert_eq!(
+        (hc.path.as_str(), hc.interval, hc.timeout),
+        ("/health", Duration::from_secs(2), Duration::from_secs(1))
+    );
+    assert_eq!((hc.rise, hc.fall, hc.expect_status), (2, 3, 200));
+    assert_eq!(api.outlier_detection, DEFAULT_OUTLIER_DETECTION);
+    let retries = api.retries.expect("retries");
+    assert_eq!((retries.attempts, retries.budget_percent), (2, 20));
+    assert!(retries.on.connect_failure && retries.on.reset);
+    assert!(retries.on.timeout && retries.on.status_5xx);
+    let cb = api.circuit_breaker.expect("circuit_breaker");
+    assert_eq!(
+        (cb.max_pending, cb.consecutive_failures, cb.open_for),
+        (1024, 5, Duration::from_secs(10))
+    );
+    let sticky = &c.upstreams[2];
+    assert_eq!(sticky.balance, Balance::MaglevHash);
+    assert_eq!(sticky.hash_key, Some(HashKey::Cookie("session".into())));
+    let rl = c.routes[0].rate_limit.as_ref().expect("rate_limit");
+    assert_eq!(rl.key, RateLimitKey::ClientIp);
+    assert_eq!(
+        (rl.requests, rl.per, rl.burst),
+        (100, Duration::from_secs(1), 200)
+    );
+    let rl = c.routes[2].rate_limit.as_ref().expect("rate_limit");
+    assert_eq!(rl.key, RateLimitKey::Header("x-api-key".into()));
+    assert_eq!(
+        (rl.requests, rl.per, rl.burst),
+        (600, Duration::from_secs(60), 10)
+    );
+    assert!((rl.rate_per_sec() - 10.0).abs() < 1e-9);
+    assert_eq!(
+        c.routes[3].rate_limit.as_ref().map(|r| &r.key),
+        Some(&RateLimitKey::Route)
+    );
     assert_eq!(c.upstreams[0].backends[1].weight, 1);
 }
 
@@ -334,13 +384,16 @@ fn non_auto_worker_string_is_refused() {
 
 #[test]
 fn unknown_balance_is_refused() {
-    let text = BASE.replace("name = \"api\"\n", "name = \"api\"\nbalance = \"random\"\n");
+    let text = BASE.replace(
+        "name = \"api\"\n",
+        "name = \"api\"\nbalance = \"fastest\"\n",
+    );
     assert_error(
         &text,
         11,
         11,
         "upstreams[0].balance",
-        "unknown variant `random`",
+        "unknown variant `fastest`",
     );
 }
 
@@ -718,4 +771,438 @@ fn unreadable_file_is_a_config_error() {
     );
     assert!(errors[0].message.contains("cannot read config file"));
     assert!(errors[0].file.ends_with("does-not-exist.toml"));
+}
+
+// ---- balancing, health, outliers, retries, breakers, rate limits, gossip ----
+
+/// Like `assert_error`, with the position taken from the first occurrence of
+/// `at` in `text`.
+#[track_caller]
+fn assert_error_at(text: &str, at: &str, key: &str, fragment: &str) {
+    assert_error_after(text, at, 0, key, fragment);
+}
+
+/// Like `assert_error_at`, `skip` characters into the first `at`.
+#[track_caller]
+fn assert_error_after(text: &str, at: &str, skip: usize, key: &str, fragment: &str) {
+    let offset = text.find(at).expect("needle in text") + skip;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    assert_error(text, line, column, key, fragment);
+}
+
+fn upstream_with(extra: &str) -> String {
+    BASE.to_owned() + extra + "\n"
+}
+
+fn route_with(extra: &str) -> String {
+    BASE.replace(
+        "upstream = \"api\"\n",
+        &format!("upstream = \"api\"\n{extra}\n"),
+    )
+}
+
+const TWO_BACKENDS: &str = "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\n\n[[routes]]\nlistener = \"web\"\nupstream = \"api\"\n\n[[upstreams]]\nname = \"api\"\nbackends = [{ address = \"127.0.0.1:9000\", weight = 3 }, { address = \"127.0.0.1:9001\" }]\n";
+
+#[test]
+fn every_balance_name_parses() {
+    for (name, balance) in [
+        ("round_robin", Balance::RoundRobin),
+        ("weighted_round_robin", Balance::WeightedRoundRobin),
+        ("least_conn", Balance::LeastConn),
+        ("p2c_ewma", Balance::P2cEwma),
+        ("random", Balance::Random),
+    ] {
+        let c = ok(&upstream_with(&format!("balance = \"{name}\"")));
+        assert_eq!(c.upstreams[0].balance, balance, "{name}");
+    }
+    let c = ok(&upstream_with(
+        "balance = \"maglev_hash\"\nhash_key = \"client_ip\"",
+    ));
+    assert_eq!(c.upstreams[0].balance, Balance::MaglevHash);
+    assert_eq!(c.upstreams[0].hash_key, Some(HashKey::ClientIp));
+}
+
+#[test]
+fn weights_are_honoured_by_default() {
+    let c = ok(TWO_BACKENDS);
+    assert_eq!(c.upstreams[0].balance, Balance::WeightedRoundRobin);
+}
+
+#[test]
+fn round_robin_with_unequal_weights_is_refused() {
+    let text = TWO_BACKENDS.to_owned() + "balance = \"round_robin\"\n";
+    assert_error_at(
+        &text,
+        "\"round_robin\"",
+        "upstreams[0].balance",
+        "write \"weighted_round_robin\"",
+    );
+    let equal = upstream_with("balance = \"round_robin\"");
+    assert_eq!(ok(&equal).upstreams[0].balance, Balance::RoundRobin);
+}
+
+#[test]
+fn hash_key_forms_parse_and_header_names_are_lowercased() {
+    for (text, key) in [
+        ("header:X-User", HashKey::Header("x-user".into())),
+        ("cookie:Session_ID", HashKey::Cookie("Session_ID".into())),
+    ] {
+        let c = ok(&upstream_with(&format!(
+            "balance = \"maglev_hash\"\nhash_key = \"{text}\""
+        )));
+        assert_eq!(c.upstreams[0].hash_key, Some(key));
+    }
+}
+
+#[test]
+fn maglev_without_hash_key_is_refused() {
+    let text = upstream_with("balance = \"maglev_hash\"");
+    assert_error_at(
+        &text,
+        "\"maglev_hash\"",
+        "upstreams[0].hash_key",
+        "required with balance = \"maglev_hash\"",
+    );
+}
+
+#[test]
+fn hash_key_without_maglev_is_refused() {
+    let text = upstream_with("balance = \"least_conn\"\nhash_key = \"client_ip\"");
+    assert_error_at(
+        &text,
+        "\"client_ip\"",
+        "upstreams[0].hash_key",
+        "only used with balance = \"maglev_hash\"",
+    );
+}
+
+#[test]
+fn bad_hash_keys_are_refused() {
+    for (value, fragment) in [
+        ("ip", "unknown hash key \"ip\""),
+        ("header:", "invalid header name \"\""),
+        ("header:x y", "invalid header name \"x y\""),
+        ("cookie:a=b", "invalid cookie name \"a=b\""),
+    ] {
+        let text = upstream_with(&format!(
+            "balance = \"maglev_hash\"\nhash_key = \"{value}\""
+        ));
+        assert_error_at(
+            &text,
+            &format!("\"{value}\""),
+            "upstreams[0].hash_key",
+            fragment,
+        );
+    }
+}
+
+#[test]
+fn health_check_defaults_rise_fall_and_status() {
+    let c = ok(&upstream_with(
+        "health_check = { path = \"/healthz\", interval = \"200ms\", timeout = \"200ms\" }",
+    ));
+    let hc = c.upstreams[0].health_check.clone().expect("health_check");
+    assert_eq!(
+        hc,
+        HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(200),
+            rise: 2,
+            fall: 3,
+            expect_status: 200,
+        }
+    );
+}
+
+#[test]
+fn health_check_requires_path_interval_and_timeout() {
+    let text = upstream_with("health_check = { path = \"/h\", interval = \"1s\" }");
+    assert_error_at(
+        &text,
+        "{ path",
+        "upstreams[0].health_check.timeout",
+        "missing field `timeout`",
+    );
+}
+
+#[test]
+fn health_check_values_are_checked() {
+    let text = upstream_with(
+        "health_check = { path = \"health\", interval = \"1s\", timeout = \"2s\", rise = 0, fall = 101, expect_status = 700 }",
+    );
+    let e = errors(&text);
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "upstreams[0].health_check.path",
+            "upstreams[0].health_check.timeout",
+            "upstreams[0].health_check.rise",
+            "upstreams[0].health_check.fall",
+            "upstreams[0].health_check.expect_status",
+        ]
+    );
+    assert!(e[1].message.contains("longer than interval 1s"), "{}", e[1]);
+    assert!(e[4].message.contains("must be in 100..=599"), "{}", e[4]);
+    let text =
+        upstream_with("health_check = { path = \"/a b\", interval = \"1s\", timeout = \"1s\" }");
+    assert_error_at(
+        &text,
+        "\"/a b\"",
+        "upstreams[0].health_check.path",
+        "visible ASCII",
+    );
+}
+
+#[test]
+fn outlier_detection_fills_in_defaults_per_field() {
+    let c = ok(&upstream_with(
+        "outlier_detection = { consecutive_failures = 3, max_ejection_percent = 0 }",
+    ));
+    let o = c.upstreams[0].outlier_detection;
+    assert_eq!((o.consecutive_failures, o.max_ejection_percent), (3, 0));
+    assert_eq!(o.base_ejection_time, Duration::from_secs(30));
+    assert_eq!(o.max_ejection_time, Duration::from_secs(300));
+}
+
+#[test]
+fn outlier_detection_values_are_checked() {
+    let text = upstream_with(
+        "outlier_detection = { consecutive_failures = 0, base_ejection_time = \"1m\", max_ejection_time = \"10s\", max_ejection_percent = 101 }",
+    );
+    let e = errors(&text);
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "upstreams[0].outlier_detection.consecutive_failures",
+            "upstreams[0].outlier_detection.max_ejection_time",
+            "upstreams[0].outlier_detection.max_ejection_percent",
+        ]
+    );
+    assert!(
+        e[1].message.contains("shorter than base_ejection_time 1m"),
+        "{}",
+        e[1]
+    );
+}
+
+#[test]
+fn retries_default_inside_the_table_and_parse_every_condition() {
+    let c = ok(&upstream_with("retries = {}"));
+    assert_eq!(
+        c.upstreams[0].retries,
+        Some(Retries {
+            attempts: 2,
+            on: DEFAULT_RETRY_ON,
+            budget_percent: 20
+        })
+    );
+    let c = ok(&upstream_with(
+        "retries = { attempts = 3, on = [\"timeout\", \"5xx\"], budget = \"5%\" }",
+    ));
+    let r = c.upstreams[0].retries.expect("retries");
+    assert_eq!((r.attempts, r.budget_percent), (3, 5));
+    assert_eq!(
+        r.on,
+        RetryOn {
+            connect_failure: false,
+            reset: false,
+            timeout: true,
+            status_5xx: true
+        }
+    );
+}
+
+#[test]
+fn retry_values_are_checked() {
+    let text =
+        upstream_with("retries = { attempts = 9, on = [\"reset\", \"reset\"], budget = \"20\" }");
+    let e = errors(&text);
+    let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "upstreams[0].retries.attempts",
+            "upstreams[0].retries.on[1]",
+            "upstreams[0].retries.budget",
+        ]
+    );
+    assert!(e[2].message.contains("whole percentage"), "{}", e[2]);
+    for budget in ["101%", "-1%", "12.5%", "%"] {
+        let text = upstream_with(&format!("retries = {{ budget = \"{budget}\" }}"));
+        assert_error_at(
+            &text,
+            &format!("\"{budget}\""),
+            "upstreams[0].retries.budget",
+            "invalid budget",
+        );
+    }
+    let text = upstream_with("retries = { on = [] }");
+    assert_error_at(&text, "[]", "upstreams[0].retries.on", "at least one");
+}
+
+#[test]
+fn unknown_retry_condition_is_a_schema_error() {
+    let text = upstream_with("retries = { on = [\"4xx\"] }");
+    assert_error_at(
+        &text,
+        "\"4xx\"",
+        "upstreams[0].retries.on[0]",
+        "unknown variant `4xx`",
+    );
+}
+
+#[test]
+fn circuit_breaker_defaults_and_ranges() {
+    let c = ok(&upstream_with("circuit_breaker = { max_pending = 10 }"));
+    let cb = c.upstreams[0].circuit_breaker.expect("circuit_breaker");
+    assert_eq!(
+        (cb.max_pending, cb.consecutive_failures, cb.open_for),
+        (10, 5, Duration::from_secs(10))
+    );
+    let text = upstream_with(
+        "circuit_breaker = { max_pending = 0, consecutive_failures = 1001, open_for = \"2h\" }",
+    );
+    let keys: Vec<String> = errors(&text).into_iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "upstreams[0].circuit_breaker.max_pending",
+            "upstreams[0].circuit_breaker.consecutive_failures",
+            "upstreams[0].circuit_breaker.open_for",
+        ]
+    );
+}
+
+#[test]
+fn unknown_key_in_a_new_table_points_at_the_key() {
+    let text = upstream_with("circuit_breaker = { max_pendng = 1 }");
+    assert_error_at(
+        &text,
+        "max_pendng",
+        "upstreams[0].circuit_breaker.max_pendng",
+        "unknown field `max_pendng`",
+    );
+}
+
+#[test]
+fn rate_limit_burst_defaults_to_the_per_second_rate() {
+    for (rate, requests, per_secs, burst) in [
+        ("100/s", 100, 1, 100),
+        ("600/m", 600, 60, 10),
+        ("30/m", 30, 60, 1),
+        (" 5 / s ", 5, 1, 5),
+    ] {
+        let c = ok(&route_with(&format!(
+            "rate_limit = {{ key = \"route\", rate = \"{rate}\" }}"
+        )));
+        let rl = c.routes[0].rate_limit.clone().expect("rate_limit");
+        assert_eq!(
+            (rl.requests, rl.per, rl.burst),
+            (requests, Duration::from_secs(per_secs), burst),
+            "{rate}"
+        );
+    }
+}
+
+#[test]
+fn rate_limit_key_forms_parse() {
+    for (text, key) in [
+        ("client_ip", RateLimitKey::ClientIp),
+        ("route", RateLimitKey::Route),
+        ("header:X-Api-Key", RateLimitKey::Header("x-api-key".into())),
+    ] {
+        let c = ok(&route_with(&format!(
+            "rate_limit = {{ key = \"{text}\", rate = \"1/s\", burst = 5 }}"
+        )));
+        let rl = c.routes[0].rate_limit.clone().expect("rate_limit");
+        assert_eq!((rl.key, rl.burst), (key, 5));
+    }
+}
+
+#[test]
+fn bad_rate_limits_are_refused() {
+    for (value, field, fragment) in [
+        ("\"1/h\"", "rate", "unknown unit \"h\""),
+        ("\"100\"", "rate", "write \"N/s\" or \"N/m\""),
+        ("\"0/s\"", "rate", "must be in 1..=1000000000"),
+        ("\"1.5/s\"", "rate", "not a whole number"),
+        ("\"cookie:a\"", "key", "unknown key \"cookie:a\""),
+        ("\"header:\"", "key", "invalid header name"),
+        ("0", "burst", "must be in 1..=1000000000"),
+    ] {
+        let fields = match field {
+            "rate" => format!("key = \"route\", rate = {value}"),
+            "key" => format!("key = {value}, rate = \"1/s\""),
+            _ => format!("key = \"route\", rate = \"1/s\", burst = {value}"),
+        };
+        let text = route_with(&format!("rate_limit = {{ {fields} }}"));
+        assert_error_after(
+            &text,
+            &format!("{field} = {value}"),
+            field.len() + 3,
+            &format!("routes[0].rate_limit.{field}"),
+            fragment,
+        );
+    }
+}
+
+#[test]
+fn rate_limit_needs_key_and_rate() {
+    let text = route_with("rate_limit = { rate = \"1/s\" }");
+    assert_error_at(
+        &text,
+        "{ rate",
+        "routes[0].rate_limit.key",
+        "missing field `key`",
+    );
+}
+
+#[test]
+fn gossip_and_key_table_settings_are_checked() {
+    let c = ok(&format!(
+        "[server]\ngossip_interval = \"1ms\"\ngossip_inbox = 16\nrate_limit_max_keys = 10\n\n{BASE}"
+    ));
+    assert_eq!(c.server.gossip_interval, Duration::from_millis(1));
+    assert_eq!(
+        (c.server.gossip_inbox, c.server.rate_limit_max_keys),
+        (16, 10)
+    );
+    let text = format!(
+        "[server]\ngossip_interval = \"2s\"\ngossip_inbox = 0\nrate_limit_max_keys = 0\n\n{BASE}"
+    );
+    let e = errors(&text);
+    let got: Vec<(usize, usize, &str)> = e
+        .iter()
+        .map(|e| (e.line, e.column, e.key.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (2, 19, "server.gossip_interval"),
+            (3, 16, "server.gossip_inbox"),
+            (4, 23, "server.rate_limit_max_keys"),
+        ]
+    );
+    assert!(e[0].message.contains("must be in 1ms..=1s"), "{}", e[0]);
+    let text = format!("[server]\ngossip_interval = \"500us\"\n\n{BASE}");
+    assert_error(&text, 2, 19, "server.gossip_interval", "out of range");
+}
+
+#[test]
+fn config_md_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIG.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/CONFIG.md");
+    let start = doc.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    let end = start + doc[start..].find("```").expect("closing fence");
+    let c = ok(&doc[start..end]);
+    assert_eq!(c.upstreams[0].balance, Balance::P2cEwma);
+    assert!(c.routes[0].rate_limit.is_some());
 }

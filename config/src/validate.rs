@@ -91,13 +91,25 @@ impl Checker<'_> {
         key: &str,
         default: Duration,
     ) -> Duration {
+        self.duration(value, key, Duration::from_millis(1)..=TIMEOUT_MAX, default)
+    }
+
+    /// A duration in `range`, or `default` after recording an error.
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<HumanDuration>>,
+        key: &str,
+        range: RangeInclusive<Duration>,
+        default: Duration,
+    ) -> Duration {
         let Some(value) = value else { return default };
         let d = value.get_ref().0;
-        if d < Duration::from_millis(1) || d > TIMEOUT_MAX {
+        if !range.contains(&d) {
             let message = format!(
-                "{} is out of range; must be in 1ms..={}",
+                "{} is out of range; must be in {}..={}",
                 humantime::format_duration(d),
-                humantime::format_duration(TIMEOUT_MAX)
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end())
             );
             self.err(value.span(), key, message);
             return default;
@@ -265,6 +277,10 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             "upstream",
         );
         let (host, path_prefix, methods) = route_match(&mut c, i, r.matcher.as_ref());
+        let rate_limit = r
+            .rate_limit
+            .as_ref()
+            .and_then(|rl| rate_limit(&mut c, &format!("routes[{i}].rate_limit"), rl));
         let (Some(listener), Some(upstream)) = (listener, upstream) else {
             continue;
         };
@@ -287,6 +303,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             path_prefix,
             methods,
             upstream,
+            rate_limit,
         });
     }
 
@@ -355,6 +372,24 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             "server.max_connections_per_worker",
             1..=MAX_CONNECTIONS_PER_WORKER_MAX,
             d.max_connections_per_worker,
+        ),
+        gossip_interval: c.duration(
+            raw.gossip_interval.as_ref(),
+            "server.gossip_interval",
+            GOSSIP_INTERVAL_MIN..=GOSSIP_INTERVAL_MAX,
+            d.gossip_interval,
+        ),
+        gossip_inbox: c.int(
+            raw.gossip_inbox.as_ref(),
+            "server.gossip_inbox",
+            1..=GOSSIP_INBOX_MAX,
+            d.gossip_inbox,
+        ),
+        rate_limit_max_keys: c.int(
+            raw.rate_limit_max_keys.as_ref(),
+            "server.rate_limit_max_keys",
+            1..=RATE_LIMIT_MAX_KEYS_MAX,
+            d.rate_limit_max_keys,
         ),
     }
 }
@@ -441,12 +476,76 @@ fn upstream(
         backends.push(Backend { address, weight });
     }
 
+    let balance = match raw.balance.as_ref().map(|b| *b.get_ref()) {
+        None => DEFAULT_BALANCE,
+        Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+        Some(RawBalance::WeightedRoundRobin) => Balance::WeightedRoundRobin,
+        Some(RawBalance::LeastConn) => Balance::LeastConn,
+        Some(RawBalance::P2cEwma) => Balance::P2cEwma,
+        Some(RawBalance::MaglevHash) => Balance::MaglevHash,
+        Some(RawBalance::Random) => Balance::Random,
+    };
+    if let Some(b) = raw.balance.as_ref() {
+        let weights_differ = backends.windows(2).any(|w| w[0].weight != w[1].weight);
+        if balance == Balance::RoundRobin && weights_differ {
+            c.err(
+                b.span(),
+                format!("{key}.balance"),
+                r#""round_robin" ignores weights, but the backends have different weights; write "weighted_round_robin""#,
+            );
+        }
+    }
+    let hash_key = match (&raw.hash_key, balance) {
+        (Some(h), Balance::MaglevHash) => parse_hash_key(h.get_ref())
+            .map_err(|why| c.err(h.span(), format!("{key}.hash_key"), why))
+            .ok(),
+        (Some(h), _) => {
+            c.err(
+                h.span(),
+                format!("{key}.hash_key"),
+                r#"only used with balance = "maglev_hash"; remove it or change balance"#,
+            );
+            None
+        }
+        (None, Balance::MaglevHash) => {
+            let span = raw.balance.as_ref().map_or(raw.name.span(), |b| b.span());
+            c.err(
+                span,
+                format!("{key}.hash_key"),
+                r#"required with balance = "maglev_hash"; write "client_ip", "header:NAME" or "cookie:NAME""#,
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let health_check = raw
+        .health_check
+        .as_ref()
+        .map(|h| health_check(c, &format!("{key}.health_check"), h));
+    let outlier_detection = raw
+        .outlier_detection
+        .as_ref()
+        .map_or(DEFAULT_OUTLIER_DETECTION, |o| {
+            outlier_detection(c, &format!("{key}.outlier_detection"), o)
+        });
+    let retries = raw
+        .retries
+        .as_ref()
+        .map(|r| retries(c, &format!("{key}.retries"), r));
+    let circuit_breaker = raw
+        .circuit_breaker
+        .as_ref()
+        .map(|b| circuit_breaker(c, &format!("{key}.circuit_breaker"), b));
+
     let t = raw.timeouts.as_ref();
     Upstream {
         name: raw.name.into_inner(),
-        balance: match raw.balance.unwrap_or(RawBalance::RoundRobin) {
-            RawBalance::RoundRobin => Balance::RoundRobin,
-        },
+        balance,
+        hash_key,
+        health_check,
+        outlier_detection,
+        retries,
+        circuit_breaker,
         backends,
         connect_timeout: c.timeout(
             t.and_then(|t| t.connect.as_ref()),
@@ -470,6 +569,317 @@ fn upstream(
             &format!("{key}.pool.max_idle_per_backend"),
             0..=MAX_IDLE_PER_BACKEND_MAX,
             DEFAULT_MAX_IDLE_PER_BACKEND,
+        ),
+    }
+}
+
+fn rate_limit(c: &mut Checker<'_>, key: &str, raw: &RawRateLimit) -> Option<RateLimit> {
+    let limit_key = match parse_rate_limit_key(raw.key.get_ref()) {
+        Ok(k) => Some(k),
+        Err(why) => {
+            c.err(raw.key.span(), format!("{key}.key"), why);
+            None
+        }
+    };
+    let rate = match parse_rate(raw.rate.get_ref()) {
+        Ok(r) => Some(r),
+        Err(why) => {
+            c.err(raw.rate.span(), format!("{key}.rate"), why);
+            None
+        }
+    };
+    // A bucket that holds one second of traffic, and at least one request.
+    let default_burst = rate.map_or(1, |(requests, per)| {
+        let per_sec = u64::from(requests) / per.as_secs().max(1);
+        u32::try_from(per_sec).unwrap_or(BURST_MAX).max(1)
+    });
+    let burst = c.int(
+        raw.burst.as_ref(),
+        &format!("{key}.burst"),
+        1..=BURST_MAX,
+        default_burst,
+    );
+    let (requests, per) = rate?;
+    Some(RateLimit {
+        key: limit_key?,
+        requests,
+        per,
+        burst,
+    })
+}
+
+fn parse_rate_limit_key(text: &str) -> Result<RateLimitKey, String> {
+    const HINT: &str = r#"write "client_ip", "route" or "header:NAME""#;
+    match text {
+        "client_ip" => Ok(RateLimitKey::ClientIp),
+        "route" => Ok(RateLimitKey::Route),
+        _ => match text.strip_prefix("header:") {
+            Some(name) => header_name(name).map(RateLimitKey::Header),
+            None => Err(format!("unknown key {text:?}; {HINT}")),
+        },
+    }
+}
+
+fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    if text == "client_ip" {
+        return Ok(HashKey::ClientIp);
+    }
+    if let Some(name) = text.strip_prefix("header:") {
+        return header_name(name).map(HashKey::Header);
+    }
+    if let Some(name) = text.strip_prefix("cookie:") {
+        // RFC 6265 §4.1.1: cookie-name = token.
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            return Err(format!(
+                "invalid cookie name {name:?}: must be a token (RFC 6265 §4.1.1)"
+            ));
+        }
+        return Ok(HashKey::Cookie(name.to_owned()));
+    }
+    Err(format!(
+        r#"unknown hash key {text:?}; write "client_ip", "header:NAME" or "cookie:NAME""#
+    ))
+}
+
+/// A header field name (RFC 9110 §5.1: a token), lowercased so the proxy
+/// compares bytes.
+fn header_name(name: &str) -> Result<String, String> {
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!(
+            "invalid header name {name:?}: must be a token (RFC 9110 §5.1)"
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// `"N/s"` or `"N/m"` → (N, period).
+fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
+    const HINT: &str = r#"write "N/s" or "N/m", such as "100/s" or "600/m""#;
+    let Some((n, unit)) = text.split_once('/') else {
+        return Err(format!("invalid rate {text:?}; {HINT}"));
+    };
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        other => {
+            return Err(format!(
+                "invalid rate {text:?}: unknown unit {other:?}; {HINT}"
+            ))
+        }
+    };
+    let n = n.trim();
+    match n.parse::<u64>() {
+        Ok(n) if (1..=u64::from(RATE_REQUESTS_MAX)).contains(&n) => Ok((n as u32, per)),
+        Ok(_) => Err(format!(
+            "invalid rate {text:?}: the count must be in 1..={RATE_REQUESTS_MAX}"
+        )),
+        Err(_) => Err(format!(
+            "invalid rate {text:?}: {n:?} is not a whole number; {HINT}"
+        )),
+    }
+}
+
+fn health_check(c: &mut Checker<'_>, key: &str, raw: &RawHealthCheck) -> HealthCheck {
+    let path = raw.path.get_ref();
+    if !path.starts_with('/') {
+        c.err(
+            raw.path.span(),
+            format!("{key}.path"),
+            format!("{path:?} must start with \"/\""),
+        );
+    } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        c.err(
+            raw.path.span(),
+            format!("{key}.path"),
+            format!("{path:?} may only contain visible ASCII (percent-encode the rest)"),
+        );
+    }
+    let interval = c.timeout(
+        Some(&raw.interval),
+        &format!("{key}.interval"),
+        Duration::from_secs(1),
+    );
+    let timeout = c.timeout(
+        Some(&raw.timeout),
+        &format!("{key}.timeout"),
+        Duration::from_secs(1),
+    );
+    let both_valid = raw.timeout.get_ref().0 == timeout && raw.interval.get_ref().0 == interval;
+    if timeout > interval && both_valid {
+        c.err(
+            raw.timeout.span(),
+            format!("{key}.timeout"),
+            format!(
+                "{} is longer than interval {}; one probe per backend is outstanding at a time",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    HealthCheck {
+        path: path.clone(),
+        interval,
+        timeout,
+        rise: c.int(
+            raw.rise.as_ref(),
+            &format!("{key}.rise"),
+            1..=HEALTH_THRESHOLD_MAX,
+            DEFAULT_HEALTH_RISE,
+        ),
+        fall: c.int(
+            raw.fall.as_ref(),
+            &format!("{key}.fall"),
+            1..=HEALTH_THRESHOLD_MAX,
+            DEFAULT_HEALTH_FALL,
+        ),
+        expect_status: c.int(
+            raw.expect_status.as_ref(),
+            &format!("{key}.expect_status"),
+            100..=599,
+            DEFAULT_HEALTH_EXPECT_STATUS,
+        ),
+    }
+}
+
+fn outlier_detection(
+    c: &mut Checker<'_>,
+    key: &str,
+    raw: &RawOutlierDetection,
+) -> OutlierDetection {
+    let d = DEFAULT_OUTLIER_DETECTION;
+    let base = c.timeout(
+        raw.base_ejection_time.as_ref(),
+        &format!("{key}.base_ejection_time"),
+        d.base_ejection_time,
+    );
+    let max = c.timeout(
+        raw.max_ejection_time.as_ref(),
+        &format!("{key}.max_ejection_time"),
+        d.max_ejection_time.max(base),
+    );
+    // Only compare values that passed their own range checks.
+    let as_given =
+        |v: Option<&Spanned<HumanDuration>>, d: Duration| v.is_none_or(|v| v.get_ref().0 == d);
+    if max < base
+        && as_given(raw.base_ejection_time.as_ref(), base)
+        && as_given(raw.max_ejection_time.as_ref(), max)
+    {
+        let span = raw
+            .max_ejection_time
+            .as_ref()
+            .or(raw.base_ejection_time.as_ref())
+            .map_or(0..0, Spanned::span);
+        c.err(
+            span,
+            format!("{key}.max_ejection_time"),
+            format!(
+                "{} is shorter than base_ejection_time {}",
+                humantime::format_duration(max),
+                humantime::format_duration(base)
+            ),
+        );
+    }
+    OutlierDetection {
+        consecutive_failures: c.int(
+            raw.consecutive_failures.as_ref(),
+            &format!("{key}.consecutive_failures"),
+            1..=CONSECUTIVE_FAILURES_MAX,
+            d.consecutive_failures,
+        ),
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejection_percent: c.int(
+            raw.max_ejection_percent.as_ref(),
+            &format!("{key}.max_ejection_percent"),
+            0..=100,
+            d.max_ejection_percent,
+        ),
+    }
+}
+
+fn retries(c: &mut Checker<'_>, key: &str, raw: &RawRetries) -> Retries {
+    let on = match &raw.on {
+        None => DEFAULT_RETRY_ON,
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                c.err(
+                    list.span(),
+                    format!("{key}.on"),
+                    "must name at least one of \"connect_failure\", \"reset\", \"timeout\", \"5xx\"; to turn retries off, remove the retries table",
+                );
+            }
+            let mut on = RetryOn::default();
+            for (j, item) in list.get_ref().iter().enumerate() {
+                let flag = match item.get_ref() {
+                    RawRetryOn::ConnectFailure => &mut on.connect_failure,
+                    RawRetryOn::Reset => &mut on.reset,
+                    RawRetryOn::Timeout => &mut on.timeout,
+                    RawRetryOn::Status5xx => &mut on.status_5xx,
+                };
+                if *flag {
+                    c.err(item.span(), format!("{key}.on[{j}]"), "is listed twice");
+                }
+                *flag = true;
+            }
+            on
+        }
+    };
+    let budget_percent = match &raw.budget {
+        None => DEFAULT_RETRY_BUDGET_PERCENT,
+        Some(b) => match parse_percent(b.get_ref()) {
+            Some(p) => p,
+            None => {
+                c.err(
+                    b.span(),
+                    format!("{key}.budget"),
+                    format!(
+                        r#"invalid budget {:?}; write a whole percentage in 0%..=100%, such as "20%""#,
+                        b.get_ref()
+                    ),
+                );
+                DEFAULT_RETRY_BUDGET_PERCENT
+            }
+        },
+    };
+    Retries {
+        attempts: c.int(
+            raw.attempts.as_ref(),
+            &format!("{key}.attempts"),
+            1..=RETRY_ATTEMPTS_MAX,
+            DEFAULT_RETRY_ATTEMPTS,
+        ),
+        on,
+        budget_percent,
+    }
+}
+
+/// `"N%"` with N a whole number in 0..=100.
+fn parse_percent(text: &str) -> Option<u8> {
+    let n = text.trim().strip_suffix('%')?.trim_end();
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse::<u8>().ok().filter(|&p| p <= 100)
+}
+
+fn circuit_breaker(c: &mut Checker<'_>, key: &str, raw: &RawCircuitBreaker) -> CircuitBreaker {
+    CircuitBreaker {
+        max_pending: c.int(
+            raw.max_pending.as_ref(),
+            &format!("{key}.max_pending"),
+            1..=MAX_PENDING_MAX,
+            DEFAULT_MAX_PENDING,
+        ),
+        consecutive_failures: c.int(
+            raw.consecutive_failures.as_ref(),
+            &format!("{key}.consecutive_failures"),
+            1..=CONSECUTIVE_FAILURES_MAX,
+            DEFAULT_BREAKER_FAILURES,
+        ),
+        open_for: c.timeout(
+            raw.open_for.as_ref(),
+            &format!("{key}.open_for"),
+            DEFAULT_BREAKER_OPEN_FOR,
         ),
     }
 }

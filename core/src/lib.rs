@@ -1,10 +1,15 @@
 //! ringgate-core: the proxy's pure logic. HTTP/1.1 head parsing and framing
-//! (RFC 9112), the chunked decoder, hop-by-hop handling, the router and backend
-//! choice. No sockets, no runtime, no I/O here: everything is unit-tested and
-//! benchmarked without a network.
+//! (RFC 9112), the chunked decoder, hop-by-hop handling, the router, the
+//! per-worker backend view (health, ejection, circuit breaker, load, latency)
+//! and balancing algorithms, token buckets, and the gossip message types.
+//! No sockets, no runtime, no clock, no I/O here: time comes in as `now`, and
+//! everything is unit-tested and benchmarked without a network.
 #![forbid(unsafe_code)]
 
+pub mod backend_view;
 pub mod balance;
 pub mod chunked;
+pub mod gossip;
 pub mod http;
+pub mod ratelimit;
 pub mod router;
