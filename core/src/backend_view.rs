@@ -556,7 +556,15 @@ impl BackendView {
     /// Active health from this worker's prober or from gossip.
     pub fn apply_health(&mut self, b: usize, healthy: bool, now: Instant) {
         if self.backends[b].healthy != healthy {
-            self.backends[b].healthy = healthy;
+            let s = &mut self.backends[b];
+            s.healthy = healthy;
+            if healthy {
+                // Envoy's successful_active_health_check_uneject_host: a
+                // backend that passes its checks again is trusted again,
+                // rather than sitting out an ejection earned while down.
+                s.ejected_until = None;
+                s.consecutive_failures = 0;
+            }
             self.recompute(Some(now));
         }
     }

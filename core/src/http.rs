@@ -527,6 +527,44 @@ impl ForwardedClient {
             node,
         }
     }
+
+    /// The address as text: the key of per-client rate limits and hashes.
+    pub fn ip_bytes(&self) -> &[u8] {
+        self.ip.as_bytes()
+    }
+}
+
+/// The value of the first field named `name` (case-insensitive) in a head
+/// already accepted by `parse_request` (so every line ends in CRLF and no
+/// value is folded). Only used by features that key on a header, never on
+/// the plain forwarding path.
+pub fn header_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut lines = head.split(|&b| b == b'\n').skip(1);
+    lines.find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name)
+            .then(|| trim_ows(&line[colon + 1..]))
+    })
+}
+
+/// The value of cookie `name` (RFC 6265 §5.4: `name=value` pairs separated
+/// by `; `), searched in every `Cookie` field.
+pub fn cookie_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut lines = head.split(|&b| b == b'\n').skip(1);
+    lines.find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        if !line[..colon].eq_ignore_ascii_case(b"cookie") {
+            return None;
+        }
+        line[colon + 1..].split(|&b| b == b';').find_map(|pair| {
+            let pair = trim_ows(pair);
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (&pair[..eq] == name).then(|| &pair[eq + 1..])
+        })
+    })
 }
 
 /// Writes the headers the proxy adds to a forwarded request, then the blank
@@ -924,6 +962,16 @@ mod tests {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn header_and_cookie_lookup() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-User:  alice \r\nCookie: a=1; session=abc\r\nCookie: b=2\r\n\r\n";
+        assert_eq!(header_value(raw, b"x-user"), Some(&b"alice"[..]));
+        assert_eq!(header_value(raw, b"x-none"), None);
+        assert_eq!(cookie_value(raw, b"session"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value(raw, b"b"), Some(&b"2"[..]));
+        assert_eq!(cookie_value(raw, b"Session"), None);
     }
 
     #[test]

@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
+use ringgate_config::{HashKey, RateLimitKey, RetryOn, Route};
+use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
-    parse_request, parse_response, write_request_patch, ForwardedClient, HeadScratch, RequestBody,
-    RequestHead, ResponseBody, Version,
+    cookie_value, header_value, parse_request, parse_response, write_request_patch,
+    ForwardedClient, HeadScratch, RequestBody, RequestHead, ResponseBody, Version,
 };
+use ringgate_core::ratelimit::Admission;
 
 use crate::io::{
     read_append, reserve_spare, write_gather, write_range, write_static, Abort, Gather, Part,
@@ -60,6 +63,7 @@ fn status_text(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         404 => "Not Found",
+        429 => "Too Many Requests",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
@@ -102,6 +106,9 @@ struct Downstream {
     resp_scratch: HeadScratch,
     client_abort: Abort,
     upstream_abort: Abort,
+    /// The consistent-hash key of the current request, copied out of `req`
+    /// so the buffer can move into I/O while the key is used.
+    hash_key: Vec<u8>,
 }
 
 pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer_ip: IpAddr) {
@@ -118,6 +125,7 @@ pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer_
         resp_scratch: HeadScratch::default(),
         client_abort: Abort::default(),
         upstream_abort: Abort::default(),
+        hash_key: Vec::new(),
     };
     let mut first = true;
     loop {
@@ -188,23 +196,32 @@ impl Downstream {
     async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         let src = &self.req.source;
         let host = head.authority.clone().map(|r| &src[r]);
-        let target =
+        let route =
             worker.routers[listener].find(host, &src[head.path.clone()], &src[head.method.clone()]);
-        let Some(upstream) = target.map(|i| &worker.upstreams[i]) else {
-            // The body was never forwarded; only a body-less request can
-            // leave the connection in sync.
-            let keep = head.keep_alive
-                && head.body == RequestBody::Empty
-                && head.version == Version::Http11;
-            let sent = self
-                .send_refusal(&Refusal::new(404, "no route"), !keep)
+        // The body was never forwarded when we answer ourselves; only a
+        // body-less request leaves the connection in sync.
+        let can_keep =
+            head.keep_alive && head.body == RequestBody::Empty && head.version == Version::Http11;
+        let Some(route) = route else {
+            return self
+                .answer_locally(&Refusal::new(404, "no route"), can_keep, None, head)
                 .await;
-            if keep && sent {
-                self.req.source.drain(..head.head_len);
-                return Next::KeepAlive;
-            }
-            return Next::Close;
         };
+        if let Some(limiter) = &worker.limiters[route] {
+            let key = rate_limit_key(
+                &worker.config.routes[route],
+                &self.req.source[..head.head_len],
+                &self.client,
+            );
+            let admission = limiter.borrow_mut().admit(key, Instant::now());
+            if !admission.allowed {
+                let refusal = Refusal::new(429, "rate limit exceeded");
+                return self
+                    .answer_locally(&refusal, can_keep, Some(&admission), head)
+                    .await;
+            }
+        }
+        let upstream = &worker.upstreams[worker.config.routes[route].upstream];
         match self.forward(worker, upstream, head).await {
             Ok(next) => next,
             Err(refusal) => {
@@ -214,8 +231,32 @@ impl Downstream {
         }
     }
 
-    /// Proxies one routed request. `Err` means nothing of a response has
-    /// reached the client yet, so the caller can still answer with a status.
+    /// Answers a request without an upstream (404, 429), keeping the
+    /// connection when the request had no body.
+    async fn answer_locally(
+        &mut self,
+        refusal: &Refusal,
+        keep: bool,
+        admission: Option<&Admission>,
+        head: &RequestHead,
+    ) -> Next {
+        let mut bytes = error_response(refusal, !keep);
+        if let Some(a) = admission {
+            insert_rate_limit_headers(&mut bytes, a);
+        }
+        let len = bytes.len();
+        let (res, _) = write_range(&mut self.w, bytes, 0..len).await;
+        if keep && res.is_ok() {
+            self.req.source.drain(..head.head_len);
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// Proxies one routed request, retrying on another backend where the
+    /// upstream allows it. `Err` means nothing of a response has reached the
+    /// client yet, so the caller can still answer with a status.
     async fn forward(
         &mut self,
         worker: &Worker,
@@ -245,9 +286,10 @@ impl Downstream {
             }
         };
         let forwarded_len = head.head_len + initial_body;
-        // Only a request whose bytes are all still in hand can be sent again.
+        // Only a request whose bytes are all still in hand can be sent again,
+        // and only an idempotent one to another backend (RFC 9110 §9.2.2).
         let replayable = body_left.is_none();
-        let client_closing = !head.keep_alive || head.version == Version::Http10;
+        let idempotent = is_idempotent(&self.req.source[head.method.clone()]);
         self.req.patch.clear();
         write_request_patch(
             &mut self.req.patch,
@@ -256,17 +298,117 @@ impl Downstream {
             &self.client,
             "http",
         );
+        self.hash_key.clear();
+        if let Some(hash_key) = &upstream.config.hash_key {
+            let key = balance_key(hash_key, &self.req.source[..head.head_len], &self.client);
+            self.hash_key.extend_from_slice(key);
+        }
+        upstream.count_request();
 
-        let mut attempt = 0;
+        let mut retries_left = match &upstream.config.retries {
+            Some(r) if replayable && idempotent => r.attempts,
+            _ => 0,
+        };
+        let mut failed_backend = None;
         loop {
-            let backend = upstream.pick().ok_or(Refusal::new(503, "no backend"))?;
-            let mut conn = upstream
-                .checkout(backend, attempt > 0)
-                .await
-                .map_err(|e| match e {
-                    ConnectError::TimedOut => Refusal::new(504, "upstream connect timed out"),
-                    ConnectError::Failed => Refusal::new(502, "upstream connect failed"),
-                })?;
+            let now = Instant::now();
+            let key = upstream
+                .config
+                .hash_key
+                .as_ref()
+                .map(|_| &self.hash_key[..]);
+            let backend = upstream
+                .pick(key, failed_backend, now)
+                .ok_or(Refusal::new(503, "no healthy backend available"))?;
+            let retry_5xx = retries_left > 0
+                && upstream
+                    .config
+                    .retries
+                    .as_ref()
+                    .is_some_and(|r| r.on.status_5xx)
+                && upstream.retry_affordable();
+            upstream.on_start(backend, now);
+            let started = Instant::now();
+            let attempt = self
+                .attempt(
+                    worker,
+                    upstream,
+                    backend,
+                    head,
+                    forwarded_len,
+                    &mut body_left,
+                    replayable,
+                    retry_5xx,
+                )
+                .await;
+            let now = Instant::now();
+            match attempt {
+                Attempt::Done { next, status } => {
+                    let outcome = if status >= 500 {
+                        Outcome::Status5xx
+                    } else {
+                        Outcome::Success {
+                            latency_us: now.duration_since(started).as_micros() as u64,
+                        }
+                    };
+                    upstream.on_end(backend, outcome, now);
+                    return Ok(next);
+                }
+                Attempt::Broken(outcome) => {
+                    upstream.on_end(backend, outcome, now);
+                    return Ok(Next::Close);
+                }
+                Attempt::Failed { failure, refusal } => {
+                    upstream.on_end(backend, failure.outcome(), now);
+                    let retry_on = upstream
+                        .config
+                        .retries
+                        .as_ref()
+                        .map(|r| r.on)
+                        .unwrap_or_default();
+                    if retries_left > 0 && failure.retry_allowed(retry_on) && upstream.take_retry()
+                    {
+                        retries_left -= 1;
+                        failed_backend = Some(backend);
+                        continue;
+                    }
+                    return Err(refusal);
+                }
+            }
+        }
+    }
+
+    /// One try against one backend. A pooled connection the backend had
+    /// already closed is retried once on a fresh connection to the same
+    /// backend (that is not a failure of the backend).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &mut self,
+        worker: &Worker,
+        upstream: &UpstreamState,
+        backend: usize,
+        head: &RequestHead,
+        forwarded_len: usize,
+        body_left: &mut Option<BodyLeft>,
+        replayable: bool,
+        hold_5xx: bool,
+    ) -> Attempt {
+        let client_closing = !head.keep_alive || head.version == Version::Http10;
+        let mut fresh = false;
+        loop {
+            let mut conn = match upstream.checkout(backend, fresh).await {
+                Ok(conn) => conn,
+                Err(ConnectError::TimedOut) => {
+                    return Attempt::failed(
+                        Failure::ConnectTimeout,
+                        504,
+                        "upstream connect timed out",
+                    )
+                }
+                Err(ConnectError::Failed) => {
+                    return Attempt::failed(Failure::ConnectFailure, 502, "upstream connect failed")
+                }
+            };
             self.req.clear_segments();
             for range in &self.req_scratch.forward {
                 self.req.push(Part::Source, range.clone());
@@ -277,17 +419,17 @@ impl Downstream {
             let (res, gather) = write_gather(&mut conn.w, gather).await;
             self.req = gather;
             if res.is_err() {
-                if conn.reused && replayable && attempt == 0 {
-                    attempt += 1;
+                if conn.reused && replayable && !fresh {
+                    fresh = true;
                     continue;
                 }
-                return Err(Refusal::new(502, "upstream write failed"));
+                return Attempt::failed(Failure::Reset, 502, "upstream write failed");
             }
             if head.expect_continue
                 && body_left.is_some()
                 && write_static(&mut self.w, CONTINUE_100).await.is_err()
             {
-                return Ok(Next::Close);
+                return Attempt::Broken(Outcome::Aborted);
             }
 
             self.client_abort.reset();
@@ -299,6 +441,7 @@ impl Downstream {
                 client_version: head.version,
                 client_closing,
                 response_timeout: upstream.config.response_timeout,
+                hold_5xx,
                 sending: &sending,
             };
             let (relayed, sent) = match body_left.take() {
@@ -339,43 +482,153 @@ impl Downstream {
                     (relayed, sent)
                 }
             };
-            match relayed {
-                Err(RelayError::Silent) if conn.reused && replayable && attempt == 0 => {
-                    // A pooled connection the backend had closed: try once
-                    // more on a new one.
-                    attempt += 1;
+            return match relayed {
+                Err(RelayError::Silent) if conn.reused && replayable && !fresh => {
+                    fresh = true;
                     continue;
                 }
-                Err(e) if !e.started() => {
-                    return Err(match sent {
-                        Err(SendError::BadChunk(c)) => chunk_refusal(c),
-                        Err(SendError::ClientTimeout) => {
-                            Refusal::new(408, "request body not received in time")
-                        }
-                        _ => e.refusal(),
-                    })
-                }
-                Err(_) => return Ok(Next::Close),
+                Err(e) if !e.started() => match sent {
+                    Err(SendError::BadChunk(c)) => Attempt::Failed {
+                        failure: Failure::Client,
+                        refusal: chunk_refusal(c),
+                    },
+                    Err(SendError::ClientTimeout) => {
+                        Attempt::failed(Failure::Client, 408, "request body not received in time")
+                    }
+                    Err(SendError::ClientGone | SendError::Aborted) => {
+                        Attempt::Broken(Outcome::Aborted)
+                    }
+                    _ => Attempt::Failed {
+                        failure: e.failure(),
+                        refusal: e.refusal(),
+                    },
+                },
+                Err(_) => Attempt::Broken(Outcome::Reset),
                 Ok(done) => {
                     let Ok(leftover) = sent else {
                         // The response went out but the request body did not
                         // end cleanly: the connection is out of sync.
-                        return Ok(Next::Close);
+                        return Attempt::Broken(Outcome::Aborted);
                     };
                     if done.upstream_reusable {
                         upstream.checkin(conn);
                     }
                     self.req.source.drain(..forwarded_len);
                     self.req.source.extend_from_slice(&self.body[leftover]);
-                    return Ok(if done.client_close || client_closing {
+                    let next = if done.client_close || client_closing {
                         Next::Close
                     } else {
                         Next::KeepAlive
-                    });
+                    };
+                    Attempt::Done {
+                        next,
+                        status: done.status,
+                    }
                 }
-            }
+            };
         }
     }
+}
+
+/// How one try against a backend ended.
+enum Attempt {
+    /// The response reached the client.
+    Done { next: Next, status: u16 },
+    /// Nothing reached the client: it can still get `refusal`, or a retry.
+    Failed { failure: Failure, refusal: Refusal },
+    /// Part of an exchange happened and then broke: close the client.
+    Broken(Outcome),
+}
+
+impl Attempt {
+    fn failed(failure: Failure, status: u16, reason: &'static str) -> Self {
+        Attempt::Failed {
+            failure,
+            refusal: Refusal::new(status, reason),
+        }
+    }
+}
+
+/// Why a try failed before any response byte reached the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    ConnectFailure,
+    ConnectTimeout,
+    Reset,
+    Timeout,
+    Status5xx,
+    /// The client's fault (bad chunk, slow body): never retried, and not the
+    /// backend's failure.
+    Client,
+}
+
+impl Failure {
+    fn outcome(self) -> Outcome {
+        match self {
+            Failure::ConnectFailure => Outcome::ConnectFailure,
+            Failure::ConnectTimeout | Failure::Timeout => Outcome::Timeout,
+            Failure::Reset => Outcome::Reset,
+            Failure::Status5xx => Outcome::Status5xx,
+            Failure::Client => Outcome::Aborted,
+        }
+    }
+
+    /// Envoy's retry_on semantics: a connect timeout is a connect failure.
+    fn retry_allowed(self, on: RetryOn) -> bool {
+        match self {
+            Failure::ConnectFailure | Failure::ConnectTimeout => on.connect_failure,
+            Failure::Reset => on.reset,
+            Failure::Timeout => on.timeout,
+            Failure::Status5xx => on.status_5xx,
+            Failure::Client => false,
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2: methods whose repetition has the same effect.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+    )
+}
+
+/// The bytes a rate limit counts by.
+fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedClient) -> &'a [u8] {
+    match route.rate_limit.as_ref().map(|r| &r.key) {
+        Some(RateLimitKey::ClientIp) | None => client.ip_bytes(),
+        Some(RateLimitKey::Route) => b"",
+        Some(RateLimitKey::Header(name)) => header_value(head, name.as_bytes()).unwrap_or(b""),
+    }
+}
+
+/// The bytes a consistent hash is keyed on.
+fn balance_key<'a>(key: &'a HashKey, head: &'a [u8], client: &'a ForwardedClient) -> &'a [u8] {
+    match key {
+        HashKey::ClientIp => client.ip_bytes(),
+        HashKey::Header(name) => header_value(head, name.as_bytes()).unwrap_or(b""),
+        HashKey::Cookie(name) => cookie_value(head, name.as_bytes()).unwrap_or(b""),
+    }
+}
+
+/// Adds the rate-limit headers (draft-ietf-httpapi-ratelimit-headers and
+/// RFC 9110 §10.2.3 `Retry-After`) before the blank line of a response head.
+fn insert_rate_limit_headers(response: &mut Vec<u8>, a: &Admission) {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let mut extra = Vec::with_capacity(128);
+    if let Some(secs) = a.retry_after_secs() {
+        let _ = write!(extra, "\r\nRetry-After: {secs}");
+    }
+    let _ = write!(
+        extra,
+        "\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}",
+        a.limit,
+        a.remaining,
+        a.reset_secs()
+    );
+    response.splice(end..end, extra);
 }
 
 fn chunk_refusal(e: ChunkError) -> Refusal {
@@ -475,12 +728,15 @@ struct RelayCtx<'a> {
     client_closing: bool,
     /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
     response_timeout: Duration,
+    /// A retry can follow a 5xx: report it instead of forwarding it.
+    hold_5xx: bool,
     /// The request body is still streaming: the upstream may legitimately
     /// wait for all of it before answering.
     sending: &'a Cell<bool>,
 }
 
 struct RelayDone {
+    status: u16,
     upstream_reusable: bool,
     client_close: bool,
 }
@@ -491,6 +747,8 @@ enum RelayError {
     TimedOut,
     BadResponse(&'static str),
     Aborted,
+    /// A 5xx held back so that the request can be retried elsewhere.
+    Status5xx,
     /// Failed after part of the response reached the client.
     Broken,
 }
@@ -507,9 +765,21 @@ impl RelayError {
             }
             RelayError::TimedOut => Refusal::new(504, "upstream response timed out"),
             RelayError::BadResponse(why) => Refusal::new(502, why),
+            RelayError::Status5xx => Refusal::new(502, "upstream answered with a server error"),
             RelayError::Aborted | RelayError::Broken => {
                 Refusal::new(502, "upstream exchange aborted")
             }
+        }
+    }
+
+    fn failure(&self) -> Failure {
+        match self {
+            RelayError::TimedOut => Failure::Timeout,
+            RelayError::Status5xx => Failure::Status5xx,
+            RelayError::Silent
+            | RelayError::BadResponse(_)
+            | RelayError::Aborted
+            | RelayError::Broken => Failure::Reset,
         }
     }
 }
@@ -611,6 +881,10 @@ async fn relay_inner(
             }
             ResponseBody::UntilClose => (available, None),
         };
+        if ctx.hold_5xx && head.status >= 500 && !started {
+            // Discarded with its connection; the caller retries elsewhere.
+            return Err(RelayError::Status5xx);
+        }
         let until_close = head.body == ResponseBody::UntilClose;
         let client_close = ctx.client_closing || until_close;
         let interim = head.is_interim();
@@ -681,6 +955,7 @@ async fn relay_inner(
             }
         }
         return Ok(RelayDone {
+            status: head.status,
             // Bytes past the response mean the upstream is out of sync.
             upstream_reusable: head.reusable && !surplus,
             client_close,

@@ -1,15 +1,21 @@
-//! Transport for gossip between workers: each worker has one bounded
-//! crossbeam inbox and a sender to every other worker's inbox. Used only by
-//! the per-worker ticker, never on the request path. A full inbox drops the
+//! Gossip between workers (protocol: `ringgate_core::gossip`). Each worker
+//! has one bounded crossbeam inbox and a sender to every other worker's
+//! inbox; its ticker drains the inbox and publishes its own deltas every
+//! `gossip_interval`. Never on the request path. A full inbox drops the
 //! message and counts the drop: a worker never blocks on another.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use ringgate_core::gossip::{GossipMsg, HEALTH_RESEND_TICKS};
+
+use crate::health;
+use crate::worker::Worker;
 
 pub struct Mesh<M> {
-    pub id: usize,
     inbox: Receiver<Arc<M>>,
     peers: Vec<Sender<Arc<M>>>,
     dropped: Cell<u64>,
@@ -23,7 +29,6 @@ pub fn mesh<M>(workers: usize, capacity: usize) -> Vec<Mesh<M>> {
         .into_iter()
         .enumerate()
         .map(|(id, inbox)| Mesh {
-            id,
             inbox,
             peers: senders
                 .iter()
@@ -64,6 +69,108 @@ impl<M> Mesh<M> {
     /// Messages this worker could not deliver because an inbox was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.get()
+    }
+
+    /// Workers in the mesh, this one included.
+    pub fn workers(&self) -> usize {
+        self.peers.len() + 1
+    }
+}
+
+/// Every `gossip_interval`: apply what the others said, then tell them what
+/// happened here.
+pub async fn run_ticker(worker: Rc<Worker>, mesh: Mesh<GossipMsg>) {
+    let interval = worker.config.server.gossip_interval;
+    let mut seq: u64 = 0;
+    let mut dropped_logged = 0;
+    loop {
+        monoio::time::sleep(interval).await;
+        let now = Instant::now();
+        mesh.drain(|msg| apply(&worker, msg, now));
+        seq += 1;
+        let mut msg = GossipMsg::new(worker.id as u32, 0);
+        msg.clear(0, seq);
+        collect(&worker, &mut msg, seq);
+        if !msg.is_empty() {
+            mesh.publish(msg);
+        }
+        // An operator should hear of drops, but not once per tick.
+        if mesh.dropped() > dropped_logged && seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS)) {
+            eprintln!(
+                "ringgate: worker {}: {} gossip messages dropped (full inboxes)",
+                worker.id,
+                mesh.dropped()
+            );
+            dropped_logged = mesh.dropped();
+        }
+    }
+}
+
+fn apply(worker: &Worker, msg: &GossipMsg, now: Instant) {
+    for (route, key, tokens) in msg.tokens() {
+        if let Some(Some(limiter)) = worker.limiters.get(route as usize) {
+            limiter.borrow_mut().charge(key, tokens, now);
+        }
+    }
+    for entry in &msg.backends {
+        if let Some(upstream) = worker.upstreams.get(entry.upstream as usize) {
+            let mut view = upstream.view.borrow_mut();
+            if (entry.backend as usize) < view.len() {
+                view.apply_remote(
+                    msg.sender as usize,
+                    entry.backend as usize,
+                    &entry.delta,
+                    now,
+                );
+            }
+        }
+    }
+    for entry in &msg.health {
+        if let Some(upstream) = worker.upstreams.get(entry.upstream as usize) {
+            let mut view = upstream.view.borrow_mut();
+            if (entry.backend as usize) < view.len() {
+                view.apply_health(entry.backend as usize, entry.healthy, now);
+            }
+        }
+    }
+}
+
+fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64) {
+    for (route, limiter) in worker.limiters.iter().enumerate() {
+        if let Some(limiter) = limiter {
+            limiter
+                .borrow_mut()
+                .take_local_usage(|key, tokens| msg.push_tokens(route as u32, key, tokens));
+        }
+    }
+    for (u, upstream) in worker.upstreams.iter().enumerate() {
+        let mut view = upstream.view.borrow_mut();
+        let mut reported = upstream.reported_in_flight.borrow_mut();
+        for b in 0..view.len() {
+            let delta = view.take_local_delta(b);
+            if delta.successes > 0 || delta.failures > 0 || delta.in_flight != reported[b] {
+                reported[b] = delta.in_flight;
+                msg.push_backend(u as u32, b as u32, delta);
+            }
+        }
+    }
+    for (u, b, healthy) in worker.pending_health.borrow_mut().drain(..) {
+        msg.push_health(u, b, healthy);
+    }
+    // Re-send the state of the backends this worker probes now and then, so
+    // a receiver that lost a transition in a dropped message catches up.
+    if seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS)) {
+        for (u, upstream) in worker.upstreams.iter().enumerate() {
+            if upstream.config.health_check.is_none() {
+                continue;
+            }
+            let view = upstream.view.borrow();
+            for b in 0..view.len() {
+                if health::prober_of(u, b, worker.workers) == worker.id {
+                    msg.push_health(u as u32, b as u32, view.is_healthy(b));
+                }
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod conn;
 mod demo;
 mod gossip;
+mod health;
 mod io;
 mod upstream;
 mod worker;
@@ -93,9 +94,13 @@ pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread
     let (count, cores) = worker::plan(config.server.workers);
     let (mut listeners, bound) = worker::bind_all(&config, count)?;
     let driver = worker::choose_driver();
+    let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
+        let Some(mesh) = meshes.pop() else {
+            break;
+        };
         let cpu = if config.server.pin && !cores.is_empty() {
             Some(cores[id % cores.len()])
         } else {
@@ -105,7 +110,7 @@ pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread
         handles.push(
             std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
-                .spawn(move || worker::run(id, cpu, driver, config, sockets))?,
+                .spawn(move || worker::run(id, cpu, driver, config, sockets, mesh))?,
         );
     }
     let addrs: Vec<String> = config

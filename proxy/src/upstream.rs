@@ -1,5 +1,5 @@
-//! A worker's view of one upstream: its backends, the round-robin cursor and
-//! a bounded keep-alive pool per backend. Owned by one worker, never shared:
+//! A worker's view of one upstream: its backends' state (`BackendView`), the
+//! balancer, the retry budget and a bounded keep-alive pool per backend. Owned by one worker, never shared:
 //! `RefCell` borrows here never live across an `.await`.
 
 use std::cell::RefCell;
@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
-use ringgate_config::Upstream;
-use ringgate_core::balance::RoundRobin;
+use ringgate_config::{Balance, Upstream};
+use ringgate_core::backend_view::{
+    BackendSpec, BackendView, BreakerPolicy, Outcome, OutlierPolicy, ViewConfig,
+};
+use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
 use crate::io::{Reader, Writer};
 
@@ -34,8 +37,14 @@ struct Idle {
 
 pub struct UpstreamState {
     pub config: Upstream,
-    cursor: RefCell<RoundRobin>,
+    /// Health, ejection, load and latency of each backend as this worker
+    /// sees it (its own traffic plus gossip).
+    pub view: RefCell<BackendView>,
+    balancer: RefCell<Balancer>,
     pools: Vec<RefCell<Vec<Idle>>>,
+    retry_budget: RefCell<RetryBudget>,
+    /// In-flight levels last gossiped, to send a backend only when it changed.
+    pub reported_in_flight: RefCell<Vec<u32>>,
 }
 
 #[derive(Debug)]
@@ -44,24 +53,132 @@ pub enum ConnectError {
     Failed,
 }
 
+/// Linkerd-style retry budget: every request deposits `ratio` of a retry,
+/// every retry withdraws one; a floor lets a quiet worker retry at all.
+struct RetryBudget {
+    tokens: f64,
+    ratio: f64,
+}
+
+/// Retries a worker may make before any request has paid for them, and the
+/// most it may save up: enough for a burst of failures, not for a storm.
+const RETRY_BUDGET_FLOOR: f64 = 10.0;
+const RETRY_BUDGET_CAP: f64 = 100.0;
+
+fn algorithm(balance: Balance) -> Algorithm {
+    match balance {
+        Balance::RoundRobin => Algorithm::RoundRobin,
+        Balance::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+        Balance::LeastConn => Algorithm::LeastConn,
+        Balance::P2cEwma => Algorithm::P2cEwma,
+        Balance::MaglevHash => Algorithm::MaglevHash {
+            table_size: MAGLEV_TABLE_SIZE,
+        },
+        Balance::Random => Algorithm::Random,
+    }
+}
+
 impl UpstreamState {
-    pub fn new(config: Upstream, worker_id: usize) -> Self {
+    pub fn new(config: Upstream, worker_id: usize, workers: usize) -> Self {
+        let ids: Vec<String> = config
+            .backends
+            .iter()
+            .map(|b| b.address.to_string())
+            .collect();
+        let specs: Vec<BackendSpec<'_>> = ids
+            .iter()
+            .zip(&config.backends)
+            .map(|(id, b)| BackendSpec {
+                id: id.as_bytes(),
+                weight: b.weight,
+            })
+            .collect();
+        let outlier = &config.outlier_detection;
+        let view_config = ViewConfig {
+            outlier: OutlierPolicy {
+                consecutive_failures: outlier.consecutive_failures,
+                base_ejection_time: outlier.base_ejection_time,
+                max_ejection_time: outlier.max_ejection_time,
+                max_ejection_percent: outlier.max_ejection_percent,
+            },
+            breaker: config.circuit_breaker.map(|c| BreakerPolicy {
+                max_pending: c.max_pending,
+                consecutive_failures: c.consecutive_failures,
+                open_for: c.open_for,
+            }),
+            ..ViewConfig::default()
+        };
+        let view = BackendView::new(&specs, workers, view_config);
+        // Seeded by worker so that workers do not move in lockstep.
+        let balancer = Balancer::new(algorithm(config.balance), &view, worker_id as u64);
         let pools = config
             .backends
             .iter()
             .map(|_| RefCell::new(Vec::new()))
             .collect();
+        let ratio = config
+            .retries
+            .map_or(0.0, |r| f64::from(r.budget_percent) / 100.0);
         UpstreamState {
-            // Workers start at different backends so that N workers do not
-            // send their first N requests to the same one.
-            cursor: RefCell::new(RoundRobin::starting_at(worker_id)),
+            reported_in_flight: RefCell::new(vec![0; config.backends.len()]),
+            view: RefCell::new(view),
+            balancer: RefCell::new(balancer),
             pools,
+            retry_budget: RefCell::new(RetryBudget {
+                tokens: RETRY_BUDGET_FLOOR,
+                ratio,
+            }),
             config,
         }
     }
 
-    pub fn pick(&self) -> Option<usize> {
-        self.cursor.borrow_mut().pick(self.config.backends.len())
+    /// Picks an available backend, avoiding `avoid` (the one that just
+    /// failed) when another is available.
+    pub fn pick(&self, key: Option<&[u8]>, avoid: Option<usize>, now: Instant) -> Option<usize> {
+        let mut view = self.view.borrow_mut();
+        view.refresh(now);
+        let mut balancer = self.balancer.borrow_mut();
+        let first = balancer.pick(&view, key)?;
+        if Some(first) != avoid || view.available_cached_count() < 2 {
+            return Some(first);
+        }
+        // A hash pick repeats for the same key; the others move on.
+        for _ in 0..view.len() {
+            match balancer.pick(&view, None) {
+                Some(b) if Some(b) != avoid => return Some(b),
+                _ => {}
+            }
+        }
+        Some(first)
+    }
+
+    pub fn on_start(&self, backend: usize, now: Instant) {
+        self.view.borrow_mut().on_request_start(backend, now);
+    }
+
+    pub fn on_end(&self, backend: usize, outcome: Outcome, now: Instant) {
+        self.view.borrow_mut().on_request_end(backend, outcome, now);
+    }
+
+    /// Every request pays into the retry budget.
+    pub fn count_request(&self) {
+        let mut budget = self.retry_budget.borrow_mut();
+        budget.tokens = (budget.tokens + budget.ratio).min(RETRY_BUDGET_CAP);
+    }
+
+    pub fn retry_affordable(&self) -> bool {
+        self.retry_budget.borrow().tokens >= 1.0
+    }
+
+    /// Withdraws one retry from the budget, if it holds one.
+    pub fn take_retry(&self) -> bool {
+        let mut budget = self.retry_budget.borrow_mut();
+        if budget.tokens >= 1.0 {
+            budget.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     pub fn backend_addr(&self, backend: usize) -> SocketAddr {
@@ -114,7 +231,7 @@ impl UpstreamState {
 
 /// TCP connect with a timeout. A connect op holds no buffer of ours, so on
 /// timeout it is dropped: monoio then submits an async cancel for it.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let mut connecting = pin!(TcpStream::connect_addr(addr));
     let mut sleep = pin!(monoio::time::sleep(timeout));
     poll_fn(|cx| {

@@ -3,7 +3,7 @@
 //! A worker owns its listeners (SO_REUSEPORT), routers, upstream pools and
 //! counters; nothing here is shared between workers but the immutable config.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -13,12 +13,15 @@ use std::time::Duration;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringgate_config::{Config, Workers};
 use ringgate_core::chunked::ChunkLimits;
+use ringgate_core::gossip::GossipMsg;
 use ringgate_core::http::HeadLimits;
+use ringgate_core::ratelimit::KeyedLimiter;
 use ringgate_core::router::{RouteSpec, Router};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::conn;
+use crate::gossip::{self, Mesh};
 use crate::upstream::UpstreamState;
+use crate::{conn, health};
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
@@ -37,24 +40,31 @@ pub struct Worker {
     pub routers: Vec<Router>,
     /// Indexed like `config.upstreams`.
     pub upstreams: Vec<UpstreamState>,
+    /// Token buckets of rate-limited routes, indexed like `config.routes`.
+    pub limiters: Vec<Option<RefCell<KeyedLimiter>>>,
+    /// Health transitions this worker's probes found since the last tick.
+    pub pending_health: RefCell<Vec<(u32, u32, bool)>>,
+    pub workers: usize,
     connections: Cell<usize>,
     over_limit_logged: Cell<bool>,
 }
 
 impl Worker {
-    fn new(id: usize, config: Arc<Config>) -> Self {
+    fn new(id: usize, workers: usize, config: Arc<Config>) -> Self {
+        // Router targets are route indices: a route carries its own limits.
         let routers = (0..config.listeners.len())
             .map(|listener| {
                 Router::new(
                     config
                         .routes
                         .iter()
-                        .filter(|r| r.listener == listener)
-                        .map(|r| RouteSpec {
+                        .enumerate()
+                        .filter(|(_, r)| r.listener == listener)
+                        .map(|(index, r)| RouteSpec {
                             host: r.host.clone(),
                             path_prefix: r.path_prefix.clone(),
                             methods: r.methods.clone(),
-                            target: r.upstream,
+                            target: index,
                         })
                         .collect(),
                 )
@@ -63,7 +73,20 @@ impl Worker {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| UpstreamState::new(u.clone(), id))
+            .map(|u| UpstreamState::new(u.clone(), id, workers))
+            .collect();
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.rate_limit.as_ref().map(|limit| {
+                    RefCell::new(KeyedLimiter::new(
+                        limit.rate_per_sec(),
+                        f64::from(limit.burst),
+                        config.server.rate_limit_max_keys,
+                    ))
+                })
+            })
             .collect();
         let limits = &config.limits;
         Worker {
@@ -79,6 +102,9 @@ impl Worker {
             },
             routers,
             upstreams,
+            limiters,
+            pending_health: RefCell::new(Vec::new()),
+            workers,
             connections: Cell::new(0),
             over_limit_logged: Cell::new(false),
             config,
@@ -174,6 +200,7 @@ pub fn run(
     driver: Driver,
     config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
+    mesh: Mesh<GossipMsg>,
 ) {
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -187,14 +214,14 @@ pub fn run(
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => return rt.block_on(worker_main(id, config, listeners)),
+            Ok(mut rt) => return rt.block_on(worker_main(id, config, listeners, mesh)),
             Err(e) => eprintln!(
                 "ringgate: worker {id}: io_uring setup failed ({e}); using the legacy epoll driver"
             ),
         }
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut rt) => rt.block_on(worker_main(id, config, listeners)),
+        Ok(mut rt) => rt.block_on(worker_main(id, config, listeners, mesh)),
         Err(e) => {
             eprintln!("ringgate: worker {id}: cannot start any runtime: {e}");
             std::process::exit(1);
@@ -224,8 +251,25 @@ fn uring_setup() -> io_uring::Builder {
     builder
 }
 
-async fn worker_main(id: usize, config: Arc<Config>, listeners: Vec<std::net::TcpListener>) {
-    let worker = Rc::new(Worker::new(id, config));
+async fn worker_main(
+    id: usize,
+    config: Arc<Config>,
+    listeners: Vec<std::net::TcpListener>,
+    mesh: Mesh<GossipMsg>,
+) {
+    let workers = mesh.workers();
+    let worker = Rc::new(Worker::new(id, workers, config));
+    // Each backend with active checks is probed by exactly one worker.
+    for (u, upstream) in worker.config.upstreams.iter().enumerate() {
+        if upstream.health_check.is_some() {
+            for b in 0..upstream.backends.len() {
+                if health::prober_of(u, b, workers) == id {
+                    monoio::spawn(health::probe_loop(worker.clone(), u, b));
+                }
+            }
+        }
+    }
+    monoio::spawn(gossip::run_ticker(worker.clone(), mesh));
     let mut loops = Vec::new();
     for (index, std_listener) in listeners.into_iter().enumerate() {
         match monoio::net::TcpListener::from_std(std_listener) {

@@ -1,0 +1,97 @@
+//! Active health checks. Each backend with a `health_check` is probed by
+//! exactly one worker (`prober_of`), which applies transitions to its own
+//! view and hands them to its gossip ticker for the others.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncWriteRentExt, Splitable};
+use ringgate_config::HealthCheck;
+use ringgate_core::backend_view::{HealthState, Transition};
+use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
+
+use crate::io::{read_append, Abort};
+use crate::upstream::connect;
+use crate::worker::Worker;
+
+/// A health response head larger than this is a failed probe.
+const PROBE_HEAD_LIMIT: usize = 8 * 1024;
+
+/// The worker that probes backend `b` of upstream `u`: spread over workers,
+/// the same answer on every worker.
+pub fn prober_of(u: usize, b: usize, workers: usize) -> usize {
+    (u + b) % workers.max(1)
+}
+
+pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
+    let upstream = &worker.upstreams[u];
+    let Some(check) = upstream.config.health_check.clone() else {
+        return;
+    };
+    let addr = upstream.backend_addr(b);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
+        check.path
+    )
+    .into_bytes();
+    let mut state = HealthState::new(check.rise, check.fall);
+    loop {
+        monoio::time::sleep(check.interval).await;
+        let ok = probe(addr, &check, request.clone()).await;
+        if let Some(transition) = state.record_probe(ok) {
+            let healthy = matches!(transition, Transition::BecameHealthy);
+            eprintln!(
+                "ringgate: upstream {} backend {addr} is {} (health check {})",
+                upstream.config.name,
+                if healthy { "healthy" } else { "unhealthy" },
+                check.path
+            );
+            upstream
+                .view
+                .borrow_mut()
+                .apply_health(b, healthy, Instant::now());
+            worker
+                .pending_health
+                .borrow_mut()
+                .push((u as u32, b as u32, healthy));
+        }
+    }
+}
+
+/// One probe: the whole exchange must finish within `check.timeout` with
+/// the expected status.
+async fn probe(addr: std::net::SocketAddr, check: &HealthCheck, request: Vec<u8>) -> bool {
+    let deadline = Instant::now() + check.timeout;
+    let Ok(stream) = connect(addr, check.timeout).await else {
+        return false;
+    };
+    let (mut r, mut w) = stream.into_split();
+    let (res, _) = w.write_all(request).await;
+    if res.is_err() {
+        return false;
+    }
+    let abort = Abort::default();
+    let mut scratch = HeadScratch::default();
+    let limits = HeadLimits {
+        max_head_bytes: PROBE_HEAD_LIMIT,
+        max_headers: 100,
+    };
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Ok(Some(head)) = parse_response(&buf, limits, false, &mut scratch) {
+            return head.status == check.expect_status;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left == Duration::ZERO || buf.len() >= PROBE_HEAD_LIMIT {
+            return false;
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(1024);
+        }
+        let (res, back) = read_append(&mut r, buf, left, &abort).await;
+        buf = back;
+        if !matches!(res, Ok(n) if n > 0) {
+            return false;
+        }
+    }
+}
