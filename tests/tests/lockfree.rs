@@ -42,7 +42,8 @@ fn request_path_takes_no_lock_and_no_shared_atomic() {
     assert!(files.len() > HOT_PATH.len(), "core modules found");
     let mut hits = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
             for word in FORBIDDEN {
@@ -52,7 +53,11 @@ fn request_path_takes_no_lock_and_no_shared_atomic() {
             }
         }
     }
-    assert!(hits.is_empty(), "locks or atomics on the request path:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "locks or atomics on the request path:\n{}",
+        hits.join("\n")
+    );
 }
 
 #[test]
