@@ -2,13 +2,18 @@
 //! connection) that record every request they parse, so a test can assert
 //! what reached the upstream side of the proxy, including requests that
 //! should never have got there (smuggling shows up as an extra record).
+//! A backend can also be killed and restarted on the same port
+//! ([`Backend::stop`], [`Backend::restart`], [`BackendBuilder::bind`]) and
+//! can sabotage a fixed share of its connections
+//! ([`BackendBuilder::fail_connections`]).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::wire::{self, Framing, Head, Reader, HEAD_SIZE_MAX, READ_SIZE};
 
@@ -34,6 +39,8 @@ pub enum Behaviour {
     Stall(Duration),
     /// Reads the request, then closes without a byte of response.
     CloseWithoutResponse,
+    /// Like `Ok`, with this status code instead of 200.
+    Status(u16),
     /// A response carrying both Content-Length and Transfer-Encoding.
     AmbiguousFraming,
     /// A chunked response (several chunks).
@@ -46,11 +53,42 @@ pub enum Behaviour {
     HopByHopHeaders,
 }
 
+/// How a backend sabotages the connections [`BackendBuilder::fail_connections`]
+/// selects, before reading a byte of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnFault {
+    /// Closed right after accept: the peer sees a FIN (then a reset if it
+    /// writes).
+    CloseAfterAccept,
+    /// Waits until the peer's first bytes arrive, then closes with them
+    /// unread, which makes the kernel send a RST (the effect of SO_LINGER 0,
+    /// without unsafe code).
+    ResetOnData,
+}
+
+/// Sabotage `num` of every `den` accepted connections, spread evenly and
+/// deterministically: connection `n` (0-based, in accept order) fails when
+/// `n * num % den < num`. 3 of 10 fails connections 0, 4, 7, 10, 14, 17, ...
+#[derive(Clone, Copy, Debug)]
+struct FaultPlan {
+    num: usize,
+    den: usize,
+    fault: ConnFault,
+}
+
+impl FaultPlan {
+    fn hits(&self, conn: usize) -> bool {
+        self.den > 0 && (conn % self.den) * self.num % self.den < self.num
+    }
+}
+
 /// One request as the backend parsed it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
     /// Which accepted connection (0-based, in accept order) carried it.
     pub conn: usize,
+    /// When its head had been read.
+    pub at: Instant,
     pub method: String,
     pub target: String,
     pub version: String,
@@ -93,7 +131,11 @@ struct Shared {
     routes: Vec<(String, Behaviour)>,
     records: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
-    streams: Mutex<Vec<TcpStream>>,
+    /// Connections sabotaged by the fault plan.
+    faulted: AtomicUsize,
+    faults: Option<FaultPlan>,
+    /// Open connections (a handle each, to cut them on stop), by number.
+    streams: Mutex<HashMap<usize, TcpStream>>,
     stop: AtomicBool,
 }
 
@@ -107,10 +149,16 @@ impl Shared {
             .unwrap_or_else(|| self.default.clone())
     }
 
-    fn record(&self, r: Recorded) -> usize {
+    /// Records a request, unless the backend has been stopped: a request
+    /// read after `stop()` began is never answered and is not recorded, so
+    /// every record of a stopped backend predates the stop.
+    fn record(&self, r: Recorded) -> Option<usize> {
         let mut records = self.records.lock().unwrap();
+        if self.stop.load(Ordering::SeqCst) {
+            return None;
+        }
         records.push(r);
-        records.len() - 1
+        Some(records.len() - 1)
     }
 
     fn update(&self, idx: usize, f: impl FnOnce(&mut Recorded)) {
@@ -123,6 +171,8 @@ pub struct BackendBuilder {
     name: String,
     default: Behaviour,
     routes: Vec<(String, Behaviour)>,
+    addr: Option<SocketAddr>,
+    faults: Option<FaultPlan>,
 }
 
 impl BackendBuilder {
@@ -137,8 +187,26 @@ impl BackendBuilder {
         self
     }
 
+    /// Listens on `addr` (e.g. the port of a backend that was stopped)
+    /// instead of a fresh loopback port.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.addr = Some(addr);
+        self
+    }
+
+    /// Sabotages `num` of every `den` accepted connections with `fault`,
+    /// in a fixed pattern (see [`ConnFault`]).
+    pub fn fail_connections(mut self, num: usize, den: usize, fault: ConnFault) -> Self {
+        assert!(den > 0 && num <= den, "fail_connections({num}, {den})");
+        self.faults = Some(FaultPlan { num, den, fault });
+        self
+    }
+
     pub fn start(self) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind test backend");
+        let listener = match self.addr {
+            Some(addr) => bind_retrying(addr),
+            None => TcpListener::bind("127.0.0.1:0").expect("bind test backend"),
+        };
         let addr = listener.local_addr().expect("backend local addr");
         let shared = Arc::new(Shared {
             name: self.name,
@@ -146,18 +214,30 @@ impl BackendBuilder {
             routes: self.routes,
             records: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
-            streams: Mutex::new(Vec::new()),
+            faulted: AtomicUsize::new(0),
+            faults: self.faults,
+            streams: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         });
-        let s = shared.clone();
-        let accept = thread::Builder::new()
-            .name(format!("backend-{}", s.name))
-            .spawn(move || accept_loop(listener, s))
-            .expect("spawn backend accept thread");
-        Backend {
+        let mut backend = Backend {
             addr,
             shared,
-            accept: Some(accept),
+            accept: None,
+        };
+        backend.spawn_accept(listener);
+        backend
+    }
+}
+
+/// Binds `addr`, retrying for a while: a port just released can take a
+/// moment to be free again.
+fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("bind test backend on {addr}: {e}"),
         }
     }
 }
@@ -175,7 +255,52 @@ impl Backend {
             name: name.to_string(),
             default: Behaviour::Ok,
             routes: Vec::new(),
+            addr: None,
+            faults: None,
         }
+    }
+
+    fn spawn_accept(&mut self, listener: TcpListener) {
+        let s = self.shared.clone();
+        let accept = thread::Builder::new()
+            .name(format!("backend-{}", s.name))
+            .spawn(move || accept_loop(listener, s))
+            .expect("spawn backend accept thread");
+        self.accept = Some(accept);
+    }
+
+    /// Kills the backend the way a crash would: the listening socket closes
+    /// (connects are refused from now on) and every open connection is cut.
+    /// Records are kept. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
+        {
+            // Under the records lock: see `Shared::record`.
+            let _records = self.shared.records.lock().unwrap();
+            self.shared.stop.store(true, Ordering::SeqCst);
+        }
+        // Wake the blocking accept; the loop then drops the listener.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        let _ = accept.join();
+        for (_, s) in self.shared.streams.lock().unwrap().drain() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Starts a stopped backend again on the same address, with the same
+    /// behaviour; records and connection numbering carry on.
+    pub fn restart(&mut self) {
+        assert!(self.accept.is_none(), "restart of a running backend");
+        let listener = bind_retrying(self.addr);
+        self.shared.stop.store(false, Ordering::SeqCst);
+        self.spawn_accept(listener);
+    }
+
+    /// Is it accepting connections (not stopped)?
+    pub fn is_running(&self) -> bool {
+        self.accept.is_some()
     }
 
     /// A backend doing `b` for every request.
@@ -206,6 +331,11 @@ impl Backend {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// Connections sabotaged by [`BackendBuilder::fail_connections`] so far.
+    pub fn faulted(&self) -> usize {
+        self.shared.faulted.load(Ordering::SeqCst)
+    }
+
     /// The body `Behaviour::Ok` sends for `target`.
     pub fn ok_body(&self, target: &str) -> String {
         ok_body(&self.shared.name, target)
@@ -214,15 +344,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        for s in self.shared.streams.lock().unwrap().drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
-        }
+        self.stop();
     }
 }
 
@@ -237,17 +359,34 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         let Ok(stream) = stream else { continue };
         let conn = shared.connections.fetch_add(1, Ordering::SeqCst);
+        if let Some(plan) = shared.faults.filter(|p| p.hits(conn)) {
+            shared.faulted.fetch_add(1, Ordering::SeqCst);
+            match plan.fault {
+                ConnFault::CloseAfterAccept => drop(stream),
+                ConnFault::ResetOnData => {
+                    // No other handle exists, so dropping this one closes
+                    // the socket with the request unread: a RST.
+                    let _ = thread::Builder::new()
+                        .name(format!("backend-{}-rst{conn}", shared.name))
+                        .spawn(move || {
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                            let _ = stream.peek(&mut [0u8; 1]);
+                            drop(stream);
+                        });
+                }
+            }
+            continue;
+        }
         if let Ok(clone) = stream.try_clone() {
-            shared.streams.lock().unwrap().push(clone);
+            shared.streams.lock().unwrap().insert(conn, clone);
         }
         let s = shared.clone();
         let _ = thread::Builder::new()
             .name(format!("backend-{}-c{conn}", s.name))
             .spawn(move || {
-                let closer = stream.try_clone();
                 let _ = serve(stream, conn, &s);
-                // Other handles (kept for Drop) would hold the socket open.
-                if let Ok(c) = closer {
+                // The handle kept for stop() would hold the socket open.
+                if let Some(c) = s.streams.lock().unwrap().remove(&conn) {
                     let _ = c.shutdown(Shutdown::Both);
                 }
             });
@@ -257,6 +396,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 fn unparseable(conn: usize, raw: Vec<u8>, error: String) -> Recorded {
     Recorded {
         conn,
+        at: Instant::now(),
         method: "<unparseable>".into(),
         target: String::new(),
         version: String::new(),
@@ -298,8 +438,9 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
             }
         };
         let [method, target, version] = head.start.clone();
-        let idx = shared.record(Recorded {
+        let Some(idx) = shared.record(Recorded {
             conn,
+            at: Instant::now(),
             method,
             target: target.clone(),
             version: version.clone(),
@@ -309,7 +450,9 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
             body_len: 0,
             body_complete: false,
             error: None,
-        });
+        }) else {
+            return Ok(());
+        };
         let framing = head.framing();
         let wants_close = head
             .header("connection")
@@ -374,6 +517,13 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
         match behaviour {
             Behaviour::Echo => unreachable!("handled above"),
             Behaviour::Ok => write_ok(&mut w, name, &body, "")?,
+            Behaviour::Status(code) => {
+                let resp = format!(
+                    "HTTP/1.1 {code} Test\r\nx-backend: {name}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                w.write_all(resp.as_bytes())?;
+            }
             Behaviour::Stall(d) => {
                 thread::sleep(d);
                 write_ok(&mut w, name, &body, "")?;

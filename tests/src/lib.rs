@@ -21,7 +21,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod wire;
 
-pub use backend::{Backend, Behaviour, Recorded};
+pub use backend::{Backend, Behaviour, ConnFault, Recorded};
 pub use client::{exchange, show, Client, Exchange, Response, IO_TIMEOUT};
 pub use proxy::{free_port, ringgate_bin, Proxy, ProxyConfig};
 pub use refusal::assert_refused;
@@ -196,6 +196,45 @@ mod harness_tests {
             b.targets().contains(&"/other".to_string()),
             "a lenient backend sees the smuggled request"
         );
+    }
+
+    #[test]
+    fn stopped_backend_refuses_and_restarts_on_the_same_port() {
+        let mut b = Backend::start("b", Behaviour::Ok);
+        let addr = b.addr();
+        let mut c = direct(&b);
+        assert_eq!(c.get("/1").status, 200);
+        b.stop();
+        let stopped = std::time::Instant::now();
+        assert!(
+            c.try_send(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n").is_err() || c.read_final().is_err()
+        );
+        assert!(
+            Client::try_connect(addr).is_err(),
+            "a stopped backend accepts"
+        );
+        b.restart();
+        assert_eq!(b.addr(), addr);
+        assert_eq!(direct(&b).get("/3").status, 200);
+        assert_eq!(b.targets(), ["/1", "/3"]);
+        assert!(b.records()[1].at > stopped);
+    }
+
+    #[test]
+    fn fault_plan_fails_3_of_10_connections_in_a_fixed_pattern() {
+        for fault in [ConnFault::CloseAfterAccept, ConnFault::ResetOnData] {
+            let b = Backend::builder("f").fail_connections(3, 10, fault).start();
+            let failed: Vec<usize> = (0..20)
+                .filter(|_| {
+                    let mut c = direct(&b);
+                    let _ = c.try_send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                    c.read_final().is_err()
+                })
+                .collect();
+            assert_eq!(failed, [0, 4, 7, 10, 14, 17], "{fault:?}");
+            assert_eq!(b.faulted(), 6);
+            assert_eq!(b.connections(), 20);
+        }
     }
 
     #[test]

@@ -112,9 +112,15 @@ pub struct ProxyConfig {
     pub server_extra: Vec<String>,
     pub limits: Vec<String>,
     pub backends: Vec<SocketAddr>,
+    /// `weights[i]` is backend i's `weight` (none written when absent).
+    pub weights: Vec<Option<u32>>,
     pub route_prefix: String,
+    /// Extra `key = value` lines of the route.
+    pub route_extra: Vec<String>,
     pub timeouts: Option<String>,
     pub pool: Option<String>,
+    /// Extra `key = value` lines of the upstream (`balance`, `health_check`...).
+    pub upstream_extra: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -125,10 +131,51 @@ impl ProxyConfig {
             server_extra: Vec::new(),
             limits: Vec::new(),
             backends: vec![backend],
+            weights: vec![None],
             route_prefix: "/".into(),
+            route_extra: Vec::new(),
             timeouts: None,
             pool: None,
+            upstream_extra: Vec::new(),
         }
+    }
+
+    /// A config whose upstream has these backends, each with the default
+    /// weight.
+    pub fn with_backends(backends: &[SocketAddr]) -> Self {
+        assert!(!backends.is_empty(), "an upstream needs a backend");
+        let mut c = ProxyConfig::new(backends[0]);
+        c.backends = backends.to_vec();
+        c.weights = vec![None; backends.len()];
+        c
+    }
+
+    /// A config whose upstream has these `(backend, weight)` pairs.
+    pub fn with_weighted_backends(backends: &[(SocketAddr, u32)]) -> Self {
+        let addrs: Vec<SocketAddr> = backends.iter().map(|(a, _)| *a).collect();
+        let mut c = ProxyConfig::with_backends(&addrs);
+        c.weights = backends.iter().map(|(_, w)| Some(*w)).collect();
+        c
+    }
+
+    /// Adds `key = value` (value in TOML syntax) to the upstream, e.g.
+    /// `upstream_extra("balance", "\"least_conn\"")`.
+    pub fn upstream_extra(mut self, key: &str, value: &str) -> Self {
+        self.upstream_extra.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Adds `key = value` (value in TOML syntax) to the route, e.g.
+    /// `route_extra("rate_limit", "{ key = \"route\", rate = \"10/s\" }")`.
+    pub fn route_extra(mut self, key: &str, value: &str) -> Self {
+        self.route_extra.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// The upstream's inline `pool` table body, e.g. `max_idle_per_backend = 0`.
+    pub fn pool(mut self, inline: &str) -> Self {
+        self.pool = Some(inline.into());
+        self
     }
 
     /// Adds `key = value` (value in TOML syntax) to `[limits]`.
@@ -181,10 +228,18 @@ impl ProxyConfig {
             "\n[[routes]]\nlistener = \"web\"\nmatch = {{ path_prefix = \"{}\" }}\nupstream = \"app\"\n",
             self.route_prefix
         );
+        for l in &self.route_extra {
+            s += l;
+            s += "\n";
+        }
         let backends: Vec<String> = self
             .backends
             .iter()
-            .map(|a| format!("{{ address = \"{a}\" }}"))
+            .enumerate()
+            .map(|(i, a)| match self.weights.get(i).copied().flatten() {
+                Some(w) => format!("{{ address = \"{a}\", weight = {w} }}"),
+                None => format!("{{ address = \"{a}\" }}"),
+            })
             .collect();
         s += &format!(
             "\n[[upstreams]]\nname = \"app\"\nbackends = [{}]\n",
@@ -195,6 +250,10 @@ impl ProxyConfig {
         }
         if let Some(p) = &self.pool {
             s += &format!("pool = {{ {p} }}\n");
+        }
+        for l in &self.upstream_extra {
+            s += l;
+            s += "\n";
         }
         s
     }
