@@ -1,0 +1,221 @@
+//! The `ringload` command line: flags, their defaults, and their conversion
+//! into [`RunOptions`]. Reads `--body-file`; runs nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{RunOptions, DEFAULT_CONNECTIONS};
+use crate::schedule::Arrival;
+use crate::target::RequestSpec;
+use crate::Error;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ArrivalArg {
+    /// Evenly spaced sends, 1/R apart (wrk2's model).
+    Constant,
+    /// Exponential gaps with mean 1/R (a Poisson process).
+    Poisson,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let s = s.trim_end_matches("/s");
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of requests/s"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err("the rate must be a positive number".into())
+    }
+}
+
+/// ringload: an HTTP/1.1 load generator that measures tail latency
+/// honestly (open-loop schedule with coordinated-omission correction).
+#[derive(Debug, Parser)]
+#[command(name = "ringload", version, about, long_about = None)]
+pub struct Cli {
+    /// Target URL(s), http:// or https://; connections are spread over them.
+    #[arg(required = true)]
+    pub urls: Vec<String>,
+    /// Requests per second for the whole run (open loop on a fixed schedule).
+    /// Without it: closed loop, as fast as the connections go.
+    #[arg(short, long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// How sends are spaced on the schedule.
+    #[arg(long, value_enum, default_value = "constant")]
+    pub arrival: ArrivalArg,
+    /// Connections, over all cores.
+    #[arg(short, long, default_value_t = DEFAULT_CONNECTIONS)]
+    pub connections: usize,
+    /// Measured duration (e.g. 10s, 1m).
+    #[arg(short, long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Load before the measured window, not recorded.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Worker cores (default: every CPU this process may run on).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Request method.
+    #[arg(short, long, default_value = "GET")]
+    pub method: String,
+    /// Extra request header, 'Name: value' (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Request body.
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// Request body read from a file.
+    #[arg(long)]
+    pub body_file: Option<PathBuf>,
+    /// Requests in flight per connection (sent back to back).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// A new connection per request.
+    #[arg(long)]
+    pub no_keepalive: bool,
+    /// Per-request timeout (connect + send + complete response).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Accept any TLS certificate (self-signed test servers).
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+    /// Step the rate up from a closed-loop maximum and report the highest
+    /// rate whose p99 stays within --slo.
+    #[arg(long, conflicts_with = "rate")]
+    pub sweep: bool,
+    /// Latency objective for --sweep (corrected p99).
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub slo: Duration,
+    /// Sweep step as a percentage of the closed-loop maximum.
+    #[arg(long, default_value_t = 10.0)]
+    pub sweep_step: f64,
+    /// Write the report as JSON (times in µs).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the corrected latency distribution in HdrHistogram's .hgrm text.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+    /// Write every recorded request (intended, sent, done in µs) as CSV.
+    #[arg(long)]
+    pub raw: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl Cli {
+    /// The options this command line asks for. Reports every bad header at
+    /// once; URLs and the rest are checked by `RunConfig::new`.
+    pub fn options(&self) -> Result<RunOptions, Error> {
+        let mut problems = Vec::new();
+        let mut headers = Vec::new();
+        for h in &self.headers {
+            match RequestSpec::parse_header(h) {
+                Ok(kv) => headers.push(kv),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let body = match (&self.body, &self.body_file) {
+            (Some(b), _) => b.clone().into_bytes(),
+            (None, Some(path)) => std::fs::read(path).map_err(|source| Error::File {
+                path: path.display().to_string(),
+                source,
+            })?,
+            (None, None) => Vec::new(),
+        };
+        if self.sweep && !(self.sweep_step > 0.0 && self.sweep_step <= 100.0) {
+            problems.push("--sweep-step must be a percentage in (0, 100]".into());
+        }
+        if !problems.is_empty() {
+            return Err(Error::Config(problems));
+        }
+        Ok(RunOptions {
+            urls: self.urls.clone(),
+            rate: self.rate,
+            arrival: match self.arrival {
+                ArrivalArg::Constant => Arrival::Constant,
+                ArrivalArg::Poisson => Arrival::Poisson,
+            },
+            connections: self.connections,
+            duration: self.duration,
+            warmup: self.warmup,
+            cores: self.cores,
+            pin: !self.no_pin,
+            request: RequestSpec {
+                method: self.method.clone(),
+                headers,
+                body,
+                close: self.no_keepalive,
+            },
+            pipeline: self.pipeline,
+            keepalive: !self.no_keepalive,
+            timeout: self.timeout,
+            insecure: self.insecure,
+            progress: !self.quiet,
+            keep_raw: self.raw.is_some(),
+            probe: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_into_options() {
+        let cli = Cli::try_parse_from([
+            "ringload",
+            "http://127.0.0.1:1/",
+            "--rate",
+            "500/s",
+            "-c",
+            "20",
+            "-d",
+            "6s",
+            "--warmup",
+            "1s",
+            "-H",
+            "X-A: b",
+            "-m",
+            "POST",
+            "--body",
+            "hi",
+            "--pipeline",
+            "4",
+            "--arrival",
+            "poisson",
+        ])
+        .unwrap();
+        let o = cli.options().unwrap();
+        assert_eq!(o.rate, Some(500.0));
+        assert_eq!(o.connections, 20);
+        assert_eq!(o.duration, Duration::from_secs(6));
+        assert_eq!(o.warmup, Duration::from_secs(1));
+        assert_eq!(o.arrival, Arrival::Poisson);
+        assert_eq!(
+            o.request.headers,
+            vec![("X-A".to_string(), "b".to_string())]
+        );
+        assert_eq!(o.request.body, b"hi");
+        assert_eq!(o.pipeline, 4);
+    }
+
+    #[test]
+    fn a_bad_rate_or_both_bodies_are_usage_errors() {
+        assert!(Cli::try_parse_from(["ringload", "http://h/", "--rate", "-5"]).is_err());
+        assert!(Cli::try_parse_from(["ringload", "http://h/", "--rate", "fast"]).is_err());
+        assert!(
+            Cli::try_parse_from(["ringload", "http://h/", "--body", "a", "--body-file", "f"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["ringload", "http://h/", "--sweep", "--rate", "5"]).is_err());
+        assert!(Cli::try_parse_from(["ringload"]).is_err());
+    }
+}

@@ -1,0 +1,422 @@
+//! The load engine: one glommio executor per worker core, each owning its
+//! connections, its share of the schedule and its [`Recorder`]; the workers
+//! share nothing but the start time and a pair of progress counters.
+//!
+//! A connection is one readable loop: take a slot (open loop) or go at once
+//! (closed loop) → connect if needed → write the request(s) → read the
+//! response(s) → record → keep or drop the connection. Requests whose slot
+//! falls in the warm-up are sent but not recorded; no slot at or after the
+//! end of the window is taken, and each request still in flight then has
+//! `--timeout` to finish, so a run always ends.
+
+use std::cell::RefCell;
+use std::io::{IsTerminal, Write};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::client::{Conn, Failure, Response, Tls};
+use crate::config::RunConfig;
+use crate::record::{ErrorClass, Measured, Recorder, Stamps, Window};
+use crate::report::Report;
+use crate::schedule::{Arrival, Schedule};
+use crate::target::Target;
+use crate::Error;
+
+/// Memory glommio registers with io_uring for file I/O. ringload does only
+/// socket I/O, so the minimum keeps each executor far below the default
+/// 8 MiB locked-memory limit of unprivileged users (glommio's own default is
+/// 10 MiB per executor, which fails there).
+const IO_MEMORY_BYTES: usize = 64 * 1024;
+/// Submission ring entries per executor: one batch per loop covers a few
+/// hundred connections.
+const RING_DEPTH: usize = 256;
+/// Time for the executors to start and connect before the first slot.
+const STARTUP: Duration = Duration::from_millis(150);
+/// A closed-loop connection that cannot connect waits this long before
+/// trying again, so a dead server is not hammered in a busy loop.
+const CONNECT_RETRY_BACKOFF: Duration = Duration::from_millis(10);
+/// How often the live progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Seed of the Poisson arrivals: runs are reproducible.
+const POISSON_SEED: u64 = 0x5EED_0F71_A66A_7E00;
+
+/// Responses and errors so far, read by the progress line only.
+#[derive(Default)]
+struct Progress {
+    responses: AtomicU64,
+    errors: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+struct Clock {
+    /// The schedule's origin: first slot, warm-up starts.
+    t0: Instant,
+    /// End of the measured window; no slot at or after it is sent.
+    end: Instant,
+}
+
+/// What one connection sends.
+struct Load {
+    target: Target,
+    /// The request repeated `pipeline` times, written as one slice.
+    pipelined: Vec<u8>,
+}
+
+/// Settings every connection of a worker reads.
+struct Settings {
+    pipeline: usize,
+    keepalive: bool,
+    timeout: Duration,
+    tls: Option<Tls>,
+    open_loop: bool,
+}
+
+/// A worker's state, owned by its executor thread.
+struct WorkerState {
+    settings: Settings,
+    clock: Clock,
+    schedule: RefCell<Option<Schedule>>,
+    recorder: RefCell<Recorder>,
+    progress: Arc<Progress>,
+}
+
+impl WorkerState {
+    /// The next slot of this worker's schedule, if it is before the end
+    /// (and, with `due_by`, already due by then).
+    fn take_slot(&self, due_by: Option<Instant>) -> Option<Instant> {
+        let mut schedule = self.schedule.borrow_mut();
+        let s = schedule.as_mut()?;
+        let at = self.clock.t0 + s.peek();
+        if at >= self.clock.end || due_by.is_some_and(|d| at > d) {
+            return None;
+        }
+        s.take();
+        Some(at)
+    }
+
+    fn response(&self, stamps: &Stamps, r: &Response) {
+        self.recorder
+            .borrow_mut()
+            .response(stamps, r.status, r.bytes);
+        self.progress.responses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn errors(&self, class: ErrorClass, intended: &[Option<Instant>], sent: Instant, now: Instant) {
+        let mut rec = self.recorder.borrow_mut();
+        for &i in intended {
+            rec.error(class, 1, i, sent, now);
+        }
+        self.progress
+            .errors
+            .fetch_add(intended.len() as u64, Ordering::Relaxed);
+    }
+}
+
+async fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        glommio::timer::sleep(t - now).await;
+    }
+}
+
+/// One connection's loop, until the schedule (or the window) is exhausted.
+async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
+    let set = &st.settings;
+    let mut conn: Option<Conn> = None;
+    if set.keepalive {
+        // Connect before the first slot so set-up is not charged to it; a
+        // failure here is retried (and counted) on the first request.
+        conn = Conn::connect(&load.target, set.tls.as_ref(), Instant::now() + set.timeout)
+            .await
+            .ok();
+    }
+    sleep_until(st.clock.t0).await;
+    let request_len = load.target.request.len();
+    let mut intended: Vec<Option<Instant>> = Vec::with_capacity(set.pipeline);
+    let mut free_at = Instant::now();
+    loop {
+        intended.clear();
+        if set.open_loop {
+            let Some(first) = st.take_slot(None) else {
+                break;
+            };
+            sleep_until(first).await;
+            intended.push(Some(first));
+            // Pipelining in open loop: slots already due leave together.
+            let now = Instant::now();
+            while intended.len() < set.pipeline {
+                match st.take_slot(Some(now)) {
+                    Some(at) => intended.push(Some(at)),
+                    None => break,
+                }
+            }
+        } else {
+            if Instant::now() >= st.clock.end {
+                break;
+            }
+            intended.resize(set.pipeline, None);
+        }
+        let k = intended.len();
+        let sent = Instant::now();
+        let deadline = sent + set.timeout;
+        let mut failure: Option<(Failure, usize)> = None;
+        let mut reusable = set.keepalive;
+        if conn.is_none() {
+            match Conn::connect(&load.target, set.tls.as_ref(), deadline).await {
+                Ok(c) => conn = Some(c),
+                Err(f) => failure = Some((f, 0)),
+            }
+        }
+        if let (None, Some(c)) = (&failure, conn.as_mut()) {
+            let bytes = &load.pipelined[..k * request_len];
+            match c.send(bytes, deadline).await {
+                Err(f) => failure = Some((f, 0)),
+                Ok(()) => {
+                    st.recorder.borrow_mut().add_sent_bytes(bytes.len() as u64);
+                    for (j, &slot) in intended.iter().enumerate() {
+                        match c.read_response(load.target.head_method, deadline).await {
+                            Ok(r) => {
+                                let stamps = Stamps {
+                                    intended: slot,
+                                    free_at,
+                                    sent,
+                                    done: Instant::now(),
+                                };
+                                st.response(&stamps, &r);
+                                reusable &= r.reusable;
+                            }
+                            Err(f) => {
+                                failure = Some((f, j));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((f, from)) = failure {
+            st.errors(f.class, &intended[from..], sent, Instant::now());
+            conn = None;
+            if f.class == ErrorClass::Connect && !set.open_loop {
+                glommio::timer::sleep(CONNECT_RETRY_BACKOFF).await;
+            }
+        } else if !reusable {
+            conn = None;
+        }
+        free_at = Instant::now();
+    }
+}
+
+struct WorkerPlan {
+    index: usize,
+    workers: usize,
+    /// One entry per connection of this worker: what it sends.
+    loads: Vec<(Target, Vec<u8>)>,
+    settings: Settings,
+    clock: Clock,
+    window: Window,
+    rate: Option<f64>,
+    arrival: Arrival,
+    progress: Arc<Progress>,
+}
+
+async fn worker(plan: WorkerPlan) -> Recorder {
+    let schedule = plan
+        .rate
+        .map(|r| Schedule::new(plan.arrival, r, plan.workers, plan.index, POISSON_SEED));
+    let st = Rc::new(WorkerState {
+        settings: plan.settings,
+        clock: plan.clock,
+        schedule: RefCell::new(schedule),
+        recorder: RefCell::new(Recorder::new(plan.window, plan.index)),
+        progress: plan.progress,
+    });
+    let tasks: Vec<_> = plan
+        .loads
+        .into_iter()
+        .map(|(target, pipelined)| {
+            let load = Rc::new(Load { target, pipelined });
+            glommio::spawn_local(connection(st.clone(), load))
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    match Rc::try_unwrap(st) {
+        Ok(st) => st.recorder.into_inner(),
+        // Every task has finished, so no other reference is left.
+        Err(st) => {
+            let empty = Recorder::new(plan.window, plan.index);
+            st.recorder.replace(empty)
+        }
+    }
+}
+
+fn executor(name: &str, placement: Placement) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(placement)
+        .name(name)
+        .io_memory(IO_MEMORY_BYTES)
+        .ring_depth(RING_DEPTH)
+}
+
+fn executor_error(e: impl std::fmt::Display) -> Error {
+    Error::Executor(format!(
+        "{e} (glommio needs io_uring; check `ulimit -l` and that io_uring is not disabled by seccomp or sysctl kernel.io_uring_disabled)"
+    ))
+}
+
+/// Sends one request to each target and reads the response, so a dead,
+/// wrong or garbage-speaking server is reported before any load.
+fn probe(config: &RunConfig) -> Result<(), Error> {
+    let targets = config.targets.clone();
+    let tls = config.tls.clone();
+    let timeout = config.timeout;
+    let handle = executor("ringload-probe", Placement::Unbound)
+        .spawn(move || async move {
+            for t in &targets {
+                let deadline = Instant::now() + timeout;
+                let what = |f: Failure| (t.url.original.clone(), t.addr, f);
+                let mut c = Conn::connect(t, tls.as_ref(), deadline)
+                    .await
+                    .map_err(what)?;
+                c.send(&t.request, deadline).await.map_err(what)?;
+                c.read_response(t.head_method, deadline)
+                    .await
+                    .map_err(what)?;
+            }
+            Ok(())
+        })
+        .map_err(executor_error)?;
+    match handle.join().map_err(executor_error)? {
+        Ok(()) => Ok(()),
+        Err((url, addr, f)) => Err(Error::Probe {
+            url,
+            addr,
+            class: f.class,
+            why: f.why,
+        }),
+    }
+}
+
+/// Runs the load described by `config` and returns the merged report.
+pub fn run(config: &RunConfig) -> Result<Report, Error> {
+    if config.probe {
+        probe(config)?;
+    }
+    let workers = config.cpus.len();
+    let t0 = Instant::now() + STARTUP;
+    let start = t0 + config.warmup;
+    let end = start + config.duration;
+    let clock = Clock { t0, end };
+    // The timeline covers the window and the drain after it.
+    let timeline_seconds = (config.duration + config.timeout).as_secs() as usize + 2;
+    let window = Window {
+        start,
+        end,
+        timeline_seconds,
+        open_loop: config.rate.is_some(),
+        raw_limit: config.raw_limit / workers,
+    };
+    let progress: Vec<Arc<Progress>> = (0..workers).map(|_| Arc::default()).collect();
+    let mut handles = Vec::with_capacity(workers);
+    let mut conn_index = 0usize;
+    for (w, &cpu) in config.cpus.iter().enumerate() {
+        // Connections split as evenly as they go; URLs round-robin over them.
+        let n = config.connections / workers + usize::from(w < config.connections % workers);
+        let loads = (0..n)
+            .map(|_| {
+                let t = config.targets[conn_index % config.targets.len()].clone();
+                conn_index += 1;
+                let pipelined = t.request.repeat(config.pipeline);
+                (t, pipelined)
+            })
+            .collect();
+        let plan = WorkerPlan {
+            index: w,
+            workers,
+            loads,
+            settings: Settings {
+                pipeline: config.pipeline,
+                keepalive: config.keepalive,
+                timeout: config.timeout,
+                tls: config.tls.clone(),
+                open_loop: config.rate.is_some(),
+            },
+            clock,
+            window,
+            rate: config.rate,
+            arrival: config.arrival,
+            progress: progress[w].clone(),
+        };
+        let placement = if config.pin {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let handle = executor(&format!("ringload-{w}"), placement)
+            .spawn(move || worker(plan))
+            .map_err(executor_error)?;
+        handles.push(handle);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let progress_thread = if config.progress && std::io::stderr().is_terminal() {
+        let done = done.clone();
+        let progress = progress.clone();
+        let total = config.warmup + config.duration;
+        std::thread::Builder::new()
+            .name("ringload-progress".into())
+            .spawn(move || show_progress(&progress, &done, t0, total))
+            .ok()
+    } else {
+        None
+    };
+    let mut recorders = Vec::with_capacity(workers);
+    let mut failed = None;
+    for h in handles {
+        match h.join() {
+            Ok(r) => recorders.push(r),
+            Err(e) => failed = Some(executor_error(e)),
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    if let Some(t) = progress_thread {
+        let _ = t.join();
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let measured = Measured::merge(recorders);
+    Ok(Report::new(config, measured))
+}
+
+fn show_progress(progress: &[Arc<Progress>], done: &AtomicBool, t0: Instant, total: Duration) {
+    let mut last = (Instant::now(), 0u64);
+    let mut err = std::io::stderr();
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(PROGRESS_EVERY);
+        let responses: u64 = progress
+            .iter()
+            .map(|p| p.responses.load(Ordering::Relaxed))
+            .sum();
+        let errors: u64 = progress
+            .iter()
+            .map(|p| p.errors.load(Ordering::Relaxed))
+            .sum();
+        let now = Instant::now();
+        let rate = (responses - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+        last = (now, responses);
+        let elapsed = now.saturating_duration_since(t0).as_secs_f64();
+        let _ = write!(
+            err,
+            "\r\x1b[2K  {elapsed:6.1}s / {:.0}s  {responses} responses  {rate:9.0} req/s  {errors} errors",
+            total.as_secs_f64()
+        );
+        let _ = err.flush();
+    }
+    let _ = write!(err, "\r\x1b[2K");
+    let _ = err.flush();
+}
