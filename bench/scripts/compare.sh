@@ -66,7 +66,10 @@ trap cleanup EXIT
 
 cpu_ticks() { # user+sys of a process and its threads/children, in ticks
   local total=0
-  for p in "$@"; do read -r -a f < /proc/$p/stat; total=$((total + f[13] + f[14] + f[15] + f[16])); done
+  for p in "$@"; do # a short-lived child may be gone by now: skip it
+    read -r -a f 2>/dev/null < /proc/$p/stat || continue
+    total=$((total + f[13] + f[14] + f[15] + f[16]))
+  done
   echo $total
 }
 
