@@ -406,7 +406,7 @@ impl Downstream {
                     )
                 }
                 Err(ConnectError::Failed) => {
-                    return Attempt::failed(Failure::ConnectFailure, 502, "upstream connect failed")
+                    return Attempt::failed(Failure::ConnectRefused, 502, "upstream connect failed")
                 }
             };
             self.req.clear_segments();
@@ -552,7 +552,7 @@ impl Attempt {
 /// Why a try failed before any response byte reached the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
-    ConnectFailure,
+    ConnectRefused,
     ConnectTimeout,
     Reset,
     Timeout,
@@ -565,7 +565,7 @@ enum Failure {
 impl Failure {
     fn outcome(self) -> Outcome {
         match self {
-            Failure::ConnectFailure => Outcome::ConnectFailure,
+            Failure::ConnectRefused => Outcome::ConnectFailure,
             Failure::ConnectTimeout | Failure::Timeout => Outcome::Timeout,
             Failure::Reset => Outcome::Reset,
             Failure::Status5xx => Outcome::Status5xx,
@@ -576,7 +576,7 @@ impl Failure {
     /// Envoy's retry_on semantics: a connect timeout is a connect failure.
     fn retry_allowed(self, on: RetryOn) -> bool {
         match self {
-            Failure::ConnectFailure | Failure::ConnectTimeout => on.connect_failure,
+            Failure::ConnectRefused | Failure::ConnectTimeout => on.connect_failure,
             Failure::Reset => on.reset,
             Failure::Timeout => on.timeout,
             Failure::Status5xx => on.status_5xx,
