@@ -342,6 +342,27 @@ fn map_parse_error(e: httparse::Error) -> HeadError {
     }
 }
 
+/// The length of a complete head from httparse's verdict on the first
+/// `max_head_bytes` of `buf`; `None` when more bytes may complete it.
+fn complete_head(
+    parsed: httparse::Result<usize>,
+    buf: &[u8],
+    limits: HeadLimits,
+) -> Result<Option<usize>, HeadError> {
+    let head_len = match parsed {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
+            return Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(map_parse_error(e)),
+    };
+    if has_bare_lf(&buf[..head_len]) {
+        return Err(HeadError::Malformed("bare LF line terminator"));
+    }
+    Ok(Some(head_len))
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)`: incomplete, read
 /// more. On success `scratch.forward` holds the ranges to forward.
 pub fn parse_request(
@@ -355,24 +376,14 @@ pub fn parse_request(
         [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
     let mut req = httparse::Request::new(&mut []);
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let head_len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+    let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
         &mut req,
         window,
         &mut storage[..max_headers],
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(e) => return Err(map_parse_error(e)),
+    );
+    let Some(head_len) = complete_head(parsed, buf, limits)? else {
+        return Ok(None);
     };
-    if has_bare_lf(&buf[..head_len]) {
-        return Err(HeadError::Malformed("bare LF line terminator"));
-    }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
@@ -631,24 +642,14 @@ pub fn parse_response(
         [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_CEILING];
     let mut res = httparse::Response::new(&mut []);
     let window = &buf[..buf.len().min(limits.max_head_bytes)];
-    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut res,
         window,
         &mut storage[..max_headers],
-    ) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limits.max_head_bytes {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(e) => return Err(map_parse_error(e)),
+    );
+    let Some(head_len) = complete_head(parsed, buf, limits)? else {
+        return Ok(None);
     };
-    if has_bare_lf(&buf[..head_len]) {
-        return Err(HeadError::Malformed("bare LF line terminator"));
-    }
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return Err(HeadError::Malformed("incomplete status line"));
     };

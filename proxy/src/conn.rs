@@ -266,13 +266,7 @@ impl Downstream {
         let available = self.req.source.len() - head.head_len;
         let (initial_body, mut body_left) = match head.body {
             RequestBody::Empty => (0, None),
-            RequestBody::Length(n) => {
-                let have = (available as u64).min(n) as usize;
-                (
-                    have,
-                    (n > have as u64).then_some(BodyLeft::Length(n - have as u64)),
-                )
-            }
+            RequestBody::Length(n) => length_body(available, n),
             RequestBody::Chunked => {
                 // Check what is already here before anything goes upstream.
                 let mut decoder = ChunkedDecoder::new(worker.chunk_limits);
@@ -647,6 +641,16 @@ fn chunk_refusal(e: ChunkError) -> Refusal {
     )
 }
 
+/// Of a body of `length` bytes, how much is already buffered (`available`
+/// bytes follow the head) and what is still to come.
+fn length_body(available: usize, length: u64) -> (usize, Option<BodyLeft>) {
+    let have = (available as u64).min(length);
+    (
+        have as usize,
+        (length > have).then_some(BodyLeft::Length(length - have)),
+    )
+}
+
 /// What of a request body is still to come from the client.
 enum BodyLeft {
     Length(u64),
@@ -851,13 +855,7 @@ async fn relay_inner(
         let available = resp.source.len() - head.head_len;
         let (initial, mut left) = match head.body {
             ResponseBody::Empty => (0, None),
-            ResponseBody::Length(n) => {
-                let have = (available as u64).min(n) as usize;
-                (
-                    have,
-                    (n > have as u64).then_some(BodyLeft::Length(n - have as u64)),
-                )
-            }
+            ResponseBody::Length(n) => length_body(available, n),
             ResponseBody::Chunked => {
                 if ctx.client_version == Version::Http10 {
                     return Err(broken(
