@@ -1,8 +1,9 @@
 //! Request routing: picks a route's target from the Host header, the path and
 //! the method.
 //!
-//! Owns the route table, built once per config snapshot by [`Router::new`];
-//! [`Router::find`] runs on every request and allocates nothing. The target is
+//! Owns the route table, built once per config snapshot by [`Router::new`]
+//! and indexed by host; [`Router::find`] runs on every request and allocates
+//! nothing. The target is
 //! an index into the caller's upstream list: this module knows nothing of
 //! upstreams or backends. No I/O here.
 //!
@@ -10,6 +11,8 @@
 //! path (or refuses it) before routing if it wants that. A path prefix matches
 //! byte-wise, so `/api` also matches `/apix`; write `/api/` to stop at a
 //! segment boundary.
+
+use std::collections::HashMap;
 
 /// One route as the config describes it.
 #[derive(Debug, Clone)]
@@ -84,11 +87,22 @@ struct Route {
     target: usize,
 }
 
-/// The route table, sorted most specific first so the first match wins.
+/// The route table, sorted most specific first so the first match wins, and
+/// indexed by host so a lookup only scans the routes its host can match.
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Box<[Route]>,
+    /// Lowercase exact host -> its routes, in table order.
+    exact: HashMap<Box<[u8]>, Box<[u32]>>,
+    /// Lowercase wildcard suffix (with its leading dot) -> its routes.
+    wildcard: HashMap<Box<[u8]>, Box<[u32]>>,
+    /// Host-less routes, in table order.
+    any: Box<[u32]>,
 }
+
+/// Hosts longer than this are compared without the index (RFC 1035 §2.3.4
+/// caps a name at 255 octets, so no real host takes that path).
+const MAX_INDEXED_HOST: usize = 255;
 
 impl Router {
     /// Builds the table. Precedence, most important first:
@@ -122,18 +136,46 @@ impl Router {
                 r.methods.is_empty(),
             )
         });
+        let mut exact: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        let mut wildcard: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        let mut any = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let i = u32::try_from(i).expect("route tables hold fewer than 2^32 routes");
+            match &r.host {
+                HostMatch::Exact(h) => exact.entry(h.clone()).or_default().push(i),
+                HostMatch::Wildcard(suffix) => wildcard.entry(suffix.clone()).or_default().push(i),
+                HostMatch::Any => any.push(i),
+            }
+        }
         Router {
             routes: routes.into(),
+            exact: exact.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            wildcard: wildcard.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            any: any.into(),
         }
+    }
+
+    /// The first route of `candidates` (table indices, in order) that takes
+    /// this path and method.
+    fn first_match(&self, candidates: &[u32], path: &[u8], method: &[u8]) -> Option<usize> {
+        candidates
+            .iter()
+            .map(|&i| &self.routes[i as usize])
+            .find(|r| {
+                path.starts_with(&r.path_prefix)
+                    && (r.methods.is_empty() || r.methods.iter().any(|m| **m == *method))
+            })
+            .map(|r| r.target)
     }
 
     /// host: raw Host header value (may carry ":port", any case; may be None);
     /// path: request-target path bytes (the query, from '?', is ignored);
     /// method: exact, case-sensitive.
     ///
-    /// Linear in the number of routes: the table is sorted so the first match
-    /// is the best one. Fine for the tens of routes a proxy config holds; an
-    /// exact-host map and a suffix trie would replace the scan if tables grow.
+    /// Looks at the routes of the request's exact host, then of each
+    /// wildcard suffix of it (longest first), then the host-less ones: the
+    /// table's precedence, without scanning routes of other hosts. Allocates
+    /// nothing (the host is lowercased into a stack buffer).
     pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
         let host = host.and_then(normalize_host);
         // RFC 9112 §3.2: origin-form = absolute-path [ "?" query ].
@@ -141,6 +183,39 @@ impl Router {
             .iter()
             .position(|&b| b == b'?')
             .map_or(path, |q| &path[..q]);
+        if let Some(host) = host {
+            if host.len() > MAX_INDEXED_HOST {
+                return self.scan(Some(host), path, method);
+            }
+            let mut lower = [0u8; MAX_INDEXED_HOST];
+            let lower = &mut lower[..host.len()];
+            lower.copy_from_slice(host);
+            lower.make_ascii_lowercase();
+            let lower: &[u8] = lower;
+            if let Some(found) = self
+                .exact
+                .get(lower)
+                .and_then(|routes| self.first_match(routes, path, method))
+            {
+                return Some(found);
+            }
+            // Suffixes at each dot, longest first; a wildcard never matches
+            // the bare domain, so the whole host is not a candidate.
+            for (i, _) in lower.iter().enumerate().filter(|(_, &b)| b == b'.') {
+                if let Some(found) = self
+                    .wildcard
+                    .get(&lower[i..])
+                    .and_then(|routes| self.first_match(routes, path, method))
+                {
+                    return Some(found);
+                }
+            }
+        }
+        self.first_match(&self.any, path, method)
+    }
+
+    /// The unindexed lookup: every route in table order.
+    fn scan(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
         self.routes
             .iter()
             .find(|r| {
