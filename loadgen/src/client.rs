@@ -9,10 +9,12 @@
 //! dropping an in-flight operation.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use ringgate_core::chunked::{ChunkLimits, ChunkedDecoder};
@@ -172,6 +174,12 @@ pub struct Conn {
     start: usize,
     end: usize,
     scratch: HeadScratch,
+    /// The socket's read timeout is the time left as of the last send, and
+    /// that send did not block: the next read may use it without a clock
+    /// read. glommio arms a read's timer only when the read blocks, so the
+    /// first read of a response then ends at most the send's duration (µs)
+    /// after the deadline; every later read recomputes the time left.
+    timeout_fresh: bool,
 }
 
 /// A complete response.
@@ -224,6 +232,7 @@ impl Conn {
             start: 0,
             end: 0,
             scratch: HeadScratch::default(),
+            timeout_fresh: false,
         })
     }
 
@@ -234,16 +243,34 @@ impl Conn {
         }
     }
 
-    /// Writes `bytes` (one or several pipelined requests).
-    pub async fn send(&mut self, bytes: &[u8], deadline: Instant) -> Result<(), Failure> {
-        set_timeouts(self.tcp(), remaining(deadline)?);
+    /// Writes `bytes` (one or several pipelined requests). `now` is a clock
+    /// reading the caller already has (the send stamp), so the send itself
+    /// reads no clock.
+    pub async fn send(
+        &mut self,
+        bytes: &[u8],
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<(), Failure> {
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(Failure::new(ErrorClass::Timeout, "timed out"));
+        }
+        set_timeouts(self.tcp(), left);
+        let mut blocked = false;
         let res = match &mut self.stream {
-            Stream::Plain(s) => s.write_all(bytes).await,
-            Stream::Tls(s) => match s.write_all(bytes).await {
-                Ok(()) => s.flush().await,
-                Err(e) => Err(e),
-            },
+            Stream::Plain(s) => write_all_plain(s, bytes, &mut blocked).await,
+            Stream::Tls(s) => {
+                // rustls may hold bytes back until the flush: treat every
+                // TLS send as one that may have waited.
+                blocked = true;
+                match s.write_all(bytes).await {
+                    Ok(()) => s.flush().await,
+                    Err(e) => Err(e),
+                }
+            }
         };
+        self.timeout_fresh = !blocked;
         res.map_err(|e| Failure::io(&e, false))
     }
 
@@ -264,7 +291,9 @@ impl Conn {
                 return Err(Failure::new(ErrorClass::Parse, "response head too large"));
             }
         }
-        set_timeouts(self.tcp(), remaining(deadline)?);
+        if !std::mem::take(&mut self.timeout_fresh) {
+            set_timeouts(self.tcp(), remaining(deadline)?);
+        }
         let into = &mut self.buf[self.end..];
         let res = match &mut self.stream {
             Stream::Plain(s) => s.read(into).await,
@@ -368,6 +397,27 @@ impl Conn {
             reusable,
         })
     }
+}
+
+/// `write_all` that also says whether the write had to wait for the socket
+/// (`blocked`), which decides whether the time left can be reused.
+async fn write_all_plain(s: &mut TcpStream, bytes: &[u8], blocked: &mut bool) -> io::Result<()> {
+    let mut written = 0;
+    futures_lite::future::poll_fn(|cx| {
+        while written < bytes.len() {
+            match Pin::new(&mut *s).poll_write(cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    *blocked = true;
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 fn set_timeouts(tcp: &TcpStream, left: Duration) {

@@ -137,14 +137,19 @@ async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
     sleep_until(st.clock.t0).await;
     let request_len = load.target.request.len();
     let mut intended: Vec<Option<Instant>> = Vec::with_capacity(set.pipeline);
+    // When the connection became free: the last response's done stamp, so
+    // the loop reads the clock only for `sent` and `done` on the way through.
     let mut free_at = Instant::now();
     loop {
         intended.clear();
-        if set.open_loop {
+        let sent = if set.open_loop {
             let Some(first) = st.take_slot(None) else {
                 break;
             };
-            sleep_until(first).await;
+            // A slot at or before `free_at` is already due: no clock read.
+            if first > free_at {
+                sleep_until(first).await;
+            }
             intended.push(Some(first));
             // Pipelining in open loop: slots already due leave together.
             let now = Instant::now();
@@ -154,40 +159,49 @@ async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
                     None => break,
                 }
             }
+            now
         } else {
-            if Instant::now() >= st.clock.end {
+            if free_at >= st.clock.end {
                 break;
             }
             intended.resize(set.pipeline, None);
-        }
+            Instant::now()
+        };
         let k = intended.len();
-        let sent = Instant::now();
         let deadline = sent + set.timeout;
         let mut failure: Option<(Failure, usize)> = None;
         let mut reusable = set.keepalive;
+        // The clock reading the send's time left is computed from.
+        let mut ready_at = sent;
         if conn.is_none() {
             match Conn::connect(&load.target, set.tls.as_ref(), deadline).await {
-                Ok(c) => conn = Some(c),
+                Ok(c) => {
+                    conn = Some(c);
+                    ready_at = Instant::now();
+                }
                 Err(f) => failure = Some((f, 0)),
             }
         }
+        let mut last_done = None;
         if let (None, Some(c)) = (&failure, conn.as_mut()) {
             let bytes = &load.pipelined[..k * request_len];
-            match c.send(bytes, deadline).await {
+            match c.send(bytes, deadline, ready_at).await {
                 Err(f) => failure = Some((f, 0)),
                 Ok(()) => {
                     st.recorder.borrow_mut().add_sent_bytes(bytes.len() as u64);
                     for (j, &slot) in intended.iter().enumerate() {
                         match c.read_response(load.target.head_method, deadline).await {
                             Ok(r) => {
+                                let done = Instant::now();
                                 let stamps = Stamps {
                                     intended: slot,
                                     free_at,
                                     sent,
-                                    done: Instant::now(),
+                                    done,
                                 };
                                 st.response(&stamps, &r);
                                 reusable &= r.reusable;
+                                last_done = Some(done);
                             }
                             Err(f) => {
                                 failure = Some((f, j));
@@ -204,10 +218,14 @@ async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
             if f.class == ErrorClass::Connect && !set.open_loop {
                 glommio::timer::sleep(CONNECT_RETRY_BACKOFF).await;
             }
-        } else if !reusable {
-            conn = None;
+            free_at = Instant::now();
+        } else {
+            if !reusable {
+                conn = None;
+            }
+            // Every response came in, so there was a last one.
+            free_at = last_done.unwrap_or_else(Instant::now);
         }
-        free_at = Instant::now();
     }
 }
 
@@ -283,7 +301,9 @@ fn probe(config: &RunConfig) -> Result<(), Error> {
                 let mut c = Conn::connect(t, tls.as_ref(), deadline)
                     .await
                     .map_err(what)?;
-                c.send(&t.request, deadline).await.map_err(what)?;
+                c.send(&t.request, deadline, Instant::now())
+                    .await
+                    .map_err(what)?;
                 c.read_response(t.head_method, deadline)
                     .await
                     .map_err(what)?;

@@ -211,6 +211,8 @@ pub struct Recorder {
     pub bytes_sent: u64,
     status: Vec<u64>,
     pub errors: ErrorCounts,
+    /// Open loop only: in closed loop `Measured::merge` derives the headline
+    /// from `service_us`, so the same value is not recorded twice.
     pub latency_us: Histogram<u64>,
     pub service_us: Histogram<u64>,
     pub send_lag_us: Histogram<u64>,
@@ -271,9 +273,10 @@ impl Recorder {
         if let Some(slot) = self.status.get_mut(usize::from(status)) {
             *slot += 1;
         }
-        record(&mut self.latency_us, t.latency_us);
         record(&mut self.service_us, t.service_us);
         if self.window.open_loop {
+            // Closed loop: `merge` builds the headline from `service_us`.
+            record(&mut self.latency_us, t.latency_us);
             record(&mut self.send_lag_us, t.send_lag_us);
             record(&mut self.generator_delay_us, t.generator_delay_us);
         }

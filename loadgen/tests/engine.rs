@@ -280,6 +280,36 @@ fn a_silent_server_times_out_instead_of_hanging() {
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
+/// A request the server never answers, in the middle of a run (no probe to
+/// catch it first): `--timeout` ends it, it counts as a timeout, and the run
+/// still ends, in closed and in open loop.
+#[test]
+fn a_request_stuck_mid_run_ends_as_a_timeout_error() {
+    let server = start(Behaviour::Silent);
+    for rate in [None, Some(10.0)] {
+        let t = Instant::now();
+        let report = run(&RunConfig::new(RunOptions {
+            rate,
+            connections: 2,
+            duration: Duration::from_millis(200),
+            timeout: Duration::from_millis(300),
+            probe: false,
+            ..options(server.url())
+        })
+        .unwrap())
+        .unwrap();
+        let took = t.elapsed();
+        let m = &report.measured;
+        // One request per connection (closed loop) or per 100 ms slot (open
+        // loop), each stuck until its timeout, after the window's end.
+        assert_eq!(m.errors.timeout, 2, "rate {rate:?}: {:?}", m.errors);
+        assert_eq!(m.requests, 0);
+        assert_eq!(m.errors.total(), 2);
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+}
+
 #[test]
 fn bad_options_are_all_reported_at_once() {
     let err = RunConfig::new(RunOptions {

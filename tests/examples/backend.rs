@@ -15,13 +15,17 @@ fn main() {
         eprintln!("usage: backend ADDR [FAIL_NUM/FAIL_DEN] [close|reset]");
         std::process::exit(2);
     };
-    let mut builder = Backend::builder("bench").default_behaviour(Behaviour::Ok).bind(addr);
+    let mut builder = Backend::builder("bench")
+        .default_behaviour(Behaviour::Ok)
+        .bind(addr);
     if let Some(ratio) = args.next() {
         let fault = match args.next().as_deref() {
             Some("reset") => ConnFault::ResetOnData,
             _ => ConnFault::CloseAfterAccept,
         };
-        let parsed = ratio.split_once('/').and_then(|(n, d)| Some((n.parse().ok()?, d.parse().ok()?)));
+        let parsed = ratio
+            .split_once('/')
+            .and_then(|(n, d)| Some((n.parse().ok()?, d.parse().ok()?)));
         let Some((num, den)) = parsed else {
             eprintln!("bad ratio {ratio:?}: want NUM/DEN");
             std::process::exit(2);
