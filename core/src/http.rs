@@ -149,14 +149,8 @@ fn offset_in(buf: &[u8], part: &[u8]) -> Range<usize> {
 /// a head, so forwarded heads are always CRLF and no peer can read them
 /// differently from us.
 fn has_bare_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    // Every LF of a head is checked; memchr finds them a word at a time.
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// End (exclusive) of the field line whose value ends at `value_end`: just past
