@@ -26,8 +26,8 @@ use ringgate_core::http::{
 use ringgate_core::ratelimit::Admission;
 
 use crate::io::{
-    read_append, reserve_spare, write_gather, write_range, write_static, Abort, Gather, Part,
-    ReadFail, Reader, Writer,
+    read_more, write_gather, write_range, write_static, Abort, Gather, Part, ReadFail, Reader,
+    Writer,
 };
 use crate::upstream::{ConnectError, UpstreamState};
 use crate::worker::Worker;
@@ -178,10 +178,14 @@ impl Downstream {
                 None if first => limits.header_read_timeout,
                 None => limits.keepalive_timeout,
             };
-            reserve_spare(&mut self.req.source, HEAD_READ_BYTES);
-            let buf = std::mem::take(&mut self.req.source);
-            let (res, buf) = read_append(&mut self.r, buf, timeout, &self.client_abort).await;
-            self.req.source = buf;
+            let res = read_more(
+                &mut self.r,
+                &mut self.req.source,
+                HEAD_READ_BYTES,
+                timeout,
+                &self.client_abort,
+            )
+            .await;
             match res {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
@@ -681,12 +685,8 @@ async fn send_body(
     let result = async {
         loop {
             body.clear();
-            reserve_spare(body, BODY_READ_BYTES);
-            let buf = std::mem::take(body);
             let timeout = worker.config.limits.body_read_timeout;
-            let (res, buf) = read_append(client, buf, timeout, client_abort).await;
-            *body = buf;
-            let n = match res {
+            let n = match read_more(client, body, BODY_READ_BYTES, timeout, client_abort).await {
                 Ok(0) | Err(ReadFail::Io(_)) => return Err(SendError::ClientGone),
                 Ok(n) => n,
                 Err(ReadFail::TimedOut) => return Err(SendError::ClientTimeout),
@@ -832,10 +832,14 @@ async fn relay_inner(
                     Err(e) => return Err(broken(started, RelayError::BadResponse(e.reason()))),
                 }
             }
-            reserve_spare(&mut resp.source, HEAD_READ_BYTES);
-            let buf = std::mem::take(&mut resp.source);
-            let (res, buf) = read_append(up, buf, timeout, upstream_abort).await;
-            resp.source = buf;
+            let res = read_more(
+                up,
+                &mut resp.source,
+                HEAD_READ_BYTES,
+                timeout,
+                upstream_abort,
+            )
+            .await;
             match res {
                 Ok(0) | Err(ReadFail::Io(_)) if resp.source.is_empty() && !started => {
                     return Err(RelayError::Silent)
@@ -915,10 +919,14 @@ async fn relay_inner(
                 break;
             }
             resp.source.clear();
-            reserve_spare(&mut resp.source, BODY_READ_BYTES);
-            let buf = std::mem::take(&mut resp.source);
-            let (res, buf) = read_append(up, buf, timeout, upstream_abort).await;
-            resp.source = buf;
+            let res = read_more(
+                up,
+                &mut resp.source,
+                BODY_READ_BYTES,
+                timeout,
+                upstream_abort,
+            )
+            .await;
             let n = match res {
                 Ok(0) if until_close => break,
                 Ok(0) => return Err(RelayError::Broken),

@@ -10,7 +10,7 @@ use ringgate_config::HealthCheck;
 use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
-use crate::io::{read_append, Abort};
+use crate::io::{read_more, Abort};
 use crate::upstream::connect;
 use crate::worker::Worker;
 
@@ -85,11 +85,7 @@ async fn probe(addr: std::net::SocketAddr, check: &HealthCheck, request: Vec<u8>
         if left == Duration::ZERO || buf.len() >= PROBE_HEAD_LIMIT {
             return false;
         }
-        if buf.capacity() == buf.len() {
-            buf.reserve(1024);
-        }
-        let (res, back) = read_append(&mut r, buf, left, &abort).await;
-        buf = back;
+        let res = read_more(&mut r, &mut buf, 1024, left, &abort).await;
         if !matches!(res, Ok(n) if n > 0) {
             return false;
         }

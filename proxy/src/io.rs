@@ -62,9 +62,25 @@ pub enum ReadFail {
     Io(io::ErrorKind),
 }
 
-/// Reads into the spare capacity of `buf` (appending; the caller reserves),
-/// giving up after `timeout`. `Ok(0)` is end of stream.
-pub async fn read_append(
+/// Appends what the peer sends next to `buf`, first making room for at
+/// least `min_spare` bytes; gives up after `timeout`. `Ok(0)` is end of
+/// stream. The buffer moves into the kernel op and back (rent-style).
+pub async fn read_more(
+    r: &mut Reader,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    timeout: Duration,
+    abort: &Abort,
+) -> Result<usize, ReadFail> {
+    reserve_spare(buf, min_spare);
+    let (res, back) = read_append(r, std::mem::take(buf), timeout, abort).await;
+    *buf = back;
+    res
+}
+
+/// Reads into the spare capacity of `buf` (appending), giving up after
+/// `timeout`.
+async fn read_append(
     r: &mut Reader,
     buf: Vec<u8>,
     timeout: Duration,
@@ -110,7 +126,7 @@ pub async fn read_append(
 }
 
 /// Makes room for at least `min_spare` more bytes, growing in steps.
-pub fn reserve_spare(buf: &mut Vec<u8>, min_spare: usize) {
+fn reserve_spare(buf: &mut Vec<u8>, min_spare: usize) {
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare.max(buf.capacity()));
     }
