@@ -3,24 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{closed_port, start, Behaviour};
-
-fn ringload(args: &[&str]) -> (Output, Duration) {
-    let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringload"))
-        .args(args)
-        .args(["--cores", "1", "--no-pin", "--quiet"])
-        .output()
-        .expect("run ringload");
-    (out, t.elapsed())
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{closed_port, ringload, start, stderr, Behaviour};
 
 #[test]
 fn a_malformed_url_exits_non_zero_with_the_reason() {

@@ -4,14 +4,16 @@
 //! no errors, the same certificate without it is a clear connect error and
 //! a non-zero exit, and keep-alive carries many requests per TLS connection.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::{next_head, ringload, stderr};
 use ringgate_loadgen::{run, RunConfig, RunOptions};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -83,38 +85,13 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, requests: &AtomicU64) {
     // certificate makes it fail and the connection ends here.
     let mut tls = StreamOwned::new(conn, tcp);
     let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        // One complete head per iteration (the tests send no bodies).
-        let end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            match tls.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        buf.drain(..end);
+    // One complete head per iteration (the tests send no bodies).
+    while next_head(&mut tls, &mut buf) {
         requests.fetch_add(1, Ordering::SeqCst);
         if tls.write_all(OK).and_then(|()| tls.flush()).is_err() {
             return;
         }
     }
-}
-
-fn ringload(args: &[&str]) -> (Output, Duration) {
-    let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringload"))
-        .args(args)
-        .args(["--cores", "1", "--no-pin", "--quiet"])
-        .output()
-        .expect("run ringload");
-    (out, t.elapsed())
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

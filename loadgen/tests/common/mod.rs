@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -42,6 +43,38 @@ impl Server {
     }
 }
 
+/// Reads until `buf` holds a complete request head and drops it from `buf`;
+/// false when the peer closed or the read failed first.
+pub fn next_head(s: &mut impl Read, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..p + 4);
+            return true;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Runs the built ringload on one unpinned core, quietly; returns its output
+/// and how long it took.
+pub fn ringload(args: &[&str]) -> (Output, Duration) {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ringload"))
+        .args(args)
+        .args(["--cores", "1", "--no-pin", "--quiet"])
+        .output()
+        .expect("run ringload");
+    (out, t.elapsed())
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 pub fn start(behaviour: Behaviour) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
@@ -67,19 +100,8 @@ fn serve(
 ) {
     let _ = s.set_nodelay(true);
     let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        // One complete head per iteration (the tests send no bodies).
-        let end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        buf.drain(..end);
+    // One complete head per iteration (the tests send no bodies).
+    while next_head(&mut s, &mut buf) {
         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
         let reply: &[u8] = match b {
             Behaviour::Stall { at, len } => {
