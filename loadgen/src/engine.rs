@@ -161,11 +161,14 @@ async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
             }
             now
         } else {
-            if free_at >= st.clock.end {
+            // The send time itself decides: a request sent at or after the
+            // end would go out unmeasured (and skew counts against the server).
+            let now = Instant::now();
+            if now >= st.clock.end {
                 break;
             }
             intended.resize(set.pipeline, None);
-            Instant::now()
+            now
         };
         let k = intended.len();
         let deadline = sent + set.timeout;
