@@ -348,6 +348,9 @@ pub const DEFAULT_RETRY_BUDGET_PERCENT: u8 = 20;
 pub struct CircuitBreaker {
     /// Requests in flight to one backend (node-wide), `1..=MAX_PENDING_MAX`.
     pub max_pending: u32,
+    /// Connections open to one backend (node-wide, idle ones included),
+    /// `1..=MAX_BACKEND_CONNECTIONS_MAX`.
+    pub max_connections: u32,
     /// `1..=CONSECUTIVE_FAILURES_MAX`.
     pub consecutive_failures: u32,
     pub open_for: Duration,
@@ -356,6 +359,9 @@ pub struct CircuitBreaker {
 /// Envoy's default max_pending_requests.
 pub const DEFAULT_MAX_PENDING: u32 = 1024;
 pub const MAX_PENDING_MAX: u32 = 1_000_000;
+/// Envoy's default max_connections.
+pub const DEFAULT_MAX_BACKEND_CONNECTIONS: u32 = 1024;
+pub const MAX_BACKEND_CONNECTIONS_MAX: u32 = 1_000_000;
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
 

@@ -151,6 +151,7 @@ pub(crate) enum RawRetryOn {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCircuitBreaker {
     pub max_pending: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
     pub consecutive_failures: Option<Spanned<i64>>,
     pub open_for: Option<Spanned<HumanDuration>>,
 }

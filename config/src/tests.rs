@@ -1064,17 +1064,27 @@ fn circuit_breaker_defaults_and_ranges() {
     let c = ok(&upstream_with("circuit_breaker = { max_pending = 10 }"));
     let cb = c.upstreams[0].circuit_breaker.expect("circuit_breaker");
     assert_eq!(
-        (cb.max_pending, cb.consecutive_failures, cb.open_for),
-        (10, 5, Duration::from_secs(10))
+        (
+            cb.max_pending,
+            cb.max_connections,
+            cb.consecutive_failures,
+            cb.open_for
+        ),
+        (10, 1024, 5, Duration::from_secs(10))
     );
+    let cb = ok(&upstream_with("circuit_breaker = { max_connections = 2 }")).upstreams[0]
+        .circuit_breaker
+        .expect("circuit_breaker");
+    assert_eq!((cb.max_pending, cb.max_connections), (1024, 2));
     let text = upstream_with(
-        "circuit_breaker = { max_pending = 0, consecutive_failures = 1001, open_for = \"2h\" }",
+        "circuit_breaker = { max_pending = 0, max_connections = 1000001, consecutive_failures = 1001, open_for = \"2h\" }",
     );
     let keys: Vec<String> = errors(&text).into_iter().map(|e| e.key).collect();
     assert_eq!(
         keys,
         [
             "upstreams[0].circuit_breaker.max_pending",
+            "upstreams[0].circuit_breaker.max_connections",
             "upstreams[0].circuit_breaker.consecutive_failures",
             "upstreams[0].circuit_breaker.open_for",
         ]

@@ -870,6 +870,12 @@ fn circuit_breaker(c: &mut Checker<'_>, key: &str, raw: &RawCircuitBreaker) -> C
             1..=MAX_PENDING_MAX,
             DEFAULT_MAX_PENDING,
         ),
+        max_connections: c.int(
+            raw.max_connections.as_ref(),
+            &format!("{key}.max_connections"),
+            1..=MAX_BACKEND_CONNECTIONS_MAX,
+            DEFAULT_MAX_BACKEND_CONNECTIONS,
+        ),
         consecutive_failures: c.int(
             raw.consecutive_failures.as_ref(),
             &format!("{key}.consecutive_failures"),

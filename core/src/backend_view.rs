@@ -150,6 +150,10 @@ pub struct BreakerPolicy {
     /// Requests in flight at once (this worker's plus what the others
     /// reported); at the limit the backend takes no more.
     pub max_pending: u32,
+    /// Upstream connections open at once (idle or busy; this worker's plus
+    /// what the others reported). The data plane owns the connections, so it
+    /// counts its own and asks [`BackendView::may_connect`] before opening one.
+    pub max_connections: u32,
     /// Consecutive failures that open the breaker.
     pub consecutive_failures: u32,
     /// How long an open breaker refuses before letting one probe through.
@@ -160,6 +164,7 @@ impl Default for BreakerPolicy {
     fn default() -> Self {
         BreakerPolicy {
             max_pending: 1024,
+            max_connections: 1024,
             consecutive_failures: 5,
             open_for: Duration::from_secs(10),
         }
@@ -286,6 +291,10 @@ pub struct RemoteDelta {
     pub in_flight: u32,
     /// The sender's latency EWMA in µs; 0 when it has no sample.
     pub ewma_us: f64,
+    /// The sender's open connections to the backend (a level). Left 0 by
+    /// [`BackendView::take_local_delta`]: the data plane, which owns the
+    /// connections, fills it in.
+    pub connections: u32,
 }
 
 /// How a [`BackendView`] weighs latency and ejects outliers.
@@ -334,6 +343,8 @@ struct BackendState {
     in_flight: u32,
     /// Sum of the other workers' reported in-flight counts.
     remote_in_flight: u32,
+    /// Sum of the other workers' reported open connections.
+    remote_connections: u32,
     ewma_us: f64,
     ewma_stamp: Option<Instant>,
     /// Counted since the last `take_local_delta`.
@@ -352,6 +363,8 @@ pub struct BackendView {
     config: ViewConfig,
     /// `remote_in_flight[b * workers + w]`: the last level worker `w` reported.
     remote_in_flight: Vec<u32>,
+    /// `remote_connections[b * workers + w]`, likewise.
+    remote_connections: Vec<u32>,
     workers: usize,
     /// Earliest instant an ejection or open breaker runs out.
     next_expiry: Option<Instant>,
@@ -383,6 +396,7 @@ impl BackendView {
                     breaker: config.breaker.map(CircuitBreaker::new),
                     in_flight: 0,
                     remote_in_flight: 0,
+                    remote_connections: 0,
                     ewma_us: config.ewma_initial_us,
                     ewma_stamp: None,
                     local_successes: 0,
@@ -393,6 +407,7 @@ impl BackendView {
                 .collect(),
             config,
             remote_in_flight: vec![0; backends.len() * workers],
+            remote_connections: vec![0; backends.len() * workers],
             workers,
             next_expiry: None,
             clock: None,
@@ -583,6 +598,12 @@ impl BackendView {
                 .saturating_sub(*slot)
                 .saturating_add(delta.in_flight);
             *slot = delta.in_flight;
+            let slot = &mut self.remote_connections[b * self.workers + from];
+            s.remote_connections = s
+                .remote_connections
+                .saturating_sub(*slot)
+                .saturating_add(delta.connections);
+            *slot = delta.connections;
         }
         let s = &mut self.backends[b];
         if delta.successes > 0 && delta.ewma_us > 0.0 {
@@ -603,6 +624,24 @@ impl BackendView {
         }
     }
 
+    /// Whether this worker, holding `local` open connections to `b`, may open
+    /// one more: always without a breaker, else while the node-wide count
+    /// (`local` plus what the others last reported) is under
+    /// `max_connections`.
+    pub fn may_connect(&self, b: usize, local: u32) -> bool {
+        match self.config.breaker {
+            None => true,
+            Some(policy) => {
+                local.saturating_add(self.backends[b].remote_connections) < policy.max_connections
+            }
+        }
+    }
+
+    /// Open connections to `b` the other workers last reported.
+    pub fn remote_connections(&self, b: usize) -> u32 {
+        self.backends[b].remote_connections
+    }
+
     /// This worker's news about `b` since the last call, for gossip; resets
     /// the counters.
     pub fn take_local_delta(&mut self, b: usize) -> RemoteDelta {
@@ -614,6 +653,7 @@ impl BackendView {
             trailing_failures: s.local_trailing_failures.min(s.local_failures),
             in_flight: s.in_flight,
             ewma_us: if s.ewma_stamp.is_some() { ewma_us } else { 0.0 },
+            connections: 0,
         };
         s.local_successes = 0;
         s.local_failures = 0;
@@ -1080,6 +1120,7 @@ mod tests {
             trailing_failures: 1,
             in_flight: 0,
             ewma_us: 300.0,
+            connections: 0,
         };
         v.apply_remote(1, 0, &delta, t0);
         fail(&mut v, 0, 3, t0);
@@ -1105,6 +1146,43 @@ mod tests {
         // An unknown worker id is ignored rather than indexing out of range.
         v.apply_remote(7, 1, &level(100), t0);
         assert_eq!(v.load(1), 3);
+    }
+
+    #[test]
+    fn connection_limit_counts_this_worker_and_the_others_reports() {
+        let t0 = Instant::now();
+        let unlimited = view_with(&[1], ViewConfig::default());
+        assert!(
+            unlimited.may_connect(0, u32::MAX - 1),
+            "no breaker, no limit"
+        );
+        let config = ViewConfig {
+            breaker: Some(BreakerPolicy {
+                max_connections: 4,
+                ..BreakerPolicy::default()
+            }),
+            ..ViewConfig::default()
+        };
+        let mut v = view_with(&[1, 1], config);
+        assert!(v.may_connect(0, 3));
+        assert!(!v.may_connect(0, 4));
+        let level = |n| RemoteDelta {
+            connections: n,
+            ..RemoteDelta::default()
+        };
+        v.apply_remote(1, 0, &level(3), t0);
+        assert_eq!(v.remote_connections(0), 3);
+        assert!(v.may_connect(0, 0));
+        assert!(!v.may_connect(0, 1), "1 here + 3 elsewhere = 4");
+        assert!(v.may_connect(1, 3), "per backend");
+        // A new level replaces the sender's previous one.
+        v.apply_remote(1, 0, &level(1), t0);
+        assert!(v.may_connect(0, 2));
+        assert!(!v.may_connect(0, 3));
+        // Connections do not make a backend unavailable: requests queue for
+        // them in the data plane instead.
+        v.apply_remote(1, 0, &level(10), t0);
+        assert!(v.is_available(0, t0));
     }
 
     #[test]
@@ -1135,6 +1213,7 @@ mod tests {
     fn breaker() -> CircuitBreaker {
         CircuitBreaker::new(BreakerPolicy {
             max_pending: 3,
+            max_connections: 3,
             consecutive_failures: 2,
             open_for: Duration::from_secs(10),
         })
@@ -1215,6 +1294,7 @@ mod tests {
         let config = ViewConfig {
             breaker: Some(BreakerPolicy {
                 max_pending: 2,
+                max_connections: 2,
                 consecutive_failures: 3,
                 open_for: Duration::from_secs(10),
             }),

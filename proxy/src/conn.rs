@@ -406,6 +406,13 @@ impl Downstream {
                 Err(ConnectError::Failed) => {
                     return Attempt::failed(Failure::ConnectRefused, 502, "upstream connect failed")
                 }
+                Err(ConnectError::Overflow) => {
+                    return Attempt::failed(
+                        Failure::Overflow,
+                        503,
+                        "upstream connection limit reached",
+                    )
+                }
             };
             self.req.clear_segments();
             for range in &self.req_scratch.forward {
@@ -558,6 +565,9 @@ enum Failure {
     /// The client's fault (bad chunk, slow body): never retried, and not the
     /// backend's failure.
     Client,
+    /// The backend's `max_connections` was reached: nothing was sent, and
+    /// the backend did nothing wrong.
+    Overflow,
 }
 
 impl Failure {
@@ -567,14 +577,16 @@ impl Failure {
             Failure::ConnectTimeout | Failure::Timeout => Outcome::Timeout,
             Failure::Reset => Outcome::Reset,
             Failure::Status5xx => Outcome::Status5xx,
-            Failure::Client => Outcome::Aborted,
+            Failure::Client | Failure::Overflow => Outcome::Aborted,
         }
     }
 
     /// Envoy's retry_on semantics: a connect timeout is a connect failure.
     fn retry_allowed(self, on: RetryOn) -> bool {
         match self {
-            Failure::ConnectRefused | Failure::ConnectTimeout => on.connect_failure,
+            Failure::ConnectRefused | Failure::ConnectTimeout | Failure::Overflow => {
+                on.connect_failure
+            }
             Failure::Reset => on.reset,
             Failure::Timeout => on.timeout,
             Failure::Status5xx => on.status_5xx,

@@ -145,11 +145,13 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64) {
     }
     for (u, upstream) in worker.upstreams.iter().enumerate() {
         let mut view = upstream.view.borrow_mut();
-        let mut reported = upstream.reported_in_flight.borrow_mut();
+        let mut reported = upstream.reported_levels.borrow_mut();
         for b in 0..view.len() {
-            let delta = view.take_local_delta(b);
-            if delta.successes > 0 || delta.failures > 0 || delta.in_flight != reported[b] {
-                reported[b] = delta.in_flight;
+            let mut delta = view.take_local_delta(b);
+            delta.connections = upstream.open_connections(b);
+            let levels = (delta.in_flight, delta.connections);
+            if delta.successes > 0 || delta.failures > 0 || levels != reported[b] {
+                reported[b] = levels;
                 msg.push_backend(u as u32, b as u32, delta);
             }
         }

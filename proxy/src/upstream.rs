@@ -2,11 +2,12 @@
 //! balancer, the retry budget and a bounded keep-alive pool per backend. Owned by one worker, never shared:
 //! `RefCell` borrows here never live across an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::task::Poll;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
@@ -27,12 +28,65 @@ pub struct UpstreamConn {
     pub backend: usize,
     /// Came from the pool: the backend may have closed it meanwhile.
     pub reused: bool,
+    /// Counts the connection as open until it is dropped.
+    slot: ConnSlot,
 }
 
 struct Idle {
     r: Reader,
     w: Writer,
     since: Instant,
+    slot: ConnSlot,
+}
+
+/// This worker's open connections per backend (idle and busy), and the
+/// requests waiting for one to come free when `max_connections` is reached.
+#[derive(Default)]
+struct ConnTally {
+    open: Vec<Cell<u32>>,
+    waiters: Vec<RefCell<Vec<Waker>>>,
+}
+
+impl ConnTally {
+    fn open(&self, backend: usize) -> u32 {
+        self.open[backend].get()
+    }
+
+    /// Wakes every request waiting on `backend`: each re-checks and the
+    /// losers wait again. A waiter that gave up leaves a stale waker behind;
+    /// waking all means it can never swallow the wake-up meant for another.
+    fn wake(&self, backend: usize) {
+        let waiters = std::mem::take(&mut *self.waiters[backend].borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// One open (or opening) connection to a backend, counted in the tally
+/// until dropped, however the connection ends.
+struct ConnSlot {
+    tally: Rc<ConnTally>,
+    backend: usize,
+}
+
+impl ConnSlot {
+    fn take(tally: &Rc<ConnTally>, backend: usize) -> ConnSlot {
+        let open = &tally.open[backend];
+        open.set(open.get().saturating_add(1));
+        ConnSlot {
+            tally: tally.clone(),
+            backend,
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let open = &self.tally.open[self.backend];
+        open.set(open.get().saturating_sub(1));
+        self.tally.wake(self.backend);
+    }
 }
 
 pub struct UpstreamState {
@@ -42,15 +96,19 @@ pub struct UpstreamState {
     pub view: RefCell<BackendView>,
     balancer: RefCell<Balancer>,
     pools: Vec<RefCell<Vec<Idle>>>,
+    tally: Rc<ConnTally>,
     retry_budget: RefCell<RetryBudget>,
-    /// In-flight levels last gossiped, to send a backend only when it changed.
-    pub reported_in_flight: RefCell<Vec<u32>>,
+    /// In-flight and connection levels last gossiped, to send a backend
+    /// only when one changed.
+    pub reported_levels: RefCell<Vec<(u32, u32)>>,
 }
 
 #[derive(Debug)]
 pub enum ConnectError {
     TimedOut,
     Failed,
+    /// `max_connections` reached and none of this worker's came free in time.
+    Overflow,
 }
 
 /// Linkerd-style retry budget: every request deposits `ratio` of a retry,
@@ -103,6 +161,7 @@ impl UpstreamState {
             },
             breaker: config.circuit_breaker.map(|c| BreakerPolicy {
                 max_pending: c.max_pending,
+                max_connections: c.max_connections,
                 consecutive_failures: c.consecutive_failures,
                 open_for: c.open_for,
             }),
@@ -119,8 +178,13 @@ impl UpstreamState {
         let ratio = config
             .retries
             .map_or(0.0, |r| f64::from(r.budget_percent) / 100.0);
+        let tally = Rc::new(ConnTally {
+            open: config.backends.iter().map(|_| Cell::new(0)).collect(),
+            waiters: config.backends.iter().map(|_| RefCell::default()).collect(),
+        });
         UpstreamState {
-            reported_in_flight: RefCell::new(vec![0; config.backends.len()]),
+            reported_levels: RefCell::new(vec![(0, 0); config.backends.len()]),
+            tally,
             view: RefCell::new(view),
             balancer: RefCell::new(balancer),
             pools,
@@ -185,26 +249,48 @@ impl UpstreamState {
         self.config.backends[backend].address
     }
 
+    /// This worker's open connections to `backend`, idle ones included.
+    pub fn open_connections(&self, backend: usize) -> u32 {
+        self.tally.open(backend)
+    }
+
     /// A pooled connection if a fresh enough one is idle (and `fresh` is not
-    /// asked), else a new one.
+    /// asked), else a new one. At `max_connections` (node-wide) it waits up
+    /// to `connect_timeout` for one of this worker's connections to that
+    /// backend to come back or close; with none of its own, nothing would
+    /// come back, so it overflows at once.
     pub async fn checkout(
         &self,
         backend: usize,
         fresh: bool,
     ) -> Result<UpstreamConn, ConnectError> {
-        if !fresh {
-            let mut pool = self.pools[backend].borrow_mut();
-            while let Some(idle) = pool.pop() {
-                if idle.since.elapsed() < self.config.idle_timeout {
+        let mut queue_deadline: Option<Instant> = None;
+        loop {
+            if !fresh {
+                if let Some(idle) = self.take_idle(backend) {
                     return Ok(UpstreamConn {
                         r: idle.r,
                         w: idle.w,
                         backend,
                         reused: true,
+                        slot: idle.slot,
                     });
                 }
             }
+            let local = self.tally.open(backend);
+            if self.view.borrow().may_connect(backend, local) {
+                break;
+            }
+            let now = Instant::now();
+            let deadline = *queue_deadline.get_or_insert(now + self.config.connect_timeout);
+            if local == 0 || now >= deadline {
+                return Err(ConnectError::Overflow);
+            }
+            self.wait_for_connection(backend, deadline).await;
         }
+        // Counted from before the connect, so that concurrent connects
+        // cannot overshoot the limit.
+        let slot = ConnSlot::take(&self.tally, backend);
         let stream = connect(self.backend_addr(backend), self.config.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
@@ -213,19 +299,66 @@ impl UpstreamState {
             w,
             backend,
             reused: false,
+            slot,
         })
+    }
+
+    /// The most recently used idle connection that has not idled out.
+    fn take_idle(&self, backend: usize) -> Option<Idle> {
+        let mut expired = Vec::new();
+        let found = {
+            let mut pool = self.pools[backend].borrow_mut();
+            loop {
+                match pool.pop() {
+                    Some(idle) if idle.since.elapsed() < self.config.idle_timeout => {
+                        break Some(idle)
+                    }
+                    Some(idle) => expired.push(idle),
+                    None => break None,
+                }
+            }
+        };
+        // Dropped outside the pool's borrow: a slot's drop wakes waiters.
+        drop(expired);
+        found
+    }
+
+    /// Until a connection to `backend` is checked in or closed on this
+    /// worker, or `deadline`.
+    async fn wait_for_connection(&self, backend: usize, deadline: Instant) {
+        let mut sleep = pin!(monoio::time::sleep_until(deadline.into()));
+        let mut registered = false;
+        poll_fn(|cx| {
+            if registered || sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            self.tally.waiters[backend]
+                .borrow_mut()
+                .push(cx.waker().clone());
+            registered = true;
+            Poll::Pending
+        })
+        .await;
     }
 
     /// Returns a connection after a complete exchange that left it reusable.
     pub fn checkin(&self, conn: UpstreamConn) {
-        let mut pool = self.pools[conn.backend].borrow_mut();
-        if pool.len() < self.config.max_idle_per_backend {
+        let backend = conn.backend;
+        {
+            let mut pool = self.pools[backend].borrow_mut();
+            if pool.len() >= self.config.max_idle_per_backend {
+                drop(pool);
+                // Closed: the slot's drop wakes the waiters.
+                return;
+            }
             pool.push(Idle {
                 r: conn.r,
                 w: conn.w,
                 since: Instant::now(),
+                slot: conn.slot,
             });
         }
+        self.tally.wake(backend);
     }
 }
 

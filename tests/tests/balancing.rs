@@ -764,3 +764,68 @@ fn least_conn_and_p2c_prefer_the_idle_backend() {
     prefers_the_idle_backend("least_conn");
     prefers_the_idle_backend("p2c_ewma");
 }
+
+// ---------------------------------------------------------------------------
+// 10. circuit breaker: connections per backend
+
+/// `clients` threads each send one GET at once; returns each status with
+/// its body (or the error), sorted.
+fn concurrent_gets(port: u16, clients: usize) -> Vec<String> {
+    let handles: Vec<_> = (0..clients)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut s = Session::new(port);
+                match s.get(&format!("/c/{t}"), "") {
+                    Ok(r) => format!("{} {}", r.status, r.body_str().trim_end()),
+                    Err(e) => e,
+                }
+            })
+        })
+        .collect();
+    let mut out: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn max_connections_queues_requests_on_the_open_connections() {
+    let backend = Backend::start("slow", Behaviour::Stall(Duration::from_millis(150)));
+    let proxy = ProxyConfig::new(backend.addr())
+        .workers(1)
+        .upstream_extra("circuit_breaker", "{ max_connections = 2 }")
+        .timeouts(r#"connect = "5s""#)
+        .start();
+    let results = concurrent_gets(proxy.port, 6);
+    let ok = results.iter().filter(|r| r.starts_with("200 ")).count();
+    assert_eq!(ok, 6, "{results:?}");
+    // Six requests in three waves over two connections, never a third.
+    assert_eq!(served(&backend).len(), 6);
+    assert_eq!(backend.connections(), 2, "connections the backend accepted");
+}
+
+#[test]
+fn max_connections_overflow_is_a_503_once_the_wait_runs_out() {
+    let backend = Backend::start("slow", Behaviour::Stall(Duration::from_millis(600)));
+    let proxy = ProxyConfig::new(backend.addr())
+        .workers(1)
+        .upstream_extra("circuit_breaker", "{ max_connections = 2 }")
+        .timeouts(r#"connect = "100ms""#)
+        .start();
+    let results = concurrent_gets(proxy.port, 5);
+    let ok = results.iter().filter(|r| r.starts_with("200 ")).count();
+    let overflow = results
+        .iter()
+        .filter(|r| r.as_str() == "503 upstream connection limit reached")
+        .count();
+    assert_eq!((ok, overflow), (2, 3), "{results:?}");
+    assert_eq!(backend.connections(), 2);
+    // The limit held connections back, it did not blame the backend: the
+    // next request is served on a pooled connection.
+    let mut s = Session::new(proxy.port);
+    let r = s.get("/after", "").expect("a request after the burst");
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(backend.connections(), 2);
+}
