@@ -77,6 +77,15 @@ fn status_text(status: u16) -> &'static str {
 /// Builds a small error response. Error paths may allocate; the happy path
 /// does not come here.
 fn error_response(refusal: &Refusal, close: bool) -> Vec<u8> {
+    error_response_with(refusal, if close { CLOSE_LINE } else { "" })
+}
+
+const CLOSE_LINE: &str = "Connection: close\r\n";
+/// An HTTP/1.0 client keeps its connection only when told so (RFC 9112
+/// §9.3 and RFC 1945 practice): every response it may reuse carries this.
+const KEEP_ALIVE_LINE: &str = "Connection: keep-alive\r\n";
+
+fn error_response_with(refusal: &Refusal, connection_line: &str) -> Vec<u8> {
     let body_len = refusal.reason.len() + 1;
     let mut out = Vec::with_capacity(160 + body_len);
     let _ = write!(
@@ -85,7 +94,7 @@ fn error_response(refusal: &Refusal, close: bool) -> Vec<u8> {
         refusal.status,
         status_text(refusal.status),
         body_len,
-        if close { "Connection: close\r\n" } else { "" },
+        connection_line,
         refusal.reason
     );
     out
@@ -204,8 +213,7 @@ impl Downstream {
             worker.routers[listener].find(host, &src[head.path.clone()], &src[head.method.clone()]);
         // The body was never forwarded when we answer ourselves; only a
         // body-less request leaves the connection in sync.
-        let can_keep =
-            head.keep_alive && head.body == RequestBody::Empty && head.version == Version::Http11;
+        let can_keep = head.keep_alive && head.body == RequestBody::Empty;
         let Some(route) = route else {
             return self
                 .answer_locally(&Refusal::new(404, "no route"), can_keep, None, head)
@@ -244,7 +252,12 @@ impl Downstream {
         admission: Option<&Admission>,
         head: &RequestHead,
     ) -> Next {
-        let mut bytes = error_response(refusal, !keep);
+        let connection_line = match (keep, head.version) {
+            (false, _) => CLOSE_LINE,
+            (true, Version::Http10) => KEEP_ALIVE_LINE,
+            (true, Version::Http11) => "",
+        };
+        let mut bytes = error_response_with(refusal, connection_line);
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
         }
@@ -289,6 +302,11 @@ impl Downstream {
         let replayable = body_left.is_none();
         let idempotent = is_idempotent(&self.req.source[head.method.clone()]);
         self.req.patch.clear();
+        if head.version == Version::Http10 {
+            // The request line stays HTTP/1.0; without this the backend
+            // would close the upstream connection after every such request.
+            self.req.patch.extend_from_slice(KEEP_ALIVE_LINE.as_bytes());
+        }
         write_request_patch(
             &mut self.req.patch,
             &self.req.source,
@@ -391,7 +409,7 @@ impl Downstream {
         replayable: bool,
         hold_5xx: bool,
     ) -> Attempt {
-        let client_closing = !head.keep_alive || head.version == Version::Http10;
+        let client_closing = !head.keep_alive;
         let mut fresh = false;
         loop {
             let mut conn = match upstream.checkout(backend, fresh).await {
@@ -904,7 +922,9 @@ async fn relay_inner(
         let interim = head.is_interim();
         resp.patch.clear();
         if client_close && !interim {
-            resp.patch.extend_from_slice(b"Connection: close\r\n");
+            resp.patch.extend_from_slice(CLOSE_LINE.as_bytes());
+        } else if ctx.client_version == Version::Http10 && !interim {
+            resp.patch.extend_from_slice(KEEP_ALIVE_LINE.as_bytes());
         }
         resp.patch.extend_from_slice(b"\r\n");
         resp.clear_segments();

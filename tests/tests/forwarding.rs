@@ -130,29 +130,39 @@ fn http10_client_is_served_and_the_connection_closes() {
 }
 
 #[test]
-fn http10_keepalive_client_is_served() {
+fn http10_keepalive_client_keeps_its_connection_and_the_upstream_one() {
     let backend = Backend::start("b", Behaviour::Ok);
-    let proxy = ProxyConfig::new(backend.addr()).start();
+    let proxy = ProxyConfig::new(backend.addr()).route_prefix("/o").start();
     let mut c = Client::connect(proxy.port);
+    // What `ab -k` sends.
     let req = b"GET /old HTTP/1.0\r\nHost: test\r\nConnection: keep-alive\r\n\r\n";
-    let r = c.request(req);
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body_str(), backend.ok_body("/old"));
-    let kept = r
-        .header("connection")
-        .map(|v| v.to_ascii_lowercase().contains("keep-alive"))
-        .unwrap_or(false);
-    if kept {
-        // The proxy promised keep-alive: a second request must work.
-        let r2 = c.request(req);
+    for i in 0..5 {
+        let r = c.request(req);
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.body_str(), backend.ok_body("/old"));
+        assert!(r.header("transfer-encoding").is_none(), "{r:?}");
         assert_eq!(
-            r2.status, 200,
-            "second request on a kept-alive 1.0 connection: {r2:?}"
+            r.header("connection").map(|v| v.to_ascii_lowercase()),
+            Some("keep-alive".to_owned()),
+            "a 1.0 client keeps the connection only when told: {r:?}"
         );
-    } else {
-        c.wait_closed(Duration::from_secs(5))
-            .expect("no `Connection: keep-alive` in the response, so the connection must close");
     }
+    assert_eq!(backend.records().len(), 5);
+    assert_eq!(backend.connections(), 1, "upstream connection reused");
+    // A refusal the proxy makes itself keeps the connection too.
+    let r = c.request(b"GET /nowhere HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(
+        r.header("connection").as_deref(),
+        Some("keep-alive"),
+        "{r:?}"
+    );
+    // A request without keep-alive gets the last response on the connection.
+    let r = c.request(b"GET /old/last HTTP/1.0\r\nHost: test\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection").as_deref(), Some("close"), "{r:?}");
+    c.wait_closed(Duration::from_secs(5))
+        .expect("1.0 request without keep-alive must close after the response");
 }
 
 #[test]
