@@ -61,6 +61,8 @@ pub enum HeadError {
     TooManyHeaders,
     UnsupportedTransferCoding,
     UnsupportedMethod,
+    /// An `Expect` other than `100-continue`.
+    UnsupportedExpectation,
 }
 
 impl HeadError {
@@ -69,6 +71,7 @@ impl HeadError {
             HeadError::Malformed(_) => 400,
             HeadError::TooLarge | HeadError::TooManyHeaders => 431,
             HeadError::UnsupportedTransferCoding | HeadError::UnsupportedMethod => 501,
+            HeadError::UnsupportedExpectation => 417,
         }
     }
 
@@ -79,6 +82,7 @@ impl HeadError {
             HeadError::TooManyHeaders => "too many header fields",
             HeadError::UnsupportedTransferCoding => "unsupported transfer coding",
             HeadError::UnsupportedMethod => "method not supported by this proxy",
+            HeadError::UnsupportedExpectation => "only Expect: 100-continue is supported",
         }
     }
 }
@@ -437,8 +441,8 @@ pub fn parse_request(
             if h.value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
             } else {
-                // RFC 9110 §10.1.1 would allow 417; a 400 is as clear.
-                return Err(HeadError::Malformed("unsupported Expect"));
+                // RFC 9110 §10.1.1: the one expectation defined is all we meet.
+                return Err(HeadError::UnsupportedExpectation);
             }
         }
     }
@@ -917,6 +921,17 @@ mod tests {
             400
         );
         assert_eq!(refused(b"GARBAGE\r\n\r\n").status(), 400);
+    }
+
+    #[test]
+    fn only_100_continue_is_an_expectation_met() {
+        let head =
+            req(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert!(head.expect_continue, "case-insensitive");
+        let e = refused(b"GET / HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n");
+        assert_eq!((e, e.status()), (HeadError::UnsupportedExpectation, 417));
     }
 
     #[test]

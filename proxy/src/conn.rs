@@ -65,6 +65,7 @@ fn status_text(status: u16) -> &'static str {
         404 => "Not Found",
         429 => "Too Many Requests",
         408 => "Request Timeout",
+        417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",

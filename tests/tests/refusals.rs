@@ -240,3 +240,20 @@ fn malformed_request_line_is_refused() {
         ],
     );
 }
+
+#[test]
+fn an_expectation_other_than_100_continue_is_417() {
+    assert_refused(
+        417,
+        &[
+            (
+                "Expect: 200-ok",
+                b"GET /a HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n",
+            ),
+            (
+                "Expect: 100-continue, foo",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue, foo\r\nContent-Length: 5\r\n\r\nhello",
+            ),
+        ],
+    );
+}
