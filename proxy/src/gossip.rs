@@ -19,6 +19,9 @@ pub struct Mesh<M> {
     inbox: Receiver<Arc<M>>,
     peers: Vec<Sender<Arc<M>>>,
     dropped: Cell<u64>,
+    /// The last message published, reused as the next one once every peer
+    /// has dropped its clone: a tick then allocates nothing.
+    spare: Cell<Option<Arc<M>>>,
 }
 
 /// One endpoint per worker, fully connected, each inbox holding at most
@@ -37,18 +40,32 @@ pub fn mesh<M>(workers: usize, capacity: usize) -> Vec<Mesh<M>> {
                 .map(|(_, s)| s.clone())
                 .collect(),
             dropped: Cell::new(0),
+            spare: Cell::new(None),
         })
         .collect()
 }
 
 impl<M> Mesh<M> {
-    /// Sends one message to every other worker; one allocation per tick,
-    /// shared by all peers.
-    pub fn publish(&self, msg: M) {
-        if self.peers.is_empty() {
-            return;
+    /// A message to fill for this tick: the last one published if every
+    /// peer is done with it (its vectors keep their capacity), else a new one
+    /// from `fresh` (a peer that has not drained yet still holds a clone).
+    pub fn outgoing(&self, fresh: impl FnOnce() -> M) -> Arc<M> {
+        match self.spare.take() {
+            // No weak references are ever made, so one strong count is
+            // exactly "unshared" (what `Arc::get_mut` checks).
+            Some(msg) if Arc::strong_count(&msg) == 1 => msg,
+            _ => Arc::new(fresh()),
         }
-        let msg = Arc::new(msg);
+    }
+
+    /// Keeps a message that was not sent, for the next tick.
+    pub fn keep(&self, msg: Arc<M>) {
+        self.spare.set(Some(msg));
+    }
+
+    /// Sends one message to every other worker: one `Arc` shared by all
+    /// peers, kept afterwards for [`Mesh::outgoing`] to reuse.
+    pub fn publish(&self, msg: Arc<M>) {
         for peer in &self.peers {
             match peer.try_send(msg.clone()) {
                 Ok(()) => {}
@@ -57,6 +74,7 @@ impl<M> Mesh<M> {
                 }
             }
         }
+        self.keep(msg);
     }
 
     /// Hands every waiting message to `apply`, without blocking.
@@ -88,10 +106,15 @@ pub async fn run_ticker(worker: Rc<Worker>, mesh: Mesh<GossipMsg>) {
         let now = Instant::now();
         mesh.drain(|msg| apply(&worker, msg, now));
         seq += 1;
-        let mut msg = GossipMsg::new(worker.id as u32, 0);
-        msg.clear(0, seq);
-        collect(&worker, &mut msg, seq);
-        if !msg.is_empty() {
+        let mut msg = mesh.outgoing(|| GossipMsg::new(worker.id as u32, 0));
+        let Some(fill) = Arc::get_mut(&mut msg) else {
+            unreachable!("outgoing returns an unshared message")
+        };
+        fill.clear(0, seq);
+        collect(&worker, fill, seq);
+        if fill.is_empty() {
+            mesh.keep(msg);
+        } else {
             mesh.publish(msg);
         }
         // An operator should hear of drops, but not once per tick.
@@ -189,8 +212,8 @@ mod tests {
     #[test]
     fn every_worker_hears_every_other_but_not_itself() {
         let mesh = mesh::<u32>(3, 4);
-        mesh[0].publish(7);
-        mesh[2].publish(9);
+        mesh[0].publish(Arc::new(7));
+        mesh[2].publish(Arc::new(9));
         let mut heard = vec![Vec::new(); 3];
         for (i, m) in mesh.iter().enumerate() {
             m.drain(|v| heard[i].push(*v));
@@ -202,11 +225,43 @@ mod tests {
     fn full_inbox_drops_and_counts_instead_of_blocking() {
         let mesh = mesh::<u32>(2, 2);
         for v in 0..5 {
-            mesh[0].publish(v);
+            mesh[0].publish(Arc::new(v));
         }
         assert_eq!(mesh[0].dropped(), 3);
         let mut got = Vec::new();
         mesh[1].drain(|v| got.push(*v));
         assert_eq!(got, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_message_every_peer_has_drained_is_reused_without_allocating() {
+        let mesh = mesh::<Vec<u8>>(3, 4);
+        let mut first = mesh[0].outgoing(|| Vec::with_capacity(64));
+        Arc::get_mut(&mut first).expect("unshared").push(1);
+        let first_ptr = Arc::as_ptr(&first);
+        mesh[0].publish(first);
+        // Worker 1 has drained, worker 2 not yet: the message is still shared.
+        mesh[1].drain(|_| {});
+        let second = mesh[0].outgoing(Vec::new);
+        assert!(!std::ptr::eq(Arc::as_ptr(&second), first_ptr));
+        assert_eq!(second.capacity(), 0, "a fresh message");
+        mesh[0].publish(second);
+        mesh[1].drain(|_| {});
+        mesh[2].drain(|_| {});
+        let mut third = mesh[0].outgoing(Vec::new);
+        let reused = Arc::get_mut(&mut third).expect("every clone dropped");
+        assert_eq!(
+            reused.capacity(),
+            0,
+            "the spare is the last message published"
+        );
+        reused.reserve(64);
+        let ptr = Arc::as_ptr(&third);
+        mesh[0].publish(third);
+        mesh[1].drain(|_| {});
+        mesh[2].drain(|_| {});
+        let fourth = mesh[0].outgoing(Vec::new);
+        assert!(std::ptr::eq(Arc::as_ptr(&fourth), ptr), "same allocation");
+        assert!(fourth.capacity() >= 64, "capacity kept");
     }
 }
