@@ -34,6 +34,9 @@ pub struct Server {
     pub gossip_inbox: usize,
     /// Keys each rate-limited route tracks per worker, `1..=RATE_LIMIT_MAX_KEYS_MAX`.
     pub rate_limit_max_keys: usize,
+    /// How long a graceful stop (SIGTERM, SIGINT, SIGQUIT) waits for
+    /// requests in flight, `DRAIN_TIMEOUT_MIN..=DRAIN_TIMEOUT_MAX`.
+    pub drain_timeout: Duration,
 }
 
 /// `"auto"`: the core count is the right default for a thread-per-core proxy.
@@ -68,6 +71,11 @@ pub const GOSSIP_INBOX_MAX: usize = 1_048_576;
 pub const DEFAULT_RATE_LIMIT_MAX_KEYS: usize = 100_000;
 /// Ten million keys is already ~1.5 GB per route per worker.
 pub const RATE_LIMIT_MAX_KEYS_MAX: usize = 10_000_000;
+/// Kubernetes' default termination grace period: a drain that fits in it
+/// ends before the kubelet's SIGKILL.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DRAIN_TIMEOUT_MIN: Duration = Duration::from_millis(1);
+pub const DRAIN_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 
 impl Default for Server {
     fn default() -> Self {
@@ -79,6 +87,7 @@ impl Default for Server {
             gossip_interval: DEFAULT_GOSSIP_INTERVAL,
             gossip_inbox: DEFAULT_GOSSIP_INBOX,
             rate_limit_max_keys: DEFAULT_RATE_LIMIT_MAX_KEYS,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }

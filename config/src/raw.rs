@@ -35,6 +35,7 @@ pub(crate) struct RawServer {
     pub gossip_interval: Option<Spanned<HumanDuration>>,
     pub gossip_inbox: Option<Spanned<i64>>,
     pub rate_limit_max_keys: Option<Spanned<i64>>,
+    pub drain_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1207,6 +1207,15 @@ fn gossip_and_key_table_settings_are_checked() {
 }
 
 #[test]
+fn drain_timeout_default_and_range() {
+    assert_eq!(ok(BASE).server.drain_timeout, Duration::from_secs(30));
+    let c = ok(&format!("[server]\ndrain_timeout = \"250ms\"\n\n{BASE}"));
+    assert_eq!(c.server.drain_timeout, Duration::from_millis(250));
+    let text = format!("[server]\ndrain_timeout = \"2h\"\n\n{BASE}");
+    assert_error(&text, 2, 17, "server.drain_timeout", "out of range");
+}
+
+#[test]
 fn config_md_example_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIG.md");
     let doc = std::fs::read_to_string(&path).expect("docs/CONFIG.md");

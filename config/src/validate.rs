@@ -391,6 +391,12 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             1..=RATE_LIMIT_MAX_KEYS_MAX,
             d.rate_limit_max_keys,
         ),
+        drain_timeout: c.duration(
+            raw.drain_timeout.as_ref(),
+            "server.drain_timeout",
+            DRAIN_TIMEOUT_MIN..=DRAIN_TIMEOUT_MAX,
+            d.drain_timeout,
+        ),
     }
 }
 

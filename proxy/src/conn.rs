@@ -114,14 +114,32 @@ struct Downstream {
     resp: Gather,
     req_scratch: HeadScratch,
     resp_scratch: HeadScratch,
-    client_abort: Abort,
+    /// The client connection's read canceller, shared with the worker so a
+    /// drain can close the connection while it waits for a next request.
+    ctl: Rc<ConnControl>,
     upstream_abort: Abort,
     /// The consistent-hash key of the current request, copied out of `req`
     /// so the buffer can move into I/O while the key is used.
     hash_key: Vec<u8>,
 }
 
-pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer_ip: IpAddr) {
+/// What a worker may do to one of its client connections from outside.
+#[derive(Default)]
+pub struct ConnControl {
+    /// Cancels the connection's pending client read.
+    pub abort: Abort,
+    /// Waiting for a next request on a kept-alive connection, nothing of it
+    /// read yet: a drain closes such a connection at once.
+    pub idle: Cell<bool>,
+}
+
+pub async fn serve(
+    worker: Rc<Worker>,
+    listener: usize,
+    stream: TcpStream,
+    peer_ip: IpAddr,
+    ctl: Rc<ConnControl>,
+) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut d = Downstream {
@@ -133,13 +151,22 @@ pub async fn serve(worker: Rc<Worker>, listener: usize, stream: TcpStream, peer_
         resp: Gather::with_capacity(HEAD_READ_BYTES),
         req_scratch: HeadScratch::default(),
         resp_scratch: HeadScratch::default(),
-        client_abort: Abort::default(),
+        ctl,
         upstream_abort: Abort::default(),
         hash_key: Vec::new(),
     };
     let mut first = true;
     loop {
-        let head = match d.read_head(&worker, first).await {
+        // A connection's first request is served even while draining: the
+        // client connected before the listener closed.
+        let idle = !first && d.req.source.is_empty();
+        if idle && worker.draining.get() {
+            return;
+        }
+        d.ctl.idle.set(idle);
+        let head = d.read_head(&worker, first).await;
+        d.ctl.idle.set(false);
+        let head = match head {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refusal) => {
@@ -193,7 +220,7 @@ impl Downstream {
                 &mut self.req.source,
                 HEAD_READ_BYTES,
                 timeout,
-                &self.client_abort,
+                &self.ctl.abort,
             )
             .await;
             match res {
@@ -456,7 +483,7 @@ impl Downstream {
                 return Attempt::Broken(Outcome::Aborted);
             }
 
-            self.client_abort.reset();
+            self.ctl.abort.reset();
             self.upstream_abort.reset();
             let sending = Cell::new(body_left.is_some());
             let relay_ctx = RelayCtx {
@@ -477,7 +504,7 @@ impl Downstream {
                         &mut self.resp,
                         &mut self.resp_scratch,
                         &self.upstream_abort,
-                        &self.client_abort,
+                        &self.ctl.abort,
                     )
                     .await;
                     (relayed, Ok(0..0))
@@ -489,7 +516,7 @@ impl Downstream {
                         &mut self.body,
                         &mut conn.w,
                         left,
-                        &self.client_abort,
+                        &self.ctl.abort,
                         &self.upstream_abort,
                         &sending,
                     );
@@ -500,7 +527,7 @@ impl Downstream {
                         &mut self.resp,
                         &mut self.resp_scratch,
                         &self.upstream_abort,
-                        &self.client_abort,
+                        &self.ctl.abort,
                     );
                     let (sent, relayed) = monoio::join!(send, relay);
                     (relayed, sent)
@@ -919,7 +946,8 @@ async fn relay_inner(
             return Err(RelayError::Status5xx);
         }
         let until_close = head.body == ResponseBody::UntilClose;
-        let client_close = ctx.client_closing || until_close;
+        // A draining worker announces the close on every response it starts.
+        let client_close = ctx.client_closing || until_close || worker.draining.get();
         let interim = head.is_interim();
         resp.patch.clear();
         if client_close && !interim {

@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use ringgate_core::gossip::{GossipMsg, HEALTH_RESEND_TICKS};
 
 use crate::health;
+use crate::stop::StopFlag;
 use crate::worker::Worker;
 
 pub struct Mesh<M> {
@@ -97,12 +98,15 @@ impl<M> Mesh<M> {
 
 /// Every `gossip_interval`: apply what the others said, then tell them what
 /// happened here.
-pub async fn run_ticker(worker: Rc<Worker>, mesh: Mesh<GossipMsg>) {
+pub async fn run_ticker(worker: Rc<Worker>, mesh: Mesh<GossipMsg>, stop: StopFlag) {
     let interval = worker.config.server.gossip_interval;
     let mut seq: u64 = 0;
     let mut dropped_logged = 0;
     loop {
         monoio::time::sleep(interval).await;
+        if stop.requested() {
+            worker.begin_drain();
+        }
         let now = Instant::now();
         mesh.drain(|msg| apply(&worker, msg, now));
         seq += 1;

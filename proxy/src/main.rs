@@ -7,6 +7,7 @@ mod demo;
 mod gossip;
 mod health;
 mod io;
+mod stop;
 mod upstream;
 mod worker;
 
@@ -15,6 +16,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+use crate::stop::StopFlag;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -72,13 +75,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Binds, starts the workers and blocks while they run.
+/// Binds, starts the workers and blocks while they run; a stop signal
+/// drains them (see `stop::watch_signals`) and the process exits 0.
 pub fn serve(config: ringgate_config::Config) -> ExitCode {
-    match start(config) {
+    let stop = StopFlag::default();
+    if let Err(e) = stop::watch_signals(stop.clone(), config.server.drain_timeout) {
+        eprintln!("ringgate: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match start(config, stop) {
         Ok(handles) => {
             for handle in handles {
                 let _ = handle.join();
             }
+            eprintln!("ringgate: stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -89,7 +99,10 @@ pub fn serve(config: ringgate_config::Config) -> ExitCode {
 }
 
 /// Binds every listener and spawns the workers; returns their threads.
-pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+pub fn start(
+    config: ringgate_config::Config,
+    stop: StopFlag,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let config = Arc::new(config);
     let (count, cores) = worker::plan(config.server.workers);
     let (mut listeners, bound) = worker::bind_all(&config, count)?;
@@ -107,10 +120,11 @@ pub fn start(config: ringgate_config::Config) -> std::io::Result<Vec<std::thread
             None
         };
         let config = config.clone();
+        let stop = stop.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
-                .spawn(move || worker::run(id, cpu, driver, config, sockets, mesh))?,
+                .spawn(move || worker::run(id, cpu, driver, config, sockets, mesh, stop))?,
         );
     }
     let addrs: Vec<String> = config

@@ -8,8 +8,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use monoio::io::Canceller;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringgate_config::{Config, Workers};
 use ringgate_core::chunked::ChunkLimits;
@@ -17,11 +18,14 @@ use ringgate_core::gossip::GossipMsg;
 use ringgate_core::http::HeadLimits;
 use ringgate_core::ratelimit::KeyedLimiter;
 use ringgate_core::router::{RouteSpec, Router};
+use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::conn::{self, ConnControl};
 use crate::gossip::{self, Mesh};
+use crate::health;
+use crate::stop::StopFlag;
 use crate::upstream::UpstreamState;
-use crate::{conn, health};
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
@@ -29,6 +33,9 @@ const URING_ENTRIES: u32 = 4096;
 
 /// Pause after a failed accept (e.g. EMFILE) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// How often a draining worker looks whether its last connection is gone.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// Everything one worker owns. Built on the worker's own thread.
 pub struct Worker {
@@ -47,6 +54,12 @@ pub struct Worker {
     pub workers: usize,
     connections: Cell<usize>,
     over_limit_logged: Cell<bool>,
+    /// No new connections, no new requests on kept-alive ones.
+    pub draining: Cell<bool>,
+    /// Cancels the accept loops' pending accepts when the drain starts.
+    accept_canceller: RefCell<Canceller>,
+    /// Every open client connection, to close the idle ones on drain.
+    conns: RefCell<Slab<Rc<ConnControl>>>,
 }
 
 impl Worker {
@@ -107,17 +120,44 @@ impl Worker {
             workers,
             connections: Cell::new(0),
             over_limit_logged: Cell::new(false),
+            draining: Cell::new(false),
+            accept_canceller: RefCell::new(Canceller::new()),
+            conns: RefCell::new(Slab::new()),
             config,
+        }
+    }
+
+    /// Starts this worker's drain (once). The gossip ticker calls it when
+    /// the process was asked to stop, so a stop is noticed within one
+    /// `gossip_interval`.
+    pub fn begin_drain(&self) {
+        if self.draining.get() {
+            return;
+        }
+        self.draining.set(true);
+        // The accept loops wake up, see `draining` and drop their listeners.
+        let accepts = std::mem::take(&mut *self.accept_canceller.borrow_mut());
+        *self.accept_canceller.borrow_mut() = accepts.cancel();
+        for (_, conn) in self.conns.borrow().iter() {
+            if conn.idle.get() {
+                conn.abort.abort();
+            }
         }
     }
 }
 
-/// Counts a live connection for as long as it is held.
-struct ConnectionSlot(Rc<Worker>);
+/// Counts a live connection, and keeps it in the worker's table, for as
+/// long as it is held.
+struct ConnectionSlot {
+    worker: Rc<Worker>,
+    key: usize,
+}
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.connections.set(self.0.connections.get() - 1);
+        let w = &self.worker;
+        w.connections.set(w.connections.get() - 1);
+        w.conns.borrow_mut().remove(self.key);
     }
 }
 
@@ -201,6 +241,7 @@ pub fn run(
     config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
     mesh: Mesh<GossipMsg>,
+    stop: StopFlag,
 ) {
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -214,14 +255,14 @@ pub fn run(
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => return rt.block_on(worker_main(id, config, listeners, mesh)),
+            Ok(mut rt) => return rt.block_on(worker_main(id, config, listeners, mesh, stop)),
             Err(e) => eprintln!(
                 "ringgate: worker {id}: io_uring setup failed ({e}); using the legacy epoll driver"
             ),
         }
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut rt) => rt.block_on(worker_main(id, config, listeners, mesh)),
+        Ok(mut rt) => rt.block_on(worker_main(id, config, listeners, mesh, stop)),
         Err(e) => {
             eprintln!("ringgate: worker {id}: cannot start any runtime: {e}");
             std::process::exit(1);
@@ -256,6 +297,7 @@ async fn worker_main(
     config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
     mesh: Mesh<GossipMsg>,
+    stop: StopFlag,
 ) {
     let workers = mesh.workers();
     let worker = Rc::new(Worker::new(id, workers, config));
@@ -269,7 +311,7 @@ async fn worker_main(
             }
         }
     }
-    monoio::spawn(gossip::run_ticker(worker.clone(), mesh));
+    monoio::spawn(gossip::run_ticker(worker.clone(), mesh, stop));
     let mut loops = Vec::new();
     for (index, std_listener) in listeners.into_iter().enumerate() {
         match monoio::net::TcpListener::from_std(std_listener) {
@@ -280,15 +322,36 @@ async fn worker_main(
             }
         }
     }
+    // The accept loops end when the drain starts.
     for handle in loops {
         handle.await;
     }
+    let deadline = Instant::now() + worker.config.server.drain_timeout;
+    while worker.connections.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(DRAIN_POLL).await;
+    }
+    let left = worker.connections.get();
+    if left > 0 {
+        eprintln!("ringgate: worker {id}: drain_timeout reached, closing {left} connection(s)");
+    }
+    // Returning ends the runtime: what is left is dropped, and dropping an
+    // in-flight io_uring operation cancels it.
 }
 
 async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::TcpListener) {
     let max = worker.config.server.max_connections_per_worker;
     loop {
-        match listener.accept().await {
+        if worker.draining.get() {
+            return;
+        }
+        let cancel = worker.accept_canceller.borrow().handle();
+        let accepted = listener.cancelable_accept(cancel).await;
+        if worker.draining.get() {
+            // Dropping the listener closes this worker's socket on the port;
+            // a connection accepted in the race is closed with it.
+            return;
+        }
+        match accepted {
             Ok((stream, peer)) => {
                 if worker.connections.get() >= max {
                     // Shed load at the door rather than degrade every
@@ -301,9 +364,14 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                 }
                 worker.over_limit_logged.set(false);
                 worker.connections.set(worker.connections.get() + 1);
-                let slot = ConnectionSlot(worker.clone());
+                let ctl = Rc::new(ConnControl::default());
+                let key = worker.conns.borrow_mut().insert(ctl.clone());
+                let slot = ConnectionSlot {
+                    worker: worker.clone(),
+                    key,
+                };
                 monoio::spawn(async move {
-                    conn::serve(slot.0.clone(), index, stream, peer.ip()).await;
+                    conn::serve(slot.worker.clone(), index, stream, peer.ip(), ctl).await;
                     drop(slot);
                 });
             }
