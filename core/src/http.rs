@@ -1093,4 +1093,71 @@ mod tests {
         }
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A valid request head: method, path, Host, a few token headers,
+        /// an optional Content-Length, then the blank line.
+        fn valid_head() -> impl Strategy<Value = Vec<u8>> {
+            let method = prop::sample::select(vec!["GET", "HEAD", "POST", "PUT", "DELETE"]);
+            let path = "/[a-z0-9/._~-]{0,40}";
+            let header = ("x-[a-z]{1,12}", "[!-~]([ !-~]{0,30}[!-~])?");
+            let headers = prop::collection::vec(header, 0..8);
+            let length = prop::option::of(0u32..100_000);
+            (method, path, headers, length).prop_map(|(m, p, hs, cl)| {
+                let mut head = format!("{m} {p} HTTP/1.1\r\nHost: example.com\r\n");
+                for (name, value) in hs {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                if let Some(n) = cl {
+                    head.push_str(&format!("Content-Length: {n}\r\n"));
+                }
+                head.push_str("\r\n");
+                head.into_bytes()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+                let mut scratch = HeadScratch::default();
+                let _ = parse_request(&bytes, LIMITS, &mut scratch);
+                let _ = parse_response(&bytes, LIMITS, false, &mut scratch);
+                let _ = parse_response(&bytes, LIMITS, true, &mut scratch);
+            }
+
+            #[test]
+            fn every_prefix_of_a_valid_head_waits_for_more(head in valid_head()) {
+                let full = req(&head).expect("valid").expect("complete");
+                prop_assert_eq!(full.head_len, head.len());
+                for cut in 0..head.len() {
+                    let partial = req(&head[..cut]);
+                    prop_assert!(
+                        matches!(partial, Ok(None)),
+                        "prefix of {} bytes gave {:?}", cut, partial
+                    );
+                }
+            }
+
+            #[test]
+            fn a_bare_lf_or_nul_anywhere_in_the_head_is_refused(
+                head in valid_head(),
+                at in any::<prop::sample::Index>(),
+                byte in prop::sample::select(vec![b'\n', b'\0']),
+            ) {
+                // Replace one byte of the head other than a line ending's.
+                let positions: Vec<usize> = (0..head.len())
+                    .filter(|&i| head[i] != b'\r' && head[i] != b'\n')
+                    .collect();
+                let i = positions[at.index(positions.len())];
+                let mut bad = head.clone();
+                bad[i] = byte;
+                let res = req(&bad);
+                prop_assert!(res.is_err(), "{:?} at {} accepted: {:?}", byte as char, i, res);
+            }
+        }
+    }
 }
