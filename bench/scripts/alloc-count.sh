@@ -3,6 +3,7 @@
 # uprobes on mimalloc's entry points (the Rust mimalloc crate calls only the
 # *_aligned variants). Needs perf (linux-perf) and root.
 # Usage: bench/scripts/alloc-count.sh BACKEND_ADDR [connections=16] [seconds=3]
+# ACCESS_LOG=FILE in the environment turns the access log on (to FILE).
 set -euo pipefail
 BACKEND=${1:?backend address, e.g. 127.0.0.1:9000}; CONNS=${2:-16}; SECS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,6 +22,7 @@ upstream = "b"
 name = "b"
 backends = [{ address = "$BACKEND" }]
 EOC
+if [ -n "${ACCESS_LOG:-}" ]; then printf '[access_log]\npath = "%s"\n' "$ACCESS_LOG" >> $W/rg.toml; fi
 for f in mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned; do perf probe -q -x "$RG" --add $f 2>/dev/null || true; done
 taskset -c 0 "$RG" -c $W/rg.toml 2>/dev/null & P=$!
 trap 'kill $P 2>/dev/null; perf probe -q -d "probe_ringgate:*" 2>/dev/null || true' EXIT

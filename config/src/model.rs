@@ -411,4 +411,23 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Never empty; names are unique.
     pub upstreams: Vec<Upstream>,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLog>,
 }
+
+/// `[access_log]`: one line per request, nginx's `combined` format plus the
+/// request time and the upstream address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// Opened for appending (created if missing) at start-up.
+    pub path: std::path::PathBuf,
+    /// A worker writes its buffered lines when they reach this many bytes,
+    /// and at every gossip tick; `ACCESS_LOG_BUFFER_MIN..=ACCESS_LOG_BUFFER_MAX`.
+    pub buffer: usize,
+}
+
+/// nginx's `access_log ... buffer=64k`.
+pub const DEFAULT_ACCESS_LOG_BUFFER: usize = 64 * 1024;
+/// One line must fit; a line is at most a head plus a few hundred bytes.
+pub const ACCESS_LOG_BUFFER_MIN: usize = 4 * 1024;
+pub const ACCESS_LOG_BUFFER_MAX: usize = 16 * 1024 * 1024;

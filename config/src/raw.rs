@@ -23,6 +23,14 @@ pub(crate) struct RawConfig {
     pub listeners: Option<Spanned<Vec<RawListener>>>,
     pub routes: Option<Spanned<Vec<RawRoute>>>,
     pub upstreams: Option<Spanned<Vec<RawUpstream>>>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub path: Spanned<String>,
+    pub buffer: Option<Spanned<Size>>,
 }
 
 #[derive(Debug, Deserialize)]

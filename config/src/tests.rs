@@ -1207,6 +1207,26 @@ fn gossip_and_key_table_settings_are_checked() {
 }
 
 #[test]
+fn access_log_is_optional_and_checked() {
+    assert_eq!(ok(BASE).access_log, None);
+    let c = ok(&format!(
+        "[access_log]\npath = \"/var/log/rg.log\"\n\n{BASE}"
+    ));
+    let log = c.access_log.expect("access_log");
+    assert_eq!(log.path, std::path::PathBuf::from("/var/log/rg.log"));
+    assert_eq!(log.buffer, 64 * 1024);
+    let c = ok(&format!(
+        "[access_log]\npath = \"a.log\"\nbuffer = \"1MiB\"\n\n{BASE}"
+    ));
+    assert_eq!(c.access_log.map(|l| l.buffer), Some(1 << 20));
+    let text = format!("[access_log]\npath = \" \"\nbuffer = \"1KiB\"\n\n{BASE}");
+    assert_error(&text, 2, 8, "access_log.path", "must name a file");
+    assert_error(&text, 3, 10, "access_log.buffer", "out of range");
+    let text = format!("[access_log]\nbuffer = \"8KiB\"\n\n{BASE}");
+    assert!(errors(&text)[0].message.contains("missing field `path`"));
+}
+
+#[test]
 fn drain_timeout_default_and_range() {
     assert_eq!(ok(BASE).server.drain_timeout, Duration::from_secs(30));
     let c = ok(&format!("[server]\ndrain_timeout = \"250ms\"\n\n{BASE}"));

@@ -307,6 +307,8 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         });
     }
 
+    let access_log = raw.access_log.as_ref().map(|raw| access_log(&mut c, raw));
+
     if c.errors.is_empty() {
         Ok(Config {
             server,
@@ -314,6 +316,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             listeners,
             routes,
             upstreams,
+            access_log,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -396,6 +399,22 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             "server.drain_timeout",
             DRAIN_TIMEOUT_MIN..=DRAIN_TIMEOUT_MAX,
             d.drain_timeout,
+        ),
+    }
+}
+
+fn access_log(c: &mut Checker<'_>, raw: &RawAccessLog) -> AccessLog {
+    let path = raw.path.get_ref().trim();
+    if path.is_empty() {
+        c.err(raw.path.span(), "access_log.path", "must name a file");
+    }
+    AccessLog {
+        path: path.into(),
+        buffer: c.size(
+            raw.buffer.as_ref(),
+            "access_log.buffer",
+            ACCESS_LOG_BUFFER_MIN..=ACCESS_LOG_BUFFER_MAX,
+            DEFAULT_ACCESS_LOG_BUFFER,
         ),
     }
 }

@@ -25,6 +25,7 @@ use ringgate_core::http::{
 };
 use ringgate_core::ratelimit::Admission;
 
+use crate::access_log::{AccessLog, Captured, Sent};
 use crate::io::{
     read_more, write_gather, write_range, write_static, Abort, Gather, Part, ReadFail, Reader,
     Writer,
@@ -121,6 +122,10 @@ struct Downstream {
     /// The consistent-hash key of the current request, copied out of `req`
     /// so the buffer can move into I/O while the key is used.
     hash_key: Vec<u8>,
+    /// What went back for the current request (for the access log).
+    sent: Sent,
+    /// The current request's access-log fields, when logging.
+    captured: Captured,
 }
 
 /// What a worker may do to one of its client connections from outside.
@@ -154,6 +159,8 @@ pub async fn serve(
         ctl,
         upstream_abort: Abort::default(),
         hash_key: Vec::new(),
+        sent: Sent::default(),
+        captured: Captured::default(),
     };
     let mut first = true;
     loop {
@@ -171,6 +178,9 @@ pub async fn serve(
             Ok(None) => return,
             Err(refusal) => {
                 d.send_refusal(&refusal, true).await;
+                if let Some(log) = &worker.access_log {
+                    log.write(&d.client, None, &d.sent, Duration::ZERO);
+                }
                 return;
             }
         };
@@ -184,6 +194,7 @@ pub async fn serve(
 
 impl Downstream {
     async fn send_refusal(&mut self, refusal: &Refusal, close: bool) -> bool {
+        self.sent.local(refusal.status, refusal.reason.len() + 1);
         let bytes = error_response(refusal, close);
         let len = bytes.len();
         let (res, _) = write_range(&mut self.w, bytes, 0..len).await;
@@ -235,6 +246,24 @@ impl Downstream {
     }
 
     async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
+        self.sent.reset();
+        let Some(log) = &worker.access_log else {
+            return self.route(worker, listener, head).await;
+        };
+        let started = Instant::now();
+        AccessLog::capture(&mut self.captured, &self.req.source, head);
+        let next = self.route(worker, listener, head).await;
+        log.write(
+            &self.client,
+            Some(&self.captured),
+            &self.sent,
+            started.elapsed(),
+        );
+        next
+    }
+
+    /// Routes the request, then answers it locally (404, 429) or forwards it.
+    async fn route(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         let src = &self.req.source;
         let host = head.authority.clone().map(|r| &src[r]);
         let route =
@@ -285,6 +314,7 @@ impl Downstream {
             (true, Version::Http10) => KEEP_ALIVE_LINE,
             (true, Version::Http11) => "",
         };
+        self.sent.local(refusal.status, refusal.reason.len() + 1);
         let mut bytes = error_response_with(refusal, connection_line);
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
@@ -372,6 +402,7 @@ impl Downstream {
                     .is_some_and(|r| r.on.status_5xx)
                 && upstream.retry_affordable();
             upstream.on_start(backend, now);
+            self.sent.upstream.set(Some(upstream.backend_addr(backend)));
             let started = Instant::now();
             let attempt = self
                 .attempt(
@@ -491,6 +522,7 @@ impl Downstream {
                 request_was_head: head.is_head_method,
                 client_version: head.version,
                 client_closing,
+                sent: &self.sent,
                 response_timeout: upstream.config.response_timeout,
                 hold_5xx,
                 sending: &sending,
@@ -788,6 +820,8 @@ struct RelayCtx<'a> {
     request_was_head: bool,
     client_version: Version,
     client_closing: bool,
+    /// Where the status and body bytes sent to the client are kept.
+    sent: &'a Sent,
     /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
     response_timeout: Duration,
     /// A retry can follow a 5xx: report it instead of forwarding it.
@@ -973,6 +1007,8 @@ async fn relay_inner(
             resp.source.drain(..head.head_len);
             continue;
         }
+        ctx.sent.status.set(head.status);
+        ctx.sent.body_bytes.set(initial as u64);
         let mut surplus = resp.source.len() > head.head_len + initial;
         // Stream the rest of the body, reusing the same buffer.
         loop {
@@ -1020,6 +1056,7 @@ async fn relay_inner(
             if res.is_err() {
                 return Err(RelayError::Broken);
             }
+            ctx.sent.add_body(take);
         }
         return Ok(RelayDone {
             status: head.status,

@@ -107,6 +107,9 @@ pub async fn run_ticker(worker: Rc<Worker>, mesh: Mesh<GossipMsg>, stop: StopFla
         if stop.requested() {
             worker.begin_drain();
         }
+        if let Some(log) = &worker.access_log {
+            log.flush();
+        }
         let now = Instant::now();
         mesh.drain(|msg| apply(&worker, msg, now));
         seq += 1;

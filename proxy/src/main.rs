@@ -2,6 +2,7 @@
 //! listeners, starts one pinned worker per core and waits for them.
 //! The request path lives in `conn`; everything runtime-free in ringgate-core.
 
+mod access_log;
 mod conn;
 mod demo;
 mod gossip;
@@ -108,6 +109,21 @@ pub fn start(
     let (mut listeners, bound) = worker::bind_all(&config, count)?;
     let driver = worker::choose_driver();
     let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
+    let log_file = match &config.access_log {
+        None => None,
+        Some(log) => Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&log.path)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("access_log.path {}: {e}", log.path.display()),
+                    )
+                })?,
+        ),
+    };
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -121,10 +137,21 @@ pub fn start(
         };
         let config = config.clone();
         let stop = stop.clone();
+        // One open file description shared by every worker: O_APPEND makes
+        // each worker's write land whole at the end.
+        let log_file = log_file
+            .as_ref()
+            .map(std::fs::File::try_clone)
+            .transpose()?;
+        let shared = worker::Shared {
+            config,
+            stop,
+            log_file,
+        };
         handles.push(
             std::thread::Builder::new()
                 .name(format!("ringgate-w{id}"))
-                .spawn(move || worker::run(id, cpu, driver, config, sockets, mesh, stop))?,
+                .spawn(move || worker::run(id, cpu, driver, sockets, mesh, shared))?,
         );
     }
     let addrs: Vec<String> = config

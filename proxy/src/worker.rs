@@ -21,6 +21,7 @@ use ringgate_core::router::{RouteSpec, Router};
 use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::access_log::AccessLog;
 use crate::conn::{self, ConnControl};
 use crate::gossip::{self, Mesh};
 use crate::health;
@@ -60,10 +61,24 @@ pub struct Worker {
     accept_canceller: RefCell<Canceller>,
     /// Every open client connection, to close the idle ones on drain.
     conns: RefCell<Slab<Rc<ConnControl>>>,
+    pub access_log: Option<AccessLog>,
+}
+
+/// What a worker gets from the process besides its sockets and its mesh.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub stop: StopFlag,
+    /// The access log, opened for appending, when one is configured.
+    pub log_file: Option<std::fs::File>,
 }
 
 impl Worker {
-    fn new(id: usize, workers: usize, config: Arc<Config>) -> Self {
+    fn new(
+        id: usize,
+        workers: usize,
+        config: Arc<Config>,
+        log_file: Option<std::fs::File>,
+    ) -> Self {
         // Router targets are route indices: a route carries its own limits.
         let routers = (0..config.listeners.len())
             .map(|listener| {
@@ -123,6 +138,9 @@ impl Worker {
             draining: Cell::new(false),
             accept_canceller: RefCell::new(Canceller::new()),
             conns: RefCell::new(Slab::new()),
+            access_log: log_file
+                .zip(config.access_log.as_ref())
+                .map(|(file, log)| AccessLog::new(file, log.buffer)),
             config,
         }
     }
@@ -238,10 +256,9 @@ pub fn run(
     id: usize,
     cpu: Option<core_affinity::CoreId>,
     driver: Driver,
-    config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
     mesh: Mesh<GossipMsg>,
-    stop: StopFlag,
+    shared: Shared,
 ) {
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -255,14 +272,14 @@ pub fn run(
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => return rt.block_on(worker_main(id, config, listeners, mesh, stop)),
+            Ok(mut rt) => return rt.block_on(worker_main(id, listeners, mesh, shared)),
             Err(e) => eprintln!(
                 "ringgate: worker {id}: io_uring setup failed ({e}); using the legacy epoll driver"
             ),
         }
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut rt) => rt.block_on(worker_main(id, config, listeners, mesh, stop)),
+        Ok(mut rt) => rt.block_on(worker_main(id, listeners, mesh, shared)),
         Err(e) => {
             eprintln!("ringgate: worker {id}: cannot start any runtime: {e}");
             std::process::exit(1);
@@ -294,13 +311,17 @@ fn uring_setup() -> io_uring::Builder {
 
 async fn worker_main(
     id: usize,
-    config: Arc<Config>,
     listeners: Vec<std::net::TcpListener>,
     mesh: Mesh<GossipMsg>,
-    stop: StopFlag,
+    shared: Shared,
 ) {
+    let Shared {
+        config,
+        stop,
+        log_file,
+    } = shared;
     let workers = mesh.workers();
-    let worker = Rc::new(Worker::new(id, workers, config));
+    let worker = Rc::new(Worker::new(id, workers, config, log_file));
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {
         if upstream.health_check.is_some() {
@@ -333,6 +354,9 @@ async fn worker_main(
     let left = worker.connections.get();
     if left > 0 {
         eprintln!("ringgate: worker {id}: drain_timeout reached, closing {left} connection(s)");
+    }
+    if let Some(log) = &worker.access_log {
+        log.flush();
     }
     // Returning ends the runtime: what is left is dropped, and dropping an
     // in-flight io_uring operation cancels it.

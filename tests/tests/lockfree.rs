@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 const HOT_PATH: &[&str] = &[
+    "proxy/src/access_log.rs",
     "proxy/src/conn.rs",
     "proxy/src/io.rs",
     "proxy/src/upstream.rs",
