@@ -413,6 +413,16 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `None`: no access log.
     pub access_log: Option<AccessLog>,
+    /// `None`: no admin endpoint.
+    pub admin: Option<Admin>,
+}
+
+/// `[admin]`: `/metrics` (Prometheus text format) and `/healthz`, served by
+/// a thread of its own, off the workers' cores' hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    /// Never one of the listeners' addresses.
+    pub address: std::net::SocketAddr,
 }
 
 /// `[access_log]`: one line per request, nginx's `combined` format plus the

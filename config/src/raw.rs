@@ -24,6 +24,13 @@ pub(crate) struct RawConfig {
     pub routes: Option<Spanned<Vec<RawRoute>>>,
     pub upstreams: Option<Spanned<Vec<RawUpstream>>>,
     pub access_log: Option<RawAccessLog>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub address: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1227,6 +1227,30 @@ fn access_log_is_optional_and_checked() {
 }
 
 #[test]
+fn admin_address_is_parsed_and_must_not_be_a_listeners() {
+    assert_eq!(ok(BASE).admin, None);
+    let c = ok(&format!("[admin]\naddress = \"127.0.0.1:9901\"\n\n{BASE}"));
+    assert_eq!(
+        c.admin.map(|a| a.address),
+        Some("127.0.0.1:9901".parse().unwrap())
+    );
+    let text = format!("[admin]\naddress = \"localhost:9901\"\n\n{BASE}");
+    assert_error(&text, 2, 11, "admin.address", "invalid socket address");
+    let listener = BASE
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("address = "))
+        .expect("BASE has a listener address");
+    let text = format!("[admin]\naddress = {listener}\n\n{BASE}");
+    assert_error(
+        &text,
+        2,
+        11,
+        "admin.address",
+        "already used by the listener",
+    );
+}
+
+#[test]
 fn drain_timeout_default_and_range() {
     assert_eq!(ok(BASE).server.drain_timeout, Duration::from_secs(30));
     let c = ok(&format!("[server]\ndrain_timeout = \"250ms\"\n\n{BASE}"));

@@ -308,6 +308,18 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     }
 
     let access_log = raw.access_log.as_ref().map(|raw| access_log(&mut c, raw));
+    let admin = raw.admin.as_ref().and_then(|raw| {
+        let address = c.address(&raw.address, "admin.address")?;
+        if let Some(first) = listener_addrs.get(&address).filter(|_| address.port() != 0) {
+            let line = c.line_of(first);
+            c.err(
+                raw.address.span(),
+                "admin.address",
+                format!("address {address} is already used by the listener on line {line}"),
+            );
+        }
+        Some(Admin { address })
+    });
 
     if c.errors.is_empty() {
         Ok(Config {
@@ -317,6 +329,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             routes,
             upstreams,
             access_log,
+            admin,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));

@@ -178,6 +178,7 @@ pub async fn serve(
             Ok(None) => return,
             Err(refusal) => {
                 d.send_refusal(&refusal, true).await;
+                worker.counters.response(refusal.status);
                 if let Some(log) = &worker.access_log {
                     log.write(&d.client, None, &d.sent, Duration::ZERO);
                 }
@@ -247,18 +248,20 @@ impl Downstream {
 
     async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         self.sent.reset();
-        let Some(log) = &worker.access_log else {
-            return self.route(worker, listener, head).await;
-        };
-        let started = Instant::now();
-        AccessLog::capture(&mut self.captured, &self.req.source, head);
+        let started = worker.access_log.as_ref().map(|_| {
+            AccessLog::capture(&mut self.captured, &self.req.source, head);
+            Instant::now()
+        });
         let next = self.route(worker, listener, head).await;
-        log.write(
-            &self.client,
-            Some(&self.captured),
-            &self.sent,
-            started.elapsed(),
-        );
+        worker.counters.response(self.sent.status.get());
+        if let (Some(log), Some(started)) = (&worker.access_log, started) {
+            log.write(
+                &self.client,
+                Some(&self.captured),
+                &self.sent,
+                started.elapsed(),
+            );
+        }
         next
     }
 

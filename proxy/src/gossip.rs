@@ -13,6 +13,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use ringgate_core::gossip::{GossipMsg, HEALTH_RESEND_TICKS};
 
 use crate::health;
+use crate::metrics::{self, SnapshotTx, SNAPSHOT_TICKS};
 use crate::stop::StopFlag;
 use crate::worker::Worker;
 
@@ -98,7 +99,12 @@ impl<M> Mesh<M> {
 
 /// Every `gossip_interval`: apply what the others said, then tell them what
 /// happened here.
-pub async fn run_ticker(worker: Rc<Worker>, mesh: Mesh<GossipMsg>, stop: StopFlag) {
+pub async fn run_ticker(
+    worker: Rc<Worker>,
+    mesh: Mesh<GossipMsg>,
+    stop: StopFlag,
+    metrics: Option<SnapshotTx>,
+) {
     let interval = worker.config.server.gossip_interval;
     let mut seq: u64 = 0;
     let mut dropped_logged = 0;
@@ -109,6 +115,13 @@ pub async fn run_ticker(worker: Rc<Worker>, mesh: Mesh<GossipMsg>, stop: StopFla
         }
         if let Some(log) = &worker.access_log {
             log.flush();
+        }
+        if let Some(tx) = metrics
+            .as_ref()
+            .filter(|_| seq.is_multiple_of(SNAPSHOT_TICKS))
+        {
+            // Never waits: a full channel drops this one, the next replaces it.
+            let _ = tx.try_send(metrics::snapshot(&worker, mesh.dropped()));
         }
         let now = Instant::now();
         mesh.drain(|msg| apply(&worker, msg, now));

@@ -8,6 +8,7 @@ mod demo;
 mod gossip;
 mod health;
 mod io;
+mod metrics;
 mod stop;
 mod upstream;
 mod worker;
@@ -109,6 +110,14 @@ pub fn start(
     let (mut listeners, bound) = worker::bind_all(&config, count)?;
     let driver = worker::choose_driver();
     let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
+    let metrics_tx = match config.admin {
+        None => None,
+        Some(admin) => {
+            let (tx, rx) = metrics::channel(count);
+            metrics::spawn_admin(admin.address, config.clone(), count, rx, stop.clone())?;
+            Some(tx)
+        }
+    };
     let log_file = match &config.access_log {
         None => None,
         Some(log) => Some(
@@ -147,6 +156,7 @@ pub fn start(
             config,
             stop,
             log_file,
+            metrics_tx: metrics_tx.clone(),
         };
         handles.push(
             std::thread::Builder::new()

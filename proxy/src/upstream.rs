@@ -19,6 +19,7 @@ use ringgate_core::backend_view::{
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
 use crate::io::{Reader, Writer};
+use crate::metrics::{outcome_index, OUTCOMES};
 
 /// An upstream connection, split so an exchange can send a request body and
 /// read the response at the same time.
@@ -98,6 +99,8 @@ pub struct UpstreamState {
     pools: Vec<RefCell<Vec<Idle>>>,
     tally: Rc<ConnTally>,
     retry_budget: RefCell<RetryBudget>,
+    /// Attempts per backend by outcome, for `/metrics`.
+    pub outcomes: Vec<[Cell<u64>; OUTCOMES]>,
     /// In-flight and connection levels last gossiped, to send a backend
     /// only when one changed.
     pub reported_levels: RefCell<Vec<(u32, u32)>>,
@@ -183,6 +186,7 @@ impl UpstreamState {
             waiters: config.backends.iter().map(|_| RefCell::default()).collect(),
         });
         UpstreamState {
+            outcomes: config.backends.iter().map(|_| Default::default()).collect(),
             reported_levels: RefCell::new(vec![(0, 0); config.backends.len()]),
             tally,
             view: RefCell::new(view),
@@ -221,6 +225,8 @@ impl UpstreamState {
     }
 
     pub fn on_end(&self, backend: usize, outcome: Outcome, now: Instant) {
+        let count = &self.outcomes[backend][outcome_index(outcome)];
+        count.set(count.get() + 1);
         self.view.borrow_mut().on_request_end(backend, outcome, now);
     }
 

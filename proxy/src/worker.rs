@@ -25,6 +25,7 @@ use crate::access_log::AccessLog;
 use crate::conn::{self, ConnControl};
 use crate::gossip::{self, Mesh};
 use crate::health;
+use crate::metrics::{Counters, SnapshotTx};
 use crate::stop::StopFlag;
 use crate::upstream::UpstreamState;
 
@@ -62,6 +63,7 @@ pub struct Worker {
     /// Every open client connection, to close the idle ones on drain.
     conns: RefCell<Slab<Rc<ConnControl>>>,
     pub access_log: Option<AccessLog>,
+    pub counters: Counters,
 }
 
 /// What a worker gets from the process besides its sockets and its mesh.
@@ -70,6 +72,8 @@ pub struct Shared {
     pub stop: StopFlag,
     /// The access log, opened for appending, when one is configured.
     pub log_file: Option<std::fs::File>,
+    /// To the admin thread, when `[admin]` is set; used by the gossip ticker.
+    pub metrics_tx: Option<SnapshotTx>,
 }
 
 impl Worker {
@@ -141,8 +145,14 @@ impl Worker {
             access_log: log_file
                 .zip(config.access_log.as_ref())
                 .map(|(file, log)| AccessLog::new(file, log.buffer)),
+            counters: Counters::default(),
             config,
         }
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
     }
 
     /// Starts this worker's drain (once). The gossip ticker calls it when
@@ -319,6 +329,7 @@ async fn worker_main(
         config,
         stop,
         log_file,
+        metrics_tx,
     } = shared;
     let workers = mesh.workers();
     let worker = Rc::new(Worker::new(id, workers, config, log_file));
@@ -332,7 +343,7 @@ async fn worker_main(
             }
         }
     }
-    monoio::spawn(gossip::run_ticker(worker.clone(), mesh, stop));
+    monoio::spawn(gossip::run_ticker(worker.clone(), mesh, stop, metrics_tx));
     let mut loops = Vec::new();
     for (index, std_listener) in listeners.into_iter().enumerate() {
         match monoio::net::TcpListener::from_std(std_listener) {
@@ -378,6 +389,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
         match accepted {
             Ok((stream, peer)) => {
                 if worker.connections.get() >= max {
+                    Counters::bump(&worker.counters.refused);
                     // Shed load at the door rather than degrade every
                     // connection; say so once per episode.
                     if !worker.over_limit_logged.replace(true) {
@@ -387,6 +399,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     continue;
                 }
                 worker.over_limit_logged.set(false);
+                Counters::bump(&worker.counters.accepted);
                 worker.connections.set(worker.connections.get() + 1);
                 let ctl = Rc::new(ConnControl::default());
                 let key = worker.conns.borrow_mut().insert(ctl.clone());

@@ -1,0 +1,457 @@
+//! Counters and the admin endpoint (`/metrics`, `/healthz`). Each worker
+//! counts in plain cells only it writes; every `SNAPSHOT_TICKS` gossip
+//! ticks it sends a snapshot to the admin thread over a bounded crossbeam
+//! channel, never waiting (a full channel drops the snapshot; the next one
+//! replaces it). The admin thread, off the workers' hot path, keeps the
+//! latest snapshot of each worker and serves their sum: figures lag by at
+//! most `SNAPSHOT_TICKS` gossip intervals.
+
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use ringgate_config::Config;
+use ringgate_core::backend_view::Outcome;
+
+use crate::stop::StopFlag;
+use crate::worker::Worker;
+
+/// The channel end a worker's ticker reports on.
+pub type SnapshotTx = Sender<Snapshot>;
+
+/// Snapshots every 10 gossip ticks: 100 ms with the default interval.
+pub const SNAPSHOT_TICKS: u64 = 10;
+/// Longest an admin request may take to arrive or be answered.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the admin thread looks for a scrape between snapshots.
+const ADMIN_POLL: Duration = Duration::from_millis(20);
+const ADMIN_MAX_HEAD: usize = 8 * 1024;
+
+/// Outcomes of upstream attempts, in the order of [`OUTCOME_NAMES`].
+pub const OUTCOMES: usize = 6;
+const OUTCOME_NAMES: [&str; OUTCOMES] = [
+    "success",
+    "5xx",
+    "connect_failure",
+    "timeout",
+    "reset",
+    "aborted",
+];
+
+pub fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Success { .. } => 0,
+        Outcome::Status5xx => 1,
+        Outcome::ConnectFailure => 2,
+        Outcome::Timeout => 3,
+        Outcome::Reset => 4,
+        Outcome::Aborted => 5,
+    }
+}
+
+/// One worker's client-side counters.
+#[derive(Default)]
+pub struct Counters {
+    /// Responses by status class: index `status / 100` (1..=5).
+    responses: [Cell<u64>; 6],
+    pub accepted: Cell<u64>,
+    /// Connections closed at accept because the worker was at
+    /// `max_connections_per_worker`.
+    pub refused: Cell<u64>,
+}
+
+impl Counters {
+    /// A response with `status` went out (0: none did; not counted).
+    pub fn response(&self, status: u16) {
+        if let Some(c) = self
+            .responses
+            .get(usize::from(status / 100))
+            .filter(|_| status >= 100)
+        {
+            c.set(c.get() + 1);
+        }
+    }
+
+    pub fn bump(cell: &Cell<u64>) {
+        cell.set(cell.get() + 1);
+    }
+}
+
+/// What a worker reports.
+pub struct Snapshot {
+    pub worker: usize,
+    pub responses: [u64; 6],
+    pub accepted: u64,
+    pub refused: u64,
+    pub open: u64,
+    pub gossip_dropped: u64,
+    pub draining: bool,
+    pub backends: Vec<BackendSnapshot>,
+}
+
+impl Snapshot {
+    pub fn new(worker: usize, counters: &Counters) -> Snapshot {
+        Snapshot {
+            worker,
+            responses: std::array::from_fn(|i| counters.responses[i].get()),
+            accepted: counters.accepted.get(),
+            refused: counters.refused.get(),
+            open: 0,
+            gossip_dropped: 0,
+            draining: false,
+            backends: Vec::new(),
+        }
+    }
+}
+
+pub struct BackendSnapshot {
+    pub upstream: usize,
+    pub backend: usize,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub in_flight: u32,
+    pub connections: u32,
+    pub outcomes: [u64; OUTCOMES],
+}
+
+/// Binds the admin address (so a bad address fails start-up) and starts
+/// the admin thread.
+pub fn spawn_admin(
+    address: SocketAddr,
+    config: Arc<Config>,
+    workers: usize,
+    snapshots: Receiver<Snapshot>,
+    stop: StopFlag,
+) -> io::Result<()> {
+    let listener = TcpListener::bind(address)
+        .map_err(|e| io::Error::new(e.kind(), format!("admin.address {address}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("ringgate-admin".into())
+        .spawn(move || {
+            let mut latest: Vec<Option<Snapshot>> = (0..workers).map(|_| None).collect();
+            loop {
+                match snapshots.recv_timeout(ADMIN_POLL) {
+                    Ok(s) => {
+                        if let Some(slot) = latest.get_mut(s.worker) {
+                            *slot = Some(s);
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // Every worker is gone: the process is about to exit.
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                while let Ok((stream, _)) = listener.accept() {
+                    let _ = answer(stream, &config, &latest, &stop);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// One request per connection: `GET /metrics`, `GET /healthz`, else 404.
+fn answer(
+    mut stream: TcpStream,
+    config: &Config,
+    latest: &[Option<Snapshot>],
+    stop: &StopFlag,
+) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() > ADMIN_MAX_HEAD || Instant::now() > deadline {
+            return respond(
+                &mut stream,
+                431,
+                "text/plain",
+                "request head too large or slow\n",
+            );
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    match (method, path) {
+        (b"GET", b"/metrics") => {
+            let body = render(config, latest);
+            respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
+        }
+        (b"GET", b"/healthz") if stop.requested() => {
+            respond(&mut stream, 503, "text/plain", "draining\n")
+        }
+        (b"GET", b"/healthz") => respond(&mut stream, 200, "text/plain", "ok\n"),
+        (b"GET", _) => respond(&mut stream, 404, "text/plain", "not found\n"),
+        _ => respond(&mut stream, 405, "text/plain", "only GET\n"),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+/// The Prometheus text exposition of the sum of the workers' snapshots.
+pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
+    let snaps: Vec<&Snapshot> = latest.iter().flatten().collect();
+    let sum = |f: &dyn Fn(&Snapshot) -> u64| snaps.iter().map(|s| f(s)).sum::<u64>();
+    let mut out = String::with_capacity(4096);
+    let help = |out: &mut String, name: &str, kind: &str, text: &str| {
+        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+    };
+    help(
+        &mut out,
+        "ringgate_build_info",
+        "gauge",
+        "Version of the running binary.",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    help(
+        &mut out,
+        "ringgate_workers_reporting",
+        "gauge",
+        "Workers whose snapshot the admin thread holds.",
+    );
+    let _ = writeln!(out, "ringgate_workers_reporting {}", snaps.len());
+    help(
+        &mut out,
+        "ringgate_draining",
+        "gauge",
+        "1 while a graceful stop is in progress.",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_draining {}",
+        u8::from(snaps.iter().any(|s| s.draining))
+    );
+    help(
+        &mut out,
+        "ringgate_responses_total",
+        "counter",
+        "Responses sent to clients, by status class.",
+    );
+    for class in 1..=5 {
+        let n = sum(&|s| s.responses[class]);
+        let _ = writeln!(out, "ringgate_responses_total{{class=\"{class}xx\"}} {n}");
+    }
+    help(
+        &mut out,
+        "ringgate_connections_accepted_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_connections_accepted_total {}",
+        sum(&|s| s.accepted)
+    );
+    help(
+        &mut out,
+        "ringgate_connections_refused_total",
+        "counter",
+        "Client connections closed at accept: worker at max_connections_per_worker.",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_connections_refused_total {}",
+        sum(&|s| s.refused)
+    );
+    help(
+        &mut out,
+        "ringgate_connections_open",
+        "gauge",
+        "Client connections open.",
+    );
+    let _ = writeln!(out, "ringgate_connections_open {}", sum(&|s| s.open));
+    help(
+        &mut out,
+        "ringgate_gossip_dropped_total",
+        "counter",
+        "Gossip messages dropped because an inbox was full.",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_gossip_dropped_total {}",
+        sum(&|s| s.gossip_dropped)
+    );
+
+    let label = |u: usize, b: usize| {
+        let upstream = &config.upstreams[u];
+        format!(
+            "upstream=\"{}\",backend=\"{}\"",
+            upstream.name, upstream.backends[b].address
+        )
+    };
+    let backends: Vec<(usize, usize)> = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .flat_map(|(u, up)| (0..up.backends.len()).map(move |b| (u, b)))
+        .collect();
+    let find = |s: &'_ Snapshot, u: usize, b: usize| {
+        s.backends
+            .iter()
+            .find(|x| x.upstream == u && x.backend == b)
+            .map(|x| (x.healthy, x.ejected, x.in_flight, x.connections, x.outcomes))
+    };
+    help(
+        &mut out,
+        "ringgate_upstream_requests_total",
+        "counter",
+        "Attempts sent to a backend, by how they ended.",
+    );
+    for &(u, b) in &backends {
+        for (i, name) in OUTCOME_NAMES.iter().enumerate() {
+            let n: u64 = snaps
+                .iter()
+                .filter_map(|s| find(s, u, b))
+                .map(|x| x.4[i])
+                .sum();
+            let _ = writeln!(
+                out,
+                "ringgate_upstream_requests_total{{{},outcome=\"{name}\"}} {n}",
+                label(u, b)
+            );
+        }
+    }
+    help(
+        &mut out,
+        "ringgate_backend_healthy",
+        "gauge",
+        "1 when active health checks pass (every worker shares the prober's view).",
+    );
+    for &(u, b) in &backends {
+        let healthy = snaps
+            .first()
+            .and_then(|s| find(s, u, b))
+            .is_none_or(|x| x.0);
+        let _ = writeln!(
+            out,
+            "ringgate_backend_healthy{{{}}} {}",
+            label(u, b),
+            u8::from(healthy)
+        );
+    }
+    help(
+        &mut out,
+        "ringgate_backend_ejected_workers",
+        "gauge",
+        "Workers that have the backend ejected by outlier detection.",
+    );
+    for &(u, b) in &backends {
+        let n = snaps
+            .iter()
+            .filter_map(|s| find(s, u, b))
+            .filter(|x| x.1)
+            .count();
+        let _ = writeln!(
+            out,
+            "ringgate_backend_ejected_workers{{{}}} {n}",
+            label(u, b)
+        );
+    }
+    help(
+        &mut out,
+        "ringgate_backend_in_flight",
+        "gauge",
+        "Requests in flight to the backend.",
+    );
+    for &(u, b) in &backends {
+        let n: u64 = snaps
+            .iter()
+            .filter_map(|s| find(s, u, b))
+            .map(|x| u64::from(x.2))
+            .sum();
+        let _ = writeln!(out, "ringgate_backend_in_flight{{{}}} {n}", label(u, b));
+    }
+    help(
+        &mut out,
+        "ringgate_backend_connections",
+        "gauge",
+        "Upstream connections open to the backend, idle ones included.",
+    );
+    for &(u, b) in &backends {
+        let n: u64 = snaps
+            .iter()
+            .filter_map(|s| find(s, u, b))
+            .map(|x| u64::from(x.3))
+            .sum();
+        let _ = writeln!(out, "ringgate_backend_connections{{{}}} {n}", label(u, b));
+    }
+    out
+}
+
+/// This worker's counters and backend views, as the admin thread sums them.
+pub fn snapshot(worker: &Worker, gossip_dropped: u64) -> Snapshot {
+    let now = Instant::now();
+    let mut s = Snapshot::new(worker.id, &worker.counters);
+    s.open = worker.open_connections() as u64;
+    s.gossip_dropped = gossip_dropped;
+    s.draining = worker.draining.get();
+    for (u, upstream) in worker.upstreams.iter().enumerate() {
+        let view = upstream.view.borrow();
+        for b in 0..view.len() {
+            s.backends.push(BackendSnapshot {
+                upstream: u,
+                backend: b,
+                healthy: view.is_healthy(b),
+                ejected: view.is_ejected(b, now),
+                in_flight: view.in_flight(b),
+                connections: upstream.open_connections(b),
+                outcomes: std::array::from_fn(|i| upstream.outcomes[b][i].get()),
+            });
+        }
+    }
+    s
+}
+
+/// Makes the channel the workers report on: room for a few snapshots each.
+pub fn channel(workers: usize) -> (Sender<Snapshot>, Receiver<Snapshot>) {
+    crossbeam_channel::bounded(workers.max(1) * 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_count_by_class_and_ignore_no_status() {
+        let c = Counters::default();
+        for status in [0, 99, 101, 200, 204, 404, 429, 502, 599] {
+            c.response(status);
+        }
+        let counts: Vec<u64> = c.responses.iter().map(Cell::get).collect();
+        assert_eq!(counts, [0, 1, 2, 0, 2, 2]);
+    }
+}

@@ -1,0 +1,120 @@
+//! The admin endpoint, scraped with the real curl: `/metrics` sums every
+//! worker's counters (Prometheus text format), `/healthz` turns 503 while
+//! the proxy drains so a load balancer takes the node out.
+
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use ringgate_tests::proxy::{curl, run_with_timeout};
+use ringgate_tests::{eventually, free_port, Backend, Behaviour, Client, Proxy, ProxyConfig};
+
+/// (status code, body) of `GET http://127.0.0.1:port/path` by curl.
+fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let out = run_with_timeout(
+        Command::new(curl())
+            .args(["-sS", "--max-time", "2", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}{path}")),
+        Duration::from_secs(5),
+    );
+    if !out.success {
+        return Err(format!("curl: {}", out.stderr));
+    }
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or_default();
+    let code = code
+        .parse()
+        .map_err(|_| format!("curl printed {:?}", out.stdout))?;
+    Ok((code, body.to_owned()))
+}
+
+fn metrics_with(port: u16, lines: &[String]) -> Result<String, String> {
+    let (code, body) = get(port, "/metrics")?;
+    if code == 200 && lines.iter().all(|l| body.lines().any(|b| b == l)) {
+        Ok(body)
+    } else {
+        Err(format!("{code}, want {lines:#?} in:\n{body}"))
+    }
+}
+
+#[test]
+fn metrics_sum_every_worker_and_healthz_turns_503_on_drain() {
+    let backend = Backend::builder("b")
+        .route("/a/slow", Behaviour::Stall(Duration::from_millis(1500)))
+        .start();
+    let admin = free_port();
+    let toml = ProxyConfig::new(backend.addr())
+        .route_prefix("/a")
+        .workers(2)
+        .to_toml()
+        + &format!("\n[admin]\naddress = \"127.0.0.1:{admin}\"\n");
+    let mut proxy = Proxy::start(&toml);
+    // Ten 200s and one 404, each on its own connection so both workers serve.
+    for i in 0..10 {
+        let mut c = Client::connect(proxy.port);
+        assert_eq!(c.get(&format!("/a/{i}")).status, 200);
+    }
+    assert_eq!(Client::connect(proxy.port).get("/nope").status, 404);
+
+    let backend_label = format!("upstream=\"app\",backend=\"{}\"", backend.addr());
+    let want = [
+        "ringgate_responses_total{class=\"2xx\"} 10".to_string(),
+        "ringgate_responses_total{class=\"4xx\"} 1".to_string(),
+        "ringgate_responses_total{class=\"5xx\"} 0".to_string(),
+        // Eleven, plus the connection the harness made to see it listening.
+        "ringgate_connections_accepted_total 12".to_string(),
+        "ringgate_workers_reporting 2".to_string(),
+        format!("ringgate_upstream_requests_total{{{backend_label},outcome=\"success\"}} 10"),
+        format!(
+            "ringgate_upstream_requests_total{{{backend_label},outcome=\"connect_failure\"}} 0"
+        ),
+        format!("ringgate_backend_healthy{{{backend_label}}} 1"),
+    ];
+    let body = eventually(Duration::from_secs(3), || metrics_with(admin, &want))
+        .expect("metrics reflect the traffic");
+    assert!(
+        body.contains("# TYPE ringgate_responses_total counter"),
+        "{body}"
+    );
+    assert_eq!(get(admin, "/healthz"), Ok((200, "ok\n".into())));
+    assert_eq!(get(admin, "/nope").map(|r| r.0), Ok(404));
+
+    let port = proxy.port;
+    let in_flight = thread::spawn(move || Client::connect(port).get("/a/slow").status);
+    eventually(Duration::from_secs(2), || {
+        if backend.targets().iter().any(|t| t == "/a/slow") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .expect("a request in flight");
+    proxy.signal("-TERM");
+    eventually(Duration::from_secs(1), || match get(admin, "/healthz") {
+        Ok((503, body)) if body == "draining\n" => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .expect("/healthz says draining while the request finishes");
+    let gauge = ["ringgate_draining 1".to_string()];
+    eventually(Duration::from_secs(1), || metrics_with(admin, &gauge)).expect("draining gauge");
+    assert_eq!(in_flight.join().expect("client"), 200);
+    let status = proxy.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn an_admin_address_in_use_stops_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let backend = Backend::start("b", Behaviour::Ok);
+    let toml =
+        ProxyConfig::new(backend.addr()).to_toml() + &format!("\n[admin]\naddress = \"{addr}\"\n");
+    let config = ringgate_tests::proxy::write_temp("ringgate-test", "toml", toml.as_bytes());
+    let out = ringgate_tests::proxy::run_ringgate(&["-c".as_ref(), config.as_os_str()]);
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains(&format!("admin.address {addr}: Address already in use")),
+        "{}",
+        out.stderr
+    );
+}
