@@ -306,24 +306,26 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
         sum(&|s| s.gossip_dropped)
     );
 
-    let label = |u: usize, b: usize| {
-        let upstream = &config.upstreams[u];
-        format!(
-            "upstream=\"{}\",backend=\"{}\"",
-            upstream.name, upstream.backends[b].address
-        )
-    };
     let backends: Vec<(usize, usize)> = config
         .upstreams
         .iter()
         .enumerate()
         .flat_map(|(u, up)| (0..up.backends.len()).map(move |b| (u, b)))
         .collect();
-    let find = |s: &'_ Snapshot, u: usize, b: usize| {
-        s.backends
-            .iter()
-            .find(|x| x.upstream == u && x.backend == b)
-            .map(|x| (x.healthy, x.ejected, x.in_flight, x.connections, x.outcomes))
+    // Each worker's entry for backend (u, b).
+    let entries = |u: usize, b: usize| {
+        snaps.iter().filter_map(move |s| {
+            s.backends
+                .iter()
+                .find(|x| x.upstream == u && x.backend == b)
+        })
+    };
+    let label = |u: usize, b: usize| {
+        let upstream = &config.upstreams[u];
+        format!(
+            "upstream=\"{}\",backend=\"{}\"",
+            upstream.name, upstream.backends[b].address
+        )
     };
     help(
         &mut out,
@@ -333,11 +335,7 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
     );
     for &(u, b) in &backends {
         for (i, name) in OUTCOME_NAMES.iter().enumerate() {
-            let n: u64 = snaps
-                .iter()
-                .filter_map(|s| find(s, u, b))
-                .map(|x| x.4[i])
-                .sum();
+            let n: u64 = entries(u, b).map(|x| x.outcomes[i]).sum();
             let _ = writeln!(
                 out,
                 "ringgate_upstream_requests_total{{{},outcome=\"{name}\"}} {n}",
@@ -345,6 +343,24 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
             );
         }
     }
+    type Gauge = fn(&BackendSnapshot) -> u64;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        (
+            "ringgate_backend_ejected_workers",
+            "Workers that have the backend ejected by outlier detection.",
+            |x| u64::from(x.ejected),
+        ),
+        (
+            "ringgate_backend_in_flight",
+            "Requests in flight to the backend.",
+            |x| u64::from(x.in_flight),
+        ),
+        (
+            "ringgate_backend_connections",
+            "Upstream connections open to the backend, idle ones included.",
+            |x| u64::from(x.connections),
+        ),
+    ];
     help(
         &mut out,
         "ringgate_backend_healthy",
@@ -352,10 +368,7 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
         "1 when active health checks pass (every worker shares the prober's view).",
     );
     for &(u, b) in &backends {
-        let healthy = snaps
-            .first()
-            .and_then(|s| find(s, u, b))
-            .is_none_or(|x| x.0);
+        let healthy = entries(u, b).next().is_none_or(|x| x.healthy);
         let _ = writeln!(
             out,
             "ringgate_backend_healthy{{{}}} {}",
@@ -363,51 +376,12 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
             u8::from(healthy)
         );
     }
-    help(
-        &mut out,
-        "ringgate_backend_ejected_workers",
-        "gauge",
-        "Workers that have the backend ejected by outlier detection.",
-    );
-    for &(u, b) in &backends {
-        let n = snaps
-            .iter()
-            .filter_map(|s| find(s, u, b))
-            .filter(|x| x.1)
-            .count();
-        let _ = writeln!(
-            out,
-            "ringgate_backend_ejected_workers{{{}}} {n}",
-            label(u, b)
-        );
-    }
-    help(
-        &mut out,
-        "ringgate_backend_in_flight",
-        "gauge",
-        "Requests in flight to the backend.",
-    );
-    for &(u, b) in &backends {
-        let n: u64 = snaps
-            .iter()
-            .filter_map(|s| find(s, u, b))
-            .map(|x| u64::from(x.2))
-            .sum();
-        let _ = writeln!(out, "ringgate_backend_in_flight{{{}}} {n}", label(u, b));
-    }
-    help(
-        &mut out,
-        "ringgate_backend_connections",
-        "gauge",
-        "Upstream connections open to the backend, idle ones included.",
-    );
-    for &(u, b) in &backends {
-        let n: u64 = snaps
-            .iter()
-            .filter_map(|s| find(s, u, b))
-            .map(|x| u64::from(x.3))
-            .sum();
-        let _ = writeln!(out, "ringgate_backend_connections{{{}}} {n}", label(u, b));
+    for (name, text, value) in gauges {
+        help(&mut out, name, "gauge", text);
+        for &(u, b) in &backends {
+            let n: u64 = entries(u, b).map(value).sum();
+            let _ = writeln!(out, "{name}{{{}}} {n}", label(u, b));
+        }
     }
     out
 }
