@@ -237,24 +237,50 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
         "ringgate_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    help(
-        &mut out,
-        "ringgate_workers_reporting",
-        "gauge",
-        "Workers whose snapshot the admin thread holds.",
-    );
-    let _ = writeln!(out, "ringgate_workers_reporting {}", snaps.len());
-    help(
-        &mut out,
-        "ringgate_draining",
-        "gauge",
-        "1 while a graceful stop is in progress.",
-    );
-    let _ = writeln!(
-        out,
-        "ringgate_draining {}",
-        u8::from(snaps.iter().any(|s| s.draining))
-    );
+    // Node-wide figures without labels: (name, kind, help, value).
+    let draining = u64::from(snaps.iter().any(|s| s.draining));
+    let plain: [(&str, &str, &str, u64); 6] = [
+        (
+            "ringgate_workers_reporting",
+            "gauge",
+            "Workers whose snapshot the admin thread holds.",
+            snaps.len() as u64,
+        ),
+        (
+            "ringgate_draining",
+            "gauge",
+            "1 while a graceful stop is in progress.",
+            draining,
+        ),
+        (
+            "ringgate_connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            sum(&|s| s.accepted),
+        ),
+        (
+            "ringgate_connections_refused_total",
+            "counter",
+            "Client connections closed at accept: worker at max_connections_per_worker.",
+            sum(&|s| s.refused),
+        ),
+        (
+            "ringgate_connections_open",
+            "gauge",
+            "Client connections open.",
+            sum(&|s| s.open),
+        ),
+        (
+            "ringgate_gossip_dropped_total",
+            "counter",
+            "Gossip messages dropped because an inbox was full.",
+            sum(&|s| s.gossip_dropped),
+        ),
+    ];
+    for (name, kind, text, value) in plain {
+        help(&mut out, name, kind, text);
+        let _ = writeln!(out, "{name} {value}");
+    }
     help(
         &mut out,
         "ringgate_responses_total",
@@ -265,47 +291,6 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
         let n = sum(&|s| s.responses[class]);
         let _ = writeln!(out, "ringgate_responses_total{{class=\"{class}xx\"}} {n}");
     }
-    help(
-        &mut out,
-        "ringgate_connections_accepted_total",
-        "counter",
-        "Client connections accepted.",
-    );
-    let _ = writeln!(
-        out,
-        "ringgate_connections_accepted_total {}",
-        sum(&|s| s.accepted)
-    );
-    help(
-        &mut out,
-        "ringgate_connections_refused_total",
-        "counter",
-        "Client connections closed at accept: worker at max_connections_per_worker.",
-    );
-    let _ = writeln!(
-        out,
-        "ringgate_connections_refused_total {}",
-        sum(&|s| s.refused)
-    );
-    help(
-        &mut out,
-        "ringgate_connections_open",
-        "gauge",
-        "Client connections open.",
-    );
-    let _ = writeln!(out, "ringgate_connections_open {}", sum(&|s| s.open));
-    help(
-        &mut out,
-        "ringgate_gossip_dropped_total",
-        "counter",
-        "Gossip messages dropped because an inbox was full.",
-    );
-    let _ = writeln!(
-        out,
-        "ringgate_gossip_dropped_total {}",
-        sum(&|s| s.gossip_dropped)
-    );
-
     let backends: Vec<(usize, usize)> = config
         .upstreams
         .iter()
