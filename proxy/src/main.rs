@@ -13,13 +13,13 @@ mod stop;
 mod upstream;
 mod worker;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::stop::StopFlag;
+use crate::stop::{Control, StopFlag};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         },
         (Some(Command::Demo(args)), _) => demo::run(args),
         (None, Some(path)) => match ringgate_config::load(&path) {
-            Ok(config) => serve(config),
+            Ok(config) => serve(&path, config),
             Err(errors) => {
                 eprintln!("{errors}");
                 ExitCode::from(2)
@@ -77,47 +77,135 @@ fn main() -> ExitCode {
     }
 }
 
-/// Binds, starts the workers and blocks while they run; a stop signal
-/// drains them (see `stop::watch_signals`) and the process exits 0.
-pub fn serve(config: ringgate_config::Config) -> ExitCode {
-    let stop = StopFlag::default();
-    if let Err(e) = stop::watch_signals(stop.clone(), config.server.drain_timeout) {
+/// Runs generations of workers until a stop signal: the first from
+/// `config`; each SIGHUP that finds a valid file at `path` starts the next
+/// on the same sockets and drains the previous one.
+pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
+    let (control_tx, control) = crossbeam_channel::unbounded();
+    if let Err(e) = stop::watch_signals(control_tx) {
         eprintln!("ringgate: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    match start(config, stop) {
-        Ok(handles) => {
-            for handle in handles {
-                let _ = handle.join();
-            }
-            eprintln!("ringgate: stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ringgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Binds every listener and spawns the workers; returns their threads.
-pub fn start(
-    config: ringgate_config::Config,
-    stop: StopFlag,
-) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
-    let config = Arc::new(config);
-    let (count, cores) = worker::plan(config.server.workers);
-    let (mut listeners, bound) = worker::bind_all(&config, count)?;
-    let driver = worker::choose_driver();
-    let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
+    // Set on a stop (not on a reload): /healthz turns 503.
+    let stopping = StopFlag::default();
     let metrics_tx = match config.admin {
         None => None,
         Some(admin) => {
-            let (tx, rx) = metrics::channel(count);
-            metrics::spawn_admin(admin.address, config.clone(), count, rx, stop.clone())?;
+            let (tx, rx) = metrics::channel();
+            if let Err(e) = metrics::spawn_admin(admin.address, rx, stopping.clone()) {
+                eprintln!("ringgate: {e}");
+                return ExitCode::FAILURE;
+            }
             Some(tx)
         }
     };
+    let admin = config.admin;
+    let mut current = match start(config, StopFlag::default(), metrics_tx.clone(), &[], 0) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("ringgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut draining: Vec<Generation> = Vec::new();
+    for request in control.iter() {
+        draining.retain_mut(|g| !g.finished());
+        match request {
+            Control::Stop(signal) => {
+                stopping.request();
+                eprintln!(
+                    "ringgate: {signal}: draining (closing listeners, up to {})",
+                    humantime::format_duration(current.config.server.drain_timeout)
+                );
+                current.drain.request();
+                // The workers close their sockets as they drain; these
+                // duplicates must go too, or the port keeps queueing
+                // connections nobody will accept.
+                current.sockets.clear();
+                break;
+            }
+            Control::Reload => {
+                let config = match ringgate_config::load(path) {
+                    Ok(config) => config,
+                    Err(errors) => {
+                        eprintln!(
+                            "ringgate: SIGHUP: not reloaded, the running config stays:\n{errors}"
+                        );
+                        continue;
+                    }
+                };
+                if config.admin != admin {
+                    eprintln!("ringgate: SIGHUP: [admin] changes take effect at the next restart");
+                }
+                let generation = current.generation + 1;
+                match start(
+                    config,
+                    StopFlag::default(),
+                    metrics_tx.clone(),
+                    &current.sockets,
+                    generation,
+                ) {
+                    Ok(next) => {
+                        let mut previous = std::mem::replace(&mut current, next);
+                        previous.drain.request();
+                        // The new generation holds its own duplicates.
+                        previous.sockets.clear();
+                        eprintln!(
+                            "ringgate: SIGHUP: reloaded {} (generation {generation}); the previous workers drain, up to {}",
+                            path.display(),
+                            humantime::format_duration(previous.config.server.drain_timeout)
+                        );
+                        draining.push(previous);
+                    }
+                    Err(e) => {
+                        eprintln!("ringgate: SIGHUP: not reloaded ({e}); the running config stays")
+                    }
+                }
+            }
+        }
+    }
+    for generation in draining.into_iter().chain([current]) {
+        for handle in generation.handles {
+            let _ = handle.join();
+        }
+    }
+    eprintln!("ringgate: stopped");
+    ExitCode::SUCCESS
+}
+
+/// One set of workers started from one config.
+pub struct Generation {
+    pub config: Arc<ringgate_config::Config>,
+    generation: u64,
+    /// Asks these workers to drain.
+    pub drain: StopFlag,
+    pub handles: Vec<std::thread::JoinHandle<()>>,
+    /// Duplicates of the workers' listening sockets: the next generation
+    /// accepts on the same sockets, so a reload loses no queued connection.
+    sockets: Vec<worker::InheritedListener>,
+}
+
+impl Generation {
+    fn finished(&mut self) -> bool {
+        self.handles.retain(|h| !h.is_finished());
+        self.handles.is_empty()
+    }
+}
+
+/// Binds every listener (or takes it over from `inherit`) and spawns the
+/// workers.
+pub fn start(
+    config: ringgate_config::Config,
+    drain: StopFlag,
+    metrics_tx: Option<metrics::SnapshotTx>,
+    inherit: &[worker::InheritedListener],
+    generation: u64,
+) -> std::io::Result<Generation> {
+    let config = Arc::new(config);
+    let (count, cores) = worker::plan(config.server.workers);
+    let (mut listeners, bound, sockets) = worker::bind_all(&config, count, inherit)?;
+    let driver = worker::choose_driver();
+    let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
     let log_file = match &config.access_log {
         None => None,
         Some(log) => Some(
@@ -145,7 +233,7 @@ pub fn start(
             None
         };
         let config = config.clone();
-        let stop = stop.clone();
+        let stop = drain.clone();
         // One open file description shared by every worker: O_APPEND makes
         // each worker's write land whole at the end.
         let log_file = log_file
@@ -157,6 +245,7 @@ pub fn start(
             stop,
             log_file,
             metrics_tx: metrics_tx.clone(),
+            generation,
         };
         handles.push(
             std::thread::Builder::new()
@@ -179,5 +268,11 @@ pub fn start(
         },
         addrs.join(", ")
     );
-    Ok(handles)
+    Ok(Generation {
+        config,
+        generation,
+        drain,
+        handles,
+        sockets,
+    })
 }

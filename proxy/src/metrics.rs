@@ -7,14 +7,13 @@
 //! most `SNAPSHOT_TICKS` gossip intervals.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use ringgate_config::Config;
 use ringgate_core::backend_view::Outcome;
 
 use crate::stop::StopFlag;
@@ -84,6 +83,9 @@ impl Counters {
 /// What a worker reports.
 pub struct Snapshot {
     pub worker: usize,
+    /// Config generation of the worker: after a reload the newer one's
+    /// snapshot replaces the older one's for the same worker id.
+    pub generation: u64,
     pub responses: [u64; 6],
     pub accepted: u64,
     pub refused: u64,
@@ -97,6 +99,7 @@ impl Snapshot {
     pub fn new(worker: usize, counters: &Counters) -> Snapshot {
         Snapshot {
             worker,
+            generation: 0,
             responses: std::array::from_fn(|i| counters.responses[i].get()),
             accepted: counters.accepted.get(),
             refused: counters.refused.get(),
@@ -109,8 +112,9 @@ impl Snapshot {
 }
 
 pub struct BackendSnapshot {
-    pub upstream: usize,
-    pub backend: usize,
+    /// Labels, by name and address: indices change with a reload.
+    pub upstream: String,
+    pub backend: SocketAddr,
     pub healthy: bool,
     pub ejected: bool,
     pub in_flight: u32,
@@ -122,10 +126,8 @@ pub struct BackendSnapshot {
 /// the admin thread.
 pub fn spawn_admin(
     address: SocketAddr,
-    config: Arc<Config>,
-    workers: usize,
     snapshots: Receiver<Snapshot>,
-    stop: StopFlag,
+    stopping: StopFlag,
 ) -> io::Result<()> {
     let listener = TcpListener::bind(address)
         .map_err(|e| io::Error::new(e.kind(), format!("admin.address {address}: {e}")))?;
@@ -133,12 +135,16 @@ pub fn spawn_admin(
     std::thread::Builder::new()
         .name("ringgate-admin".into())
         .spawn(move || {
-            let mut latest: Vec<Option<Snapshot>> = (0..workers).map(|_| None).collect();
+            // The newest snapshot of each worker id.
+            let mut latest: BTreeMap<usize, Snapshot> = BTreeMap::new();
             loop {
                 match snapshots.recv_timeout(ADMIN_POLL) {
                     Ok(s) => {
-                        if let Some(slot) = latest.get_mut(s.worker) {
-                            *slot = Some(s);
+                        let newer = latest
+                            .get(&s.worker)
+                            .is_none_or(|old| s.generation >= old.generation);
+                        if newer {
+                            latest.insert(s.worker, s);
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
@@ -146,7 +152,8 @@ pub fn spawn_admin(
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
                 while let Ok((stream, _)) = listener.accept() {
-                    let _ = answer(stream, &config, &latest, &stop);
+                    let snaps: Vec<&Snapshot> = latest.values().collect();
+                    let _ = answer(stream, &snaps, &stopping);
                 }
             }
         })?;
@@ -154,12 +161,7 @@ pub fn spawn_admin(
 }
 
 /// One request per connection: `GET /metrics`, `GET /healthz`, else 404.
-fn answer(
-    mut stream: TcpStream,
-    config: &Config,
-    latest: &[Option<Snapshot>],
-    stop: &StopFlag,
-) -> io::Result<()> {
+fn answer(mut stream: TcpStream, snaps: &[&Snapshot], stop: &StopFlag) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
     stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
@@ -190,7 +192,7 @@ fn answer(
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     match (method, path) {
         (b"GET", b"/metrics") => {
-            let body = render(config, latest);
+            let body = render(snaps);
             respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
         }
         (b"GET", b"/healthz") if stop.requested() => {
@@ -219,8 +221,7 @@ fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) 
 }
 
 /// The Prometheus text exposition of the sum of the workers' snapshots.
-pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
-    let snaps: Vec<&Snapshot> = latest.iter().flatten().collect();
+pub fn render(snaps: &[&Snapshot]) -> String {
     let sum = |f: &dyn Fn(&Snapshot) -> u64| snaps.iter().map(|s| f(s)).sum::<u64>();
     let mut out = String::with_capacity(4096);
     let help = |out: &mut String, name: &str, kind: &str, text: &str| {
@@ -291,27 +292,22 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
         let n = sum(&|s| s.responses[class]);
         let _ = writeln!(out, "ringgate_responses_total{{class=\"{class}xx\"}} {n}");
     }
-    let backends: Vec<(usize, usize)> = config
-        .upstreams
+    // Every backend any worker reported, labelled by name and address.
+    let mut backends: Vec<(&str, SocketAddr)> = snaps
         .iter()
-        .enumerate()
-        .flat_map(|(u, up)| (0..up.backends.len()).map(move |b| (u, b)))
+        .flat_map(|s| s.backends.iter().map(|x| (x.upstream.as_str(), x.backend)))
         .collect();
-    // Each worker's entry for backend (u, b).
-    let entries = |u: usize, b: usize| {
+    backends.sort();
+    backends.dedup();
+    let entries = |u: &str, b: SocketAddr| {
+        let u = u.to_owned();
         snaps.iter().filter_map(move |s| {
             s.backends
                 .iter()
                 .find(|x| x.upstream == u && x.backend == b)
         })
     };
-    let label = |u: usize, b: usize| {
-        let upstream = &config.upstreams[u];
-        format!(
-            "upstream=\"{}\",backend=\"{}\"",
-            upstream.name, upstream.backends[b].address
-        )
-    };
+    let label = |u: &str, b: SocketAddr| format!("upstream=\"{u}\",backend=\"{b}\"");
     help(
         &mut out,
         "ringgate_upstream_requests_total",
@@ -375,15 +371,16 @@ pub fn render(config: &Config, latest: &[Option<Snapshot>]) -> String {
 pub fn snapshot(worker: &Worker, gossip_dropped: u64) -> Snapshot {
     let now = Instant::now();
     let mut s = Snapshot::new(worker.id, &worker.counters);
+    s.generation = worker.generation;
     s.open = worker.open_connections() as u64;
     s.gossip_dropped = gossip_dropped;
     s.draining = worker.draining.get();
-    for (u, upstream) in worker.upstreams.iter().enumerate() {
+    for upstream in &worker.upstreams {
         let view = upstream.view.borrow();
         for b in 0..view.len() {
             s.backends.push(BackendSnapshot {
-                upstream: u,
-                backend: b,
+                upstream: upstream.config.name.clone(),
+                backend: upstream.backend_addr(b),
                 healthy: view.is_healthy(b),
                 ejected: view.is_ejected(b, now),
                 in_flight: view.in_flight(b),
@@ -395,9 +392,13 @@ pub fn snapshot(worker: &Worker, gossip_dropped: u64) -> Snapshot {
     s
 }
 
-/// Makes the channel the workers report on: room for a few snapshots each.
-pub fn channel(workers: usize) -> (Sender<Snapshot>, Receiver<Snapshot>) {
-    crossbeam_channel::bounded(workers.max(1) * 4)
+/// Snapshots the admin thread may fall behind by before workers' sends are
+/// dropped: a few per worker of a large node.
+const SNAPSHOT_QUEUE: usize = 1024;
+
+/// Makes the channel the workers report on.
+pub fn channel() -> (Sender<Snapshot>, Receiver<Snapshot>) {
+    crossbeam_channel::bounded(SNAPSHOT_QUEUE)
 }
 
 #[cfg(test)]

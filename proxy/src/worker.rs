@@ -64,6 +64,8 @@ pub struct Worker {
     conns: RefCell<Slab<Rc<ConnControl>>>,
     pub access_log: Option<AccessLog>,
     pub counters: Counters,
+    /// The config generation this worker runs.
+    pub generation: u64,
 }
 
 /// What a worker gets from the process besides its sockets and its mesh.
@@ -74,6 +76,8 @@ pub struct Shared {
     pub log_file: Option<std::fs::File>,
     /// To the admin thread, when `[admin]` is set; used by the gossip ticker.
     pub metrics_tx: Option<SnapshotTx>,
+    /// Which config generation this worker runs (a reload starts the next).
+    pub generation: u64,
 }
 
 impl Worker {
@@ -146,6 +150,7 @@ impl Worker {
                 .zip(config.access_log.as_ref())
                 .map(|(file, log)| AccessLog::new(file, log.buffer)),
             counters: Counters::default(),
+            generation: 0,
             config,
         }
     }
@@ -211,30 +216,71 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A listener's sockets (one per worker, duplicated file descriptors) kept
+/// by the main thread for the next generation, by configured address.
+pub struct InheritedListener {
+    pub configured: SocketAddr,
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
+/// Each worker's listening sockets (indexed like `config.listeners`), the
+/// address each listener is bound to, and duplicates for the next
+/// generation.
+type Bound = (
+    Vec<Vec<std::net::TcpListener>>,
+    Vec<SocketAddr>,
+    Vec<InheritedListener>,
+);
+
 /// Binds every listener once per worker. Port 0 resolves on the first bind
-/// and the other workers join that port.
+/// and the other workers join that port. A listener whose address was
+/// already listened on by the previous generation (`inherit`) takes over
+/// those sockets: the accept queues carry over, so a reload refuses and
+/// loses nothing.
 pub fn bind_all(
     config: &Config,
     workers: usize,
-) -> io::Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>)> {
+    inherit: &[InheritedListener],
+) -> io::Result<Bound> {
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut keep = Vec::new();
     for listener in &config.listeners {
-        let first = bind(listener.address, config.server.backlog).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("listener {} on {}: {e}", listener.name, listener.address),
-            )
-        })?;
-        let addr = first.local_addr()?;
-        bound.push(addr);
-        per_worker[0].push(first);
-        for sockets in per_worker.iter_mut().skip(1) {
-            sockets.push(bind(addr, config.server.backlog)?);
+        let old = inherit
+            .iter()
+            .find(|l| l.configured == listener.address)
+            .map(|l| &l.sockets[..])
+            .unwrap_or_default();
+        let mut sockets = Vec::with_capacity(workers);
+        let mut addr = None;
+        for w in 0..workers {
+            let socket = match (old.get(w), addr) {
+                (Some(s), _) => s.try_clone()?,
+                (None, Some(a)) => bind(a, config.server.backlog)?,
+                (None, None) => bind(listener.address, config.server.backlog).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("listener {} on {}: {e}", listener.name, listener.address),
+                    )
+                })?,
+            };
+            addr.get_or_insert(socket.local_addr()?);
+            sockets.push(socket);
+        }
+        bound.push(addr.unwrap_or(listener.address));
+        keep.push(InheritedListener {
+            configured: listener.address,
+            sockets: sockets
+                .iter()
+                .map(|s| s.try_clone())
+                .collect::<io::Result<_>>()?,
+        });
+        for (w, socket) in sockets.into_iter().enumerate() {
+            per_worker[w].push(socket);
         }
     }
-    Ok((per_worker, bound))
+    Ok((per_worker, bound, keep))
 }
 
 /// The I/O driver every worker starts with.
@@ -330,9 +376,12 @@ async fn worker_main(
         stop,
         log_file,
         metrics_tx,
+        generation,
     } = shared;
     let workers = mesh.workers();
-    let worker = Rc::new(Worker::new(id, workers, config, log_file));
+    let mut worker = Worker::new(id, workers, config, log_file);
+    worker.generation = generation;
+    let worker = Rc::new(worker);
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {
         if upstream.health_check.is_some() {
@@ -381,11 +430,11 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
         }
         let cancel = worker.accept_canceller.borrow().handle();
         let accepted = listener.cancelable_accept(cancel).await;
-        if worker.draining.get() {
-            // Dropping the listener closes this worker's socket on the port;
-            // a connection accepted in the race is closed with it.
-            return;
-        }
+        // Read before serving what was accepted: a connection accepted as
+        // the drain began is still served (after a reload the next
+        // generation takes the rest), then the loop ends and dropping the
+        // listener closes this worker's socket.
+        let draining = worker.draining.get();
         match accepted {
             Ok((stream, peer)) => {
                 if worker.connections.get() >= max {
@@ -412,10 +461,15 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     drop(slot);
                 });
             }
+            // The accept the drain cancelled.
+            Err(_) if draining => {}
             Err(e) => {
                 eprintln!("ringgate: worker {}: accept: {e}", worker.id);
                 monoio::time::sleep(ACCEPT_BACKOFF).await;
             }
+        }
+        if draining {
+            return;
         }
     }
 }

@@ -1,0 +1,122 @@
+//! Hot reload: SIGHUP reads the config file again. A valid file starts a new
+//! generation of workers on the same listening sockets and drains the old
+//! one, so no connection is refused and requests in flight finish; an
+//! invalid file changes nothing and says why.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ringgate_tests::{eventually, Backend, Behaviour, Client, Proxy, ProxyConfig};
+
+/// One GET on a new connection: the backend that answered, or the error.
+fn served_by(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut c = Client::try_connect(addr).map_err(|e| format!("connect: {e}"))?;
+    c.try_send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let r = c.read_final().map_err(|e| format!("read: {e}"))?;
+    if r.status != 200 {
+        return Err(format!("status {}", r.status));
+    }
+    r.header("x-backend").ok_or_else(|| "no x-backend".into())
+}
+
+#[test]
+fn sighup_switches_config_without_refusing_a_connection_or_cutting_a_request() {
+    let a = Backend::builder("a")
+        .route("/slow", Behaviour::Stall(Duration::from_millis(1200)))
+        .start();
+    let b = Backend::start("b", Behaviour::Ok);
+    let old = ProxyConfig::new(a.addr()).workers(2);
+    let mut new = ProxyConfig::new(b.addr()).workers(2);
+    new.port = old.port;
+    let mut proxy = Proxy::start(&old.to_toml());
+    let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    assert_eq!(served_by(addr, "/before"), Ok("a".into()));
+
+    let in_flight = thread::spawn(move || served_by(addr, "/slow"));
+    eventually(Duration::from_secs(2), || {
+        if a.targets().iter().any(|t| t == "/slow") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .expect("a request in flight on the old generation");
+    // New connections, one request each, all through the reload.
+    let done = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut results = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                results.push(served_by(addr, "/h"));
+            }
+            results
+        })
+    };
+    thread::sleep(Duration::from_millis(100));
+
+    std::fs::write(&proxy.config_path, new.to_toml()).expect("write the new config");
+    proxy.signal("-HUP");
+    eventually(Duration::from_secs(3), || match served_by(addr, "/after") {
+        Ok(backend) if backend == "b" => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .expect("new connections reach the new config's backend");
+    thread::sleep(Duration::from_millis(200));
+    done.store(true, Ordering::SeqCst);
+    let results = hammer.join().expect("hammer");
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests across the reload failed: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    assert!(results.len() > 20, "only {} requests", results.len());
+    assert_eq!(
+        in_flight.join().expect("client"),
+        Ok("a".into()),
+        "the old generation finishes its request"
+    );
+    let log = proxy.stderr();
+    assert!(log.contains("SIGHUP: reloaded"), "{log}");
+    assert!(log.contains("(generation 1)"), "{log}");
+    assert!(proxy.is_running());
+    assert_eq!(served_by(addr, "/still"), Ok("b".into()));
+}
+
+#[test]
+fn an_invalid_config_on_sighup_changes_nothing() {
+    let backend = Backend::start("a", Behaviour::Ok);
+    let mut proxy = ProxyConfig::new(backend.addr()).start();
+    let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    let good = std::fs::read_to_string(&proxy.config_path).expect("config");
+    std::fs::write(
+        &proxy.config_path,
+        good.replace("workers = 1", "workers = 1\nbogus = 3"),
+    )
+    .expect("write");
+    proxy.signal("-HUP");
+    eventually(Duration::from_secs(2), || {
+        let log = proxy.stderr();
+        if log.contains("not reloaded") {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    })
+    .map(|log| {
+        assert!(log.contains("unknown field `bogus`"), "{log}");
+        assert!(
+            log.contains(":3:1"),
+            "the error names line and column: {log}"
+        );
+    })
+    .expect("the failed reload is logged");
+    assert!(proxy.is_running());
+    assert_eq!(served_by(addr, "/x"), Ok("a".into()));
+}
