@@ -1,4 +1,5 @@
-//! The command line: `ringgate -c FILE`, `--config FILE`, `check`, `--version`.
+//! The command line: `ringgate -c FILE`, `--config FILE`, `check`, `--version`,
+//! `demo`.
 
 use std::ffi::OsStr;
 
@@ -89,4 +90,35 @@ fn version_flag_prints_the_version() {
         "--version printed {:?}, expected it to contain {version}",
         out.stdout
     );
+}
+
+/// README's first command, shortened: embedded backends, the proxy and a
+/// load run, ending with the latency table and no errors.
+#[test]
+fn demo_runs_and_prints_the_latency_table() {
+    let out = run_ringgate(&[
+        "demo".as_ref(),
+        "--duration".as_ref(),
+        "1s".as_ref(),
+        "--workers".as_ref(),
+        "1".as_ref(),
+        "--connections".as_ref(),
+        "4".as_ref(),
+    ]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.success, "{text}");
+    assert!(
+        text.contains("| requests | errors | req/s | p50 |"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .skip_while(|l| !l.starts_with("|---"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no table row in {text}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let requests: u64 = cells[1].parse().unwrap_or_else(|_| panic!("{row}"));
+    assert!(requests > 100, "{row}");
+    assert_eq!(cells[2], "0", "errors: {row}");
+    assert!(text.contains("(round robin)"), "{text}");
 }
