@@ -1,5 +1,6 @@
 //! ringgate: the binary. Parses the command line and the config, binds the
-//! listeners, starts one pinned worker per core and waits for them.
+//! listeners, starts one pinned worker per core and waits for them; turns
+//! SIGHUP into a new generation of workers and SIGTERM into a drain.
 //! The request path lives in `conn`; everything runtime-free in ringgate-core.
 
 mod access_log;
