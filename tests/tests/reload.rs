@@ -77,7 +77,10 @@ fn sighup_switches_config_without_refusing_a_connection_or_cutting_a_request() {
         results.len()
     );
     assert!(results.len() > 20, "only {} requests", results.len());
-    eprintln!("{} new connections across the reload, none failed", results.len());
+    eprintln!(
+        "{} new connections across the reload, none failed",
+        results.len()
+    );
     assert_eq!(
         in_flight.join().expect("client"),
         Ok("a".into()),
