@@ -146,6 +146,7 @@ fn routes(n: usize) -> Vec<RouteSpec> {
             host: Some(format!("tenant{i}.example.com")),
             path_prefix: if i % 2 == 0 { "/api/" } else { "/" }.to_owned(),
             methods: Vec::new(),
+            headers: Vec::new(),
             target: i,
         })
         .collect();
@@ -153,12 +154,14 @@ fn routes(n: usize) -> Vec<RouteSpec> {
         host: Some("*.example.com".to_owned()),
         path_prefix: "/".to_owned(),
         methods: Vec::new(),
+        headers: Vec::new(),
         target: n - 2,
     });
     specs.push(RouteSpec {
         host: None,
         path_prefix: "/".to_owned(),
         methods: Vec::new(),
+        headers: Vec::new(),
         target: n - 1,
     });
     specs

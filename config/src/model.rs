@@ -170,6 +170,9 @@ pub struct Route {
     pub path_prefix: String,
     /// Uppercase method tokens; empty means any method.
     pub methods: Vec<String>,
+    /// Header fields the request must carry with exactly these values
+    /// (lowercase names, sorted); empty means no header condition.
+    pub headers: Vec<(String, String)>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// `None`: not rate limited.

@@ -95,6 +95,7 @@ pub(crate) struct RawMatch {
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
     pub methods: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -126,6 +126,17 @@ fn full_example_sets_every_key() {
     assert_eq!(c.routes[0].methods, ["GET", "POST"]);
     assert_eq!(c.routes[1].upstream, 1);
     assert_eq!(c.routes[2].listener, 1);
+    assert_eq!(
+        c.routes[4].headers,
+        [("x-canary".to_owned(), "1".to_owned())]
+    );
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.admin.map(|a| a.address), Some(addr("127.0.0.1:9901")));
+    let log = c.access_log.as_ref().expect("access_log");
+    assert_eq!(
+        (log.path.to_str(), log.buffer),
+        (Some("/var/log/ringgate/access.log"), 64 * 1024)
+    );
     assert_eq!(c.upstreams[0].backends[0].weight, 3);
     assert_eq!(c.server.gossip_interval, Duration::from_millis(10));
     assert_eq!(c.server.gossip_inbox, 1024);
@@ -145,8 +156,13 @@ fn full_example_sets_every_key() {
     assert!(retries.on.timeout && retries.on.status_5xx);
     let cb = api.circuit_breaker.expect("circuit_breaker");
     assert_eq!(
-        (cb.max_pending, cb.consecutive_failures, cb.open_for),
-        (1024, 5, Duration::from_secs(10))
+        (
+            cb.max_pending,
+            cb.max_connections,
+            cb.consecutive_failures,
+            cb.open_for
+        ),
+        (1024, 1024, 5, Duration::from_secs(10))
     );
     let sticky = &c.upstreams[2];
     assert_eq!(sticky.balance, Balance::MaglevHash);
@@ -1248,6 +1264,54 @@ fn admin_address_is_parsed_and_must_not_be_a_listeners() {
         "admin.address",
         "already used by the listener",
     );
+}
+
+#[test]
+fn match_headers_are_lowercased_sorted_and_checked() {
+    let two_routes = |a: &str, b: &str| {
+        format!(
+            "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\n\n\
+             [[routes]]\nlistener = \"web\"\nupstream = \"api\"\n{a}\n\n\
+             [[routes]]\nlistener = \"web\"\nupstream = \"api\"\n{b}\n\n\
+             [[upstreams]]\nname = \"api\"\nbackends = [{{ address = \"127.0.0.1:9000\" }}]\n"
+        )
+    };
+    let c = ok(&two_routes(
+        "",
+        "match = { headers = { X-Tier = \"gold\", x-canary = \"1\" } }",
+    ));
+    assert!(c.routes[0].headers.is_empty());
+    assert_eq!(
+        c.routes[1].headers,
+        [
+            ("x-canary".to_owned(), "1".to_owned()),
+            ("x-tier".to_owned(), "gold".to_owned())
+        ]
+    );
+    // Same path, same headers: ambiguous.
+    let text = two_routes(
+        "match = { headers = { x-a = \"1\" } }",
+        "match = { headers = { X-A = \"1\" } }",
+    );
+    assert!(
+        errors(&text).iter().any(|e| e.key == "routes[1]"),
+        "{:?}",
+        errors(&text)
+    );
+    for (bad, fragment) in [
+        ("\"bad name\" = \"1\"", "not a valid header name"),
+        ("host = \"a\"", "match.host"),
+        ("x-a = \" 1\"", "surrounding whitespace"),
+        ("x-a = \"1\", X-A = \"2\"", "listed twice"),
+    ] {
+        let text = two_routes("", &format!("match = {{ headers = {{ {bad} }} }}"));
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|e| e.key == "routes[1].match.headers" && e.message.contains(fragment)),
+            "{bad}: {e:?}"
+        );
+    }
 }
 
 #[test]

@@ -14,8 +14,9 @@ use crate::error::{line_column, ConfigError, ConfigErrors, Source};
 use crate::model::*;
 use crate::raw::*;
 
-/// (listener, host, path_prefix): routes sharing one may only differ by methods.
-type MatchKey = (usize, Option<String>, String);
+/// (listener, host, path_prefix, headers): routes sharing one may only
+/// differ by methods.
+type MatchKey = (usize, Option<String>, String, Vec<(String, String)>);
 
 struct Checker<'a> {
     src: &'a Source<'a>,
@@ -276,7 +277,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             &upstream_index,
             "upstream",
         );
-        let (host, path_prefix, methods) = route_match(&mut c, i, r.matcher.as_ref());
+        let (host, path_prefix, methods, headers) = route_match(&mut c, i, r.matcher.as_ref());
         let rate_limit = r
             .rate_limit
             .as_ref()
@@ -285,14 +286,14 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             continue;
         };
         let earlier = seen_matches
-            .entry((listener, host.clone(), path_prefix.clone()))
+            .entry((listener, host.clone(), path_prefix.clone(), headers.clone()))
             .or_default();
         let overlaps = |other: &Vec<String>| {
             (other.is_empty() && methods.is_empty()) || other.iter().any(|m| methods.contains(m))
         };
         if let Some((j, _)) = earlier.iter().find(|(_, m)| overlaps(m)) {
             let message = format!(
-                "matches the same requests as routes[{j}] (same listener, host and path_prefix, overlapping methods); routing would be ambiguous"
+                "matches the same requests as routes[{j}] (same listener, host, path_prefix and headers, overlapping methods); routing would be ambiguous"
             );
             c.err(r.listener.span(), format!("routes[{i}]"), message);
         }
@@ -302,6 +303,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             host,
             path_prefix,
             methods,
+            headers,
             upstream,
             rate_limit,
         });
@@ -928,14 +930,13 @@ fn circuit_breaker(c: &mut Checker<'_>, key: &str, raw: &RawCircuitBreaker) -> C
     }
 }
 
-fn route_match(
-    c: &mut Checker<'_>,
-    i: usize,
-    raw: Option<&RawMatch>,
-) -> (Option<String>, String, Vec<String>) {
+/// Host, path prefix, methods and header conditions of a route's `match`.
+type Match = (Option<String>, String, Vec<String>, Vec<(String, String)>);
+
+fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
     let key = format!("routes[{i}].match");
     let Some(raw) = raw else {
-        return (None, "/".to_owned(), Vec::new());
+        return (None, "/".to_owned(), Vec::new(), Vec::new());
     };
 
     let host = raw.host.as_ref().and_then(|h| {
@@ -998,7 +999,36 @@ fn route_match(
             methods.push(text.clone());
         }
     }
-    (host, path_prefix, methods)
+
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if let Some(table) = &raw.headers {
+        for (name, value) in table.get_ref() {
+            let lower = name.to_ascii_lowercase();
+            let why = if name.is_empty() || !name.bytes().all(is_tchar) {
+                Some(format!(
+                    "{name:?} is not a valid header name (RFC 9110 §5.1)"
+                ))
+            } else if lower == "host" {
+                Some("match the host with match.host, which normalises it".to_owned())
+            } else if value.trim() != value || value.bytes().any(|b| b.is_ascii_control()) {
+                Some(format!(
+                    "the value for {name:?} must have no surrounding whitespace or control characters"
+                ))
+            } else if headers.iter().any(|(n, _)| *n == lower) {
+                Some(format!(
+                    "{name:?} is listed twice (names are case-insensitive)"
+                ))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => c.err(table.span(), format!("{key}.headers"), why),
+                None => headers.push((lower, value.clone())),
+            }
+        }
+    }
+    headers.sort();
+    (host, path_prefix, methods, headers)
 }
 
 /// RFC 9110 §5.6.2 tchar.

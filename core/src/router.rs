@@ -1,5 +1,5 @@
-//! Request routing: picks a route's target from the Host header, the path and
-//! the method.
+//! Request routing: picks a route's target from the Host header, the path,
+//! the method and, where a route asks for them, header values.
 //!
 //! Owns the route table, built once per config snapshot by [`Router::new`]
 //! and indexed by host; [`Router::find`] runs on every request and allocates
@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 
+use crate::http::header_value;
+
 /// One route as the config describes it.
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
@@ -26,6 +28,9 @@ pub struct RouteSpec {
     /// Methods accepted, compared case-sensitively (RFC 9110 §9.1); empty
     /// accepts any method.
     pub methods: Vec<String>,
+    /// Header fields the request must carry with exactly these values (name
+    /// case-insensitive, the first field of that name counts); empty: none.
+    pub headers: Vec<(String, String)>,
     /// What the route leads to (an upstream index, for the proxy).
     pub target: usize,
 }
@@ -84,7 +89,26 @@ struct Route {
     host: HostMatch,
     path_prefix: Box<[u8]>,
     methods: Box<[Box<[u8]>]>,
+    headers: Box<[HeaderCondition]>,
     target: usize,
+}
+
+/// A header the request must carry with exactly this value.
+#[derive(Debug, Clone)]
+struct HeaderCondition {
+    name: Box<[u8]>,
+    value: Box<[u8]>,
+}
+
+impl Route {
+    fn takes(&self, path: &[u8], method: &[u8], head: &[u8]) -> bool {
+        path.starts_with(&self.path_prefix)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| **m == *method))
+            && self
+                .headers
+                .iter()
+                .all(|h| header_value(head, &h.name) == Some(&h.value[..]))
+    }
 }
 
 /// The route table, sorted most specific first so the first match wins, and
@@ -109,8 +133,9 @@ impl Router {
     /// 1. host class: exact host, then wildcards (longer suffix first), then
     ///    host-less routes;
     /// 2. within a class, the longest path prefix;
-    /// 3. a route listing methods before one accepting any method;
-    /// 4. the order given, for routes equal on all of the above.
+    /// 3. a route with more header conditions before one with fewer;
+    /// 4. a route listing methods before one accepting any method;
+    /// 5. the order given, for routes equal on all of the above.
     ///
     /// A request that matches a class's host but none of its paths or methods
     /// falls through to the next, less specific class.
@@ -125,14 +150,23 @@ impl Router {
                     .into_iter()
                     .map(|m| m.into_bytes().into())
                     .collect(),
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| HeaderCondition {
+                        name: name.into_bytes().into(),
+                        value: value.into_bytes().into(),
+                    })
+                    .collect(),
                 target: r.target,
             })
             .collect();
-        // Stable sort keeps config order for ties (rule 4).
+        // Stable sort keeps config order for ties (rule 5).
         routes.sort_by_key(|r| {
             (
                 r.host.rank(),
                 std::cmp::Reverse(r.path_prefix.len()),
+                std::cmp::Reverse(r.headers.len()),
                 r.methods.is_empty(),
             )
         });
@@ -156,16 +190,25 @@ impl Router {
     }
 
     /// The first route of `candidates` (table indices, in order) that takes
-    /// this path and method.
-    fn first_match(&self, candidates: &[u32], path: &[u8], method: &[u8]) -> Option<usize> {
+    /// this path, method and head.
+    fn first_match(
+        &self,
+        candidates: &[u32],
+        path: &[u8],
+        method: &[u8],
+        head: &[u8],
+    ) -> Option<usize> {
         candidates
             .iter()
             .map(|&i| &self.routes[i as usize])
-            .find(|r| {
-                path.starts_with(&r.path_prefix)
-                    && (r.methods.is_empty() || r.methods.iter().any(|m| **m == *method))
-            })
+            .find(|r| r.takes(path, method, head))
             .map(|r| r.target)
+    }
+
+    /// [`Router::find_request`] without a head: routes with header
+    /// conditions never match.
+    pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
+        self.find_request(host, path, method, b"")
     }
 
     /// host: raw Host header value (may carry ":port", any case; may be None);
@@ -176,7 +219,15 @@ impl Router {
     /// wildcard suffix of it (longest first), then the host-less ones: the
     /// table's precedence, without scanning routes of other hosts. Allocates
     /// nothing (the host is lowercased into a stack buffer).
-    pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
+    /// head: the request head as parsed (request line first), where header
+    /// conditions are looked up; only routes that have some read it.
+    pub fn find_request(
+        &self,
+        host: Option<&[u8]>,
+        path: &[u8],
+        method: &[u8],
+        head: &[u8],
+    ) -> Option<usize> {
         let host = host.and_then(normalize_host);
         // RFC 9112 §3.2: origin-form = absolute-path [ "?" query ].
         let path = path
@@ -185,7 +236,7 @@ impl Router {
             .map_or(path, |q| &path[..q]);
         if let Some(host) = host {
             if host.len() > MAX_INDEXED_HOST {
-                return self.scan(Some(host), path, method);
+                return self.scan(Some(host), path, method, head);
             }
             let mut lower = [0u8; MAX_INDEXED_HOST];
             let lower = &mut lower[..host.len()];
@@ -195,7 +246,7 @@ impl Router {
             if let Some(found) = self
                 .exact
                 .get(lower)
-                .and_then(|routes| self.first_match(routes, path, method))
+                .and_then(|routes| self.first_match(routes, path, method, head))
             {
                 return Some(found);
             }
@@ -205,24 +256,20 @@ impl Router {
                 if let Some(found) = self
                     .wildcard
                     .get(&lower[i..])
-                    .and_then(|routes| self.first_match(routes, path, method))
+                    .and_then(|routes| self.first_match(routes, path, method, head))
                 {
                     return Some(found);
                 }
             }
         }
-        self.first_match(&self.any, path, method)
+        self.first_match(&self.any, path, method, head)
     }
 
     /// The unindexed lookup: every route in table order.
-    fn scan(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
+    fn scan(&self, host: Option<&[u8]>, path: &[u8], method: &[u8], head: &[u8]) -> Option<usize> {
         self.routes
             .iter()
-            .find(|r| {
-                r.host.matches(host)
-                    && path.starts_with(&r.path_prefix)
-                    && (r.methods.is_empty() || r.methods.iter().any(|m| **m == *method))
-            })
+            .find(|r| r.host.matches(host) && r.takes(path, method, head))
             .map(|r| r.target)
     }
 }
@@ -257,6 +304,7 @@ mod tests {
             host: host.map(str::to_owned),
             path_prefix: prefix.to_owned(),
             methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            headers: Vec::new(),
             target,
         }
     }
@@ -500,6 +548,68 @@ mod tests {
         "/static/a",
         "/x?/api/",
     ];
+    fn with_headers(mut spec: RouteSpec, headers: &[(&str, &str)]) -> RouteSpec {
+        spec.headers = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        spec
+    }
+
+    #[test]
+    fn header_conditions_pick_a_route_and_rank_after_the_path() {
+        let r = Router::new(vec![
+            route(None, "/", &[], 0),
+            with_headers(route(None, "/", &[], 1), &[("x-canary", "1")]),
+            with_headers(
+                route(None, "/", &["GET"], 2),
+                &[("x-canary", "1"), ("x-tier", "gold")],
+            ),
+            route(None, "/api/", &[], 3),
+            route(None, "/", &["POST"], 4),
+        ]);
+        let find = |path: &str, method: &str, head: &str| {
+            r.find_request(None, path.as_bytes(), method.as_bytes(), head.as_bytes())
+        };
+        let head = |fields: &str| format!("GET / HTTP/1.1\r\n{fields}\r\n");
+        assert_eq!(find("/x", "GET", &head("")), Some(0));
+        assert_eq!(
+            find("/x", "GET", &head("X-Canary: 1\r\n")),
+            Some(1),
+            "name is case-insensitive"
+        );
+        assert_eq!(
+            find("/x", "GET", &head("x-canary: 2\r\n")),
+            Some(0),
+            "value is exact"
+        );
+        assert_eq!(
+            find("/x", "GET", &head("x-tier: gold\r\nx-canary: 1\r\n")),
+            Some(2),
+            "more conditions rank first"
+        );
+        assert_eq!(
+            find("/x", "PUT", &head("x-tier: gold\r\nx-canary: 1\r\n")),
+            Some(1),
+            "its methods still apply"
+        );
+        assert_eq!(
+            find("/x", "POST", &head("x-canary: 1\r\n")),
+            Some(1),
+            "a header condition ranks before a method list"
+        );
+        assert_eq!(
+            find("/api/x", "GET", &head("x-canary: 1\r\n")),
+            Some(3),
+            "the longer path wins first"
+        );
+        assert_eq!(
+            r.find(None, b"/x", b"GET"),
+            Some(0),
+            "no head, no header route"
+        );
+    }
+
     const METHODS: &[&str] = &["GET", "POST", "PUT", "get"];
 
     fn spec_strategy() -> impl Strategy<Value = RouteSpec> {
@@ -513,6 +623,7 @@ mod tests {
                 host: SPEC_HOSTS[h].map(str::to_owned),
                 path_prefix: PREFIXES[p].to_owned(),
                 methods: ms.into_iter().map(|m| METHODS[m].to_owned()).collect(),
+                headers: Vec::new(),
                 target,
             })
     }

@@ -269,8 +269,12 @@ impl Downstream {
     async fn route(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         let src = &self.req.source;
         let host = head.authority.clone().map(|r| &src[r]);
-        let route =
-            worker.routers[listener].find(host, &src[head.path.clone()], &src[head.method.clone()]);
+        let route = worker.routers[listener].find_request(
+            host,
+            &src[head.path.clone()],
+            &src[head.method.clone()],
+            &src[..head.head_len],
+        );
         // The body was never forwarded when we answer ourselves; only a
         // body-less request leaves the connection in sync.
         let can_keep = head.keep_alive && head.body == RequestBody::Empty;

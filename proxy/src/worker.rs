@@ -100,6 +100,7 @@ impl Worker {
                             host: r.host.clone(),
                             path_prefix: r.path_prefix.clone(),
                             methods: r.methods.clone(),
+                            headers: r.headers.clone(),
                             target: index,
                         })
                         .collect(),
