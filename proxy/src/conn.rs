@@ -177,11 +177,9 @@ pub async fn serve(
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refusal) => {
+                d.sent.reset();
                 d.send_refusal(&refusal, true).await;
-                worker.counters.response(refusal.status);
-                if let Some(log) = &worker.access_log {
-                    log.write(&d.client, None, &d.sent, Duration::ZERO);
-                }
+                d.record(&worker, None);
                 return;
             }
         };
@@ -194,6 +192,17 @@ pub async fn serve(
 }
 
 impl Downstream {
+    /// Counts what went back for the request and logs it: `request` holds
+    /// its captured fields and how long it took, `None` for a head that
+    /// could not be parsed.
+    fn record(&self, worker: &Worker, request: Option<(&Captured, Duration)>) {
+        worker.counters.response(self.sent.status.get());
+        if let Some(log) = &worker.access_log {
+            let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
+            log.write(&self.client, captured, &self.sent, took);
+        }
+    }
+
     async fn send_refusal(&mut self, refusal: &Refusal, close: bool) -> bool {
         self.sent.local(refusal.status, refusal.reason.len() + 1);
         let bytes = error_response(refusal, close);
@@ -253,15 +262,7 @@ impl Downstream {
             Instant::now()
         });
         let next = self.route(worker, listener, head).await;
-        worker.counters.response(self.sent.status.get());
-        if let (Some(log), Some(started)) = (&worker.access_log, started) {
-            log.write(
-                &self.client,
-                Some(&self.captured),
-                &self.sent,
-                started.elapsed(),
-            );
-        }
+        self.record(worker, started.map(|t| (&self.captured, t.elapsed())));
         next
     }
 

@@ -43,10 +43,11 @@ fn every_request_gets_one_combined_line_with_time_and_upstream() {
         b"GET /a/one?q=1 HTTP/1.1\r\nHost: test\r\nReferer: https://r/\r\nUser-Agent: t\"ool/1\r\n\r\n",
     );
     assert_eq!(r.status, 200);
-    assert_eq!(c.get("/nowhere").status, 404);
-    let mut bad = Client::connect(proxy.port);
-    let r = bad.request(b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n");
+    // A head that does not parse, on the same connection right after a
+    // proxied request: its line must not inherit that request's upstream.
+    let r = c.request(b"GET /a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n");
     assert_eq!(r.status, 400);
+    assert_eq!(Client::connect(proxy.port).get("/nowhere").status, 404);
 
     // Written within a gossip tick, whichever worker served each request.
     let lines = eventually(Duration::from_secs(2), || lines(&log_path, 3)).expect("3 lines");
@@ -86,6 +87,7 @@ fn every_request_gets_one_combined_line_with_time_and_upstream() {
         refused.contains("] \"-\" 400 "),
         "a head that did not parse is logged as \"-\": {refused}"
     );
+    assert_eq!(tail_fields(refused).1, "-", "{refused}");
     let _ = std::fs::remove_file(&log_path);
 }
 
