@@ -17,8 +17,10 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use crossbeam_channel::RecvTimeoutError;
 
 use crate::stop::{Control, StopFlag};
 
@@ -78,6 +80,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// How often the main thread checks that the running workers are alive.
+const WORKER_CHECK: Duration = Duration::from_millis(500);
+
 /// Runs generations of workers until a stop signal: the first from
 /// `config`; each SIGHUP that finds a valid file at `path` starts the next
 /// on the same sockets and drains the previous one.
@@ -109,7 +114,20 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         }
     };
     let mut draining: Vec<Generation> = Vec::new();
-    for request in control.iter() {
+    loop {
+        let request = match control.recv_timeout(WORKER_CHECK) {
+            Ok(request) => request,
+            Err(RecvTimeoutError::Timeout) => {
+                // A worker only ends by draining; one that ended otherwise
+                // (a panic) would leave its share of the port unserved.
+                if current.handles.iter().any(|h| h.is_finished()) {
+                    eprintln!("ringgate: a worker stopped unexpectedly; exiting");
+                    return ExitCode::FAILURE;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         draining.retain_mut(|g| !g.finished());
         match request {
             Control::Stop(signal) => {
