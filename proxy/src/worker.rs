@@ -1,7 +1,9 @@
 //! Workers: one per core, each pinned to its CPU and running its own monoio
 //! runtime (io_uring, or the legacy epoll driver where io_uring is blocked).
 //! A worker owns its listeners (SO_REUSEPORT), routers, upstream pools and
-//! counters; nothing here is shared between workers but the immutable config.
+//! counters; nothing here is shared between workers but the immutable config
+//! (plus the access-log file, appended to in whole lines, and the channel to
+//! the admin thread, which only the ticker uses).
 
 use std::cell::{Cell, RefCell};
 use std::io;
