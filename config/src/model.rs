@@ -177,7 +177,55 @@ pub struct Route {
     pub upstream: usize,
     /// `None`: not rate limited.
     pub rate_limit: Option<RateLimit>,
+    /// Replaces the matched `path_prefix` in the forwarded request target.
+    pub rewrite_prefix: Option<String>,
+    /// Header fields changed on the way upstream.
+    pub request_headers: HeaderEdits,
 }
+
+/// `request_headers`: fields replaced or removed before forwarding. Names
+/// are lowercase; none of them is a framing, hop-by-hop or forwarding
+/// header the proxy manages itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Every field of each name is dropped and this one sent instead.
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Whether a field of this name is dropped from the forwarded head.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            || self
+                .set
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+    }
+}
+
+/// Fields `request_headers` may not touch: framing, hop-by-hop, and the
+/// forwarding fields the proxy writes itself.
+pub const MANAGED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+];
 
 /// `rate_limit`: a token bucket per key, node-wide (see `docs/CONFIG.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -79,6 +79,21 @@ pub(crate) struct RawRoute {
     pub matcher: Option<RawMatch>,
     pub upstream: Spanned<String>,
     pub rate_limit: Option<RawRateLimit>,
+    pub rewrite: Option<RawRewrite>,
+    pub request_headers: Option<RawHeaderEdits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRewrite {
+    pub prefix: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderEdits {
+    pub set: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    pub remove: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

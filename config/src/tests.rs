@@ -130,6 +130,8 @@ fn full_example_sets_every_key() {
         c.routes[4].headers,
         [("x-canary".to_owned(), "1".to_owned())]
     );
+    assert_eq!(c.routes[4].rewrite_prefix.as_deref(), Some("/canary/v1/"));
+    assert_eq!(c.routes[4].request_headers.remove, ["x-debug"]);
     assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.admin.map(|a| a.address), Some(addr("127.0.0.1:9901")));
     let log = c.access_log.as_ref().expect("access_log");
@@ -1310,6 +1312,72 @@ fn match_headers_are_lowercased_sorted_and_checked() {
             e.iter()
                 .any(|e| e.key == "routes[1].match.headers" && e.message.contains(fragment)),
             "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn rewrite_and_request_headers_are_checked() {
+    let route = |extra: &str| {
+        format!(
+            "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\n\n\
+             [[routes]]\nlistener = \"web\"\nupstream = \"api\"\n{extra}\n\n\
+             [[upstreams]]\nname = \"api\"\nbackends = [{{ address = \"127.0.0.1:9000\" }}]\n"
+        )
+    };
+    let c = ok(&route(
+        "rewrite = { prefix = \"/v2/\" }\nrequest_headers = { set = { X-Env = \"prod\", Host = \"internal\" }, remove = [\"X-Debug\"] }",
+    ));
+    let r = &c.routes[0];
+    assert_eq!(r.rewrite_prefix.as_deref(), Some("/v2/"));
+    assert_eq!(
+        r.request_headers.set,
+        [
+            ("host".to_owned(), "internal".to_owned()),
+            ("x-env".to_owned(), "prod".to_owned())
+        ]
+    );
+    assert_eq!(r.request_headers.remove, ["x-debug"]);
+    assert!(r.request_headers.drops(b"X-DEBUG") && r.request_headers.drops(b"Host"));
+    assert!(!r.request_headers.drops(b"accept"));
+    assert!(ok(&route("")).routes[0].request_headers.is_empty());
+    for (extra, key, fragment) in [
+        (
+            "rewrite = { prefix = \"v2\" }",
+            "routes[0].rewrite.prefix",
+            "must start with",
+        ),
+        (
+            "request_headers = { set = { Content-Length = \"1\" } }",
+            "routes[0].request_headers.set",
+            "managed by the proxy",
+        ),
+        (
+            "request_headers = { remove = [\"x-forwarded-for\"] }",
+            "routes[0].request_headers.remove[0]",
+            "managed by the proxy",
+        ),
+        (
+            "request_headers = { remove = [\"Host\"] }",
+            "routes[0].request_headers.remove[0]",
+            "Host cannot be removed",
+        ),
+        (
+            "request_headers = { set = { x-a = \"1\" }, remove = [\"X-A\"] }",
+            "routes[0].request_headers.remove[0]",
+            "also in set",
+        ),
+        (
+            "request_headers = { set = { \"bad name\" = \"1\" } }",
+            "routes[0].request_headers.set",
+            "not a valid header name",
+        ),
+    ] {
+        let e = errors(&route(extra));
+        assert!(
+            e.iter()
+                .any(|e| e.key == key && e.message.contains(fragment)),
+            "{extra}: {e:?}"
         );
     }
 }

@@ -282,6 +282,22 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .rate_limit
             .as_ref()
             .and_then(|rl| rate_limit(&mut c, &format!("routes[{i}].rate_limit"), rl));
+        let rewrite_prefix = r.rewrite.as_ref().map(|rw| {
+            let text = rw.prefix.get_ref();
+            if !text.starts_with('/') || text.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                c.err(
+                    rw.prefix.span(),
+                    format!("routes[{i}].rewrite.prefix"),
+                    format!("{text:?} must start with \"/\" and contain no whitespace or control characters"),
+                );
+            }
+            text.clone()
+        });
+        let request_headers = r
+            .request_headers
+            .as_ref()
+            .map(|raw| header_edits(&mut c, &format!("routes[{i}].request_headers"), raw))
+            .unwrap_or_default();
         let (Some(listener), Some(upstream)) = (listener, upstream) else {
             continue;
         };
@@ -306,6 +322,8 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             headers,
             upstream,
             rate_limit,
+            rewrite_prefix,
+            request_headers,
         });
     }
 
@@ -1029,6 +1047,58 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
     }
     headers.sort();
     (host, path_prefix, methods, headers)
+}
+
+fn header_edits(c: &mut Checker<'_>, key: &str, raw: &RawHeaderEdits) -> HeaderEdits {
+    let mut edits = HeaderEdits::default();
+    let check_name = |name: &str| -> Option<String> {
+        let lower = name.to_ascii_lowercase();
+        if name.is_empty() || !name.bytes().all(is_tchar) {
+            Some(format!(
+                "{name:?} is not a valid header name (RFC 9110 §5.1)"
+            ))
+        } else if MANAGED_HEADERS.contains(&lower.as_str()) {
+            Some(format!("{name:?} is managed by the proxy (framing, hop-by-hop or forwarding) and cannot be changed"))
+        } else {
+            None
+        }
+    };
+    if let Some(table) = &raw.set {
+        for (name, value) in table.get_ref() {
+            let why = check_name(name).or_else(|| {
+                value
+                    .bytes()
+                    .any(|b| b.is_ascii_control() && b != b'\t')
+                    .then(|| format!("the value for {name:?} must not contain control characters"))
+            });
+            match why {
+                Some(why) => c.err(table.span(), format!("{key}.set"), why),
+                None => edits
+                    .set
+                    .push((name.to_ascii_lowercase(), value.trim().to_owned())),
+            }
+        }
+    }
+    for (j, name) in raw.remove.iter().flatten().enumerate() {
+        let text = name.get_ref();
+        let lower = text.to_ascii_lowercase();
+        let why = check_name(text)
+            .or_else(|| {
+                (lower == "host").then(|| "Host cannot be removed: HTTP/1.1 requires it".to_owned())
+            })
+            .or_else(|| {
+                edits
+                    .set
+                    .iter()
+                    .any(|(n, _)| *n == lower)
+                    .then(|| format!("{text:?} is also in set, which already replaces it"))
+            });
+        match why {
+            Some(why) => c.err(name.span(), format!("{key}.remove[{j}]"), why),
+            None => edits.remove.push(lower),
+        }
+    }
+    edits
 }
 
 /// RFC 9110 §5.6.2 tchar.

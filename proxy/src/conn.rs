@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
-use ringgate_config::{HashKey, RateLimitKey, RetryOn, Route};
+use ringgate_config::{HashKey, HeaderEdits, RateLimitKey, RetryOn, Route};
 use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
@@ -122,6 +122,11 @@ struct Downstream {
     /// The consistent-hash key of the current request, copied out of `req`
     /// so the buffer can move into I/O while the key is used.
     hash_key: Vec<u8>,
+    /// What of the request head goes upstream as it was read: the parser's
+    /// ranges, less the lines a route's rewrite or header edits replace.
+    head_segments: Vec<Range<usize>>,
+    /// Patch bytes that go before `head_segments` (a rewritten request line).
+    patch_prefix: usize,
     /// What went back for the current request (for the access log).
     sent: Sent,
     /// The current request's access-log fields, when logging.
@@ -159,6 +164,8 @@ pub async fn serve(
         ctl,
         upstream_abort: Abort::default(),
         hash_key: Vec::new(),
+        head_segments: Vec::new(),
+        patch_prefix: 0,
         sent: Sent::default(),
         captured: Captured::default(),
     };
@@ -298,8 +305,9 @@ impl Downstream {
                     .await;
             }
         }
-        let upstream = &worker.upstreams[worker.config.routes[route].upstream];
-        match self.forward(worker, upstream, head).await {
+        let route = &worker.config.routes[route];
+        let upstream = &worker.upstreams[route.upstream];
+        match self.forward(worker, upstream, route, head).await {
             Ok(next) => next,
             Err(refusal) => {
                 self.send_refusal(&refusal, true).await;
@@ -344,6 +352,7 @@ impl Downstream {
         &mut self,
         worker: &Worker,
         upstream: &UpstreamState,
+        route: &Route,
         head: &RequestHead,
     ) -> Result<Next, Refusal> {
         let available = self.req.source.len() - head.head_len;
@@ -368,6 +377,43 @@ impl Downstream {
         let replayable = body_left.is_none();
         let idempotent = is_idempotent(&self.req.source[head.method.clone()]);
         self.req.patch.clear();
+        self.head_segments.clear();
+        self.patch_prefix = 0;
+        if let Some(prefix) = &route.rewrite_prefix {
+            // The target with the matched prefix replaced, in origin-form
+            // (RFC 9112 §3.2.1), as the request line's first patch bytes.
+            let src = &self.req.source;
+            let rest = head.path.start + route.path_prefix.len()..head.target.end;
+            let patch = &mut self.req.patch;
+            patch.extend_from_slice(&src[head.method.clone()]);
+            patch.push(b' ');
+            patch.extend_from_slice(prefix.as_bytes());
+            patch.extend_from_slice(&src[rest]);
+            patch.extend_from_slice(match head.version {
+                Version::Http10 => b" HTTP/1.0\r\n",
+                Version::Http11 => b" HTTP/1.1\r\n",
+            });
+            self.patch_prefix = patch.len();
+        }
+        for (name, value) in &route.request_headers.set {
+            let patch = &mut self.req.patch;
+            patch.extend_from_slice(name.as_bytes());
+            patch.extend_from_slice(b": ");
+            patch.extend_from_slice(value.as_bytes());
+            patch.extend_from_slice(b"\r\n");
+        }
+        if route.rewrite_prefix.is_none() && route.request_headers.is_empty() {
+            self.head_segments
+                .extend(self.req_scratch.forward.iter().cloned());
+        } else {
+            edited_head(
+                &mut self.head_segments,
+                &self.req.source,
+                &self.req_scratch.forward,
+                route.rewrite_prefix.is_some(),
+                &route.request_headers,
+            );
+        }
         if head.version == Version::Http10 {
             // The request line stays HTTP/1.0; without this the backend
             // would close the upstream connection after every such request.
@@ -500,10 +546,12 @@ impl Downstream {
                 }
             };
             self.req.clear_segments();
-            for range in &self.req_scratch.forward {
+            self.req.push(Part::Patch, 0..self.patch_prefix);
+            for range in &self.head_segments {
                 self.req.push(Part::Source, range.clone());
             }
-            self.req.push(Part::Patch, 0..self.req.patch.len());
+            self.req
+                .push(Part::Patch, self.patch_prefix..self.req.patch.len());
             self.req.push(Part::Source, head.head_len..forwarded_len);
             let gather = std::mem::take(&mut self.req);
             let (res, gather) = write_gather(&mut conn.w, gather).await;
@@ -677,6 +725,42 @@ impl Failure {
             Failure::Timeout => on.timeout,
             Failure::Status5xx => on.status_5xx,
             Failure::Client => false,
+        }
+    }
+}
+
+/// The lines of a parsed head's `forward` ranges that survive a route's
+/// edits: the request line goes when the target is rewritten, and every
+/// field `edits` replaces or removes goes.
+fn edited_head(
+    out: &mut Vec<Range<usize>>,
+    src: &[u8],
+    forward: &[Range<usize>],
+    drop_request_line: bool,
+    edits: &HeaderEdits,
+) {
+    // The first line of the first range is the request line (leading empty
+    // lines, which RFC 9112 §2.2 lets a server skip, are not in `forward`).
+    let mut request_line = true;
+    for range in forward {
+        let mut start = range.start;
+        while start < range.end {
+            let end =
+                memchr::memchr(b'\n', &src[start..range.end]).map_or(range.end, |i| start + i + 1);
+            let line = &src[start..end];
+            let keep = if std::mem::take(&mut request_line) {
+                !drop_request_line
+            } else {
+                let name_end = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+                !edits.drops(&line[..name_end])
+            };
+            if keep {
+                match out.last_mut() {
+                    Some(last) if last.end == start => last.end = end,
+                    _ => out.push(start..end),
+                }
+            }
+            start = end;
         }
     }
 }

@@ -56,3 +56,67 @@ backends = [{{ address = "{}" }}]
     assert_eq!(stable.records().len(), 2);
     assert_eq!(canary.records().len(), 2);
 }
+
+/// A route that strips `/api/` from the path, replaces `x-env` and drops
+/// `x-debug` on the way upstream; the body and the forwarding fields go
+/// through untouched.
+#[test]
+fn rewrite_and_header_edits_reach_the_backend() {
+    let backend = Backend::start("b", Behaviour::Echo);
+    let port = free_port();
+    let toml = format!(
+        r#"[[listeners]]
+name = "web"
+address = "127.0.0.1:{port}"
+
+[[routes]]
+listener = "web"
+match = {{ path_prefix = "/api/" }}
+rewrite = {{ prefix = "/v2/" }}
+request_headers = {{ set = {{ X-Env = "prod" }}, remove = ["x-debug"] }}
+upstream = "app"
+
+[[routes]]
+listener = "web"
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+backends = [{{ address = "{}" }}]
+"#,
+        backend.addr()
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = Client::connect(proxy.port);
+    let r = c.request(
+        b"POST /api/users?id=7 HTTP/1.1\r\nHost: shop\r\nX-Debug: 1\r\nx-env: dev\r\nX-Env: qa\r\nContent-Length: 5\r\nAccept: */*\r\n\r\nhello",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_str(), "hello", "the body follows the edited head");
+    // Outside the route's prefix nothing changes.
+    let r = c.request(b"GET /other HTTP/1.1\r\nHost: shop\r\nX-Debug: 1\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let records = backend.records();
+    let edited = &records[0];
+    assert_eq!(edited.method, "POST");
+    assert_eq!(edited.target, "/v2/users?id=7");
+    assert_eq!(edited.version, "HTTP/1.1");
+    assert_eq!(
+        edited.header("x-env").as_deref(),
+        Some("prod"),
+        "set replaces every x-env"
+    );
+    assert!(!edited.has_header("x-debug"), "{:?}", edited.headers);
+    assert_eq!(edited.header("host").as_deref(), Some("shop"));
+    assert_eq!(edited.header("accept").as_deref(), Some("*/*"));
+    assert_eq!(edited.header("content-length").as_deref(), Some("5"));
+    assert_eq!(
+        edited.header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(edited.body, b"hello");
+    let untouched = &records[1];
+    assert_eq!(untouched.target, "/other");
+    assert_eq!(untouched.header("x-debug").as_deref(), Some("1"));
+}
