@@ -101,6 +101,7 @@ struct HeaderCondition {
 }
 
 impl Route {
+    #[inline]
     fn takes(&self, path: &[u8], method: &[u8], head: &[u8]) -> bool {
         path.starts_with(&self.path_prefix)
             && (self.methods.is_empty() || self.methods.iter().any(|m| **m == *method))
@@ -207,6 +208,7 @@ impl Router {
 
     /// [`Router::find_request`] without a head: routes with header
     /// conditions never match.
+    #[inline]
     pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
         self.find_request(host, path, method, b"")
     }
