@@ -583,20 +583,17 @@ impl Downstream {
                 hold_5xx,
                 sending: &sending,
             };
+            let relay = relay_response(
+                &relay_ctx,
+                &mut conn.r,
+                &mut self.w,
+                &mut self.resp,
+                &mut self.resp_scratch,
+                &self.upstream_abort,
+                &self.ctl.abort,
+            );
             let (relayed, sent) = match body_left.take() {
-                None => {
-                    let relayed = relay_response(
-                        &relay_ctx,
-                        &mut conn.r,
-                        &mut self.w,
-                        &mut self.resp,
-                        &mut self.resp_scratch,
-                        &self.upstream_abort,
-                        &self.ctl.abort,
-                    )
-                    .await;
-                    (relayed, Ok(0..0))
-                }
+                None => (relay.await, Ok(0..0)),
                 Some(left) => {
                     let send = send_body(
                         worker,
@@ -607,15 +604,6 @@ impl Downstream {
                         &self.ctl.abort,
                         &self.upstream_abort,
                         &sending,
-                    );
-                    let relay = relay_response(
-                        &relay_ctx,
-                        &mut conn.r,
-                        &mut self.w,
-                        &mut self.resp,
-                        &mut self.resp_scratch,
-                        &self.upstream_abort,
-                        &self.ctl.abort,
                     );
                     let (sent, relayed) = monoio::join!(send, relay);
                     (relayed, sent)
