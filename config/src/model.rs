@@ -181,9 +181,12 @@ pub struct Route {
     pub rewrite_prefix: Option<String>,
     /// Header fields changed on the way upstream.
     pub request_headers: HeaderEdits,
+    /// Header fields changed on the way back to the client.
+    pub response_headers: HeaderEdits,
 }
 
-/// `request_headers`: fields replaced or removed before forwarding. Names
+/// `request_headers` / `response_headers`: fields replaced or removed on the
+/// way through. Names
 /// are lowercase; none of them is a framing, hop-by-hop or forwarding
 /// header the proxy manages itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

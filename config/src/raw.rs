@@ -81,6 +81,7 @@ pub(crate) struct RawRoute {
     pub rate_limit: Option<RawRateLimit>,
     pub rewrite: Option<RawRewrite>,
     pub request_headers: Option<RawHeaderEdits>,
+    pub response_headers: Option<RawHeaderEdits>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -132,6 +132,7 @@ fn full_example_sets_every_key() {
     );
     assert_eq!(c.routes[4].rewrite_prefix.as_deref(), Some("/canary/v1/"));
     assert_eq!(c.routes[4].request_headers.remove, ["x-debug"]);
+    assert_eq!(c.routes[4].response_headers.remove, ["server"]);
     assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.admin.map(|a| a.address), Some(addr("127.0.0.1:9901")));
     let log = c.access_log.as_ref().expect("access_log");
@@ -1341,6 +1342,23 @@ fn rewrite_and_request_headers_are_checked() {
     assert!(r.request_headers.drops(b"X-DEBUG") && r.request_headers.drops(b"Host"));
     assert!(!r.request_headers.drops(b"accept"));
     assert!(ok(&route("")).routes[0].request_headers.is_empty());
+    let c = ok(&route(
+        "response_headers = { set = { X-Frame-Options = \"DENY\" }, remove = [\"Server\"] }",
+    ));
+    let edits = &c.routes[0].response_headers;
+    assert_eq!(
+        edits.set,
+        [("x-frame-options".to_owned(), "DENY".to_owned())]
+    );
+    assert_eq!(edits.remove, ["server"]);
+    let e = errors(&route(
+        "response_headers = { remove = [\"Content-Length\"] }",
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.key == "routes[0].response_headers.remove[0]"),
+        "{e:?}"
+    );
     for (extra, key, fragment) in [
         (
             "rewrite = { prefix = \"v2\" }",

@@ -298,6 +298,11 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .as_ref()
             .map(|raw| header_edits(&mut c, &format!("routes[{i}].request_headers"), raw))
             .unwrap_or_default();
+        let response_headers = r
+            .response_headers
+            .as_ref()
+            .map(|raw| header_edits(&mut c, &format!("routes[{i}].response_headers"), raw))
+            .unwrap_or_default();
         let (Some(listener), Some(upstream)) = (listener, upstream) else {
             continue;
         };
@@ -324,6 +329,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             rate_limit,
             rewrite_prefix,
             request_headers,
+            response_headers,
         });
     }
 

@@ -126,6 +126,8 @@ pub struct HeadScratch {
     pub forwarded_for: Vec<Range<usize>>,
     pub forwarded: Vec<Range<usize>>,
     connection_options: Vec<Range<usize>>,
+    /// Where [`HeadScratch::retain_lines`] builds the new `forward`.
+    spare: Vec<Range<usize>>,
 }
 
 impl HeadScratch {
@@ -141,6 +143,43 @@ impl HeadScratch {
             Some(last) if last.end == range.start => last.end = range.end,
             _ => self.forward.push(range),
         }
+    }
+
+    /// Narrows `forward` (ranges of `buf`, the head it was parsed from) to
+    /// the lines that stay: the start line when `keep_start_line`, and each
+    /// field line whose name `keep_field` accepts. For a proxy's route edits;
+    /// allocates nothing once the spare vector has grown.
+    pub fn retain_lines(
+        &mut self,
+        buf: &[u8],
+        keep_start_line: bool,
+        mut keep_field: impl FnMut(&[u8]) -> bool,
+    ) {
+        let mut out = std::mem::take(&mut self.spare);
+        out.clear();
+        let mut start_line = true;
+        for range in &self.forward {
+            let mut start = range.start;
+            while start < range.end {
+                let end = memchr::memchr(b'\n', &buf[start..range.end])
+                    .map_or(range.end, |i| start + i + 1);
+                let line = &buf[start..end];
+                let keep = if std::mem::take(&mut start_line) {
+                    keep_start_line
+                } else {
+                    let name_end = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+                    keep_field(&line[..name_end])
+                };
+                if keep {
+                    match out.last_mut() {
+                        Some(last) if last.end == start => last.end = end,
+                        _ => out.push(start..end),
+                    }
+                }
+                start = end;
+            }
+        }
+        self.spare = std::mem::replace(&mut self.forward, out);
     }
 }
 
@@ -921,6 +960,31 @@ mod tests {
             400
         );
         assert_eq!(refused(b"GARBAGE\r\n\r\n").status(), 400);
+    }
+
+    #[test]
+    fn retain_lines_drops_fields_and_keeps_the_rest_as_ranges() {
+        let raw = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Drop: 1\r\nAccept: */*\r\nx-drop: 2\r\n\r\n";
+        let mut scratch = HeadScratch::default();
+        parse_request(raw, LIMITS, &mut scratch).unwrap().unwrap();
+        let joined = |s: &HeadScratch| -> Vec<u8> {
+            s.forward
+                .iter()
+                .flat_map(|r| raw[r.clone()].to_vec())
+                .collect()
+        };
+        scratch.retain_lines(raw, true, |name| !name.eq_ignore_ascii_case(b"x-drop"));
+        assert_eq!(
+            joined(&scratch),
+            b"GET /a HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n".to_vec()
+        );
+        assert_eq!(
+            scratch.forward.len(),
+            2,
+            "adjacent kept lines stay one range"
+        );
+        scratch.retain_lines(raw, false, |_| true);
+        assert_eq!(joined(&scratch), b"Host: x\r\nAccept: */*\r\n".to_vec());
     }
 
     #[test]

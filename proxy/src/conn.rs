@@ -122,10 +122,8 @@ struct Downstream {
     /// The consistent-hash key of the current request, copied out of `req`
     /// so the buffer can move into I/O while the key is used.
     hash_key: Vec<u8>,
-    /// What of the request head goes upstream as it was read: the parser's
-    /// ranges, less the lines a route's rewrite or header edits replace.
-    head_segments: Vec<Range<usize>>,
-    /// Patch bytes that go before `head_segments` (a rewritten request line).
+    /// Patch bytes that go before the head's ranges (a rewritten request
+    /// line); the rest of the patch goes after them.
     patch_prefix: usize,
     /// What went back for the current request (for the access log).
     sent: Sent,
@@ -164,7 +162,6 @@ pub async fn serve(
         ctl,
         upstream_abort: Abort::default(),
         hash_key: Vec::new(),
-        head_segments: Vec::new(),
         patch_prefix: 0,
         sent: Sent::default(),
         captured: Captured::default(),
@@ -377,7 +374,6 @@ impl Downstream {
         let replayable = body_left.is_none();
         let idempotent = is_idempotent(&self.req.source[head.method.clone()]);
         self.req.patch.clear();
-        self.head_segments.clear();
         self.patch_prefix = 0;
         if let Some(prefix) = &route.rewrite_prefix {
             // The target with the matched prefix replaced, in origin-form
@@ -402,16 +398,13 @@ impl Downstream {
             patch.extend_from_slice(value.as_bytes());
             patch.extend_from_slice(b"\r\n");
         }
-        if route.rewrite_prefix.is_none() && route.request_headers.is_empty() {
-            self.head_segments
-                .extend(self.req_scratch.forward.iter().cloned());
-        } else {
-            edited_head(
-                &mut self.head_segments,
+        if route.rewrite_prefix.is_some() || !route.request_headers.is_empty() {
+            // The request line and edited fields go as patch bytes instead.
+            let edits = &route.request_headers;
+            self.req_scratch.retain_lines(
                 &self.req.source,
-                &self.req_scratch.forward,
-                route.rewrite_prefix.is_some(),
-                &route.request_headers,
+                route.rewrite_prefix.is_none(),
+                |name| !edits.drops(name),
             );
         }
         if head.version == Version::Http10 {
@@ -468,6 +461,7 @@ impl Downstream {
                     &mut body_left,
                     replayable,
                     retry_5xx,
+                    &route.response_headers,
                 )
                 .await;
             let now = Instant::now();
@@ -521,6 +515,7 @@ impl Downstream {
         body_left: &mut Option<BodyLeft>,
         replayable: bool,
         hold_5xx: bool,
+        response_edits: &HeaderEdits,
     ) -> Attempt {
         let client_closing = !head.keep_alive;
         let mut fresh = false;
@@ -547,7 +542,7 @@ impl Downstream {
             };
             self.req.clear_segments();
             self.req.push(Part::Patch, 0..self.patch_prefix);
-            for range in &self.head_segments {
+            for range in &self.req_scratch.forward {
                 self.req.push(Part::Source, range.clone());
             }
             self.req
@@ -579,6 +574,7 @@ impl Downstream {
                 client_version: head.version,
                 client_closing,
                 sent: &self.sent,
+                edits: response_edits,
                 response_timeout: upstream.config.response_timeout,
                 hold_5xx,
                 sending: &sending,
@@ -713,42 +709,6 @@ impl Failure {
             Failure::Timeout => on.timeout,
             Failure::Status5xx => on.status_5xx,
             Failure::Client => false,
-        }
-    }
-}
-
-/// The lines of a parsed head's `forward` ranges that survive a route's
-/// edits: the request line goes when the target is rewritten, and every
-/// field `edits` replaces or removes goes.
-fn edited_head(
-    out: &mut Vec<Range<usize>>,
-    src: &[u8],
-    forward: &[Range<usize>],
-    drop_request_line: bool,
-    edits: &HeaderEdits,
-) {
-    // The first line of the first range is the request line (leading empty
-    // lines, which RFC 9112 §2.2 lets a server skip, are not in `forward`).
-    let mut request_line = true;
-    for range in forward {
-        let mut start = range.start;
-        while start < range.end {
-            let end =
-                memchr::memchr(b'\n', &src[start..range.end]).map_or(range.end, |i| start + i + 1);
-            let line = &src[start..end];
-            let keep = if std::mem::take(&mut request_line) {
-                !drop_request_line
-            } else {
-                let name_end = line.iter().position(|&b| b == b':').unwrap_or(line.len());
-                !edits.drops(&line[..name_end])
-            };
-            if keep {
-                match out.last_mut() {
-                    Some(last) if last.end == start => last.end = end,
-                    _ => out.push(start..end),
-                }
-            }
-            start = end;
         }
     }
 }
@@ -902,6 +862,8 @@ struct RelayCtx<'a> {
     client_closing: bool,
     /// Where the status and body bytes sent to the client are kept.
     sent: &'a Sent,
+    /// The route's `response_headers`.
+    edits: &'a HeaderEdits,
     /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
     response_timeout: Duration,
     /// A retry can follow a 5xx: report it instead of forwarding it.
@@ -1064,6 +1026,17 @@ async fn relay_inner(
         let client_close = ctx.client_closing || until_close || worker.draining.get();
         let interim = head.is_interim();
         resp.patch.clear();
+        if !interim && !ctx.edits.is_empty() {
+            // Edited fields go as patch bytes; the rest stays as read.
+            let edits = ctx.edits;
+            scratch.retain_lines(&resp.source, true, |name| !edits.drops(name));
+            for (name, value) in &edits.set {
+                resp.patch.extend_from_slice(name.as_bytes());
+                resp.patch.extend_from_slice(b": ");
+                resp.patch.extend_from_slice(value.as_bytes());
+                resp.patch.extend_from_slice(b"\r\n");
+            }
+        }
         if client_close && !interim {
             resp.patch.extend_from_slice(CLOSE_LINE.as_bytes());
         } else if ctx.client_version == Version::Http10 && !interim {

@@ -58,8 +58,9 @@ backends = [{{ address = "{}" }}]
 }
 
 /// A route that strips `/api/` from the path, replaces `x-env` and drops
-/// `x-debug` on the way upstream; the body and the forwarding fields go
-/// through untouched.
+/// `x-debug` on the way upstream, and sets `x-frame-options` and drops
+/// `x-backend` on the way back; bodies and the forwarding fields go through
+/// untouched.
 #[test]
 fn rewrite_and_header_edits_reach_the_backend() {
     let backend = Backend::start("b", Behaviour::Echo);
@@ -74,6 +75,7 @@ listener = "web"
 match = {{ path_prefix = "/api/" }}
 rewrite = {{ prefix = "/v2/" }}
 request_headers = {{ set = {{ X-Env = "prod" }}, remove = ["x-debug"] }}
+response_headers = {{ set = {{ x-frame-options = "DENY" }}, remove = ["X-Backend"] }}
 upstream = "app"
 
 [[routes]]
@@ -93,9 +95,20 @@ backends = [{{ address = "{}" }}]
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body_str(), "hello", "the body follows the edited head");
+    assert_eq!(
+        r.header("x-frame-options").as_deref(),
+        Some("DENY"),
+        "{r:?}"
+    );
+    assert!(
+        !r.has_header("x-backend"),
+        "removed from the response: {r:?}"
+    );
+    assert_eq!(r.header("content-length").as_deref(), Some("5"), "{r:?}");
     // Outside the route's prefix nothing changes.
     let r = c.request(b"GET /other HTTP/1.1\r\nHost: shop\r\nX-Debug: 1\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.has_header("x-frame-options"), "{r:?}");
 
     let records = backend.records();
     let edited = &records[0];
