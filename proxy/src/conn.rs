@@ -391,13 +391,7 @@ impl Downstream {
             });
             self.patch_prefix = patch.len();
         }
-        for (name, value) in &route.request_headers.set {
-            let patch = &mut self.req.patch;
-            patch.extend_from_slice(name.as_bytes());
-            patch.extend_from_slice(b": ");
-            patch.extend_from_slice(value.as_bytes());
-            patch.extend_from_slice(b"\r\n");
-        }
+        write_set_fields(&mut self.req.patch, &route.request_headers);
         if route.rewrite_prefix.is_some() || !route.request_headers.is_empty() {
             // The request line and edited fields go as patch bytes instead.
             let edits = &route.request_headers;
@@ -710,6 +704,16 @@ impl Failure {
             Failure::Status5xx => on.status_5xx,
             Failure::Client => false,
         }
+    }
+}
+
+/// The field lines a route's `set` edits add to a head's patch.
+fn write_set_fields(patch: &mut Vec<u8>, edits: &HeaderEdits) {
+    for (name, value) in &edits.set {
+        patch.extend_from_slice(name.as_bytes());
+        patch.extend_from_slice(b": ");
+        patch.extend_from_slice(value.as_bytes());
+        patch.extend_from_slice(b"\r\n");
     }
 }
 
@@ -1030,12 +1034,7 @@ async fn relay_inner(
             // Edited fields go as patch bytes; the rest stays as read.
             let edits = ctx.edits;
             scratch.retain_lines(&resp.source, true, |name| !edits.drops(name));
-            for (name, value) in &edits.set {
-                resp.patch.extend_from_slice(name.as_bytes());
-                resp.patch.extend_from_slice(b": ");
-                resp.patch.extend_from_slice(value.as_bytes());
-                resp.patch.extend_from_slice(b"\r\n");
-            }
+            write_set_fields(&mut resp.patch, edits);
         }
         if client_close && !interim {
             resp.patch.extend_from_slice(CLOSE_LINE.as_bytes());

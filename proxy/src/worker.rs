@@ -88,6 +88,7 @@ impl Worker {
         workers: usize,
         config: Arc<Config>,
         log_file: Option<std::fs::File>,
+        generation: u64,
     ) -> Self {
         // Router targets are route indices: a route carries its own limits.
         let routers = (0..config.listeners.len())
@@ -153,7 +154,7 @@ impl Worker {
                 .zip(config.access_log.as_ref())
                 .map(|(file, log)| AccessLog::new(file, log.buffer)),
             counters: Counters::default(),
-            generation: 0,
+            generation,
             config,
         }
     }
@@ -382,8 +383,7 @@ async fn worker_main(
         generation,
     } = shared;
     let workers = mesh.workers();
-    let mut worker = Worker::new(id, workers, config, log_file);
-    worker.generation = generation;
+    let worker = Worker::new(id, workers, config, log_file, generation);
     let worker = Rc::new(worker);
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {

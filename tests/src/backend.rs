@@ -326,6 +326,16 @@ impl Backend {
         self.records().into_iter().map(|r| r.target).collect()
     }
 
+    /// `Ok` once a request for `target` has been read (before the backend
+    /// answers it): for `eventually`, to know a request is in flight.
+    pub fn reached(&self, target: &str) -> Result<(), String> {
+        if self.targets().iter().any(|t| t == target) {
+            Ok(())
+        } else {
+            Err(format!("{target} has not reached backend {}", self.name()))
+        }
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)

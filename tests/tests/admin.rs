@@ -80,14 +80,7 @@ fn metrics_sum_every_worker_and_healthz_turns_503_on_drain() {
 
     let port = proxy.port;
     let in_flight = thread::spawn(move || Client::connect(port).get("/a/slow").status);
-    eventually(Duration::from_secs(2), || {
-        if backend.targets().iter().any(|t| t == "/a/slow") {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    })
-    .expect("a request in flight");
+    eventually(Duration::from_secs(2), || backend.reached("/a/slow")).expect("a request in flight");
     proxy.signal("-TERM");
     eventually(Duration::from_secs(1), || match get(admin, "/healthz") {
         Ok((503, body)) if body == "draining\n" => Ok(()),

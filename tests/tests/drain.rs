@@ -17,14 +17,6 @@ fn refuses_connections(port: u16) -> Result<(), String> {
     }
 }
 
-fn reached_backend(backend: &Backend, target: &str) -> Result<(), String> {
-    if backend.targets().iter().any(|t| t == target) {
-        Ok(())
-    } else {
-        Err(format!("{target} has not reached the backend"))
-    }
-}
-
 #[test]
 fn sigterm_finishes_requests_in_flight_closes_idle_connections_and_exits_0() {
     let backend = Backend::builder("slow")
@@ -41,10 +33,8 @@ fn sigterm_finishes_requests_in_flight_closes_idle_connections_and_exits_0() {
         let closed = c.wait_closed(Duration::from_secs(5));
         (r, closed)
     });
-    eventually(Duration::from_secs(2), || {
-        reached_backend(&backend, "/slow")
-    })
-    .expect("the slow request is in flight");
+    eventually(Duration::from_secs(2), || backend.reached("/slow"))
+        .expect("the slow request is in flight");
     let signalled = Instant::now();
     proxy.signal("-TERM");
 
@@ -86,10 +76,8 @@ fn drain_timeout_cuts_a_request_that_outlives_it() {
         c.send(b"GET /stuck HTTP/1.1\r\nHost: test\r\n\r\n");
         c.read_final().map(|r| r.status)
     });
-    eventually(Duration::from_secs(2), || {
-        reached_backend(&backend, "/stuck")
-    })
-    .expect("the request is in flight");
+    eventually(Duration::from_secs(2), || backend.reached("/stuck"))
+        .expect("the request is in flight");
     let signalled = Instant::now();
     proxy.signal("-INT");
     let status = proxy
@@ -123,10 +111,8 @@ fn a_second_signal_exits_at_once() {
         c.send(b"GET /stuck HTTP/1.1\r\nHost: test\r\n\r\n");
         let _ = c.read_final();
     });
-    eventually(Duration::from_secs(2), || {
-        reached_backend(&backend, "/stuck")
-    })
-    .expect("the request is in flight");
+    eventually(Duration::from_secs(2), || backend.reached("/stuck"))
+        .expect("the request is in flight");
     proxy.signal("-TERM");
     eventually(Duration::from_secs(2), || {
         if proxy.stderr().contains("draining") {

@@ -37,14 +37,8 @@ fn sighup_switches_config_without_refusing_a_connection_or_cutting_a_request() {
     assert_eq!(served_by(addr, "/before"), Ok("a".into()));
 
     let in_flight = thread::spawn(move || served_by(addr, "/slow"));
-    eventually(Duration::from_secs(2), || {
-        if a.targets().iter().any(|t| t == "/slow") {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    })
-    .expect("a request in flight on the old generation");
+    eventually(Duration::from_secs(2), || a.reached("/slow"))
+        .expect("a request in flight on the old generation");
     // New connections, one request each, all through the reload.
     let done = Arc::new(AtomicBool::new(false));
     let hammer = {
