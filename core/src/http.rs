@@ -110,8 +110,29 @@ pub struct RequestHead {
     pub body: RequestBody,
     /// The client wants the connection kept open after this exchange.
     pub keep_alive: bool,
+    /// `Expect: 100-continue` from an HTTP/1.1 client (RFC 9110 §10.1.1: a
+    /// 1.0 client's expectation is ignored and it never gets a 100).
     pub expect_continue: bool,
     pub is_head_method: bool,
+    /// The target was in absolute-form: the request line must go upstream
+    /// in origin-form ([`write_request_line`]) and Host is the target's
+    /// authority (RFC 9112 §3.2.2), which the patch writes.
+    pub absolute_form: bool,
+}
+
+/// A framing field the proxy writes itself instead of forwarding what was
+/// read, because what was read could be read two ways (a list, a repeat, an
+/// odd case) or must not be there at all. The lines it replaces are left out
+/// of `forward`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingLine {
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Nothing: the message has no body and must not claim one
+    /// (RFC 9110 §8.6: no Content-Length in a 1xx or 204).
+    Omitted,
 }
 
 /// Per-connection scratch space reused for every head, so the keep-alive
@@ -126,6 +147,11 @@ pub struct HeadScratch {
     pub forwarded_for: Vec<Range<usize>>,
     pub forwarded: Vec<Range<usize>>,
     connection_options: Vec<Range<usize>>,
+    /// Set when the framing fields read are not forwarded as they are.
+    pub framing: Option<FramingLine>,
+    /// The Host value to write (a range of the head), when the Host line
+    /// read is replaced by an absolute-form target's authority.
+    pub host: Option<Range<usize>>,
     /// Where [`HeadScratch::retain_lines`] builds the new `forward`.
     spare: Vec<Range<usize>>,
 }
@@ -136,6 +162,8 @@ impl HeadScratch {
         self.forwarded_for.clear();
         self.forwarded.clear();
         self.connection_options.clear();
+        self.framing = None;
+        self.host = None;
     }
 
     fn keep(&mut self, range: Range<usize>) {
@@ -300,19 +328,155 @@ impl TransferCodings {
     }
 }
 
-/// RFC 9110 §7.2 / RFC 3986 §3.2: uri-host [":" port]. Refuses anything that
-/// could be read as a different authority (userinfo, paths, spaces).
+/// RFC 9110 §7.2 / RFC 3986 §3.2: uri-host [":" port], port = *DIGIT (at
+/// most 65535). Refuses anything that could be read as a different
+/// authority (userinfo, paths, spaces, a second colon, a port that is not a
+/// number).
 fn valid_authority(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']' | b'~' | b'%')
-    })
+    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        // IP-literal: an IPv6 address in brackets.
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return false;
+        }
+        (&value[..close + 2], &rest[close + 1..])
+    } else {
+        let colon = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+        let host = &value[..colon];
+        if host.is_empty()
+            || !host.iter().all(|&b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b'%')
+            })
+        {
+            return false;
+        }
+        (host, &value[colon..])
+    };
+    debug_assert!(!host.is_empty());
+    match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && (digits.is_empty()
+                    || digits
+                        .iter()
+                        .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
+                        <= 65_535)
+        }
+        _ => false,
+    }
+}
+
+/// RFC 3986 §5.2.4: a path with a `.` or `..` segment means something else
+/// once normalised, so a prefix route or rewrite could be escaped
+/// (`/files/../admin`). Percent-encoded dots (`%2e`) count as dots, and
+/// encoded slashes and backslashes (`%2f`, `\`, `%5c`) as separators,
+/// since backends decode them before they resolve segments. The query is not
+/// part of the path.
+fn has_dot_segment(target: &[u8]) -> bool {
+    let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
+    let mut dots = 0usize;
+    let mut other = false;
+    let mut i = 0;
+    let dot_segment = |dots: usize, other: bool| !other && (dots == 1 || dots == 2);
+    while i < path.len() {
+        let (unit, len) = match path[i] {
+            b'%' => {
+                let hex = |at: usize| path.get(at).and_then(|&b| (b as char).to_digit(16));
+                match (hex(i + 1), hex(i + 2)) {
+                    (Some(h), Some(l)) => ((h * 16 + l) as u8, 3),
+                    _ => (b'%', 1),
+                }
+            }
+            b => (b, 1),
+        };
+        match unit {
+            b'/' | b'\\' => {
+                if dot_segment(dots, other) {
+                    return true;
+                }
+                dots = 0;
+                other = false;
+            }
+            b'.' => dots += 1,
+            _ => other = true,
+        }
+        i += len;
+    }
+    dot_segment(dots, other)
 }
 
 fn connection_has(options: &[Range<usize>], buf: &[u8], name: &[u8]) -> bool {
     options
         .iter()
         .any(|r| buf[r.clone()].eq_ignore_ascii_case(name))
+}
+
+/// Fields a `Connection` option may never remove from a request: framing,
+/// Host, and the forwarding fields the proxy writes itself. A client naming
+/// one is trying to make the proxy and the backend disagree on where the
+/// message ends or whom it is for (RFC 9110 §7.6.1 forbids listing framing
+/// fields, and no client has a reason to); the request is refused.
+const REQUEST_FIELDS_CONNECTION_MAY_NOT_NAME: [&[u8]; 6] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"forwarded",
+];
+
+/// The same rule for responses: only the framing fields matter there.
+const RESPONSE_FIELDS_CONNECTION_MAY_NOT_NAME: [&[u8]; 2] =
+    [b"content-length", b"transfer-encoding"];
+
+fn names_any(options: &[Range<usize>], buf: &[u8], names: &[&[u8]]) -> bool {
+    names.iter().any(|n| connection_has(options, buf, n))
+}
+
+/// Framing fields as read, to decide whether they can go on as they are:
+/// only one line with one plain value can; anything else (a repeat, a list,
+/// a leading zero, an odd case) is rewritten as one canonical line, so no
+/// peer after us can count it differently.
+#[derive(Default)]
+struct FramingFields {
+    length_lines: usize,
+    length_canonical: bool,
+    coding_lines: usize,
+    coding_canonical: bool,
+}
+
+impl FramingFields {
+    fn length_line(&mut self, value: &[u8]) {
+        self.length_lines += 1;
+        self.length_canonical = !value.is_empty()
+            && value.iter().all(u8::is_ascii_digit)
+            && (value.len() == 1 || value[0] != b'0');
+    }
+
+    fn coding_line(&mut self, value: &[u8]) {
+        self.coding_lines += 1;
+        self.coding_canonical = value == b"chunked";
+    }
+
+    fn as_read(&self) -> bool {
+        self.length_lines <= 1
+            && self.coding_lines <= 1
+            && (self.length_lines == 0 || self.length_canonical)
+            && (self.coding_lines == 0 || self.coding_canonical)
+    }
+}
+
+fn is_framing_field(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 /// Headers a proxy consumes itself (RFC 9110 §7.6.1) plus the ones the patch
@@ -435,8 +599,14 @@ pub fn parse_request(
     let request_line_end = line_end(buf, target_range.end);
     scratch.keep(line_start..request_line_end);
 
-    if method == "CONNECT" {
+    // CONNECT would open a tunnel; TRACE echoes the request, credentials
+    // included, back to whoever can make a browser send it.
+    if method == "CONNECT" || method == "TRACE" {
         return Err(HeadError::UnsupportedMethod);
+    }
+    // RFC 9112 §3.2: a fragment is never part of a request-target.
+    if target.contains('#') {
+        return Err(HeadError::Malformed("fragment in request-target"));
     }
     // RFC 9112 §3.2: origin-form, absolute-form, or "*" for OPTIONS.
     let origin_or_asterisk = target.starts_with('/') || (target == "*" && method == "OPTIONS");
@@ -456,18 +626,24 @@ pub fn parse_request(
     } else {
         return Err(HeadError::Malformed("invalid request-target"));
     };
+    if has_dot_segment(&buf[path_range.clone()]) {
+        return Err(HeadError::Malformed("dot segment in request path"));
+    }
 
     let mut content_length: Option<u64> = None;
     let mut codings = TransferCodings::default();
     let mut host: Option<Range<usize>> = None;
     let mut host_count = 0usize;
     let mut expect_continue = false;
+    let mut framing = FramingFields::default();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             merge_content_length(&mut content_length, h.value)?;
+            framing.length_line(h.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             codings.add(h.value)?;
+            framing.coding_line(h.value);
         } else if name.eq_ignore_ascii_case(b"host") {
             host_count += 1;
             if !valid_authority(h.value) {
@@ -478,7 +654,8 @@ pub fn parse_request(
             collect_connection_options(buf, h.value, &mut scratch.connection_options)?;
         } else if name.eq_ignore_ascii_case(b"expect") {
             if h.value.eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
+                // RFC 9110 §10.1.1: ignored in an HTTP/1.0 request.
+                expect_continue = version == Version::Http11;
             } else {
                 // RFC 9110 §10.1.1: the one expectation defined is all we meet.
                 return Err(HeadError::UnsupportedExpectation);
@@ -515,12 +692,30 @@ pub fn parse_request(
     };
 
     let opts = &scratch.connection_options;
+    if names_any(opts, buf, &REQUEST_FIELDS_CONNECTION_MAY_NOT_NAME) {
+        return Err(HeadError::Malformed(
+            "Connection names a framing, Host or forwarding field",
+        ));
+    }
     let keep_alive = match version {
         Version::Http11 => !connection_has(opts, buf, b"close"),
         Version::Http10 => {
             connection_has(opts, buf, b"keep-alive") && !connection_has(opts, buf, b"close")
         }
     };
+    let framing_as_read = framing.as_read();
+    if !framing_as_read {
+        scratch.framing = Some(match body {
+            RequestBody::Chunked => FramingLine::Chunked,
+            // An empty body keeps its explicit zero: the backend then knows
+            // a body-less POST is complete.
+            RequestBody::Length(n) => FramingLine::Length(n),
+            RequestBody::Empty => FramingLine::Length(0),
+        });
+    }
+    if let Some(authority) = &target_authority {
+        scratch.host = Some(authority.clone());
+    }
 
     for i in 0..req.headers.len() {
         let h = &req.headers[i];
@@ -528,7 +723,11 @@ pub fn parse_request(
         let name_range = offset_in(buf, name);
         let value_range = offset_in(buf, h.value);
         let line = name_range.start..line_end(buf, value_range.end);
-        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+        if (!framing_as_read && is_framing_field(name))
+            || (target_authority.is_some() && name.eq_ignore_ascii_case(b"host"))
+        {
+            // Written by the patch instead.
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             scratch.forwarded_for.push(value_range);
         } else if name.eq_ignore_ascii_case(b"forwarded") {
             scratch.forwarded.push(value_range);
@@ -546,6 +745,7 @@ pub fn parse_request(
         method: method_range,
         target: target_range,
         path: path_range,
+        absolute_form: target_authority.is_some(),
         authority: target_authority.or(host),
         version,
         body,
@@ -625,6 +825,7 @@ pub fn write_request_patch(
     client: &ForwardedClient,
     proto: &str,
 ) {
+    write_replaced_fields(out, buf, scratch);
     out.extend_from_slice(b"X-Forwarded-For: ");
     for r in &scratch.forwarded_for {
         out.extend_from_slice(&buf[r.clone()]);
@@ -643,6 +844,56 @@ pub fn write_request_patch(
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Writes the framing and Host lines that replace the ones read (see
+/// [`HeadScratch::framing`] and [`HeadScratch::host`]), if any.
+pub fn write_replaced_fields(out: &mut Vec<u8>, buf: &[u8], scratch: &HeadScratch) {
+    match scratch.framing {
+        None | Some(FramingLine::Omitted) => {}
+        Some(FramingLine::Chunked) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Some(FramingLine::Length(n)) => {
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(host) = &scratch.host {
+        out.extend_from_slice(b"Host: ");
+        out.extend_from_slice(&buf[host.clone()]);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes the request line of a forwarded request in origin-form (RFC 9112
+/// §3.2.1): the method, the path (its first `replace.0` bytes replaced by
+/// `replace.1`, for a prefix rewrite), and the version, then CRLF. An
+/// absolute-form target without a path becomes `/`.
+pub fn write_request_line(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &RequestHead,
+    replace: Option<(usize, &[u8])>,
+) {
+    out.extend_from_slice(&buf[head.method.clone()]);
+    out.push(b' ');
+    let path = &buf[head.path.clone()];
+    match replace {
+        Some((len, with)) => {
+            out.extend_from_slice(with);
+            out.extend_from_slice(&path[len.min(path.len())..]);
+        }
+        None => {
+            if !path.starts_with(b"/") && path != b"*" {
+                out.push(b'/');
+            }
+            out.extend_from_slice(path);
+        }
+    }
+    out.extend_from_slice(match head.version {
+        Version::Http10 => b" HTTP/1.0\r\n",
+        Version::Http11 => b" HTTP/1.1\r\n",
+    });
 }
 
 /// A parsed response head: offsets into the buffer it was parsed from.
@@ -709,12 +960,15 @@ pub fn parse_response(
 
     let mut content_length: Option<u64> = None;
     let mut codings = TransferCodings::default();
+    let mut framing = FramingFields::default();
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             merge_content_length(&mut content_length, h.value)?;
+            framing.length_line(h.value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             codings.add(h.value)?;
+            framing.coding_line(h.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             collect_connection_options(buf, h.value, &mut scratch.connection_options)?;
         }
@@ -746,6 +1000,23 @@ pub fn parse_response(
         }
     };
     let opts = &scratch.connection_options;
+    if names_any(opts, buf, &RESPONSE_FIELDS_CONNECTION_MAY_NOT_NAME) {
+        return Err(HeadError::Malformed("Connection names a framing field"));
+    }
+    // RFC 9110 §8.6 and §6.4.1: a 1xx or 204 has no body and must not say
+    // it has one. A 304 or a response to HEAD keeps its Content-Length,
+    // which describes the representation, not this message.
+    let omit_framing = (100..200).contains(&status) || status == 204;
+    let framing_as_read = !omit_framing && framing.as_read();
+    if omit_framing {
+        scratch.framing = Some(FramingLine::Omitted);
+    } else if !framing_as_read {
+        scratch.framing = Some(if codings.seen {
+            FramingLine::Chunked
+        } else {
+            FramingLine::Length(content_length.unwrap_or(0))
+        });
+    }
     let persistent = match version {
         Version::Http11 => !connection_has(opts, buf, b"close"),
         Version::Http10 => {
@@ -759,7 +1030,10 @@ pub fn parse_response(
         let name = h.name.as_bytes();
         let name_range = offset_in(buf, name);
         let line = name_range.start..line_end(buf, offset_in(buf, h.value).end);
-        if !is_response_hop_by_hop(name) && !connection_has(&scratch.connection_options, buf, name)
+        let replaced = !framing_as_read && is_framing_field(name);
+        if !replaced
+            && !is_response_hop_by_hop(name)
+            && !connection_has(&scratch.connection_options, buf, name)
         {
             scratch.keep(line);
         }
@@ -1158,16 +1432,330 @@ mod tests {
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n");
     }
 
+    #[test]
+    fn connection_may_not_name_framing_host_or_forwarding_fields() {
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "Host",
+            "X-Forwarded-For",
+            "x-forwarded-proto",
+            "Forwarded",
+        ] {
+            let raw = format!(
+                "POST / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, {name}\r\nContent-Length: 1\r\n\r\n"
+            );
+            assert_eq!(refused(raw.as_bytes()).status(), 400, "{name}");
+        }
+        let resp = res(
+            b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\n",
+            false,
+        );
+        assert!(resp.is_err(), "{resp:?}");
+    }
+
+    #[test]
+    fn framing_that_could_be_read_two_ways_is_rewritten_once() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 005\r\n\r\n",
+        ] {
+            let text = String::from_utf8(forwarded(raw)).unwrap();
+            assert_eq!(text.matches("Content-Length").count(), 1, "{text}");
+            assert!(text.contains("Content-Length: 5\r\n"), "{text}");
+        }
+        let text = String::from_utf8(forwarded(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n",
+        ))
+        .unwrap();
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"), "{text}");
+        assert!(!text.contains("Chunked"), "{text}");
+        // A plain single field stays as read (zero-copy).
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n";
+        let mut scratch = HeadScratch::default();
+        parse_request(raw, LIMITS, &mut scratch).unwrap().unwrap();
+        assert_eq!(scratch.framing, None);
+    }
+
+    #[test]
+    fn host_port_must_be_digits() {
+        for host in [
+            "x:8o", "x:abc", "x:1:2", "x:123456", "x:65536", ":80", "[::1", "[::1]x", "[zz]",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(req(raw.as_bytes()).is_err(), "{host} accepted");
+        }
+        for host in [
+            "x",
+            "x:80",
+            "x:",
+            "a.b-c_d:65535",
+            "[::1]:8080",
+            "[::ffff:1.2.3.4]",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(matches!(req(raw.as_bytes()), Ok(Some(_))), "{host} refused");
+        }
+        assert!(req(b"GET http://x:8o/ HTTP/1.1\r\nHost: x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn expect_100_continue_from_http10_is_ignored() {
+        let head = req(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!head.expect_continue);
+    }
+
+    #[test]
+    fn absolute_form_target_replaces_host_and_goes_in_origin_form() {
+        let raw = b"GET http://admin.example HTTP/1.1\r\nHost: public.example\r\nX-A: 1\r\n\r\n";
+        let mut scratch = HeadScratch::default();
+        let head = parse_request(raw, LIMITS, &mut scratch).unwrap().unwrap();
+        assert!(head.absolute_form);
+        let mut line = Vec::new();
+        write_request_line(&mut line, raw, &head, None);
+        assert_eq!(line, b"GET / HTTP/1.1\r\n");
+        scratch.retain_lines(raw, false, |_| true);
+        let mut out = Vec::new();
+        for r in &scratch.forward {
+            out.extend_from_slice(&raw[r.clone()]);
+        }
+        write_request_patch(
+            &mut out,
+            raw,
+            &scratch,
+            &ForwardedClient::new("10.0.0.1".parse().unwrap()),
+            "http",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Host: admin.example\r\n"), "{text}");
+        assert!(!text.contains("public.example"), "{text}");
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        for path in [
+            "/files/../../echo",
+            "/a/./b",
+            "/a/..",
+            "/a/.",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/.%2e",
+            "/files%2f..%2fecho",
+            "/files%2F..%5Cecho",
+            "/a\\..\\b",
+        ] {
+            let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(req(raw.as_bytes()).is_err(), "{path} accepted");
+        }
+        for path in [
+            "/a/...",
+            "/a/.b",
+            "/a/b..",
+            "/a?x=/../",
+            "/%2e%2e%2e",
+            "/.well-known/x",
+        ] {
+            let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert!(matches!(req(raw.as_bytes()), Ok(Some(_))), "{path} refused");
+        }
+    }
+
+    #[test]
+    fn trace_and_fragments_are_refused() {
+        assert_eq!(
+            refused(b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            501
+        );
+        assert_eq!(
+            refused(b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            400
+        );
+    }
+
+    #[test]
+    fn no_body_statuses_lose_their_framing_fields() {
+        let raw = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n";
+        let mut scratch = HeadScratch::default();
+        let head = parse_response(raw, LIMITS, false, &mut scratch)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.body, ResponseBody::Empty);
+        assert_eq!(scratch.framing, Some(FramingLine::Omitted));
+        let kept: Vec<u8> = scratch
+            .forward
+            .iter()
+            .flat_map(|r| raw[r.clone()].to_vec())
+            .collect();
+        assert_eq!(kept, b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n".to_vec());
+        // 304 keeps it: it describes the representation.
+        let raw = b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n";
+        parse_response(raw, LIMITS, false, &mut scratch)
+            .unwrap()
+            .unwrap();
+        assert_eq!(scratch.framing, None);
+    }
+
     mod properties {
         use proptest::prelude::*;
 
         use super::*;
 
+        /// A request head mixing what smuggling corpora try: framing fields
+        /// repeated, listed and in odd case, Connection naming anything,
+        /// Host absent, repeated or replaced by an absolute-form target.
+        fn hostile_head() -> impl Strategy<Value = Vec<u8>> {
+            let method = prop::sample::select(vec!["GET", "POST", "PUT", "HEAD"]);
+            let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.0"]);
+            let absolute = any::<bool>();
+            let field = prop::sample::select(vec![
+                "Content-Length: 5",
+                "Content-Length: 5",
+                "Content-Length: 5, 5",
+                "Content-Length: 05",
+                "Content-Length: 0",
+                "Content-Length: 6",
+                "Transfer-Encoding: chunked",
+                "Transfer-Encoding: Chunked",
+                "Transfer-Encoding: identity, chunked",
+                "Host: a.example",
+                "Host: b.example:8080",
+                "Connection: close",
+                "Connection: keep-alive",
+                "Connection: x-secret",
+                "Connection: content-length",
+                "Connection: Transfer-Encoding",
+                "Connection: host",
+                "Connection: te, upgrade",
+                "Connection: x-forwarded-for",
+                "Connection: forwarded",
+                "Connection: keep-alive, x-other",
+                "X-Secret: 1",
+                "X-Other: 2",
+                "Keep-Alive: timeout=5",
+                "TE: trailers",
+                "Upgrade: h2c",
+                "X-Forwarded-For: 1.2.3.4",
+                "Forwarded: for=1.2.3.4",
+                "Expect: 100-continue",
+            ]);
+            let fields = prop::collection::vec(field, 0..8);
+            (method, version, absolute, fields).prop_map(|(m, v, abs, fs)| {
+                let target = if abs { "http://t.example/p" } else { "/p" };
+                let mut head = format!("{m} {target} {v}\r\n");
+                for f in fs {
+                    head.push_str(f);
+                    head.push_str("\r\n");
+                }
+                head.push_str("\r\n");
+                head.into_bytes()
+            })
+        }
+
+        /// What the proxy sends upstream for an accepted head (no route
+        /// edits): the request line, the kept lines, then the patch.
+        fn forwarded_upstream(
+            raw: &[u8],
+            head: &RequestHead,
+            scratch: &mut HeadScratch,
+        ) -> Vec<u8> {
+            let mut out = Vec::new();
+            if head.absolute_form {
+                write_request_line(&mut out, raw, head, None);
+                scratch.retain_lines(raw, false, |_| true);
+            }
+            for r in &scratch.forward {
+                out.extend_from_slice(&raw[r.clone()]);
+            }
+            write_request_patch(
+                &mut out,
+                raw,
+                scratch,
+                &ForwardedClient::new("10.0.0.1".parse().unwrap()),
+                "http",
+            );
+            out
+        }
+
+        fn field_lines(head: &[u8]) -> Vec<(String, String)> {
+            let text = std::str::from_utf8(head).unwrap();
+            text.split("\r\n")
+                .skip(1)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    let (n, v) = l.split_once(':').unwrap();
+                    (n.to_ascii_lowercase(), v.trim().to_string())
+                })
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            /// Issue 17's invariant: whatever the parser accepts goes
+            /// upstream with exactly one framing, exactly one Host, and
+            /// none of the fields its Connection named.
+            #[test]
+            fn forwarded_head_has_one_framing_one_host_and_nothing_connection_named(raw in hostile_head()) {
+                let mut scratch = HeadScratch::default();
+                let Ok(Some(head)) = parse_request(&raw, LIMITS, &mut scratch) else {
+                    return Ok(());
+                };
+                let named: Vec<String> = field_lines(&raw)
+                    .into_iter()
+                    .filter(|(n, _)| n == "connection")
+                    .flat_map(|(_, v)| v.split(',').map(|o| o.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                    .collect();
+                let out = forwarded_upstream(&raw, &head, &mut scratch);
+                let fields = field_lines(&out);
+                let count = |name: &str| fields.iter().filter(|(n, _)| n == name).count();
+                let lengths = count("content-length");
+                let codings = count("transfer-encoding");
+                match head.body {
+                    RequestBody::Empty => prop_assert!(codings == 0 && lengths <= 1, "{}", String::from_utf8_lossy(&out)),
+                    RequestBody::Length(n) => {
+                        prop_assert_eq!((lengths, codings), (1, 0), "{}", String::from_utf8_lossy(&out));
+                        let value = fields.iter().find(|(f, _)| f == "content-length").map(|(_, v)| v.clone());
+                        prop_assert_eq!(value, Some(n.to_string()));
+                    }
+                    RequestBody::Chunked => {
+                        prop_assert_eq!((lengths, codings), (0, 1), "{}", String::from_utf8_lossy(&out));
+                        let value = fields.iter().find(|(f, _)| f == "transfer-encoding").map(|(_, v)| v.clone());
+                        prop_assert_eq!(value.as_deref(), Some("chunked"));
+                    }
+                }
+                let had_host = head.authority.is_some();
+                prop_assert_eq!(count("host"), usize::from(had_host), "{}", String::from_utf8_lossy(&out));
+                if head.absolute_form {
+                    let host = fields.iter().find(|(f, _)| f == "host").map(|(_, v)| v.clone());
+                    prop_assert_eq!(host.as_deref(), Some("t.example"));
+                }
+                const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "te", "upgrade", "close", "proxy-connection"];
+                for name in &named {
+                    if HOP_BY_HOP.contains(&name.as_str()) {
+                        continue;
+                    }
+                    prop_assert_eq!(count(name), 0, "{} named in Connection went upstream: {}", name, String::from_utf8_lossy(&out));
+                }
+                // And the forwarded head reads the same way to us.
+                let mut again = HeadScratch::default();
+                let reparsed = parse_request(&out, LIMITS, &mut again);
+                prop_assert!(matches!(&reparsed, Ok(Some(h)) if h.body == head.body), "{:?} for {}", reparsed, String::from_utf8_lossy(&out));
+            }
+        }
+
         /// A valid request head: method, path, Host, a few token headers,
         /// an optional Content-Length, then the blank line.
         fn valid_head() -> impl Strategy<Value = Vec<u8>> {
             let method = prop::sample::select(vec!["GET", "HEAD", "POST", "PUT", "DELETE"]);
-            let path = "/[a-z0-9/._~-]{0,40}";
+            let path = "/[a-z0-9/._~-]{0,40}"
+                .prop_filter("dot segments are refused", |p: &String| {
+                    !has_dot_segment(p.as_bytes())
+                });
             let header = ("x-[a-z]{1,12}", "[!-~]([ !-~]{0,30}[!-~])?");
             let headers = prop::collection::vec(header, 0..8);
             let length = prop::option::of(0u32..100_000);

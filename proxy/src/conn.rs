@@ -20,8 +20,9 @@ use ringgate_config::{HashKey, HeaderEdits, RateLimitKey, RetryOn, Route};
 use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
-    cookie_value, header_value, parse_request, parse_response, write_request_patch,
-    ForwardedClient, HeadScratch, RequestBody, RequestHead, ResponseBody, Version,
+    cookie_value, header_value, parse_request, parse_response, write_replaced_fields,
+    write_request_line, write_request_patch, ForwardedClient, HeadScratch, RequestBody,
+    RequestHead, ResponseBody, Version,
 };
 use ringgate_core::ratelimit::Admission;
 
@@ -375,31 +376,26 @@ impl Downstream {
         let idempotent = is_idempotent(&self.req.source[head.method.clone()]);
         self.req.patch.clear();
         self.patch_prefix = 0;
-        if let Some(prefix) = &route.rewrite_prefix {
-            // The target with the matched prefix replaced, in origin-form
-            // (RFC 9112 §3.2.1), as the request line's first patch bytes.
-            let src = &self.req.source;
-            let rest = head.path.start + route.path_prefix.len()..head.target.end;
-            let patch = &mut self.req.patch;
-            patch.extend_from_slice(&src[head.method.clone()]);
-            patch.push(b' ');
-            patch.extend_from_slice(prefix.as_bytes());
-            patch.extend_from_slice(&src[rest]);
-            patch.extend_from_slice(match head.version {
-                Version::Http10 => b" HTTP/1.0\r\n",
-                Version::Http11 => b" HTTP/1.1\r\n",
-            });
-            self.patch_prefix = patch.len();
+        let new_request_line = route.rewrite_prefix.is_some() || head.absolute_form;
+        if new_request_line {
+            // The target with the matched prefix replaced, or an
+            // absolute-form target's path, in origin-form (RFC 9112 §3.2.1),
+            // as the request line's first patch bytes.
+            let replace = route
+                .rewrite_prefix
+                .as_ref()
+                .map(|p| (route.path_prefix.len(), p.as_bytes()));
+            write_request_line(&mut self.req.patch, &self.req.source, head, replace);
+            self.patch_prefix = self.req.patch.len();
         }
         write_set_fields(&mut self.req.patch, &route.request_headers);
-        if route.rewrite_prefix.is_some() || !route.request_headers.is_empty() {
+        if new_request_line || !route.request_headers.is_empty() {
             // The request line and edited fields go as patch bytes instead.
             let edits = &route.request_headers;
-            self.req_scratch.retain_lines(
-                &self.req.source,
-                route.rewrite_prefix.is_none(),
-                |name| !edits.drops(name),
-            );
+            self.req_scratch
+                .retain_lines(&self.req.source, !new_request_line, |name| {
+                    !edits.drops(name)
+                });
         }
         if head.version == Version::Http10 {
             // The request line stays HTTP/1.0; without this the backend
@@ -1036,6 +1032,7 @@ async fn relay_inner(
             scratch.retain_lines(&resp.source, true, |name| !edits.drops(name));
             write_set_fields(&mut resp.patch, edits);
         }
+        write_replaced_fields(&mut resp.patch, &resp.source, scratch);
         if client_close && !interim {
             resp.patch.extend_from_slice(CLOSE_LINE.as_bytes());
         } else if ctx.client_version == Version::Http10 && !interim {

@@ -51,6 +51,9 @@ pub enum Behaviour {
     /// `Ok`, plus hop-by-hop response headers (Keep-Alive, a header named in
     /// Connection, Proxy-Connection) that the proxy must strip.
     HopByHopHeaders,
+    /// Writes exactly these bytes as its answer, after reading the request;
+    /// for misbehaving backends whose responses no test helper would build.
+    Raw(Vec<u8>),
 }
 
 /// How a backend sabotages the connections [`BackendBuilder::fail_connections`]
@@ -564,6 +567,7 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
                 let _ = w.shutdown(Shutdown::Both);
                 return Ok(());
             }
+            Behaviour::Raw(bytes) => w.write_all(&bytes)?,
             Behaviour::HopByHopHeaders => write_ok(
                 &mut w,
                 name,
