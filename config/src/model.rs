@@ -105,6 +105,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Longest wait between two reads of a request body.
     pub body_read_timeout: Duration,
+    /// Longest wait for a write to the client to make progress (a client
+    /// that stops reading its response).
+    pub send_timeout: Duration,
     /// Longest chunk-size line, extensions included.
     pub max_chunk_line_bytes: usize,
 }
@@ -128,6 +131,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// nginx's client_body_timeout (60 s): time between two reads, not for the whole body.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's send_timeout and proxy_send_timeout (60 s): time for one write to
+/// make progress, not for the whole message.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// A chunk-size line is hex digits plus rare extensions; 4 KiB leaves room for
 /// extensions while bounding what a chunked decoder buffers.
 pub const DEFAULT_MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
@@ -147,6 +153,7 @@ impl Default for Limits {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             max_chunk_line_bytes: DEFAULT_MAX_CHUNK_LINE_BYTES,
         }
     }
@@ -273,8 +280,13 @@ pub struct Upstream {
     pub backends: Vec<Backend>,
     /// TCP connect to a backend.
     pub connect_timeout: Duration,
-    /// Wait for the response head after the request is sent.
+    /// Longest wait for the next bytes of a response: for its head since
+    /// the request's last byte went up (or since the request began, while
+    /// its body is still uploading and not moving), then between reads.
     pub response_timeout: Duration,
+    /// Longest wait for a write to the backend to make progress (a backend
+    /// that stops reading a request body).
+    pub send_timeout: Duration,
     /// How long a pooled keep-alive connection may sit unused.
     pub idle_timeout: Duration,
     /// Per worker, idle keep-alive connections kept per backend; 0 disables reuse.

@@ -61,6 +61,7 @@ pub(crate) struct RawLimits {
     pub header_read_timeout: Option<Spanned<HumanDuration>>,
     pub keepalive_timeout: Option<Spanned<HumanDuration>>,
     pub body_read_timeout: Option<Spanned<HumanDuration>>,
+    pub send_timeout: Option<Spanned<HumanDuration>>,
     pub max_chunk_line_size: Option<Spanned<Size>>,
 }
 
@@ -201,6 +202,7 @@ pub(crate) struct RawBackend {
 pub(crate) struct RawTimeouts {
     pub connect: Option<Spanned<HumanDuration>>,
     pub response: Option<Spanned<HumanDuration>>,
+    pub send: Option<Spanned<HumanDuration>>,
     pub idle: Option<Spanned<HumanDuration>>,
 }
 

@@ -489,6 +489,11 @@ fn limits(c: &mut Checker<'_>, raw: Option<&RawLimits>) -> Limits {
             "limits.body_read_timeout",
             d.body_read_timeout,
         ),
+        send_timeout: c.timeout(
+            raw.send_timeout.as_ref(),
+            "limits.send_timeout",
+            d.send_timeout,
+        ),
         max_chunk_line_bytes: c.size(
             raw.max_chunk_line_size.as_ref(),
             "limits.max_chunk_line_size",
@@ -620,6 +625,11 @@ fn upstream(
             t.and_then(|t| t.response.as_ref()),
             &format!("{key}.timeouts.response"),
             DEFAULT_RESPONSE_TIMEOUT,
+        ),
+        send_timeout: c.timeout(
+            t.and_then(|t| t.send.as_ref()),
+            &format!("{key}.timeouts.send"),
+            DEFAULT_SEND_TIMEOUT,
         ),
         idle_timeout: c.timeout(
             t.and_then(|t| t.idle.as_ref()),

@@ -54,6 +54,24 @@ pub enum Behaviour {
     /// Writes exactly these bytes as its answer, after reading the request;
     /// for misbehaving backends whose responses no test helper would build.
     Raw(Vec<u8>),
+    /// Answers like `Ok`, then `delay` later writes `bytes` nobody asked
+    /// for (a second, unsolicited response), then serves on.
+    ThenUnsolicited { delay: Duration, bytes: Vec<u8> },
+    /// Writes `bytes` as soon as the head is read, without reading the body,
+    /// then reads on: the body is parsed as the next request (the early
+    /// answer a 401/413 handler gives, which a hidden request exploits).
+    AnswerBeforeBody(Vec<u8>),
+    /// Closes as soon as the head is read, the body unread (a RST once the
+    /// proxy writes more).
+    CloseBeforeBody,
+    /// Reads the head, then neither reads the body nor answers for this
+    /// long (a backend that stopped reading).
+    IgnoreBody(Duration),
+    /// 200 with a body of this many bytes (the test pattern), written as
+    /// fast as the peer takes it.
+    Large(u64),
+    /// `102 Processing` every 50 ms, for ever (until a write fails).
+    EndlessInterim,
 }
 
 /// How a backend sabotages the connections [`BackendBuilder::fail_connections`]
@@ -137,6 +155,7 @@ struct Shared {
     /// Connections sabotaged by the fault plan.
     faulted: AtomicUsize,
     faults: Option<FaultPlan>,
+    idle_timeout: Duration,
     /// Open connections (a handle each, to cut them on stop), by number.
     streams: Mutex<HashMap<usize, TcpStream>>,
     stop: AtomicBool,
@@ -176,9 +195,17 @@ pub struct BackendBuilder {
     routes: Vec<(String, Behaviour)>,
     addr: Option<SocketAddr>,
     faults: Option<FaultPlan>,
+    idle_timeout: Duration,
 }
 
 impl BackendBuilder {
+    /// Closes a connection idle this long between requests (Node's
+    /// keep-alive timeout is 5 s); default: longer than any test.
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
     /// Behaviour for targets starting with `prefix`.
     pub fn route(mut self, prefix: &str, b: Behaviour) -> Self {
         self.routes.push((prefix.to_string(), b));
@@ -219,6 +246,7 @@ impl BackendBuilder {
             connections: AtomicUsize::new(0),
             faulted: AtomicUsize::new(0),
             faults: self.faults,
+            idle_timeout: self.idle_timeout,
             streams: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
         });
@@ -260,6 +288,7 @@ impl Backend {
             routes: Vec::new(),
             addr: None,
             faults: None,
+            idle_timeout: IDLE_READ_TIMEOUT,
         }
     }
 
@@ -424,7 +453,7 @@ fn unparseable(conn: usize, raw: Vec<u8>, error: String) -> Recorded {
 
 /// One connection: read head → record → behave → keep-alive or close.
 fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
-    stream.set_read_timeout(Some(IDLE_READ_TIMEOUT))?;
+    stream.set_read_timeout(Some(shared.idle_timeout))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     stream.set_nodelay(true)?;
     let mut w = stream.try_clone()?;
@@ -488,6 +517,27 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
         let name = shared.name.as_str();
         let mut kept = Vec::new();
         let mut len = 0u64;
+
+        // Behaviours that act before the body is read.
+        match &behaviour {
+            Behaviour::AnswerBeforeBody(bytes) => {
+                w.write_all(bytes)?;
+                continue;
+            }
+            Behaviour::CloseBeforeBody => {
+                let _ = w.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Behaviour::IgnoreBody(d) => {
+                thread::sleep(*d);
+                return Ok(());
+            }
+            Behaviour::EndlessInterim => loop {
+                w.write_all(b"HTTP/1.1 102 Processing\r\n\r\n")?;
+                thread::sleep(Duration::from_millis(50));
+            },
+            _ => {}
+        }
 
         if let Behaviour::Echo = behaviour {
             let res = echo(&mut r, &mut w, framing, name, shared, idx);
@@ -568,6 +618,28 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
                 return Ok(());
             }
             Behaviour::Raw(bytes) => w.write_all(&bytes)?,
+            Behaviour::ThenUnsolicited { delay, bytes } => {
+                write_ok(&mut w, name, &body, "")?;
+                thread::sleep(delay);
+                w.write_all(&bytes)?;
+            }
+            Behaviour::Large(n) => {
+                w.write_all(
+                    format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\nContent-Length: {n}\r\n\r\n")
+                        .as_bytes(),
+                )?;
+                let pattern = crate::Pattern::new(7).take(crate::PATTERN_LEN);
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(pattern.len() as u64) as usize;
+                    w.write_all(&pattern[..k])?;
+                    left -= k as u64;
+                }
+            }
+            Behaviour::AnswerBeforeBody(_)
+            | Behaviour::CloseBeforeBody
+            | Behaviour::IgnoreBody(_)
+            | Behaviour::EndlessInterim => unreachable!("handled before the body"),
             Behaviour::HopByHopHeaders => write_ok(
                 &mut w,
                 name,

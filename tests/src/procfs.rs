@@ -120,3 +120,18 @@ pub fn listening_sockets(port: u16) -> usize {
         })
         .sum()
 }
+
+/// How many of the process's file descriptors are sockets: its listeners
+/// plus every client and upstream connection it holds open.
+pub fn socket_fds(pid: u32) -> usize {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            fs::read_link(e.path())
+                .map(|t| t.to_string_lossy().starts_with("socket:"))
+                .unwrap_or(false)
+        })
+        .count()
+}
