@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
 use monoio::io::{
-    AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller, OwnedReadHalf,
-    OwnedWriteHalf,
+    CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller, OwnedReadHalf, OwnedWriteHalf,
 };
 use monoio::net::TcpStream;
 
@@ -216,36 +215,148 @@ unsafe impl IoVecBuf for Gather {
     }
 }
 
-/// Writes every segment of `g`, looping over partial writes.
-pub async fn write_gather(w: &mut Writer, mut g: Gather) -> (io::Result<()>, Gather) {
+/// Why a write did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFail {
+    /// No progress within the send timeout: the peer stopped reading.
+    TimedOut,
+    /// The other half of the exchange gave up.
+    Aborted,
+    Io(io::ErrorKind),
+}
+
+/// Runs one cancelable write op, cancelling it through `abort` when
+/// `timeout` passes first; like reads, the op is awaited until the kernel
+/// hands the buffer back.
+async fn write_op<T, F>(op: F, timeout: Duration, abort: &Abort) -> (Result<usize, WriteFail>, T)
+where
+    F: Future<Output = monoio::BufResult<usize, T>>,
+{
+    let mut op = pin!(op);
+    let mut sleep = pin!(monoio::time::sleep(timeout));
+    let mut timed_out = false;
+    let (res, buf) = poll_fn(|cx| {
+        if let Poll::Ready(out) = op.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        if !timed_out && sleep.as_mut().poll(cx).is_ready() {
+            timed_out = true;
+            abort.cancel_pending();
+            if let Poll::Ready(out) = op.as_mut().poll(cx) {
+                return Poll::Ready(out);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let res = match res {
+        Ok(0) => Err(WriteFail::Io(io::ErrorKind::WriteZero)),
+        Ok(n) => Ok(n),
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Err(if timed_out {
+            WriteFail::TimedOut
+        } else {
+            WriteFail::Aborted
+        }),
+        Err(e) => Err(WriteFail::Io(e.kind())),
+    };
+    (res, buf)
+}
+
+/// Writes every segment of `g`; each writev must make progress within
+/// `timeout` (nginx's `send_timeout`), and `abort` cancels it.
+pub async fn send_gather(
+    w: &mut Writer,
+    mut g: Gather,
+    timeout: Duration,
+    abort: &Abort,
+) -> (Result<(), WriteFail>, Gather) {
     while g.first < g.iov.len() {
-        let (res, back) = w.writev(g).await;
+        if abort.is_aborted() {
+            return (Err(WriteFail::Aborted), g);
+        }
+        let handle = abort.canceller.borrow().handle();
+        let (res, back) = write_op(w.cancelable_writev(g, handle), timeout, abort).await;
         g = back;
         match res {
-            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), g),
             Ok(n) => g.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(WriteFail::Io(io::ErrorKind::Interrupted)) => {}
             Err(e) => return (Err(e), g),
         }
     }
     (Ok(()), g)
 }
 
-/// Writes `buf[range]` completely and hands `buf` back.
-pub async fn write_range(
+/// Writes `buf[range]` completely under the same deadline rule as
+/// [`send_gather`], and hands `buf` back.
+pub async fn send_range(
     w: &mut Writer,
-    buf: Vec<u8>,
+    mut buf: Vec<u8>,
     range: Range<usize>,
-) -> (io::Result<()>, Vec<u8>) {
-    if range.is_empty() {
-        return (Ok(()), buf);
+    timeout: Duration,
+    abort: &Abort,
+) -> (Result<(), WriteFail>, Vec<u8>) {
+    let mut at = range.start;
+    while at < range.end {
+        if abort.is_aborted() {
+            return (Err(WriteFail::Aborted), buf);
+        }
+        let handle = abort.canceller.borrow().handle();
+        let op = w.cancelable_write(buf.slice(at..range.end), handle);
+        let (res, slice) = write_op(op, timeout, abort).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(n) => at += n,
+            Err(WriteFail::Io(io::ErrorKind::Interrupted)) => {}
+            Err(e) => return (Err(e), buf),
+        }
     }
-    let (res, slice) = w.write_all(buf.slice(range)).await;
-    (res.map(|_| ()), slice.into_inner())
+    (Ok(()), buf)
 }
 
-/// Writes a static response in full.
-pub async fn write_static(w: &mut Writer, bytes: &'static [u8]) -> io::Result<()> {
-    let (res, _) = w.write_all(bytes).await;
-    res.map(|_| ())
+/// Is anything waiting to be read on `fd`, or has the peer closed it? A
+/// pooled upstream connection is clean only when neither: bytes nobody
+/// asked for, or an EOF, mean it must not carry another request.
+pub fn has_pending_input(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is an open socket owned by the caller for the duration of
+    // the call; the buffer is one valid, writable byte.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error().kind();
+        // EAGAIN: nothing there, the connection is clean. Any other error
+        // (a reset) makes it unusable too.
+        return err != io::ErrorKind::WouldBlock && err != io::ErrorKind::Interrupted;
+    }
+    true
+}
+
+/// Writes a static response in full under the same deadline rule as
+/// [`send_gather`].
+pub async fn send_static(
+    w: &mut Writer,
+    bytes: &'static [u8],
+    timeout: Duration,
+    abort: &Abort,
+) -> Result<(), WriteFail> {
+    let mut at = 0;
+    while at < bytes.len() {
+        if abort.is_aborted() {
+            return Err(WriteFail::Aborted);
+        }
+        let handle = abort.canceller.borrow().handle();
+        let (res, _) = write_op(w.cancelable_write(&bytes[at..], handle), timeout, abort).await;
+        match res {
+            Ok(n) => at += n,
+            Err(WriteFail::Io(io::ErrorKind::Interrupted)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -4,8 +4,9 @@
 //! The request path lives in `conn`; everything runtime-free in ringgate-core.
 
 mod access_log;
-mod conn;
 mod demo;
+mod downstream;
+mod exchange;
 mod gossip;
 mod health;
 mod io;

@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -18,7 +19,7 @@ use ringgate_core::backend_view::{
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
-use crate::io::{Reader, Writer};
+use crate::io::{has_pending_input, Reader, Writer};
 use crate::metrics::{outcome_index, OUTCOMES};
 
 /// An upstream connection, split so an exchange can send a request body and
@@ -29,6 +30,9 @@ pub struct UpstreamConn {
     pub backend: usize,
     /// Came from the pool: the backend may have closed it meanwhile.
     pub reused: bool,
+    /// The socket, for the cleanliness check of a pooled connection; valid
+    /// while `r` and `w` live.
+    fd: RawFd,
     /// Counts the connection as open until it is dropped.
     slot: ConnSlot,
 }
@@ -36,6 +40,7 @@ pub struct UpstreamConn {
 struct Idle {
     r: Reader,
     w: Writer,
+    fd: RawFd,
     since: Instant,
     slot: ConnSlot,
 }
@@ -279,6 +284,7 @@ impl UpstreamState {
                         w: idle.w,
                         backend,
                         reused: true,
+                        fd: idle.fd,
                         slot: idle.slot,
                     });
                 }
@@ -299,34 +305,31 @@ impl UpstreamState {
         let slot = ConnSlot::take(&self.tally, backend);
         let stream = connect(self.backend_addr(backend), self.config.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
         let (r, w) = stream.into_split();
         Ok(UpstreamConn {
             r,
             w,
             backend,
             reused: false,
+            fd,
             slot,
         })
     }
 
-    /// The most recently used idle connection that has not idled out.
+    /// The most recently used idle connection that has not idled out and
+    /// is still clean: nothing arrived on it while it idled (a response
+    /// nobody asked for, or the backend's close). Any other is closed.
     fn take_idle(&self, backend: usize) -> Option<Idle> {
-        let mut expired = Vec::new();
-        let found = {
-            let mut pool = self.pools[backend].borrow_mut();
-            loop {
-                match pool.pop() {
-                    Some(idle) if idle.since.elapsed() < self.config.idle_timeout => {
-                        break Some(idle)
-                    }
-                    Some(idle) => expired.push(idle),
-                    None => break None,
-                }
+        loop {
+            let idle = self.pools[backend].borrow_mut().pop()?;
+            let fresh = idle.since.elapsed() < self.config.idle_timeout;
+            if fresh && !has_pending_input(idle.fd) {
+                return Some(idle);
             }
-        };
-        // Dropped outside the pool's borrow: a slot's drop wakes waiters.
-        drop(expired);
-        found
+            // Dropped outside the pool's borrow: a slot's drop wakes waiters.
+            drop(idle);
+        }
     }
 
     /// Until a connection to `backend` is checked in or closed on this
@@ -360,6 +363,7 @@ impl UpstreamState {
             pool.push(Idle {
                 r: conn.r,
                 w: conn.w,
+                fd: conn.fd,
                 since: Instant::now(),
                 slot: conn.slot,
             });

@@ -24,7 +24,7 @@ use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::access_log::AccessLog;
-use crate::conn::{self, ConnControl};
+use crate::downstream::{self, ConnControl};
 use crate::gossip::{self, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
@@ -460,7 +460,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     key,
                 };
                 monoio::spawn(async move {
-                    conn::serve(slot.worker.clone(), index, stream, peer.ip(), ctl).await;
+                    downstream::serve(slot.worker.clone(), index, stream, peer.ip(), ctl).await;
                     drop(slot);
                 });
             }

@@ -16,7 +16,11 @@ const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nnot-for-you\
 fn ok(backend: &Backend, c: &mut Client, target: &str) {
     let r = c.get(target);
     assert_eq!(r.status, 200, "{target}: {r:?}");
-    assert_eq!(r.body_str(), backend.ok_body(target), "{target}: body of another request");
+    assert_eq!(
+        r.body_str(),
+        backend.ok_body(target),
+        "{target}: body of another request"
+    );
 }
 
 #[test]
@@ -66,7 +70,11 @@ fn early_response_then_hidden_request_in_the_body_never_reaches_a_later_client()
         }
         thread::sleep(Duration::from_millis(200));
         for i in 0..3 {
-            ok(&backend, &mut Client::connect(proxy.port), &format!("/victim{i}"));
+            ok(
+                &backend,
+                &mut Client::connect(proxy.port),
+                &format!("/victim{i}"),
+            );
         }
     }
 }
@@ -91,7 +99,10 @@ fn post_is_sent_once_when_a_reused_connection_closes_without_answering() {
         assert_eq!(r.status, 502, "retries {retries}: {r:?}");
         thread::sleep(Duration::from_millis(200));
         let posts = backend.targets().iter().filter(|t| *t == "/p").count();
-        assert_eq!(posts, 1, "retries {retries}: the POST reached the backend {posts} times");
+        assert_eq!(
+            posts, 1,
+            "retries {retries}: the POST reached the backend {posts} times"
+        );
     }
 }
 
@@ -185,10 +196,14 @@ fn client_that_never_reads_its_response_is_closed_by_send_timeout() {
     let proxy = one_second_deadlines(&backend);
     let baseline = socket_fds(proxy.pid());
     let s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    (&s).write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    (&s).write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     eventually(Duration::from_secs(2), || backend.reached("/big")).unwrap();
     thread::sleep(Duration::from_millis(200));
-    assert!(socket_fds(proxy.pid()) >= baseline + 2, "client and upstream open");
+    assert!(
+        socket_fds(proxy.pid()) >= baseline + 2,
+        "client and upstream open"
+    );
     // Neither side reads: the client never, the proxy's write stalls.
     let took = connections_drop_to(proxy.pid(), baseline, 0, Duration::from_secs(3));
     assert!(took <= Duration::from_secs(2), "closed after {took:?}");
@@ -204,7 +219,10 @@ fn backend_that_stops_reading_a_body_is_closed_by_send_timeout() {
     let client = thread::spawn(move || upload(port, "/up", 256 << 20));
     eventually(Duration::from_secs(2), || backend.reached("/up")).unwrap();
     let took = connections_drop_to(proxy.pid(), baseline, 0, Duration::from_secs(4));
-    assert!(took <= Duration::from_secs(2) + Duration::from_millis(500), "closed after {took:?}");
+    assert!(
+        took <= Duration::from_secs(2) + Duration::from_millis(500),
+        "closed after {took:?}"
+    );
     let r = client.join().unwrap();
     if let Ok(r) = r {
         assert!(matches!(r.status, 502 | 504), "{r:?}");
@@ -224,7 +242,11 @@ fn response_timeout_runs_while_the_body_uploads() {
     let started = Instant::now();
     let r = c.read_final().expect("a 504, not a hang");
     assert_eq!(r.status, 504, "{r:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     drop(c);
     connections_drop_to(proxy.pid(), baseline, 0, Duration::from_secs(2));
 }
@@ -249,7 +271,11 @@ fn endless_interim_responses_end_at_the_response_timeout() {
             Err(_) => break,
         }
     }
-    assert!(started.elapsed() < Duration::from_millis(2500), "still going after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "still going after {:?}",
+        started.elapsed()
+    );
     assert!(matches!(last, None | Some(502) | Some(504)), "{last:?}");
     drop(c);
     connections_drop_to(proxy.pid(), baseline, 0, Duration::from_secs(2));
@@ -264,7 +290,12 @@ fn absolute_form_target_replaces_host_upstream() {
     assert_eq!(r.status, 200, "{r:?}");
     let rec = &backend.records()[0];
     assert_eq!(rec.target, "/x?y=1", "{}", show(&rec.raw_head));
-    assert_eq!(rec.header("host").as_deref(), Some("admin.example"), "{}", show(&rec.raw_head));
+    assert_eq!(
+        rec.header("host").as_deref(),
+        Some("admin.example"),
+        "{}",
+        show(&rec.raw_head)
+    );
 }
 
 #[test]
@@ -274,12 +305,20 @@ fn dot_segments_cannot_escape_a_rewrite_prefix() {
         .route_prefix("/files/")
         .route_extra("rewrite", "{ prefix = \"/srv/files/\" }")
         .start();
-    for target in ["/files/../../echo", "/files/%2e%2e/%2e%2e/echo", "/files/..%2f..%2fecho"] {
+    for target in [
+        "/files/../../echo",
+        "/files/%2e%2e/%2e%2e/echo",
+        "/files/..%2f..%2fecho",
+    ] {
         let r = Client::connect(proxy.port).get(target);
         assert_eq!(r.status, 400, "{target}: {r:?}");
     }
     thread::sleep(Duration::from_millis(100));
-    assert!(backend.targets().is_empty(), "reached the backend: {:?}", backend.targets());
+    assert!(
+        backend.targets().is_empty(),
+        "reached the backend: {:?}",
+        backend.targets()
+    );
     let r = Client::connect(proxy.port).get("/files/a.txt");
     assert_eq!(r.status, 200);
     assert_eq!(backend.targets(), ["/srv/files/a.txt"]);
@@ -313,8 +352,13 @@ fn early_error_response_says_connection_close_when_the_proxy_closes() {
     c.send(b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
     let r = c.read_final().expect("the 413");
     assert_eq!(r.status, 413);
-    assert!(r.says_close(), "the proxy closes after an early error without saying so: {}", show(&r.raw_head));
-    c.wait_closed(Duration::from_secs(2)).expect("closed after the 413");
+    assert!(
+        r.says_close(),
+        "the proxy closes after an early error without saying so: {}",
+        show(&r.raw_head)
+    );
+    c.wait_closed(Duration::from_secs(2))
+        .expect("closed after the 413");
 }
 
 #[test]

@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 
 const HOT_PATH: &[&str] = &[
     "proxy/src/access_log.rs",
-    "proxy/src/conn.rs",
+    "proxy/src/downstream.rs",
+    "proxy/src/exchange/mod.rs",
+    "proxy/src/exchange/error.rs",
+    "proxy/src/exchange/request.rs",
+    "proxy/src/exchange/response.rs",
+    "proxy/src/exchange/retry.rs",
     "proxy/src/io.rs",
     "proxy/src/upstream.rs",
     "proxy/src/worker.rs",

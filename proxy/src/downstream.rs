@@ -1,0 +1,307 @@
+//! One client connection, as a readable loop: read head → route → answer
+//! locally (404, 429) or run an [`exchange`](crate::exchange) → keep-alive
+//! or close. The connection owns its halves, its cancellers and the buffers
+//! every exchange on it reuses; the exchange owns everything about one
+//! request and its response.
+
+use std::cell::Cell;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+use ringgate_config::{RateLimitKey, Route};
+use ringgate_core::http::{
+    header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
+};
+use ringgate_core::ratelimit::Admission;
+
+use crate::access_log::{AccessLog, Captured, Sent};
+use crate::exchange::{
+    self, error_response, Buffers, Client, Context, Next, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE,
+};
+use crate::io::{read_more, send_range, Abort, ReadFail, Reader, Writer};
+use crate::worker::Worker;
+
+/// Read size for heads; a head larger than this grows the buffer up to the
+/// configured limit.
+const HEAD_READ_BYTES: usize = 16 * 1024;
+
+struct Downstream {
+    r: Reader,
+    w: Writer,
+    client: ForwardedClient,
+    /// Buffers and cancellers every exchange on this connection reuses.
+    bufs: Buffers,
+    /// The connection's read canceller, shared with the worker so a drain
+    /// can close the connection while it waits for a next request.
+    ctl: Rc<ConnControl>,
+    write_abort: Abort,
+    /// What went back for the current request (for the access log).
+    sent: Sent,
+    /// The current request's access-log fields, when logging.
+    captured: Captured,
+}
+
+/// What a worker may do to one of its client connections from outside.
+#[derive(Default)]
+pub struct ConnControl {
+    /// Cancels the connection's pending client read.
+    pub abort: Abort,
+    /// Waiting for a next request on a kept-alive connection, nothing of it
+    /// read yet: a drain closes such a connection at once.
+    pub idle: Cell<bool>,
+}
+
+pub async fn serve(
+    worker: Rc<Worker>,
+    listener: usize,
+    stream: TcpStream,
+    peer_ip: IpAddr,
+    ctl: Rc<ConnControl>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut d = Downstream {
+        r,
+        w,
+        client: ForwardedClient::new(peer_ip),
+        bufs: Buffers::default(),
+        ctl,
+        write_abort: Abort::default(),
+        sent: Sent::default(),
+        captured: Captured::default(),
+    };
+    let mut first = true;
+    loop {
+        // A connection's first request is served even while draining: the
+        // client connected before the listener closed.
+        let idle = !first && d.bufs.req.source.is_empty();
+        if idle && worker.draining.get() {
+            return;
+        }
+        d.ctl.idle.set(idle);
+        let head = d.read_head(&worker, first).await;
+        d.ctl.idle.set(false);
+        let head = match head {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(refusal) => {
+                d.sent.reset();
+                d.send_refusal(&worker, &refusal).await;
+                d.record(&worker, None);
+                return;
+            }
+        };
+        first = false;
+        match d.handle(&worker, listener, &head).await {
+            Next::KeepAlive => continue,
+            Next::Close => return,
+        }
+    }
+}
+
+impl Downstream {
+    /// Counts what went back for the request and logs it: `request` holds
+    /// its captured fields and how long it took, `None` for a head that
+    /// could not be parsed.
+    fn record(&self, worker: &Worker, request: Option<(&Captured, Duration)>) {
+        worker.counters.response(self.sent.status.get());
+        if let Some(log) = &worker.access_log {
+            let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
+            log.write(&self.client, captured, &self.sent, took);
+        }
+    }
+
+    /// Sends the proxy's own response; `false` when the client could not
+    /// take it within `send_timeout`.
+    async fn send_local(&mut self, worker: &Worker, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        self.write_abort.reset();
+        let timeout = worker.config.limits.send_timeout;
+        let (res, _) = send_range(&mut self.w, bytes, 0..len, timeout, &self.write_abort).await;
+        res.is_ok()
+    }
+
+    async fn send_refusal(&mut self, worker: &Worker, refusal: &Refusal) -> bool {
+        self.sent.local(refusal.status, refusal.reason.len() + 1);
+        self.send_local(worker, error_response(refusal, CLOSE_LINE))
+            .await
+    }
+
+    /// Reads until a whole head is buffered. `Ok(None)`: the client went away
+    /// or stayed idle past the keep-alive timeout; close quietly.
+    async fn read_head(
+        &mut self,
+        worker: &Worker,
+        first: bool,
+    ) -> Result<Option<RequestHead>, Refusal> {
+        let limits = &worker.config.limits;
+        let mut head_started: Option<Instant> = None;
+        loop {
+            if !self.bufs.req.source.is_empty() {
+                match parse_request(
+                    &self.bufs.req.source,
+                    worker.head_limits,
+                    &mut self.bufs.req_scratch,
+                ) {
+                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(None) => {}
+                    Err(e) => return Err(Refusal::new(e.status(), e.reason())),
+                }
+                head_started.get_or_insert_with(Instant::now);
+            }
+            // Slowloris: the whole head must arrive within header_read_timeout
+            // of its first byte (of the connection, for the first request).
+            let timeout = match head_started {
+                Some(t) => limits.header_read_timeout.saturating_sub(t.elapsed()),
+                None if first => limits.header_read_timeout,
+                None => limits.keepalive_timeout,
+            };
+            let res = read_more(
+                &mut self.r,
+                &mut self.bufs.req.source,
+                HEAD_READ_BYTES,
+                timeout,
+                &self.ctl.abort,
+            )
+            .await;
+            match res {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(ReadFail::TimedOut) if head_started.is_some() || first => {
+                    return Err(Refusal::new(408, "request head not received in time"))
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
+        self.sent.reset();
+        let started = worker.access_log.as_ref().map(|_| {
+            AccessLog::capture(&mut self.captured, &self.bufs.req.source, head);
+            Instant::now()
+        });
+        let next = self.route(worker, listener, head).await;
+        self.record(worker, started.map(|t| (&self.captured, t.elapsed())));
+        next
+    }
+
+    /// Routes the request, then answers it locally (404, 429) or forwards it.
+    async fn route(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
+        let src = &self.bufs.req.source;
+        let host = head.authority.clone().map(|r| &src[r]);
+        let route = worker.routers[listener].find_request(
+            host,
+            &src[head.path.clone()],
+            &src[head.method.clone()],
+            &src[..head.head_len],
+        );
+        // The body was never forwarded when we answer ourselves; only a
+        // body-less request leaves the connection in sync.
+        let can_keep = head.keep_alive && head.body == RequestBody::Empty;
+        let Some(route) = route else {
+            return self
+                .answer_locally(worker, &Refusal::new(404, "no route"), can_keep, None, head)
+                .await;
+        };
+        if let Some(limiter) = &worker.limiters[route] {
+            let key = rate_limit_key(
+                &worker.config.routes[route],
+                &self.bufs.req.source[..head.head_len],
+                &self.client,
+            );
+            let admission = limiter.borrow_mut().admit(key, Instant::now());
+            if !admission.allowed {
+                let refusal = Refusal::new(429, "rate limit exceeded");
+                return self
+                    .answer_locally(worker, &refusal, can_keep, Some(&admission), head)
+                    .await;
+            }
+        }
+        let route = &worker.config.routes[route];
+        let upstream = &worker.upstreams[route.upstream];
+        let cx = Context {
+            limits: &worker.config.limits,
+            head_limits: worker.head_limits,
+            chunk_limits: worker.chunk_limits,
+            draining: &worker.draining,
+        };
+        let client = Client {
+            r: &mut self.r,
+            w: &mut self.w,
+            read_abort: &self.ctl.abort,
+            write_abort: &self.write_abort,
+            addr: &self.client,
+            sent: &self.sent,
+        };
+        match exchange::run(&cx, client, &mut self.bufs, route, upstream, head).await {
+            Ok(next) => next,
+            Err(refusal) => {
+                self.send_refusal(worker, &refusal).await;
+                Next::Close
+            }
+        }
+    }
+
+    /// Answers a request without an upstream (404, 429), keeping the
+    /// connection when the request had no body.
+    async fn answer_locally(
+        &mut self,
+        worker: &Worker,
+        refusal: &Refusal,
+        keep: bool,
+        admission: Option<&Admission>,
+        head: &RequestHead,
+    ) -> Next {
+        let connection_line = match (keep, head.version) {
+            (false, _) => CLOSE_LINE,
+            (true, Version::Http10) => KEEP_ALIVE_LINE,
+            (true, Version::Http11) => "",
+        };
+        self.sent.local(refusal.status, refusal.reason.len() + 1);
+        let mut bytes = error_response(refusal, connection_line);
+        if let Some(a) = admission {
+            insert_rate_limit_headers(&mut bytes, a);
+        }
+        let sent = self.send_local(worker, bytes).await;
+        if keep && sent {
+            self.bufs.req.source.drain(..head.head_len);
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+}
+
+/// The bytes a rate limit counts by.
+fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedClient) -> &'a [u8] {
+    match route.rate_limit.as_ref().map(|r| &r.key) {
+        Some(RateLimitKey::ClientIp) | None => client.ip_bytes(),
+        Some(RateLimitKey::Route) => b"",
+        Some(RateLimitKey::Header(name)) => header_value(head, name.as_bytes()).unwrap_or(b""),
+    }
+}
+
+/// Adds the rate-limit headers (draft-ietf-httpapi-ratelimit-headers and
+/// RFC 9110 §10.2.3 `Retry-After`) before the blank line of a response head.
+fn insert_rate_limit_headers(response: &mut Vec<u8>, a: &Admission) {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let mut extra = Vec::with_capacity(128);
+    if let Some(secs) = a.retry_after_secs() {
+        let _ = write!(extra, "\r\nRetry-After: {secs}");
+    }
+    let _ = write!(
+        extra,
+        "\r\nRateLimit-Limit: {}\r\nRateLimit-Remaining: {}\r\nRateLimit-Reset: {}",
+        a.limit,
+        a.remaining,
+        a.reset_secs()
+    );
+    response.splice(end..end, extra);
+}

@@ -1,0 +1,334 @@
+//! One request and its response, from a routed request head to the last
+//! byte of the response: the exchange owns the upstream connection it
+//! borrows from the pool, both its buffers and cancellers (lent by the
+//! client connection so a warm connection allocates nothing), and every
+//! deadline. It ends with one decision about the upstream connection:
+//! back to the pool only when both messages are complete and nothing else
+//! arrived, else closed.
+//!
+//! The stages live in the modules a newcomer would look for: [`request`]
+//! (the head patch and the body upload), [`response`] (the relay),
+//! [`retry`] (the one replay rule) and [`error`] (one error type, mapped to
+//! a status, an outcome and a retry class in one place). The exchange sees
+//! its client only through [`Client`], so a TLS stream or an HTTP/2 stream
+//! can drive it as a TCP connection does.
+
+pub mod error;
+mod request;
+mod response;
+mod retry;
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use ringgate_config::{Limits, Route};
+use ringgate_core::backend_view::Outcome;
+use ringgate_core::chunked::ChunkLimits;
+use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
+
+use crate::access_log::Sent;
+use crate::io::{send_gather, send_static, Abort, Gather, Reader, WriteFail, Writer};
+use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
+use error::ExchangeError;
+pub use error::{error_response, Fault, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE};
+use request::{lay_out_head, send_body, Plan, Upload};
+use response::{relay, RelayIo, RelaySpec, HEAD_READ_BYTES};
+
+const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What happens to the client connection after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// The worker-wide settings an exchange reads; nothing else of the worker.
+pub struct Context<'a> {
+    pub limits: &'a Limits,
+    pub head_limits: HeadLimits,
+    pub chunk_limits: ChunkLimits,
+    /// A draining worker closes every client connection after its response.
+    pub draining: &'a Cell<bool>,
+}
+
+/// What an exchange borrows from its client connection.
+pub struct Client<'a> {
+    pub r: &'a mut Reader,
+    pub w: &'a mut Writer,
+    /// Cancels the pending client read (shared with the worker's drain).
+    pub read_abort: &'a Abort,
+    pub write_abort: &'a Abort,
+    pub addr: &'a ForwardedClient,
+    /// What went back, for the access log.
+    pub sent: &'a Sent,
+}
+
+/// Buffers and cancellers an exchange works in, kept by the client
+/// connection between exchanges so that a warm connection allocates
+/// nothing.
+pub struct Buffers {
+    /// Client bytes: the head being parsed, any body bytes read with it, and
+    /// pipelined requests after it.
+    pub req: Gather,
+    pub req_scratch: HeadScratch,
+    /// Scratch for streaming request bodies.
+    body: Vec<u8>,
+    /// Upstream bytes: response head and body chunks.
+    resp: Gather,
+    resp_scratch: HeadScratch,
+    /// The consistent-hash key of the current request, copied out of `req`
+    /// so the buffer can move into I/O while the key is used.
+    hash_key: Vec<u8>,
+    has_hash_key: bool,
+    /// Patch bytes that go before the head's ranges (a rewritten request
+    /// line); the rest of the patch goes after them.
+    patch_prefix: usize,
+    up_read_abort: Abort,
+    up_write_abort: Abort,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            req: Gather::with_capacity(HEAD_READ_BYTES),
+            req_scratch: HeadScratch::default(),
+            body: Vec::new(),
+            resp: Gather::with_capacity(HEAD_READ_BYTES),
+            resp_scratch: HeadScratch::default(),
+            hash_key: Vec::new(),
+            has_hash_key: false,
+            patch_prefix: 0,
+            up_read_abort: Abort::default(),
+            up_write_abort: Abort::default(),
+        }
+    }
+}
+
+/// Proxies one routed request, retrying where [`retry::Replay`] allows.
+/// `Err`: nothing of a response reached the client, which gets this status
+/// and a close.
+pub async fn run(
+    cx: &Context<'_>,
+    mut client: Client<'_>,
+    bufs: &mut Buffers,
+    route: &Route,
+    upstream: &UpstreamState,
+    head: &RequestHead,
+) -> Result<Next, Refusal> {
+    let mut plan = request::prepare(cx, bufs, route, upstream, head, client.addr)?;
+    upstream.count_request();
+    let retry_on = upstream.config.retries.map(|r| r.on).unwrap_or_default();
+    let mut retries_left = upstream.config.retries.map_or(0, |r| r.attempts);
+    let mut avoid = None;
+    // A pooled connection found closed under a request is not the backend's
+    // failure: the request (when replayable) goes once more on a fresh one.
+    let mut fresh = false;
+    loop {
+        let now = Instant::now();
+        let key = bufs.has_hash_key.then_some(&bufs.hash_key[..]);
+        let backend = upstream
+            .pick(key, avoid, now)
+            .ok_or(Refusal::new(503, "no healthy backend available"))?;
+        let hold_5xx = retries_left > 0
+            && retry_on.status_5xx
+            && plan.replay.can_resend_after_a_response()
+            && upstream.retry_affordable();
+        upstream.on_start(backend, now);
+        client
+            .sent
+            .upstream
+            .set(Some(upstream.backend_addr(backend)));
+        let started = Instant::now();
+        let attempt = attempt(
+            cx,
+            &mut client,
+            bufs,
+            route,
+            upstream,
+            head,
+            &mut plan,
+            backend,
+            fresh,
+            hold_5xx,
+        )
+        .await;
+        let now = Instant::now();
+        let (e, reused) = match attempt {
+            Ok((next, status)) => {
+                let outcome = if status >= 500 {
+                    Outcome::Status5xx
+                } else {
+                    Outcome::Success {
+                        latency_us: now.duration_since(started).as_micros() as u64,
+                    }
+                };
+                upstream.on_end(backend, outcome, now);
+                return Ok(next);
+            }
+            Err(failed) => failed,
+        };
+        let stale = reused
+            && !fresh
+            && matches!(e.fault, Fault::UpstreamClosed | Fault::UpstreamWriteFailed);
+        upstream.on_end(
+            backend,
+            if stale { Outcome::Aborted } else { e.outcome() },
+            now,
+        );
+        let Some(refusal) = e.refusal() else {
+            return Ok(Next::Close);
+        };
+        if !plan.replay.allowed(&e) {
+            return Err(refusal);
+        }
+        if stale {
+            fresh = true;
+            avoid = None;
+            continue;
+        }
+        if retries_left > 0 && e.retry_class(retry_on) && upstream.take_retry() {
+            retries_left -= 1;
+            fresh = false;
+            avoid = Some(backend);
+            continue;
+        }
+        return Err(refusal);
+    }
+}
+
+/// One try against one backend. `Ok((next, status))`: a response reached
+/// the client. `Err((error, reused))`, with whether the connection came
+/// from the pool.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    cx: &Context<'_>,
+    client: &mut Client<'_>,
+    bufs: &mut Buffers,
+    route: &Route,
+    upstream: &UpstreamState,
+    head: &RequestHead,
+    plan: &mut Plan,
+    backend: usize,
+    fresh: bool,
+    hold_5xx: bool,
+) -> Result<(Next, u16), (ExchangeError, bool)> {
+    let mut conn: UpstreamConn = match upstream.checkout(backend, fresh).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let fault = match e {
+                ConnectError::TimedOut => Fault::ConnectTimedOut,
+                ConnectError::Failed => Fault::ConnectFailed,
+                ConnectError::Overflow => Fault::ConnectionLimit,
+            };
+            return Err((fault.into(), false));
+        }
+    };
+    let reused = conn.reused;
+    let fail = |f: Fault| Err((ExchangeError::from(f), reused));
+    client.read_abort.reset();
+    client.write_abort.reset();
+    bufs.up_read_abort.reset();
+    bufs.up_write_abort.reset();
+
+    lay_out_head(bufs, head.head_len, plan.forwarded_len);
+    let gather = std::mem::take(&mut bufs.req);
+    let send_timeout = upstream.config.send_timeout;
+    let (res, gather) = send_gather(&mut conn.w, gather, send_timeout, &bufs.up_write_abort).await;
+    bufs.req = gather;
+    match res {
+        Ok(()) => {}
+        Err(WriteFail::TimedOut) => return fail(Fault::UpstreamSendTimedOut),
+        Err(_) => return fail(Fault::UpstreamWriteFailed),
+    }
+    if head.expect_continue && plan.body_left.is_some() {
+        let sent = send_static(
+            client.w,
+            CONTINUE_100,
+            cx.limits.send_timeout,
+            client.write_abort,
+        )
+        .await;
+        if sent.is_err() {
+            return fail(Fault::ClientGone);
+        }
+    }
+
+    let sending = Cell::new(plan.body_left.is_some());
+    let progress = Cell::new(Instant::now());
+    let spec = RelaySpec {
+        request_was_head: head.is_head_method,
+        client_version: head.version,
+        client_closing: !head.keep_alive,
+        edits: &route.response_headers,
+        response_timeout: upstream.config.response_timeout,
+        hold_5xx,
+        sending: &sending,
+        progress: &progress,
+    };
+    let io = RelayIo {
+        up: &mut conn.r,
+        up_read_abort: &bufs.up_read_abort,
+        up_write_abort: &bufs.up_write_abort,
+        client: client.w,
+        client_write_abort: client.write_abort,
+        client_read_abort: client.read_abort,
+        resp: &mut bufs.resp,
+        scratch: &mut bufs.resp_scratch,
+        sent: client.sent,
+    };
+    let relaying = relay(cx, &spec, io);
+    let (relayed, uploaded) = match plan.body_left.take() {
+        None => (relaying.await, Ok(0..0)),
+        Some(left) => {
+            let upload = Upload {
+                client: client.r,
+                client_read_abort: client.read_abort,
+                body_read_timeout: cx.limits.body_read_timeout,
+                up: &mut conn.w,
+                up_write_abort: &bufs.up_write_abort,
+                up_read_abort: &bufs.up_read_abort,
+                send_timeout,
+                sending: &sending,
+                progress: &progress,
+            };
+            let (uploaded, relayed) =
+                monoio::join!(send_body(upload, &mut bufs.body, left), relaying);
+            (relayed, uploaded)
+        }
+    };
+    match (relayed, uploaded) {
+        (Ok(done), Ok(leftover)) => {
+            if done.upstream_reusable && !done.ended_before_request {
+                upstream.checkin(conn);
+            }
+            bufs.req.source.drain(..plan.forwarded_len);
+            bufs.req.source.extend_from_slice(&bufs.body[leftover]);
+            let next = if done.client_close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            };
+            Ok((next, done.status))
+        }
+        // The response went out but the request body did not end cleanly:
+        // the client connection is out of sync, the upstream one too.
+        (Ok(done), Err(_)) => Ok((Next::Close, done.status)),
+        (Err(e), _) if e.response_started => Err((e, reused)),
+        (Err(e), Ok(_)) => Err((e, reused)),
+        (Err(e), Err(upload_fault)) => {
+            // The half that failed first has the cause; the other was
+            // cancelled by it.
+            let client_side = matches!(
+                upload_fault,
+                Fault::BadChunk(_) | Fault::BodyTimedOut | Fault::ClientGone
+            );
+            let cause = if e.fault == Fault::Aborted || client_side {
+                upload_fault
+            } else {
+                e.fault
+            };
+            Err((cause.into(), reused))
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The request half of an exchange: the head as it goes upstream (the
+//! parser's ranges plus a patch: rewritten request line, route edits,
+//! forwarding fields) and the body streamed from the client to the backend
+//! in bounded memory, every wait under a deadline.
+
+use std::cell::Cell;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use ringgate_config::{HashKey, HeaderEdits, Route};
+use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
+use ringgate_core::http::{
+    cookie_value, header_value, write_request_line, write_request_patch, ForwardedClient,
+    RequestBody, RequestHead, Version,
+};
+
+use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
+use super::retry::Replay;
+use super::{Buffers, Context};
+use crate::io::{read_more, send_range, Abort, Part, ReadFail, Reader, WriteFail, Writer};
+use crate::upstream::UpstreamState;
+
+/// Read size while streaming bodies: large enough to amortise a syscall,
+/// small enough to keep 10k connections cheap.
+pub(super) const BODY_READ_BYTES: usize = 64 * 1024;
+
+/// What of a body is still to come from its sender.
+pub(super) enum BodyLeft {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// Of a body of `length` bytes, how much is already buffered (`available`
+/// bytes follow the head) and what is still to come.
+pub(super) fn length_body(available: usize, length: u64) -> (usize, Option<BodyLeft>) {
+    let have = (available as u64).min(length);
+    (
+        have as usize,
+        (length > have).then_some(BodyLeft::Length(length - have)),
+    )
+}
+
+/// A request ready to go upstream.
+pub(super) struct Plan {
+    /// Bytes of the client buffer this request covers (head and the body
+    /// bytes read with it).
+    pub forwarded_len: usize,
+    /// Body still to stream from the client, taken by the attempt that
+    /// sends it.
+    pub body_left: Option<BodyLeft>,
+    pub replay: Replay,
+}
+
+/// Builds the upstream head's patch in `bufs` and works out the body.
+/// `Err`: a bad chunk already visible, refused before anything goes up.
+pub(super) fn prepare(
+    cx: &Context<'_>,
+    bufs: &mut Buffers,
+    route: &Route,
+    upstream: &UpstreamState,
+    head: &RequestHead,
+    client: &ForwardedClient,
+) -> Result<Plan, Refusal> {
+    let available = bufs.req.source.len() - head.head_len;
+    let (initial_body, body_left) = match head.body {
+        RequestBody::Empty => (0, None),
+        RequestBody::Length(n) => length_body(available, n),
+        RequestBody::Chunked => {
+            // Check what is already here before anything goes upstream.
+            let mut decoder = ChunkedDecoder::new(cx.chunk_limits);
+            let feed = decoder
+                .feed(&bufs.req.source[head.head_len..], &mut |_| {})
+                .map_err(chunk_refusal)?;
+            (
+                feed.consumed,
+                (!feed.done).then_some(BodyLeft::Chunked(decoder)),
+            )
+        }
+    };
+    let replay = Replay::new(&bufs.req.source[head.method.clone()], body_left.is_none());
+    let patch = &mut bufs.req.patch;
+    patch.clear();
+    bufs.patch_prefix = 0;
+    let new_request_line = route.rewrite_prefix.is_some() || head.absolute_form;
+    if new_request_line {
+        // The target with the matched prefix replaced, or an absolute-form
+        // target's path, in origin-form (RFC 9112 §3.2.1), as the request
+        // line's first patch bytes.
+        let replace = route
+            .rewrite_prefix
+            .as_ref()
+            .map(|p| (route.path_prefix.len(), p.as_bytes()));
+        write_request_line(patch, &bufs.req.source, head, replace);
+        bufs.patch_prefix = patch.len();
+    }
+    write_set_fields(patch, &route.request_headers);
+    if new_request_line || !route.request_headers.is_empty() {
+        // The request line and edited fields go as patch bytes instead.
+        let edits = &route.request_headers;
+        bufs.req_scratch
+            .retain_lines(&bufs.req.source, !new_request_line, |name| {
+                !edits.drops(name)
+            });
+    }
+    if head.version == Version::Http10 {
+        // The request line stays HTTP/1.0; without this the backend would
+        // close the upstream connection after every such request.
+        patch.extend_from_slice(KEEP_ALIVE_LINE.as_bytes());
+    }
+    write_request_patch(patch, &bufs.req.source, &bufs.req_scratch, client, "http");
+    bufs.hash_key.clear();
+    bufs.has_hash_key = false;
+    if let Some(hash_key) = &upstream.config.hash_key {
+        if let Some(key) = balance_key(hash_key, &bufs.req.source[..head.head_len], client) {
+            bufs.hash_key.extend_from_slice(key);
+            bufs.has_hash_key = true;
+        }
+    }
+    Ok(Plan {
+        forwarded_len: head.head_len + initial_body,
+        body_left,
+        replay,
+    })
+}
+
+/// Lays out the upstream head as segments: patched request line, kept
+/// ranges, the rest of the patch, then the body bytes already read.
+pub(super) fn lay_out_head(bufs: &mut Buffers, head_len: usize, forwarded_len: usize) {
+    bufs.req.clear_segments();
+    bufs.req.push(Part::Patch, 0..bufs.patch_prefix);
+    for range in &bufs.req_scratch.forward {
+        bufs.req.push(Part::Source, range.clone());
+    }
+    bufs.req
+        .push(Part::Patch, bufs.patch_prefix..bufs.req.patch.len());
+    bufs.req.push(Part::Source, head_len..forwarded_len);
+}
+
+/// The field lines a route's `set` edits add to a head's patch.
+pub(super) fn write_set_fields(patch: &mut Vec<u8>, edits: &HeaderEdits) {
+    for (name, value) in &edits.set {
+        patch.extend_from_slice(name.as_bytes());
+        patch.extend_from_slice(b": ");
+        patch.extend_from_slice(value.as_bytes());
+        patch.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The bytes a consistent hash is keyed on; `None` when the request does
+/// not carry them (it is then balanced like `random`, weighted).
+fn balance_key<'a>(
+    key: &'a HashKey,
+    head: &'a [u8],
+    client: &'a ForwardedClient,
+) -> Option<&'a [u8]> {
+    match key {
+        HashKey::ClientIp => Some(client.ip_bytes()),
+        HashKey::Header(name) => header_value(head, name.as_bytes()),
+        HashKey::Cookie(name) => cookie_value(head, name.as_bytes()),
+    }
+}
+
+/// The halves and deadlines `send_body` works with.
+pub(super) struct Upload<'a> {
+    pub client: &'a mut Reader,
+    pub client_read_abort: &'a Abort,
+    pub body_read_timeout: Duration,
+    pub up: &'a mut Writer,
+    pub up_write_abort: &'a Abort,
+    pub up_read_abort: &'a Abort,
+    pub send_timeout: Duration,
+    /// Cleared when the upload ends, however it ends.
+    pub sending: &'a Cell<bool>,
+    /// When body bytes last went upstream: the response deadline runs
+    /// from there while the body uploads.
+    pub progress: &'a Cell<Instant>,
+}
+
+/// Streams the rest of a request body from the client to the upstream.
+/// Returns the range of `body` that belongs to the next request.
+pub(super) async fn send_body(
+    u: Upload<'_>,
+    body: &mut Vec<u8>,
+    mut left: BodyLeft,
+) -> Result<Range<usize>, Fault> {
+    let result = async {
+        loop {
+            body.clear();
+            let n = match read_more(
+                u.client,
+                body,
+                BODY_READ_BYTES,
+                u.body_read_timeout,
+                u.client_read_abort,
+            )
+            .await
+            {
+                Ok(0) | Err(ReadFail::Io(_)) => return Err(Fault::ClientGone),
+                Ok(n) => n,
+                Err(ReadFail::TimedOut) => return Err(Fault::BodyTimedOut),
+                Err(ReadFail::Aborted) => return Err(Fault::Aborted),
+            };
+            let (take, done) = match &mut left {
+                BodyLeft::Length(remaining) => {
+                    let take = (n as u64).min(*remaining);
+                    *remaining -= take;
+                    (take as usize, *remaining == 0)
+                }
+                BodyLeft::Chunked(decoder) => {
+                    let feed = decoder
+                        .feed(&body[..n], &mut |_| {})
+                        .map_err(|e: ChunkError| Fault::BadChunk(e))?;
+                    (feed.consumed, feed.done)
+                }
+            };
+            let (res, buf) = send_range(
+                u.up,
+                std::mem::take(body),
+                0..take,
+                u.send_timeout,
+                u.up_write_abort,
+            )
+            .await;
+            *body = buf;
+            match res {
+                Ok(()) => u.progress.set(Instant::now()),
+                Err(WriteFail::TimedOut) => return Err(Fault::UpstreamSendTimedOut),
+                Err(WriteFail::Aborted) => return Err(Fault::Aborted),
+                Err(WriteFail::Io(_)) => return Err(Fault::UpstreamWriteFailed),
+            }
+            if done {
+                return Ok(take..n);
+            }
+        }
+    }
+    .await;
+    u.sending.set(false);
+    if let Err(
+        Fault::ClientGone | Fault::BodyTimedOut | Fault::BadChunk(_) | Fault::UpstreamSendTimedOut,
+    ) = result
+    {
+        // The upstream holds half a request it will never complete (or has
+        // stopped reading it): stop waiting for its answer. The connection
+        // is dropped, not pooled. A failed write is different: the backend
+        // may have closed after answering early, and that answer is read.
+        u.up_read_abort.abort();
+    }
+    result
+}

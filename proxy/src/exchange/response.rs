@@ -1,0 +1,317 @@
+//! The response half of an exchange: reads the backend's response and
+//! streams it to the client, interim responses included, with a deadline on
+//! every read and write, and decides whether the upstream connection is
+//! clean enough to pool.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use ringgate_config::HeaderEdits;
+use ringgate_core::chunked::ChunkedDecoder;
+use ringgate_core::http::{
+    parse_response, write_replaced_fields, HeadScratch, ResponseBody, Version,
+};
+
+use super::error::{ExchangeError, Fault, CLOSE_LINE, KEEP_ALIVE_LINE};
+use super::request::{length_body, write_set_fields, BodyLeft, BODY_READ_BYTES};
+use super::Context;
+use crate::access_log::Sent;
+use crate::io::{
+    read_more, send_gather, send_range, Abort, Gather, Part, ReadFail, Reader, WriteFail, Writer,
+};
+
+/// Read size for heads.
+pub(super) const HEAD_READ_BYTES: usize = 16 * 1024;
+
+/// Interim (1xx) responses relayed before the final one; a backend sending
+/// more is broken or hostile (RFC 9110 §15.2 sets no limit; nginx relays
+/// none, HAProxy a handful).
+pub(super) const MAX_INTERIM_RESPONSES: usize = 16;
+
+/// What the relay needs to know about the request and the route.
+pub(super) struct RelaySpec<'a> {
+    pub request_was_head: bool,
+    pub client_version: Version,
+    pub client_closing: bool,
+    pub edits: &'a HeaderEdits,
+    /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
+    pub response_timeout: Duration,
+    /// A retry can follow a 5xx: report it instead of forwarding it.
+    pub hold_5xx: bool,
+    /// The request body is still streaming up.
+    pub sending: &'a Cell<bool>,
+    /// When the request's last bytes went up: the response head is due
+    /// `response_timeout` after that (interim responses do not extend it).
+    pub progress: &'a Cell<Instant>,
+}
+
+/// The relay's halves and cancellers.
+pub(super) struct RelayIo<'a> {
+    pub up: &'a mut Reader,
+    pub up_read_abort: &'a Abort,
+    pub up_write_abort: &'a Abort,
+    pub client: &'a mut Writer,
+    pub client_write_abort: &'a Abort,
+    pub client_read_abort: &'a Abort,
+    pub resp: &'a mut Gather,
+    pub scratch: &'a mut HeadScratch,
+    pub sent: &'a Sent,
+}
+
+pub(super) struct RelayDone {
+    pub status: u16,
+    /// Both messages may have ended cleanly: the response was framed,
+    /// persistent, and nothing followed it. The caller still checks that
+    /// the request body ended.
+    pub upstream_reusable: bool,
+    pub client_close: bool,
+    /// The response ended while the request body was still uploading: the
+    /// backend answered without reading it all, so whatever it reads next on
+    /// this connection is the client's bytes, not ours. Never pooled.
+    pub ended_before_request: bool,
+}
+
+/// Reads the upstream response and streams it to the client. On failure the
+/// client read and the upstream write are cancelled, so the upload stops.
+pub(super) async fn relay(
+    cx: &Context<'_>,
+    spec: &RelaySpec<'_>,
+    io: RelayIo<'_>,
+) -> Result<RelayDone, ExchangeError> {
+    let client_read_abort = io.client_read_abort;
+    let up_write_abort = io.up_write_abort;
+    let result = relay_inner(cx, spec, io).await;
+    let stop_upload = match &result {
+        Err(_) => true,
+        // An early error answer ends the exchange: the rest of the body is
+        // not forwarded, and the client is told the connection closes.
+        Ok(done) => done.ended_before_request && done.client_close,
+    };
+    if stop_upload {
+        client_read_abort.abort();
+        up_write_abort.abort();
+    }
+    result
+}
+
+async fn relay_inner(
+    cx: &Context<'_>,
+    spec: &RelaySpec<'_>,
+    io: RelayIo<'_>,
+) -> Result<RelayDone, ExchangeError> {
+    let RelayIo {
+        up,
+        up_read_abort,
+        client,
+        client_write_abort,
+        resp,
+        scratch,
+        sent,
+        ..
+    } = io;
+    let send_timeout = cx.limits.send_timeout;
+    resp.source.clear();
+    let mut started = false;
+    let mut interim_count = 0usize;
+    let fail = |started: bool, f: Fault| {
+        if started {
+            ExchangeError::started(f)
+        } else {
+            ExchangeError::from(f)
+        }
+    };
+    loop {
+        let head = loop {
+            if !resp.source.is_empty() {
+                match parse_response(&resp.source, cx.head_limits, spec.request_was_head, scratch) {
+                    Ok(Some(head)) => break head,
+                    Ok(None) => {}
+                    Err(e) => return Err(fail(started, Fault::BadResponse(e.reason()))),
+                }
+            }
+            // The head is due response_timeout after the request's last
+            // byte went up; while the body still uploads, that moves on.
+            let due = spec.progress.get() + spec.response_timeout;
+            let now = Instant::now();
+            if now >= due {
+                return Err(fail(started, Fault::ResponseTimedOut));
+            }
+            let res = read_more(
+                up,
+                &mut resp.source,
+                HEAD_READ_BYTES,
+                due - now,
+                up_read_abort,
+            )
+            .await;
+            match res {
+                Ok(0) | Err(ReadFail::Io(_)) if resp.source.is_empty() && !started => {
+                    return Err(Fault::UpstreamClosed.into())
+                }
+                Ok(0) | Err(ReadFail::Io(_)) => {
+                    return Err(fail(
+                        started,
+                        Fault::BadResponse("upstream closed mid-head"),
+                    ))
+                }
+                Ok(_) | Err(ReadFail::TimedOut) => {}
+                Err(ReadFail::Aborted) => return Err(fail(started, Fault::Aborted)),
+            }
+        };
+        let available = resp.source.len() - head.head_len;
+        let (initial, mut left) = match head.body {
+            ResponseBody::Empty => (0, None),
+            ResponseBody::Length(n) => length_body(available, n),
+            ResponseBody::Chunked => {
+                if spec.client_version == Version::Http10 {
+                    return Err(fail(
+                        started,
+                        Fault::BadResponse("chunked response to an HTTP/1.0 request"),
+                    ));
+                }
+                let mut decoder = ChunkedDecoder::new(cx.chunk_limits);
+                let feed = decoder
+                    .feed(&resp.source[head.head_len..], &mut |_| {})
+                    .map_err(|_| {
+                        fail(started, Fault::BadResponse("invalid chunked response body"))
+                    })?;
+                (
+                    feed.consumed,
+                    (!feed.done).then_some(BodyLeft::Chunked(decoder)),
+                )
+            }
+            ResponseBody::UntilClose => (available, None),
+        };
+        let interim = head.is_interim();
+        if interim {
+            interim_count += 1;
+            if interim_count > MAX_INTERIM_RESPONSES {
+                return Err(fail(
+                    started,
+                    Fault::BadResponse("too many interim responses"),
+                ));
+            }
+        }
+        if spec.hold_5xx && head.status >= 500 && !started {
+            // Discarded with its connection; the caller retries elsewhere.
+            return Err(Fault::ServerError.into());
+        }
+        let until_close = head.body == ResponseBody::UntilClose;
+        // An error answered before the request body was all read ends the
+        // exchange; the client connection cannot stay in sync, so it says so.
+        let early_error = !interim && spec.sending.get() && head.status >= 400;
+        // A draining worker announces the close on every response it starts.
+        let client_close = spec.client_closing || until_close || early_error || cx.draining.get();
+        resp.patch.clear();
+        if !interim && !spec.edits.is_empty() {
+            // Edited fields go as patch bytes; the rest stays as read.
+            let edits = spec.edits;
+            scratch.retain_lines(&resp.source, true, |name| !edits.drops(name));
+            write_set_fields(&mut resp.patch, edits);
+        }
+        write_replaced_fields(&mut resp.patch, &resp.source, scratch);
+        if client_close && !interim {
+            resp.patch.extend_from_slice(CLOSE_LINE.as_bytes());
+        } else if spec.client_version == Version::Http10 && !interim {
+            resp.patch.extend_from_slice(KEEP_ALIVE_LINE.as_bytes());
+        }
+        resp.patch.extend_from_slice(b"\r\n");
+        resp.clear_segments();
+        for range in &scratch.forward {
+            resp.push(Part::Source, range.clone());
+        }
+        resp.push(Part::Patch, 0..resp.patch.len());
+        resp.push(Part::Source, head.head_len..head.head_len + initial);
+        let gather = std::mem::take(resp);
+        let (res, gather) = send_gather(client, gather, send_timeout, client_write_abort).await;
+        *resp = gather;
+        if let Err(e) = res {
+            return Err(ExchangeError::started(client_write_fault(e)));
+        }
+        started = true;
+        if interim {
+            resp.source.drain(..head.head_len);
+            continue;
+        }
+        sent.status.set(head.status);
+        sent.body_bytes.set(initial as u64);
+        let mut surplus = resp.source.len() > head.head_len + initial;
+        // Stream the rest of the body, reusing the same buffer.
+        loop {
+            if left.is_none() && !until_close {
+                break;
+            }
+            resp.source.clear();
+            let res = read_more(
+                up,
+                &mut resp.source,
+                BODY_READ_BYTES,
+                spec.response_timeout,
+                up_read_abort,
+            )
+            .await;
+            let n = match res {
+                Ok(0) if until_close => break,
+                Ok(0) => {
+                    return Err(ExchangeError::started(Fault::BadResponse(
+                        "upstream closed mid-body",
+                    )))
+                }
+                Ok(n) => n,
+                Err(ReadFail::TimedOut) => {
+                    return Err(ExchangeError::started(Fault::ResponseTimedOut))
+                }
+                Err(ReadFail::Aborted) => return Err(ExchangeError::started(Fault::Aborted)),
+                Err(ReadFail::Io(_)) => return Err(ExchangeError::started(Fault::UpstreamClosed)),
+            };
+            let take = match &mut left {
+                None => n,
+                Some(BodyLeft::Length(remaining)) => {
+                    let take = (n as u64).min(*remaining);
+                    *remaining -= take;
+                    if *remaining == 0 {
+                        left = None;
+                    }
+                    take as usize
+                }
+                Some(BodyLeft::Chunked(decoder)) => {
+                    let feed = decoder.feed(&resp.source[..n], &mut |_| {}).map_err(|_| {
+                        ExchangeError::started(Fault::BadResponse("invalid chunked response body"))
+                    })?;
+                    if feed.done {
+                        left = None;
+                    }
+                    feed.consumed
+                }
+            };
+            surplus |= take < n;
+            let (res, buf) = send_range(
+                client,
+                std::mem::take(&mut resp.source),
+                0..take,
+                send_timeout,
+                client_write_abort,
+            )
+            .await;
+            resp.source = buf;
+            if let Err(e) = res {
+                return Err(ExchangeError::started(client_write_fault(e)));
+            }
+            sent.add_body(take);
+        }
+        return Ok(RelayDone {
+            status: head.status,
+            // Bytes past the response mean the upstream is out of sync.
+            upstream_reusable: head.reusable && !surplus,
+            client_close,
+            ended_before_request: spec.sending.get(),
+        });
+    }
+}
+
+fn client_write_fault(e: WriteFail) -> Fault {
+    match e {
+        WriteFail::Aborted => Fault::Aborted,
+        WriteFail::TimedOut | WriteFail::Io(_) => Fault::ClientGone,
+    }
+}
