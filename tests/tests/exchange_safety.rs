@@ -199,7 +199,15 @@ fn client_that_never_reads_its_response_is_closed_by_send_timeout() {
     (&s).write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     eventually(Duration::from_secs(2), || backend.reached("/big")).unwrap();
-    thread::sleep(Duration::from_millis(200));
+    eventually(Duration::from_secs(2), || {
+        let open = socket_fds(proxy.pid()).saturating_sub(baseline);
+        if open >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{open} connections open, want client and upstream"))
+        }
+    })
+    .unwrap();
     assert!(
         socket_fds(proxy.pid()) >= baseline + 2,
         "client and upstream open"
