@@ -208,10 +208,6 @@ fn client_that_never_reads_its_response_is_closed_by_send_timeout() {
         }
     })
     .unwrap();
-    assert!(
-        socket_fds(proxy.pid()) >= baseline + 2,
-        "client and upstream open"
-    );
     // Neither side reads: the client never, the proxy's write stalls.
     let took = connections_drop_to(proxy.pid(), baseline, 0, Duration::from_secs(3));
     assert!(took <= Duration::from_secs(2), "closed after {took:?}");
