@@ -299,7 +299,7 @@ async fn attempt(
     };
     match (relayed, uploaded) {
         (Ok(done), Ok(leftover)) => {
-            if done.upstream_reusable && !done.ended_before_request {
+            if done.leaves_upstream_clean(true) {
                 upstream.checkin(conn);
             }
             bufs.req.source.drain(..plan.forwarded_len);

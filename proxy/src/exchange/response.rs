@@ -309,9 +309,43 @@ async fn relay_inner(
     }
 }
 
+impl RelayDone {
+    /// May the upstream connection carry another request? Only when both
+    /// messages ended cleanly (`request_ended`: the body upload finished)
+    /// and in the right order, and nothing else arrived.
+    pub fn leaves_upstream_clean(&self, request_ended: bool) -> bool {
+        self.upstream_reusable && request_ended && !self.ended_before_request
+    }
+}
+
 fn client_write_fault(e: WriteFail) -> Fault {
     match e {
         WriteFail::Aborted => Fault::Aborted,
         WriteFail::TimedOut | WriteFail::Io(_) => Fault::ClientGone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(reusable: bool, ended_before_request: bool) -> RelayDone {
+        RelayDone {
+            status: 200,
+            upstream_reusable: reusable,
+            client_close: false,
+            ended_before_request,
+        }
+    }
+
+    #[test]
+    fn a_connection_is_pooled_only_when_both_messages_ended_in_order() {
+        assert!(done(true, false).leaves_upstream_clean(true));
+        // Surplus bytes, a close-delimited or non-persistent response.
+        assert!(!done(false, false).leaves_upstream_clean(true));
+        // The backend answered before it read the whole body.
+        assert!(!done(true, true).leaves_upstream_clean(true));
+        // The upload did not finish.
+        assert!(!done(true, false).leaves_upstream_clean(false));
     }
 }
