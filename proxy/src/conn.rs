@@ -416,7 +416,8 @@ impl Downstream {
         self.hash_key.clear();
         if let Some(hash_key) = &upstream.config.hash_key {
             let key = balance_key(hash_key, &self.req.source[..head.head_len], &self.client);
-            self.hash_key.extend_from_slice(key);
+            // Absent leaves the key empty, which the balancer treats as none.
+            self.hash_key.extend_from_slice(key.unwrap_or_default());
         }
         upstream.count_request();
 
@@ -734,12 +735,17 @@ fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedCli
     }
 }
 
-/// The bytes a consistent hash is keyed on.
-fn balance_key<'a>(key: &'a HashKey, head: &'a [u8], client: &'a ForwardedClient) -> &'a [u8] {
+/// The bytes a consistent hash is keyed on; `None` when the request lacks
+/// the header or cookie.
+fn balance_key<'a>(
+    key: &'a HashKey,
+    head: &'a [u8],
+    client: &'a ForwardedClient,
+) -> Option<&'a [u8]> {
     match key {
-        HashKey::ClientIp => client.ip_bytes(),
-        HashKey::Header(name) => header_value(head, name.as_bytes()).unwrap_or(b""),
-        HashKey::Cookie(name) => cookie_value(head, name.as_bytes()).unwrap_or(b""),
+        HashKey::ClientIp => Some(client.ip_bytes()),
+        HashKey::Header(name) => header_value(head, name.as_bytes()),
+        HashKey::Cookie(name) => cookie_value(head, name.as_bytes()),
     }
 }
 
