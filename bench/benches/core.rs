@@ -191,6 +191,59 @@ fn bench_router(c: &mut Criterion) {
     group.finish();
 }
 
+/// `n` routes that differ only by a header value (`x-tenant: t{i}`), then a
+/// host-less catch-all: the shape of issue 8's slow config.
+fn header_routes(n: usize) -> Vec<RouteSpec> {
+    let mut specs: Vec<RouteSpec> = (0..n - 1)
+        .map(|i| RouteSpec {
+            host: None,
+            path_prefix: "/".to_owned(),
+            methods: Vec::new(),
+            headers: vec![("x-tenant".to_owned(), format!("t{i}"))],
+            target: i,
+        })
+        .collect();
+    specs.push(RouteSpec {
+        host: None,
+        path_prefix: "/".to_owned(),
+        methods: Vec::new(),
+        headers: Vec::new(),
+        target: n - 1,
+    });
+    specs
+}
+
+fn bench_router_headers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router_find_headers");
+    for n in [10usize, 1_000, 10_000] {
+        let router = Router::new(header_routes(n));
+        let head = |tenant: &str| {
+            format!(
+                "GET /api/users?id=7 HTTP/1.1\r\nHost: app.example.com\r\n\
+                 User-Agent: curl/8.5.0\r\nAccept: */*\r\nX-Tenant: {tenant}\r\n\r\n"
+            )
+            .into_bytes()
+        };
+        let middle = (n - 1) / 2;
+        // A tenant in the middle of the table, and one no route names, which
+        // ends at the catch-all.
+        let cases = [
+            ("tenant", head(&format!("t{middle}")), middle),
+            ("no_tenant_route", head("nobody"), n - 1),
+        ];
+        for (case, head, want) in cases {
+            let find = |head: &[u8]| {
+                router.find_request(Some(b"app.example.com"), b"/api/users?id=7", b"GET", head)
+            };
+            assert_eq!(find(&head), Some(want));
+            group.bench_with_input(BenchmarkId::new(case, n), &head, |b, head| {
+                b.iter(|| find(black_box(head)))
+            });
+        }
+    }
+    group.finish();
+}
+
 /// Backend ids as the proxy passes them (address text), weights 1..=3.
 fn backend_ids(n: usize) -> Vec<String> {
     (0..n)
@@ -292,6 +345,7 @@ criterion_group!(
     bench_parse_request,
     bench_chunked,
     bench_router,
+    bench_router_headers,
     bench_balance,
     bench_ratelimit
 );

@@ -452,8 +452,8 @@ pub enum Balancer {
     WeightedRoundRobin(SmoothWeighted),
     LeastConn(LeastConn),
     P2cEwma(P2cEwma),
-    /// Requests without a key (header or cookie absent) go to a weighted
-    /// random backend.
+    /// Requests without a key (header or cookie absent or empty) go to a
+    /// weighted random backend.
     MaglevHash(Maglev, XorShift64),
     Random(RandomPick),
 }
@@ -488,6 +488,10 @@ impl Balancer {
     /// answers 503). `key` is the hash key's bytes for Maglev (header value,
     /// cookie value or client IP, extracted by the caller) and is ignored by
     /// the other algorithms. Availability is as of the view's last refresh.
+    ///
+    /// An empty key counts as no key, as in nginx's `hash` (which falls back
+    /// to round robin when `key.len == 0`): hashing it would send every
+    /// keyless request to the one backend that owns the empty key's slot.
     pub fn pick(&mut self, view: &BackendView, key: Option<&[u8]>) -> Option<usize> {
         match self {
             Balancer::RoundRobin(rr) => rr.pick_available(view),
@@ -495,8 +499,8 @@ impl Balancer {
             Balancer::LeastConn(lc) => lc.pick(view),
             Balancer::P2cEwma(p2c) => p2c.pick(view),
             Balancer::MaglevHash(table, rng) => match key {
-                Some(key) => table.pick(view, key),
-                None => weighted_random(rng, view),
+                Some(key) if !key.is_empty() => table.pick(view, key),
+                _ => weighted_random(rng, view),
             },
             Balancer::Random(r) => r.pick(view),
         }
@@ -888,6 +892,22 @@ mod tests {
         set_down(&mut v, &[0, 1]);
         let mut b = Balancer::new(Algorithm::MaglevHash { table_size: 101 }, &v, 0);
         assert_eq!(b.pick(&v, None), Some(2));
+    }
+
+    #[test]
+    fn maglev_without_key_spreads_by_weight() {
+        // The proxy passes an empty key when the hash header or cookie is
+        // absent; hashing it would send every such request to one backend.
+        let v = view(&[3, 1]);
+        for key in [None, Some(&b""[..])] {
+            let mut b = Balancer::new(Algorithm::MaglevHash { table_size: 101 }, &v, 7);
+            let mut counts = [0u32; 2];
+            for _ in 0..4000 {
+                counts[b.pick(&v, key).expect("up")] += 1;
+            }
+            let share = f64::from(counts[0]) / 4000.0;
+            assert!((share - 0.75).abs() < 0.03, "key {key:?}: {counts:?}");
+        }
     }
 
     #[test]

@@ -650,6 +650,27 @@ fn maglev_hash_keeps_a_client_on_one_backend() {
     assert_eq!(total, 100);
 }
 
+#[test]
+fn maglev_hash_without_the_key_is_weighted_random() {
+    let a = Backend::start("a", Behaviour::Ok);
+    let b = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::with_weighted_backends(&[(a.addr(), 3), (b.addr(), 1)])
+        .upstream_extra("balance", &quoted("maglev_hash"))
+        .upstream_extra("hash_key", &quoted("header:x-user"))
+        .start();
+    // No x-user header: docs/CONFIG.md says weighted random, not one backend.
+    let results = hammer(proxy.port, 4, 100, |_, _| String::new());
+    let failed = failures(&results);
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    let (na, nb) = (served(&a).len(), served(&b).len());
+    assert_eq!(na + nb, 400, "backends saw {na} + {nb} requests, not 400");
+    // 3:1 over 400 draws: a expects 300, standard deviation ≈ 8.7.
+    assert!(
+        (260..=340).contains(&na),
+        "keyless split a {na} / b {nb} is not near 300 / 100"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 8. method safety
 
