@@ -161,10 +161,13 @@ fn upload_cut_by_the_backend_gets_a_502_not_a_silent_close() {
     let backend = Backend::builder("b")
         .route("/up", Behaviour::CloseBeforeBody)
         .start();
-    let proxy = ProxyConfig::new(backend.addr()).start();
+    let proxy = one_second_deadlines(&backend);
+    let baseline = socket_fds(proxy.pid());
     ok(&backend, &mut Client::connect(proxy.port), "/warm");
     let r = upload(proxy.port, "/up", 8 << 20).expect("a response, not a silent close");
     assert_eq!(r.status, 502, "{r:?}");
+    let took = connections_drop_to(proxy.pid(), baseline, 0, Duration::from_secs(3));
+    assert!(took <= Duration::from_secs(2), "closed after {took:?}");
 }
 
 /// Socket descriptors the proxy holds beyond its listeners, sampled until
