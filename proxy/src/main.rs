@@ -4,6 +4,7 @@
 //! The request path lives in `conn`; everything runtime-free in ringgate-core.
 
 mod access_log;
+mod admin;
 mod conn;
 mod demo;
 mod gossip;
@@ -98,7 +99,7 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         None => None,
         Some(admin) => {
             let (tx, rx) = metrics::channel();
-            if let Err(e) = metrics::spawn_admin(admin.address, rx, stopping.clone()) {
+            if let Err(e) = admin::spawn(admin.address, rx, stopping.clone()) {
                 eprintln!("ringgate: {e}");
                 return ExitCode::FAILURE;
             }

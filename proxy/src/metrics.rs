@@ -1,22 +1,20 @@
-//! Counters and the admin endpoint (`/metrics`, `/healthz`). Each worker
-//! counts in plain cells only it writes; every `SNAPSHOT_TICKS` gossip
-//! ticks it sends a snapshot to the admin thread over a bounded crossbeam
-//! channel, never waiting (a full channel drops the snapshot; the next one
-//! replaces it). The admin thread, off the workers' hot path, keeps the
-//! latest snapshot of each worker and serves their sum: figures lag by at
-//! most `SNAPSHOT_TICKS` gossip intervals.
+//! Counters, the snapshots workers report them in, and their Prometheus
+//! rendering. Each worker counts in plain cells only it writes; every
+//! `SNAPSHOT_TICKS` gossip ticks it sends a snapshot to the admin thread
+//! (`admin.rs`) over a bounded crossbeam channel, never waiting (a full
+//! channel drops the snapshot; the next one replaces it). The admin thread,
+//! off the workers' hot path, keeps the latest snapshot of each worker and
+//! serves their sum: figures lag by at most `SNAPSHOT_TICKS` gossip
+//! intervals. No I/O here.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use ringgate_core::backend_view::Outcome;
 
-use crate::stop::StopFlag;
 use crate::worker::Worker;
 
 /// The channel end a worker's ticker reports on.
@@ -24,11 +22,6 @@ pub type SnapshotTx = Sender<Snapshot>;
 
 /// Snapshots every 10 gossip ticks: 100 ms with the default interval.
 pub const SNAPSHOT_TICKS: u64 = 10;
-/// Longest an admin request may take to arrive or be answered.
-const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the admin thread looks for a scrape between snapshots.
-const ADMIN_POLL: Duration = Duration::from_millis(20);
-const ADMIN_MAX_HEAD: usize = 8 * 1024;
 
 /// Outcomes of upstream attempts, in the order of [`OUTCOME_NAMES`].
 pub const OUTCOMES: usize = 6;
@@ -120,104 +113,6 @@ pub struct BackendSnapshot {
     pub in_flight: u32,
     pub connections: u32,
     pub outcomes: [u64; OUTCOMES],
-}
-
-/// Binds the admin address (so a bad address fails start-up) and starts
-/// the admin thread.
-pub fn spawn_admin(
-    address: SocketAddr,
-    snapshots: Receiver<Snapshot>,
-    stopping: StopFlag,
-) -> io::Result<()> {
-    let listener = TcpListener::bind(address)
-        .map_err(|e| io::Error::new(e.kind(), format!("admin.address {address}: {e}")))?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("ringgate-admin".into())
-        .spawn(move || {
-            // The newest snapshot of each worker id.
-            let mut latest: BTreeMap<usize, Snapshot> = BTreeMap::new();
-            loop {
-                match snapshots.recv_timeout(ADMIN_POLL) {
-                    Ok(s) => {
-                        let newer = latest
-                            .get(&s.worker)
-                            .is_none_or(|old| s.generation >= old.generation);
-                        if newer {
-                            latest.insert(s.worker, s);
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    // Every worker is gone: the process is about to exit.
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-                while let Ok((stream, _)) = listener.accept() {
-                    let snaps: Vec<&Snapshot> = latest.values().collect();
-                    let _ = answer(stream, &snaps, &stopping);
-                }
-            }
-        })?;
-    Ok(())
-}
-
-/// One request per connection: `GET /metrics`, `GET /healthz`, else 404.
-fn answer(mut stream: TcpStream, snaps: &[&Snapshot], stop: &StopFlag) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
-    let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > ADMIN_MAX_HEAD || Instant::now() > deadline {
-            return respond(
-                &mut stream,
-                431,
-                "text/plain",
-                "request head too large or slow\n",
-            );
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (b"GET", b"/metrics") => {
-            let body = render(snaps);
-            respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
-        }
-        (b"GET", b"/healthz") if stop.requested() => {
-            respond(&mut stream, 503, "text/plain", "draining\n")
-        }
-        (b"GET", b"/healthz") => respond(&mut stream, 200, "text/plain", "ok\n"),
-        (b"GET", _) => respond(&mut stream, 404, "text/plain", "not found\n"),
-        _ => respond(&mut stream, 405, "text/plain", "only GET\n"),
-    }
-}
-
-fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
 }
 
 /// The Prometheus text exposition of the sum of the workers' snapshots.

@@ -111,3 +111,62 @@ fn an_admin_address_in_use_stops_start_up() {
         out.stderr
     );
 }
+
+/// One `GET /healthz` on a fresh connection with a short deadline: the
+/// status line and how long the answer took.
+fn probe_healthz(port: u16) -> Result<(String, Duration), String> {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(1000)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .map_err(|e| format!("read after {:?}: {e}", started.elapsed()))?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    if !answer.ends_with("\r\n\r\nok\n") {
+        return Err(format!("answer {answer:?}"));
+    }
+    Ok((status, started.elapsed()))
+}
+
+#[test]
+fn silent_admin_clients_do_not_starve_healthz_probes() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let admin = free_port();
+    let toml = ProxyConfig::new(backend.addr()).to_toml()
+        + &format!("\n[admin]\naddress = \"127.0.0.1:{admin}\"\n");
+    let _proxy = Proxy::start(&toml);
+    eventually(Duration::from_secs(3), || probe_healthz(admin)).expect("admin answers");
+    // Clients that connect and send nothing, or half a request, and hold
+    // on: more of them than the endpoint keeps, so its cap is crossed too.
+    let mut silent = Vec::new();
+    for i in 0..100 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).expect("connect");
+        if i % 2 == 1 {
+            use std::io::Write;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHo")
+                .expect("half a request");
+        }
+        silent.push(s);
+    }
+    let mut slow = Vec::new();
+    for _ in 0..12 {
+        match probe_healthz(admin) {
+            Ok((status, took))
+                if status == "HTTP/1.1 200 OK" && took < Duration::from_millis(500) => {}
+            other => slow.push(other),
+        }
+    }
+    assert!(
+        slow.is_empty(),
+        "{} of 12 /healthz probes failed or took 500 ms or more with {} silent clients: {slow:?}",
+        slow.len(),
+        silent.len()
+    );
+}
