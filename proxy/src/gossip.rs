@@ -1,11 +1,12 @@
 //! Gossip between workers (protocol: `ringgate_core::gossip`). Each worker
 //! has one bounded crossbeam inbox and a sender to every other worker's
-//! inbox; its ticker drains the inbox and publishes its own deltas every
-//! `gossip_interval`. Never on the request path. A full inbox drops the
-//! message and counts the drop: a worker never blocks on another.
+//! inbox; once per `gossip_interval` its ticker (`ticker.rs`) runs a
+//! [`Gossip::round`]: drain the inbox, apply, publish its own deltas. Never
+//! on the request path. A full inbox drops the message and counts the drop:
+//! a worker never blocks on another. Only gossip lives here: the clock,
+//! drains, log flushes and metric snapshots belong to the ticker.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,8 +14,6 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use ringgate_core::gossip::{GossipMsg, HEALTH_RESEND_TICKS};
 
 use crate::health;
-use crate::metrics::{self, SnapshotTx, SNAPSHOT_TICKS};
-use crate::stop::StopFlag;
 use crate::worker::Worker;
 
 pub struct Mesh<M> {
@@ -97,54 +96,57 @@ impl<M> Mesh<M> {
     }
 }
 
-/// Every `gossip_interval`: apply what the others said, then tell them what
-/// happened here.
-pub async fn run_ticker(
-    worker: Rc<Worker>,
+/// One worker's side of the gossip: its mesh endpoint and where its rounds
+/// have got to. The ticker runs one round per `gossip_interval`.
+pub struct Gossip {
     mesh: Mesh<GossipMsg>,
-    stop: StopFlag,
-    metrics: Option<SnapshotTx>,
-) {
-    let interval = worker.config.server.gossip_interval;
-    let mut seq: u64 = 0;
-    let mut dropped_logged = 0;
-    loop {
-        monoio::time::sleep(interval).await;
-        if stop.requested() {
-            worker.begin_drain();
+    /// Rounds run so far; also the sequence number of the next message.
+    seq: u64,
+    /// Drops already logged.
+    dropped_logged: u64,
+}
+
+impl Gossip {
+    pub fn new(mesh: Mesh<GossipMsg>) -> Self {
+        Gossip {
+            mesh,
+            seq: 0,
+            dropped_logged: 0,
         }
-        if let Some(log) = &worker.access_log {
-            log.flush();
-        }
-        if let Some(tx) = metrics
-            .as_ref()
-            .filter(|_| seq.is_multiple_of(SNAPSHOT_TICKS))
-        {
-            // Never waits: a full channel drops this one, the next replaces it.
-            let _ = tx.try_send(metrics::snapshot(&worker, mesh.dropped()));
-        }
-        let now = Instant::now();
-        mesh.drain(|msg| apply(&worker, msg, now));
-        seq += 1;
+    }
+
+    /// Messages this worker could not deliver because an inbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.mesh.dropped()
+    }
+
+    /// Applies what the others said, then tells them what happened here.
+    pub fn round(&mut self, worker: &Worker, now: Instant) {
+        let mesh = &self.mesh;
+        mesh.drain(|msg| apply(worker, msg, now));
+        self.seq += 1;
+        let seq = self.seq;
         let mut msg = mesh.outgoing(|| GossipMsg::new(worker.id as u32, 0));
         let Some(fill) = Arc::get_mut(&mut msg) else {
             unreachable!("outgoing returns an unshared message")
         };
         fill.clear(0, seq);
-        collect(&worker, fill, seq);
+        collect(worker, fill, seq);
         if fill.is_empty() {
             mesh.keep(msg);
         } else {
             mesh.publish(msg);
         }
         // An operator should hear of drops, but not once per tick.
-        if mesh.dropped() > dropped_logged && seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS)) {
+        if mesh.dropped() > self.dropped_logged
+            && seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS))
+        {
             eprintln!(
                 "ringgate: worker {}: {} gossip messages dropped (full inboxes)",
                 worker.id,
                 mesh.dropped()
             );
-            dropped_logged = mesh.dropped();
+            self.dropped_logged = mesh.dropped();
         }
     }
 }

@@ -12,6 +12,7 @@ mod health;
 mod io;
 mod metrics;
 mod stop;
+mod ticker;
 mod upstream;
 mod worker;
 

@@ -25,10 +25,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::access_log::AccessLog;
 use crate::conn::{self, ConnControl};
-use crate::gossip::{self, Mesh};
+use crate::gossip::{Gossip, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
 use crate::stop::StopFlag;
+use crate::ticker::Ticker;
 use crate::upstream::UpstreamState;
 
 /// Submission queue size: enough to batch a loop iteration's operations for
@@ -76,7 +77,7 @@ pub struct Shared {
     pub stop: StopFlag,
     /// The access log, opened for appending, when one is configured.
     pub log_file: Option<std::fs::File>,
-    /// To the admin thread, when `[admin]` is set; used by the gossip ticker.
+    /// To the admin thread, when `[admin]` is set; used by the ticker.
     pub metrics_tx: Option<SnapshotTx>,
     /// Which config generation this worker runs (a reload starts the next).
     pub generation: u64,
@@ -164,7 +165,7 @@ impl Worker {
         self.connections.get()
     }
 
-    /// Starts this worker's drain (once). The gossip ticker calls it when
+    /// Starts this worker's drain (once). The ticker calls it when
     /// the process was asked to stop, so a stop is noticed within one
     /// `gossip_interval`.
     pub fn begin_drain(&self) {
@@ -395,7 +396,13 @@ async fn worker_main(
             }
         }
     }
-    monoio::spawn(gossip::run_ticker(worker.clone(), mesh, stop, metrics_tx));
+    let ticker = Rc::new(Ticker::new(
+        worker.clone(),
+        Gossip::new(mesh),
+        stop,
+        metrics_tx,
+    ));
+    monoio::spawn(ticker.clone().run());
     let mut loops = Vec::new();
     for (index, std_listener) in listeners.into_iter().enumerate() {
         match monoio::net::TcpListener::from_std(std_listener) {

@@ -1,0 +1,72 @@
+//! The per-worker clock: every `gossip_interval` it starts the worker's
+//! drain once the process was asked to stop, flushes the access log, sends
+//! a metrics snapshot every `SNAPSHOT_TICKS` ticks and runs one gossip
+//! round. It runs as one task beside the worker's connections and is never
+//! on the request path; the one atomic it reads (the stop flag) stays out
+//! of the connection code.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::gossip::Gossip;
+use crate::metrics::{self, SnapshotTx, SNAPSHOT_TICKS};
+use crate::stop::StopFlag;
+use crate::worker::Worker;
+
+pub struct Ticker {
+    worker: Rc<Worker>,
+    gossip: RefCell<Gossip>,
+    stop: StopFlag,
+    metrics: Option<SnapshotTx>,
+}
+
+impl Ticker {
+    pub fn new(
+        worker: Rc<Worker>,
+        gossip: Gossip,
+        stop: StopFlag,
+        metrics: Option<SnapshotTx>,
+    ) -> Self {
+        Ticker {
+            worker,
+            gossip: RefCell::new(gossip),
+            stop,
+            metrics,
+        }
+    }
+
+    /// Ticks every `gossip_interval` for as long as the worker's runtime runs.
+    pub async fn run(self: Rc<Self>) {
+        let interval = self.worker.config.server.gossip_interval;
+        let mut ticks: u64 = 0;
+        loop {
+            monoio::time::sleep(interval).await;
+            self.tick(ticks);
+            ticks += 1;
+        }
+    }
+
+    fn tick(&self, ticks: u64) {
+        let worker = &self.worker;
+        if self.stop.requested() {
+            worker.begin_drain();
+        }
+        if let Some(log) = &worker.access_log {
+            log.flush();
+        }
+        if ticks.is_multiple_of(SNAPSHOT_TICKS) {
+            self.send_snapshot();
+        }
+        // No borrow crosses an await: a round is synchronous.
+        self.gossip.borrow_mut().round(worker, Instant::now());
+    }
+
+    fn send_snapshot(&self) {
+        if let Some(tx) = &self.metrics {
+            // Never waits: a full channel drops this one, the next replaces it.
+            let dropped = self.gossip.borrow().dropped();
+            let _ = tx.try_send(metrics::snapshot(&self.worker, dropped));
+        }
+    }
+}
