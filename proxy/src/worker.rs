@@ -84,7 +84,7 @@ pub struct Shared {
 }
 
 impl Worker {
-    fn new(
+    pub(crate) fn new(
         id: usize,
         workers: usize,
         config: Arc<Config>,
