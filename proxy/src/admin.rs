@@ -7,7 +7,7 @@
 //! [`MAX_CONNECTIONS`] are open: a new one closes the oldest.
 //!
 //! It reads only what the workers send it (snapshots, summed by
-//! [`metrics::render`]) and the stop flag; it must never touch a worker's
+//! [`Tally`]) and the stop flag; it must never touch a worker's
 //! state or run on a worker's thread.
 //!
 //! The runtime uses the legacy (epoll) driver on purpose: readiness-based
@@ -17,13 +17,13 @@
 //! endpoint also works where io_uring is blocked.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use monoio::buf::IoBufMut;
@@ -31,7 +31,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use monoio::{LegacyDriver, RuntimeBuilder};
 
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{Snapshot, Tally};
 use crate::stop::StopFlag;
 
 /// Longest a client may take to send its request head.
@@ -79,8 +79,7 @@ pub fn spawn(
 
 /// The admin thread's state; only its own tasks touch it.
 struct Admin {
-    /// The newest snapshot of each worker id.
-    latest: RefCell<BTreeMap<usize, Snapshot>>,
+    tally: RefCell<Tally>,
     stopping: StopFlag,
     /// Open connections, oldest first.
     open: RefCell<VecDeque<Rc<Kick>>>,
@@ -88,7 +87,7 @@ struct Admin {
 
 async fn run(listener: std::net::TcpListener, snapshots: Receiver<Snapshot>, stopping: StopFlag) {
     let admin = Rc::new(Admin {
-        latest: RefCell::new(BTreeMap::new()),
+        tally: RefCell::new(Tally::default()),
         stopping,
         open: RefCell::new(VecDeque::with_capacity(MAX_CONNECTIONS)),
     });
@@ -105,15 +104,7 @@ async fn run(listener: std::net::TcpListener, snapshots: Receiver<Snapshot>, sto
         monoio::time::sleep(POLL).await;
         loop {
             match snapshots.try_recv() {
-                Ok(s) => {
-                    let mut latest = admin.latest.borrow_mut();
-                    let newer = latest
-                        .get(&s.worker)
-                        .is_none_or(|old| s.generation >= old.generation);
-                    if newer {
-                        latest.insert(s.worker, s);
-                    }
-                }
+                Ok(s) => admin.tally.borrow_mut().record(s, Instant::now()),
                 Err(TryRecvError::Empty) => break,
                 // Every worker is gone: the process is about to exit.
                 Err(TryRecvError::Disconnected) => return,
@@ -212,9 +203,8 @@ fn route(admin: &Admin, head: &[u8]) -> Vec<u8> {
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     match (method, path) {
         (b"GET", b"/metrics") => {
-            let latest = admin.latest.borrow();
-            let snaps: Vec<&Snapshot> = latest.values().collect();
-            respond(200, "text/plain; version=0.0.4", &metrics::render(&snaps))
+            let page = admin.tally.borrow().render(Instant::now());
+            respond(200, "text/plain; version=0.0.4", &page)
         }
         (b"GET", b"/healthz") if admin.stopping.requested() => {
             respond(503, "text/plain", "draining\n")

@@ -7,12 +7,15 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::gossip::Gossip;
 use crate::metrics::{self, SnapshotTx, SNAPSHOT_TICKS};
 use crate::stop::StopFlag;
 use crate::worker::Worker;
+
+/// Longest a finishing worker waits for room for its final snapshot.
+const FINAL_SNAPSHOT_WAIT: Duration = Duration::from_millis(200);
 
 pub struct Ticker {
     worker: Rc<Worker>,
@@ -60,6 +63,18 @@ impl Ticker {
         }
         // No borrow crosses an await: a round is synchronous.
         self.gossip.borrow_mut().round(worker, Instant::now());
+    }
+
+    /// Sends the worker's final totals as it ends, so its counters outlive
+    /// it in `/metrics`. Waits a little if the channel is full: the worker
+    /// is done serving, and a lost final snapshot would lose counts.
+    pub fn finish(&self) {
+        if let Some(tx) = &self.metrics {
+            let dropped = self.gossip.borrow().dropped();
+            let mut s = metrics::snapshot(&self.worker, dropped);
+            s.last = true;
+            let _ = tx.send_timeout(s, FINAL_SNAPSHOT_WAIT);
+        }
     }
 
     fn send_snapshot(&self) {

@@ -428,6 +428,7 @@ async fn worker_main(
     if let Some(log) = &worker.access_log {
         log.flush();
     }
+    ticker.finish();
     // Returning ends the runtime: what is left is dropped, and dropping an
     // in-flight io_uring operation cancels it.
 }

@@ -170,3 +170,76 @@ fn silent_admin_clients_do_not_starve_healthz_probes() {
         silent.len()
     );
 }
+
+/// The value of the sample line `name` (labels included) in a /metrics page.
+fn sample(body: &str, name: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn counters_never_go_back_across_a_reload_and_retired_workers_leave() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let admin = free_port();
+    let admin_toml = format!("\n[admin]\naddress = \"127.0.0.1:{admin}\"\n");
+    let old = ProxyConfig::new(backend.addr()).workers(2);
+    let mut new = ProxyConfig::new(backend.addr()).workers(1);
+    new.port = old.port;
+    let proxy = Proxy::start(&(old.to_toml() + &admin_toml));
+    let ok = "ringgate_responses_total{class=\"2xx\"}";
+    let label = format!("upstream=\"app\",backend=\"{}\"", backend.addr());
+    let success = format!("ringgate_upstream_requests_total{{{label},outcome=\"success\"}}");
+    // Each on its own connection, so both workers count some.
+    for i in 0..10 {
+        assert_eq!(
+            Client::connect(proxy.port).get(&format!("/{i}")).status,
+            200
+        );
+    }
+    let want = [
+        format!("{ok} 10"),
+        format!("{success} 10"),
+        "ringgate_workers_reporting 2".into(),
+    ];
+    eventually(Duration::from_secs(3), || metrics_with(admin, &want)).expect("ten counted");
+
+    std::fs::write(&proxy.config_path, new.to_toml() + &admin_toml).expect("write");
+    proxy.signal("-HUP");
+    eventually(Duration::from_secs(3), || {
+        let log = proxy.stderr();
+        log.contains("SIGHUP: reloaded").then_some(()).ok_or(log)
+    })
+    .expect("reloaded");
+    for i in 0..3 {
+        assert_eq!(
+            Client::connect(proxy.port)
+                .get(&format!("/after/{i}"))
+                .status,
+            200
+        );
+    }
+    // Every scrape from here on: the counters only grow, and settle on
+    // the old generation's totals plus the new one's.
+    let mut seen: Vec<(u64, u64)> = vec![(10, 10)];
+    let settled = eventually(Duration::from_secs(5), || {
+        let (_, body) = get(admin, "/metrics")?;
+        let now = (
+            sample(&body, ok).unwrap_or_default(),
+            sample(&body, &success).unwrap_or_default(),
+        );
+        seen.push(now);
+        let reporting = sample(&body, "ringgate_workers_reporting");
+        if now == (13, 13) && reporting == Some(1) {
+            Ok(())
+        } else {
+            Err(format!("{now:?}, {reporting:?} workers reporting"))
+        }
+    });
+    seen.dedup();
+    let backwards = seen.windows(2).find(|w| w[1].0 < w[0].0 || w[1].1 < w[0].1);
+    assert!(
+        backwards.is_none(),
+        "a counter went back: {backwards:?} in {seen:?}"
+    );
+    settled.expect("13 responses counted, and only the new generation's worker reports");
+}
