@@ -19,10 +19,8 @@ mod worker;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use crossbeam_channel::RecvTimeoutError;
 
 use crate::stop::{Control, StopFlag};
 
@@ -55,6 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::Check { config }), _) => match ringgate_config::load(&config) {
@@ -82,8 +81,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// How often the main thread checks that the running workers are alive.
-const WORKER_CHECK: Duration = Duration::from_millis(500);
+/// Makes any panic, on any thread, end the process after its message is
+/// printed. A worker that died alone would leave its `SO_REUSEPORT` socket
+/// (the main thread holds a duplicate for the next generation) queueing
+/// connections nobody accepts; an edge proxy had better exit and let its
+/// supervisor restart it (`Restart=on-failure`, docs/DEPLOY.md). The
+/// release profile sets `panic = "abort"` already; this makes every build,
+/// whose panics would otherwise unwind, behave the same.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
 
 /// Runs generations of workers until a stop signal: the first from
 /// `config`; each SIGHUP that finds a valid file at `path` starts the next
@@ -117,18 +128,10 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
     };
     let mut draining: Vec<Generation> = Vec::new();
     loop {
-        let request = match control.recv_timeout(WORKER_CHECK) {
-            Ok(request) => request,
-            Err(RecvTimeoutError::Timeout) => {
-                // A worker only ends by draining; one that ended otherwise
-                // (a panic) would leave its share of the port unserved.
-                if current.handles.iter().any(|h| h.is_finished()) {
-                    eprintln!("ringgate: a worker stopped unexpectedly; exiting");
-                    return ExitCode::FAILURE;
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
+        // A worker ends only by draining (a panic ends the process), so
+        // there is nothing to watch between signals.
+        let Ok(request) = control.recv() else {
+            break;
         };
         draining.retain_mut(|g| !g.finished());
         match request {
