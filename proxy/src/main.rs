@@ -105,6 +105,7 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         eprintln!("ringgate: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    raise_open_file_limit();
     // Set on a stop (not on a reload): /healthz turns 503.
     let stopping = StopFlag::default();
     let metrics_tx = match config.admin {
@@ -216,6 +217,70 @@ impl Generation {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: every client and
+/// upstream connection is a descriptor, and the soft default (often 1024)
+/// is far below what a worker may hold.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            eprintln!(
+                "ringgate: cannot raise the open-file limit from {} to {}: {}",
+                limit.rlim_cur,
+                limit.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Descriptors the process keeps for itself: listeners and their
+/// duplicates, rings, the access log, the admin endpoint, stdio.
+const OWN_DESCRIPTORS: u64 = 64;
+
+/// Says once per config when the open-file limit cannot hold every
+/// connection the config allows (docs/DEPLOY.md has the same budget):
+/// past it, new clients wait in the accept queue.
+fn check_open_file_budget(config: &ringgate_config::Config, workers: usize) {
+    let pools: u64 = config
+        .upstreams
+        .iter()
+        .map(|u| (u.backends.len() * u.max_idle_per_backend) as u64)
+        .sum();
+    let per_worker = config.server.max_connections_per_worker as u64 + pools;
+    let budget = (workers as u64)
+        .saturating_mul(per_worker)
+        .saturating_add(OWN_DESCRIPTORS);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && budget > limit.rlim_cur {
+        eprintln!(
+            "ringgate: the open-file limit ({}) is below the {budget} descriptors this config may use \
+             ({workers} workers x (max_connections_per_worker {} + {pools} pooled upstream connections) + {OWN_DESCRIPTORS}); \
+             past it new clients wait in the accept queue. Raise LimitNOFILE or ulimit -n, or lower max_connections_per_worker",
+            limit.rlim_cur, config.server.max_connections_per_worker
+        );
+    }
+}
+
 /// Binds every listener (or takes it over from `inherit`) and spawns the
 /// workers.
 pub fn start(
@@ -227,6 +292,7 @@ pub fn start(
 ) -> std::io::Result<Generation> {
     let config = Arc::new(config);
     let (count, cores) = worker::plan(config.server.workers);
+    check_open_file_budget(&config, count);
     let (mut listeners, bound, sockets) = worker::bind_all(&config, count, inherit)?;
     let driver = worker::choose_driver();
     let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
