@@ -128,12 +128,9 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         }
     };
     let mut draining: Vec<Generation> = Vec::new();
-    loop {
-        // A worker ends only by draining (a panic ends the process), so
-        // there is nothing to watch between signals.
-        let Ok(request) = control.recv() else {
-            break;
-        };
+    // A worker ends only by draining (a panic ends the process), so there
+    // is nothing to watch between signals.
+    while let Ok(request) = control.recv() {
         draining.retain_mut(|g| !g.finished());
         match request {
             Control::Stop(signal) => {
