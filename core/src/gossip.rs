@@ -24,11 +24,13 @@
 //! - **A full inbox never blocks the sender**: `try_send` fails, the sender
 //!   counts the drop and moves on. A dropped message loses its deltas (those
 //!   tokens are never charged on that receiver, those failures never
-//!   counted); levels heal on the next message. The inbox is sized so this
-//!   only happens when a receiver is stalled for `gossip_inbox` ticks.
-//!   A dropped health transition is the one loss that does not heal by
-//!   itself, so a prober re-sends the current state of its backends every
-//!   [`HEALTH_RESEND_TICKS`] ticks.
+//!   counted). The inbox is sized so this only happens when a receiver is
+//!   stalled for `gossip_inbox` ticks. Levels are sent only when they
+//!   change, so a lost level would not heal by itself: after a drop the
+//!   sender's next message carries every level, and every
+//!   [`HEALTH_RESEND_TICKS`] ticks it sends them all anyway. A prober
+//!   likewise re-sends the current health of its backends every
+//!   [`HEALTH_RESEND_TICKS`] ticks, in case a transition was lost.
 //! - **Reload**: indices (route, upstream, backend) refer to one config
 //!   snapshot. A message carries its sender's `generation`; a receiver on
 //!   another generation drops it.

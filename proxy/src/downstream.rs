@@ -53,6 +53,9 @@ pub struct ConnControl {
     /// Waiting for a next request on a kept-alive connection, nothing of it
     /// read yet: a drain closes such a connection at once.
     pub idle: Cell<bool>,
+    /// The worker's idle ticket taken when it began waiting: the idle
+    /// connection with the smallest has waited longest.
+    pub idle_ticket: Cell<u64>,
 }
 
 pub async fn serve(
@@ -83,6 +86,7 @@ pub async fn serve(
             return;
         }
         d.ctl.idle.set(idle);
+        d.ctl.idle_ticket.set(worker.idle_ticket());
         let head = d.read_head(&worker, first).await;
         d.ctl.idle.set(false);
         let head = match head {

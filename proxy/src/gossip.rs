@@ -1,11 +1,12 @@
 //! Gossip between workers (protocol: `ringgate_core::gossip`). Each worker
 //! has one bounded crossbeam inbox and a sender to every other worker's
-//! inbox; its ticker drains the inbox and publishes its own deltas every
-//! `gossip_interval`. Never on the request path. A full inbox drops the
-//! message and counts the drop: a worker never blocks on another.
+//! inbox; once per `gossip_interval` its ticker (`ticker.rs`) runs a
+//! [`Gossip::round`]: drain the inbox, apply, publish its own deltas. Never
+//! on the request path. A full inbox drops the message and counts the drop:
+//! a worker never blocks on another. Only gossip lives here: the clock,
+//! drains, log flushes and metric snapshots belong to the ticker.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,8 +14,6 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use ringgate_core::gossip::{GossipMsg, HEALTH_RESEND_TICKS};
 
 use crate::health;
-use crate::metrics::{self, SnapshotTx, SNAPSHOT_TICKS};
-use crate::stop::StopFlag;
 use crate::worker::Worker;
 
 pub struct Mesh<M> {
@@ -66,17 +65,25 @@ impl<M> Mesh<M> {
     }
 
     /// Sends one message to every other worker: one `Arc` shared by all
-    /// peers, kept afterwards for [`Mesh::outgoing`] to reuse.
-    pub fn publish(&self, msg: Arc<M>) {
+    /// peers, kept afterwards for [`Mesh::outgoing`] to reuse. Returns
+    /// whether a running peer missed it (its inbox was full); a peer that
+    /// has ended needs nothing more.
+    pub fn publish(&self, msg: Arc<M>) -> bool {
+        let mut missed = false;
         for peer in &self.peers {
             match peer.try_send(msg.clone()) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                Err(TrySendError::Full(_)) => {
+                    missed = true;
+                    self.dropped.set(self.dropped.get() + 1);
+                }
+                Err(TrySendError::Disconnected(_)) => {
                     self.dropped.set(self.dropped.get() + 1);
                 }
             }
         }
         self.keep(msg);
+        missed
     }
 
     /// Hands every waiting message to `apply`, without blocking.
@@ -97,54 +104,64 @@ impl<M> Mesh<M> {
     }
 }
 
-/// Every `gossip_interval`: apply what the others said, then tell them what
-/// happened here.
-pub async fn run_ticker(
-    worker: Rc<Worker>,
+/// One worker's side of the gossip: its mesh endpoint and where its rounds
+/// have got to. The ticker runs one round per `gossip_interval`.
+pub struct Gossip {
     mesh: Mesh<GossipMsg>,
-    stop: StopFlag,
-    metrics: Option<SnapshotTx>,
-) {
-    let interval = worker.config.server.gossip_interval;
-    let mut seq: u64 = 0;
-    let mut dropped_logged = 0;
-    loop {
-        monoio::time::sleep(interval).await;
-        if stop.requested() {
-            worker.begin_drain();
+    /// Rounds run so far; also the sequence number of the next message.
+    seq: u64,
+    /// Drops already logged.
+    dropped_logged: u64,
+    /// A message was dropped: the next one carries every level, not only
+    /// the changed ones, or a receiver would keep the lost value.
+    resend_levels: bool,
+}
+
+impl Gossip {
+    pub fn new(mesh: Mesh<GossipMsg>) -> Self {
+        Gossip {
+            mesh,
+            seq: 0,
+            dropped_logged: 0,
+            resend_levels: false,
         }
-        if let Some(log) = &worker.access_log {
-            log.flush();
-        }
-        if let Some(tx) = metrics
-            .as_ref()
-            .filter(|_| seq.is_multiple_of(SNAPSHOT_TICKS))
-        {
-            // Never waits: a full channel drops this one, the next replaces it.
-            let _ = tx.try_send(metrics::snapshot(&worker, mesh.dropped()));
-        }
-        let now = Instant::now();
-        mesh.drain(|msg| apply(&worker, msg, now));
-        seq += 1;
+    }
+
+    /// Messages this worker could not deliver because an inbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.mesh.dropped()
+    }
+
+    /// Applies what the others said, then tells them what happened here.
+    pub fn round(&mut self, worker: &Worker, now: Instant) {
+        let mesh = &self.mesh;
+        mesh.drain(|msg| apply(worker, msg, now));
+        self.seq += 1;
+        let seq = self.seq;
         let mut msg = mesh.outgoing(|| GossipMsg::new(worker.id as u32, 0));
         let Some(fill) = Arc::get_mut(&mut msg) else {
             unreachable!("outgoing returns an unshared message")
         };
         fill.clear(0, seq);
-        collect(&worker, fill, seq);
+        // Every level now and then as well: a belt to the braces above, for
+        // whatever else could make a receiver miss one.
+        let all_levels = self.resend_levels || seq.is_multiple_of(u64::from(STATE_RESEND_TICKS));
+        collect(worker, fill, seq, all_levels);
         if fill.is_empty() {
             mesh.keep(msg);
         } else {
-            mesh.publish(msg);
+            self.resend_levels = mesh.publish(msg);
         }
         // An operator should hear of drops, but not once per tick.
-        if mesh.dropped() > dropped_logged && seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS)) {
+        if mesh.dropped() > self.dropped_logged
+            && seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS))
+        {
             eprintln!(
                 "ringgate: worker {}: {} gossip messages dropped (full inboxes)",
                 worker.id,
                 mesh.dropped()
             );
-            dropped_logged = mesh.dropped();
+            self.dropped_logged = mesh.dropped();
         }
     }
 }
@@ -178,7 +195,14 @@ fn apply(worker: &Worker, msg: &GossipMsg, now: Instant) {
     }
 }
 
-fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64) {
+/// Levels and health states go out in full this often (in ticks), even
+/// when nothing changed and nothing was seen dropped.
+const STATE_RESEND_TICKS: u32 = HEALTH_RESEND_TICKS;
+
+/// Fills `msg` with what happened here since the last round: deltas, and
+/// the levels that changed since they were last sent (every level when
+/// `all_levels`).
+fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64, all_levels: bool) {
     for (route, limiter) in worker.limiters.iter().enumerate() {
         if let Some(limiter) = limiter {
             limiter
@@ -193,7 +217,7 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64) {
             let mut delta = view.take_local_delta(b);
             delta.connections = upstream.open_connections(b);
             let levels = (delta.in_flight, delta.connections);
-            if delta.successes > 0 || delta.failures > 0 || levels != reported[b] {
+            if all_levels || delta.successes > 0 || delta.failures > 0 || levels != reported[b] {
                 reported[b] = levels;
                 msg.push_backend(u as u32, b as u32, delta);
             }
@@ -204,7 +228,7 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64) {
     }
     // Re-send the state of the backends this worker probes now and then, so
     // a receiver that lost a transition in a dropped message catches up.
-    if seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS)) {
+    if seq.is_multiple_of(u64::from(STATE_RESEND_TICKS)) {
         for (u, upstream) in worker.upstreams.iter().enumerate() {
             if upstream.config.health_check.is_none() {
                 continue;
@@ -228,6 +252,56 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ONE_UPSTREAM: &str = r#"
+[[listeners]]
+name = "web"
+address = "127.0.0.1:1"
+
+[[routes]]
+listener = "web"
+match = { path_prefix = "/" }
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+backends = [{ address = "127.0.0.1:2" }]
+"#;
+
+    #[test]
+    fn a_level_lost_in_a_dropped_message_is_sent_again() {
+        let config = ringgate_config::parse(ONE_UPSTREAM, "test.toml").expect("config");
+        // Worker 1's inbox holds one message, so a second one is dropped.
+        let mut meshes = mesh::<GossipMsg>(2, 1);
+        let peer = meshes.pop().expect("worker 1");
+        let mut gossip = Gossip::new(meshes.pop().expect("worker 0"));
+        let worker = Worker::new(0, 2, Arc::new(config), None, 0);
+        let upstream = &worker.upstreams[0];
+        let now = Instant::now();
+        let mut heard = Vec::new();
+        let listen = |heard: &mut Vec<u32>| {
+            peer.drain(|m| heard.extend(m.backends.iter().map(|e| e.delta.in_flight)))
+        };
+
+        upstream.on_start(0, now);
+        gossip.round(&worker, now);
+        upstream.on_start(0, now);
+        gossip.round(&worker, now);
+        assert_eq!(
+            gossip.dropped(),
+            1,
+            "the second message found the inbox full"
+        );
+        listen(&mut heard);
+        assert_eq!(heard, [1]);
+
+        // Nothing changes here any more; the peer must still learn of the 2.
+        for _ in 0..3 {
+            gossip.round(&worker, now);
+            listen(&mut heard);
+        }
+        assert_eq!(heard.last(), Some(&2), "heard {heard:?}");
+    }
 
     #[test]
     fn every_worker_hears_every_other_but_not_itself() {

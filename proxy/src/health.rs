@@ -1,6 +1,6 @@
 //! Active health checks. Each backend with a `health_check` is probed by
 //! exactly one worker (`prober_of`), which applies transitions to its own
-//! view and hands them to its gossip ticker for the others.
+//! view and hands them to its ticker's gossip round for the others.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};

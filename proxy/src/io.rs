@@ -20,9 +20,6 @@ use monoio::net::TcpStream;
 pub type Reader = OwnedReadHalf<TcpStream>;
 pub type Writer = OwnedWriteHalf<TcpStream>;
 
-/// ECANCELED: what a cancelled io_uring operation completes with.
-const ECANCELED: i32 = 125;
-
 /// Cancels the pending reads of one connection: on a timeout, or when the
 /// other half of an exchange fails. One per connection, reused for every
 /// read, so a read allocates nothing once warm.
@@ -114,7 +111,8 @@ async fn read_append(
     let buf = slice.into_inner();
     let res = match res {
         Ok(n) => Ok(n),
-        Err(e) if e.raw_os_error() == Some(ECANCELED) => Err(if timed_out {
+        // What a cancelled io_uring operation completes with.
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => Err(if timed_out {
             ReadFail::TimedOut
         } else {
             ReadFail::Aborted
@@ -132,7 +130,7 @@ fn reserve_spare(buf: &mut Vec<u8>, min_spare: usize) {
 }
 
 /// Where a `Gather` segment points.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Source,
     Patch,
@@ -141,12 +139,20 @@ pub enum Part {
 /// A writev of ranges of `source` (bytes as read from a peer) interleaved
 /// with `patch` (the few bytes the proxy adds), so a head goes out as the
 /// original bytes, not re-serialized.
+///
+/// Segments are kept as (part, range), never as addresses: `source` and
+/// `patch` are public and may be changed or reallocated between `push` and
+/// the write. The iovecs are built by [`send_gather`] from the buffers as
+/// they are then, and handed to the kernel inside a [`Prepared`] that
+/// nothing else can reach until the write completes.
 #[derive(Default)]
 pub struct Gather {
     pub source: Vec<u8>,
     pub patch: Vec<u8>,
+    segments: Vec<(Part, Range<usize>)>,
+    /// Scratch for the iovecs of one writev: reused, so a write allocates
+    /// nothing once warm.
     iov: Vec<libc::iovec>,
-    first: usize,
 }
 
 impl Gather {
@@ -154,64 +160,100 @@ impl Gather {
         Gather {
             source: Vec::with_capacity(source),
             patch: Vec::with_capacity(256),
+            segments: Vec::with_capacity(16),
             iov: Vec::with_capacity(16),
-            first: 0,
         }
     }
 
     pub fn clear_segments(&mut self) {
+        self.segments.clear();
         self.iov.clear();
-        self.first = 0;
     }
 
-    /// Appends a segment. The buffers must not change until the write is done
-    /// and `clear_segments` is called: the segments point into them.
+    /// Appends a segment: `range` of `part` as it is when the write starts.
+    /// A range that runs past its buffer then fails the write.
     pub fn push(&mut self, part: Part, range: Range<usize>) {
         if range.is_empty() {
             return;
         }
-        let bytes = match part {
-            Part::Source => &self.source[range],
-            Part::Patch => &self.patch[range],
-        };
-        if let Some(last) = self.iov.last_mut() {
-            if last.iov_base as usize + last.iov_len == bytes.as_ptr() as usize {
-                last.iov_len += bytes.len();
+        debug_assert!(
+            range.end <= self.bytes(part).len(),
+            "segment past its buffer"
+        );
+        if let Some((last_part, last)) = self.segments.last_mut() {
+            if *last_part == part && last.end == range.start {
+                last.end = range.end;
                 return;
             }
         }
-        self.iov.push(libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        });
+        self.segments.push((part, range));
     }
 
-    fn advance(&mut self, mut n: usize) {
-        while n > 0 && self.first < self.iov.len() {
-            let v = &mut self.iov[self.first];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                self.first += 1;
-            } else {
-                // SAFETY: n < iov_len, so the new base stays inside the same buffer.
-                v.iov_base = unsafe { (v.iov_base as *mut u8).add(n) } as *mut libc::c_void;
-                v.iov_len -= n;
-                n = 0;
-            }
+    fn bytes(&self, part: Part) -> &[u8] {
+        match part {
+            Part::Source => &self.source,
+            Part::Patch => &self.patch,
         }
+    }
+
+    fn is_written(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Drops the first `n` bytes of the segments (a partial write).
+    fn advance(&mut self, mut n: usize) {
+        let mut done = 0;
+        for (_, range) in &mut self.segments {
+            let len = range.len();
+            if n < len {
+                range.start += n;
+                break;
+            }
+            n -= len;
+            done += 1;
+        }
+        self.segments.drain(..done);
     }
 }
 
-// SAFETY: every iovec points into `source` or `patch`, whose heap storage does
-// not move or change while the runtime owns the Gather (nothing can touch it
-// then), and `first..len` are valid iovecs.
-unsafe impl IoVecBuf for Gather {
+/// A `Gather` whose iovecs point into its own buffers as they are now. Only
+/// [`send_gather`] makes one, right before moving it into a write: while
+/// the write runs the runtime owns it, so the buffers cannot move.
+struct Prepared(Gather);
+
+impl Prepared {
+    /// Builds the iovecs of the remaining segments; fails on a segment that
+    /// runs past its buffer instead of pointing outside it.
+    fn new(mut g: Gather) -> Result<Prepared, Gather> {
+        let mut iov = std::mem::take(&mut g.iov);
+        iov.clear();
+        for (part, range) in &g.segments {
+            let Some(bytes) = g.bytes(*part).get(range.clone()) else {
+                g.iov = iov;
+                return Err(g);
+            };
+            iov.push(libc::iovec {
+                iov_base: bytes.as_ptr() as *mut libc::c_void,
+                iov_len: bytes.len(),
+            });
+        }
+        g.iov = iov;
+        Ok(Prepared(g))
+    }
+}
+
+// SAFETY: `Prepared::new` built every iovec from a live slice of `source`
+// or `patch`, and a `Prepared` is only ever moved into one write and taken
+// apart after it: nothing can change or reallocate the buffers in between,
+// and moving the `Gather` does not move their heap storage. `iov` holds
+// exactly `read_iovec_len` valid iovecs.
+unsafe impl IoVecBuf for Prepared {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
-        self.iov[self.first..].as_ptr()
+        self.0.iov.as_ptr()
     }
 
     fn read_iovec_len(&self) -> usize {
-        self.iov.len() - self.first
+        self.0.iov.len()
     }
 }
 
@@ -263,26 +305,32 @@ where
 }
 
 /// Writes every segment of `g`; each writev must make progress within
-/// `timeout` (nginx's `send_timeout`), and `abort` cancels it.
+/// `timeout` (nginx's `send_timeout`), and `abort` cancels it. The segments
+/// are consumed (the buffers are left as they were).
 pub async fn send_gather(
     w: &mut Writer,
     mut g: Gather,
     timeout: Duration,
     abort: &Abort,
 ) -> (Result<(), WriteFail>, Gather) {
-    while g.first < g.iov.len() {
+    while !g.is_written() {
         if abort.is_aborted() {
             return (Err(WriteFail::Aborted), g);
         }
+        let prepared = match Prepared::new(g) {
+            Ok(p) => p,
+            Err(back) => return (Err(WriteFail::Io(io::ErrorKind::InvalidInput)), back),
+        };
         let handle = abort.canceller.borrow().handle();
-        let (res, back) = write_op(w.cancelable_writev(g, handle), timeout, abort).await;
-        g = back;
+        let (res, back) = write_op(w.cancelable_writev(prepared, handle), timeout, abort).await;
+        g = back.0;
         match res {
             Ok(n) => g.advance(n),
             Err(WriteFail::Io(io::ErrorKind::Interrupted)) => {}
             Err(e) => return (Err(e), g),
         }
     }
+    g.iov.clear();
     (Ok(()), g)
 }
 
@@ -359,4 +407,97 @@ pub async fn send_static(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::io::Splitable;
+    use std::io::Read as _;
+
+    /// Runs `body` on a runtime of each driver this machine has: a writev
+    /// on io_uring reads the iovecs when the kernel takes the op, on epoll
+    /// at once.
+    fn on_each_driver<F: Future<Output = ()>>(body: impl Fn() -> F) {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("legacy runtime")
+            .block_on(body());
+        if monoio::utils::detect_uring() {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("io_uring runtime")
+                .block_on(body());
+        }
+    }
+
+    /// Writes `g` to a loopback peer, closes, and returns what the peer read
+    /// (it reads slowly, so a large write goes out in several parts).
+    async fn send(g: Gather) -> (io::Result<()>, Vec<u8>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (_r, mut w) = stream.into_split();
+        let (res, _g) = send_gather(&mut w, g, Duration::from_secs(10), &Abort::default()).await;
+        drop((_r, w));
+        (
+            res.map_err(|e| io::Error::other(format!("{e:?}"))),
+            peer.join().expect("peer"),
+        )
+    }
+
+    #[test]
+    fn segments_name_ranges_so_buffers_replaced_after_push_are_what_goes_out() {
+        on_each_driver(|| async {
+            let mut g = Gather::with_capacity(16);
+            g.source.extend_from_slice(b"hello world");
+            g.patch.extend_from_slice(b"!!");
+            g.push(Part::Source, 0..5);
+            g.push(Part::Patch, 0..2);
+            // Safe code may move either buffer between push and the write.
+            g.source = b"HELLO WORLD".to_vec();
+            g.patch.reserve(1 << 20);
+            let (res, got) = send(g).await;
+            res.expect("write");
+            assert_eq!(got, b"HELLO!!");
+        });
+    }
+
+    #[test]
+    fn a_gather_larger_than_the_socket_buffers_goes_out_whole_and_in_order() {
+        on_each_driver(|| async {
+            let mut g = Gather::with_capacity(16);
+            g.source = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+            g.patch.extend_from_slice(b"--patch--");
+            let mut want = Vec::new();
+            for (part, range) in [
+                (Part::Patch, 0..2),
+                (Part::Source, 0..3 << 20),
+                (Part::Patch, 2..9),
+                (Part::Source, 3 << 20..8 << 20),
+            ] {
+                want.extend_from_slice(match part {
+                    Part::Source => &g.source[range.clone()],
+                    Part::Patch => &g.patch[range.clone()],
+                });
+                g.push(part, range);
+            }
+            let (res, got) = send(g).await;
+            res.expect("write");
+            assert!(got == want, "{} bytes, want {}", got.len(), want.len());
+        });
+    }
 }

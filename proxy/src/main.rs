@@ -1,9 +1,11 @@
 //! ringgate: the binary. Parses the command line and the config, binds the
 //! listeners, starts one pinned worker per core and waits for them; turns
 //! SIGHUP into a new generation of workers and SIGTERM into a drain.
-//! The request path lives in `conn`; everything runtime-free in ringgate-core.
+//! The request path lives in `downstream` and `exchange`; everything
+//! runtime-free in ringgate-core.
 
 mod access_log;
+mod admin;
 mod demo;
 mod downstream;
 mod exchange;
@@ -12,16 +14,15 @@ mod health;
 mod io;
 mod metrics;
 mod stop;
+mod ticker;
 mod upstream;
 mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use crossbeam_channel::RecvTimeoutError;
 
 use crate::stop::{Control, StopFlag};
 
@@ -54,6 +55,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::Check { config }), _) => match ringgate_config::load(&config) {
@@ -81,8 +83,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// How often the main thread checks that the running workers are alive.
-const WORKER_CHECK: Duration = Duration::from_millis(500);
+/// Makes any panic, on any thread, end the process after its message is
+/// printed. A worker that died alone would leave its `SO_REUSEPORT` socket
+/// (the main thread holds a duplicate for the next generation) queueing
+/// connections nobody accepts; an edge proxy had better exit and let its
+/// supervisor restart it (`Restart=on-failure`, docs/DEPLOY.md). The
+/// release profile sets `panic = "abort"` already; this makes every build,
+/// whose panics would otherwise unwind, behave the same.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
 
 /// Runs generations of workers until a stop signal: the first from
 /// `config`; each SIGHUP that finds a valid file at `path` starts the next
@@ -93,13 +107,14 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         eprintln!("ringgate: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
+    raise_open_file_limit();
     // Set on a stop (not on a reload): /healthz turns 503.
     let stopping = StopFlag::default();
     let metrics_tx = match config.admin {
         None => None,
         Some(admin) => {
             let (tx, rx) = metrics::channel();
-            if let Err(e) = metrics::spawn_admin(admin.address, rx, stopping.clone()) {
+            if let Err(e) = admin::spawn(admin.address, rx, stopping.clone()) {
                 eprintln!("ringgate: {e}");
                 return ExitCode::FAILURE;
             }
@@ -115,20 +130,9 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         }
     };
     let mut draining: Vec<Generation> = Vec::new();
-    loop {
-        let request = match control.recv_timeout(WORKER_CHECK) {
-            Ok(request) => request,
-            Err(RecvTimeoutError::Timeout) => {
-                // A worker only ends by draining; one that ended otherwise
-                // (a panic) would leave its share of the port unserved.
-                if current.handles.iter().any(|h| h.is_finished()) {
-                    eprintln!("ringgate: a worker stopped unexpectedly; exiting");
-                    return ExitCode::FAILURE;
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
+    // A worker ends only by draining (a panic ends the process), so there
+    // is nothing to watch between signals.
+    while let Ok(request) = control.recv() {
         draining.retain_mut(|g| !g.finished());
         match request {
             Control::Stop(signal) => {
@@ -212,6 +216,70 @@ impl Generation {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: every client and
+/// upstream connection is a descriptor, and the soft default (often 1024)
+/// is far below what a worker may hold.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            eprintln!(
+                "ringgate: cannot raise the open-file limit from {} to {}: {}",
+                limit.rlim_cur,
+                limit.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Descriptors the process keeps for itself: listeners and their
+/// duplicates, rings, the access log, the admin endpoint, stdio.
+const OWN_DESCRIPTORS: u64 = 64;
+
+/// Says once per config when the open-file limit cannot hold every
+/// connection the config allows (docs/DEPLOY.md has the same budget):
+/// past it, new clients wait in the accept queue.
+fn check_open_file_budget(config: &ringgate_config::Config, workers: usize) {
+    let pools: u64 = config
+        .upstreams
+        .iter()
+        .map(|u| (u.backends.len() * u.max_idle_per_backend) as u64)
+        .sum();
+    let per_worker = config.server.max_connections_per_worker as u64 + pools;
+    let budget = (workers as u64)
+        .saturating_mul(per_worker)
+        .saturating_add(OWN_DESCRIPTORS);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && budget > limit.rlim_cur {
+        eprintln!(
+            "ringgate: the open-file limit ({}) is below the {budget} descriptors this config may use \
+             ({workers} workers x (max_connections_per_worker {} + {pools} pooled upstream connections) + {OWN_DESCRIPTORS}); \
+             past it new clients wait in the accept queue. Raise LimitNOFILE or ulimit -n, or lower max_connections_per_worker",
+            limit.rlim_cur, config.server.max_connections_per_worker
+        );
+    }
+}
+
 /// Binds every listener (or takes it over from `inherit`) and spawns the
 /// workers.
 pub fn start(
@@ -223,6 +291,7 @@ pub fn start(
 ) -> std::io::Result<Generation> {
     let config = Arc::new(config);
     let (count, cores) = worker::plan(config.server.workers);
+    check_open_file_budget(&config, count);
     let (mut listeners, bound, sockets) = worker::bind_all(&config, count, inherit)?;
     let driver = worker::choose_driver();
     let mut meshes = gossip::mesh(count, config.server.gossip_inbox);

@@ -1,22 +1,23 @@
-//! Counters and the admin endpoint (`/metrics`, `/healthz`). Each worker
-//! counts in plain cells only it writes; every `SNAPSHOT_TICKS` gossip
-//! ticks it sends a snapshot to the admin thread over a bounded crossbeam
-//! channel, never waiting (a full channel drops the snapshot; the next one
-//! replaces it). The admin thread, off the workers' hot path, keeps the
-//! latest snapshot of each worker and serves their sum: figures lag by at
-//! most `SNAPSHOT_TICKS` gossip intervals.
+//! Counters, the snapshots workers report them in, and their Prometheus
+//! rendering. Each worker counts in plain cells only it writes; every
+//! `SNAPSHOT_TICKS` gossip ticks it sends a snapshot to the admin thread
+//! (`admin.rs`) over a bounded crossbeam channel, never waiting (a full
+//! channel drops the snapshot; the next one replaces it). The admin thread,
+//! off the workers' hot path, keeps the latest snapshot of each worker in a
+//! [`Tally`] and serves their sum: figures lag by at most `SNAPSHOT_TICKS`
+//! gossip intervals. A worker that ends (its generation drained after a
+//! reload) sends its final totals, which the tally keeps, so counters never
+//! go back. No I/O here.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use ringgate_core::backend_view::Outcome;
 
-use crate::stop::StopFlag;
 use crate::worker::Worker;
 
 /// The channel end a worker's ticker reports on.
@@ -24,11 +25,6 @@ pub type SnapshotTx = Sender<Snapshot>;
 
 /// Snapshots every 10 gossip ticks: 100 ms with the default interval.
 pub const SNAPSHOT_TICKS: u64 = 10;
-/// Longest an admin request may take to arrive or be answered.
-const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the admin thread looks for a scrape between snapshots.
-const ADMIN_POLL: Duration = Duration::from_millis(20);
-const ADMIN_MAX_HEAD: usize = 8 * 1024;
 
 /// Outcomes of upstream attempts, in the order of [`OUTCOME_NAMES`].
 pub const OUTCOMES: usize = 6;
@@ -83,9 +79,12 @@ impl Counters {
 /// What a worker reports.
 pub struct Snapshot {
     pub worker: usize,
-    /// Config generation of the worker: after a reload the newer one's
-    /// snapshot replaces the older one's for the same worker id.
+    /// Config generation of the worker: workers of two generations run side
+    /// by side while the older one drains after a reload.
     pub generation: u64,
+    /// The worker's final totals, sent as it ends: the admin thread keeps
+    /// its counters and forgets its gauges.
+    pub last: bool,
     pub responses: [u64; 6],
     pub accepted: u64,
     pub refused: u64,
@@ -100,6 +99,7 @@ impl Snapshot {
         Snapshot {
             worker,
             generation: 0,
+            last: false,
             responses: std::array::from_fn(|i| counters.responses[i].get()),
             accepted: counters.accepted.get(),
             refused: counters.refused.get(),
@@ -122,107 +122,111 @@ pub struct BackendSnapshot {
     pub outcomes: [u64; OUTCOMES],
 }
 
-/// Binds the admin address (so a bad address fails start-up) and starts
-/// the admin thread.
-pub fn spawn_admin(
-    address: SocketAddr,
-    snapshots: Receiver<Snapshot>,
-    stopping: StopFlag,
-) -> io::Result<()> {
-    let listener = TcpListener::bind(address)
-        .map_err(|e| io::Error::new(e.kind(), format!("admin.address {address}: {e}")))?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("ringgate-admin".into())
-        .spawn(move || {
-            // The newest snapshot of each worker id.
-            let mut latest: BTreeMap<usize, Snapshot> = BTreeMap::new();
-            loop {
-                match snapshots.recv_timeout(ADMIN_POLL) {
-                    Ok(s) => {
-                        let newer = latest
-                            .get(&s.worker)
-                            .is_none_or(|old| s.generation >= old.generation);
-                        if newer {
-                            latest.insert(s.worker, s);
-                        }
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    // Every worker is gone: the process is about to exit.
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-                while let Ok((stream, _)) = listener.accept() {
-                    let snaps: Vec<&Snapshot> = latest.values().collect();
-                    let _ = answer(stream, &snaps, &stopping);
-                }
+/// A worker of an older generation that has sent nothing for this long
+/// ended without its last snapshot arriving (the channel was full): its
+/// gauges stop counting; its counters, which only grow, still do. Ten
+/// snapshot periods at the longest `gossip_interval` (1 s).
+const SILENT_AFTER: Duration = Duration::from_secs(100);
+
+/// Counters that only grow, summed.
+#[derive(Default)]
+struct Totals {
+    responses: [u64; 6],
+    accepted: u64,
+    refused: u64,
+    gossip_dropped: u64,
+    /// Attempts by outcome, by (upstream name, backend address).
+    outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
+}
+
+impl Totals {
+    fn add(&mut self, s: &Snapshot) {
+        for (sum, n) in self.responses.iter_mut().zip(s.responses) {
+            *sum += n;
+        }
+        self.accepted += s.accepted;
+        self.refused += s.refused;
+        self.gossip_dropped += s.gossip_dropped;
+        for b in &s.backends {
+            let sum = self
+                .outcomes
+                .entry((b.upstream.clone(), b.backend))
+                .or_default();
+            for (sum, n) in sum.iter_mut().zip(b.outcomes) {
+                *sum += n;
             }
-        })?;
-    Ok(())
-}
-
-/// One request per connection: `GET /metrics`, `GET /healthz`, else 404.
-fn answer(mut stream: TcpStream, snaps: &[&Snapshot], stop: &StopFlag) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
-    let deadline = Instant::now() + ADMIN_IO_TIMEOUT;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > ADMIN_MAX_HEAD || Instant::now() > deadline {
-            return respond(
-                &mut stream,
-                431,
-                "text/plain",
-                "request head too large or slow\n",
-            );
         }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n]);
     }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (b"GET", b"/metrics") => {
-            let body = render(snaps);
-            respond(&mut stream, 200, "text/plain; version=0.0.4", &body)
+
+    fn add_all(&mut self, other: &Totals) {
+        for (sum, n) in self.responses.iter_mut().zip(other.responses) {
+            *sum += n;
         }
-        (b"GET", b"/healthz") if stop.requested() => {
-            respond(&mut stream, 503, "text/plain", "draining\n")
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.gossip_dropped += other.gossip_dropped;
+        for (key, outcomes) in &other.outcomes {
+            let sum = self.outcomes.entry(key.clone()).or_default();
+            for (sum, n) in sum.iter_mut().zip(outcomes) {
+                *sum += n;
+            }
         }
-        (b"GET", b"/healthz") => respond(&mut stream, 200, "text/plain", "ok\n"),
-        (b"GET", _) => respond(&mut stream, 404, "text/plain", "not found\n"),
-        _ => respond(&mut stream, 405, "text/plain", "only GET\n"),
     }
 }
 
-fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+/// What the admin thread knows of the workers: the latest snapshot of each
+/// running worker of every generation, and the final totals of the workers
+/// that have ended. Counters are the sum of both, so they never go back
+/// across a reload; gauges come from running workers only.
+#[derive(Default)]
+pub struct Tally {
+    /// By (generation, worker id), with when it arrived.
+    running: BTreeMap<(u64, usize), (Snapshot, Instant)>,
+    ended: Totals,
+    newest_generation: u64,
 }
 
-/// The Prometheus text exposition of the sum of the workers' snapshots.
-pub fn render(snaps: &[&Snapshot]) -> String {
-    let sum = |f: &dyn Fn(&Snapshot) -> u64| snaps.iter().map(|s| f(s)).sum::<u64>();
+impl Tally {
+    pub fn record(&mut self, s: Snapshot, now: Instant) {
+        self.newest_generation = self.newest_generation.max(s.generation);
+        let key = (s.generation, s.worker);
+        if s.last {
+            self.running.remove(&key);
+            self.ended.add(&s);
+        } else {
+            self.running.insert(key, (s, now));
+        }
+    }
+
+    /// The Prometheus text exposition of the node's figures.
+    pub fn render(&self, now: Instant) -> String {
+        let mut counters = Totals::default();
+        counters.add_all(&self.ended);
+        for (s, _) in self.running.values() {
+            counters.add(s);
+        }
+        let live: Vec<&Snapshot> = self
+            .running
+            .values()
+            .filter(|(s, at)| {
+                s.generation == self.newest_generation
+                    || now.saturating_duration_since(*at) < SILENT_AFTER
+            })
+            .map(|(s, _)| s)
+            .collect();
+        // A stop drains the newest generation; an older one drains after
+        // every reload, which is no news for an operator.
+        let draining = live
+            .iter()
+            .any(|s| s.draining && s.generation == self.newest_generation);
+        render(&counters, &live, draining)
+    }
+}
+
+/// The Prometheus text exposition: `counters` summed over every worker
+/// that ever reported, gauges over the running ones (`live`).
+fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
+    let gauge_sum = |f: &dyn Fn(&Snapshot) -> u64| live.iter().map(|s| f(s)).sum::<u64>();
     let mut out = String::with_capacity(4096);
     let help = |out: &mut String, name: &str, kind: &str, text: &str| {
         let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
@@ -239,13 +243,13 @@ pub fn render(snaps: &[&Snapshot]) -> String {
         env!("CARGO_PKG_VERSION")
     );
     // Node-wide figures without labels: (name, kind, help, value).
-    let draining = u64::from(snaps.iter().any(|s| s.draining));
+    let draining = u64::from(draining);
     let plain: [(&str, &str, &str, u64); 6] = [
         (
             "ringgate_workers_reporting",
             "gauge",
-            "Workers whose snapshot the admin thread holds.",
-            snaps.len() as u64,
+            "Running workers whose snapshot the admin thread holds (both generations during a reload).",
+            live.len() as u64,
         ),
         (
             "ringgate_draining",
@@ -257,25 +261,25 @@ pub fn render(snaps: &[&Snapshot]) -> String {
             "ringgate_connections_accepted_total",
             "counter",
             "Client connections accepted.",
-            sum(&|s| s.accepted),
+            counters.accepted,
         ),
         (
             "ringgate_connections_refused_total",
             "counter",
-            "Client connections closed at accept: worker at max_connections_per_worker.",
-            sum(&|s| s.refused),
+            "Client connections closed at accept: worker at max_connections_per_worker with none idle.",
+            counters.refused,
         ),
         (
             "ringgate_connections_open",
             "gauge",
             "Client connections open.",
-            sum(&|s| s.open),
+            gauge_sum(&|s| s.open),
         ),
         (
             "ringgate_gossip_dropped_total",
             "counter",
             "Gossip messages dropped because an inbox was full.",
-            sum(&|s| s.gossip_dropped),
+            counters.gossip_dropped,
         ),
     ];
     for (name, kind, text, value) in plain {
@@ -289,24 +293,9 @@ pub fn render(snaps: &[&Snapshot]) -> String {
         "Responses sent to clients, by status class.",
     );
     for class in 1..=5 {
-        let n = sum(&|s| s.responses[class]);
+        let n = counters.responses[class];
         let _ = writeln!(out, "ringgate_responses_total{{class=\"{class}xx\"}} {n}");
     }
-    // Every backend any worker reported, labelled by name and address.
-    let mut backends: Vec<(&str, SocketAddr)> = snaps
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|x| (x.upstream.as_str(), x.backend)))
-        .collect();
-    backends.sort();
-    backends.dedup();
-    let entries = |u: &str, b: SocketAddr| {
-        let u = u.to_owned();
-        snaps.iter().filter_map(move |s| {
-            s.backends
-                .iter()
-                .find(|x| x.upstream == u && x.backend == b)
-        })
-    };
     let label = |u: &str, b: SocketAddr| format!("upstream=\"{u}\",backend=\"{b}\"");
     help(
         &mut out,
@@ -314,16 +303,32 @@ pub fn render(snaps: &[&Snapshot]) -> String {
         "counter",
         "Attempts sent to a backend, by how they ended.",
     );
-    for &(u, b) in &backends {
-        for (i, name) in OUTCOME_NAMES.iter().enumerate() {
-            let n: u64 = entries(u, b).map(|x| x.outcomes[i]).sum();
+    // Every backend any worker ever reported: a counter stays once it
+    // appeared, even when a reload removed its backend.
+    for ((u, b), outcomes) in &counters.outcomes {
+        for (name, n) in OUTCOME_NAMES.iter().zip(outcomes) {
             let _ = writeln!(
                 out,
                 "ringgate_upstream_requests_total{{{},outcome=\"{name}\"}} {n}",
-                label(u, b)
+                label(u, *b)
             );
         }
     }
+    // Gauges: the backends the running workers report.
+    let mut backends: Vec<(&str, SocketAddr)> = live
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|x| (x.upstream.as_str(), x.backend)))
+        .collect();
+    backends.sort();
+    backends.dedup();
+    let entries = |u: &str, b: SocketAddr| {
+        let u = u.to_owned();
+        live.iter().filter_map(move |s| {
+            s.backends
+                .iter()
+                .find(|x| x.upstream == u && x.backend == b)
+        })
+    };
     type Gauge = fn(&BackendSnapshot) -> u64;
     let gauges: [(&str, &str, Gauge); 3] = [
         (
@@ -404,6 +409,57 @@ pub fn channel() -> (Sender<Snapshot>, Receiver<Snapshot>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snap(generation: u64, worker: usize, ok: u64, open: u64, last: bool) -> Snapshot {
+        let mut s = Snapshot::new(worker, &Counters::default());
+        s.generation = generation;
+        s.responses[2] = ok;
+        s.open = open;
+        s.last = last;
+        s
+    }
+
+    fn value(page: &str, name: &str) -> Option<u64> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn an_ended_generation_keeps_its_counts_and_drops_its_gauges() {
+        let ok = "ringgate_responses_total{class=\"2xx\"}";
+        let now = Instant::now();
+        let mut t = Tally::default();
+        t.record(snap(0, 0, 7, 2, false), now);
+        t.record(snap(0, 1, 3, 1, false), now);
+        // A reload to one worker: the new one starts from zero while the
+        // old ones drain, then send their final totals.
+        t.record(snap(1, 0, 0, 1, false), now);
+        let page = t.render(now);
+        assert_eq!(value(&page, ok), Some(10));
+        assert_eq!(value(&page, "ringgate_connections_open"), Some(4));
+        t.record(snap(0, 0, 8, 0, true), now);
+        t.record(snap(0, 1, 3, 0, true), now);
+        t.record(snap(1, 0, 2, 1, false), now);
+        let page = t.render(now);
+        assert_eq!(value(&page, ok), Some(13));
+        assert_eq!(value(&page, "ringgate_connections_open"), Some(1));
+        assert_eq!(value(&page, "ringgate_workers_reporting"), Some(1));
+    }
+
+    #[test]
+    fn a_silent_old_worker_stops_counting_as_running_but_keeps_its_counts() {
+        let ok = "ringgate_responses_total{class=\"2xx\"}";
+        let now = Instant::now();
+        let mut t = Tally::default();
+        t.record(snap(0, 0, 5, 3, false), now);
+        t.record(snap(1, 0, 1, 1, false), now);
+        let later = now + SILENT_AFTER;
+        t.record(snap(1, 0, 2, 1, false), later);
+        let page = t.render(later);
+        assert_eq!(value(&page, ok), Some(7));
+        assert_eq!(value(&page, "ringgate_connections_open"), Some(1));
+        assert_eq!(value(&page, "ringgate_workers_reporting"), Some(1));
+    }
 
     #[test]
     fn responses_count_by_class_and_ignore_no_status() {

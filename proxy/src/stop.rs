@@ -1,5 +1,5 @@
 //! Stop and reload requests. A stop flag is set by the main thread and read
-//! by each worker's gossip ticker once per tick, never on the request path;
+//! by each worker's ticker (ticker.rs) once per tick, never on the request path;
 //! the signal thread turns signals into [`Control`] messages for the main
 //! thread.
 

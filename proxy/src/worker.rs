@@ -25,18 +25,25 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::access_log::AccessLog;
 use crate::downstream::{self, ConnControl};
-use crate::gossip::{self, Mesh};
+use crate::gossip::{Gossip, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
 use crate::stop::StopFlag;
+use crate::ticker::Ticker;
 use crate::upstream::UpstreamState;
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
 const URING_ENTRIES: u32 = 4096;
 
-/// Pause after a failed accept (e.g. EMFILE) so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Pause after a failed accept, doubled while accepts keep failing (out of
+/// file descriptors fails every one until some close) up to the maximum:
+/// the loop neither spins nor leaves a freed descriptor unused for long.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// At most one accept-error line per worker this often; the line counts
+/// the failures it stands for.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How often a draining worker looks whether its last connection is gone.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
@@ -58,6 +65,8 @@ pub struct Worker {
     pub workers: usize,
     connections: Cell<usize>,
     over_limit_logged: Cell<bool>,
+    /// Next idle ticket (see `ConnControl::idle_ticket`).
+    idle_tickets: Cell<u64>,
     /// No new connections, no new requests on kept-alive ones.
     pub draining: Cell<bool>,
     /// Cancels the accept loops' pending accepts when the drain starts.
@@ -76,14 +85,14 @@ pub struct Shared {
     pub stop: StopFlag,
     /// The access log, opened for appending, when one is configured.
     pub log_file: Option<std::fs::File>,
-    /// To the admin thread, when `[admin]` is set; used by the gossip ticker.
+    /// To the admin thread, when `[admin]` is set; used by the ticker.
     pub metrics_tx: Option<SnapshotTx>,
     /// Which config generation this worker runs (a reload starts the next).
     pub generation: u64,
 }
 
 impl Worker {
-    fn new(
+    pub(crate) fn new(
         id: usize,
         workers: usize,
         config: Arc<Config>,
@@ -147,6 +156,7 @@ impl Worker {
             workers,
             connections: Cell::new(0),
             over_limit_logged: Cell::new(false),
+            idle_tickets: Cell::new(0),
             draining: Cell::new(false),
             accept_canceller: RefCell::new(Canceller::new()),
             conns: RefCell::new(Slab::new()),
@@ -164,7 +174,36 @@ impl Worker {
         self.connections.get()
     }
 
-    /// Starts this worker's drain (once). The gossip ticker calls it when
+    /// A number that orders connections by when they began to wait for a
+    /// next request: a counter, not a clock read per request.
+    pub fn idle_ticket(&self) -> u64 {
+        let ticket = self.idle_tickets.get();
+        self.idle_tickets.set(ticket + 1);
+        ticket
+    }
+
+    /// Closes the keep-alive connection that has waited longest for a next
+    /// request, as nginx reuses its idle connections when it runs out.
+    /// Returns false when no connection is idle. A scan of the table: it
+    /// runs only when the worker is full or out of descriptors.
+    fn close_longest_idle(&self) -> bool {
+        let conns = self.conns.borrow();
+        let Some(conn) = conns
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| c.idle.get())
+            .min_by_key(|c| c.idle_ticket.get())
+        else {
+            return false;
+        };
+        // Not idle any more as far as the next caller is concerned: it is
+        // closing, and leaves the table within a turn of the loop.
+        conn.idle.set(false);
+        conn.abort.abort();
+        true
+    }
+
+    /// Starts this worker's drain (once). The ticker calls it when
     /// the process was asked to stop, so a stop is noticed within one
     /// `gossip_interval`.
     pub fn begin_drain(&self) {
@@ -395,7 +434,13 @@ async fn worker_main(
             }
         }
     }
-    monoio::spawn(gossip::run_ticker(worker.clone(), mesh, stop, metrics_tx));
+    let ticker = Rc::new(Ticker::new(
+        worker.clone(),
+        Gossip::new(mesh),
+        stop,
+        metrics_tx,
+    ));
+    monoio::spawn(ticker.clone().run());
     let mut loops = Vec::new();
     for (index, std_listener) in listeners.into_iter().enumerate() {
         match monoio::net::TcpListener::from_std(std_listener) {
@@ -421,12 +466,14 @@ async fn worker_main(
     if let Some(log) = &worker.access_log {
         log.flush();
     }
+    ticker.finish();
     // Returning ends the runtime: what is left is dropped, and dropping an
     // in-flight io_uring operation cancels it.
 }
 
 async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::TcpListener) {
     let max = worker.config.server.max_connections_per_worker;
+    let mut errors = AcceptErrors::default();
     loop {
         if worker.draining.get() {
             return;
@@ -440,7 +487,12 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
         let draining = worker.draining.get();
         match accepted {
             Ok((stream, peer)) => {
-                if worker.connections.get() >= max {
+                errors.recovered();
+                // A full worker gives a new client the place of its
+                // longest-idle keep-alive connection; the count may exceed
+                // `max` by the connections being closed, for a turn of the
+                // loop. With none idle it refuses.
+                if worker.connections.get() >= max && !worker.close_longest_idle() {
                     Counters::bump(&worker.counters.refused);
                     // Shed load at the door rather than degrade every
                     // connection; say so once per episode.
@@ -467,12 +519,55 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
             // The accept the drain cancelled.
             Err(_) if draining => {}
             Err(e) => {
-                eprintln!("ringgate: worker {}: accept: {e}", worker.id);
-                monoio::time::sleep(ACCEPT_BACKOFF).await;
+                // Out of descriptors, the pending client waits in the accept
+                // queue: an idle keep-alive connection gives it one back.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    worker.close_longest_idle();
+                }
+                let pause = errors.failed(worker.id, &e);
+                monoio::time::sleep(pause).await;
             }
         }
         if draining {
             return;
         }
+    }
+}
+
+/// Accept failures of one accept loop: how long to pause, and when to say so.
+#[derive(Default)]
+struct AcceptErrors {
+    backoff: Duration,
+    last_logged: Option<Instant>,
+    /// Failures since the last line.
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    /// Counts a failure, logs it (rate-limited) and returns the pause.
+    fn failed(&mut self, worker: usize, e: &io::Error) -> Duration {
+        self.backoff = (self.backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_EVERY)
+        {
+            let more = match self.unlogged - 1 {
+                0 => String::new(),
+                n => format!(" ({n} more since the last line)"),
+            };
+            eprintln!(
+                "ringgate: worker {worker}: accept: {e}{more}; pausing accepts up to {} ms while it lasts",
+                ACCEPT_BACKOFF_MAX.as_millis()
+            );
+            self.last_logged = Some(now);
+            self.unlogged = 0;
+        }
+        self.backoff
+    }
+
+    fn recovered(&mut self) {
+        self.backoff = Duration::ZERO;
     }
 }

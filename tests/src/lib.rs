@@ -11,7 +11,7 @@
 //! binary is `$RINGGATE_BIN` if set, else `ringgate` in the same target
 //! directory as the test binaries; `RINGGATE_STREAM_MIB` sets the size of
 //! the streaming test's body (default 1024). The curl tests need `curl` on
-//! PATH.
+//! PATH, the open-file limit tests `prlimit` (util-linux).
 #![forbid(unsafe_code)]
 
 pub mod backend;

@@ -316,13 +316,37 @@ impl Proxy {
         Proxy::spawn(config_toml, &["-c"], env)
     }
 
+    /// Like `start`, with the binary run by `wrapper` (a command that execs
+    /// its arguments, e.g. `["prlimit", "--nofile=64:64", "--"]`), so the
+    /// process keeps the pid the harness signals.
+    pub fn start_under(config_toml: &str, wrapper: &[&str]) -> Proxy {
+        Proxy::spawn_under(config_toml, &["-c"], &[], wrapper)
+    }
+
     fn spawn(config_toml: &str, flag: &[&str], env: &[(&str, &str)]) -> Proxy {
+        Proxy::spawn_under(config_toml, flag, env, &[])
+    }
+
+    fn spawn_under(
+        config_toml: &str,
+        flag: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Proxy {
         let port =
             listener_port(config_toml).expect("config has a [[listeners]] table with an address");
         let config_path = write_temp("ringgate-test", "toml", config_toml.as_bytes());
         let stderr_path = temp_path("ringgate-test-stderr", "log");
         let stderr = fs::File::create(&stderr_path).expect("create stderr file");
-        let child = Command::new(ringgate_bin())
+        let mut command = match wrapper.split_first() {
+            None => Command::new(ringgate_bin()),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(ringgate_bin());
+                c
+            }
+        };
+        let child = command
             .args(flag)
             .arg(&config_path)
             .envs(env.iter().copied())

@@ -1,0 +1,87 @@
+//! The per-worker clock: every `gossip_interval` it starts the worker's
+//! drain once the process was asked to stop, flushes the access log, sends
+//! a metrics snapshot every `SNAPSHOT_TICKS` ticks and runs one gossip
+//! round. It runs as one task beside the worker's connections and is never
+//! on the request path; the one atomic it reads (the stop flag) stays out
+//! of the connection code.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::gossip::Gossip;
+use crate::metrics::{self, SnapshotTx, SNAPSHOT_TICKS};
+use crate::stop::StopFlag;
+use crate::worker::Worker;
+
+/// Longest a finishing worker waits for room for its final snapshot.
+const FINAL_SNAPSHOT_WAIT: Duration = Duration::from_millis(200);
+
+pub struct Ticker {
+    worker: Rc<Worker>,
+    gossip: RefCell<Gossip>,
+    stop: StopFlag,
+    metrics: Option<SnapshotTx>,
+}
+
+impl Ticker {
+    pub fn new(
+        worker: Rc<Worker>,
+        gossip: Gossip,
+        stop: StopFlag,
+        metrics: Option<SnapshotTx>,
+    ) -> Self {
+        Ticker {
+            worker,
+            gossip: RefCell::new(gossip),
+            stop,
+            metrics,
+        }
+    }
+
+    /// Ticks every `gossip_interval` for as long as the worker's runtime runs.
+    pub async fn run(self: Rc<Self>) {
+        let interval = self.worker.config.server.gossip_interval;
+        let mut ticks: u64 = 0;
+        loop {
+            monoio::time::sleep(interval).await;
+            self.tick(ticks);
+            ticks += 1;
+        }
+    }
+
+    fn tick(&self, ticks: u64) {
+        let worker = &self.worker;
+        if self.stop.requested() {
+            worker.begin_drain();
+        }
+        if let Some(log) = &worker.access_log {
+            log.flush();
+        }
+        if ticks.is_multiple_of(SNAPSHOT_TICKS) {
+            self.send_snapshot();
+        }
+        // No borrow crosses an await: a round is synchronous.
+        self.gossip.borrow_mut().round(worker, Instant::now());
+    }
+
+    /// Sends the worker's final totals as it ends, so its counters outlive
+    /// it in `/metrics`. Waits a little if the channel is full: the worker
+    /// is done serving, and a lost final snapshot would lose counts.
+    pub fn finish(&self) {
+        if let Some(tx) = &self.metrics {
+            let dropped = self.gossip.borrow().dropped();
+            let mut s = metrics::snapshot(&self.worker, dropped);
+            s.last = true;
+            let _ = tx.send_timeout(s, FINAL_SNAPSHOT_WAIT);
+        }
+    }
+
+    fn send_snapshot(&self) {
+        if let Some(tx) = &self.metrics {
+            // Never waits: a full channel drops this one, the next replaces it.
+            let dropped = self.gossip.borrow().dropped();
+            let _ = tx.try_send(metrics::snapshot(&self.worker, dropped));
+        }
+    }
+}

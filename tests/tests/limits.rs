@@ -1,0 +1,122 @@
+//! Limits on what the proxy holds: `max_connections_per_worker`, where an
+//! idle keep-alive connection gives way to a new client (as nginx reuses
+//! its idle connections), and the process's open-file limit, where accept
+//! backs off instead of spinning and logging.
+
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
+
+use ringgate_tests::{Backend, Behaviour, Client, ProxyConfig};
+
+/// One GET on `c`: the status, or what went wrong.
+fn try_get(c: &mut Client, path: &str) -> Result<u16, String> {
+    c.try_send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    c.read_final()
+        .map(|r| r.status)
+        .map_err(|e| format!("read: {e}"))
+}
+
+#[test]
+fn full_worker_closes_the_longest_idle_connection_for_a_new_client() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .server("max_connections_per_worker", "2")
+        .start();
+    let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    // Let the harness's start-up probe connection close.
+    thread::sleep(Duration::from_millis(100));
+    let mut oldest = Client::try_connect(addr).expect("connect");
+    assert_eq!(try_get(&mut oldest, "/1"), Ok(200));
+    thread::sleep(Duration::from_millis(50));
+    let mut newer = Client::try_connect(addr).expect("connect");
+    assert_eq!(try_get(&mut newer, "/2"), Ok(200));
+    // Both wait on keep-alive: the worker is full of idle connections.
+    let mut third = Client::try_connect(addr).expect("connect");
+    assert_eq!(
+        try_get(&mut third, "/3"),
+        Ok(200),
+        "a new client is served when the worker is full of idle connections"
+    );
+    oldest
+        .wait_closed(Duration::from_secs(1))
+        .expect("the longest-idle connection was closed for it");
+    assert_eq!(
+        try_get(&mut newer, "/4"),
+        Ok(200),
+        "the other one still serves"
+    );
+}
+
+#[test]
+fn full_worker_with_no_idle_connection_refuses_a_new_client() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .server("max_connections_per_worker", "2")
+        .start();
+    let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    thread::sleep(Duration::from_millis(100));
+    // Two clients that have connected but not yet sent their first
+    // request are not idle: neither may be closed for a newcomer.
+    let mut first = Client::try_connect(addr).expect("connect");
+    let mut second = Client::try_connect(addr).expect("connect");
+    thread::sleep(Duration::from_millis(50));
+    let mut third = Client::try_connect(addr).expect("connect");
+    assert!(
+        try_get(&mut third, "/3").is_err(),
+        "the third client is refused"
+    );
+    assert_eq!(try_get(&mut first, "/1"), Ok(200));
+    assert_eq!(try_get(&mut second, "/2"), Ok(200));
+}
+
+#[test]
+fn out_of_file_descriptors_accept_backs_off_with_few_log_lines_and_recovers() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let toml = ProxyConfig::new(backend.addr()).to_toml();
+    let proxy = ringgate_tests::Proxy::start_under(&toml, &["prlimit", "--nofile=64:64", "--"]);
+    let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    // Clients that connect and send nothing (yet): past ~50 the proxy has
+    // no descriptor left, and the rest wait in the accept queue.
+    let held: Vec<std::net::TcpStream> = (0..90)
+        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    let log = proxy.stderr();
+    let accept_lines = log.lines().filter(|l| l.contains(": accept: ")).count();
+    assert!(
+        (1..=2).contains(&accept_lines),
+        "{accept_lines} accept error lines in 2 s:\n{log}"
+    );
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("open-file limit"))
+        .count();
+    assert_eq!(warnings, 1, "the limit is named once at start:\n{log}");
+    drop(held);
+    let served = ringgate_tests::eventually(Duration::from_secs(5), || {
+        let mut c = Client::try_connect(addr).map_err(|e| format!("connect: {e}"))?;
+        try_get(&mut c, "/again")
+    });
+    assert_eq!(served, Ok(200), "serves again once the clients have gone");
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let toml = ProxyConfig::new(backend.addr()).to_toml();
+    let proxy = ringgate_tests::Proxy::start_under(&toml, &["prlimit", "--nofile=256:12000", "--"]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["12000", "12000"], "{line}");
+    assert!(
+        !proxy.stderr().contains("open-file limit"),
+        "12000 holds one worker's 10000 connections: no warning\n{}",
+        proxy.stderr()
+    );
+}
