@@ -4,7 +4,6 @@
 //! every exchange on it reuses; the exchange owns everything about one
 //! request and its response.
 
-use std::cell::Cell;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -23,7 +22,7 @@ use crate::exchange::{
     self, error_response, Buffers, Client, Context, Next, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE,
 };
 use crate::io::{read_more, send_range, Abort, ReadFail, Reader, Writer};
-use crate::worker::Worker;
+use crate::state::{ConnControl, Worker};
 
 /// Read size for heads; a head larger than this grows the buffer up to the
 /// configured limit.
@@ -43,19 +42,6 @@ struct Downstream {
     sent: Sent,
     /// The current request's access-log fields, when logging.
     captured: Captured,
-}
-
-/// What a worker may do to one of its client connections from outside.
-#[derive(Default)]
-pub struct ConnControl {
-    /// Cancels the connection's pending client read.
-    pub abort: Abort,
-    /// Waiting for a next request on a kept-alive connection, nothing of it
-    /// read yet: a drain closes such a connection at once.
-    pub idle: Cell<bool>,
-    /// The worker's idle ticket taken when it began waiting: the idle
-    /// connection with the smallest has waited longest.
-    pub idle_ticket: Cell<u64>,
 }
 
 pub async fn serve(

@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use ringgate_core::gossip::{GossipMsg, HEALTH_RESEND_TICKS};
 
 use crate::health;
-use crate::worker::Worker;
+use crate::state::Worker;
 
 pub struct Mesh<M> {
     inbox: Receiver<Arc<M>>,

@@ -11,8 +11,8 @@ use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
 use crate::io::{read_more, Abort};
+use crate::state::Worker;
 use crate::upstream::connect;
-use crate::worker::Worker;
 
 /// A health response head larger than this is a failed probe.
 const PROBE_HEAD_LIMIT: usize = 8 * 1024;

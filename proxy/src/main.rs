@@ -13,6 +13,7 @@ mod gossip;
 mod health;
 mod io;
 mod metrics;
+mod state;
 mod stop;
 mod ticker;
 mod upstream;

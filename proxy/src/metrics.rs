@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use ringgate_core::backend_view::Outcome;
 
-use crate::worker::Worker;
-
 /// The channel end a worker's ticker reports on.
 pub type SnapshotTx = Sender<Snapshot>;
 
@@ -370,31 +368,6 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
         }
     }
     out
-}
-
-/// This worker's counters and backend views, as the admin thread sums them.
-pub fn snapshot(worker: &Worker, gossip_dropped: u64) -> Snapshot {
-    let now = Instant::now();
-    let mut s = Snapshot::new(worker.id, &worker.counters);
-    s.generation = worker.generation;
-    s.open = worker.open_connections() as u64;
-    s.gossip_dropped = gossip_dropped;
-    s.draining = worker.draining.get();
-    for upstream in &worker.upstreams {
-        let view = upstream.view.borrow();
-        for b in 0..view.len() {
-            s.backends.push(BackendSnapshot {
-                upstream: upstream.config.name.clone(),
-                backend: upstream.backend_addr(b),
-                healthy: view.is_healthy(b),
-                ejected: view.is_ejected(b, now),
-                in_flight: view.in_flight(b),
-                connections: upstream.open_connections(b),
-                outcomes: std::array::from_fn(|i| upstream.outcomes[b][i].get()),
-            });
-        }
-    }
-    s
 }
 
 /// Snapshots the admin thread may fall behind by before workers' sends are

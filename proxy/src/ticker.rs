@@ -10,9 +10,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::gossip::Gossip;
-use crate::metrics::{self, SnapshotTx, SNAPSHOT_TICKS};
+use crate::metrics::{SnapshotTx, SNAPSHOT_TICKS};
+use crate::state::Worker;
 use crate::stop::StopFlag;
-use crate::worker::Worker;
 
 /// Longest a finishing worker waits for room for its final snapshot.
 const FINAL_SNAPSHOT_WAIT: Duration = Duration::from_millis(200);
@@ -71,7 +71,7 @@ impl Ticker {
     pub fn finish(&self) {
         if let Some(tx) = &self.metrics {
             let dropped = self.gossip.borrow().dropped();
-            let mut s = metrics::snapshot(&self.worker, dropped);
+            let mut s = self.worker.snapshot(dropped);
             s.last = true;
             let _ = tx.send_timeout(s, FINAL_SNAPSHOT_WAIT);
         }
@@ -81,7 +81,7 @@ impl Ticker {
         if let Some(tx) = &self.metrics {
             // Never waits: a full channel drops this one, the next replaces it.
             let dropped = self.gossip.borrow().dropped();
-            let _ = tx.try_send(metrics::snapshot(&self.worker, dropped));
+            let _ = tx.try_send(self.worker.snapshot(dropped));
         }
     }
 }

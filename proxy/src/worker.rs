@@ -1,36 +1,29 @@
 //! Workers: one per core, each pinned to its CPU and running its own monoio
 //! runtime (io_uring, or the legacy epoll driver where io_uring is blocked).
-//! A worker owns its listeners (SO_REUSEPORT), routers, upstream pools and
-//! counters; nothing here is shared between workers but the immutable config
-//! (plus the access-log file, appended to in whole lines, and the channel to
-//! the admin thread, which only the ticker uses).
+//! This module starts them: the plan, pinning, ring set-up, binding, the
+//! accept loop and the drain; what a worker owns lives in `state`. Nothing
+//! is shared between workers but the immutable config (plus the access-log
+//! file, appended to in whole lines, and the channel to the admin thread,
+//! which only the ticker uses).
 
-use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::Canceller;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringgate_config::{Config, Workers};
-use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::gossip::GossipMsg;
-use ringgate_core::http::HeadLimits;
-use ringgate_core::ratelimit::KeyedLimiter;
-use ringgate_core::router::{RouteSpec, Router};
-use slab::Slab;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::access_log::AccessLog;
-use crate::downstream::{self, ConnControl};
+use crate::downstream;
 use crate::gossip::{Gossip, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
+use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
-use crate::upstream::UpstreamState;
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
@@ -48,37 +41,6 @@ const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a draining worker looks whether its last connection is gone.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
-/// Everything one worker owns. Built on the worker's own thread.
-pub struct Worker {
-    pub id: usize,
-    pub config: Arc<Config>,
-    pub head_limits: HeadLimits,
-    pub chunk_limits: ChunkLimits,
-    /// One router per listener, indexed like `config.listeners`.
-    pub routers: Vec<Router>,
-    /// Indexed like `config.upstreams`.
-    pub upstreams: Vec<UpstreamState>,
-    /// Token buckets of rate-limited routes, indexed like `config.routes`.
-    pub limiters: Vec<Option<RefCell<KeyedLimiter>>>,
-    /// Health transitions this worker's probes found since the last tick.
-    pub pending_health: RefCell<Vec<(u32, u32, bool)>>,
-    pub workers: usize,
-    connections: Cell<usize>,
-    over_limit_logged: Cell<bool>,
-    /// Next idle ticket (see `ConnControl::idle_ticket`).
-    idle_tickets: Cell<u64>,
-    /// No new connections, no new requests on kept-alive ones.
-    pub draining: Cell<bool>,
-    /// Cancels the accept loops' pending accepts when the drain starts.
-    accept_canceller: RefCell<Canceller>,
-    /// Every open client connection, to close the idle ones on drain.
-    conns: RefCell<Slab<Rc<ConnControl>>>,
-    pub access_log: Option<AccessLog>,
-    pub counters: Counters,
-    /// The config generation this worker runs.
-    pub generation: u64,
-}
-
 /// What a worker gets from the process besides its sockets and its mesh.
 pub struct Shared {
     pub config: Arc<Config>,
@@ -89,137 +51,6 @@ pub struct Shared {
     pub metrics_tx: Option<SnapshotTx>,
     /// Which config generation this worker runs (a reload starts the next).
     pub generation: u64,
-}
-
-impl Worker {
-    pub(crate) fn new(
-        id: usize,
-        workers: usize,
-        config: Arc<Config>,
-        log_file: Option<std::fs::File>,
-        generation: u64,
-    ) -> Self {
-        // Router targets are route indices: a route carries its own limits.
-        let routers = (0..config.listeners.len())
-            .map(|listener| {
-                Router::new(
-                    config
-                        .routes
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, r)| r.listener == listener)
-                        .map(|(index, r)| RouteSpec {
-                            host: r.host.clone(),
-                            path_prefix: r.path_prefix.clone(),
-                            methods: r.methods.clone(),
-                            headers: r.headers.clone(),
-                            target: index,
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| UpstreamState::new(u.clone(), id, workers))
-            .collect();
-        let limiters = config
-            .routes
-            .iter()
-            .map(|r| {
-                r.rate_limit.as_ref().map(|limit| {
-                    RefCell::new(KeyedLimiter::new(
-                        limit.rate_per_sec(),
-                        f64::from(limit.burst),
-                        config.server.rate_limit_max_keys,
-                    ))
-                })
-            })
-            .collect();
-        let limits = &config.limits;
-        Worker {
-            id,
-            head_limits: HeadLimits {
-                max_head_bytes: limits.max_head_bytes,
-                max_headers: limits.max_headers,
-            },
-            chunk_limits: ChunkLimits {
-                max_line_bytes: limits.max_chunk_line_bytes,
-                // A trailer section is a head; the same bound applies.
-                max_trailer_bytes: limits.max_head_bytes,
-            },
-            routers,
-            upstreams,
-            limiters,
-            pending_health: RefCell::new(Vec::new()),
-            workers,
-            connections: Cell::new(0),
-            over_limit_logged: Cell::new(false),
-            idle_tickets: Cell::new(0),
-            draining: Cell::new(false),
-            accept_canceller: RefCell::new(Canceller::new()),
-            conns: RefCell::new(Slab::new()),
-            access_log: log_file
-                .zip(config.access_log.as_ref())
-                .map(|(file, log)| AccessLog::new(file, log.buffer)),
-            counters: Counters::default(),
-            generation,
-            config,
-        }
-    }
-
-    /// Client connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.connections.get()
-    }
-
-    /// A number that orders connections by when they began to wait for a
-    /// next request: a counter, not a clock read per request.
-    pub fn idle_ticket(&self) -> u64 {
-        let ticket = self.idle_tickets.get();
-        self.idle_tickets.set(ticket + 1);
-        ticket
-    }
-
-    /// Closes the keep-alive connection that has waited longest for a next
-    /// request, as nginx reuses its idle connections when it runs out.
-    /// Returns false when no connection is idle. A scan of the table: it
-    /// runs only when the worker is full or out of descriptors.
-    fn close_longest_idle(&self) -> bool {
-        let conns = self.conns.borrow();
-        let Some(conn) = conns
-            .iter()
-            .map(|(_, c)| c)
-            .filter(|c| c.idle.get())
-            .min_by_key(|c| c.idle_ticket.get())
-        else {
-            return false;
-        };
-        // Not idle any more as far as the next caller is concerned: it is
-        // closing, and leaves the table within a turn of the loop.
-        conn.idle.set(false);
-        conn.abort.abort();
-        true
-    }
-
-    /// Starts this worker's drain (once). The ticker calls it when
-    /// the process was asked to stop, so a stop is noticed within one
-    /// `gossip_interval`.
-    pub fn begin_drain(&self) {
-        if self.draining.get() {
-            return;
-        }
-        self.draining.set(true);
-        // The accept loops wake up, see `draining` and drop their listeners.
-        let accepts = std::mem::take(&mut *self.accept_canceller.borrow_mut());
-        *self.accept_canceller.borrow_mut() = accepts.cancel();
-        for (_, conn) in self.conns.borrow().iter() {
-            if conn.idle.get() {
-                conn.abort.abort();
-            }
-        }
-    }
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as

@@ -1,0 +1,225 @@
+//! What one worker owns, built on the worker's own thread: its routers,
+//! upstream states, token buckets, counters, access log and its table of
+//! client connections. The connection loop, the health probes, the gossip
+//! round and the ticker read it; the worker module (start-up, accept loop)
+//! builds it. No I/O and no tasks here, so nothing here depends on the
+//! modules that use it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use monoio::io::Canceller;
+use ringgate_config::Config;
+use ringgate_core::chunked::ChunkLimits;
+use ringgate_core::http::HeadLimits;
+use ringgate_core::ratelimit::KeyedLimiter;
+use ringgate_core::router::{RouteSpec, Router};
+use slab::Slab;
+
+use crate::access_log::AccessLog;
+use crate::io::Abort;
+use crate::metrics::{BackendSnapshot, Counters, Snapshot};
+use crate::upstream::UpstreamState;
+
+/// What a worker may do to one of its client connections from outside.
+#[derive(Default)]
+pub struct ConnControl {
+    /// Cancels the connection's pending client read.
+    pub abort: Abort,
+    /// Waiting for a next request on a kept-alive connection, nothing of it
+    /// read yet: a drain closes such a connection at once.
+    pub idle: Cell<bool>,
+    /// The worker's idle ticket taken when it began waiting: the idle
+    /// connection with the smallest has waited longest.
+    pub idle_ticket: Cell<u64>,
+}
+
+/// Everything one worker owns. Built on the worker's own thread.
+pub struct Worker {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub head_limits: HeadLimits,
+    pub chunk_limits: ChunkLimits,
+    /// One router per listener, indexed like `config.listeners`.
+    pub routers: Vec<Router>,
+    /// Indexed like `config.upstreams`.
+    pub upstreams: Vec<UpstreamState>,
+    /// Token buckets of rate-limited routes, indexed like `config.routes`.
+    pub limiters: Vec<Option<RefCell<KeyedLimiter>>>,
+    /// Health transitions this worker's probes found since the last tick.
+    pub pending_health: RefCell<Vec<(u32, u32, bool)>>,
+    pub workers: usize,
+    pub(crate) connections: Cell<usize>,
+    pub(crate) over_limit_logged: Cell<bool>,
+    /// Next idle ticket (see `ConnControl::idle_ticket`).
+    pub(crate) idle_tickets: Cell<u64>,
+    /// No new connections, no new requests on kept-alive ones.
+    pub draining: Cell<bool>,
+    /// Cancels the accept loops' pending accepts when the drain starts.
+    pub(crate) accept_canceller: RefCell<Canceller>,
+    /// Every open client connection, to close the idle ones on drain.
+    pub(crate) conns: RefCell<Slab<Rc<ConnControl>>>,
+    pub access_log: Option<AccessLog>,
+    pub counters: Counters,
+    /// The config generation this worker runs.
+    pub generation: u64,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        id: usize,
+        workers: usize,
+        config: Arc<Config>,
+        log_file: Option<std::fs::File>,
+        generation: u64,
+    ) -> Self {
+        // Router targets are route indices: a route carries its own limits.
+        let routers = (0..config.listeners.len())
+            .map(|listener| {
+                Router::new(
+                    config
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.listener == listener)
+                        .map(|(index, r)| RouteSpec {
+                            host: r.host.clone(),
+                            path_prefix: r.path_prefix.clone(),
+                            methods: r.methods.clone(),
+                            headers: r.headers.clone(),
+                            target: index,
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamState::new(u.clone(), id, workers))
+            .collect();
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                r.rate_limit.as_ref().map(|limit| {
+                    RefCell::new(KeyedLimiter::new(
+                        limit.rate_per_sec(),
+                        f64::from(limit.burst),
+                        config.server.rate_limit_max_keys,
+                    ))
+                })
+            })
+            .collect();
+        let limits = &config.limits;
+        Worker {
+            id,
+            head_limits: HeadLimits {
+                max_head_bytes: limits.max_head_bytes,
+                max_headers: limits.max_headers,
+            },
+            chunk_limits: ChunkLimits {
+                max_line_bytes: limits.max_chunk_line_bytes,
+                // A trailer section is a head; the same bound applies.
+                max_trailer_bytes: limits.max_head_bytes,
+            },
+            routers,
+            upstreams,
+            limiters,
+            pending_health: RefCell::new(Vec::new()),
+            workers,
+            connections: Cell::new(0),
+            over_limit_logged: Cell::new(false),
+            idle_tickets: Cell::new(0),
+            draining: Cell::new(false),
+            accept_canceller: RefCell::new(Canceller::new()),
+            conns: RefCell::new(Slab::new()),
+            access_log: log_file
+                .zip(config.access_log.as_ref())
+                .map(|(file, log)| AccessLog::new(file, log.buffer)),
+            counters: Counters::default(),
+            generation,
+            config,
+        }
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// A number that orders connections by when they began to wait for a
+    /// next request: a counter, not a clock read per request.
+    pub fn idle_ticket(&self) -> u64 {
+        let ticket = self.idle_tickets.get();
+        self.idle_tickets.set(ticket + 1);
+        ticket
+    }
+
+    /// Closes the keep-alive connection that has waited longest for a next
+    /// request, as nginx reuses its idle connections when it runs out.
+    /// Returns false when no connection is idle. A scan of the table: it
+    /// runs only when the worker is full or out of descriptors.
+    pub(crate) fn close_longest_idle(&self) -> bool {
+        let conns = self.conns.borrow();
+        let Some(conn) = conns
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| c.idle.get())
+            .min_by_key(|c| c.idle_ticket.get())
+        else {
+            return false;
+        };
+        // Not idle any more as far as the next caller is concerned: it is
+        // closing, and leaves the table within a turn of the loop.
+        conn.idle.set(false);
+        conn.abort.abort();
+        true
+    }
+
+    /// Starts this worker's drain (once). The ticker calls it when
+    /// the process was asked to stop, so a stop is noticed within one
+    /// `gossip_interval`.
+    pub fn begin_drain(&self) {
+        if self.draining.get() {
+            return;
+        }
+        self.draining.set(true);
+        // The accept loops wake up, see `draining` and drop their listeners.
+        let accepts = std::mem::take(&mut *self.accept_canceller.borrow_mut());
+        *self.accept_canceller.borrow_mut() = accepts.cancel();
+        for (_, conn) in self.conns.borrow().iter() {
+            if conn.idle.get() {
+                conn.abort.abort();
+            }
+        }
+    }
+
+    /// This worker's counters and backend views, as the admin thread sums them.
+    pub fn snapshot(&self, gossip_dropped: u64) -> Snapshot {
+        let worker = self;
+        let now = Instant::now();
+        let mut s = Snapshot::new(worker.id, &worker.counters);
+        s.generation = worker.generation;
+        s.open = worker.open_connections() as u64;
+        s.gossip_dropped = gossip_dropped;
+        s.draining = worker.draining.get();
+        for upstream in &worker.upstreams {
+            let view = upstream.view.borrow();
+            for b in 0..view.len() {
+                s.backends.push(BackendSnapshot {
+                    upstream: upstream.config.name.clone(),
+                    backend: upstream.backend_addr(b),
+                    healthy: view.is_healthy(b),
+                    ejected: view.is_ejected(b, now),
+                    in_flight: view.in_flight(b),
+                    connections: upstream.open_connections(b),
+                    outcomes: std::array::from_fn(|i| upstream.outcomes[b][i].get()),
+                });
+            }
+        }
+        s
+    }
+}
