@@ -40,6 +40,14 @@ fn json_number(doc: &str, key: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{key} is not a number in {doc}"))
 }
 
+/// The JSON from `"key": ` on.
+fn section<'a>(doc: &'a str, key: &str) -> &'a str {
+    let pat = format!("\"{key}\": ");
+    &doc[doc
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {doc}"))..]
+}
+
 /// What one run measured.
 #[derive(Debug)]
 struct Outcome {
@@ -52,9 +60,16 @@ struct Outcome {
     other: u64,
     missing: u64,
     errors: u64,
+    /// Corrected latency and service time p99, µs: what the misbehaviour
+    /// and the proxy's defence against it cost.
+    latency_p99_us: u64,
+    service_p99_us: u64,
     misbehaved: usize,
     misbehaving_heads: usize,
     healthy_heads: usize,
+    /// The proxy said it stopped reusing the misbehaving backend's
+    /// connections (it found a stray).
+    tainted: bool,
     /// ringload's stderr: the mismatch examples.
     said: String,
 }
@@ -99,9 +114,12 @@ fn run(variant: &'static str, misbehaviour: Behaviour, body: Option<&str>) -> Ou
         other: n("other"),
         missing: n("missing"),
         errors: n("connect") + n("timeout") + n("reset") + n("parse"),
+        latency_p99_us: json_number(section(&doc, "latency_us"), "p99") as u64,
+        service_p99_us: json_number(section(&doc, "latency_uncorrected_us"), "p99") as u64,
         misbehaved: bad.misbehaved(),
         misbehaving_heads: bad.heads(),
         healthy_heads: good.heads(),
+        tainted: proxy.stderr().contains("nobody asked for"),
         said: out.stderr,
     }
 }
@@ -123,7 +141,25 @@ fn under_load_no_client_receives_a_body_meant_for_another_request() {
     ];
     // Both runs are reported before anything is asserted.
     for o in &outcomes {
-        eprintln!("{o:#?}");
+        eprintln!(
+            "{}: exit {:?}, {} responses at {:.0}/s, {} checked, {} mismatches ({} another id, {} none), \
+             {} errors, p99 latency {} µs (service {} µs); misbehaved on {} of {} requests, healthy backend {}; proxy stopped reuse: {}",
+            o.variant,
+            o.exit,
+            o.responses,
+            o.rate,
+            o.checked,
+            o.mismatches,
+            o.other,
+            o.missing,
+            o.errors,
+            o.latency_p99_us,
+            o.service_p99_us,
+            o.misbehaved,
+            o.misbehaving_heads,
+            o.healthy_heads,
+            o.tainted
+        );
     }
     let expected = (RATE * SECONDS) as usize;
     for o in &outcomes {
