@@ -79,6 +79,10 @@ pub struct Cli {
     /// A new connection per request.
     #[arg(long)]
     pub no_keepalive: bool,
+    /// Give every request a unique id, NAME=<20 digits> in its query, and
+    /// count responses whose body does not carry that same id (exit 3).
+    #[arg(long, value_name = "NAME")]
+    pub check_id: Option<String>,
     /// Per-request timeout (connect + send + complete response).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -152,6 +156,7 @@ impl Cli {
                 headers,
                 body,
                 close: self.no_keepalive,
+                check_id: self.check_id.clone(),
             },
             pipeline: self.pipeline,
             keepalive: !self.no_keepalive,
@@ -191,6 +196,8 @@ mod tests {
             "4",
             "--arrival",
             "poisson",
+            "--check-id",
+            "rid",
         ])
         .unwrap();
         let o = cli.options().unwrap();
@@ -205,6 +212,7 @@ mod tests {
         );
         assert_eq!(o.request.body, b"hi");
         assert_eq!(o.pipeline, 4);
+        assert_eq!(o.request.check_id.as_deref(), Some("rid"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use ringgate_core::chunked::{ChunkLimits, ChunkedDecoder};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch, ResponseBody};
 use rustls::pki_types::ServerName;
 
+use crate::id::{BodyScan, IdSeen};
 use crate::record::ErrorClass;
 use crate::target::{Scheme, Target};
 
@@ -180,6 +181,8 @@ pub struct Conn {
     /// first read of a response then ends at most the send's duration (µs)
     /// after the deadline; every later read recomputes the time left.
     timeout_fresh: bool,
+    /// The current body's first bytes, when its request carries an id.
+    scan: BodyScan,
 }
 
 /// A complete response.
@@ -190,6 +193,8 @@ pub struct Response {
     pub bytes: u64,
     /// The server lets us send the next request on this connection.
     pub reusable: bool,
+    /// Whether the body carried its request's id (`--check-id`).
+    pub id: IdSeen,
 }
 
 impl Conn {
@@ -233,6 +238,7 @@ impl Conn {
             end: 0,
             scratch: HeadScratch::default(),
             timeout_fresh: false,
+            scan: BodyScan::default(),
         })
     }
 
@@ -304,13 +310,26 @@ impl Conn {
         Ok(n)
     }
 
+    /// The first bytes of the last body read with an id to check
+    /// (`read_response` with `id`), for a mismatch report.
+    pub fn scanned_body(&self) -> &[u8] {
+        self.scan.bytes()
+    }
+
     /// Reads one complete response (skipping interim 1xx responses). Bytes of
     /// a following pipelined response stay buffered for the next call.
+    /// With `id` (the request's `NAME=<digits>`), the body's first bytes are
+    /// searched for it as they pass.
     pub async fn read_response(
         &mut self,
         head_method: bool,
         deadline: Instant,
+        id: Option<&[u8]>,
     ) -> Result<Response, Failure> {
+        let checking = id.is_some();
+        if checking {
+            self.scan.clear();
+        }
         let mut bytes = 0u64;
         let head = loop {
             let window = &self.buf[self.start..self.end];
@@ -346,6 +365,10 @@ impl Conn {
             ResponseBody::Length(mut left) => loop {
                 let avail = (self.end - self.start) as u64;
                 let take = avail.min(left);
+                if checking {
+                    self.scan
+                        .push(&self.buf[self.start..self.start + take as usize]);
+                }
                 self.start += take as usize;
                 left -= take;
                 bytes += take;
@@ -362,8 +385,13 @@ impl Conn {
             ResponseBody::Chunked => {
                 let mut decoder = ChunkedDecoder::new(CHUNK_LIMITS);
                 loop {
+                    let scan = &mut self.scan;
                     let feed = decoder
-                        .feed(&self.buf[self.start..self.end], &mut |_| {})
+                        .feed(&self.buf[self.start..self.end], &mut |p| {
+                            if checking {
+                                scan.push(p);
+                            }
+                        })
                         .map_err(|e| {
                             Failure::new(ErrorClass::Parse, format!("invalid chunked body: {e}"))
                         })?;
@@ -384,6 +412,9 @@ impl Conn {
                 reusable = false;
                 loop {
                     bytes += (self.end - self.start) as u64;
+                    if checking {
+                        self.scan.push(&self.buf[self.start..self.end]);
+                    }
                     self.start = self.end;
                     if self.fill(deadline).await? == 0 {
                         break;
@@ -395,6 +426,7 @@ impl Conn {
             status: head.status,
             bytes,
             reusable,
+            id: id.map_or(IdSeen::Unchecked, |needle| self.scan.check(needle)),
         })
     }
 }

@@ -100,6 +100,8 @@ pub struct RunConfig {
     pub(crate) progress: bool,
     pub(crate) raw_limit: usize,
     pub(crate) probe: bool,
+    /// `--check-id NAME`, for reports (the ids are in the targets' bytes).
+    pub(crate) check_id: Option<String>,
 }
 
 /// CPUs this process may run on.
@@ -197,6 +199,7 @@ impl RunConfig {
             progress: o.progress,
             raw_limit: if o.keep_raw { MAX_RAW_ROWS } else { 0 },
             probe: o.probe,
+            check_id: o.request.check_id,
         })
     }
 

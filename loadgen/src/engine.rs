@@ -9,7 +9,7 @@
 //! end of the window is taken, and each request still in flight then has
 //! `--timeout` to finish, so a run always ends.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::client::{Conn, Failure, Response, Tls};
 use crate::config::RunConfig;
+use crate::id::{IdSeen, ID_DIGITS};
 use crate::record::{ErrorClass, Measured, Recorder, Stamps, Window};
 use crate::report::Report;
 use crate::schedule::{Arrival, Schedule};
@@ -59,7 +60,8 @@ struct Clock {
     end: Instant,
 }
 
-/// What one connection sends.
+/// What one connection sends; owned by its connection, which writes each
+/// request's id into `pipelined` in place.
 struct Load {
     target: Target,
     /// The request repeated `pipeline` times, written as one slice.
@@ -82,6 +84,12 @@ struct WorkerState {
     schedule: RefCell<Option<Schedule>>,
     recorder: RefCell<Recorder>,
     progress: Arc<Progress>,
+    /// Requests this worker has given an id (`--check-id`).
+    ids_taken: Cell<u64>,
+    /// Worker `w` of `W` hands out ids `1 + n·W + w`: unique over the run
+    /// with nothing shared between workers (0 is the probe's).
+    index: u64,
+    workers: u64,
 }
 
 impl WorkerState {
@@ -96,6 +104,12 @@ impl WorkerState {
         }
         s.take();
         Some(at)
+    }
+
+    fn take_id(&self) -> u64 {
+        let n = self.ids_taken.get();
+        self.ids_taken.set(n + 1);
+        1 + n * self.workers + self.index
     }
 
     fn response(&self, stamps: &Stamps, r: &Response) {
@@ -123,8 +137,28 @@ async fn sleep_until(t: Instant) {
     }
 }
 
+/// A mismatched response in words, for the error output.
+fn id_example(needle: &[u8], seen: IdSeen, status: u16, body: &[u8]) -> String {
+    const BODY_SHOWN_BYTES: usize = 120;
+    let name_len = needle.len() - ID_DIGITS;
+    let got = match seen {
+        IdSeen::Other(id) => format!(
+            "{}{id:0width$}",
+            String::from_utf8_lossy(&needle[..name_len]),
+            width = ID_DIGITS
+        ),
+        _ => "no id".to_string(),
+    };
+    let shown = &body[..body.len().min(BODY_SHOWN_BYTES)];
+    format!(
+        "request {} got a {status} response with {got}: body {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(shown)
+    )
+}
+
 /// One connection's loop, until the schedule (or the window) is exhausted.
-async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
+async fn connection(st: Rc<WorkerState>, mut load: Load) {
     let set = &st.settings;
     let mut conn: Option<Conn> = None;
     if set.keepalive {
@@ -186,6 +220,12 @@ async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
             }
         }
         let mut last_done = None;
+        if let Some(slot) = load.target.id {
+            for j in 0..k {
+                let id = st.take_id();
+                slot.in_copy(j, request_len).write(&mut load.pipelined, id);
+            }
+        }
         if let (None, Some(c)) = (&failure, conn.as_mut()) {
             let bytes = &load.pipelined[..k * request_len];
             match c.send(bytes, deadline, ready_at).await {
@@ -193,8 +233,20 @@ async fn connection(st: Rc<WorkerState>, load: Rc<Load>) {
                 Ok(()) => {
                     st.recorder.borrow_mut().add_sent_bytes(bytes.len() as u64);
                     for (j, &slot) in intended.iter().enumerate() {
-                        match c.read_response(load.target.head_method, deadline).await {
+                        let needle = load
+                            .target
+                            .id
+                            .map(|s| s.in_copy(j, request_len).needle(&load.pipelined));
+                        match c
+                            .read_response(load.target.head_method, deadline, needle)
+                            .await
+                        {
                             Ok(r) => {
+                                if let Some(needle) = needle {
+                                    st.recorder.borrow_mut().ids.count(r.id, || {
+                                        id_example(needle, r.id, r.status, c.scanned_body())
+                                    });
+                                }
                                 let done = Instant::now();
                                 let stamps = Stamps {
                                     intended: slot,
@@ -236,7 +288,7 @@ struct WorkerPlan {
     index: usize,
     workers: usize,
     /// One entry per connection of this worker: what it sends.
-    loads: Vec<(Target, Vec<u8>)>,
+    loads: Vec<Load>,
     settings: Settings,
     clock: Clock,
     window: Window,
@@ -255,14 +307,14 @@ async fn worker(plan: WorkerPlan) -> Recorder {
         schedule: RefCell::new(schedule),
         recorder: RefCell::new(Recorder::new(plan.window, plan.index)),
         progress: plan.progress,
+        ids_taken: Cell::new(0),
+        index: plan.index as u64,
+        workers: plan.workers as u64,
     });
     let tasks: Vec<_> = plan
         .loads
         .into_iter()
-        .map(|(target, pipelined)| {
-            let load = Rc::new(Load { target, pipelined });
-            glommio::spawn_local(connection(st.clone(), load))
-        })
+        .map(|load| glommio::spawn_local(connection(st.clone(), load)))
         .collect();
     for t in tasks {
         t.await;
@@ -300,29 +352,39 @@ fn probe(config: &RunConfig) -> Result<(), Error> {
         .spawn(move || async move {
             for t in &targets {
                 let deadline = Instant::now() + timeout;
-                let what = |f: Failure| (t.url.original.clone(), t.addr, f);
+                let what = |f: Failure| Error::Probe {
+                    url: t.url.original.clone(),
+                    addr: t.addr,
+                    class: f.class,
+                    why: f.why,
+                };
                 let mut c = Conn::connect(t, tls.as_ref(), deadline)
                     .await
                     .map_err(what)?;
                 c.send(&t.request, deadline, Instant::now())
                     .await
                     .map_err(what)?;
-                c.read_response(t.head_method, deadline)
+                // The probe's id is the placeholder, 0.
+                let needle = t.id.map(|s| s.needle(&t.request));
+                let r = c
+                    .read_response(t.head_method, deadline, needle)
                     .await
                     .map_err(what)?;
+                if let (Some(needle), true) = (needle, r.id.is_mismatch()) {
+                    // A server that does not echo ids would fail every
+                    // request: say so once, before the load.
+                    return Err(Error::IdProbe {
+                        url: t.url.original.clone(),
+                        name: String::from_utf8_lossy(&needle[..needle.len() - ID_DIGITS - 1])
+                            .into_owned(),
+                        why: id_example(needle, r.id, r.status, c.scanned_body()),
+                    });
+                }
             }
             Ok(())
         })
         .map_err(executor_error)?;
-    match handle.join().map_err(executor_error)? {
-        Ok(()) => Ok(()),
-        Err((url, addr, f)) => Err(Error::Probe {
-            url,
-            addr,
-            class: f.class,
-            why: f.why,
-        }),
-    }
+    handle.join().map_err(executor_error)?
 }
 
 /// Runs the load described by `config` and returns the merged report.
@@ -355,7 +417,10 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
                 let t = config.targets[conn_index % config.targets.len()].clone();
                 conn_index += 1;
                 let pipelined = t.request.repeat(config.pipeline);
-                (t, pipelined)
+                Load {
+                    target: t,
+                    pipelined,
+                }
             })
             .collect();
         let plan = WorkerPlan {

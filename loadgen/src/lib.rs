@@ -9,7 +9,8 @@
 //!
 //! Code map: [`schedule`] (intended send times, pure), [`record`]
 //! (histograms and the correction, pure), [`target`] (URLs and request
-//! bytes), [`client`] (one connection's I/O and response framing),
+//! bytes), [`id`] (per-request ids and their check, pure), [`client`] (one
+//! connection's I/O and response framing),
 //! [`engine`] (executors and the per-connection loop), [`sweep`] (the
 //! rate search), [`report`] (table, JSON, hgrm), [`cli`] (flags).
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod id;
 pub mod record;
 pub mod report;
 pub mod schedule;
@@ -46,6 +48,14 @@ pub enum Error {
         class: ErrorClass,
         why: String,
     },
+    #[error("{url}: --check-id: {why}; the server must echo the request's {name} query parameter in the response body")]
+    IdProbe {
+        url: String,
+        name: String,
+        why: String,
+    },
+    #[error("{}", id_message(.0))]
+    IdMismatch(record::IdCounts),
     #[error("cannot start a load worker: {0}")]
     Executor(String),
     #[error("{0}")]
@@ -66,6 +76,21 @@ fn probe_message(url: &str, addr: &SocketAddr, class: ErrorClass, why: &str) -> 
         }
         ErrorClass::Parse => format!("{url} ({addr}) did not answer with valid HTTP/1.1: {why}"),
     }
+}
+
+fn id_message(ids: &record::IdCounts) -> String {
+    let mut s = format!(
+        "{} of {} responses did not carry their request's id ({} another request's, {} none)",
+        ids.mismatches(),
+        ids.checked,
+        ids.other,
+        ids.missing
+    );
+    for e in &ids.examples {
+        s.push_str("\n  ");
+        s.push_str(e);
+    }
+    s
 }
 
 /// The closed-loop run `ringgate demo` uses: `connections` connections on

@@ -1,7 +1,8 @@
 //! `ringload`: parses the command line, runs the load (or the sweep),
 //! prints the table and writes the requested files. Maps every failure to
 //! one message on stderr and a non-zero exit: 1 for a failed run, 2 for bad
-//! usage (clap's convention).
+//! usage (clap's convention), 3 for a run in which `--check-id` found
+//! responses that did not carry their request's id.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -61,6 +62,9 @@ fn real_main(cli: &Cli) -> Result<(), Error> {
             eprintln!("ringload: WARNING: {w}");
         }
     }
+    if report.measured.ids.mismatches() > 0 {
+        return Err(Error::IdMismatch(report.measured.ids.clone()));
+    }
     if report.measured.ok_responses() == 0 {
         return Err(Error::NoResponse(format!(
             "no successful (2xx/3xx) response in the measured window: {} response(s), {} error(s)",
@@ -77,7 +81,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringload: {e}");
-            ExitCode::FAILURE
+            match e {
+                Error::IdMismatch(_) => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

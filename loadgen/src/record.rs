@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::id::IdSeen;
+
 /// Lowest recordable value: 1 µs.
 pub const HIST_LOW_US: u64 = 1;
 /// Highest recordable value: 1 h in µs; longer values are clamped to it.
@@ -45,6 +47,9 @@ pub const HIST_SIGFIG: u8 = 3;
 pub const TIMELINE_SIGFIG: u8 = 2;
 /// Status codes are three digits (RFC 9110 §15), so a flat table covers them.
 const STATUS_CODES: usize = 1000;
+/// Mismatched responses described in words, per worker and merged: enough
+/// to see the pattern, bounded however many there are.
+pub const ID_EXAMPLES_MAX: usize = 5;
 
 /// A histogram with the run's bounds.
 pub fn new_histogram() -> Histogram<u64> {
@@ -110,6 +115,50 @@ impl ErrorCounts {
         self.timeout += o.timeout;
         self.reset += o.reset;
         self.parse += o.parse;
+    }
+}
+
+/// What `--check-id` found. Counted over every response read, warm-up and
+/// drain included: a response crossed between requests is a fault
+/// whenever it happens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdCounts {
+    /// Responses whose body was checked.
+    pub checked: u64,
+    /// Bodies carrying another request's id.
+    pub other: u64,
+    /// Bodies carrying no id at all.
+    pub missing: u64,
+    /// The first few mismatches, in words.
+    pub examples: Vec<String>,
+}
+
+impl IdCounts {
+    pub fn mismatches(&self) -> u64 {
+        self.other + self.missing
+    }
+
+    /// Counts one checked response; `example` describes it, called only
+    /// for a mismatch while fewer than `ID_EXAMPLES_MAX` are kept.
+    pub fn count(&mut self, seen: IdSeen, example: impl FnOnce() -> String) {
+        match seen {
+            IdSeen::Unchecked => return,
+            IdSeen::Match => {}
+            IdSeen::Other(_) => self.other += 1,
+            IdSeen::Missing => self.missing += 1,
+        }
+        self.checked += 1;
+        if seen.is_mismatch() && self.examples.len() < ID_EXAMPLES_MAX {
+            self.examples.push(example());
+        }
+    }
+
+    fn merge(&mut self, o: IdCounts) {
+        self.checked += o.checked;
+        self.other += o.other;
+        self.missing += o.missing;
+        let room = ID_EXAMPLES_MAX - self.examples.len();
+        self.examples.extend(o.examples.into_iter().take(room));
     }
 }
 
@@ -211,6 +260,7 @@ pub struct Recorder {
     pub bytes_sent: u64,
     status: Vec<u64>,
     pub errors: ErrorCounts,
+    pub ids: IdCounts,
     /// Open loop only: in closed loop `Measured::merge` derives the headline
     /// from `service_us`, so the same value is not recorded twice.
     pub latency_us: Histogram<u64>,
@@ -231,6 +281,7 @@ impl Recorder {
             bytes_sent: 0,
             status: vec![0; STATUS_CODES],
             errors: ErrorCounts::default(),
+            ids: IdCounts::default(),
             latency_us: new_histogram(),
             service_us: new_histogram(),
             send_lag_us: new_histogram(),
@@ -336,6 +387,8 @@ pub struct Measured {
     /// Responses by status code.
     pub status: BTreeMap<u16, u64>,
     pub errors: ErrorCounts,
+    /// `--check-id` results (all zero without it).
+    pub ids: IdCounts,
     /// The headline: corrected for coordinated omission.
     pub latency_us: Histogram<u64>,
     /// Service time from the actual send: the uncorrected figure.
@@ -361,6 +414,7 @@ impl Measured {
             bytes_sent: 0,
             status: BTreeMap::new(),
             errors: ErrorCounts::default(),
+            ids: IdCounts::default(),
             latency_us: new_histogram(),
             service_us: new_histogram(),
             send_lag_us: new_histogram(),
@@ -379,6 +433,7 @@ impl Measured {
                 }
             }
             m.errors.merge(&r.errors);
+            m.ids.merge(r.ids);
             // Same bounds everywhere, so `add` cannot fail.
             if r.window.open_loop {
                 let _ = m.latency_us.add(&r.latency_us);
@@ -649,5 +704,29 @@ mod tests {
         let m = Measured::merge(vec![rec]);
         assert_eq!(m.latency_us.len(), 1);
         assert!(m.latency_us.max() >= HIST_HIGH_US);
+    }
+
+    #[test]
+    fn id_mismatches_are_counted_by_kind_with_bounded_examples() {
+        let mut recs = Vec::new();
+        for w in 0..2 {
+            let t0 = Instant::now();
+            let mut rec = Recorder::new(window(t0, 1, true), w);
+            rec.ids.count(IdSeen::Unchecked, || unreachable!());
+            rec.ids.count(IdSeen::Match, || unreachable!());
+            for i in 0..ID_EXAMPLES_MAX as u64 {
+                rec.ids
+                    .count(IdSeen::Other(i), || format!("w{w} other {i}"));
+            }
+            rec.ids.count(IdSeen::Missing, || format!("w{w} missing"));
+            recs.push(rec);
+        }
+        let m = Measured::merge(recs);
+        assert_eq!(m.ids.checked, 2 * (2 + ID_EXAMPLES_MAX as u64));
+        assert_eq!(m.ids.other, 2 * ID_EXAMPLES_MAX as u64);
+        assert_eq!(m.ids.missing, 2);
+        assert_eq!(m.ids.mismatches(), 2 * (1 + ID_EXAMPLES_MAX as u64));
+        assert_eq!(m.ids.examples.len(), ID_EXAMPLES_MAX);
+        assert_eq!(m.ids.examples[0], "w0 other 0");
     }
 }

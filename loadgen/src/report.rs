@@ -43,6 +43,8 @@ pub struct RunInfo {
     pub arrival: Arrival,
     pub warmup: Duration,
     pub pipeline: usize,
+    /// `--check-id NAME`.
+    pub check_id: Option<String>,
 }
 
 /// A finished run.
@@ -109,6 +111,7 @@ impl Report {
                 arrival: config.arrival(),
                 warmup: config.warmup(),
                 pipeline: config.pipeline,
+                check_id: config.check_id.clone(),
             },
             warnings: Vec::new(),
         };
@@ -138,6 +141,15 @@ impl Report {
     fn find_warnings(&self) -> Vec<String> {
         let m = &self.measured;
         let mut w = Vec::new();
+        if m.ids.mismatches() > 0 {
+            w.push(format!(
+                "RESPONSES CROSSED: {} of {} responses did not carry their request's id ({} carried another request's, {} none).",
+                m.ids.mismatches(),
+                m.ids.checked,
+                m.ids.other,
+                m.ids.missing
+            ));
+        }
         let Some(target) = self.rate_target else {
             return w;
         };
@@ -209,6 +221,14 @@ impl Report {
                 "reset": m.errors.reset,
                 "parse": m.errors.parse,
             },
+            "id_mismatches": m.ids.mismatches(),
+            "id_check": self.run.check_id.as_ref().map(|name| json!({
+                "name": name,
+                "checked": m.ids.checked,
+                "other": m.ids.other,
+                "missing": m.ids.missing,
+                "examples": m.ids.examples,
+            })),
             "latency_us": quantiles_json(&m.latency_us),
             "latency_uncorrected_us": quantiles_json(&m.service_us),
             "send_lag_us": quantiles_json(&m.send_lag_us),
@@ -286,6 +306,19 @@ impl Report {
             "  errors     connect {}, timeout {}, reset {}, parse {}",
             m.errors.connect, m.errors.timeout, m.errors.reset, m.errors.parse
         );
+        if let Some(name) = &self.run.check_id {
+            let _ = writeln!(
+                s,
+                "  ids        {name}: {} checked, {} mismatches ({} another request's, {} none)",
+                m.ids.checked,
+                m.ids.mismatches(),
+                m.ids.other,
+                m.ids.missing
+            );
+            for e in &m.ids.examples {
+                let _ = writeln!(s, "             {e}");
+            }
+        }
         let _ = writeln!(s);
         let _ = write!(s, "  {:<26}", "");
         for (_, _, label) in QUANTILES {

@@ -10,6 +10,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use thiserror::Error;
 
+use crate::id::{self, IdSlot};
+
 /// A problem with the URL or the request options, reported before any load.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TargetError {
@@ -25,6 +27,10 @@ pub enum TargetError {
     Header { header: String, why: &'static str },
     #[error("bad method {0:?}: a method is one token of letters, digits or !#$%&'*+-.^_`|~")]
     Method(String),
+    #[error("bad --check-id name {0:?}: 1 to {max} letters, digits or -._~", max = id::ID_NAME_MAX_BYTES)]
+    IdName(String),
+    #[error("--check-id needs response bodies, and HEAD responses have none")]
+    IdWithHead,
 }
 
 /// `http` or `https`.
@@ -165,6 +171,9 @@ pub struct RequestSpec {
     pub body: Vec<u8>,
     /// Ask the server to close after each response (`--no-keepalive`).
     pub close: bool,
+    /// `--check-id NAME`: every request's target carries `NAME=<id>` and
+    /// its response body must carry it back.
+    pub check_id: Option<String>,
 }
 
 impl RequestSpec {
@@ -194,14 +203,32 @@ impl RequestSpec {
         Ok((name.to_string(), value.to_string()))
     }
 
-    /// The request as it goes on the wire.
-    pub fn encode(&self, url: &Url) -> Result<Vec<u8>, TargetError> {
+    /// The request as it goes on the wire, and with `check_id` where its
+    /// id's digits sit (all zeros until a send writes them).
+    pub fn encode(&self, url: &Url) -> Result<(Vec<u8>, Option<IdSlot>), TargetError> {
         if self.method.is_empty() || !self.method.bytes().all(is_tchar) {
             return Err(TargetError::Method(self.method.clone()));
         }
         let has = |n: &str| self.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
         let mut out = Vec::with_capacity(256 + self.body.len());
-        out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", self.method, url.path).as_bytes());
+        out.extend_from_slice(format!("{} {}", self.method, url.path).as_bytes());
+        let mut slot = None;
+        if let Some(name) = &self.check_id {
+            if !id::valid_name(name) {
+                return Err(TargetError::IdName(name.clone()));
+            }
+            if self.method.eq_ignore_ascii_case("HEAD") {
+                return Err(TargetError::IdWithHead);
+            }
+            // RFC 3986 §3.4: a new query, or one more parameter of it.
+            out.push(if url.path.contains('?') { b'&' } else { b'?' });
+            slot = Some(IdSlot {
+                at: out.len(),
+                name_len: name.len() + 1,
+            });
+            out.extend_from_slice(&IdSlot::placeholder(name));
+        }
+        out.extend_from_slice(b" HTTP/1.1\r\n");
         if !has("host") {
             out.extend_from_slice(format!("Host: {}\r\n", url.host_header()).as_bytes());
         }
@@ -222,7 +249,7 @@ impl RequestSpec {
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
-        Ok(out)
+        Ok((out, slot))
     }
 }
 
@@ -232,6 +259,8 @@ pub struct Target {
     pub url: Url,
     pub addr: SocketAddr,
     pub request: Vec<u8>,
+    /// Where the request's id goes (`--check-id`).
+    pub id: Option<IdSlot>,
     /// The request method is HEAD: responses carry no body.
     pub head_method: bool,
 }
@@ -239,7 +268,7 @@ pub struct Target {
 impl Target {
     /// Resolves the host (the first address wins) and encodes the request.
     pub fn resolve(url: Url, spec: &RequestSpec) -> Result<Target, TargetError> {
-        let request = spec.encode(&url)?;
+        let (request, id) = spec.encode(&url)?;
         let resolve_err = |why: String| TargetError::Resolve {
             url: url.original.clone(),
             host: url.host.clone(),
@@ -256,6 +285,7 @@ impl Target {
             url,
             addr,
             request,
+            id,
         })
     }
 }
@@ -315,8 +345,9 @@ mod tests {
             headers: vec![RequestSpec::parse_header("X-A:  1 ").unwrap()],
             body: b"hello".to_vec(),
             close: true,
+            check_id: None,
         };
-        let req = String::from_utf8(spec.encode(&url).unwrap()).unwrap();
+        let req = String::from_utf8(spec.encode(&url).unwrap().0).unwrap();
         assert!(req.starts_with("POST /p HTTP/1.1\r\nHost: h:81\r\nUser-Agent: ringload/"));
         assert!(req.contains("\r\nX-A: 1\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"));
     }
@@ -329,7 +360,7 @@ mod tests {
             headers: vec![RequestSpec::parse_header("Host: api.example").unwrap()],
             ..Default::default()
         };
-        let req = String::from_utf8(spec.encode(&url).unwrap()).unwrap();
+        let req = String::from_utf8(spec.encode(&url).unwrap().0).unwrap();
         assert_eq!(req.matches("Host:").count(), 1);
         assert!(req.contains("Host: api.example\r\n"));
         assert!(!req.contains("Content-Length"));
@@ -352,5 +383,44 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(spec.encode(&url), Err(TargetError::Method(_))));
+    }
+
+    #[test]
+    fn check_id_reserves_a_query_parameter_in_the_target() {
+        let spec = RequestSpec {
+            method: "POST".into(),
+            body: b"x".to_vec(),
+            check_id: Some("rid".into()),
+            ..Default::default()
+        };
+        for (url, target) in [
+            ("http://h/", "/?rid=00000000000000000000"),
+            ("http://h/p?a=1", "/p?a=1&rid=00000000000000000000"),
+            ("http://h?q", "/?q&rid=00000000000000000000"),
+        ] {
+            let (mut req, slot) = spec.encode(&Url::parse(url).unwrap()).unwrap();
+            let slot = slot.expect("an id slot");
+            let line = format!("POST {target} HTTP/1.1\r\n");
+            assert!(req.starts_with(line.as_bytes()), "{url}");
+            slot.write(&mut req, 99);
+            assert_eq!(slot.needle(&req), b"rid=00000000000000000099");
+            assert!(req.ends_with(b"Content-Length: 1\r\n\r\nx"));
+        }
+    }
+
+    #[test]
+    fn check_id_refuses_bad_names_and_head() {
+        let url = Url::parse("http://h/").unwrap();
+        let mut spec = RequestSpec {
+            method: "GET".into(),
+            check_id: Some("a&b".into()),
+            ..Default::default()
+        };
+        assert!(matches!(spec.encode(&url), Err(TargetError::IdName(_))));
+        spec.check_id = Some("rid".into());
+        spec.method = "HEAD".into();
+        assert!(matches!(spec.encode(&url), Err(TargetError::IdWithHead)));
+        spec.check_id = None;
+        assert_eq!(spec.encode(&url).unwrap().1, None);
     }
 }

@@ -1,5 +1,6 @@
 //! The `ringload` binary end to end: exit codes and messages for bad input,
-//! the JSON document's shape, the .hgrm text, and a short sweep.
+//! the JSON document's shape, the .hgrm text, a short sweep, and
+//! `--check-id` against servers that echo ids, split or crossed.
 
 mod common;
 
@@ -141,4 +142,122 @@ fn a_sweep_reports_the_highest_rate_within_the_slo_and_the_curve() {
     assert!(best >= first);
     assert!(String::from_utf8_lossy(&out.stdout).contains("highest rate within the objective"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn json_of(args: &[&str], name: &str) -> (std::process::Output, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!("ringload-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("r.json");
+    let mut all = args.to_vec();
+    all.extend(["--json", json_path.to_str().unwrap()]);
+    let (out, _) = ringload(&all);
+    let doc = serde_json::from_slice(&std::fs::read(&json_path).unwrap_or_default())
+        .unwrap_or(serde_json::Value::Null);
+    let _ = std::fs::remove_dir_all(&dir);
+    (out, doc)
+}
+
+#[test]
+fn check_id_passes_when_every_response_echoes_its_id_however_it_is_framed_and_split() {
+    for (split, chunked) in [(true, false), (false, true), (true, true)] {
+        let server = start(Behaviour::EchoTarget { split, chunked });
+        let (out, doc) = json_of(
+            &[
+                &server.url(),
+                "--rate",
+                "200",
+                "-c",
+                "4",
+                "-d",
+                "1s",
+                "--check-id",
+                "rid",
+            ],
+            "echo",
+        );
+        assert!(
+            out.status.success(),
+            "split {split} chunked {chunked}: {}",
+            stderr(&out)
+        );
+        assert_eq!(doc["id_mismatches"], 0, "{doc}");
+        assert_eq!(doc["id_check"]["name"], "rid");
+        assert_eq!(doc["id_check"]["checked"], 200, "every response checked");
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(table.contains("rid: 200 checked, 0 mismatches"), "{table}");
+    }
+}
+
+#[test]
+fn check_id_keeps_ids_per_request_when_pipelining() {
+    let server = start(Behaviour::EchoTarget {
+        split: false,
+        chunked: false,
+    });
+    let (out, doc) = json_of(
+        &[
+            &server.url(),
+            "-c",
+            "2",
+            "--pipeline",
+            "8",
+            "-d",
+            "300ms",
+            "--check-id",
+            "rid",
+        ],
+        "pipeline",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(doc["id_mismatches"], 0, "{doc}");
+    assert!(doc["id_check"]["checked"].as_u64().unwrap() >= doc["requests"].as_u64().unwrap());
+    // Without --check-id the report says so.
+    let (_, plain) = json_of(&[&server.url(), "-c", "1", "-d", "100ms"], "plain");
+    assert_eq!(plain["id_check"], serde_json::Value::Null);
+    assert_eq!(plain["id_mismatches"], 0);
+}
+
+#[test]
+fn crossed_or_missing_ids_are_counted_and_exit_with_three() {
+    let server = start(Behaviour::CrossedIds);
+    let (out, doc) = json_of(
+        &[
+            &server.url(),
+            "--rate",
+            "200",
+            "-c",
+            "4",
+            "-d",
+            "1s",
+            "--check-id",
+            "rid",
+        ],
+        "crossed",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    // The probe is the server's request 1; requests 2..=201 are the run's.
+    assert_eq!(doc["id_check"]["checked"], 200);
+    assert_eq!(doc["id_check"]["other"], 10, "{doc}");
+    assert_eq!(doc["id_check"]["missing"], 10, "{doc}");
+    assert_eq!(doc["id_mismatches"], 20);
+    assert_eq!(doc["id_check"]["examples"].as_array().unwrap().len(), 5);
+    let err = stderr(&out);
+    assert!(
+        err.contains("20 of 200 responses did not carry their request's id"),
+        "{err}"
+    );
+    assert!(err.contains("with rid=00000000000000000000"), "{err}");
+}
+
+#[test]
+fn check_id_against_a_server_that_does_not_echo_stops_at_the_probe() {
+    let server = start(Behaviour::Fixed(Duration::ZERO));
+    let (out, _) = ringload(&[&server.url(), "-d", "5s", "--check-id", "rid"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("--check-id"), "{err}");
+    assert!(
+        err.contains("must echo the request's rid query parameter"),
+        "{err}"
+    );
 }

@@ -361,10 +361,21 @@ pub async fn send_range(
     (Ok(()), buf)
 }
 
+/// What an idle connection holds, without consuming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingInput {
+    /// Nothing to read: clean.
+    Nothing,
+    /// Bytes nobody asked for: the peer is out of sync.
+    Bytes,
+    /// EOF or an error (a reset): the peer closed it.
+    Closed,
+}
+
 /// Is anything waiting to be read on `fd`, or has the peer closed it? A
 /// pooled upstream connection is clean only when neither: bytes nobody
 /// asked for, or an EOF, mean it must not carry another request.
-pub fn has_pending_input(fd: std::os::fd::RawFd) -> bool {
+pub fn pending_input(fd: std::os::fd::RawFd) -> PendingInput {
     let mut byte = 0u8;
     // SAFETY: `fd` is an open socket owned by the caller for the duration of
     // the call; the buffer is one valid, writable byte.
@@ -376,13 +387,16 @@ pub fn has_pending_input(fd: std::os::fd::RawFd) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    if n < 0 {
-        let err = io::Error::last_os_error().kind();
-        // EAGAIN: nothing there, the connection is clean. Any other error
-        // (a reset) makes it unusable too.
-        return err != io::ErrorKind::WouldBlock && err != io::ErrorKind::Interrupted;
+    match n {
+        1.. => PendingInput::Bytes,
+        0 => PendingInput::Closed,
+        _ => match io::Error::last_os_error().kind() {
+            // EAGAIN: nothing there, the connection is clean.
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => PendingInput::Nothing,
+            // Any other error (a reset) makes it unusable too.
+            _ => PendingInput::Closed,
+        },
     }
-    true
 }
 
 /// Writes a static response in full under the same deadline rule as

@@ -1,6 +1,14 @@
 //! A worker's view of one upstream: its backends' state (`BackendView`), the
 //! balancer, the retry budget and a bounded keep-alive pool per backend. Owned by one worker, never shared:
 //! `RefCell` borrows here never live across an `.await`.
+//!
+//! A backend that sent bytes nobody asked for (on an idle pooled connection,
+//! or past the end of a response) is *tainted*: for `TAINT_COOLDOWN` none of
+//! its connections is pooled or reused. HTTP/1.1 cannot tell a stray
+//! response that arrives while a request is in flight from that request's
+//! answer, so the only defence against a backend that sends them is not to
+//! put another request on its connections; the first stray is still
+//! served, the ones during the cooldown land on closed connections.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -19,7 +27,7 @@ use ringgate_core::backend_view::{
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
-use crate::io::{has_pending_input, Reader, Writer};
+use crate::io::{pending_input, PendingInput, Reader, Writer};
 use crate::metrics::{outcome_index, OUTCOMES};
 
 /// An upstream connection, split so an exchange can send a request body and
@@ -102,6 +110,9 @@ pub struct UpstreamState {
     pub view: RefCell<BackendView>,
     balancer: RefCell<Balancer>,
     pools: Vec<RefCell<Vec<Idle>>>,
+    /// Per backend: no connection is pooled or reused before this (a stray
+    /// was seen; see the module doc).
+    tainted_until: Vec<Cell<Option<Instant>>>,
     tally: Rc<ConnTally>,
     retry_budget: RefCell<RetryBudget>,
     /// Attempts per backend by outcome, for `/metrics`.
@@ -130,6 +141,12 @@ struct RetryBudget {
 /// most it may save up: enough for a burst of failures, not for a storm.
 const RETRY_BUDGET_FLOOR: f64 = 10.0;
 const RETRY_BUDGET_CAP: f64 = 100.0;
+
+/// How long a backend that sent a stray response gets no connection reuse.
+/// Long against the gap between strays of a backend that keeps sending
+/// them (every stray seen restarts it), short enough that a backend fixed
+/// by a deploy gets its keep-alive back within a minute.
+pub const TAINT_COOLDOWN: Duration = Duration::from_secs(30);
 
 fn algorithm(balance: Balance) -> Algorithm {
     match balance {
@@ -197,6 +214,7 @@ impl UpstreamState {
             view: RefCell::new(view),
             balancer: RefCell::new(balancer),
             pools,
+            tainted_until: config.backends.iter().map(|_| Cell::new(None)).collect(),
             retry_budget: RefCell::new(RetryBudget {
                 tokens: RETRY_BUDGET_FLOOR,
                 ratio,
@@ -319,17 +337,41 @@ impl UpstreamState {
 
     /// The most recently used idle connection that has not idled out and
     /// is still clean: nothing arrived on it while it idled (a response
-    /// nobody asked for, or the backend's close). Any other is closed.
+    /// nobody asked for, or the backend's close). Any other is closed; one
+    /// holding a stray taints its backend.
     fn take_idle(&self, backend: usize) -> Option<Idle> {
         loop {
             let idle = self.pools[backend].borrow_mut().pop()?;
-            let fresh = idle.since.elapsed() < self.config.idle_timeout;
-            if fresh && !has_pending_input(idle.fd) {
-                return Some(idle);
+            let now = Instant::now();
+            let fresh = now.duration_since(idle.since) < self.config.idle_timeout;
+            match pending_input(idle.fd) {
+                PendingInput::Nothing if fresh && !self.tainted(backend, now) => return Some(idle),
+                PendingInput::Bytes => self.taint(backend, now),
+                PendingInput::Nothing | PendingInput::Closed => {}
             }
             // Dropped outside the pool's borrow: a slot's drop wakes waiters.
             drop(idle);
         }
+    }
+
+    fn tainted(&self, backend: usize, now: Instant) -> bool {
+        self.tainted_until[backend]
+            .get()
+            .is_some_and(|until| now < until)
+    }
+
+    /// `backend` sent bytes nobody asked for: no reuse of its connections
+    /// for `TAINT_COOLDOWN` from now. Its idle ones go at the next checkout.
+    pub fn taint(&self, backend: usize, now: Instant) {
+        if !self.tainted(backend, now) {
+            eprintln!(
+                "ringgate: upstream {} backend {} sent a response nobody asked for; its connections are not reused for {}s",
+                self.config.name,
+                self.backend_addr(backend),
+                TAINT_COOLDOWN.as_secs()
+            );
+        }
+        self.tainted_until[backend].set(Some(now + TAINT_COOLDOWN));
     }
 
     /// Until a connection to `backend` is checked in or closed on this
@@ -355,7 +397,9 @@ impl UpstreamState {
         let backend = conn.backend;
         {
             let mut pool = self.pools[backend].borrow_mut();
-            if pool.len() >= self.config.max_idle_per_backend {
+            if pool.len() >= self.config.max_idle_per_backend
+                || self.tainted(backend, Instant::now())
+            {
                 drop(pool);
                 // Closed: the slot's drop wakes the waiters.
                 return;

@@ -5,7 +5,8 @@
 //! A backend can also be killed and restarted on the same port
 //! ([`Backend::stop`], [`Backend::restart`], [`BackendBuilder::bind`]) and
 //! can sabotage a fixed share of its connections
-//! ([`BackendBuilder::fail_connections`]).
+//! ([`BackendBuilder::fail_connections`]) or misbehave on a fixed share of
+//! its requests ([`BackendBuilder::misbehave`]).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -72,6 +73,15 @@ pub enum Behaviour {
     Large(u64),
     /// `102 Processing` every 50 ms, for ever (until a write fails).
     EndlessInterim,
+    /// Answers like `Ok`, then `delay` later sends the same response again:
+    /// a duplicate nobody asked for, whose body names this request's target
+    /// (its id), so a later client that receives it gets another request's
+    /// body. The connection reads nothing meanwhile.
+    ThenRepeat(Duration),
+    /// Answers like `Ok` as soon as the head is read, without reading the
+    /// body, then reads on: the body is parsed as the next request (a
+    /// request hidden in it), whose answer then follows on the connection.
+    OkBeforeBody,
 }
 
 /// How a backend sabotages the connections [`BackendBuilder::fail_connections`]
@@ -100,6 +110,23 @@ struct FaultPlan {
 impl FaultPlan {
     fn hits(&self, conn: usize) -> bool {
         self.den > 0 && (conn % self.den) * self.num % self.den < self.num
+    }
+}
+
+/// Misbehave on `num` of every `den` requests (counted over all
+/// connections, 0-based, in the order their heads are read): request `n`
+/// does so when `(n % den) * num % den >= den - num`. 1 of 100 picks
+/// requests 99, 199, ...; request 0 (a client's probe) never.
+#[derive(Clone, Debug)]
+struct MisbehavePlan {
+    num: usize,
+    den: usize,
+    behaviour: Behaviour,
+}
+
+impl MisbehavePlan {
+    fn hits(&self, n: usize) -> bool {
+        (n % self.den) * self.num % self.den >= self.den - self.num
     }
 }
 
@@ -155,6 +182,11 @@ struct Shared {
     /// Connections sabotaged by the fault plan.
     faulted: AtomicUsize,
     faults: Option<FaultPlan>,
+    misbehave: Option<MisbehavePlan>,
+    /// Requests whose head was read, for the misbehave plan.
+    heads: AtomicUsize,
+    /// Requests the misbehave plan picked.
+    misbehaved: AtomicUsize,
     idle_timeout: Duration,
     /// Open connections (a handle each, to cut them on stop), by number.
     streams: Mutex<HashMap<usize, TcpStream>>,
@@ -162,7 +194,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// What to do with the next request: the misbehave plan's behaviour
+    /// when it picks this one, else the route's.
     fn behaviour_for(&self, target: &str) -> Behaviour {
+        let n = self.heads.fetch_add(1, Ordering::SeqCst);
+        if let Some(plan) = self.misbehave.as_ref().filter(|p| p.hits(n)) {
+            self.misbehaved.fetch_add(1, Ordering::SeqCst);
+            return plan.behaviour.clone();
+        }
         self.routes
             .iter()
             .filter(|(p, _)| target.starts_with(p.as_str()))
@@ -195,6 +234,7 @@ pub struct BackendBuilder {
     routes: Vec<(String, Behaviour)>,
     addr: Option<SocketAddr>,
     faults: Option<FaultPlan>,
+    misbehave: Option<MisbehavePlan>,
     idle_timeout: Duration,
 }
 
@@ -232,6 +272,19 @@ impl BackendBuilder {
         self
     }
 
+    /// Does `b` instead of the routed behaviour on `num` of every `den`
+    /// requests, in a fixed pattern (see [`MisbehavePlan`]); the rest are
+    /// served as routed. [`Backend::misbehaved`] counts them.
+    pub fn misbehave(mut self, num: usize, den: usize, b: Behaviour) -> Self {
+        assert!(den > 0 && num <= den, "misbehave({num}, {den})");
+        self.misbehave = Some(MisbehavePlan {
+            num,
+            den,
+            behaviour: b,
+        });
+        self
+    }
+
     pub fn start(self) -> Backend {
         let listener = match self.addr {
             Some(addr) => bind_retrying(addr),
@@ -246,6 +299,9 @@ impl BackendBuilder {
             connections: AtomicUsize::new(0),
             faulted: AtomicUsize::new(0),
             faults: self.faults,
+            misbehave: self.misbehave,
+            heads: AtomicUsize::new(0),
+            misbehaved: AtomicUsize::new(0),
             idle_timeout: self.idle_timeout,
             streams: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
@@ -288,6 +344,7 @@ impl Backend {
             routes: Vec::new(),
             addr: None,
             faults: None,
+            misbehave: None,
             idle_timeout: IDLE_READ_TIMEOUT,
         }
     }
@@ -376,6 +433,16 @@ impl Backend {
     /// Connections sabotaged by [`BackendBuilder::fail_connections`] so far.
     pub fn faulted(&self) -> usize {
         self.shared.faulted.load(Ordering::SeqCst)
+    }
+
+    /// Requests [`BackendBuilder::misbehave`] picked so far.
+    pub fn misbehaved(&self) -> usize {
+        self.shared.misbehaved.load(Ordering::SeqCst)
+    }
+
+    /// Request heads read so far (all connections).
+    pub fn heads(&self) -> usize {
+        self.shared.heads.load(Ordering::SeqCst)
     }
 
     /// The body `Behaviour::Ok` sends for `target`.
@@ -524,6 +591,10 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
                 w.write_all(bytes)?;
                 continue;
             }
+            Behaviour::OkBeforeBody => {
+                write_ok(&mut w, name, &ok_body(name, &target), "")?;
+                continue;
+            }
             Behaviour::CloseBeforeBody => {
                 let _ = w.shutdown(Shutdown::Both);
                 return Ok(());
@@ -623,6 +694,11 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
                 thread::sleep(delay);
                 w.write_all(&bytes)?;
             }
+            Behaviour::ThenRepeat(delay) => {
+                write_ok(&mut w, name, &body, "")?;
+                thread::sleep(delay);
+                write_ok(&mut w, name, &body, "")?;
+            }
             Behaviour::Large(n) => {
                 w.write_all(
                     format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\nContent-Length: {n}\r\n\r\n")
@@ -637,6 +713,7 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
                 }
             }
             Behaviour::AnswerBeforeBody(_)
+            | Behaviour::OkBeforeBody
             | Behaviour::CloseBeforeBody
             | Behaviour::IgnoreBody(_)
             | Behaviour::EndlessInterim => unreachable!("handled before the body"),

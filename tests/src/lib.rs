@@ -7,9 +7,10 @@
 //! It must not depend on the proxy's crates: a bug shared between the code
 //! under test and its tests would hide itself.
 //!
-//! Run: `cargo build -p ringgate && cargo test -p ringgate-tests`. The
-//! binary is `$RINGGATE_BIN` if set, else `ringgate` in the same target
-//! directory as the test binaries; `RINGGATE_STREAM_MIB` sets the size of
+//! Run: `cargo build -p ringgate -p ringgate-loadgen && cargo test -p
+//! ringgate-tests`. The binary is `$RINGGATE_BIN` if set, else `ringgate` in
+//! the same target directory as the test binaries (`ringload` likewise,
+//! `$RINGLOAD_BIN`); `RINGGATE_STREAM_MIB` sets the size of
 //! the streaming test's body (default 1024). The curl tests need `curl` on
 //! PATH, the open-file limit tests `prlimit` (util-linux).
 #![forbid(unsafe_code)]
@@ -23,7 +24,7 @@ pub mod wire;
 
 pub use backend::{Backend, Behaviour, ConnFault, Recorded};
 pub use client::{exchange, show, Client, Exchange, Response, IO_TIMEOUT};
-pub use proxy::{free_port, ringgate_bin, Proxy, ProxyConfig};
+pub use proxy::{free_port, ringgate_bin, ringload_bin, Proxy, ProxyConfig};
 pub use refusal::assert_refused;
 
 use std::time::Duration;

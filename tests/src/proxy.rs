@@ -42,6 +42,27 @@ pub fn ringgate_bin() -> PathBuf {
     bin
 }
 
+/// Path of the `ringload` binary (the load generator, crate
+/// `ringgate-loadgen`): `$RINGLOAD_BIN`, else `ringload` beside `ringgate`.
+pub fn ringload_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGLOAD_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "RINGLOAD_BIN={} does not exist; build it first: cargo build -p ringgate-loadgen",
+            p.display()
+        );
+        return p;
+    }
+    let bin = ringgate_bin().with_file_name("ringload");
+    assert!(
+        bin.is_file(),
+        "ringload binary not found at {}; build it first: cargo build -p ringgate-loadgen",
+        bin.display()
+    );
+    bin
+}
+
 /// A unique path in the temp directory (`prefix-PID-N-NANOS.ext`).
 pub fn temp_path(prefix: &str, ext: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);

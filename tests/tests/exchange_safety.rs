@@ -40,6 +40,33 @@ fn unsolicited_response_on_a_pooled_connection_never_reaches_the_next_client() {
 }
 
 #[test]
+fn a_backend_that_sent_a_stray_response_gets_no_connection_reuse() {
+    let backend = Backend::builder("b")
+        .route(
+            "/stray",
+            Behaviour::ThenUnsolicited {
+                delay: Duration::from_millis(100),
+                bytes: STRAY.to_vec(),
+            },
+        )
+        .start();
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    ok(&backend, &mut Client::connect(proxy.port), "/stray");
+    thread::sleep(Duration::from_millis(300));
+    // The stray is found on the idle connection: a new one for /a, and
+    // then none is reused, though the backend now behaves.
+    for (i, target) in ["/a", "/b", "/c"].into_iter().enumerate() {
+        ok(&backend, &mut Client::connect(proxy.port), target);
+        assert_eq!(backend.connections(), 2 + i, "{target}");
+    }
+    assert!(
+        proxy.stderr().contains("sent a response nobody asked for"),
+        "{}",
+        proxy.stderr()
+    );
+}
+
+#[test]
 fn early_response_then_hidden_request_in_the_body_never_reaches_a_later_client() {
     let backend = Backend::builder("b")
         .route(

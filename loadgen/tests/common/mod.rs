@@ -29,6 +29,12 @@ pub enum Behaviour {
     Silent,
     /// Closes the connection, unanswered, on every `n`th request.
     ResetEvery(u64),
+    /// Echoes the request target as the body (what `--check-id` needs),
+    /// a byte per write when `split`, as chunks when `chunked`.
+    EchoTarget { split: bool, chunked: bool },
+    /// Echoes the target, except request 20k answers with the probe's id
+    /// (another request's) and request 20k + 10 with no id at all.
+    CrossedIds,
 }
 
 pub struct Server {
@@ -86,7 +92,12 @@ pub fn start(behaviour: Behaviour) -> Server {
             let Ok(stream) = stream else { continue };
             let counter = counter.clone();
             let stall_until = stall_until.clone();
-            thread::spawn(move || serve(stream, behaviour, &counter, &stall_until));
+            thread::spawn(move || match behaviour {
+                Behaviour::EchoTarget { .. } | Behaviour::CrossedIds => {
+                    serve_echo(stream, behaviour, &counter)
+                }
+                _ => serve(stream, behaviour, &counter, &stall_until),
+            });
         }
     });
     Server { addr, requests }
@@ -147,8 +158,65 @@ fn serve(
                 }
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
             }
+            Behaviour::EchoTarget { .. } | Behaviour::CrossedIds => unreachable!("serve_echo"),
         };
         if s.write_all(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Like `next_head`, returning the request target.
+fn next_target(s: &mut impl Read, buf: &mut Vec<u8>) -> Option<String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..p]).into_owned();
+            buf.drain(..p + 4);
+            return head.split(' ').nth(1).map(str::to_string);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn serve_echo(mut s: TcpStream, b: Behaviour, counter: &AtomicU64) {
+    let _ = s.set_nodelay(true);
+    let mut buf = Vec::with_capacity(4096);
+    while let Some(target) = next_target(&mut s, &mut buf) {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = match b {
+            Behaviour::CrossedIds if n.is_multiple_of(20) => {
+                "/test?rid=00000000000000000000".into()
+            }
+            Behaviour::CrossedIds if n % 20 == 10 => "no id here".into(),
+            _ => target,
+        };
+        let (split, chunked) = match b {
+            Behaviour::EchoTarget { split, chunked } => (split, chunked),
+            _ => (false, false),
+        };
+        let reply = if chunked {
+            let (a, z) = body.split_at(body.len() / 2);
+            format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{z}\r\n0\r\n\r\n",
+                a.len(),
+                z.len()
+            )
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let written = if split {
+            reply.as_bytes().chunks(1).try_for_each(|b| s.write_all(b))
+        } else {
+            s.write_all(reply.as_bytes())
+        };
+        if written.is_err() {
             return;
         }
     }

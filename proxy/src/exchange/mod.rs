@@ -299,6 +299,9 @@ async fn attempt(
     };
     match (relayed, uploaded) {
         (Ok(done), Ok(leftover)) => {
+            if done.surplus {
+                upstream.taint(conn.backend, Instant::now());
+            }
             if done.leaves_upstream_clean(true) {
                 upstream.checkin(conn);
             }

@@ -69,6 +69,9 @@ pub(super) struct RelayDone {
     /// backend answered without reading it all, so whatever it reads next on
     /// this connection is the client's bytes, not ours. Never pooled.
     pub ended_before_request: bool,
+    /// Bytes followed the response: the backend sent more than it was
+    /// asked for.
+    pub surplus: bool,
 }
 
 /// Reads the upstream response and streams it to the client. On failure the
@@ -305,6 +308,7 @@ async fn relay_inner(
             upstream_reusable: head.reusable && !surplus,
             client_close,
             ended_before_request: spec.sending.get(),
+            surplus,
         });
     }
 }
@@ -335,6 +339,7 @@ mod tests {
             upstream_reusable: reusable,
             client_close: false,
             ended_before_request,
+            surplus: !reusable,
         }
     }
 
