@@ -189,7 +189,7 @@ fn upload_cut_by_the_backend_gets_a_502_not_a_silent_close() {
         .route("/up", Behaviour::CloseBeforeBody)
         .start();
     let proxy = ProxyConfig::new(backend.addr()).start();
-    let baseline = socket_fds(proxy.pid());
+    let baseline = settled_sockets(proxy.pid());
     // Which half notices the cut first is a race; ten rounds cover both.
     for round in 0..10 {
         ok(&backend, &mut Client::connect(proxy.port), "/warm");
@@ -199,6 +199,18 @@ fn upload_cut_by_the_backend_gets_a_502_not_a_silent_close() {
     }
     let took = connections_drop_to(proxy.pid(), baseline, 0, Duration::from_secs(3));
     assert!(took <= Duration::from_secs(2), "closed after {took:?}");
+}
+
+/// The proxy's socket count once start-up's own connections (the harness's
+/// readiness probe) are gone: the least seen over a short while.
+fn settled_sockets(pid: u32) -> usize {
+    (0..15)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(20));
+            socket_fds(pid)
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// Socket descriptors the proxy holds beyond its listeners, sampled until
@@ -228,7 +240,7 @@ fn one_second_deadlines(backend: &Backend) -> ringgate_tests::Proxy {
 fn client_that_never_reads_its_response_is_closed_by_send_timeout() {
     let backend = Backend::start("b", Behaviour::Large(256 << 20));
     let proxy = one_second_deadlines(&backend);
-    let baseline = socket_fds(proxy.pid());
+    let baseline = settled_sockets(proxy.pid());
     let s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
     (&s).write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -252,7 +264,7 @@ fn client_that_never_reads_its_response_is_closed_by_send_timeout() {
 fn backend_that_stops_reading_a_body_is_closed_by_send_timeout() {
     let backend = Backend::start("b", Behaviour::IgnoreBody(Duration::from_secs(30)));
     let proxy = one_second_deadlines(&backend);
-    let baseline = socket_fds(proxy.pid());
+    let baseline = settled_sockets(proxy.pid());
     let port = proxy.port;
     let client = thread::spawn(move || upload(port, "/up", 256 << 20));
     eventually(Duration::from_secs(2), || backend.reached("/up")).unwrap();
@@ -273,7 +285,7 @@ fn response_timeout_runs_while_the_body_uploads() {
     // body_read_timeout); the backend waits for the rest and never answers.
     let backend = Backend::start("b", Behaviour::Stall(Duration::from_secs(30)));
     let proxy = one_second_deadlines(&backend);
-    let baseline = socket_fds(proxy.pid());
+    let baseline = settled_sockets(proxy.pid());
     let mut c = Client::connect(proxy.port);
     c.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello");
     eventually(Duration::from_secs(2), || backend.reached("/slow")).unwrap();
@@ -293,7 +305,7 @@ fn response_timeout_runs_while_the_body_uploads() {
 fn endless_interim_responses_end_at_the_response_timeout() {
     let backend = Backend::start("b", Behaviour::EndlessInterim);
     let proxy = one_second_deadlines(&backend);
-    let baseline = socket_fds(proxy.pid());
+    let baseline = settled_sockets(proxy.pid());
     let mut c = Client::connect(proxy.port);
     c.set_read_timeout(Duration::from_secs(4));
     c.send(b"GET /interim HTTP/1.1\r\nHost: x\r\n\r\n");
