@@ -141,6 +141,10 @@ pub const DEFAULT_MAX_CHUNK_LINE_BYTES: usize = 4 * 1024;
 pub const MAX_CHUNK_LINE_BYTES_MIN: usize = 16;
 /// No legitimate chunk extension needs more.
 pub const MAX_CHUNK_LINE_BYTES_MAX: usize = 64 * 1024;
+/// Long against the gap between strays of a backend that keeps sending
+/// them (every stray restarts it), short enough that a backend fixed by a
+/// deploy gets its keep-alive back within a minute.
+pub const DEFAULT_STRAY_COOLDOWN: Duration = Duration::from_secs(30);
 /// Every timeout in the file must be at most this: an hour-long timeout is a
 /// leak, not a policy.
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
@@ -291,6 +295,9 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Per worker, idle keep-alive connections kept per backend; 0 disables reuse.
     pub max_idle_per_backend: usize,
+    /// How long a backend that sent a response nobody asked for gets no
+    /// connection reuse (restarted by each stray).
+    pub stray_cooldown: Duration,
     /// `Some` exactly when `balance` is [`Balance::MaglevHash`].
     pub hash_key: Option<HashKey>,
     /// `None`: no active checks; backends are healthy unless ejected.

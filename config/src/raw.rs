@@ -210,6 +210,7 @@ pub(crate) struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPool {
     pub max_idle_per_backend: Option<Spanned<i64>>,
+    pub stray_cooldown: Option<Spanned<HumanDuration>>,
 }
 
 /// A duration written as a humantime string: "250ms", "2s", "1m 30s", "1h".

@@ -644,6 +644,11 @@ fn upstream(
             0..=MAX_IDLE_PER_BACKEND_MAX,
             DEFAULT_MAX_IDLE_PER_BACKEND,
         ),
+        stray_cooldown: c.timeout(
+            raw.pool.as_ref().and_then(|p| p.stray_cooldown.as_ref()),
+            &format!("{key}.pool.stray_cooldown"),
+            DEFAULT_STRAY_COOLDOWN,
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 //! `RefCell` borrows here never live across an `.await`.
 //!
 //! A backend that sent bytes nobody asked for (on an idle pooled connection,
-//! or past the end of a response) is *tainted*: for `TAINT_COOLDOWN` none of
+//! or past the end of a response) is *tainted*: for `pool.stray_cooldown` none of
 //! its connections is pooled or reused. HTTP/1.1 cannot tell a stray
 //! response that arrives while a request is in flight from that request's
 //! answer, so the only defence against a backend that sends them is not to
@@ -143,10 +143,6 @@ const RETRY_BUDGET_FLOOR: f64 = 10.0;
 const RETRY_BUDGET_CAP: f64 = 100.0;
 
 /// How long a backend that sent a stray response gets no connection reuse.
-/// Long against the gap between strays of a backend that keeps sending
-/// them (every stray seen restarts it), short enough that a backend fixed
-/// by a deploy gets its keep-alive back within a minute.
-pub const TAINT_COOLDOWN: Duration = Duration::from_secs(30);
 
 fn algorithm(balance: Balance) -> Algorithm {
     match balance {
@@ -361,17 +357,17 @@ impl UpstreamState {
     }
 
     /// `backend` sent bytes nobody asked for: no reuse of its connections
-    /// for `TAINT_COOLDOWN` from now. Its idle ones go at the next checkout.
+    /// for `pool.stray_cooldown` from now. Its idle ones go at the next checkout.
     pub fn taint(&self, backend: usize, now: Instant) {
         if !self.tainted(backend, now) {
             eprintln!(
                 "ringgate: upstream {} backend {} sent a response nobody asked for; its connections are not reused for {}s",
                 self.config.name,
                 self.backend_addr(backend),
-                TAINT_COOLDOWN.as_secs()
+                self.config.stray_cooldown.as_secs_f64()
             );
         }
-        self.tainted_until[backend].set(Some(now + TAINT_COOLDOWN));
+        self.tainted_until[backend].set(Some(now + self.config.stray_cooldown));
     }
 
     /// Until a connection to `backend` is checked in or closed on this

@@ -67,6 +67,31 @@ fn a_backend_that_sent_a_stray_response_gets_no_connection_reuse() {
 }
 
 #[test]
+fn a_tainted_backend_gets_connection_reuse_back_after_the_stray_cooldown() {
+    let backend = Backend::builder("b")
+        .route(
+            "/stray",
+            Behaviour::ThenUnsolicited {
+                delay: Duration::from_millis(50),
+                bytes: STRAY.to_vec(),
+            },
+        )
+        .start();
+    let proxy = ProxyConfig::new(backend.addr())
+        .pool("stray_cooldown = \"400ms\"")
+        .start();
+    ok(&backend, &mut Client::connect(proxy.port), "/stray");
+    thread::sleep(Duration::from_millis(150));
+    ok(&backend, &mut Client::connect(proxy.port), "/a");
+    ok(&backend, &mut Client::connect(proxy.port), "/b");
+    assert_eq!(backend.connections(), 3, "no reuse while tainted");
+    thread::sleep(Duration::from_millis(500));
+    ok(&backend, &mut Client::connect(proxy.port), "/c");
+    ok(&backend, &mut Client::connect(proxy.port), "/d");
+    assert_eq!(backend.connections(), 4, "reuse is back after the cooldown");
+}
+
+#[test]
 fn early_response_then_hidden_request_in_the_body_never_reaches_a_later_client() {
     let backend = Backend::builder("b")
         .route(
