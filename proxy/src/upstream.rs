@@ -142,8 +142,6 @@ struct RetryBudget {
 const RETRY_BUDGET_FLOOR: f64 = 10.0;
 const RETRY_BUDGET_CAP: f64 = 100.0;
 
-/// How long a backend that sent a stray response gets no connection reuse.
-
 fn algorithm(balance: Balance) -> Algorithm {
     match balance {
         Balance::RoundRobin => Algorithm::RoundRobin,
