@@ -4,6 +4,8 @@
 # on CPU 0. Reports requests/s and the proxy's CPU time per request
 # (user+sys from /proc/PID/stat over requests served).
 # Usage: bench/scripts/compare.sh [duration_s=10] [connections=64] [proxies="ringgate nginx haproxy"]
+# RING_SETUP=defer_taskrun|coop_taskrun|plain sets ringgate's [server] io_uring_setup
+# (default: the config default, auto).
 set -euo pipefail
 DUR=${1:-10}; CONNS=${2:-64}; PROXIES=${3:-"ringgate nginx haproxy"}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -22,6 +24,7 @@ EOC
 cat > $W/ringgate.toml <<EOC
 [server]
 workers = 1
+${RING_SETUP:+io_uring_setup = \"$RING_SETUP\"}
 [[listeners]]
 name = "web"
 address = "127.0.0.1:$PROXY_PORT"

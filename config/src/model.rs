@@ -37,7 +37,32 @@ pub struct Server {
     /// How long a graceful stop (SIGTERM, SIGINT, SIGQUIT) waits for
     /// requests in flight, `DRAIN_TIMEOUT_MIN..=DRAIN_TIMEOUT_MAX`.
     pub drain_timeout: Duration,
+    /// How each worker sets up its io_uring ring.
+    pub io_uring_setup: RingSetup,
 }
+
+/// `[server] io_uring_setup`: the flags a worker's ring is set up with. They
+/// decide who runs completion work: without them the kernel posts
+/// completions from whichever CPU finished the I/O (the loopback peer's
+/// softirq) and interrupts the worker to do it; with them the worker runs it
+/// when it next waits for events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RingSetup {
+    /// `defer_taskrun` where the kernel has it (6.1), else `coop_taskrun`
+    /// (5.19), else `plain`.
+    Auto,
+    /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`.
+    DeferTaskrun,
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`.
+    CoopTaskrun,
+    /// No set-up flags.
+    Plain,
+}
+
+/// Measured in docs/BENCHMARKS.md: no setting lost by more than the spread
+/// on either machine measured, and `defer_taskrun` decided the result on one.
+pub const DEFAULT_RING_SETUP: RingSetup = RingSetup::Auto;
 
 /// `"auto"`: the core count is the right default for a thread-per-core proxy.
 pub const DEFAULT_WORKERS: Workers = Workers::Auto;
@@ -88,6 +113,7 @@ impl Default for Server {
             gossip_inbox: DEFAULT_GOSSIP_INBOX,
             rate_limit_max_keys: DEFAULT_RATE_LIMIT_MAX_KEYS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            io_uring_setup: DEFAULT_RING_SETUP,
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{Workers, WORKERS_MAX};
+use crate::model::{RingSetup, Workers, WORKERS_MAX};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +51,7 @@ pub(crate) struct RawServer {
     pub gossip_inbox: Option<Spanned<i64>>,
     pub rate_limit_max_keys: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<HumanDuration>>,
+    pub io_uring_setup: Option<RingSetup>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -439,6 +439,7 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             DRAIN_TIMEOUT_MIN..=DRAIN_TIMEOUT_MAX,
             d.drain_timeout,
         ),
+        io_uring_setup: raw.io_uring_setup.unwrap_or(d.io_uring_setup),
     }
 }
 

@@ -294,7 +294,7 @@ pub fn start(
     let (count, cores) = worker::plan(config.server.workers);
     check_open_file_budget(&config, count);
     let (mut listeners, bound, sockets) = worker::bind_all(&config, count, inherit)?;
-    let driver = worker::choose_driver();
+    let driver = worker::choose_driver(config.server.io_uring_setup);
     let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
     let log_file = match &config.access_log {
         None => None,
@@ -352,10 +352,7 @@ pub fn start(
     eprintln!(
         "ringgate {}: {count} worker(s) on {}, listening on {}",
         env!("CARGO_PKG_VERSION"),
-        match driver {
-            worker::Driver::IoUring => "io_uring",
-            worker::Driver::Legacy => "epoll (legacy)",
-        },
+        driver.describe(),
         addrs.join(", ")
     );
     Ok(Generation {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringgate_config::{Config, Workers};
+use ringgate_config::{Config, RingSetup, Workers};
 use ringgate_core::gossip::GossipMsg;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -160,24 +160,93 @@ pub fn bind_all(
 /// The I/O driver every worker starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
-    IoUring,
+    /// io_uring, with the ring set-up flags the kernel accepted.
+    IoUring(RingFlags),
     Legacy,
 }
 
-/// Decides the driver once for the process, and says so when it is not
-/// io_uring: one log line, not one per worker.
-pub fn choose_driver() -> Driver {
+/// Ring set-up flags a worker's ring is built with (see
+/// `ringgate_config::RingSetup` for why they matter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingFlags {
+    DeferTaskrun,
+    CoopTaskrun,
+    Plain,
+}
+
+impl RingFlags {
+    pub fn name(self) -> &'static str {
+        match self {
+            RingFlags::DeferTaskrun => "single_issuer+defer_taskrun",
+            RingFlags::CoopTaskrun => "coop_taskrun",
+            RingFlags::Plain => "no set-up flags",
+        }
+    }
+
+    fn builder(self) -> io_uring::Builder {
+        let mut builder = io_uring::IoUring::builder();
+        match self {
+            RingFlags::DeferTaskrun => {
+                builder.setup_single_issuer().setup_defer_taskrun();
+            }
+            RingFlags::CoopTaskrun => {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            RingFlags::Plain => {}
+        }
+        builder
+    }
+
+    /// Does this kernel accept these flags? A small ring is built and
+    /// dropped on the calling thread.
+    fn supported(self) -> bool {
+        self.builder().build(8).is_ok()
+    }
+}
+
+impl Driver {
+    /// How the start-up line names it.
+    pub fn describe(self) -> String {
+        match self {
+            Driver::IoUring(flags) => format!("io_uring ({})", flags.name()),
+            Driver::Legacy => "epoll (legacy)".to_string(),
+        }
+    }
+}
+
+/// Decides the driver and the ring flags once for the process, and says
+/// so when it is not what was asked: one log line, not one per worker.
+pub fn choose_driver(setup: RingSetup) -> Driver {
     if std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy") {
         eprintln!("ringgate: RINGGATE_DRIVER=legacy; workers use the legacy epoll driver");
-        Driver::Legacy
-    } else if monoio::utils::detect_uring() {
-        Driver::IoUring
-    } else {
+        return Driver::Legacy;
+    }
+    if !monoio::utils::detect_uring() {
         eprintln!(
             "ringgate: io_uring is not available (kernel, seccomp or io_uring_disabled); \
              workers use the legacy epoll driver"
         );
-        Driver::Legacy
+        return Driver::Legacy;
+    }
+    let wanted: &[RingFlags] = match setup {
+        RingSetup::Auto => &[
+            RingFlags::DeferTaskrun,
+            RingFlags::CoopTaskrun,
+            RingFlags::Plain,
+        ],
+        RingSetup::DeferTaskrun => &[RingFlags::DeferTaskrun],
+        RingSetup::CoopTaskrun => &[RingFlags::CoopTaskrun],
+        RingSetup::Plain => &[RingFlags::Plain],
+    };
+    match wanted.iter().copied().find(|f| f.supported()) {
+        Some(flags) => Driver::IoUring(flags),
+        None => {
+            eprintln!(
+                "ringgate: this kernel refuses io_uring set-up {:?}; workers use the legacy epoll driver",
+                setup
+            );
+            Driver::Legacy
+        }
     }
 }
 
@@ -195,10 +264,10 @@ pub fn run(
             eprintln!("ringgate: worker {id}: could not pin to cpu {}", cpu.id);
         }
     }
-    if driver == Driver::IoUring {
+    if let Driver::IoUring(flags) = driver {
         match RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(URING_ENTRIES)
-            .uring_builder(uring_setup())
+            .uring_builder(flags.builder())
             .enable_timer()
             .build()
         {
@@ -215,28 +284,6 @@ pub fn run(
             std::process::exit(1);
         }
     }
-}
-
-/// Ring set-up flags. Experimental knob while measuring: RINGGATE_URING=
-/// comma list of coop,single,defer.
-fn uring_setup() -> io_uring::Builder {
-    let mut builder = io_uring::IoUring::builder();
-    let flags = std::env::var("RINGGATE_URING").unwrap_or_default();
-    for flag in flags.split(',') {
-        match flag {
-            "coop" => {
-                builder.setup_coop_taskrun();
-            }
-            "single" => {
-                builder.setup_single_issuer();
-            }
-            "defer" => {
-                builder.setup_defer_taskrun();
-            }
-            _ => {}
-        }
-    }
-    builder
 }
 
 async fn worker_main(

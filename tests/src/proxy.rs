@@ -230,6 +230,14 @@ impl ProxyConfig {
     pub fn to_toml(&self) -> String {
         let mut s = String::from("[server]\n");
         s += &format!("workers = {}\n", self.workers);
+        // The suite runs on every ring set-up the proxy offers:
+        // RINGGATE_TEST_RING_SETUP=defer_taskrun|coop_taskrun|plain.
+        if let Some(setup) = std::env::var("RINGGATE_TEST_RING_SETUP")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            s += &format!("io_uring_setup = \"{setup}\"\n");
+        }
         for l in &self.server_extra {
             s += l;
             s += "\n";
