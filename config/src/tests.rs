@@ -1419,3 +1419,34 @@ fn config_md_example_parses() {
     assert_eq!(c.upstreams[0].balance, Balance::P2cEwma);
     assert!(c.routes[0].rate_limit.is_some());
 }
+
+#[test]
+fn io_uring_setup_defaults_to_auto_and_names_its_choices() {
+    assert_eq!(ok(BASE).server.io_uring_setup, RingSetup::Auto);
+    let set = |v: &str| format!("[server]\nio_uring_setup = \"{v}\"\n{BASE}");
+    assert_eq!(ok(&set("plain")).server.io_uring_setup, RingSetup::Plain);
+    assert_eq!(
+        ok(&set("defer_taskrun")).server.io_uring_setup,
+        RingSetup::DeferTaskrun
+    );
+    assert_eq!(
+        ok(&set("coop_taskrun")).server.io_uring_setup,
+        RingSetup::CoopTaskrun
+    );
+    assert_error(&set("fast"), 2, 18, "server.io_uring_setup", "unknown variant");
+}
+
+#[test]
+fn send_timeouts_and_stray_cooldown_have_defaults_and_ranges() {
+    let c = ok(BASE);
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(60));
+    assert_eq!(c.upstreams[0].send_timeout, Duration::from_secs(60));
+    assert_eq!(c.upstreams[0].stray_cooldown, Duration::from_secs(30));
+    let text = format!(
+        "[limits]\nsend_timeout = \"0ms\"\n{BASE}timeouts = {{ send = \"2h\" }}\npool = {{ stray_cooldown = \"1s\" }}\n"
+    );
+    let errs = errors(&text);
+    for key in ["limits.send_timeout", "upstreams[0].timeouts.send"] {
+        assert!(errs.iter().any(|e| e.key == key), "no error on {key}: {errs:#?}");
+    }
+}
