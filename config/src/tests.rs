@@ -1433,7 +1433,13 @@ fn io_uring_setup_defaults_to_auto_and_names_its_choices() {
         ok(&set("coop_taskrun")).server.io_uring_setup,
         RingSetup::CoopTaskrun
     );
-    assert_error(&set("fast"), 2, 18, "server.io_uring_setup", "unknown variant");
+    assert_error(
+        &set("fast"),
+        2,
+        18,
+        "server.io_uring_setup",
+        "unknown variant",
+    );
 }
 
 #[test]
@@ -1447,6 +1453,9 @@ fn send_timeouts_and_stray_cooldown_have_defaults_and_ranges() {
     );
     let errs = errors(&text);
     for key in ["limits.send_timeout", "upstreams[0].timeouts.send"] {
-        assert!(errs.iter().any(|e| e.key == key), "no error on {key}: {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.key == key),
+            "no error on {key}: {errs:#?}"
+        );
     }
 }

@@ -28,12 +28,24 @@ use crate::state::{ConnControl, Worker};
 /// configured limit.
 const HEAD_READ_BYTES: usize = 16 * 1024;
 
+/// How long a kept-alive connection keeps its buffers while it waits for a
+/// next request. Longer than a busy client's gap between requests (so
+/// those never pay for the pool), short against the keep-alive timeout (so
+/// idle clients cost little more than their sockets).
+const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(50);
+
 struct Downstream {
     r: Reader,
     w: Writer,
     client: ForwardedClient,
-    /// Buffers and cancellers every exchange on this connection reuses.
-    bufs: Buffers,
+    /// Buffers and cancellers every exchange on this connection reuses,
+    /// taken from the worker's pool when a request arrives and given back
+    /// once the connection has been idle for `IDLE_BUFFER_GRACE`: an idle
+    /// keep-alive connection holds none.
+    bufs: Option<Box<Buffers>>,
+    /// The one byte an idle connection without buffers reads to learn that
+    /// its next request is coming.
+    idle_probe: Vec<u8>,
     /// The connection's read canceller, shared with the worker so a drain
     /// can close the connection while it waits for a next request.
     ctl: Rc<ConnControl>,
@@ -57,7 +69,8 @@ pub async fn serve(
         r,
         w,
         client: ForwardedClient::new(peer_ip),
-        bufs: Buffers::default(),
+        bufs: None,
+        idle_probe: Vec::with_capacity(1),
         ctl,
         write_abort: Abort::default(),
         sent: Sent::default(),
@@ -67,33 +80,103 @@ pub async fn serve(
     loop {
         // A connection's first request is served even while draining: the
         // client connected before the listener closed.
-        let idle = !first && d.bufs.req.source.is_empty();
+        let idle = !first && d.bufs.as_ref().is_none_or(|b| b.req.source.is_empty());
         if idle && worker.draining.get() {
+            d.release_buffers(&worker);
             return;
         }
         d.ctl.idle.set(idle);
         d.ctl.idle_ticket.set(worker.idle_ticket());
+        if idle && !d.wait_while_idle(&worker).await {
+            d.ctl.idle.set(false);
+            d.release_buffers(&worker);
+            return;
+        }
         let head = d.read_head(&worker, first).await;
         d.ctl.idle.set(false);
         let head = match head {
             Ok(Some(head)) => head,
-            Ok(None) => return,
+            Ok(None) => {
+                d.release_buffers(&worker);
+                return;
+            }
             Err(refusal) => {
                 d.sent.reset();
                 d.send_refusal(&worker, &refusal).await;
                 d.record(&worker, None);
+                d.release_buffers(&worker);
                 return;
             }
         };
         first = false;
         match d.handle(&worker, listener, &head).await {
             Next::KeepAlive => continue,
-            Next::Close => return,
+            Next::Close => {
+                d.release_buffers(&worker);
+                return;
+            }
         }
     }
 }
 
 impl Downstream {
+    /// The buffers of the request being handled; `read_head` took them.
+    fn buffers(&self) -> &Buffers {
+        self.bufs
+            .as_deref()
+            .expect("a request is handled only after read_head took buffers")
+    }
+
+    /// Gives this connection's buffers back to the worker's pool.
+    fn release_buffers(&mut self, worker: &Worker) {
+        if let Some(bufs) = self.bufs.take() {
+            worker.buffers.give(bufs);
+        }
+    }
+
+    /// Waits for the next request on a kept-alive connection with nothing
+    /// of it read yet. A client that sends it at once (a busy keep-alive
+    /// connection) finds the buffers still here; one that stays idle past
+    /// `IDLE_BUFFER_GRACE` gives them back and waits on a one-byte read.
+    /// `false`: the connection closed, or stayed idle past the keep-alive
+    /// timeout, or the worker drains.
+    async fn wait_while_idle(&mut self, worker: &Worker) -> bool {
+        let keepalive = worker.config.limits.keepalive_timeout;
+        let grace = IDLE_BUFFER_GRACE.min(keepalive);
+        if let Some(bufs) = self.bufs.as_deref_mut() {
+            let res = read_more(
+                &mut self.r,
+                &mut bufs.req.source,
+                HEAD_READ_BYTES,
+                grace,
+                &self.ctl.abort,
+            )
+            .await;
+            match res {
+                Ok(0) => return false,
+                Ok(_) => return true,
+                Err(ReadFail::TimedOut) if grace < keepalive => {}
+                Err(_) => return false,
+            }
+            self.release_buffers(worker);
+        }
+        self.idle_probe.clear();
+        let res = read_more(
+            &mut self.r,
+            &mut self.idle_probe,
+            1,
+            keepalive - grace,
+            &self.ctl.abort,
+        )
+        .await;
+        if !matches!(res, Ok(1..)) {
+            return false;
+        }
+        let bufs = self.bufs.insert(worker.buffers.take());
+        bufs.req.source.extend_from_slice(&self.idle_probe);
+        true
+    }
+
     /// Counts what went back for the request and logs it: `request` holds
     /// its captured fields and how long it took, `None` for a head that
     /// could not be parsed.
@@ -130,13 +213,10 @@ impl Downstream {
     ) -> Result<Option<RequestHead>, Refusal> {
         let limits = &worker.config.limits;
         let mut head_started: Option<Instant> = None;
+        let bufs = self.bufs.get_or_insert_with(|| worker.buffers.take());
         loop {
-            if !self.bufs.req.source.is_empty() {
-                match parse_request(
-                    &self.bufs.req.source,
-                    worker.head_limits,
-                    &mut self.bufs.req_scratch,
-                ) {
+            if !bufs.req.source.is_empty() {
+                match parse_request(&bufs.req.source, worker.head_limits, &mut bufs.req_scratch) {
                     Ok(Some(head)) => return Ok(Some(head)),
                     Ok(None) => {}
                     Err(e) => return Err(Refusal::new(e.status(), e.reason())),
@@ -152,7 +232,7 @@ impl Downstream {
             };
             let res = read_more(
                 &mut self.r,
-                &mut self.bufs.req.source,
+                &mut bufs.req.source,
                 HEAD_READ_BYTES,
                 timeout,
                 &self.ctl.abort,
@@ -172,7 +252,8 @@ impl Downstream {
     async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         self.sent.reset();
         let started = worker.access_log.as_ref().map(|_| {
-            AccessLog::capture(&mut self.captured, &self.bufs.req.source, head);
+            let bufs = self.bufs.as_deref().expect("read_head took buffers");
+            AccessLog::capture(&mut self.captured, &bufs.req.source, head);
             Instant::now()
         });
         let next = self.route(worker, listener, head).await;
@@ -182,7 +263,7 @@ impl Downstream {
 
     /// Routes the request, then answers it locally (404, 429) or forwards it.
     async fn route(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
-        let src = &self.bufs.req.source;
+        let src = &self.buffers().req.source;
         let host = head.authority.clone().map(|r| &src[r]);
         let route = worker.routers[listener].find_request(
             host,
@@ -201,7 +282,7 @@ impl Downstream {
         if let Some(limiter) = &worker.limiters[route] {
             let key = rate_limit_key(
                 &worker.config.routes[route],
-                &self.bufs.req.source[..head.head_len],
+                &self.buffers().req.source[..head.head_len],
                 &self.client,
             );
             let admission = limiter.borrow_mut().admit(key, Instant::now());
@@ -228,7 +309,10 @@ impl Downstream {
             addr: &self.client,
             sent: &self.sent,
         };
-        match exchange::run(&cx, client, &mut self.bufs, route, upstream, head).await {
+        let Some(bufs) = self.bufs.as_deref_mut() else {
+            return Next::Close;
+        };
+        match exchange::run(&cx, client, bufs, route, upstream, head).await {
             Ok(next) => next,
             Err(refusal) => {
                 self.send_refusal(worker, &refusal).await;
@@ -259,7 +343,9 @@ impl Downstream {
         }
         let sent = self.send_local(worker, bytes).await;
         if keep && sent {
-            self.bufs.req.source.drain(..head.head_len);
+            if let Some(bufs) = self.bufs.as_deref_mut() {
+                bufs.req.source.drain(..head.head_len);
+            }
             Next::KeepAlive
         } else {
             Next::Close

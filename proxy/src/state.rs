@@ -19,6 +19,7 @@ use ringgate_core::router::{RouteSpec, Router};
 use slab::Slab;
 
 use crate::access_log::AccessLog;
+use crate::exchange::Buffers;
 use crate::io::Abort;
 use crate::metrics::{BackendSnapshot, Counters, Snapshot};
 use crate::upstream::UpstreamState;
@@ -63,6 +64,8 @@ pub struct Worker {
     pub(crate) conns: RefCell<Slab<Rc<ConnControl>>>,
     pub access_log: Option<AccessLog>,
     pub counters: Counters,
+    /// Buffers of the connections that are not in an exchange.
+    pub buffers: BufferPool,
     /// The config generation this worker runs.
     pub generation: u64,
 }
@@ -140,6 +143,7 @@ impl Worker {
                 .zip(config.access_log.as_ref())
                 .map(|(file, log)| AccessLog::new(file, log.buffer)),
             counters: Counters::default(),
+            buffers: BufferPool::default(),
             generation,
             config,
         }
@@ -221,5 +225,36 @@ impl Worker {
             }
         }
         s
+    }
+}
+
+/// The worker's spare exchange buffers: a connection takes a set when a
+/// request arrives and gives it back when it goes idle, so idle keep-alive
+/// connections hold none. Bounded: past `BUFFER_POOL_SPARE` sets, returned
+/// ones are freed.
+#[derive(Default)]
+pub struct BufferPool {
+    // Boxed: a connection holds its set as one pointer, and a set moves
+    // between connection and pool without copying its ~300-byte header.
+    #[allow(clippy::vec_box)]
+    spare: RefCell<Vec<Box<Buffers>>>,
+}
+
+/// Spare sets kept per worker (about 100 KiB each with a body buffer):
+/// enough to absorb the swing between busy and idle connections without
+/// allocating, small against the memory the connections themselves cost.
+const BUFFER_POOL_SPARE: usize = 64;
+
+impl BufferPool {
+    pub fn take(&self) -> Box<Buffers> {
+        self.spare.borrow_mut().pop().unwrap_or_default()
+    }
+
+    pub fn give(&self, mut bufs: Box<Buffers>) {
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < BUFFER_POOL_SPARE {
+            bufs.recycle();
+            spare.push(bufs);
+        }
     }
 }

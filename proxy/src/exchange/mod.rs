@@ -88,6 +88,32 @@ pub struct Buffers {
     up_write_abort: Abort,
 }
 
+impl Buffers {
+    /// Empties the buffers for the next connection, and gives back what
+    /// one large head, body or response made them grow to.
+    pub fn recycle(&mut self) {
+        fn trim(v: &mut Vec<u8>, keep: usize) {
+            v.clear();
+            if v.capacity() > keep {
+                v.shrink_to(keep);
+            }
+        }
+        trim(&mut self.req.source, HEAD_READ_BYTES);
+        trim(&mut self.req.patch, RECYCLED_PATCH_BYTES);
+        trim(&mut self.resp.source, HEAD_READ_BYTES);
+        trim(&mut self.resp.patch, RECYCLED_PATCH_BYTES);
+        trim(&mut self.body, request::BODY_READ_BYTES);
+        trim(&mut self.hash_key, RECYCLED_PATCH_BYTES);
+        self.req.clear_segments();
+        self.resp.clear_segments();
+        self.has_hash_key = false;
+        self.patch_prefix = 0;
+    }
+}
+
+/// What a recycled patch or key keeps: a few forwarding fields' worth.
+const RECYCLED_PATCH_BYTES: usize = 1024;
+
 impl Default for Buffers {
     fn default() -> Self {
         Buffers {

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# RSS per idle keep-alive client connection: N clients each make one
+# request through the proxy and then stay connected, idle. Reports the
+# proxy's RSS growth per connection (VmRSS before and after), for ringgate
+# and nginx (and HAProxy when installed), each with one worker on CPU 0,
+# the backend nginx on CPU 1.
+# Usage: bench/scripts/idle-memory.sh [connections=5000] [proxies="ringgate nginx haproxy"]
+set -euo pipefail
+N=${1:-5000}; PROXIES=${2:-"ringgate nginx haproxy"}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+RG=${RINGGATE_BIN:-$ROOT/target/release/ringgate}
+W=$(mktemp -d /tmp/rgidle.XXXX)
+BACKEND_PORT=19010; PROXY_PORT=18081
+ulimit -n 20000
+cat > $W/backend.conf <<EOC
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "hello\n"; } } }
+EOC
+cat > $W/ringgate.toml <<EOC
+[server]
+workers = 1
+max_connections_per_worker = 20000
+[[listeners]]
+name = "web"
+address = "127.0.0.1:$PROXY_PORT"
+[[routes]]
+listener = "web"
+upstream = "b"
+[[upstreams]]
+name = "b"
+backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+EOC
+cat > $W/nginx-proxy.conf <<EOC
+worker_processes 1; worker_rlimit_nofile 20000; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;
+events { worker_connections 20000; }
+http { access_log off; keepalive_timeout 300s; keepalive_requests 10000000;
+  upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$PROXY_PORT;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOC
+cat > $W/haproxy.cfg <<EOC
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 60s
+  timeout http-keep-alive 300s
+  http-reuse always
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$PROXY_PORT
+  default_backend b
+backend b
+  server s1 127.0.0.1:$BACKEND_PORT
+EOC
+cat > $W/clients.py <<'EOC'
+import socket, sys, time
+n, port = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while b"hello\n" not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit(f"connection {i} closed")
+        got += chunk
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(3600)
+EOC
+taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
+sleep 0.5
+rss_kib() { local t=0; for p in "$@"; do v=$(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0); t=$((t + v)); done; echo $t; }
+for p in $PROXIES; do
+  case $p in
+    ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+    nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
+    haproxy)  command -v haproxy >/dev/null || continue
+              taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
+  esac
+  sleep 1
+  PIDS="$PROXY $(pgrep -P $PROXY | tr "\n" " " || true)"
+  # One warm-up request, so pools and lazily built state exist before the baseline.
+  curl -s -o /dev/null http://127.0.0.1:$PROXY_PORT/
+  before=$(rss_kib $PIDS)
+  taskset -c 1 python3 $W/clients.py $N $PROXY_PORT > $W/clients.out & CLIENTS=$!
+  while ! grep -q ready $W/clients.out 2>/dev/null; do sleep 0.2; kill -0 $CLIENTS || { echo "clients failed"; exit 1; }; done
+  sleep 1
+  after=$(rss_kib $PIDS)
+  python3 -c "print(f'$p: {$N} idle connections, RSS {$before} -> {$after} KiB, {($after-$before)*1024/$N:.0f} bytes per connection')"
+  kill $CLIENTS; wait $CLIENTS 2>/dev/null || true
+  kill $PROXY; wait $PROXY 2>/dev/null || true
+  sleep 0.5
+done
+kill $BACKEND
