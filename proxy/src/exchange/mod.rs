@@ -361,3 +361,26 @@ async fn attempt(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_buffers_go_back_to_their_normal_size() {
+        let mut bufs = Buffers::default();
+        bufs.req.source.resize(1 << 20, b'h');
+        bufs.resp.source.resize(4 << 20, b'r');
+        bufs.body.resize(1 << 20, b'b');
+        bufs.req.patch.resize(64 << 10, b'p');
+        bufs.hash_key.resize(8 << 10, b'k');
+        bufs.has_hash_key = true;
+        bufs.recycle();
+        assert!(bufs.req.source.is_empty() && bufs.req.source.capacity() <= HEAD_READ_BYTES);
+        assert!(bufs.resp.source.is_empty() && bufs.resp.source.capacity() <= HEAD_READ_BYTES);
+        assert!(bufs.body.is_empty() && bufs.body.capacity() <= request::BODY_READ_BYTES);
+        assert!(bufs.req.patch.capacity() <= RECYCLED_PATCH_BYTES);
+        assert!(bufs.hash_key.capacity() <= RECYCLED_PATCH_BYTES);
+        assert!(!bufs.has_hash_key);
+    }
+}
