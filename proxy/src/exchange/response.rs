@@ -69,6 +69,9 @@ pub(super) struct RelayDone {
     /// backend answered without reading it all, so whatever it reads next on
     /// this connection is the client's bytes, not ours. Never pooled.
     pub ended_before_request: bool,
+    /// An error status answered before the request body was all read: the
+    /// rest of the body is not forwarded and the client connection closes.
+    pub early_error: bool,
     /// Bytes followed the response: the backend sent more than it was
     /// asked for.
     pub surplus: bool,
@@ -88,7 +91,7 @@ pub(super) async fn relay(
         Err(_) => true,
         // An early error answer ends the exchange: the rest of the body is
         // not forwarded, and the client is told the connection closes.
-        Ok(done) => done.ended_before_request && done.client_close,
+        Ok(done) => done.early_error,
     };
     if stop_upload {
         client_read_abort.abort();
@@ -308,6 +311,7 @@ async fn relay_inner(
             upstream_reusable: head.reusable && !surplus,
             client_close,
             ended_before_request: spec.sending.get(),
+            early_error,
             surplus,
         });
     }
@@ -339,6 +343,7 @@ mod tests {
             upstream_reusable: reusable,
             client_close: false,
             ended_before_request,
+            early_error: false,
             surplus: !reusable,
         }
     }
