@@ -17,7 +17,9 @@
 //!   worker's probe-driven health transitions (each backend is probed by
 //!   exactly one worker: backend `b` of upstream `u` by worker
 //!   `(u + b) % workers` is a fine rule), and two levels that replace the
-//!   previous report from the same sender: in-flight count and latency EWMA.
+//!   previous report from the same sender: in-flight count and latency EWMA;
+//!   and the backends the sender caught sending responses nobody asked for
+//!   (each receiver stops reusing their connections too).
 //!   Applying a message: [`KeyedLimiter::charge`] per token entry,
 //!   [`BackendView::apply_remote`] per backend entry,
 //!   [`BackendView::apply_health`] per health entry.
@@ -117,6 +119,9 @@ pub struct GossipMsg {
     tokens: Vec<TokenEntry>,
     pub backends: Vec<BackendEntry>,
     pub health: Vec<HealthEntry>,
+    /// (upstream, backend) pairs that sent a response nobody asked for
+    /// since the last message: every worker stops reusing their connections.
+    pub strays: Vec<(u32, u32)>,
 }
 
 impl GossipMsg {
@@ -137,11 +142,15 @@ impl GossipMsg {
         self.tokens.clear();
         self.backends.clear();
         self.health.clear();
+        self.strays.clear();
     }
 
     /// Nothing to say: the sender may skip the send.
     pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty() && self.backends.is_empty() && self.health.is_empty()
+        self.tokens.is_empty()
+            && self.backends.is_empty()
+            && self.health.is_empty()
+            && self.strays.is_empty()
     }
 
     /// Adds tokens consumed for `key` on `route`. Keys longer than
@@ -203,6 +212,7 @@ impl GossipMsg {
         self.key_bytes.capacity()
             + self.tokens.capacity() * std::mem::size_of::<TokenEntry>()
             + self.backends.capacity() * std::mem::size_of::<BackendEntry>()
+            + self.strays.capacity() * std::mem::size_of::<(u32, u32)>()
             + self.health.capacity() * std::mem::size_of::<HealthEntry>()
     }
 }

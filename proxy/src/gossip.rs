@@ -185,6 +185,11 @@ fn apply(worker: &Worker, msg: &GossipMsg, now: Instant) {
             }
         }
     }
+    for &(u, b) in &msg.strays {
+        if let Some(upstream) = worker.upstreams.get(u as usize) {
+            upstream.taint_remote(b as usize, now);
+        }
+    }
     for entry in &msg.health {
         if let Some(upstream) = worker.upstreams.get(entry.upstream as usize) {
             let mut view = upstream.view.borrow_mut();
@@ -222,6 +227,9 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64, all_levels: bool) {
                 msg.push_backend(u as u32, b as u32, delta);
             }
         }
+    }
+    for (u, upstream) in worker.upstreams.iter().enumerate() {
+        upstream.take_strays(|b| msg.strays.push((u as u32, b as u32)));
     }
     for (u, b, healthy) in worker.pending_health.borrow_mut().drain(..) {
         msg.push_health(u, b, healthy);
@@ -301,6 +309,30 @@ backends = [{ address = "127.0.0.1:2" }]
             listen(&mut heard);
         }
         assert_eq!(heard.last(), Some(&2), "heard {heard:?}");
+    }
+
+    #[test]
+    fn a_stray_found_on_one_worker_stops_reuse_on_the_others() {
+        let config = Arc::new(ringgate_config::parse(ONE_UPSTREAM, "test.toml").expect("config"));
+        let mut meshes = mesh::<GossipMsg>(2, 4);
+        let mut g1 = Gossip::new(meshes.pop().expect("worker 1"));
+        let mut g0 = Gossip::new(meshes.pop().expect("worker 0"));
+        let w0 = Worker::new(0, 2, config.clone(), None, 0);
+        let w1 = Worker::new(1, 2, config, None, 0);
+        let now = Instant::now();
+        assert!(!w1.upstreams[0].tainted(0, now));
+        w0.upstreams[0].taint(0, now);
+        g0.round(&w0, now);
+        g1.round(&w1, now);
+        assert!(
+            w1.upstreams[0].tainted(0, now),
+            "worker 1 still reuses the backend worker 0 caught"
+        );
+        // Said once: the next round carries no stray.
+        g0.round(&w0, now);
+        let mut strays = 0;
+        w0.upstreams[0].take_strays(|_| strays += 1);
+        assert_eq!(strays, 0);
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub struct UpstreamState {
     /// Per backend: no connection is pooled or reused before this (a stray
     /// was seen; see the module doc).
     tainted_until: Vec<Cell<Option<Instant>>>,
+    /// Strays found here since the last gossip round, per backend.
+    strays_seen: Vec<Cell<bool>>,
     tally: Rc<ConnTally>,
     retry_budget: RefCell<RetryBudget>,
     /// Attempts per backend by outcome, for `/metrics`.
@@ -209,6 +211,7 @@ impl UpstreamState {
             balancer: RefCell::new(balancer),
             pools,
             tainted_until: config.backends.iter().map(|_| Cell::new(None)).collect(),
+            strays_seen: config.backends.iter().map(|_| Cell::new(false)).collect(),
             retry_budget: RefCell::new(RetryBudget {
                 tokens: RETRY_BUDGET_FLOOR,
                 ratio,
@@ -348,7 +351,7 @@ impl UpstreamState {
         }
     }
 
-    fn tainted(&self, backend: usize, now: Instant) -> bool {
+    pub fn tainted(&self, backend: usize, now: Instant) -> bool {
         self.tainted_until[backend]
             .get()
             .is_some_and(|until| now < until)
@@ -357,6 +360,30 @@ impl UpstreamState {
     /// `backend` sent bytes nobody asked for: no reuse of its connections
     /// for `pool.stray_cooldown` from now. Its idle ones go at the next checkout.
     pub fn taint(&self, backend: usize, now: Instant) {
+        // The other workers hear of it at the next gossip round.
+        self.strays_seen[backend].set(true);
+        self.start_cooldown(backend, now);
+    }
+
+    /// Another worker found a stray from `backend` (gossip): the same
+    /// cooldown here, without a log line of this worker's own.
+    pub fn taint_remote(&self, backend: usize, now: Instant) {
+        if backend < self.tainted_until.len() {
+            self.tainted_until[backend].set(Some(now + self.config.stray_cooldown));
+        }
+    }
+
+    /// Backends this worker caught sending strays since the last call.
+    pub fn take_strays(&self, mut each: impl FnMut(usize)) {
+        for (b, seen) in self.strays_seen.iter().enumerate() {
+            if seen.replace(false) {
+                each(b);
+            }
+        }
+    }
+
+    /// Starts (or restarts) the cooldown, saying so when it starts.
+    fn start_cooldown(&self, backend: usize, now: Instant) {
         if !self.tainted(backend, now) {
             eprintln!(
                 "ringgate: upstream {} backend {} sent a response nobody asked for; its connections are not reused for {}s",
