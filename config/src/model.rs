@@ -39,6 +39,9 @@ pub struct Server {
     pub drain_timeout: Duration,
     /// How each worker sets up its io_uring ring.
     pub io_uring_setup: RingSetup,
+    /// Start even when another process already listens on a listener's
+    /// address, sharing it through `SO_REUSEPORT`.
+    pub share_ports: bool,
 }
 
 /// `[server] io_uring_setup`: the flags a worker's ring is set up with. They
@@ -114,6 +117,7 @@ impl Default for Server {
             rate_limit_max_keys: DEFAULT_RATE_LIMIT_MAX_KEYS,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             io_uring_setup: DEFAULT_RING_SETUP,
+            share_ports: false,
         }
     }
 }

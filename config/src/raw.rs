@@ -52,6 +52,7 @@ pub(crate) struct RawServer {
     pub rate_limit_max_keys: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<HumanDuration>>,
     pub io_uring_setup: Option<RingSetup>,
+    pub share_ports: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -440,6 +440,7 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             d.drain_timeout,
         ),
         io_uring_setup: raw.io_uring_setup.unwrap_or(d.io_uring_setup),
+        share_ports: raw.share_ports.unwrap_or(d.share_ports),
     }
 }
 

@@ -78,6 +78,21 @@ pub fn plan(workers: Workers) -> (usize, Vec<core_affinity::CoreId>) {
     (count, cores)
 }
 
+/// Does another socket already listen on `addr`? A bind without
+/// `SO_REUSEPORT` fails then, where ours (with it) would quietly succeed
+/// and split the traffic. Only asked for addresses this process does not
+/// hold yet: a reload reuses its own sockets.
+fn held_elsewhere(addr: SocketAddr) -> io::Result<bool> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Connections of an earlier run in TIME_WAIT do not count.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -132,12 +147,25 @@ pub fn bind_all(
             let socket = match (old.get(w), addr) {
                 (Some(s), _) => s.try_clone()?,
                 (None, Some(a)) => bind(a, config.server.backlog)?,
-                (None, None) => bind(listener.address, config.server.backlog).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("listener {} on {}: {e}", listener.name, listener.address),
-                    )
-                })?,
+                (None, None) => {
+                    let named = |e: io::Error| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("listener {} on {}: {e}", listener.name, listener.address),
+                        )
+                    };
+                    if !config.server.share_ports
+                        && held_elsewhere(listener.address).map_err(named)?
+                    {
+                        return Err(named(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "address already in use by another process (every listener uses \
+                             SO_REUSEPORT, so starting would quietly take part of its traffic; \
+                             set [server] share_ports = true to share it on purpose)",
+                        )));
+                    }
+                    bind(listener.address, config.server.backlog).map_err(named)?
+                }
             };
             addr.get_or_insert(socket.local_addr()?);
             sockets.push(socket);

@@ -110,3 +110,43 @@ fn two_workers_have_pinned_threads_rings_and_listeners() {
         assert_eq!(r.status, 200, "{r:?}");
     }
 }
+
+#[test]
+fn a_second_ringgate_on_the_same_port_stops_start_up_naming_the_address() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let cfg = ProxyConfig::new(backend.addr());
+    let _first = cfg.start();
+    let config =
+        ringgate_tests::proxy::write_temp("ringgate-test", "toml", cfg.to_toml().as_bytes());
+    let out = ringgate_tests::proxy::run_ringgate(&["-c".as_ref(), config.as_os_str()]);
+    assert!(!out.success, "the second process started: {}", out.stderr);
+    let addr = format!("127.0.0.1:{}", cfg.port);
+    assert!(
+        out.stderr.contains(&addr) && out.stderr.contains("already in use by another process"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_port_held_by_any_other_listener_stops_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = Backend::start("b", Behaviour::Ok);
+    let mut cfg = ProxyConfig::new(backend.addr());
+    cfg.port = taken.local_addr().expect("addr").port();
+    let config =
+        ringgate_tests::proxy::write_temp("ringgate-test", "toml", cfg.to_toml().as_bytes());
+    let out = ringgate_tests::proxy::run_ringgate(&["-c".as_ref(), config.as_os_str()]);
+    assert!(!out.success, "started on a taken port: {}", out.stderr);
+    assert!(out.stderr.contains("already in use"), "{}", out.stderr);
+}
+
+#[test]
+fn share_ports_lets_two_processes_share_a_port_on_purpose() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let cfg = ProxyConfig::new(backend.addr()).server("share_ports", "true");
+    let _first = cfg.start();
+    let _second = cfg.start();
+    let r = Client::connect(cfg.port).get("/shared");
+    assert_eq!(r.status, 200, "{r:?}");
+}
