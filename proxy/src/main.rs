@@ -46,10 +46,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a configuration file without starting.
+    /// Validate a configuration file without starting: `check FILE`,
+    /// `check -c FILE` or `-c FILE check`.
     Check {
         #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
     },
     /// Start embedded backends, the proxy and a short load run; print latency.
     Demo(demo::DemoArgs),
@@ -59,16 +62,22 @@ fn main() -> ExitCode {
     abort_on_panic();
     let cli = Cli::parse();
     match (cli.command, cli.config) {
-        (Some(Command::Check { config }), _) => match ringgate_config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+        (Some(Command::Check { config, file }), outer) => {
+            let Some(config) = config.or(file).or(outer) else {
+                eprintln!("ringgate: check needs a file: `ringgate check FILE`");
+                return ExitCode::from(2);
+            };
+            match ringgate_config::load(&config) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(2)
+                }
             }
-            Err(errors) => {
-                eprintln!("{errors}");
-                ExitCode::from(2)
-            }
-        },
+        }
         (Some(Command::Demo(args)), _) => demo::run(args),
         (None, Some(path)) => match ringgate_config::load(&path) {
             Ok(config) => serve(&path, config),

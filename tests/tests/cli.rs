@@ -1,7 +1,7 @@
 //! The command line: `ringgate -c FILE`, `--config FILE`, `check`, `--version`,
 //! `demo`.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 
 use ringgate_tests::proxy::{run_ringgate, write_temp};
 use ringgate_tests::{Backend, Behaviour, Client, Proxy, ProxyConfig};
@@ -121,4 +121,41 @@ fn demo_runs_and_prints_the_latency_table() {
     assert!(requests > 100, "{row}");
     assert_eq!(cells[2], "0", "errors: {row}");
     assert!(text.contains("(round robin)"), "{text}");
+}
+
+#[test]
+fn check_takes_the_file_in_every_place_a_user_would_put_it() {
+    let cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
+    let good = write_temp("ringgate-check-forms", "toml", cfg.to_toml().as_bytes());
+    let bad = write_temp(
+        "ringgate-check-forms-bad",
+        "toml",
+        b"[server]\nworkers = 0\n",
+    );
+    let forms = |p: &OsStr| -> Vec<Vec<OsString>> {
+        vec![
+            vec!["check".into(), p.into()],
+            vec!["check".into(), "-c".into(), p.into()],
+            vec!["-c".into(), p.into(), "check".into()],
+        ]
+    };
+    for args in forms(good.as_os_str()) {
+        let argv: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        let out = run_ringgate(&argv);
+        assert!(
+            out.success,
+            "{args:?} refused a good config: {}",
+            out.stderr
+        );
+    }
+    for args in forms(bad.as_os_str()) {
+        let argv: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        let out = run_ringgate(&argv);
+        assert!(!out.success, "{args:?} accepted a bad config");
+        assert!(
+            out.stderr.contains("server.workers"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
 }
