@@ -53,6 +53,10 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(value_name = "FILE", conflicts_with = "config")]
         file: Option<PathBuf>,
+        /// Also bind every listener and the admin address, then release
+        /// them: catches addresses in use or not on this host.
+        #[arg(long)]
+        bind: bool,
     },
     /// Start embedded backends, the proxy and a short load run; print latency.
     Demo(demo::DemoArgs),
@@ -62,13 +66,20 @@ fn main() -> ExitCode {
     abort_on_panic();
     let cli = Cli::parse();
     match (cli.command, cli.config) {
-        (Some(Command::Check { config, file }), outer) => {
+        (Some(Command::Check { config, file, bind }), outer) => {
             let Some(config) = config.or(file).or(outer) else {
                 eprintln!("ringgate: check needs a file: `ringgate check FILE`");
                 return ExitCode::from(2);
             };
             match ringgate_config::load(&config) {
-                Ok(_) => {
+                Ok(loaded) => {
+                    let problems = start_up_problems(&loaded, bind);
+                    for p in &problems {
+                        eprintln!("{}: {p}", config.display());
+                    }
+                    if !problems.is_empty() {
+                        return ExitCode::from(2);
+                    }
                     println!("{}: ok", config.display());
                     ExitCode::SUCCESS
                 }
@@ -91,6 +102,44 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// What start-up would refuse beyond the file itself: an access log that
+/// cannot be opened for appending and, with `bind`, listener and admin
+/// addresses that cannot be bound (each is bound and released at once).
+fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(log) = &config.access_log {
+        let existed = log.path.exists();
+        match std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log.path)
+        {
+            Ok(_) if !existed => {
+                // Only a check: leave no empty file behind.
+                let _ = std::fs::remove_file(&log.path);
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("access_log.path {}: {e}", log.path.display())),
+        }
+    }
+    if bind {
+        for listener in &config.listeners {
+            if let Err(e) = worker::probe_bind(listener.address, config.server.share_ports) {
+                problems.push(format!(
+                    "listener {} on {}: {e}",
+                    listener.name, listener.address
+                ));
+            }
+        }
+        if let Some(admin) = &config.admin {
+            if let Err(e) = std::net::TcpListener::bind(admin.address) {
+                problems.push(format!("admin.address {}: {e}", admin.address));
+            }
+        }
+    }
+    problems
 }
 
 /// Makes any panic, on any thread, end the process after its message is

@@ -159,3 +159,46 @@ fn check_takes_the_file_in_every_place_a_user_would_put_it() {
         );
     }
 }
+
+#[test]
+fn check_refuses_an_access_log_start_up_could_not_open() {
+    let cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
+    let toml = cfg.to_toml() + "\n[access_log]\npath = \"/nonexistent-dir/ringgate/access.log\"\n";
+    let path = write_temp("ringgate-check-log", "toml", toml.as_bytes());
+    let out = run_ringgate(&[OsStr::new("check"), path.as_os_str()]);
+    assert!(!out.success, "check accepted an access log it cannot open");
+    assert!(
+        out.stderr
+            .contains("access_log.path /nonexistent-dir/ringgate/access.log"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_bind_refuses_an_address_another_process_holds_and_plain_check_does_not_bind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
+    cfg.port = taken.local_addr().expect("addr").port();
+    let path = write_temp("ringgate-check-bind", "toml", cfg.to_toml().as_bytes());
+    let plain = run_ringgate(&[OsStr::new("check"), path.as_os_str()]);
+    assert!(
+        plain.success,
+        "check without --bind binds: {}",
+        plain.stderr
+    );
+    let out = run_ringgate(&[OsStr::new("check"), OsStr::new("--bind"), path.as_os_str()]);
+    assert!(!out.success, "check --bind accepted a taken address");
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{}", cfg.port)) && out.stderr.contains("in use"),
+        "{}",
+        out.stderr
+    );
+    drop(taken);
+    let free = run_ringgate(&[OsStr::new("check"), OsStr::new("--bind"), path.as_os_str()]);
+    assert!(
+        free.success,
+        "check --bind refused a free address: {}",
+        free.stderr
+    );
+}
