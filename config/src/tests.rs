@@ -1459,3 +1459,27 @@ fn send_timeouts_and_stray_cooldown_have_defaults_and_ranges() {
         );
     }
 }
+
+#[test]
+fn a_wildcard_and_a_specific_listener_on_one_port_are_refused() {
+    let text = r#"[[listeners]]
+name = "all"
+address = "0.0.0.0:8080"
+
+[[listeners]]
+name = "local"
+address = "127.0.0.1:8080"
+
+[[routes]]
+listener = "all"
+upstream = "api"
+
+[[upstreams]]
+name = "api"
+backends = [{ address = "127.0.0.1:9000" }]
+"#;
+    assert_error(text, 7, 11, "listeners[1].address", "overlaps 0.0.0.0:8080");
+    // Other ports, or the other family, do not overlap.
+    ok(&text.replace("127.0.0.1:8080", "127.0.0.1:8081"));
+    ok(&text.replace("127.0.0.1:8080", "[::1]:8080"));
+}

@@ -221,13 +221,27 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         };
         // Port 0 asks the kernel for a fresh port each time, so it never clashes.
         if address.port() != 0 {
-            if let Some(first) = listener_addrs.get(&address) {
+            // A wildcard and a specific address of one family on one port
+            // overlap: with SO_REUSEPORT both bind, and which listener (and
+            // so which routes) a client reaches depends on the address it
+            // dialled. Refused, like an exact repeat.
+            let overlapping = listener_addrs.iter().find(|(other, _)| {
+                **other == address
+                    || (other.port() == address.port()
+                        && other.is_ipv4() == address.is_ipv4()
+                        && other.ip().is_unspecified() != address.ip().is_unspecified())
+            });
+            if let Some((other, first)) = overlapping {
                 let line = c.line_of(first);
-                c.err(
-                    l.address.span(),
-                    key,
-                    format!("address {address} is already used by the listener on line {line}"),
-                );
+                let why = if *other == address {
+                    format!("address {address} is already used by the listener on line {line}")
+                } else {
+                    format!(
+                        "address {address} overlaps {other}, used by the listener on line {line}: \
+                         a wildcard and a specific address cannot share a port"
+                    )
+                };
+                c.err(l.address.span(), key, why);
             } else {
                 listener_addrs.insert(address, l.address.span());
             }
