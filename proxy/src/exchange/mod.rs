@@ -27,12 +27,13 @@ use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 
 use crate::access_log::Sent;
-use crate::io::{send_gather, send_static, Abort, Gather, Reader, WriteFail, Writer};
+use crate::io::{send_gather, send_range, Abort, Gather, Reader, WriteFail, Writer};
 use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
 use error::ExchangeError;
 pub use error::{error_response, Fault, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE};
 use request::{lay_out_head, send_body, Plan, Upload};
-use response::{relay, RelayIo, RelaySpec, HEAD_READ_BYTES};
+pub use response::HEAD_READ_BYTES;
+use response::{relay, RelayIo, RelaySpec};
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -142,7 +143,13 @@ pub async fn run(
     upstream: &UpstreamState,
     head: &RequestHead,
 ) -> Result<Next, Refusal> {
-    let mut plan = request::prepare(cx, bufs, route, upstream, head, client.addr)?;
+    let plan = request::prepare(cx, bufs, route, upstream, head, client.addr)?;
+    let mut ex = Exchange {
+        route,
+        upstream,
+        head,
+        plan,
+    };
     upstream.count_request();
     let retry_on = upstream.config.retries.map(|r| r.on).unwrap_or_default();
     let mut retries_left = upstream.config.retries.map_or(0, |r| r.attempts);
@@ -158,27 +165,20 @@ pub async fn run(
             .ok_or(Refusal::new(503, "no healthy backend available"))?;
         let hold_5xx = retries_left > 0
             && retry_on.status_5xx
-            && plan.replay.can_resend_after_a_response()
+            && ex.plan.replay.can_resend_after_a_response()
             && upstream.retry_affordable();
         upstream.on_start(backend, now);
         client
             .sent
             .upstream
             .set(Some(upstream.backend_addr(backend)));
-        let started = Instant::now();
-        let attempt = attempt(
-            cx,
-            &mut client,
-            bufs,
-            route,
-            upstream,
-            head,
-            &mut plan,
+        let started = now;
+        let one_try = Try {
             backend,
             fresh,
             hold_5xx,
-        )
-        .await;
+        };
+        let attempt = attempt(cx, &mut client, bufs, &mut ex, one_try).await;
         let now = Instant::now();
         let (e, reused) = match attempt {
             Ok((next, status)) => {
@@ -205,7 +205,7 @@ pub async fn run(
         let Some(refusal) = e.refusal() else {
             return Ok(Next::Close);
         };
-        if !plan.replay.allowed(&e) {
+        if !ex.plan.replay.allowed(&e) {
             return Err(refusal);
         }
         if stale {
@@ -223,22 +223,45 @@ pub async fn run(
     }
 }
 
+/// One routed request and what every try of it shares.
+struct Exchange<'a> {
+    route: &'a Route,
+    upstream: &'a UpstreamState,
+    head: &'a RequestHead,
+    plan: Plan,
+}
+
+/// What changes from one try to the next.
+struct Try {
+    backend: usize,
+    /// A new connection, not a pooled one (after a pooled one was found
+    /// closed under the request).
+    fresh: bool,
+    /// A 5xx is held back for a retry instead of forwarded.
+    hold_5xx: bool,
+}
+
 /// One try against one backend. `Ok((next, status))`: a response reached
 /// the client. `Err((error, reused))`, with whether the connection came
 /// from the pool.
-#[allow(clippy::too_many_arguments)]
 async fn attempt(
     cx: &Context<'_>,
     client: &mut Client<'_>,
     bufs: &mut Buffers,
-    route: &Route,
-    upstream: &UpstreamState,
-    head: &RequestHead,
-    plan: &mut Plan,
-    backend: usize,
-    fresh: bool,
-    hold_5xx: bool,
+    ex: &mut Exchange<'_>,
+    one_try: Try,
 ) -> Result<(Next, u16), (ExchangeError, bool)> {
+    let Exchange {
+        route,
+        upstream,
+        head,
+        ref mut plan,
+    } = *ex;
+    let Try {
+        backend,
+        fresh,
+        hold_5xx,
+    } = one_try;
     let mut conn: UpstreamConn = match upstream.checkout(backend, fresh).await {
         Ok(conn) => conn,
         Err(e) => {
@@ -268,13 +291,10 @@ async fn attempt(
         Err(_) => return fail(Fault::UpstreamWriteFailed),
     }
     if head.expect_continue && plan.body_left.is_some() {
-        let sent = send_static(
-            client.w,
-            CONTINUE_100,
-            cx.limits.send_timeout,
-            client.write_abort,
-        )
-        .await;
+        let timeout = cx.limits.send_timeout;
+        let whole = 0..CONTINUE_100.len();
+        let (sent, _) =
+            send_range(client.w, CONTINUE_100, whole, timeout, client.write_abort).await;
         if sent.is_err() {
             return fail(Fault::ClientGone);
         }
