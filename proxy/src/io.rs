@@ -335,14 +335,14 @@ pub async fn send_gather(
 }
 
 /// Writes `buf[range]` completely under the same deadline rule as
-/// [`send_gather`], and hands `buf` back.
-pub async fn send_range(
+/// [`send_gather`], and hands `buf` back (an owned `Vec` or static bytes).
+pub async fn send_range<B: IoBuf>(
     w: &mut Writer,
-    mut buf: Vec<u8>,
+    mut buf: B,
     range: Range<usize>,
     timeout: Duration,
     abort: &Abort,
-) -> (Result<(), WriteFail>, Vec<u8>) {
+) -> (Result<(), WriteFail>, B) {
     let mut at = range.start;
     while at < range.end {
         if abort.is_aborted() {
@@ -397,30 +397,6 @@ pub fn pending_input(fd: std::os::fd::RawFd) -> PendingInput {
             _ => PendingInput::Closed,
         },
     }
-}
-
-/// Writes a static response in full under the same deadline rule as
-/// [`send_gather`].
-pub async fn send_static(
-    w: &mut Writer,
-    bytes: &'static [u8],
-    timeout: Duration,
-    abort: &Abort,
-) -> Result<(), WriteFail> {
-    let mut at = 0;
-    while at < bytes.len() {
-        if abort.is_aborted() {
-            return Err(WriteFail::Aborted);
-        }
-        let handle = abort.canceller.borrow().handle();
-        let (res, _) = write_op(w.cancelable_write(&bytes[at..], handle), timeout, abort).await;
-        match res {
-            Ok(n) => at += n,
-            Err(WriteFail::Io(io::ErrorKind::Interrupted)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
