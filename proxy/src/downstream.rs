@@ -19,14 +19,11 @@ use ringgate_core::ratelimit::Admission;
 
 use crate::access_log::{AccessLog, Captured, Sent};
 use crate::exchange::{
-    self, error_response, Buffers, Client, Context, Next, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE,
+    self, error_response, Buffers, Client, Context, Next, Refusal, CLOSE_LINE, HEAD_READ_BYTES,
+    KEEP_ALIVE_LINE,
 };
 use crate::io::{read_more, send_range, Abort, ReadFail, Reader, Writer};
 use crate::state::{ConnControl, Worker};
-
-/// Read size for heads; a head larger than this grows the buffer up to the
-/// configured limit.
-const HEAD_READ_BYTES: usize = 16 * 1024;
 
 /// How long a kept-alive connection keeps its buffers while it waits for a
 /// next request. Longer than a busy client's gap between requests (so

@@ -20,8 +20,9 @@ use crate::io::{
     read_more, send_gather, send_range, Abort, Gather, Part, ReadFail, Reader, WriteFail, Writer,
 };
 
-/// Read size for heads.
-pub(super) const HEAD_READ_BYTES: usize = 16 * 1024;
+/// Read size for heads, requests' and responses'; a head larger than this
+/// grows its buffer up to the configured limit.
+pub const HEAD_READ_BYTES: usize = 16 * 1024;
 
 /// Interim (1xx) responses relayed before the final one; a backend sending
 /// more is broken or hostile (RFC 9110 §15.2 sets no limit; nginx relays
