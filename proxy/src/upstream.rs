@@ -416,11 +416,10 @@ impl UpstreamState {
     /// Returns a connection after a complete exchange that left it reusable.
     pub fn checkin(&self, conn: UpstreamConn) {
         let backend = conn.backend;
+        let now = Instant::now();
         {
             let mut pool = self.pools[backend].borrow_mut();
-            if pool.len() >= self.config.max_idle_per_backend
-                || self.tainted(backend, Instant::now())
-            {
+            if pool.len() >= self.config.max_idle_per_backend || self.tainted(backend, now) {
                 drop(pool);
                 // Closed: the slot's drop wakes the waiters.
                 return;
@@ -429,7 +428,7 @@ impl UpstreamState {
                 r: conn.r,
                 w: conn.w,
                 fd: conn.fd,
-                since: Instant::now(),
+                since: now,
                 slot: conn.slot,
             });
         }
