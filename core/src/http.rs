@@ -333,7 +333,8 @@ impl TransferCodings {
 /// authority (userinfo, paths, spaces, a second colon, a port that is not a
 /// number).
 fn valid_authority(value: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+    // What follows the host: empty, or ":" and the port.
+    let port = if let Some(rest) = value.strip_prefix(b"[") {
         // IP-literal: an IPv6 address in brackets.
         let Some(close) = rest.iter().position(|&b| b == b']') else {
             return false;
@@ -346,7 +347,7 @@ fn valid_authority(value: &[u8]) -> bool {
         {
             return false;
         }
-        (&value[..close + 2], &rest[close + 1..])
+        &rest[close + 1..]
     } else {
         let colon = value.iter().position(|&b| b == b':').unwrap_or(value.len());
         let host = &value[..colon];
@@ -357,9 +358,8 @@ fn valid_authority(value: &[u8]) -> bool {
         {
             return false;
         }
-        (host, &value[colon..])
+        &value[colon..]
     };
-    debug_assert!(!host.is_empty());
     match port {
         [] => true,
         [b':', digits @ ..] => {
