@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringgate_tests::procfs::socket_fds;
-use ringgate_tests::{eventually, show, Backend, Behaviour, Client, ProxyConfig};
+use ringgate_tests::{assert_refused, eventually, show, Backend, Behaviour, Client, ProxyConfig};
 
 const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nnot-for-you\n";
 
@@ -438,14 +438,12 @@ fn early_error_response_says_connection_close_when_the_proxy_closes() {
 
 #[test]
 fn trace_and_fragments_are_refused() {
-    let backend = Backend::start("b", Behaviour::Ok);
-    let proxy = ProxyConfig::new(backend.addr()).start();
-    let r = Client::connect(proxy.port).request(b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(r.status, 501);
-    let r = Client::connect(proxy.port).request(b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(r.status, 400);
-    let r = Client::connect(proxy.port).request(b"GET /a HTTP/1.1\r\nHost: x:abc\r\n\r\n");
-    assert_eq!(r.status, 400);
-    thread::sleep(Duration::from_millis(100));
-    assert!(backend.targets().is_empty(), "{:?}", backend.targets());
+    assert_refused(501, &[("TRACE", b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n")]);
+    assert_refused(
+        400,
+        &[
+            ("fragment", b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("port not digits", b"GET /a HTTP/1.1\r\nHost: x:abc\r\n\r\n"),
+        ],
+    );
 }
