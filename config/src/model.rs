@@ -42,6 +42,33 @@ pub struct Server {
     /// Start even when another process already listens on a listener's
     /// address, sharing it through `SO_REUSEPORT`.
     pub share_ports: bool,
+    /// Peers whose forwarding headers are believed (default: none).
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// `[server] trusted_proxies`: the networks of proxies in front of this one,
+/// whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to,
+/// and whose `X-Forwarded-For` names the client. At most
+/// `TRUSTED_PROXIES_MAX` networks, each checked per request by a prefix
+/// compare.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+/// Far above any real chain of proxies' networks; keeps the per-request
+/// check a short scan.
+pub const TRUSTED_PROXIES_MAX: usize = 256;
+
+impl TrustedProxies {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Is `ip` one of the trusted networks? An IPv4-mapped IPv6 address
+    /// (a dual-stack listener's view of an IPv4 peer) counts as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// `[server] io_uring_setup`: the flags a worker's ring is set up with. They
@@ -118,6 +145,7 @@ impl Default for Server {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             io_uring_setup: DEFAULT_RING_SETUP,
             share_ports: false,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -268,6 +296,7 @@ pub const MANAGED_HEADERS: &[&str] = &[
     "expect",
     "x-forwarded-for",
     "x-forwarded-proto",
+    "x-forwarded-host",
     "forwarded",
 ];
 

@@ -53,6 +53,7 @@ pub(crate) struct RawServer {
     pub drain_timeout: Option<Spanned<HumanDuration>>,
     pub io_uring_setup: Option<RingSetup>,
     pub share_ports: Option<bool>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

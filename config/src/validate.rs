@@ -455,7 +455,43 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
         ),
         io_uring_setup: raw.io_uring_setup.unwrap_or(d.io_uring_setup),
         share_ports: raw.share_ports.unwrap_or(d.share_ports),
+        trusted_proxies: raw
+            .trusted_proxies
+            .as_ref()
+            .map_or(d.trusted_proxies, |list| trusted_proxies(c, list)),
     }
+}
+
+/// `"10.0.0.0/8"`, `"fd00::/8"`, or a single address (`"127.0.0.1"`).
+fn trusted_proxies(c: &mut Checker<'_>, list: &Spanned<Vec<Spanned<String>>>) -> TrustedProxies {
+    if list.get_ref().len() > TRUSTED_PROXIES_MAX {
+        c.err(
+            list.span(),
+            "server.trusted_proxies",
+            format!(
+                "{} networks is too many; at most {TRUSTED_PROXIES_MAX}",
+                list.get_ref().len()
+            ),
+        );
+    }
+    let mut nets = Vec::new();
+    for (i, entry) in list.get_ref().iter().enumerate() {
+        let text = entry.get_ref().trim();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .map(|net| net.trunc())
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => c.err(
+                entry.span(),
+                format!("server.trusted_proxies[{i}]"),
+                format!("{text:?} is not an IP network (like \"10.0.0.0/8\") or address"),
+            ),
+        }
+    }
+    nets.truncate(TRUSTED_PROXIES_MAX);
+    TrustedProxies(nets)
 }
 
 fn access_log(c: &mut Checker<'_>, raw: &RawAccessLog) -> AccessLog {

@@ -99,6 +99,9 @@ pub async fn serve(
             }
             Err(refusal) => {
                 d.sent.reset();
+                // An unreadable head is accounted to the peer, not to the
+                // client of the connection's previous request.
+                d.client.reset_to_peer();
                 d.send_refusal(&worker, &refusal).await;
                 d.record(&worker, None);
                 d.release_buffers(&worker);
@@ -248,6 +251,14 @@ impl Downstream {
 
     async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         self.sent.reset();
+        let trusted = &worker.config.server.trusted_proxies;
+        if !trusted.is_empty() {
+            let bufs = self.bufs.as_deref().expect("read_head took buffers");
+            self.client
+                .resolve(&bufs.req.source, &bufs.req_scratch, |ip| {
+                    trusted.contains(ip)
+                });
+        }
         let started = worker.access_log.as_ref().map(|_| {
             let bufs = self.bufs.as_deref().expect("read_head took buffers");
             AccessLog::capture(&mut self.captured, &bufs.req.source, head);
