@@ -545,6 +545,7 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `None`: no access log.
     pub access_log: Option<AccessLog>,
+    pub error_log: ErrorLog,
     /// `None`: no admin endpoint.
     pub admin: Option<Admin>,
 }
@@ -566,6 +567,57 @@ pub struct AccessLog {
     /// A worker writes its buffered lines when they reach this many bytes,
     /// and at every gossip tick; `ACCESS_LOG_BUFFER_MIN..=ACCESS_LOG_BUFFER_MAX`.
     pub buffer: usize,
+}
+
+/// `[error_log]`: one line per operator-relevant event (upstream failures,
+/// 5xx the proxy answered, refusals, health, ejections, breakers, reloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorLog {
+    /// Opened for appending (created if missing) at start-up; `None`: stderr.
+    pub path: Option<std::path::PathBuf>,
+    /// Events less severe than this are not written.
+    pub level: LogLevel,
+    /// Lines of one kind a worker writes per second; the rest are counted
+    /// and their number written once the second is over.
+    /// `1..=ERROR_LOG_LINES_PER_SECOND_MAX`.
+    pub lines_per_second: u32,
+}
+
+impl Default for ErrorLog {
+    fn default() -> Self {
+        ErrorLog {
+            path: None,
+            level: LogLevel::Info,
+            lines_per_second: DEFAULT_ERROR_LOG_LINES_PER_SECOND,
+        }
+    }
+}
+
+/// Enough to see what a flood is made of; few enough that a flood of one
+/// kind costs a worker at most this many formatted lines a second.
+pub const DEFAULT_ERROR_LOG_LINES_PER_SECOND: u32 = 10;
+pub const ERROR_LOG_LINES_PER_SECOND_MAX: u32 = 100_000;
+
+/// `[error_log] level`, most severe first: a level writes its own events and
+/// every more severe one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
 }
 
 /// nginx's `access_log ... buffer=64k`.

@@ -1523,3 +1523,29 @@ fn a_trusted_proxy_that_is_not_a_network_is_an_error() {
         "is not an IP network",
     );
 }
+
+// ---- error_log ----
+
+#[test]
+fn error_log_defaults_to_stderr_at_info_and_is_checked() {
+    assert_eq!(ok(BASE).error_log, ErrorLog::default());
+    assert_eq!(ok(BASE).error_log.path, None);
+    assert_eq!(ok(BASE).error_log.level, LogLevel::Info);
+    let c = ok(&format!(
+        "[error_log]\npath = \"/var/log/rg-error.log\"\nlevel = \"warn\"\nlines_per_second = 3\n\n{BASE}"
+    ));
+    assert_eq!(
+        c.error_log,
+        ErrorLog {
+            path: Some("/var/log/rg-error.log".into()),
+            level: LogLevel::Warn,
+            lines_per_second: 3,
+        }
+    );
+    assert!(LogLevel::Error < LogLevel::Warn && LogLevel::Info < LogLevel::Debug);
+    let text = format!("[error_log]\npath = \"\"\nlines_per_second = 0\n\n{BASE}");
+    assert_error(&text, 2, 8, "error_log.path", "must name a file");
+    assert_error(&text, 3, 20, "error_log.lines_per_second", "out of range");
+    let text = format!("[error_log]\nlevel = \"verbose\"\n\n{BASE}");
+    assert_error(&text, 2, 9, "error_log.level", "verbose");
+}

@@ -348,6 +348,10 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     }
 
     let access_log = raw.access_log.as_ref().map(|raw| access_log(&mut c, raw));
+    let error_log = raw
+        .error_log
+        .as_ref()
+        .map_or_else(ErrorLog::default, |raw| error_log(&mut c, raw));
     let admin = raw.admin.as_ref().and_then(|raw| {
         let address = c.address(&raw.address, "admin.address")?;
         if let Some(first) = listener_addrs.get(&address).filter(|_| address.port() != 0) {
@@ -369,6 +373,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             routes,
             upstreams,
             access_log,
+            error_log,
             admin,
         })
     } else {
@@ -506,6 +511,31 @@ fn access_log(c: &mut Checker<'_>, raw: &RawAccessLog) -> AccessLog {
             "access_log.buffer",
             ACCESS_LOG_BUFFER_MIN..=ACCESS_LOG_BUFFER_MAX,
             DEFAULT_ACCESS_LOG_BUFFER,
+        ),
+    }
+}
+
+fn error_log(c: &mut Checker<'_>, raw: &RawErrorLog) -> ErrorLog {
+    let d = ErrorLog::default();
+    let path = raw.path.as_ref().map(|p| {
+        let path = p.get_ref().trim();
+        if path.is_empty() {
+            c.err(
+                p.span(),
+                "error_log.path",
+                "must name a file (leave it out for stderr)",
+            );
+        }
+        path.into()
+    });
+    ErrorLog {
+        path,
+        level: raw.level.unwrap_or(d.level),
+        lines_per_second: c.int(
+            raw.lines_per_second.as_ref(),
+            "error_log.lines_per_second",
+            1..=ERROR_LOG_LINES_PER_SECOND_MAX,
+            d.lines_per_second,
         ),
     }
 }
