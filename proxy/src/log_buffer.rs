@@ -117,31 +117,48 @@ const MONTHS: [&str; 12] = [
 
 /// Common Log Format time in UTC: `[26/Nov/2026:14:40:00 +0000]`.
 pub fn write_clf_time(out: &mut Vec<u8>, unix_secs: u64) {
-    let days = (unix_secs / 86_400) as i64;
-    let rem = unix_secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let t = Utc::of(unix_secs);
+    let month = MONTHS[(t.month - 1) as usize];
     let _ = write!(
         out,
-        "[{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000]",
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "[{:02}/{month}/{}:{:02}:{:02}:{:02} +0000]",
+        t.day, t.year, t.hour, t.minute, t.second
     );
 }
 
 /// `2026-11-26T14:40:00`, UTC.
 pub fn write_rfc3339_seconds(out: &mut Vec<u8>, unix_secs: u64) {
-    let days = (unix_secs / 86_400) as i64;
-    let rem = unix_secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
+    let t = Utc::of(unix_secs);
     let _ = write!(
         out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     );
+}
+
+/// A Unix time as UTC calendar fields.
+struct Utc {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    minute: u64,
+    second: u64,
+}
+
+impl Utc {
+    fn of(unix_secs: u64) -> Utc {
+        let (year, month, day) = civil_from_days((unix_secs / 86_400) as i64);
+        let rem = unix_secs % 86_400;
+        Utc {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+        }
+    }
 }
 
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), proleptic

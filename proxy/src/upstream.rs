@@ -262,12 +262,8 @@ impl UpstreamState {
         drop(view);
         if ejected {
             self.log.event(LogLevel::Warn, Kind::Ejection, |b| {
-                let _ = write!(
-                    b,
-                    "upstream={} backend={} ejected after consecutive failures (outlier_detection)",
-                    self.config.name,
-                    self.backend_addr(backend)
-                );
+                self.write_backend(b, backend);
+                b.extend_from_slice(b" ejected after consecutive failures (outlier_detection)");
             });
         }
         if breaker != breaker_was && breaker != "half_open" {
@@ -277,14 +273,20 @@ impl UpstreamState {
                 LogLevel::Info
             };
             self.log.event(level, Kind::Breaker, |b| {
-                let _ = write!(
-                    b,
-                    "upstream={} backend={} circuit breaker {breaker_was} -> {breaker}",
-                    self.config.name,
-                    self.backend_addr(backend)
-                );
+                self.write_backend(b, backend);
+                let _ = write!(b, " circuit breaker {breaker_was} -> {breaker}");
             });
         }
+    }
+
+    /// `upstream=NAME backend=ADDR`, as error-log lines name a backend.
+    pub fn write_backend(&self, b: &mut Vec<u8>, backend: usize) {
+        let _ = write!(
+            b,
+            "upstream={} backend={}",
+            self.config.name,
+            self.backend_addr(backend)
+        );
     }
 
     /// Every request pays into the retry budget.
@@ -423,11 +425,10 @@ impl UpstreamState {
     fn start_cooldown(&self, backend: usize, now: Instant) {
         if !self.tainted(backend, now) {
             self.log.event(LogLevel::Warn, Kind::Stray, |b| {
+                self.write_backend(b, backend);
                 let _ = write!(
                     b,
-                    "upstream={} backend={} sent a response nobody asked for; its connections are not reused for {}s",
-                    self.config.name,
-                    self.backend_addr(backend),
+                    " sent a response nobody asked for; its connections are not reused for {}s",
                     self.config.stray_cooldown.as_secs_f64()
                 );
             });

@@ -213,16 +213,14 @@ fn describe_try(
     cause: Option<(ExchangeError, usize)>,
     tries: u32,
 ) {
-    let _ = write!(b, " upstream={}", upstream.config.name);
+    b.push(b' ');
     match cause {
-        None => b.extend_from_slice(b" backend=-"),
+        None => {
+            let _ = write!(b, "upstream={} backend=-", upstream.config.name);
+        }
         Some((e, backend)) => {
-            let _ = write!(
-                b,
-                " backend={} cause={}",
-                upstream.backend_addr(backend),
-                e.cause()
-            );
+            upstream.write_backend(b, backend);
+            let _ = write!(b, " cause={}", e.cause());
             match e.fault {
                 Fault::ConnectFailed(errno) => {
                     let _ = write!(b, " errno={}", Errno(errno));
@@ -350,12 +348,8 @@ async fn run_tries(
         }
         if stale {
             cx.log.event(LogLevel::Debug, Kind::AttemptFailed, |b| {
-                let _ = write!(
-                    b,
-                    "pooled connection found closed; resending on a new one upstream={} backend={}",
-                    upstream.config.name,
-                    upstream.backend_addr(backend)
-                );
+                b.extend_from_slice(b"pooled connection found closed; resending on a new one ");
+                upstream.write_backend(b, backend);
             });
             fresh = true;
             avoid = None;
