@@ -256,3 +256,126 @@ fn check_refuses_an_error_log_whose_directory_cannot_be_written() {
     assert!(!out.success);
     assert!(out.stderr.contains("error_log.path"), "{}", out.stderr);
 }
+
+/// With retries, each failed try that is retried gets an `attempt_failed`
+/// line and the 502 still gets exactly one `proxy_5xx` line, naming the
+/// last backend tried and the number of tries.
+#[test]
+fn a_retried_502_gets_one_line_with_its_tries() {
+    let dead: Vec<std::net::SocketAddr> = (0..2)
+        .map(|_| ([127, 0, 0, 1], dead_port()).into())
+        .collect();
+    let log = temp_path("ringgate-error", "log");
+    let toml = with_error_log(
+        ProxyConfig::with_backends(&dead)
+            .upstream_extra("retries", r#"{ attempts = 1, on = ["connect_failure"] }"#)
+            .upstream_extra("outlier_detection", "{ max_ejection_percent = 0 }")
+            .to_toml(),
+        &log,
+        "",
+    );
+    let proxy = Proxy::start(&toml);
+    assert_eq!(Client::connect(proxy.port).get("/r").status, 502);
+    let lines = lines_when(&log, |l| l.iter().any(|l| l.contains(" proxy_5xx: ")));
+    let of = |kind: &str| -> Vec<&String> { lines.iter().filter(|l| l.contains(kind)).collect() };
+    let failed = of(" proxy_5xx: ");
+    let retried = of(" attempt_failed: ");
+    assert_eq!((failed.len(), retried.len()), (1, 1), "{lines:#?}");
+    assert!(
+        retried[0].contains(
+            " warn worker=0 attempt_failed: retrying on another backend upstream=app backend="
+        ) && retried[0].contains(" cause=connect_failed errno=ECONNREFUSED(111) tries=1"),
+        "{}",
+        retried[0]
+    );
+    assert!(failed[0].contains(" tries=2"), "{}", failed[0]);
+    // The two lines name the two backends.
+    let backend_of = |l: &str| {
+        l.split(" backend=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned)
+    };
+    let mut named = vec![backend_of(failed[0]), backend_of(retried[0])];
+    named.sort();
+    let mut want: Vec<Option<String>> = dead.iter().map(|a| Some(a.to_string())).collect();
+    want.sort();
+    assert_eq!(named, want);
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_circuit_breaker_opening_is_logged() {
+    let dead = ([127, 0, 0, 1], dead_port()).into();
+    let log = temp_path("ringgate-error", "log");
+    let toml = with_error_log(
+        ProxyConfig::new(dead)
+            .upstream_extra(
+                "circuit_breaker",
+                r#"{ consecutive_failures = 2, open_for = "10s" }"#,
+            )
+            .upstream_extra("outlier_detection", "{ max_ejection_percent = 0 }")
+            .to_toml(),
+        &log,
+        "",
+    );
+    let proxy = Proxy::start(&toml);
+    assert_eq!(Client::connect(proxy.port).get("/b").status, 502);
+    assert_eq!(Client::connect(proxy.port).get("/b").status, 502);
+    // Open: refused without a try.
+    assert_eq!(Client::connect(proxy.port).get("/b").status, 503);
+    let lines = lines_when(&log, |l| {
+        l.iter().filter(|l| l.contains(" proxy_5xx: ")).count() == 3
+    });
+    let breaker: Vec<&String> = lines.iter().filter(|l| l.contains(" breaker: ")).collect();
+    assert_eq!(breaker.len(), 1, "{lines:#?}");
+    assert!(
+        breaker[0].contains(&format!(
+            " warn worker=0 breaker: upstream=app backend={dead} circuit breaker closed -> open"
+        )),
+        "{}",
+        breaker[0]
+    );
+    let refused = lines.iter().find(|l| l.contains(" status=503 ")).unwrap();
+    assert!(
+        refused.contains("reason=\"no healthy backend available\"")
+            && refused.contains(" upstream=app backend=- tries=0"),
+        "{refused}"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn an_ejection_is_logged() {
+    // Passive detection never ejects the last backend serving: a live one
+    // stands beside the dead one.
+    let live = Backend::start("live", Behaviour::Ok);
+    let dead = ([127, 0, 0, 1], dead_port()).into();
+    let log = temp_path("ringgate-error", "log");
+    let toml = with_error_log(
+        ProxyConfig::with_backends(&[dead, live.addr()])
+            .upstream_extra("balance", "\"round_robin\"")
+            .upstream_extra(
+                "outlier_detection",
+                r#"{ consecutive_failures = 2, max_ejection_percent = 50 }"#,
+            )
+            .to_toml(),
+        &log,
+        "",
+    );
+    let proxy = Proxy::start(&toml);
+    for _ in 0..4 {
+        Client::connect(proxy.port).get("/e");
+    }
+    let lines = lines_when(&log, |l| l.iter().any(|l| l.contains(" ejection: ")));
+    let ejected: Vec<&String> = lines.iter().filter(|l| l.contains(" ejection: ")).collect();
+    assert_eq!(ejected.len(), 1, "{lines:#?}");
+    assert!(
+        ejected[0].contains(&format!(
+            " warn worker=0 ejection: upstream=app backend={dead} ejected after consecutive failures"
+        )),
+        "{}",
+        ejected[0]
+    );
+    let _ = std::fs::remove_file(&log);
+}

@@ -244,3 +244,46 @@ fn hop_by_hop_response_headers_are_stripped() {
     assert_eq!(r.header("x-backend").as_deref(), Some("b"));
     assert_eq!(r.body_str(), backend.ok_body("/h"));
 }
+
+/// Client-IP hashing keys on the client a trusted proxy names, and on the
+/// peer otherwise: 20 claimed clients spread over both backends only when
+/// the claim is believed.
+#[test]
+fn client_ip_hashing_uses_the_client_a_trusted_proxy_names() {
+    let backends = [
+        Backend::start("a", Behaviour::Ok),
+        Backend::start("b", Behaviour::Ok),
+    ];
+    let addrs: Vec<std::net::SocketAddr> = backends.iter().map(Backend::addr).collect();
+    let hashing = |trusted: &str| {
+        ProxyConfig::with_backends(&addrs)
+            .server("trusted_proxies", trusted)
+            .upstream_extra("balance", "\"maglev_hash\"")
+            .upstream_extra("hash_key", "\"client_ip\"")
+            .start()
+    };
+    let backends_used = |port: u16| {
+        let before: Vec<usize> = backends.iter().map(|b| b.records().len()).collect();
+        for client in 0..20 {
+            // Twice per client: a client stays on its backend.
+            for _ in 0..2 {
+                let r = request_as(port, &format!("203.0.113.{client}"));
+                assert_eq!(r.status, 200, "{r:?}");
+            }
+        }
+        backends
+            .iter()
+            .zip(before)
+            .filter(|(b, n)| b.records().len() > *n)
+            .count()
+    };
+    let trusting = hashing(r#"["127.0.0.1/32"]"#);
+    assert_eq!(backends_used(trusting.port), 2, "20 clients on one backend");
+    drop(trusting);
+    let untrusting = hashing("[]");
+    assert_eq!(
+        backends_used(untrusting.port),
+        1,
+        "an untrusted peer's claims moved its requests"
+    );
+}
