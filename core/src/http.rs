@@ -779,14 +779,14 @@ const IP_TEXT_MAX: usize = 45;
 /// An IP address with its text, formatted into a fixed array so that
 /// changing it per request allocates nothing.
 #[derive(Clone, Copy)]
-pub struct ClientAddr {
+struct ClientAddr {
     ip: IpAddr,
     text: [u8; IP_TEXT_MAX],
     len: u8,
 }
 
 impl ClientAddr {
-    pub fn new(ip: IpAddr) -> Self {
+    fn new(ip: IpAddr) -> Self {
         use std::io::Write as _;
         let mut text = [0u8; IP_TEXT_MAX];
         let mut cursor = &mut text[..];
@@ -800,11 +800,7 @@ impl ClientAddr {
         }
     }
 
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
-
-    pub fn text(&self) -> &[u8] {
+    fn text(&self) -> &[u8] {
         &self.text[..usize::from(self.len)]
     }
 }
@@ -883,15 +879,6 @@ impl ForwardedClient {
     /// per-client rate limits and hashes, and the access log's client.
     pub fn ip_bytes(&self) -> &[u8] {
         self.client.text()
-    }
-
-    pub fn client_ip(&self) -> IpAddr {
-        self.client.ip
-    }
-
-    /// The connection's peer as text.
-    pub fn peer_bytes(&self) -> &[u8] {
-        self.peer.text()
     }
 
     /// Whether the current request came from a trusted proxy, whose
