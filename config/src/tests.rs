@@ -307,7 +307,7 @@ fn unknown_key_points_at_the_key() {
         2,
         1,
         "server.bogus",
-        "unknown field `bogus`",
+        "unknown key `bogus`",
     );
 }
 
@@ -317,7 +317,7 @@ fn unknown_key_in_an_inline_table_points_at_the_key() {
         "upstream = \"api\"\n\n",
         "match = { paht = \"/\" }\nupstream = \"api\"\n\n",
     );
-    assert_error(&text, 7, 11, "routes[0].match.paht", "unknown field `paht`");
+    assert_error(&text, 7, 11, "routes[0].match.paht", "unknown key `paht`");
 }
 
 #[test]
@@ -328,7 +328,7 @@ fn unknown_key_in_a_backend_names_its_index() {
         11,
         43,
         "upstreams[0].backends[0].wieght",
-        "unknown field `wieght`",
+        "unknown key `wieght`",
     );
 }
 
@@ -412,7 +412,7 @@ fn unknown_balance_is_refused() {
         11,
         11,
         "upstreams[0].balance",
-        "unknown variant `fastest`",
+        "unknown value `fastest`",
     );
 }
 
@@ -444,7 +444,7 @@ fn route_to_a_missing_upstream_is_refused() {
         7,
         12,
         "routes[0].upstream",
-        "no upstream named \"nope\"; defined: api",
+        "no upstream named \"nope\" (defined: api)",
     );
 }
 
@@ -1074,7 +1074,7 @@ fn unknown_retry_condition_is_a_schema_error() {
         &text,
         "\"4xx\"",
         "upstreams[0].retries.on[0]",
-        "unknown variant `4xx`",
+        "unknown value `4xx`",
     );
 }
 
@@ -1117,7 +1117,7 @@ fn unknown_key_in_a_new_table_points_at_the_key() {
         &text,
         "max_pendng",
         "upstreams[0].circuit_breaker.max_pendng",
-        "unknown field `max_pendng`",
+        "unknown key `max_pendng`",
     );
 }
 
@@ -1438,7 +1438,7 @@ fn io_uring_setup_defaults_to_auto_and_names_its_choices() {
         2,
         18,
         "server.io_uring_setup",
-        "unknown variant",
+        "unknown value",
     );
 }
 
@@ -1482,4 +1482,169 @@ backends = [{ address = "127.0.0.1:9000" }]
     // Other ports, or the other family, do not overlap.
     ok(&text.replace("127.0.0.1:8080", "127.0.0.1:8081"));
     ok(&text.replace("127.0.0.1:8080", "[::1]:8080"));
+}
+
+// ---- messages for people ----
+
+/// The one error `text` yields; a mistake must not bring follow-on errors.
+#[track_caller]
+fn only_error(text: &str) -> ConfigError {
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "one mistake, one error: {errors:#?}");
+    errors.into_iter().next().expect("one error")
+}
+
+#[test]
+fn type_errors_name_toml_types_not_rust_types() {
+    for (snippet, key, want) in [
+        (
+            "[server]\nbacklog = \"x\"",
+            "server.backlog",
+            "expected an integer",
+        ),
+        ("[server]\npin = 3", "server.pin", "expected a boolean"),
+        (
+            "[server]\ngossip_inbox = 1.5",
+            "server.gossip_inbox",
+            "expected an integer",
+        ),
+        (
+            "[limits]\nmax_headers = [1]",
+            "limits.max_headers",
+            "invalid type: array, expected an integer",
+        ),
+        (
+            "[limits]\nmax_head_size = true",
+            "limits.max_head_size",
+            "expected a byte count such as",
+        ),
+        (
+            "[limits]\nkeepalive_timeout = 5",
+            "limits.keepalive_timeout",
+            "expected a duration string",
+        ),
+        ("server = 3", "server", "expected a table"),
+        (
+            "[admin]\naddress = 9901",
+            "admin.address",
+            "expected a string",
+        ),
+    ] {
+        let e = only_error(&format!("{snippet}\n{BASE}"));
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(want), "{e} lacks {want:?}");
+        for rust in [
+            "i64", "u32", "usize", "f64", "struct", "sequence", "map", "variant", "field",
+        ] {
+            assert!(
+                !e.message
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .any(|w| w == rust),
+                "{e} speaks Rust ({rust})"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_keys_and_values_suggest_the_close_one() {
+    for (text, key, want) in [
+        (
+            format!("[server]\nbacklgo = 3\n{BASE}"),
+            "server.backlgo",
+            "unknown key `backlgo`; did you mean `backlog`?",
+        ),
+        (
+            format!("[server]\nio_uring_setup = \"defer\"\n{BASE}"),
+            "server.io_uring_setup",
+            "did you mean `defer_taskrun`?",
+        ),
+        (
+            upstream_with("balance = \"least_con\""),
+            "upstreams[0].balance",
+            "unknown value `least_con`; did you mean `least_conn`?",
+        ),
+        (
+            upstream_with("retries = { on = [\"timeuot\"] }"),
+            "upstreams[0].retries.on[0]",
+            "did you mean `timeout`?",
+        ),
+        (
+            upstream_with("balance = \"maglev_hash\"\nhash_key = \"client-ip\""),
+            "upstreams[0].hash_key",
+            "did you mean \"client_ip\"?",
+        ),
+        (
+            format!("[server]\nworkers = \"atuo\"\n{BASE}"),
+            "server.workers",
+            "write \"auto\"",
+        ),
+        (
+            format!("[limits]\nmax_head_size = \"16Kib\"\n{BASE}"),
+            "limits.max_head_size",
+            "did you mean \"16KiB\"?",
+        ),
+        (
+            BASE.replace("upstream = \"api\"", "upstream = \"apo\""),
+            "routes[0].upstream",
+            "no upstream named \"apo\"; did you mean \"api\"?",
+        ),
+        (
+            BASE.replace("listener = \"web\"", "listener = \"wbe\""),
+            "routes[0].listener",
+            "did you mean \"web\"?",
+        ),
+    ] {
+        let e = only_error(&text);
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(want), "{e} lacks {want:?}");
+    }
+}
+
+#[test]
+fn unknown_key_lists_what_is_allowed_and_guesses_nothing_when_nothing_is_close() {
+    let e = only_error(&format!("[server]\nzzz = 3\n{BASE}"));
+    assert!(!e.message.contains("did you mean"), "{e}");
+    assert!(
+        e.message.contains("expected one of `workers`, `pin`"),
+        "{e}"
+    );
+    let e = only_error(&upstream_with("balance = \"fastest\""));
+    assert!(!e.message.contains("did you mean"), "{e}");
+    assert!(e.message.contains("`round_robin`"), "{e}");
+}
+
+#[test]
+fn a_quoted_worker_count_says_to_drop_the_quotes() {
+    let e = only_error(&format!("[server]\nworkers = \"4\"\n{BASE}"));
+    assert!(
+        e.message.contains("without quotes, such as workers = 4"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_listener_address_brings_no_error_on_the_routes_naming_it() {
+    let e = only_error(&BASE.replace("127.0.0.1:8080", "localhost:8080"));
+    assert_eq!(e.key, "listeners[0].address", "{e}");
+}
+
+#[test]
+fn missing_upstreams_bring_no_error_on_the_routes_naming_them() {
+    let text = BASE.split("[[upstreams]]").next().expect("base");
+    let e = only_error(text);
+    assert_eq!(e.key, "upstreams", "{e}");
+}
+
+#[test]
+fn a_weight_out_of_range_is_not_reported_again_as_unequal_weights() {
+    let text = BASE.replace(
+        "backends = [{ address = \"127.0.0.1:9000\" }]",
+        "balance = \"round_robin\"\nbackends = [{ address = \"127.0.0.1:9000\", weight = 0 }, { address = \"127.0.0.1:9001\" }]",
+    );
+    let e = only_error(&text);
+    assert_eq!(e.key, "upstreams[0].backends[0].weight", "{e}");
+    // Unequal valid weights are still refused.
+    let text = text.replace("weight = 0", "weight = 2");
+    assert_eq!(only_error(&text).key, "upstreams[0].balance");
 }

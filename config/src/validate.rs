@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::error::{line_column, ConfigError, ConfigErrors, Source};
+use crate::error::{did_you_mean, line_column, ConfigError, ConfigErrors, Source};
 use crate::model::*;
 use crate::raw::*;
 
@@ -217,6 +217,11 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         );
         let key = format!("listeners[{i}].address");
         let Some(address) = c.address(&l.address, &key) else {
+            // Kept under its name, so routes naming it get no second error.
+            listeners.push(Listener {
+                name: l.name.get_ref().clone(),
+                address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            });
             continue;
         };
         // Port 0 asks the kernel for a fresh port each time, so it never clashes.
@@ -394,7 +399,8 @@ fn lookup(
     what: &str,
 ) -> Option<usize> {
     let found = index.get(name.get_ref().as_str()).copied();
-    if found.is_none() {
+    // With none defined, the missing section is the error already reported.
+    if found.is_none() && !index.is_empty() {
         let mut known: Vec<&str> = index.keys().copied().collect();
         known.sort_unstable();
         let known = if known.is_empty() {
@@ -402,10 +408,16 @@ fn lookup(
         } else {
             known.join(", ")
         };
+        let close = did_you_mean(name.get_ref(), index.keys().copied())
+            .map(|n| format!("; did you mean {n:?}?"))
+            .unwrap_or_default();
         c.err(
             name.span(),
             key,
-            format!("no {what} named {:?}; defined: {known}", name.get_ref()),
+            format!(
+                "no {what} named {:?}{close} (defined: {known})",
+                name.get_ref()
+            ),
         );
     }
     found
@@ -538,6 +550,9 @@ fn upstream(
     }
     let mut seen: HashMap<SocketAddr, Range<usize>> = HashMap::new();
     let mut backends = Vec::with_capacity(raw_backends.len());
+    // A weight out of range is already reported; comparing its stand-in
+    // default with the others would report it again as "weights differ".
+    let mut weights_valid = true;
     for (j, b) in raw_backends.iter().enumerate() {
         let address_key = format!("{backends_key}[{j}].address");
         let weight = c.int(
@@ -546,6 +561,10 @@ fn upstream(
             1..=WEIGHT_MAX,
             DEFAULT_WEIGHT,
         );
+        weights_valid &= b
+            .weight
+            .as_ref()
+            .is_none_or(|w| i64::from(weight) == *w.get_ref());
         let Some(address) = c.address(&b.address, &address_key) else {
             continue;
         };
@@ -572,7 +591,7 @@ fn upstream(
     };
     if let Some(b) = raw.balance.as_ref() {
         let weights_differ = backends.windows(2).any(|w| w[0].weight != w[1].weight);
-        if balance == Balance::RoundRobin && weights_differ {
+        if balance == Balance::RoundRobin && weights_differ && weights_valid {
             c.err(
                 b.span(),
                 format!("{key}.balance"),
@@ -710,7 +729,10 @@ fn parse_rate_limit_key(text: &str) -> Result<RateLimitKey, String> {
         "route" => Ok(RateLimitKey::Route),
         _ => match text.strip_prefix("header:") {
             Some(name) => header_name(name).map(RateLimitKey::Header),
-            None => Err(format!("unknown key {text:?}; {HINT}")),
+            None => Err(format!(
+                "unknown key {text:?}{}; {HINT}",
+                close_to(text, &["client_ip", "route"])
+            )),
         },
     }
 }
@@ -731,9 +753,17 @@ fn parse_hash_key(text: &str) -> Result<HashKey, String> {
         }
         return Ok(HashKey::Cookie(name.to_owned()));
     }
+    let close = close_to(text, &["client_ip"]);
     Err(format!(
-        r#"unknown hash key {text:?}; write "client_ip", "header:NAME" or "cookie:NAME""#
+        r#"unknown hash key {text:?}{close}; write "client_ip", "header:NAME" or "cookie:NAME""#
     ))
+}
+
+/// `"; did you mean X?"` when `text` is a slip from one of `words`, else "".
+fn close_to(text: &str, words: &[&str]) -> String {
+    did_you_mean(text, words.iter().copied())
+        .map(|w| format!(" (did you mean {w:?}?)"))
+        .unwrap_or_default()
 }
 
 /// A header field name (RFC 9110 §5.1: a token), lowercased so the proxy

@@ -65,6 +65,11 @@ enum Command {
 fn main() -> ExitCode {
     abort_on_panic();
     let cli = Cli::parse();
+    // Refused before anything starts, by `check` as by start-up.
+    if let Err(e) = worker::legacy_forced() {
+        eprintln!("ringgate: {e}");
+        return ExitCode::from(2);
+    }
     match (cli.command, cli.config) {
         (Some(Command::Check { config, file, bind }), outer) => {
             let Some(config) = config.or(file).or(outer) else {

@@ -254,10 +254,32 @@ impl Driver {
     }
 }
 
+/// `RINGGATE_DRIVER`: whether the operator forces the epoll driver. Unset,
+/// empty or `auto` leaves the choice to the kernel; `legacy` forces epoll;
+/// any other value is refused rather than silently ignored (a typo such as
+/// `legasy` would otherwise leave io_uring on).
+pub fn legacy_forced() -> Result<bool, String> {
+    match std::env::var("RINGGATE_DRIVER") {
+        Err(std::env::VarError::NotPresent) => Ok(false),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!(
+            "RINGGATE_DRIVER={v:?} is not a driver; write RINGGATE_DRIVER=legacy (epoll) or auto, or unset it"
+        )),
+        Ok(v) => match v.as_str() {
+            "" | "auto" => Ok(false),
+            "legacy" => Ok(true),
+            other => Err(format!(
+                "RINGGATE_DRIVER={other:?} is not a driver; write RINGGATE_DRIVER=legacy (the epoll driver) \
+                 or auto (io_uring where the kernel allows it), or unset it"
+            )),
+        },
+    }
+}
+
 /// Decides the driver and the ring flags once for the process, and says
 /// so when it is not what was asked: one log line, not one per worker.
+/// `RINGGATE_DRIVER` was checked by `main` before anything started.
 pub fn choose_driver(setup: RingSetup) -> Driver {
-    if std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy") {
+    if legacy_forced() == Ok(true) {
         eprintln!("ringgate: RINGGATE_DRIVER=legacy; workers use the legacy epoll driver");
         return Driver::Legacy;
     }

@@ -2,8 +2,10 @@
 //! `demo`.
 
 use std::ffi::{OsStr, OsString};
+use std::process::Command;
+use std::time::Duration;
 
-use ringgate_tests::proxy::{run_ringgate, write_temp};
+use ringgate_tests::proxy::{ringgate_bin, run_ringgate, run_with_timeout, write_temp};
 use ringgate_tests::{Backend, Behaviour, Client, Proxy, ProxyConfig};
 
 #[test]
@@ -200,5 +202,87 @@ fn check_bind_refuses_an_address_another_process_holds_and_plain_check_does_not_
         free.success,
         "check --bind refused a free address: {}",
         free.stderr
+    );
+}
+
+#[test]
+fn an_unknown_ringgate_driver_is_refused_by_check_and_start_up() {
+    let cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
+    let path = write_temp("ringgate-driver-env", "toml", cfg.to_toml().as_bytes());
+    for args in [
+        vec![OsStr::new("check"), path.as_os_str()],
+        vec![OsStr::new("-c"), path.as_os_str()],
+    ] {
+        let out = run_with_timeout(
+            Command::new(ringgate_bin())
+                .args(&args)
+                .env("RINGGATE_DRIVER", "legasy"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            out.code,
+            Some(2),
+            "{args:?} with RINGGATE_DRIVER=legasy: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .contains("RINGGATE_DRIVER=\"legasy\" is not a driver")
+                && out.stderr.contains("RINGGATE_DRIVER=legacy"),
+            "{}",
+            out.stderr
+        );
+    }
+    for good in ["legacy", "auto", ""] {
+        let out = run_with_timeout(
+            Command::new(ringgate_bin())
+                .arg("check")
+                .arg(&path)
+                .env("RINGGATE_DRIVER", good),
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.success,
+            "RINGGATE_DRIVER={good:?} refused: {}",
+            out.stderr
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_bad_demo_flag_is_the_flags_error_and_names_no_file() {
+    let out = run_ringgate(&["demo".as_ref(), "--workers".as_ref(), "0".as_ref()]);
+    assert!(!out.success, "demo --workers 0 ran");
+    assert!(
+        out.stderr.contains("--workers") && out.stderr.contains("\"auto\" or a count"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(".toml"),
+        "names a file the user never wrote: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_says_did_you_mean_for_a_misspelt_key_with_file_line_col() {
+    let cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
+    let toml = cfg
+        .to_toml()
+        .replace("workers = 1", "workers = 1\nbacklgo = 10");
+    let path = write_temp("ringgate-check-typo", "toml", toml.as_bytes());
+    let out = run_ringgate(&[OsStr::new("check"), path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.success);
+    let want = format!(
+        "{}:3:1: server.backlgo: unknown key `backlgo`; did you mean `backlog`?",
+        path.display()
+    );
+    assert!(
+        out.stderr.contains(&want),
+        "want {want:?} in:\n{}",
+        out.stderr
     );
 }
