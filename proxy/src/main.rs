@@ -13,6 +13,7 @@ mod gossip;
 mod health;
 mod io;
 mod metrics;
+mod notify;
 mod state;
 mod stop;
 mod ticker;
@@ -193,6 +194,8 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let notifier = notify::Notifier::from_env();
+    notifier.ready(&format!("serving {}", path.display()));
     let mut draining: Vec<Generation> = Vec::new();
     // A worker ends only by draining (a panic ends the process), so there
     // is nothing to watch between signals.
@@ -201,6 +204,7 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         match request {
             Control::Stop(signal) => {
                 stopping.request();
+                notifier.stopping();
                 eprintln!(
                     "ringgate: {signal}: draining (closing listeners, up to {})",
                     humantime::format_duration(current.config.server.drain_timeout)
@@ -213,12 +217,14 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                 break;
             }
             Control::Reload => {
+                notifier.reloading();
                 let config = match ringgate_config::load(path) {
                     Ok(config) => config,
                     Err(errors) => {
                         eprintln!(
                             "ringgate: SIGHUP: not reloaded, the running config stays:\n{errors}"
                         );
+                        notifier.ready("reload refused: invalid config; serving the previous one");
                         continue;
                     }
                 };
@@ -244,9 +250,14 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                             humantime::format_duration(previous.config.server.drain_timeout)
                         );
                         draining.push(previous);
+                        notifier.ready(&format!(
+                            "serving {} (generation {generation})",
+                            path.display()
+                        ));
                     }
                     Err(e) => {
-                        eprintln!("ringgate: SIGHUP: not reloaded ({e}); the running config stays")
+                        eprintln!("ringgate: SIGHUP: not reloaded ({e}); the running config stays");
+                        notifier.ready("reload refused: start-up failed; serving the previous one");
                     }
                 }
             }
