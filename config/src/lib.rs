@@ -16,6 +16,7 @@
 
 mod error;
 mod model;
+mod print;
 mod raw;
 mod validate;
 
@@ -23,6 +24,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use print::to_toml;
 
 /// Reads and parses the config file at `path`. A read failure is reported as
 /// a [`ConfigError`] at line 1, column 1 with key `(file)`.

@@ -1648,3 +1648,83 @@ fn a_weight_out_of_range_is_not_reported_again_as_unequal_weights() {
     let text = text.replace("weight = 0", "weight = 2");
     assert_eq!(only_error(&text).key, "upstreams[0].balance");
 }
+
+// ---- printing the effective config ----
+
+/// print → parse gives the same config, and printing that gives the same text.
+#[track_caller]
+fn assert_round_trip(text: &str) {
+    let config = ok(text);
+    let printed = to_toml(&config);
+    let again = match parse(&printed, "printed.toml") {
+        Ok(c) => c,
+        Err(e) => panic!("the printed config does not parse:\n{e}\n--- printed ---\n{printed}"),
+    };
+    assert_eq!(
+        format!("{again:#?}"),
+        format!("{config:#?}"),
+        "printed:\n{printed}"
+    );
+    assert_eq!(to_toml(&again), printed);
+}
+
+#[test]
+fn every_example_round_trips_through_print() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            assert_round_trip(&std::fs::read_to_string(&path).expect("read example"));
+        }
+    }
+}
+
+#[test]
+fn printed_config_fills_in_every_default() {
+    let printed = to_toml(&ok(BASE));
+    for line in [
+        "workers = \"auto\"",
+        "backlog = 1024",
+        "drain_timeout = \"30s\"",
+        "io_uring_setup = \"auto\"",
+        "max_head_size = 16384",
+        "keepalive_timeout = \"1m 15s\"",
+        "balance = \"weighted_round_robin\"",
+        "backends = [{ address = \"127.0.0.1:9000\", weight = 1 }]",
+        "timeouts = { connect = \"1s\", response = \"30s\", send = \"1m\", idle = \"1m\" }",
+        "outlier_detection = { consecutive_failures = 5,",
+        "match = { path_prefix = \"/\" }",
+    ] {
+        assert!(printed.contains(line), "no {line:?} in:\n{printed}");
+    }
+}
+
+#[test]
+fn every_optional_feature_round_trips_through_print() {
+    let text = format!(
+        "[server]\nworkers = 3\npin = false\ngossip_interval = \"2ms 500us\"\ndrain_timeout = \"1m 30s\"\nio_uring_setup = \"plain\"\nshare_ports = true\n\
+         [admin]\naddress = \"[::1]:9901\"\n[access_log]\npath = \"/tmp/a \\\"quoted\\\" log\"\nbuffer = \"1MiB\"\n\
+         {}",
+        BASE.replace(
+            "upstream = \"api\"\n",
+            "upstream = \"api\"\nmatch = { host = \"*.Example.COM.\", path_prefix = \"/v1/\", methods = [\"POST\", \"GET\"], headers = { X-B = \"2\", a = \"1\" } }\n\
+             rate_limit = { key = \"header:X-Key\", rate = \"600/m\" }\nrewrite = { prefix = \"/v2/\" }\n\
+             request_headers = { set = { X-B = \"2\", a = \" 1 \" }, remove = [\"X-Debug\"] }\nresponse_headers = { remove = [\"server\"] }\n",
+        )
+    ) + "balance = \"maglev_hash\"\nhash_key = \"cookie:Sess\"\n\
+         health_check = { path = \"/h\", interval = \"2s\", timeout = \"1s\" }\n\
+         retries = { on = [\"5xx\", \"timeout\"], budget = \"5%\" }\n\
+         circuit_breaker = { max_pending = 7 }\npool = { max_idle_per_backend = 0 }\n";
+    assert_round_trip(&text);
+}
+
+#[test]
+fn a_header_set_twice_in_different_case_is_refused() {
+    let text = route_with("request_headers = { set = { X-A = \"1\", x-a = \"2\" } }");
+    assert_error_at(
+        &text,
+        "{ X-A",
+        "routes[0].request_headers.set",
+        "listed twice",
+    );
+}

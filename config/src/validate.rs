@@ -1132,19 +1132,30 @@ fn header_edits(c: &mut Checker<'_>, key: &str, raw: &RawHeaderEdits) -> HeaderE
     };
     if let Some(table) = &raw.set {
         for (name, value) in table.get_ref() {
-            let why = check_name(name).or_else(|| {
-                value
-                    .bytes()
-                    .any(|b| b.is_ascii_control() && b != b'\t')
-                    .then(|| format!("the value for {name:?} must not contain control characters"))
-            });
+            let lower = name.to_ascii_lowercase();
+            let why = check_name(name)
+                .or_else(|| {
+                    value
+                        .bytes()
+                        .any(|b| b.is_ascii_control() && b != b'\t')
+                        .then(|| {
+                            format!("the value for {name:?} must not contain control characters")
+                        })
+                })
+                .or_else(|| {
+                    edits
+                        .set
+                        .iter()
+                        .any(|(n, _)| *n == lower)
+                        .then(|| format!("{name:?} is listed twice (names are case-insensitive)"))
+                });
             match why {
                 Some(why) => c.err(table.span(), format!("{key}.set"), why),
-                None => edits
-                    .set
-                    .push((name.to_ascii_lowercase(), value.trim().to_owned())),
+                None => edits.set.push((lower, value.trim().to_owned())),
             }
         }
+        // One order however the names were capitalised.
+        edits.set.sort();
     }
     for (j, name) in raw.remove.iter().flatten().enumerate() {
         let text = name.get_ref();

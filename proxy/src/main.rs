@@ -41,6 +41,10 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Print the effective configuration of -c FILE, every default filled
+    /// in, as TOML that `check` accepts; then exit.
+    #[arg(long, requires = "config")]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -95,7 +99,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        (Some(_), _) if cli.print_config => {
+            eprintln!(
+                "ringgate: --print-config takes no subcommand: `ringgate --print-config -c FILE`"
+            );
+            ExitCode::from(2)
+        }
         (Some(Command::Demo(args)), _) => demo::run(args),
+        (None, Some(path)) if cli.print_config => match ringgate_config::load(&path) {
+            Ok(config) => {
+                print!(
+                    "# The effective configuration of {}: every default filled in.\n{}",
+                    path.display(),
+                    ringgate_config::to_toml(&config)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
         (None, Some(path)) => match ringgate_config::load(&path) {
             Ok(config) => serve(&path, config),
             Err(errors) => {

@@ -286,3 +286,62 @@ fn check_says_did_you_mean_for_a_misspelt_key_with_file_line_col() {
         out.stderr
     );
 }
+
+/// `--print-config` output without its first line, which names the file.
+fn printed_config(path: &std::path::Path) -> String {
+    let out = run_ringgate(&[
+        OsStr::new("--print-config"),
+        OsStr::new("-c"),
+        path.as_os_str(),
+    ]);
+    assert!(
+        out.success,
+        "--print-config -c {}: {}",
+        path.display(),
+        out.stderr
+    );
+    let (first, rest) = out.stdout.split_once('\n').expect("more than one line");
+    assert!(first.starts_with('#'), "{first}");
+    rest.to_owned()
+}
+
+#[test]
+fn print_config_round_trips_through_check_to_the_same_effective_config() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    for name in ["minimal.toml", "full.toml", "multi-route.toml"] {
+        let source = examples.join(name);
+        let printed = printed_config(&source);
+        assert!(
+            printed.contains("drain_timeout = ") && printed.contains("max_head_size = "),
+            "{name}: defaults not filled in:\n{printed}"
+        );
+        let copy = write_temp("ringgate-printed", "toml", printed.as_bytes());
+        let check = run_ringgate(&[OsStr::new("check"), copy.as_os_str()]);
+        let again = printed_config(&copy);
+        let _ = std::fs::remove_file(&copy);
+        // full.toml logs to /var/log/ringgate, which need not exist here.
+        assert!(
+            check.success || check.stderr.contains("access_log.path /var/log/ringgate"),
+            "check refused the printed {name}:\n{}\n{printed}",
+            check.stderr
+        );
+        assert_eq!(
+            again, printed,
+            "{name}: printing the printed config changed it"
+        );
+    }
+}
+
+#[test]
+fn print_config_of_a_bad_file_prints_its_errors_and_nothing_else() {
+    let bad = write_temp("ringgate-print-bad", "toml", b"[server]\nworkers = 0\n");
+    let out = run_ringgate(&[
+        OsStr::new("--print-config"),
+        OsStr::new("-c"),
+        bad.as_os_str(),
+    ]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("server.workers"), "{}", out.stderr);
+}
