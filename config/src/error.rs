@@ -350,3 +350,29 @@ fn syntax_error_key(text: &str, offset: usize) -> String {
         _ => table,
     }
 }
+
+/// Where the value of dotted `key` (as in [`ConfigError::key`], e.g.
+/// `listeners[1].address`) is written in `text`: 1-based line and column.
+/// For problems found outside the file's text (a log that cannot be
+/// opened, an address that cannot be bound), so they are reported like
+/// every other config error. `None` when the key is not in the text.
+pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let doc = ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        item = item.get(name)?;
+        if let Some(i) = index {
+            item = item.get(i)?;
+        }
+    }
+    let span = match item {
+        Item::Value(v) => v.span(),
+        Item::Table(t) => t.span(),
+        _ => None,
+    }?;
+    Some(line_column(text, span.start))
+}

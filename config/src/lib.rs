@@ -22,7 +22,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{locate, ConfigError, ConfigErrors};
 pub use model::*;
 pub use print::to_toml;
 

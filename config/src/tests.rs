@@ -1728,3 +1728,44 @@ fn a_header_set_twice_in_different_case_is_refused() {
         "listed twice",
     );
 }
+
+#[test]
+fn dual_stack_wildcard_overlaps_ipv4_listeners_on_its_port() {
+    let text = BASE.replace("127.0.0.1:8080", "[::]:8080").replace(
+        "[[routes]]",
+        "[[listeners]]\nname = \"v4\"\naddress = \"127.0.0.1:8080\"\n\n[[routes]]",
+    );
+    let e = only_error(&text);
+    assert_eq!(e.key, "listeners[1].address", "{e}");
+    assert!(e.message.contains("dual-stack"), "{e}");
+    ok(&text.replace("127.0.0.1:8080", "127.0.0.1:8081"));
+    ok(&text.replace("127.0.0.1:8080", "[::1]:8081"));
+}
+
+#[test]
+fn admin_overlapping_a_listener_is_refused() {
+    for (listener, admin) in [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "0.0.0.0:8080"),
+        ("127.0.0.1:8080", "[::]:8080"),
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+    ] {
+        let text = format!(
+            "[admin]\naddress = \"{admin}\"\n{}",
+            BASE.replace("127.0.0.1:8080", listener)
+        );
+        let e = only_error(&text);
+        assert_eq!((e.key.as_str(), e.line), ("admin.address", 2), "{e}");
+        assert!(e.message.contains("listener on line 5"), "{e}");
+    }
+    ok(&format!("[admin]\naddress = \"127.0.0.1:9901\"\n{BASE}"));
+}
+
+#[test]
+fn locate_finds_the_value_of_a_dotted_key() {
+    let text = format!("[admin]\naddress = \"127.0.0.1:9901\"\n{BASE}");
+    assert_eq!(locate(&text, "admin.address"), Some((2, 11)));
+    assert_eq!(locate(&text, "listeners[0].address"), Some((5, 11)));
+    assert_eq!(locate(&text, "listeners[1].address"), None);
+    assert_eq!(locate(&text, "access_log.path"), None);
+}

@@ -224,30 +224,12 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             });
             continue;
         };
-        // Port 0 asks the kernel for a fresh port each time, so it never clashes.
-        if address.port() != 0 {
-            // A wildcard and a specific address of one family on one port
-            // overlap: with SO_REUSEPORT both bind, and which listener (and
-            // so which routes) a client reaches depends on the address it
-            // dialled. Refused, like an exact repeat.
-            let overlapping = listener_addrs.iter().find(|(other, _)| {
-                **other == address
-                    || (other.port() == address.port()
-                        && other.is_ipv4() == address.is_ipv4()
-                        && other.ip().is_unspecified() != address.ip().is_unspecified())
-            });
-            if let Some((other, first)) = overlapping {
-                let line = c.line_of(first);
-                let why = if *other == address {
-                    format!("address {address} is already used by the listener on line {line}")
-                } else {
-                    format!(
-                        "address {address} overlaps {other}, used by the listener on line {line}: \
-                         a wildcard and a specific address cannot share a port"
-                    )
-                };
-                c.err(l.address.span(), key, why);
-            } else {
+        let clash = listener_addrs
+            .iter()
+            .find_map(|(other, first)| clash(*other, address, c.line_of(first)));
+        match clash {
+            Some(why) => c.err(l.address.span(), key, why),
+            None => {
                 listener_addrs.insert(address, l.address.span());
             }
         }
@@ -355,13 +337,13 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     let access_log = raw.access_log.as_ref().map(|raw| access_log(&mut c, raw));
     let admin = raw.admin.as_ref().and_then(|raw| {
         let address = c.address(&raw.address, "admin.address")?;
-        if let Some(first) = listener_addrs.get(&address).filter(|_| address.port() != 0) {
-            let line = c.line_of(first);
-            c.err(
-                raw.address.span(),
-                "admin.address",
-                format!("address {address} is already used by the listener on line {line}"),
-            );
+        // The admin socket binds without SO_REUSEPORT: any overlap with a
+        // listener fails start-up.
+        let clash = listener_addrs
+            .iter()
+            .find_map(|(other, first)| clash(*other, address, c.line_of(first)));
+        if let Some(why) = clash {
+            c.err(raw.address.span(), "admin.address", why);
         }
         Some(Admin { address })
     });
@@ -379,6 +361,40 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(c.errors))
+    }
+}
+
+/// Why `address` cannot be bound beside `other`, if it cannot. Port 0
+/// asks the kernel for a fresh port each time, so it never clashes. A
+/// wildcard and a specific address of one family on one port overlap:
+/// with SO_REUSEPORT both bind, and which listener (and so which routes) a
+/// client reaches depends on the address it dialled. `[::]` is dual-stack
+/// (the proxy leaves IPV6_V6ONLY to the kernel's default, off), so it
+/// overlaps every IPv4 address on its port too.
+fn clash(other: SocketAddr, address: SocketAddr, line: usize) -> Option<String> {
+    if address.port() == 0 || other.port() != address.port() {
+        return None;
+    }
+    let dual_stack =
+        |a: SocketAddr, b: SocketAddr| a.is_ipv6() && a.ip().is_unspecified() && b.is_ipv4();
+    if other == address {
+        Some(format!(
+            "address {address} is already used by the listener on line {line}"
+        ))
+    } else if other.is_ipv4() == address.is_ipv4()
+        && other.ip().is_unspecified() != address.ip().is_unspecified()
+    {
+        Some(format!(
+            "address {address} overlaps {other}, used by the listener on line {line}: \
+             a wildcard and a specific address cannot share a port"
+        ))
+    } else if dual_stack(other, address) || dual_stack(address, other) {
+        Some(format!(
+            "address {address} overlaps {other}, used by the listener on line {line}: \
+             [::] also accepts IPv4 on its port (dual-stack)"
+        ))
+    } else {
+        None
     }
 }
 

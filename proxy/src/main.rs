@@ -84,8 +84,19 @@ fn main() -> ExitCode {
             match ringgate_config::load(&config) {
                 Ok(loaded) => {
                     let problems = start_up_problems(&loaded, bind);
-                    for p in &problems {
-                        eprintln!("{}: {p}", config.display());
+                    // Located like every other config error, by the key
+                    // whose value start-up could not use.
+                    let text = std::fs::read_to_string(&config).unwrap_or_default();
+                    for (key, message) in &problems {
+                        let (line, column) = ringgate_config::locate(&text, key).unwrap_or((1, 1));
+                        let error = ringgate_config::ConfigError {
+                            file: config.display().to_string(),
+                            line,
+                            column,
+                            key: key.clone(),
+                            message: message.clone(),
+                        };
+                        eprintln!("{error}");
                     }
                     if !problems.is_empty() {
                         return ExitCode::from(2);
@@ -134,10 +145,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// What start-up would refuse beyond the file itself: an access log that
-/// cannot be opened for appending and, with `bind`, listener and admin
-/// addresses that cannot be bound (each is bound and released at once).
-fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<String> {
+/// What start-up would refuse beyond the file itself, as (dotted key,
+/// message): an access log that cannot be opened for appending and, with
+/// `bind`, listener and admin addresses that cannot be bound. Every socket
+/// is held until all are bound, admin first as at start-up, so addresses
+/// of one config that collide with each other are found too.
+fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if let Some(log) = &config.access_log {
         let existed = log.path.exists();
@@ -151,21 +164,33 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<String
                 let _ = std::fs::remove_file(&log.path);
             }
             Ok(_) => {}
-            Err(e) => problems.push(format!("access_log.path {}: {e}", log.path.display())),
+            Err(e) => problems.push((
+                "access_log.path".to_owned(),
+                format!("cannot open {} for appending: {e}", log.path.display()),
+            )),
         }
     }
     if bind {
-        for listener in &config.listeners {
-            if let Err(e) = worker::probe_bind(listener.address, config.server.share_ports) {
-                problems.push(format!(
-                    "listener {} on {}: {e}",
-                    listener.name, listener.address
-                ));
+        let mut held = Vec::new();
+        if let Some(admin) = &config.admin {
+            match std::net::TcpListener::bind(admin.address) {
+                Ok(socket) => held.push(socket),
+                Err(e) => problems.push((
+                    "admin.address".to_owned(),
+                    format!("cannot bind {}: {e}", admin.address),
+                )),
             }
         }
-        if let Some(admin) = &config.admin {
-            if let Err(e) = std::net::TcpListener::bind(admin.address) {
-                problems.push(format!("admin.address {}: {e}", admin.address));
+        for (i, listener) in config.listeners.iter().enumerate() {
+            match worker::probe_bind(listener.address, config.server.share_ports) {
+                Ok(socket) => held.push(socket),
+                Err(e) => problems.push((
+                    format!("listeners[{i}].address"),
+                    format!(
+                        "cannot bind {} (listener {}): {e}",
+                        listener.address, listener.name
+                    ),
+                )),
             }
         }
     }

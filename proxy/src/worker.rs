@@ -94,15 +94,15 @@ fn held_elsewhere(addr: SocketAddr) -> io::Result<bool> {
 }
 
 /// For `check --bind`: would start-up bind `addr`? Binds it the way a
-/// worker does and releases it at once.
-pub fn probe_bind(addr: SocketAddr, share_ports: bool) -> io::Result<()> {
+/// worker does and hands the socket back for the caller to release.
+pub fn probe_bind(addr: SocketAddr, share_ports: bool) -> io::Result<std::net::TcpListener> {
     if !share_ports && held_elsewhere(addr)? {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             "address already in use by another process",
         ));
     }
-    bind(addr, 1).map(drop)
+    bind(addr, 1)
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
