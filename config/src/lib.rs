@@ -7,7 +7,9 @@
 //! as [`Duration`](std::time::Duration), addresses as
 //! [`SocketAddr`](std::net::SocketAddr), listener and upstream references as
 //! indices). Every error names file, line, column and dotted key, and semantic
-//! errors are all reported at once.
+//! errors are all reported at once. [`to_toml`] writes a validated config
+//! back as TOML with every default filled in; [`locate`] finds a key in the
+//! text, for problems the binary finds outside it (a log it cannot open).
 //!
 //! It does no I/O beyond reading the one file in [`load`]: no DNS (addresses
 //! must be IP literals), no sockets, no CPU-affinity look-up (`workers =

@@ -178,6 +178,18 @@ fn one<'a>(keys: &'a HashMap<String, Vec<String>>, key: &str) -> &'a str {
     }
 }
 
+/// The service's process, killed if the test ends early: a process left
+/// running would keep the ports, and whatever file descriptors the test
+/// runner inherited, for as long as it lives.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The next notification datagram, as text.
 fn next_notification(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
@@ -301,13 +313,15 @@ fn deploy_md_install_steps_and_unit_work_as_written() {
     let exec_start = root.rewrite(one(&keys, "ExecStart"));
     let mut argv = exec_start.split_whitespace();
     let stderr_path = temp_path("ringgate-deploy-stderr", "log");
-    let mut child = Command::new(argv.next().expect("ExecStart has a command"))
-        .args(argv)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn ExecStart");
+    let mut child = KillOnDrop(
+        Command::new(argv.next().expect("ExecStart has a command"))
+            .args(argv)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("spawn ExecStart"),
+    );
     let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
 
     let ready = next_notification(&notify);
@@ -325,7 +339,7 @@ fn deploy_md_install_steps_and_unit_work_as_written() {
     })
     .unwrap_or_else(|log| panic!("no access log line in the LogsDirectory: {log:?}"));
 
-    let reload = one(&keys, "ExecReload").replace("$MAINPID", &child.id().to_string());
+    let reload = one(&keys, "ExecReload").replace("$MAINPID", &child.0.id().to_string());
     let out = bash(&root.rewrite(&reload), &root);
     assert!(out.success, "ExecReload failed: {}", out.stderr);
     let (_, ready) = expect_reload_notifications(&notify);
@@ -337,7 +351,7 @@ fn deploy_md_install_steps_and_unit_work_as_written() {
 
     // systemd stops a unit with SIGTERM (KillSignal's default).
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
@@ -345,13 +359,12 @@ fn deploy_md_install_steps_and_unit_work_as_written() {
     assert_eq!(field(&stopping, "STOPPING"), Some("1"), "{stopping:?}");
     let stop_timeout: u64 = one(&keys, "TimeoutStopSec").parse().expect("seconds");
     let exit = eventually(Duration::from_secs(stop_timeout), || {
-        match child.try_wait() {
+        match child.0.try_wait() {
             Ok(Some(status)) => Ok(status),
             _ => Err(String::new()),
         }
     })
     .unwrap_or_else(|_| {
-        let _ = child.kill();
         panic!(
             "did not exit within TimeoutStopSec={stop_timeout}: {}",
             stderr()
@@ -397,5 +410,47 @@ fn a_notify_socket_that_is_no_socket_name_is_reported_and_the_proxy_serves() {
         proxy.stderr().contains("NOTIFY_SOCKET=relative/path"),
         "{}",
         proxy.stderr()
+    );
+}
+
+/// README's "Running it" starts minimal.toml with a backend the reader can
+/// run: the backend command listens where minimal.toml sends requests, and
+/// the curl goes where minimal.toml listens.
+#[test]
+fn readme_minimal_example_has_a_backend_where_minimal_toml_points() {
+    let readme = read(&repo_root().join("README.md"));
+    let block = readme
+        .split("## Running it")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README has a ```sh block under ## Running it");
+    let minimal = read(&repo_root().join("config/examples/minimal.toml"));
+    let addresses: Vec<&str> = minimal
+        .lines()
+        .filter_map(|l| l.split("address = \"").nth(1)?.split('"').next())
+        .collect();
+    let [listener, backend] = addresses[..] else {
+        panic!("minimal.toml should have one listener and one backend address: {addresses:?}")
+    };
+    let (backend_ip, backend_port) = backend.rsplit_once(':').expect("ip:port");
+    let server = block
+        .lines()
+        .find(|l| l.contains("http.server"))
+        .expect("a backend command");
+    assert!(
+        server.contains(&format!("http.server {backend_port} --bind {backend_ip}")),
+        "{server:?} does not serve minimal.toml's backend {backend}"
+    );
+    assert!(
+        block.contains(&format!("curl -i http://{listener}/")),
+        "no curl to minimal.toml's listener {listener} in:\n{block}"
+    );
+    assert!(
+        block
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("cargo build --release ")),
+        "the block starts with the plain release build: {block}"
     );
 }
