@@ -62,10 +62,38 @@ struct Broken {
     parts: Parts,
     marker: String,
     key: &'static str,
+    /// Run check and start-up as `nobody`, as a service user would run.
+    as_nobody: bool,
 }
 
 fn check(path: &std::path::Path) -> ringgate_tests::proxy::CommandOutput {
     run_ringgate(&[OsStr::new("check"), OsStr::new("--bind"), path.as_os_str()])
+}
+
+/// `ringgate`, or `ringgate` run as `nobody` through setpriv (util-linux).
+fn ringgate(as_nobody: bool) -> Command {
+    if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(ringgate_bin());
+        c
+    } else {
+        Command::new(ringgate_bin())
+    }
+}
+
+/// Root may write anywhere, so an unwritable directory needs another user:
+/// possible when the tests run as root and setpriv is installed.
+fn can_run_as_nobody() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let setpriv = Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    root && setpriv
 }
 
 #[test]
@@ -100,7 +128,25 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
             parts,
             marker: format!("path = \"{path}\""),
             key: "access_log.path",
+            as_nobody: false,
         });
+    }
+    // A log directory the service user cannot write (root-owned, 0755).
+    let root_only = temp_path("ringgate-root-only", "d");
+    std::fs::create_dir_all(&root_only).expect("mkdir");
+    if can_run_as_nobody() {
+        let path = root_only.join("access.log").display().to_string();
+        let mut parts = base.clone();
+        parts.access_log = Some(path.clone());
+        cases.push(Broken {
+            what: "access log in a directory the user cannot write",
+            parts,
+            marker: format!("path = \"{path}\""),
+            key: "access_log.path",
+            as_nobody: true,
+        });
+    } else {
+        println!("skipped the unwritable log directory case: it needs root (to switch to nobody) and setpriv");
     }
     // Addresses that cannot be bound.
     for (what, address, admin) in [
@@ -141,6 +187,7 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
             parts,
             marker: format!("address = \"{address}\""),
             key,
+            as_nobody: false,
         });
     }
     // Addresses of one config that collide with each other.
@@ -176,6 +223,7 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
             parts,
             marker: format!("address = \"{second}\""),
             key: "listeners[1].address",
+            as_nobody: false,
         });
     }
     for (what, admin, listener) in [
@@ -208,6 +256,7 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
             parts,
             marker: format!("[admin]\naddress = \"{admin}\""),
             key: "admin.address",
+            as_nobody: false,
         });
     }
     // Bad values.
@@ -233,6 +282,7 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
             parts,
             marker: line.to_owned(),
             key,
+            as_nobody: false,
         });
     }
 
@@ -246,7 +296,14 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
             .unwrap_or_else(|| panic!("{}: no marker", case.what));
         let line =
             toml[..marker_start].matches('\n').count() + 1 + case.marker.matches('\n').count();
-        let out = check(&path);
+        let out = run_with_timeout(
+            ringgate(case.as_nobody).args([
+                OsStr::new("check"),
+                OsStr::new("--bind"),
+                path.as_os_str(),
+            ]),
+            Duration::from_secs(10),
+        );
         let located = format!("{}:{line}:", path.display());
         let keyed = out.stderr.lines().any(|l| {
             l.strip_prefix(&located).is_some_and(|rest| {
@@ -261,7 +318,7 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
             ));
         }
         let started = run_with_timeout(
-            Command::new(ringgate_bin()).arg("-c").arg(&path),
+            ringgate(case.as_nobody).arg("-c").arg(&path),
             Duration::from_secs(10),
         );
         if started.success {
@@ -270,6 +327,7 @@ fn check_refuses_each_broken_config_with_file_line_col_and_start_up_refuses_it_t
         let _ = std::fs::remove_file(&path);
     }
     let _ = std::fs::remove_file(&a_file);
+    let _ = std::fs::remove_dir_all(&root_only);
     assert!(
         failures.is_empty(),
         "{} of {} broken configs:\n\n{}",
