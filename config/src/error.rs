@@ -106,23 +106,112 @@ pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// toml's messages may span lines; an error list is one error per line.
-/// serde names the raw struct on a type mismatch ("expected struct
-/// RawServer"); the operator wrote a table, so say that.
+/// serde's messages speak Rust (`expected i64`, `unknown field`, `unknown
+/// variant`, `expected struct RawServer`); the operator wrote TOML, so they
+/// are said in TOML's words, with a "did you mean" where a name is close.
 fn one_line(message: &str) -> String {
-    let message = match message.find("expected struct Raw") {
-        Some(at) => {
-            let tail = &message[at + "expected struct Raw".len()..];
-            let rest = tail.trim_start_matches(|c: char| c.is_ascii_alphanumeric());
-            format!("{}expected a table{rest}", &message[..at])
-        }
-        None => message.to_owned(),
-    };
+    let message = for_people(message);
     message
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Rewrites serde's wording of a schema error for someone who wrote TOML.
+fn for_people(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        return unknown_name("key", rest);
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        return unknown_name("value", rest);
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some((found, expected)) = rest.split_once(", expected ") {
+                let found = match found {
+                    "sequence" => "array",
+                    "map" => "table",
+                    other => other,
+                };
+                return format!("{prefix}{found}, expected {}", type_name(expected));
+            }
+        }
+    }
+    message.to_owned()
+}
+
+/// serde's name of an expected type, as TOML calls it.
+fn type_name(expected: &str) -> String {
+    let (head, tail) = expected
+        .split_once(char::is_whitespace)
+        .map_or((expected, ""), |(h, t)| (h, t));
+    let word = match head {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128"
+        | "usize" => "an integer",
+        "f32" | "f64" => "a number",
+        "char" => "a one-character string",
+        "struct" if tail.starts_with("Raw") => return "a table".to_owned(),
+        "a" if tail == "sequence" => return "an array".to_owned(),
+        "a" if tail == "map" => return "a table".to_owned(),
+        _ => return expected.to_owned(),
+    };
+    if tail.is_empty() {
+        word.to_owned()
+    } else {
+        format!("{word} {tail}")
+    }
+}
+
+/// serde's `` `NAME`, expected one of `A`, `B` `` (or `` expected `A` ``,
+/// or `there are no fields`) → "unknown key `NAME`; did you mean `B`? (one
+/// of `A`, `B`)".
+fn unknown_name(what: &str, rest: &str) -> String {
+    let mut quoted = rest.split('`').skip(1).step_by(2);
+    let Some(name) = quoted.next() else {
+        return format!("unknown {what} {rest}");
+    };
+    let known: Vec<&str> = quoted.collect();
+    let mut message = format!("unknown {what} `{name}`");
+    if let Some(close) = did_you_mean(name, known.iter().copied()) {
+        message.push_str(&format!("; did you mean `{close}`?"));
+    }
+    match known.as_slice() {
+        [] => message.push_str(&format!("; no {what}s are allowed here")),
+        [one] => message.push_str(&format!(" (the only {what} allowed is `{one}`)")),
+        many => {
+            let list: Vec<String> = many.iter().map(|k| format!("`{k}`")).collect();
+            message.push_str(&format!(" (expected one of {})", list.join(", ")));
+        }
+    }
+    message
+}
+
+/// The candidate closest to `word` if it is close enough to be a slip of
+/// the keyboard (a dropped, doubled or swapped letter, a different case or
+/// separator), else `None`.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let folded = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let word_folded = folded(word);
+    candidates
+        .into_iter()
+        .filter(|c| *c != word)
+        .map(|c| {
+            let candidate = folded(c);
+            let score = strsim::normalized_damerau_levenshtein(&word_folded, &candidate);
+            // A shortened name ("defer" for "defer_taskrun") is a slip too.
+            let prefix = word_folded.len() >= 3 && candidate.starts_with(&word_folded);
+            (c, if prefix { score.max(0.6) } else { score })
+        })
+        // 0.6: "backlgo"→"backlog" (0.71) and "least_con"→"least_conn" (0.9)
+        // pass; two different short words ("pin"→"te") do not.
+        .filter(|&(_, score)| score >= 0.6)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(c, _)| c)
 }
 
 fn missing_field(message: &str) -> Option<&str> {
@@ -260,4 +349,30 @@ fn syntax_error_key(text: &str, offset: usize) -> String {
         }
         _ => table,
     }
+}
+
+/// Where the value of dotted `key` (as in [`ConfigError::key`], e.g.
+/// `listeners[1].address`) is written in `text`: 1-based line and column.
+/// For problems found outside the file's text (a log that cannot be
+/// opened, an address that cannot be bound), so they are reported like
+/// every other config error. `None` when the key is not in the text.
+pub fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let doc = ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    for segment in key.split('.') {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (segment, None),
+        };
+        item = item.get(name)?;
+        if let Some(i) = index {
+            item = item.get(i)?;
+        }
+    }
+    let span = match item {
+        Item::Value(v) => v.span(),
+        Item::Table(t) => t.span(),
+        _ => None,
+    }?;
+    Some(line_column(text, span.start))
 }

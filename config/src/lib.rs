@@ -7,7 +7,9 @@
 //! as [`Duration`](std::time::Duration), addresses as
 //! [`SocketAddr`](std::net::SocketAddr), listener and upstream references as
 //! indices). Every error names file, line, column and dotted key, and semantic
-//! errors are all reported at once.
+//! errors are all reported at once. [`to_toml`] writes a validated config
+//! back as TOML with every default filled in; [`locate`] finds a key in the
+//! text, for problems the binary finds outside it (a log it cannot open).
 //!
 //! It does no I/O beyond reading the one file in [`load`]: no DNS (addresses
 //! must be IP literals), no sockets, no CPU-affinity look-up (`workers =
@@ -16,13 +18,15 @@
 
 mod error;
 mod model;
+mod print;
 mod raw;
 mod validate;
 
 use std::path::Path;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{locate, ConfigError, ConfigErrors};
 pub use model::*;
+pub use print::to_toml;
 
 /// Reads and parses the config file at `path`. A read failure is reported as
 /// a [`ConfigError`] at line 1, column 1 with key `(file)`.

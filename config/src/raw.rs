@@ -274,9 +274,12 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
         other => {
+            let hint = crate::error::did_you_mean(other, ["B", "KiB", "MiB", "GiB"])
+                .map(|unit| format!(r#" (did you mean "{number}{unit}"?)"#))
+                .unwrap_or_default();
             return Err(format!(
-                r#"invalid size "{text}": unknown unit "{other}"; {SIZE_HINT}"#
-            ))
+                r#"invalid size "{text}": unknown unit "{other}"{hint}; {SIZE_HINT}"#
+            ));
         }
     };
     number
@@ -292,7 +295,8 @@ impl<'de> Deserialize<'de> for Size {
         impl Visitor<'_> for V {
             type Value = Size;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(SIZE_HINT)
+                // "expected a byte count such as ...", not "expected write ...".
+                f.write_str(SIZE_HINT.trim_start_matches("write "))
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Size, E> {
                 u64::try_from(n)
@@ -332,6 +336,11 @@ impl<'de> Deserialize<'de> for Workers {
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Workers, E> {
                 if s == "auto" {
                     Ok(Workers::Auto)
+                } else if s.trim().parse::<i64>().is_ok() {
+                    Err(E::custom(format!(
+                        r#"invalid worker count "{s}": a count is written without quotes, such as workers = {}"#,
+                        s.trim()
+                    )))
                 } else {
                     Err(E::custom(format!(
                         r#"invalid worker count "{s}": write "auto" or an integer in 1..={WORKERS_MAX}"#

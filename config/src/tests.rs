@@ -307,7 +307,7 @@ fn unknown_key_points_at_the_key() {
         2,
         1,
         "server.bogus",
-        "unknown field `bogus`",
+        "unknown key `bogus`",
     );
 }
 
@@ -317,7 +317,7 @@ fn unknown_key_in_an_inline_table_points_at_the_key() {
         "upstream = \"api\"\n\n",
         "match = { paht = \"/\" }\nupstream = \"api\"\n\n",
     );
-    assert_error(&text, 7, 11, "routes[0].match.paht", "unknown field `paht`");
+    assert_error(&text, 7, 11, "routes[0].match.paht", "unknown key `paht`");
 }
 
 #[test]
@@ -328,7 +328,7 @@ fn unknown_key_in_a_backend_names_its_index() {
         11,
         43,
         "upstreams[0].backends[0].wieght",
-        "unknown field `wieght`",
+        "unknown key `wieght`",
     );
 }
 
@@ -412,7 +412,7 @@ fn unknown_balance_is_refused() {
         11,
         11,
         "upstreams[0].balance",
-        "unknown variant `fastest`",
+        "unknown value `fastest`",
     );
 }
 
@@ -444,7 +444,7 @@ fn route_to_a_missing_upstream_is_refused() {
         7,
         12,
         "routes[0].upstream",
-        "no upstream named \"nope\"; defined: api",
+        "no upstream named \"nope\" (defined: api)",
     );
 }
 
@@ -1074,7 +1074,7 @@ fn unknown_retry_condition_is_a_schema_error() {
         &text,
         "\"4xx\"",
         "upstreams[0].retries.on[0]",
-        "unknown variant `4xx`",
+        "unknown value `4xx`",
     );
 }
 
@@ -1117,7 +1117,7 @@ fn unknown_key_in_a_new_table_points_at_the_key() {
         &text,
         "max_pendng",
         "upstreams[0].circuit_breaker.max_pendng",
-        "unknown field `max_pendng`",
+        "unknown key `max_pendng`",
     );
 }
 
@@ -1438,7 +1438,7 @@ fn io_uring_setup_defaults_to_auto_and_names_its_choices() {
         2,
         18,
         "server.io_uring_setup",
-        "unknown variant",
+        "unknown value",
     );
 }
 
@@ -1548,4 +1548,290 @@ fn error_log_defaults_to_stderr_at_info_and_is_checked() {
     assert_error(&text, 3, 20, "error_log.lines_per_second", "out of range");
     let text = format!("[error_log]\nlevel = \"verbose\"\n\n{BASE}");
     assert_error(&text, 2, 9, "error_log.level", "verbose");
+}
+
+// ---- messages for people ----
+
+/// The one error `text` yields; a mistake must not bring follow-on errors.
+#[track_caller]
+fn only_error(text: &str) -> ConfigError {
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "one mistake, one error: {errors:#?}");
+    errors.into_iter().next().expect("one error")
+}
+
+#[test]
+fn type_errors_name_toml_types_not_rust_types() {
+    for (snippet, key, want) in [
+        (
+            "[server]\nbacklog = \"x\"",
+            "server.backlog",
+            "expected an integer",
+        ),
+        ("[server]\npin = 3", "server.pin", "expected a boolean"),
+        (
+            "[server]\ngossip_inbox = 1.5",
+            "server.gossip_inbox",
+            "expected an integer",
+        ),
+        (
+            "[limits]\nmax_headers = [1]",
+            "limits.max_headers",
+            "invalid type: array, expected an integer",
+        ),
+        (
+            "[limits]\nmax_head_size = true",
+            "limits.max_head_size",
+            "expected a byte count such as",
+        ),
+        (
+            "[limits]\nkeepalive_timeout = 5",
+            "limits.keepalive_timeout",
+            "expected a duration string",
+        ),
+        ("server = 3", "server", "expected a table"),
+        (
+            "[admin]\naddress = 9901",
+            "admin.address",
+            "expected a string",
+        ),
+    ] {
+        let e = only_error(&format!("{snippet}\n{BASE}"));
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(want), "{e} lacks {want:?}");
+        for rust in [
+            "i64", "u32", "usize", "f64", "struct", "sequence", "map", "variant", "field",
+        ] {
+            assert!(
+                !e.message
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .any(|w| w == rust),
+                "{e} speaks Rust ({rust})"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_keys_and_values_suggest_the_close_one() {
+    for (text, key, want) in [
+        (
+            format!("[server]\nbacklgo = 3\n{BASE}"),
+            "server.backlgo",
+            "unknown key `backlgo`; did you mean `backlog`?",
+        ),
+        (
+            format!("[server]\nio_uring_setup = \"defer\"\n{BASE}"),
+            "server.io_uring_setup",
+            "did you mean `defer_taskrun`?",
+        ),
+        (
+            upstream_with("balance = \"least_con\""),
+            "upstreams[0].balance",
+            "unknown value `least_con`; did you mean `least_conn`?",
+        ),
+        (
+            upstream_with("retries = { on = [\"timeuot\"] }"),
+            "upstreams[0].retries.on[0]",
+            "did you mean `timeout`?",
+        ),
+        (
+            upstream_with("balance = \"maglev_hash\"\nhash_key = \"client-ip\""),
+            "upstreams[0].hash_key",
+            "did you mean \"client_ip\"?",
+        ),
+        (
+            format!("[server]\nworkers = \"atuo\"\n{BASE}"),
+            "server.workers",
+            "write \"auto\"",
+        ),
+        (
+            format!("[limits]\nmax_head_size = \"16Kib\"\n{BASE}"),
+            "limits.max_head_size",
+            "did you mean \"16KiB\"?",
+        ),
+        (
+            BASE.replace("upstream = \"api\"", "upstream = \"apo\""),
+            "routes[0].upstream",
+            "no upstream named \"apo\"; did you mean \"api\"?",
+        ),
+        (
+            BASE.replace("listener = \"web\"", "listener = \"wbe\""),
+            "routes[0].listener",
+            "did you mean \"web\"?",
+        ),
+    ] {
+        let e = only_error(&text);
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(want), "{e} lacks {want:?}");
+    }
+}
+
+#[test]
+fn unknown_key_lists_what_is_allowed_and_guesses_nothing_when_nothing_is_close() {
+    let e = only_error(&format!("[server]\nzzz = 3\n{BASE}"));
+    assert!(!e.message.contains("did you mean"), "{e}");
+    assert!(
+        e.message.contains("expected one of `workers`, `pin`"),
+        "{e}"
+    );
+    let e = only_error(&upstream_with("balance = \"fastest\""));
+    assert!(!e.message.contains("did you mean"), "{e}");
+    assert!(e.message.contains("`round_robin`"), "{e}");
+}
+
+#[test]
+fn a_quoted_worker_count_says_to_drop_the_quotes() {
+    let e = only_error(&format!("[server]\nworkers = \"4\"\n{BASE}"));
+    assert!(
+        e.message.contains("without quotes, such as workers = 4"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_bad_listener_address_brings_no_error_on_the_routes_naming_it() {
+    let e = only_error(&BASE.replace("127.0.0.1:8080", "localhost:8080"));
+    assert_eq!(e.key, "listeners[0].address", "{e}");
+}
+
+#[test]
+fn missing_upstreams_bring_no_error_on_the_routes_naming_them() {
+    let text = BASE.split("[[upstreams]]").next().expect("base");
+    let e = only_error(text);
+    assert_eq!(e.key, "upstreams", "{e}");
+}
+
+#[test]
+fn a_weight_out_of_range_is_not_reported_again_as_unequal_weights() {
+    let text = BASE.replace(
+        "backends = [{ address = \"127.0.0.1:9000\" }]",
+        "balance = \"round_robin\"\nbackends = [{ address = \"127.0.0.1:9000\", weight = 0 }, { address = \"127.0.0.1:9001\" }]",
+    );
+    let e = only_error(&text);
+    assert_eq!(e.key, "upstreams[0].backends[0].weight", "{e}");
+    // Unequal valid weights are still refused.
+    let text = text.replace("weight = 0", "weight = 2");
+    assert_eq!(only_error(&text).key, "upstreams[0].balance");
+}
+
+// ---- printing the effective config ----
+
+/// print → parse gives the same config, and printing that gives the same text.
+#[track_caller]
+fn assert_round_trip(text: &str) {
+    let config = ok(text);
+    let printed = to_toml(&config);
+    let again = match parse(&printed, "printed.toml") {
+        Ok(c) => c,
+        Err(e) => panic!("the printed config does not parse:\n{e}\n--- printed ---\n{printed}"),
+    };
+    assert_eq!(
+        format!("{again:#?}"),
+        format!("{config:#?}"),
+        "printed:\n{printed}"
+    );
+    assert_eq!(to_toml(&again), printed);
+}
+
+#[test]
+fn every_example_round_trips_through_print() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(&dir).expect("examples dir") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            assert_round_trip(&std::fs::read_to_string(&path).expect("read example"));
+        }
+    }
+}
+
+#[test]
+fn printed_config_fills_in_every_default() {
+    let printed = to_toml(&ok(BASE));
+    for line in [
+        "workers = \"auto\"",
+        "backlog = 1024",
+        "drain_timeout = \"30s\"",
+        "io_uring_setup = \"auto\"",
+        "max_head_size = 16384",
+        "keepalive_timeout = \"1m 15s\"",
+        "balance = \"weighted_round_robin\"",
+        "backends = [{ address = \"127.0.0.1:9000\", weight = 1 }]",
+        "timeouts = { connect = \"1s\", response = \"30s\", send = \"1m\", idle = \"1m\" }",
+        "outlier_detection = { consecutive_failures = 5,",
+        "match = { path_prefix = \"/\" }",
+    ] {
+        assert!(printed.contains(line), "no {line:?} in:\n{printed}");
+    }
+}
+
+#[test]
+fn every_optional_feature_round_trips_through_print() {
+    let text = format!(
+        "[server]\nworkers = 3\npin = false\ngossip_interval = \"2ms 500us\"\ndrain_timeout = \"1m 30s\"\nio_uring_setup = \"plain\"\nshare_ports = true\n\
+         [admin]\naddress = \"[::1]:9901\"\n[access_log]\npath = \"/tmp/a \\\"quoted\\\" log\"\nbuffer = \"1MiB\"\n\
+         {}",
+        BASE.replace(
+            "upstream = \"api\"\n",
+            "upstream = \"api\"\nmatch = { host = \"*.Example.COM.\", path_prefix = \"/v1/\", methods = [\"POST\", \"GET\"], headers = { X-B = \"2\", a = \"1\" } }\n\
+             rate_limit = { key = \"header:X-Key\", rate = \"600/m\" }\nrewrite = { prefix = \"/v2/\" }\n\
+             request_headers = { set = { X-B = \"2\", a = \" 1 \" }, remove = [\"X-Debug\"] }\nresponse_headers = { remove = [\"server\"] }\n",
+        )
+    ) + "balance = \"maglev_hash\"\nhash_key = \"cookie:Sess\"\n\
+         health_check = { path = \"/h\", interval = \"2s\", timeout = \"1s\" }\n\
+         retries = { on = [\"5xx\", \"timeout\"], budget = \"5%\" }\n\
+         circuit_breaker = { max_pending = 7 }\npool = { max_idle_per_backend = 0 }\n";
+    assert_round_trip(&text);
+}
+
+#[test]
+fn a_header_set_twice_in_different_case_is_refused() {
+    let text = route_with("request_headers = { set = { X-A = \"1\", x-a = \"2\" } }");
+    assert_error_at(
+        &text,
+        "{ X-A",
+        "routes[0].request_headers.set",
+        "listed twice",
+    );
+}
+
+#[test]
+fn dual_stack_wildcard_overlaps_ipv4_listeners_on_its_port() {
+    let text = BASE.replace("127.0.0.1:8080", "[::]:8080").replace(
+        "[[routes]]",
+        "[[listeners]]\nname = \"v4\"\naddress = \"127.0.0.1:8080\"\n\n[[routes]]",
+    );
+    let e = only_error(&text);
+    assert_eq!(e.key, "listeners[1].address", "{e}");
+    assert!(e.message.contains("dual-stack"), "{e}");
+    ok(&text.replace("127.0.0.1:8080", "127.0.0.1:8081"));
+    ok(&text.replace("127.0.0.1:8080", "[::1]:8081"));
+}
+
+#[test]
+fn admin_overlapping_a_listener_is_refused() {
+    for (listener, admin) in [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("127.0.0.1:8080", "0.0.0.0:8080"),
+        ("127.0.0.1:8080", "[::]:8080"),
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+    ] {
+        let text = format!(
+            "[admin]\naddress = \"{admin}\"\n{}",
+            BASE.replace("127.0.0.1:8080", listener)
+        );
+        let e = only_error(&text);
+        assert_eq!((e.key.as_str(), e.line), ("admin.address", 2), "{e}");
+        assert!(e.message.contains("listener on line 5"), "{e}");
+    }
+    ok(&format!("[admin]\naddress = \"127.0.0.1:9901\"\n{BASE}"));
+}
+
+#[test]
+fn locate_finds_the_value_of_a_dotted_key() {
+    let text = format!("[admin]\naddress = \"127.0.0.1:9901\"\n{BASE}");
+    assert_eq!(locate(&text, "admin.address"), Some((2, 11)));
+    assert_eq!(locate(&text, "listeners[0].address"), Some((5, 11)));
+    assert_eq!(locate(&text, "listeners[1].address"), None);
+    assert_eq!(locate(&text, "access_log.path"), None);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::error::{line_column, ConfigError, ConfigErrors, Source};
+use crate::error::{did_you_mean, line_column, ConfigError, ConfigErrors, Source};
 use crate::model::*;
 use crate::raw::*;
 
@@ -217,32 +217,19 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         );
         let key = format!("listeners[{i}].address");
         let Some(address) = c.address(&l.address, &key) else {
+            // Kept under its name, so routes naming it get no second error.
+            listeners.push(Listener {
+                name: l.name.get_ref().clone(),
+                address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            });
             continue;
         };
-        // Port 0 asks the kernel for a fresh port each time, so it never clashes.
-        if address.port() != 0 {
-            // A wildcard and a specific address of one family on one port
-            // overlap: with SO_REUSEPORT both bind, and which listener (and
-            // so which routes) a client reaches depends on the address it
-            // dialled. Refused, like an exact repeat.
-            let overlapping = listener_addrs.iter().find(|(other, _)| {
-                **other == address
-                    || (other.port() == address.port()
-                        && other.is_ipv4() == address.is_ipv4()
-                        && other.ip().is_unspecified() != address.ip().is_unspecified())
-            });
-            if let Some((other, first)) = overlapping {
-                let line = c.line_of(first);
-                let why = if *other == address {
-                    format!("address {address} is already used by the listener on line {line}")
-                } else {
-                    format!(
-                        "address {address} overlaps {other}, used by the listener on line {line}: \
-                         a wildcard and a specific address cannot share a port"
-                    )
-                };
-                c.err(l.address.span(), key, why);
-            } else {
+        let clash = listener_addrs
+            .iter()
+            .find_map(|(other, first)| clash(*other, address, c.line_of(first)));
+        match clash {
+            Some(why) => c.err(l.address.span(), key, why),
+            None => {
                 listener_addrs.insert(address, l.address.span());
             }
         }
@@ -354,13 +341,13 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         .map_or_else(ErrorLog::default, |raw| error_log(&mut c, raw));
     let admin = raw.admin.as_ref().and_then(|raw| {
         let address = c.address(&raw.address, "admin.address")?;
-        if let Some(first) = listener_addrs.get(&address).filter(|_| address.port() != 0) {
-            let line = c.line_of(first);
-            c.err(
-                raw.address.span(),
-                "admin.address",
-                format!("address {address} is already used by the listener on line {line}"),
-            );
+        // The admin socket binds without SO_REUSEPORT: any overlap with a
+        // listener fails start-up.
+        let clash = listener_addrs
+            .iter()
+            .find_map(|(other, first)| clash(*other, address, c.line_of(first)));
+        if let Some(why) = clash {
+            c.err(raw.address.span(), "admin.address", why);
         }
         Some(Admin { address })
     });
@@ -382,6 +369,40 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     }
 }
 
+/// Why `address` cannot be bound beside `other`, if it cannot. Port 0
+/// asks the kernel for a fresh port each time, so it never clashes. A
+/// wildcard and a specific address of one family on one port overlap:
+/// with SO_REUSEPORT both bind, and which listener (and so which routes) a
+/// client reaches depends on the address it dialled. `[::]` is dual-stack
+/// (the proxy leaves IPV6_V6ONLY to the kernel's default, off), so it
+/// overlaps every IPv4 address on its port too.
+fn clash(other: SocketAddr, address: SocketAddr, line: usize) -> Option<String> {
+    if address.port() == 0 || other.port() != address.port() {
+        return None;
+    }
+    let dual_stack =
+        |a: SocketAddr, b: SocketAddr| a.is_ipv6() && a.ip().is_unspecified() && b.is_ipv4();
+    if other == address {
+        Some(format!(
+            "address {address} is already used by the listener on line {line}"
+        ))
+    } else if other.is_ipv4() == address.is_ipv4()
+        && other.ip().is_unspecified() != address.ip().is_unspecified()
+    {
+        Some(format!(
+            "address {address} overlaps {other}, used by the listener on line {line}: \
+             a wildcard and a specific address cannot share a port"
+        ))
+    } else if dual_stack(other, address) || dual_stack(address, other) {
+        Some(format!(
+            "address {address} overlaps {other}, used by the listener on line {line}: \
+             [::] also accepts IPv4 on its port (dual-stack)"
+        ))
+    } else {
+        None
+    }
+}
+
 fn index_by_name<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<&'a str, usize> {
     let mut index = HashMap::new();
     for (i, name) in names.enumerate() {
@@ -399,7 +420,8 @@ fn lookup(
     what: &str,
 ) -> Option<usize> {
     let found = index.get(name.get_ref().as_str()).copied();
-    if found.is_none() {
+    // With none defined, the missing section is the error already reported.
+    if found.is_none() && !index.is_empty() {
         let mut known: Vec<&str> = index.keys().copied().collect();
         known.sort_unstable();
         let known = if known.is_empty() {
@@ -407,10 +429,16 @@ fn lookup(
         } else {
             known.join(", ")
         };
+        let close = did_you_mean(name.get_ref(), index.keys().copied())
+            .map(|n| format!("; did you mean {n:?}?"))
+            .unwrap_or_default();
         c.err(
             name.span(),
             key,
-            format!("no {what} named {:?}; defined: {known}", name.get_ref()),
+            format!(
+                "no {what} named {:?}{close} (defined: {known})",
+                name.get_ref()
+            ),
         );
     }
     found
@@ -604,6 +632,9 @@ fn upstream(
     }
     let mut seen: HashMap<SocketAddr, Range<usize>> = HashMap::new();
     let mut backends = Vec::with_capacity(raw_backends.len());
+    // A weight out of range is already reported; comparing its stand-in
+    // default with the others would report it again as "weights differ".
+    let mut weights_valid = true;
     for (j, b) in raw_backends.iter().enumerate() {
         let address_key = format!("{backends_key}[{j}].address");
         let weight = c.int(
@@ -612,6 +643,10 @@ fn upstream(
             1..=WEIGHT_MAX,
             DEFAULT_WEIGHT,
         );
+        weights_valid &= b
+            .weight
+            .as_ref()
+            .is_none_or(|w| i64::from(weight) == *w.get_ref());
         let Some(address) = c.address(&b.address, &address_key) else {
             continue;
         };
@@ -638,7 +673,7 @@ fn upstream(
     };
     if let Some(b) = raw.balance.as_ref() {
         let weights_differ = backends.windows(2).any(|w| w[0].weight != w[1].weight);
-        if balance == Balance::RoundRobin && weights_differ {
+        if balance == Balance::RoundRobin && weights_differ && weights_valid {
             c.err(
                 b.span(),
                 format!("{key}.balance"),
@@ -776,7 +811,10 @@ fn parse_rate_limit_key(text: &str) -> Result<RateLimitKey, String> {
         "route" => Ok(RateLimitKey::Route),
         _ => match text.strip_prefix("header:") {
             Some(name) => header_name(name).map(RateLimitKey::Header),
-            None => Err(format!("unknown key {text:?}; {HINT}")),
+            None => Err(format!(
+                "unknown key {text:?}{}; {HINT}",
+                close_to(text, &["client_ip", "route"])
+            )),
         },
     }
 }
@@ -797,9 +835,17 @@ fn parse_hash_key(text: &str) -> Result<HashKey, String> {
         }
         return Ok(HashKey::Cookie(name.to_owned()));
     }
+    let close = close_to(text, &["client_ip"]);
     Err(format!(
-        r#"unknown hash key {text:?}; write "client_ip", "header:NAME" or "cookie:NAME""#
+        r#"unknown hash key {text:?}{close}; write "client_ip", "header:NAME" or "cookie:NAME""#
     ))
+}
+
+/// `"; did you mean X?"` when `text` is a slip from one of `words`, else "".
+fn close_to(text: &str, words: &[&str]) -> String {
+    did_you_mean(text, words.iter().copied())
+        .map(|w| format!(" (did you mean {w:?}?)"))
+        .unwrap_or_default()
 }
 
 /// A header field name (RFC 9110 §5.1: a token), lowercased so the proxy
@@ -1168,19 +1214,30 @@ fn header_edits(c: &mut Checker<'_>, key: &str, raw: &RawHeaderEdits) -> HeaderE
     };
     if let Some(table) = &raw.set {
         for (name, value) in table.get_ref() {
-            let why = check_name(name).or_else(|| {
-                value
-                    .bytes()
-                    .any(|b| b.is_ascii_control() && b != b'\t')
-                    .then(|| format!("the value for {name:?} must not contain control characters"))
-            });
+            let lower = name.to_ascii_lowercase();
+            let why = check_name(name)
+                .or_else(|| {
+                    value
+                        .bytes()
+                        .any(|b| b.is_ascii_control() && b != b'\t')
+                        .then(|| {
+                            format!("the value for {name:?} must not contain control characters")
+                        })
+                })
+                .or_else(|| {
+                    edits
+                        .set
+                        .iter()
+                        .any(|(n, _)| *n == lower)
+                        .then(|| format!("{name:?} is listed twice (names are case-insensitive)"))
+                });
             match why {
                 Some(why) => c.err(table.span(), format!("{key}.set"), why),
-                None => edits
-                    .set
-                    .push((name.to_ascii_lowercase(), value.trim().to_owned())),
+                None => edits.set.push((lower, value.trim().to_owned())),
             }
         }
+        // One order however the names were capitalised.
+        edits.set.sort();
     }
     for (j, name) in raw.remove.iter().flatten().enumerate() {
         let text = name.get_ref();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use monoio::buf::IoBufMut as _;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
-use ringgate_config::Config;
+use ringgate_config::{Config, Workers, WORKERS_MAX};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -21,9 +21,21 @@ pub struct DemoArgs {
     /// Concurrent client connections.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Proxy workers ("auto" = one per CPU).
-    #[arg(long, default_value = "auto")]
-    workers: String,
+    /// Proxy workers: "auto" (one per CPU) or a count.
+    #[arg(long, default_value = "auto", value_parser = parse_workers)]
+    workers: Workers,
+}
+
+/// `--workers`, checked here so a bad value is the flag's error, not one
+/// in the config the demo writes for itself.
+fn parse_workers(text: &str) -> Result<Workers, String> {
+    match text.trim() {
+        "auto" => Ok(Workers::Auto),
+        n => match n.parse::<usize>() {
+            Ok(n) if (1..=WORKERS_MAX).contains(&n) => Ok(Workers::Count(n)),
+            _ => Err(format!("write \"auto\" or a count in 1..={WORKERS_MAX}")),
+        },
+    }
 }
 
 pub fn run(args: DemoArgs) -> ExitCode {
@@ -55,10 +67,9 @@ fn demo(args: DemoArgs) -> Result<(), String> {
             .map_err(err)?;
     }
     let proxy_port = free_port().map_err(err)?;
-    let workers = if args.workers == "auto" {
-        "\"auto\"".to_string()
-    } else {
-        args.workers.clone()
+    let workers = match args.workers {
+        Workers::Auto => "\"auto\"".to_string(),
+        Workers::Count(n) => n.to_string(),
     };
     let toml = format!(
         "[server]\nworkers = {workers}\n\n[[listeners]]\nname = \"demo\"\naddress = \"127.0.0.1:{proxy_port}\"\n\n\
@@ -66,7 +77,9 @@ fn demo(args: DemoArgs) -> Result<(), String> {
          backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n",
         backends[0], backends[1]
     );
-    let config: Config = ringgate_config::parse(&toml, "demo.toml").map_err(|e| e.to_string())?;
+    // Every value in it was checked as a flag: an error here is the demo's own.
+    let config: Config = ringgate_config::parse(&toml, "(the demo's generated config)")
+        .map_err(|e| format!("internal error, please report: {e}"))?;
     let worker_count = crate::worker::plan(config.server.workers).0;
     // Never stopped: the demo's process exits when its load run is done.
     let log_file = crate::error_log::ErrorLog::open(&config.error_log).map_err(err)?;

@@ -15,6 +15,7 @@ mod health;
 mod io;
 mod log_buffer;
 mod metrics;
+mod notify;
 mod state;
 mod stop;
 mod ticker;
@@ -45,6 +46,10 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Print the effective configuration of -c FILE, every default filled
+    /// in, as TOML that `check` accepts; then exit.
+    #[arg(long, requires = "config")]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -70,6 +75,11 @@ enum Command {
 fn main() -> ExitCode {
     abort_on_panic();
     let cli = Cli::parse();
+    // Refused before anything starts, by `check` as by start-up.
+    if let Err(e) = worker::legacy_forced() {
+        eprintln!("ringgate: {e}");
+        return ExitCode::from(2);
+    }
     match (cli.command, cli.config) {
         (Some(Command::Check { config, file, bind }), outer) => {
             let Some(config) = config.or(file).or(outer) else {
@@ -79,8 +89,19 @@ fn main() -> ExitCode {
             match ringgate_config::load(&config) {
                 Ok(loaded) => {
                     let problems = start_up_problems(&loaded, bind);
-                    for p in &problems {
-                        eprintln!("{}: {p}", config.display());
+                    // Located like every other config error, by the key
+                    // whose value start-up could not use.
+                    let text = std::fs::read_to_string(&config).unwrap_or_default();
+                    for (key, message) in &problems {
+                        let (line, column) = ringgate_config::locate(&text, key).unwrap_or((1, 1));
+                        let error = ringgate_config::ConfigError {
+                            file: config.display().to_string(),
+                            line,
+                            column,
+                            key: key.clone(),
+                            message: message.clone(),
+                        };
+                        eprintln!("{error}");
                     }
                     if !problems.is_empty() {
                         return ExitCode::from(2);
@@ -94,7 +115,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        (Some(_), _) if cli.print_config => {
+            eprintln!(
+                "ringgate: --print-config takes no subcommand: `ringgate --print-config -c FILE`"
+            );
+            ExitCode::from(2)
+        }
         (Some(Command::Demo(args)), _) => demo::run(args),
+        (None, Some(path)) if cli.print_config => match ringgate_config::load(&path) {
+            Ok(config) => {
+                print!(
+                    "# The effective configuration of {}: every default filled in.\n{}",
+                    path.display(),
+                    ringgate_config::to_toml(&config)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::from(2)
+            }
+        },
         (None, Some(path)) => match ringgate_config::load(&path) {
             Ok(config) => serve(&path, config),
             Err(errors) => {
@@ -109,10 +150,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// What start-up would refuse beyond the file itself: an access or error
-/// log that cannot be opened for appending and, with `bind`, listener and
-/// admin addresses that cannot be bound (each is bound and released at once).
-fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<String> {
+/// What start-up would refuse beyond the file itself, as (dotted key,
+/// message): an access or error log that cannot be opened for appending
+/// and, with `bind`, listener and admin addresses that cannot be bound.
+/// Every socket is held until all are bound, admin first as at start-up,
+/// so addresses of one config that collide with each other are found too.
+fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let logs = [
         (
@@ -134,21 +177,33 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<String
                 let _ = std::fs::remove_file(path);
             }
             Ok(_) => {}
-            Err(e) => problems.push(format!("{key} {}: {e}", path.display())),
+            Err(e) => problems.push((
+                key.to_owned(),
+                format!("cannot open {} for appending: {e}", path.display()),
+            )),
         }
     }
     if bind {
-        for listener in &config.listeners {
-            if let Err(e) = worker::probe_bind(listener.address, config.server.share_ports) {
-                problems.push(format!(
-                    "listener {} on {}: {e}",
-                    listener.name, listener.address
-                ));
+        let mut held = Vec::new();
+        if let Some(admin) = &config.admin {
+            match std::net::TcpListener::bind(admin.address) {
+                Ok(socket) => held.push(socket),
+                Err(e) => problems.push((
+                    "admin.address".to_owned(),
+                    format!("cannot bind {}: {e}", admin.address),
+                )),
             }
         }
-        if let Some(admin) = &config.admin {
-            if let Err(e) = std::net::TcpListener::bind(admin.address) {
-                problems.push(format!("admin.address {}: {e}", admin.address));
+        for (i, listener) in config.listeners.iter().enumerate() {
+            match worker::probe_bind(listener.address, config.server.share_ports) {
+                Ok(socket) => held.push(socket),
+                Err(e) => problems.push((
+                    format!("listeners[{i}].address"),
+                    format!(
+                        "cannot bind {} (listener {}): {e}",
+                        listener.address, listener.name
+                    ),
+                )),
             }
         }
     }
@@ -222,6 +277,8 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let notifier = notify::Notifier::from_env();
+    notifier.ready(&format!("serving {}", path.display()));
     let mut draining: Vec<Generation> = Vec::new();
     // A worker ends only by draining (a panic ends the process), so there
     // is nothing to watch between signals.
@@ -230,6 +287,7 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         match request {
             Control::Stop(signal) => {
                 stopping.request();
+                notifier.stopping();
                 log.event(LogLevel::Info, Kind::Lifecycle, |b| {
                     let _ = write!(
                         b,
@@ -245,6 +303,7 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                 break;
             }
             Control::Reload => {
+                notifier.reloading();
                 let config = match ringgate_config::load(path) {
                     Ok(config) => config,
                     Err(errors) => {
@@ -257,6 +316,7 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                                 );
                             });
                         }
+                        notifier.ready("reload refused: invalid config; serving the previous one");
                         continue;
                     }
                 };
@@ -302,10 +362,17 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                             );
                         });
                         draining.push(previous);
+                        notifier.ready(&format!(
+                            "serving {} (generation {generation})",
+                            path.display()
+                        ));
                     }
-                    Err(e) => log.event(LogLevel::Error, Kind::Reload, |b| {
-                        let _ = write!(b, "SIGHUP: not reloaded ({e}); the running config stays");
-                    }),
+                    Err(e) => {
+                        log.event(LogLevel::Error, Kind::Reload, |b| {
+                            let _ = write!(b, "SIGHUP: not reloaded ({e}); the running config stays");
+                        });
+                        notifier.ready("reload refused: start-up failed; serving the previous one");
+                    }
                 }
             }
         }

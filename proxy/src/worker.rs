@@ -106,15 +106,15 @@ fn held_elsewhere(addr: SocketAddr) -> io::Result<bool> {
 }
 
 /// For `check --bind`: would start-up bind `addr`? Binds it the way a
-/// worker does and releases it at once.
-pub fn probe_bind(addr: SocketAddr, share_ports: bool) -> io::Result<()> {
+/// worker does and hands the socket back for the caller to release.
+pub fn probe_bind(addr: SocketAddr, share_ports: bool) -> io::Result<std::net::TcpListener> {
     if !share_ports && held_elsewhere(addr)? {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             "address already in use by another process",
         ));
     }
-    bind(addr, 1).map(drop)
+    bind(addr, 1)
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
@@ -266,15 +266,37 @@ impl Driver {
     }
 }
 
+/// `RINGGATE_DRIVER`: whether the operator forces the epoll driver. Unset,
+/// empty or `auto` leaves the choice to the kernel; `legacy` forces epoll;
+/// any other value is refused rather than silently ignored (a typo such as
+/// `legasy` would otherwise leave io_uring on).
+pub fn legacy_forced() -> Result<bool, String> {
+    match std::env::var("RINGGATE_DRIVER") {
+        Err(std::env::VarError::NotPresent) => Ok(false),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!(
+            "RINGGATE_DRIVER={v:?} is not a driver; write RINGGATE_DRIVER=legacy (epoll) or auto, or unset it"
+        )),
+        Ok(v) => match v.as_str() {
+            "" | "auto" => Ok(false),
+            "legacy" => Ok(true),
+            other => Err(format!(
+                "RINGGATE_DRIVER={other:?} is not a driver; write RINGGATE_DRIVER=legacy (the epoll driver) \
+                 or auto (io_uring where the kernel allows it), or unset it"
+            )),
+        },
+    }
+}
+
 /// Decides the driver and the ring flags once for the process, and says
 /// so when it is not what was asked: one log line, not one per worker.
+/// `RINGGATE_DRIVER` was checked by `main` before anything started.
 pub fn choose_driver(setup: RingSetup, log: &ErrorLog) -> Driver {
     let say = |level, what: &str| {
         log.event(level, Kind::Lifecycle, |b| {
             b.extend_from_slice(what.as_bytes())
         });
     };
-    if std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy") {
+    if legacy_forced() == Ok(true) {
         say(
             LogLevel::Info,
             "RINGGATE_DRIVER=legacy; workers use the legacy epoll driver",

@@ -2,8 +2,10 @@
 //! `demo`.
 
 use std::ffi::{OsStr, OsString};
+use std::process::Command;
+use std::time::Duration;
 
-use ringgate_tests::proxy::{run_ringgate, write_temp};
+use ringgate_tests::proxy::{ringgate_bin, run_ringgate, run_with_timeout, write_temp};
 use ringgate_tests::{Backend, Behaviour, Client, Proxy, ProxyConfig};
 
 #[test]
@@ -168,8 +170,9 @@ fn check_refuses_an_access_log_start_up_could_not_open() {
     let out = run_ringgate(&[OsStr::new("check"), path.as_os_str()]);
     assert!(!out.success, "check accepted an access log it cannot open");
     assert!(
-        out.stderr
-            .contains("access_log.path /nonexistent-dir/ringgate/access.log"),
+        out.stderr.contains(
+            "access_log.path: cannot open /nonexistent-dir/ringgate/access.log for appending"
+        ),
         "{}",
         out.stderr
     );
@@ -201,4 +204,148 @@ fn check_bind_refuses_an_address_another_process_holds_and_plain_check_does_not_
         "check --bind refused a free address: {}",
         free.stderr
     );
+}
+
+#[test]
+fn an_unknown_ringgate_driver_is_refused_by_check_and_start_up() {
+    let cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
+    let path = write_temp("ringgate-driver-env", "toml", cfg.to_toml().as_bytes());
+    for args in [
+        vec![OsStr::new("check"), path.as_os_str()],
+        vec![OsStr::new("-c"), path.as_os_str()],
+    ] {
+        let out = run_with_timeout(
+            Command::new(ringgate_bin())
+                .args(&args)
+                .env("RINGGATE_DRIVER", "legasy"),
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            out.code,
+            Some(2),
+            "{args:?} with RINGGATE_DRIVER=legasy: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr
+                .contains("RINGGATE_DRIVER=\"legasy\" is not a driver")
+                && out.stderr.contains("RINGGATE_DRIVER=legacy"),
+            "{}",
+            out.stderr
+        );
+    }
+    for good in ["legacy", "auto", ""] {
+        let out = run_with_timeout(
+            Command::new(ringgate_bin())
+                .arg("check")
+                .arg(&path)
+                .env("RINGGATE_DRIVER", good),
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.success,
+            "RINGGATE_DRIVER={good:?} refused: {}",
+            out.stderr
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn a_bad_demo_flag_is_the_flags_error_and_names_no_file() {
+    let out = run_ringgate(&["demo".as_ref(), "--workers".as_ref(), "0".as_ref()]);
+    assert!(!out.success, "demo --workers 0 ran");
+    assert!(
+        out.stderr.contains("--workers") && out.stderr.contains("\"auto\" or a count"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(".toml"),
+        "names a file the user never wrote: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_says_did_you_mean_for_a_misspelt_key_with_file_line_col() {
+    let cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
+    let toml = cfg
+        .to_toml()
+        .replace("workers = 1", "workers = 1\nbacklgo = 10");
+    let path = write_temp("ringgate-check-typo", "toml", toml.as_bytes());
+    let out = run_ringgate(&[OsStr::new("check"), path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.success);
+    let want = format!(
+        "{}:3:1: server.backlgo: unknown key `backlgo`; did you mean `backlog`?",
+        path.display()
+    );
+    assert!(
+        out.stderr.contains(&want),
+        "want {want:?} in:\n{}",
+        out.stderr
+    );
+}
+
+/// `--print-config` output without its first line, which names the file.
+fn printed_config(path: &std::path::Path) -> String {
+    let out = run_ringgate(&[
+        OsStr::new("--print-config"),
+        OsStr::new("-c"),
+        path.as_os_str(),
+    ]);
+    assert!(
+        out.success,
+        "--print-config -c {}: {}",
+        path.display(),
+        out.stderr
+    );
+    let (first, rest) = out.stdout.split_once('\n').expect("more than one line");
+    assert!(first.starts_with('#'), "{first}");
+    rest.to_owned()
+}
+
+#[test]
+fn print_config_round_trips_through_check_to_the_same_effective_config() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    for name in ["minimal.toml", "full.toml", "multi-route.toml"] {
+        let source = examples.join(name);
+        let printed = printed_config(&source);
+        assert!(
+            printed.contains("drain_timeout = ") && printed.contains("max_head_size = "),
+            "{name}: defaults not filled in:\n{printed}"
+        );
+        let copy = write_temp("ringgate-printed", "toml", printed.as_bytes());
+        let check = run_ringgate(&[OsStr::new("check"), copy.as_os_str()]);
+        let again = printed_config(&copy);
+        let _ = std::fs::remove_file(&copy);
+        // full.toml logs to /var/log/ringgate, which need not exist here.
+        assert!(
+            check.success
+                || check
+                    .stderr
+                    .contains("access_log.path: cannot open /var/log/ringgate"),
+            "check refused the printed {name}:\n{}\n{printed}",
+            check.stderr
+        );
+        assert_eq!(
+            again, printed,
+            "{name}: printing the printed config changed it"
+        );
+    }
+}
+
+#[test]
+fn print_config_of_a_bad_file_prints_its_errors_and_nothing_else() {
+    let bad = write_temp("ringgate-print-bad", "toml", b"[server]\nworkers = 0\n");
+    let out = run_ringgate(&[
+        OsStr::new("--print-config"),
+        OsStr::new("-c"),
+        bad.as_os_str(),
+    ]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("server.workers"), "{}", out.stderr);
 }

@@ -108,7 +108,7 @@ fn an_invalid_config_on_sighup_changes_nothing() {
         }
     })
     .map(|log| {
-        assert!(log.contains("unknown field `bogus`"), "{log}");
+        assert!(log.contains("unknown key `bogus`"), "{log}");
         assert!(
             log.contains(":3:1"),
             "the error names line and column: {log}"

@@ -1,0 +1,291 @@
+//! The validated [`Config`] written back as TOML, with every default filled
+//! in (`ringgate --print-config`). The text parses back to the same config:
+//! every value is written in a form the parser reads as itself (sizes as
+//! byte counts, durations as humantime strings, references by name).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::model::*;
+
+/// `config` as a TOML document that [`parse`](crate::parse) turns back
+/// into the same config.
+pub fn to_toml(config: &Config) -> String {
+    let mut out = String::new();
+    server(&mut out, &config.server);
+    limits(&mut out, &config.limits);
+    error_log(&mut out, &config.error_log);
+    if let Some(admin) = &config.admin {
+        let _ = write!(
+            out,
+            "\n[admin]\naddress = {}\n",
+            quote(&admin.address.to_string())
+        );
+    }
+    if let Some(log) = &config.access_log {
+        let _ = write!(
+            out,
+            "\n[access_log]\npath = {}\nbuffer = {}\n",
+            quote(&log.path.to_string_lossy()),
+            log.buffer
+        );
+    }
+    for l in &config.listeners {
+        let _ = write!(
+            out,
+            "\n[[listeners]]\nname = {}\naddress = {}\n",
+            quote(&l.name),
+            quote(&l.address.to_string())
+        );
+    }
+    for r in &config.routes {
+        route(&mut out, config, r);
+    }
+    for u in &config.upstreams {
+        upstream(&mut out, u);
+    }
+    out
+}
+
+fn server(out: &mut String, s: &Server) {
+    let workers = match s.workers {
+        Workers::Auto => quote("auto"),
+        Workers::Count(n) => n.to_string(),
+    };
+    let setup = match s.io_uring_setup {
+        RingSetup::Auto => "auto",
+        RingSetup::DeferTaskrun => "defer_taskrun",
+        RingSetup::CoopTaskrun => "coop_taskrun",
+        RingSetup::Plain => "plain",
+    };
+    let _ = writeln!(out, "[server]");
+    let _ = writeln!(out, "workers = {workers}");
+    let _ = writeln!(out, "pin = {}", s.pin);
+    let _ = writeln!(out, "backlog = {}", s.backlog);
+    let _ = writeln!(
+        out,
+        "max_connections_per_worker = {}",
+        s.max_connections_per_worker
+    );
+    let _ = writeln!(out, "gossip_interval = {}", duration(s.gossip_interval));
+    let _ = writeln!(out, "gossip_inbox = {}", s.gossip_inbox);
+    let _ = writeln!(out, "rate_limit_max_keys = {}", s.rate_limit_max_keys);
+    let _ = writeln!(out, "drain_timeout = {}", duration(s.drain_timeout));
+    let _ = writeln!(out, "io_uring_setup = {}", quote(setup));
+    let _ = writeln!(out, "share_ports = {}", s.share_ports);
+    let networks: Vec<String> = s
+        .trusted_proxies
+        .0
+        .iter()
+        .map(|n| quote(&n.to_string()))
+        .collect();
+    let _ = writeln!(out, "trusted_proxies = [{}]", networks.join(", "));
+}
+
+fn error_log(out: &mut String, e: &ErrorLog) {
+    let _ = writeln!(out, "\n[error_log]");
+    // No path is stderr, which has no spelling in the file.
+    if let Some(path) = &e.path {
+        let _ = writeln!(out, "path = {}", quote(&path.to_string_lossy()));
+    }
+    let _ = writeln!(out, "level = {}", quote(e.level.name()));
+    let _ = writeln!(out, "lines_per_second = {}", e.lines_per_second);
+}
+
+fn limits(out: &mut String, l: &Limits) {
+    let _ = writeln!(out, "\n[limits]");
+    let _ = writeln!(out, "max_head_size = {}", l.max_head_bytes);
+    let _ = writeln!(out, "max_headers = {}", l.max_headers);
+    let _ = writeln!(
+        out,
+        "header_read_timeout = {}",
+        duration(l.header_read_timeout)
+    );
+    let _ = writeln!(out, "keepalive_timeout = {}", duration(l.keepalive_timeout));
+    let _ = writeln!(out, "body_read_timeout = {}", duration(l.body_read_timeout));
+    let _ = writeln!(out, "send_timeout = {}", duration(l.send_timeout));
+    let _ = writeln!(out, "max_chunk_line_size = {}", l.max_chunk_line_bytes);
+}
+
+fn route(out: &mut String, config: &Config, r: &Route) {
+    let _ = writeln!(out, "\n[[routes]]");
+    let _ = writeln!(
+        out,
+        "listener = {}",
+        quote(&config.listeners[r.listener].name)
+    );
+    let mut matcher = Vec::new();
+    if let Some(host) = &r.host {
+        matcher.push(format!("host = {}", quote(host)));
+    }
+    matcher.push(format!("path_prefix = {}", quote(&r.path_prefix)));
+    if !r.methods.is_empty() {
+        matcher.push(format!("methods = {}", array(&r.methods)));
+    }
+    if !r.headers.is_empty() {
+        matcher.push(format!("headers = {}", map(&r.headers)));
+    }
+    let _ = writeln!(out, "match = {{ {} }}", matcher.join(", "));
+    let _ = writeln!(
+        out,
+        "upstream = {}",
+        quote(&config.upstreams[r.upstream].name)
+    );
+    if let Some(rl) = &r.rate_limit {
+        let key = match &rl.key {
+            RateLimitKey::ClientIp => "client_ip".to_owned(),
+            RateLimitKey::Route => "route".to_owned(),
+            RateLimitKey::Header(name) => format!("header:{name}"),
+        };
+        let per = if rl.per == Duration::from_secs(60) {
+            "m"
+        } else {
+            "s"
+        };
+        let _ = writeln!(
+            out,
+            "rate_limit = {{ key = {}, rate = {}, burst = {} }}",
+            quote(&key),
+            quote(&format!("{}/{per}", rl.requests)),
+            rl.burst
+        );
+    }
+    if let Some(prefix) = &r.rewrite_prefix {
+        let _ = writeln!(out, "rewrite = {{ prefix = {} }}", quote(prefix));
+    }
+    for (name, edits) in [
+        ("request_headers", &r.request_headers),
+        ("response_headers", &r.response_headers),
+    ] {
+        if !edits.is_empty() {
+            let _ = writeln!(
+                out,
+                "{name} = {{ set = {}, remove = {} }}",
+                map(&edits.set),
+                array(&edits.remove)
+            );
+        }
+    }
+}
+
+fn upstream(out: &mut String, u: &Upstream) {
+    let balance = match u.balance {
+        Balance::RoundRobin => "round_robin",
+        Balance::WeightedRoundRobin => "weighted_round_robin",
+        Balance::LeastConn => "least_conn",
+        Balance::P2cEwma => "p2c_ewma",
+        Balance::MaglevHash => "maglev_hash",
+        Balance::Random => "random",
+    };
+    let _ = writeln!(out, "\n[[upstreams]]");
+    let _ = writeln!(out, "name = {}", quote(&u.name));
+    let _ = writeln!(out, "balance = {}", quote(balance));
+    if let Some(key) = &u.hash_key {
+        let key = match key {
+            HashKey::ClientIp => "client_ip".to_owned(),
+            HashKey::Header(name) => format!("header:{name}"),
+            HashKey::Cookie(name) => format!("cookie:{name}"),
+        };
+        let _ = writeln!(out, "hash_key = {}", quote(&key));
+    }
+    let backends: Vec<String> = u
+        .backends
+        .iter()
+        .map(|b| {
+            format!(
+                "{{ address = {}, weight = {} }}",
+                quote(&b.address.to_string()),
+                b.weight
+            )
+        })
+        .collect();
+    let _ = writeln!(out, "backends = [{}]", backends.join(", "));
+    let _ = writeln!(
+        out,
+        "timeouts = {{ connect = {}, response = {}, send = {}, idle = {} }}",
+        duration(u.connect_timeout),
+        duration(u.response_timeout),
+        duration(u.send_timeout),
+        duration(u.idle_timeout)
+    );
+    let _ = writeln!(
+        out,
+        "pool = {{ max_idle_per_backend = {}, stray_cooldown = {} }}",
+        u.max_idle_per_backend,
+        duration(u.stray_cooldown)
+    );
+    if let Some(h) = &u.health_check {
+        let _ = writeln!(
+            out,
+            "health_check = {{ path = {}, interval = {}, timeout = {}, rise = {}, fall = {}, expect_status = {} }}",
+            quote(&h.path),
+            duration(h.interval),
+            duration(h.timeout),
+            h.rise,
+            h.fall,
+            h.expect_status
+        );
+    }
+    let o = &u.outlier_detection;
+    let _ = writeln!(
+        out,
+        "outlier_detection = {{ consecutive_failures = {}, base_ejection_time = {}, max_ejection_time = {}, max_ejection_percent = {} }}",
+        o.consecutive_failures,
+        duration(o.base_ejection_time),
+        duration(o.max_ejection_time),
+        o.max_ejection_percent
+    );
+    if let Some(r) = &u.retries {
+        let on: Vec<&str> = [
+            (r.on.connect_failure, "connect_failure"),
+            (r.on.reset, "reset"),
+            (r.on.timeout, "timeout"),
+            (r.on.status_5xx, "5xx"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        let _ = writeln!(
+            out,
+            "retries = {{ attempts = {}, on = {}, budget = {} }}",
+            r.attempts,
+            array(&on),
+            quote(&format!("{}%", r.budget_percent))
+        );
+    }
+    if let Some(cb) = &u.circuit_breaker {
+        let _ = writeln!(
+            out,
+            "circuit_breaker = {{ max_pending = {}, max_connections = {}, consecutive_failures = {}, open_for = {} }}",
+            cb.max_pending,
+            cb.max_connections,
+            cb.consecutive_failures,
+            duration(cb.open_for)
+        );
+    }
+}
+
+/// A TOML basic string, escaped by the toml crate.
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+/// A humantime string ("10ms", "1m 30s"), which the parser reads back exactly.
+fn duration(d: Duration) -> String {
+    quote(&humantime::format_duration(d).to_string())
+}
+
+fn array<S: AsRef<str>>(items: &[S]) -> String {
+    let items: Vec<String> = items.iter().map(|i| quote(i.as_ref())).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// An inline table of string values; keys are quoted, so any header name is
+/// a valid key.
+fn map(pairs: &[(String, String)]) -> String {
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
+        .collect();
+    format!("{{ {} }}", pairs.join(", "))
+}
