@@ -227,7 +227,7 @@ impl Conn {
                     .connector
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| Failure::io(&e, true))?;
+                    .map_err(|e| handshake_failure(&e, target))?;
                 Stream::Tls(Box::new(s))
             }
         };
@@ -450,6 +450,39 @@ async fn write_all_plain(s: &mut TcpStream, bytes: &[u8], blocked: &mut bool) ->
         Poll::Ready(Ok(()))
     })
     .await
+}
+
+/// A failed TLS handshake in words. The common mistake, an `https://` URL to
+/// a plain HTTP port, shows as a reply that is not a TLS record (the
+/// server's `400` in plain text), a close, or silence (a server still
+/// waiting for the end of a request head); each names the http:// URL.
+fn handshake_failure(e: &io::Error, target: &Target) -> Failure {
+    let plain_url = format!("http://{}", &target.url.original["https://".len()..]);
+    let not_tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+    let why = if not_tls {
+        format!(
+            "the server answered in plain text, not TLS: {} is a plain HTTP port, use {plain_url}",
+            target.addr
+        )
+    } else {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => format!(
+                "no answer to the TLS handshake within --timeout; if {} is a plain HTTP port, use {plain_url}",
+                target.addr
+            ),
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => format!(
+                "the server closed the connection during the TLS handshake; if {} is a plain HTTP port, use {plain_url}",
+                target.addr
+            ),
+            _ => return Failure::io(e, true),
+        }
+    };
+    Failure::new(ErrorClass::Connect, why)
 }
 
 fn set_timeouts(tcp: &TcpStream, left: Duration) {

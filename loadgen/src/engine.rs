@@ -392,6 +392,7 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
     if config.probe {
         probe(config)?;
     }
+    let cpu_before = (Instant::now(), process_cpu_seconds());
     let workers = config.cpus.len();
     let t0 = Instant::now() + STARTUP;
     let start = t0 + config.warmup;
@@ -454,10 +455,10 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
     let progress_thread = if config.progress && std::io::stderr().is_terminal() {
         let done = done.clone();
         let progress = progress.clone();
-        let total = config.warmup + config.duration;
+        let (warmup, duration) = (config.warmup, config.duration);
         std::thread::Builder::new()
             .name("ringload-progress".into())
-            .spawn(move || show_progress(&progress, &done, t0, total))
+            .spawn(move || show_progress(&progress, &done, t0, warmup, duration))
             .ok()
     } else {
         None
@@ -478,10 +479,62 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
         return Err(e);
     }
     let measured = Measured::merge(recorders);
-    Ok(Report::new(config, measured))
+    let cores_used = match (cpu_before.1, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / cpu_before.0.elapsed().as_secs_f64()),
+        _ => None,
+    };
+    Ok(Report::new(config, measured, cores_used))
 }
 
-fn show_progress(progress: &[Arc<Progress>], done: &AtomicBool, t0: Instant, total: Duration) {
+/// CPU time (user + system) this process has used, from /proc/self/stat,
+/// whose times are in USER_HZ ticks, 100 a second on every Linux ABI.
+fn process_cpu_seconds() -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / USER_HZ)
+}
+
+/// The live line at `since_t0` into the run: the warm-up is marked as not
+/// recorded, the measured window counts up to its duration, and after the
+/// window there is no line (`None`): only stragglers are still in flight.
+fn progress_line(
+    since_t0: Duration,
+    warmup: Duration,
+    duration: Duration,
+    responses: u64,
+    rate: f64,
+    errors: u64,
+) -> Option<String> {
+    let counts = format!("{responses} responses  {rate:9.0} req/s  {errors} errors");
+    if since_t0 < warmup {
+        Some(format!(
+            "  warm-up {:5.1}s / {:.1}s (not recorded)  {counts}",
+            since_t0.as_secs_f64(),
+            warmup.as_secs_f64()
+        ))
+    } else if since_t0 < warmup + duration {
+        Some(format!(
+            "  {:6.1}s / {:.1}s  {counts}",
+            (since_t0 - warmup).as_secs_f64(),
+            duration.as_secs_f64()
+        ))
+    } else {
+        None
+    }
+}
+
+fn show_progress(
+    progress: &[Arc<Progress>],
+    done: &AtomicBool,
+    t0: Instant,
+    warmup: Duration,
+    duration: Duration,
+) {
     let mut last = (Instant::now(), 0u64);
     let mut err = std::io::stderr();
     while !done.load(Ordering::Relaxed) {
@@ -497,14 +550,35 @@ fn show_progress(progress: &[Arc<Progress>], done: &AtomicBool, t0: Instant, tot
         let now = Instant::now();
         let rate = (responses - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
         last = (now, responses);
-        let elapsed = now.saturating_duration_since(t0).as_secs_f64();
-        let _ = write!(
-            err,
-            "\r\x1b[2K  {elapsed:6.1}s / {:.0}s  {responses} responses  {rate:9.0} req/s  {errors} errors",
-            total.as_secs_f64()
-        );
+        let since_t0 = now.saturating_duration_since(t0);
+        let Some(line) = progress_line(since_t0, warmup, duration, responses, rate, errors) else {
+            break;
+        };
+        let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();
     }
     let _ = write!(err, "\r\x1b[2K");
     let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_line_marks_the_warm_up_and_stops_at_the_duration() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let warm = progress_line(ms(500), s(1), s(5), 10, 20.0, 0).unwrap();
+        assert!(warm.contains("warm-up") && warm.contains("not recorded"), "{warm}");
+        assert!(warm.contains("0.5s / 1.0s"), "{warm}");
+        let measured = progress_line(ms(3500), s(1), s(5), 10, 20.0, 1).unwrap();
+        assert!(!measured.contains("warm-up"), "{measured}");
+        assert!(measured.contains("2.5s / 5.0s"), "{measured}");
+        assert!(measured.contains("1 errors"), "{measured}");
+        assert_eq!(progress_line(s(6), s(1), s(5), 10, 20.0, 0), None);
+        assert_eq!(progress_line(s(9), s(1), s(5), 10, 20.0, 0), None);
+        let no_warmup = progress_line(ms(100), Duration::ZERO, s(5), 1, 1.0, 0).unwrap();
+        assert!(!no_warmup.contains("warm-up"), "{no_warmup}");
+    }
 }

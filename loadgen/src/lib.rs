@@ -9,7 +9,8 @@
 //!
 //! Code map: [`schedule`] (intended send times, pure), [`record`]
 //! (histograms and the correction, pure), [`target`] (URLs and request
-//! bytes), [`id`] (per-request ids and their check, pure), [`client`] (one
+//! bytes), [`id`] (per-request ids and their check, pure), [`local`] (the
+//! server under test's CPUs when it runs on this machine), [`client`] (one
 //! connection's I/O and response framing),
 //! [`engine`] (executors and the per-connection loop), [`sweep`] (the
 //! rate search), [`report`] (table, JSON, hgrm), [`cli`] (flags).
@@ -20,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod id;
+pub mod local;
 pub mod record;
 pub mod report;
 pub mod schedule;
@@ -60,6 +62,8 @@ pub enum Error {
     Executor(String),
     #[error("{0}")]
     NoResponse(String),
+    #[error("--sweep: no rate met the objective: {0}")]
+    NoRateWithinObjective(String),
     #[error("{path}: {source}")]
     File {
         path: String,

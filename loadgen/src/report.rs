@@ -45,6 +45,13 @@ pub struct RunInfo {
     pub pipeline: usize,
     /// `--check-id NAME`.
     pub check_id: Option<String>,
+    /// CPUs the workers ran on (pinned) or may run on (unpinned).
+    pub cpus: Vec<usize>,
+    /// CPUs ringload shared with a local server under test, and who that is.
+    pub shared_cpus: Vec<usize>,
+    pub local_server: Option<String>,
+    /// Cores' worth of CPU ringload used from start to end of the run.
+    pub cores_used: Option<f64>,
 }
 
 /// A finished run.
@@ -68,14 +75,20 @@ pub fn fmt_us(v: u64) -> String {
     }
 }
 
-fn fmt_bytes(b: u64) -> String {
-    if b < 10_000 {
-        format!("{b} B")
-    } else if b < 10_000_000 {
-        format!("{:.1} KB", b as f64 / 1e3)
-    } else {
-        format!("{:.1} MB", b as f64 / 1e6)
+/// A byte count in binary units (B, KiB, MiB, GiB), the family the rest of
+/// ringgate's docs and messages use, with 3–4 significant digits.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
     }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// The quantile row of a histogram, as JSON (`p50` .. `max`).
@@ -98,7 +111,7 @@ fn value_at(h: &Histogram<u64>, q: f64) -> u64 {
 }
 
 impl Report {
-    pub fn new(config: &RunConfig, measured: Measured) -> Report {
+    pub fn new(config: &RunConfig, measured: Measured, cores_used: Option<f64>) -> Report {
         let mut r = Report {
             measured,
             duration: config.duration(),
@@ -112,6 +125,10 @@ impl Report {
                 warmup: config.warmup(),
                 pipeline: config.pipeline,
                 check_id: config.check_id.clone(),
+                cpus: config.cpus.clone(),
+                shared_cpus: config.shared_cpus.clone(),
+                local_server: config.local_server.as_ref().map(|s| s.who()),
+                cores_used,
             },
             warnings: Vec::new(),
         };
@@ -150,17 +167,51 @@ impl Report {
                 m.ids.missing
             ));
         }
+        let used = self
+            .run
+            .cores_used
+            .map(|c| format!("; ringload used {c:.2} core(s) of CPU"))
+            .unwrap_or_default();
+        let sharing = match (&self.run.local_server, self.run.shared_cpus.is_empty()) {
+            (Some(who), false) => Some(format!(
+                "sharing CPU(s) {} with the server under test, {who}",
+                crate::local::cpu_list(self.run.shared_cpus.iter().copied())
+            )),
+            _ => None,
+        };
         let Some(target) = self.rate_target else {
+            if let Some(sharing) = sharing {
+                w.push(format!(
+                    "RINGLOAD SHARED THE SERVER'S CPUS ({sharing}{used}): the maximum measured is the pair's, \
+                     not the server's alone. Give each its own cores for the server's own figure."
+                ));
+            }
             return w;
         };
         let gen_p99 = value_at(&m.generator_delay_us, 0.99);
         let lag_p99 = value_at(&m.send_lag_us, 0.99);
         if gen_p99 > GENERATOR_DELAY_WARN_US {
+            let cause = match &sharing {
+                Some(s) => format!(
+                    " while {s}{used}: the two competed for the same cores, so neither these latencies nor \
+                     this rate are the server's alone. Give each its own cores (fewer server workers, taskset), \
+                     or lower --rate."
+                ),
+                None => format!(
+                    "{used}. These latencies overstate the server's; use more --cores or a lower --rate."
+                ),
+            };
             w.push(format!(
-                "RINGLOAD IS THE BOTTLENECK: it sent requests late by its own doing (p99 {} after a connection was free, max {}). \
-                 These latencies overstate the server's; use more --cores or a lower --rate.",
+                "RINGLOAD IS THE BOTTLENECK: it sent requests late by its own doing (p99 {} after a connection was free, max {}){cause}",
                 fmt_us(gen_p99),
                 fmt_us(m.generator_delay_us.max())
+            ));
+        } else if let Some(s) = &sharing {
+            w.push(format!(
+                "RINGLOAD SHARED THE SERVER'S CPUS ({s}{used}). It kept its schedule (generator delay p99 {}), \
+                 but the server waited for the CPU time ringload used, so these latencies are higher than the \
+                 server alone would give. Give each its own cores for the server's own figures.",
+                fmt_us(gen_p99)
             ));
         }
         // Most of the lag was spent waiting for a connection, not on ringload.
@@ -238,6 +289,10 @@ impl Report {
             "run": {
                 "version": self.run.version,
                 "cores": self.run.cores,
+                "cores_used": self.run.cores_used,
+                "cpus": self.run.cpus,
+                "local_server": self.run.local_server,
+                "shared_cpus": self.run.shared_cpus,
                 "connections": self.run.connections,
                 "url": self.run.url,
                 "mode": if self.rate_target.is_some() { "open-loop" } else { "closed-loop" },
@@ -439,6 +494,21 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 mod tests {
     use super::*;
     use crate::record::new_histogram;
+
+    #[test]
+    fn bytes_are_shown_in_binary_units_only() {
+        assert_eq!(fmt_bytes(0), "0 B");
+        assert_eq!(fmt_bytes(1023), "1023 B");
+        assert_eq!(fmt_bytes(1024), "1.0 KiB");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(fmt_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(fmt_bytes(u64::MAX), "16777216.0 TiB");
+        for b in [1, 999, 1000, 10_000, 10_000_000, 1 << 40] {
+            let s = fmt_bytes(b);
+            assert!(!s.contains("KB") && !s.contains("MB"), "{s}");
+        }
+    }
 
     #[test]
     fn hgrm_lists_rising_percentiles_ending_at_one_in_ms() {
