@@ -316,16 +316,43 @@ async fn worker(plan: WorkerPlan) -> Recorder {
         .into_iter()
         .map(|load| glommio::spawn_local(connection(st.clone(), load)))
         .collect();
+    let busy = glommio::spawn_local(busy_share(plan.window));
     for t in tasks {
         t.await;
     }
-    match Rc::try_unwrap(st) {
+    let busy = busy.await;
+    let mut recorder = match Rc::try_unwrap(st) {
         Ok(st) => st.recorder.into_inner(),
         // Every task has finished, so no other reference is left.
         Err(st) => {
             let empty = Recorder::new(plan.window, plan.index);
             st.recorder.replace(empty)
         }
+    };
+    recorder.busy = busy;
+    recorder
+}
+
+/// This thread's time on a CPU plus its time waiting in a run queue, in ns
+/// (/proc/thread-self/schedstat): the time it wanted a CPU.
+fn thread_wanted_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some(f.next()?? + f.next()??)
+}
+
+/// The share of the measured window this worker's thread wanted a CPU. A
+/// worker that keeps up sleeps between events; one near 1 never idled, so
+/// it, not the server, set the pace.
+async fn busy_share(window: Window) -> Option<f64> {
+    sleep_until(window.start).await;
+    let (t0, a) = (Instant::now(), thread_wanted_cpu_ns());
+    sleep_until(window.end).await;
+    let (t1, b) = (Instant::now(), thread_wanted_cpu_ns());
+    let wall = t1.duration_since(t0).as_secs_f64();
+    match (a, b) {
+        (Some(a), Some(b)) if wall > 0.0 => Some((b.saturating_sub(a) as f64 / 1e9 / wall).min(1.0)),
+        _ => None,
     }
 }
 

@@ -28,6 +28,9 @@ pub const QUANTILES: [(f64, &str, &str); 6] = [
 /// server, set the pace: the timer and event loop normally wake within tens
 /// of microseconds.
 pub const GENERATOR_DELAY_WARN_US: u64 = 1_000;
+/// A worker that wanted a CPU for this share of the window never idled: if
+/// requests also left late, ringload set the pace.
+pub const GENERATOR_BUSY_WARN: f64 = 0.95;
 /// Send lag above this at p99 means requests queued for a free connection.
 pub const SEND_LAG_WARN_US: u64 = 1_000;
 /// An achieved rate below this share of the target is reported.
@@ -145,6 +148,12 @@ impl Report {
         self.measured.requests as f64 / self.duration.as_secs_f64()
     }
 
+    /// Measured requests sent inside the window, per second: below the
+    /// target when the schedule fell behind (the rest left after the window).
+    pub fn sent_rate(&self) -> f64 {
+        self.measured.sent_in_window as f64 / self.duration.as_secs_f64()
+    }
+
     /// Corrected latency at quantile `q`, in µs.
     pub fn latency_us(&self, q: f64) -> u64 {
         value_at(&self.measured.latency_us, q)
@@ -190,10 +199,16 @@ impl Report {
         };
         let gen_p99 = value_at(&m.generator_delay_us, 0.99);
         let lag_p99 = value_at(&m.send_lag_us, 0.99);
-        if gen_p99 > GENERATOR_DELAY_WARN_US {
+        let busy = m.busiest_worker.unwrap_or(0.0);
+        // Late by its own doing: slow to send once a connection was free, or
+        // behind the schedule with a worker that never idled (then the lag
+        // hides in responses waiting to be read, not in the generator delay).
+        let generator_late = gen_p99 > GENERATOR_DELAY_WARN_US
+            || (busy >= GENERATOR_BUSY_WARN && lag_p99 > SEND_LAG_WARN_US);
+        if generator_late {
             let cause = match &sharing {
                 Some(s) => format!(
-                    " while {s}{used}: the two competed for the same cores, so neither these latencies nor \
+                    " It was {s}{used}: the two competed for the same cores, so neither these latencies nor \
                      this rate are the server's alone. Give each its own cores (fewer server workers, taskset), \
                      or lower --rate."
                 ),
@@ -202,9 +217,15 @@ impl Report {
                 ),
             };
             w.push(format!(
-                "RINGLOAD IS THE BOTTLENECK: it sent requests late by its own doing (p99 {} after a connection was free, max {}){cause}",
+                "RINGLOAD IS THE BOTTLENECK: it fell behind its schedule by its own doing: requests left late by \
+                 p99 {} (max {}), {} of that after a connection was free (p99); it sent {:.0}/s of the {target:.0}/s \
+                 schedule inside the window ({:.1}% behind), and its busiest worker wanted a CPU {:.0}% of the window{cause}",
+                fmt_us(lag_p99),
+                fmt_us(m.send_lag_us.max()),
                 fmt_us(gen_p99),
-                fmt_us(m.generator_delay_us.max())
+                self.sent_rate(),
+                (100.0 * (1.0 - self.sent_rate() / target)).max(0.0),
+                100.0 * busy
             ));
         } else if let Some(s) = &sharing {
             w.push(format!(
@@ -215,14 +236,16 @@ impl Report {
             ));
         }
         // Most of the lag was spent waiting for a connection, not on ringload.
-        if lag_p99 > SEND_LAG_WARN_US && lag_p99 > 2 * gen_p99 {
+        if !generator_late && lag_p99 > SEND_LAG_WARN_US && lag_p99 > 2 * gen_p99 {
             w.push(format!(
-                "REQUESTS WAITED FOR A FREE CONNECTION: send lag p99 {} (max {}) with all {} connections busy. \
-                 The corrected latency counts this wait, as a user arriving on schedule feels it. If the service \
-                 time stayed low outside stalls, the {} connections are too few for this rate: raise --connections.",
+                "REQUESTS WAITED FOR A FREE CONNECTION: send lag p99 {} (max {}) with all {} connections busy; \
+                 {:.0}/s of the {target:.0}/s schedule went out inside the window. The corrected latency counts \
+                 this wait, as a user arriving on schedule feels it. If the service time stayed low outside \
+                 stalls, the {} connections are too few for this rate: raise --connections.",
                 fmt_us(lag_p99),
                 fmt_us(m.send_lag_us.max()),
                 self.run.connections,
+                self.sent_rate(),
                 self.run.connections
             ));
         }
@@ -263,6 +286,8 @@ impl Report {
             "duration_s": self.duration.as_secs_f64(),
             "rate_target": self.rate_target,
             "rate_achieved": self.achieved_rate(),
+            "rate_sent_in_window": self.sent_rate(),
+            "busiest_worker": m.busiest_worker,
             "bytes": m.bytes_received,
             "bytes_sent": m.bytes_sent,
             "status": status,
@@ -494,6 +519,73 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 mod tests {
     use super::*;
     use crate::record::new_histogram;
+
+    /// An open-loop report at 1000/s for 1 s whose requests all left
+    /// `lag_us` late, `gen_us` of it after a connection was free, with the
+    /// busiest worker wanting a CPU `busy` of the window.
+    fn open_loop(lag_us: u64, gen_us: u64, busy: f64, sent: u64) -> Report {
+        let mut m = Measured::merge(Vec::new());
+        for _ in 0..1000 {
+            m.send_lag_us.record(lag_us.max(1)).unwrap();
+            m.generator_delay_us.record(gen_us.max(1)).unwrap();
+            m.latency_us.record(lag_us + 100).unwrap();
+        }
+        m.requests = 1000;
+        m.sent_in_window = sent;
+        m.busiest_worker = Some(busy);
+        let mut r = Report {
+            measured: m,
+            duration: Duration::from_secs(1),
+            rate_target: Some(1000.0),
+            run: RunInfo {
+                version: "test",
+                cores: 1,
+                connections: 64,
+                url: "http://h/".into(),
+                arrival: Arrival::Constant,
+                warmup: Duration::ZERO,
+                pipeline: 1,
+                check_id: None,
+                cpus: vec![1],
+                shared_cpus: Vec::new(),
+                local_server: None,
+                cores_used: Some(0.5),
+            },
+            warnings: Vec::new(),
+        };
+        r.warnings = r.find_warnings();
+        r
+    }
+
+    fn bottleneck(r: &Report) -> Option<&String> {
+        r.warnings.iter().find(|w| w.starts_with("RINGLOAD IS THE BOTTLENECK"))
+    }
+
+    #[test]
+    fn the_bottleneck_alarm_fires_when_ringload_is_late_and_says_by_how_much() {
+        // Slow to send once a connection was free.
+        let r = open_loop(5_000, 4_000, 0.5, 1000);
+        assert!(bottleneck(&r).is_some(), "{:?}", r.warnings);
+        // A worker that never idled while requests left late: the lag hides
+        // in responses waiting to be read, not in the generator delay.
+        let r = open_loop(20_000, 2, 0.99, 800);
+        let w = bottleneck(&r).expect("alarm");
+        assert!(w.contains("it sent 800/s of the 1000/s schedule inside the window (20.0% behind)"), "{w}");
+        assert!(w.contains("p99 20.")  && w.contains("99% of the window"), "{w}");
+        assert!(!r.warnings.iter().any(|w| w.starts_with("REQUESTS WAITED")), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn the_bottleneck_alarm_stays_quiet_when_ringload_kept_up_or_the_server_was_slow() {
+        // On schedule, however busy.
+        let r = open_loop(50, 2, 0.99, 1000);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        // Late because every connection was busy (a slow server) while the
+        // worker mostly slept: the server's doing, reported as such.
+        let r = open_loop(20_000, 2, 0.30, 800);
+        assert!(bottleneck(&r).is_none(), "{:?}", r.warnings);
+        assert!(r.warnings.iter().any(|w| w.starts_with("REQUESTS WAITED FOR A FREE CONNECTION")));
+    }
 
     #[test]
     fn bytes_are_shown_in_binary_units_only() {
