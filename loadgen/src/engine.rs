@@ -1,4 +1,4 @@
-//! The load engine: one glommio executor per worker core, each owning its
+//! The load engine: one monoio runtime (io_uring) per worker core, each owning its
 //! connections, its share of the schedule and its [`Recorder`]; the workers
 //! share nothing but the start time and a pair of progress counters.
 //!
@@ -16,25 +16,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::client::{Conn, Failure, Response, Tls};
 use crate::config::RunConfig;
 use crate::id::{IdSeen, ID_DIGITS};
+use crate::pacer::{Pacer, ON_URING};
 use crate::record::{ErrorClass, Measured, Recorder, Stamps, Window};
 use crate::report::Report;
 use crate::schedule::{Arrival, Schedule};
 use crate::target::Target;
 use crate::Error;
 
-/// Memory glommio registers with io_uring for file I/O. ringload does only
-/// socket I/O, so the minimum keeps each executor far below the default
-/// 8 MiB locked-memory limit of unprivileged users (glommio's own default is
-/// 10 MiB per executor, which fails there).
-const IO_MEMORY_BYTES: usize = 64 * 1024;
-/// Submission ring entries per executor: one batch per loop covers a few
+/// Submission ring entries per worker: one batch per loop covers a few
 /// hundred connections.
-const RING_DEPTH: usize = 256;
+const RING_DEPTH: u32 = 256;
 /// Time for the executors to start and connect before the first slot.
 const STARTUP: Duration = Duration::from_millis(150);
 /// A closed-loop connection that cannot connect waits this long before
@@ -82,6 +78,8 @@ struct WorkerState {
     settings: Settings,
     clock: Clock,
     schedule: RefCell<Option<Schedule>>,
+    /// Wakes connections at their slots (open loop).
+    pacer: Pacer,
     recorder: RefCell<Recorder>,
     progress: Arc<Progress>,
     /// Requests this worker has given an id (`--check-id`).
@@ -133,7 +131,7 @@ impl WorkerState {
 async fn sleep_until(t: Instant) {
     let now = Instant::now();
     if t > now {
-        glommio::timer::sleep(t - now).await;
+        monoio::time::sleep_until(monoio::time::Instant::from_std(t)).await;
     }
 }
 
@@ -182,7 +180,7 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
             };
             // A slot at or before `free_at` is already due: no clock read.
             if first > free_at {
-                sleep_until(first).await;
+                st.pacer.until(first).await;
             }
             intended.push(Some(first));
             // Pipelining in open loop: slots already due leave together.
@@ -209,13 +207,9 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
         let mut failure: Option<(Failure, usize)> = None;
         let mut reusable = set.keepalive;
         // The clock reading the send's time left is computed from.
-        let mut ready_at = sent;
         if conn.is_none() {
             match Conn::connect(&load.target, set.tls.as_ref(), deadline).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    ready_at = Instant::now();
-                }
+                Ok(c) => conn = Some(c),
                 Err(f) => failure = Some((f, 0)),
             }
         }
@@ -227,11 +221,17 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
             }
         }
         if let (None, Some(c)) = (&failure, conn.as_mut()) {
-            let bytes = &load.pipelined[..k * request_len];
-            match c.send(bytes, deadline, ready_at).await {
-                Err(f) => failure = Some((f, 0)),
+            let len = k * request_len;
+            match c.send(&mut load.pipelined, len, deadline).await {
+                Err(f) => {
+                    if load.pipelined.is_empty() {
+                        // The timed-out send kept the buffer.
+                        load.pipelined = load.target.request.repeat(set.pipeline);
+                    }
+                    failure = Some((f, 0));
+                }
                 Ok(()) => {
-                    st.recorder.borrow_mut().add_sent_bytes(bytes.len() as u64);
+                    st.recorder.borrow_mut().add_sent_bytes(len as u64);
                     for (j, &slot) in intended.iter().enumerate() {
                         let needle = load
                             .target
@@ -271,7 +271,7 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
             st.errors(f.class, &intended[from..], sent, Instant::now());
             conn = None;
             if f.class == ErrorClass::Connect && !set.open_loop {
-                glommio::timer::sleep(CONNECT_RETRY_BACKOFF).await;
+                monoio::time::sleep(CONNECT_RETRY_BACKOFF).await;
             }
             free_at = Instant::now();
         } else {
@@ -305,6 +305,7 @@ async fn worker(plan: WorkerPlan) -> Recorder {
         settings: plan.settings,
         clock: plan.clock,
         schedule: RefCell::new(schedule),
+        pacer: Pacer::new(plan.loads.len()),
         recorder: RefCell::new(Recorder::new(plan.window, plan.index)),
         progress: plan.progress,
         ids_taken: Cell::new(0),
@@ -314,12 +315,16 @@ async fn worker(plan: WorkerPlan) -> Recorder {
     let tasks: Vec<_> = plan
         .loads
         .into_iter()
-        .map(|load| glommio::spawn_local(connection(st.clone(), load)))
+        .map(|load| monoio::spawn(connection(st.clone(), load)))
         .collect();
-    let busy = glommio::spawn_local(busy_share(plan.window));
+    let busy = monoio::spawn(busy_share(plan.window));
+    let pacer = st.pacer.clone();
+    let pacing = monoio::spawn(async move { pacer.run().await });
     for t in tasks {
         t.await;
     }
+    st.pacer.finish();
+    pacing.await;
     let busy = busy.await;
     let mut recorder = match Rc::try_unwrap(st) {
         Ok(st) => st.recorder.into_inner(),
@@ -351,22 +356,89 @@ async fn busy_share(window: Window) -> Option<f64> {
     let (t1, b) = (Instant::now(), thread_wanted_cpu_ns());
     let wall = t1.duration_since(t0).as_secs_f64();
     match (a, b) {
-        (Some(a), Some(b)) if wall > 0.0 => Some((b.saturating_sub(a) as f64 / 1e9 / wall).min(1.0)),
+        (Some(a), Some(b)) if wall > 0.0 => {
+            Some((b.saturating_sub(a) as f64 / 1e9 / wall).min(1.0))
+        }
         _ => None,
     }
 }
 
-fn executor(name: &str, placement: Placement) -> LocalExecutorBuilder {
-    LocalExecutorBuilder::new(placement)
-        .name(name)
-        .io_memory(IO_MEMORY_BYTES)
-        .ring_depth(RING_DEPTH)
+/// Ring set-up flags, cheapest first: with one thread per ring,
+/// SINGLE_ISSUER + DEFER_TASKRUN post completions only when the worker asks
+/// for them (no reschedule IPI, no task work while it runs); COOP_TASKRUN
+/// for kernels before 6.1; none before 5.19. The same order as the proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingFlags {
+    DeferTaskrun,
+    CoopTaskrun,
+    Plain,
 }
 
-fn executor_error(e: impl std::fmt::Display) -> Error {
-    Error::Executor(format!(
-        "{e} (glommio needs io_uring; check `ulimit -l` and that io_uring is not disabled by seccomp or sysctl kernel.io_uring_disabled)"
-    ))
+impl RingFlags {
+    const PREFERENCE: [RingFlags; 3] = [
+        RingFlags::DeferTaskrun,
+        RingFlags::CoopTaskrun,
+        RingFlags::Plain,
+    ];
+
+    fn builder(self) -> io_uring::Builder {
+        let mut builder = io_uring::IoUring::builder();
+        match self {
+            RingFlags::DeferTaskrun => {
+                builder.setup_single_issuer().setup_defer_taskrun();
+            }
+            RingFlags::CoopTaskrun => {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            RingFlags::Plain => {}
+        }
+        builder
+    }
+}
+
+/// Runs `fut` to completion on this thread in a monoio runtime: io_uring
+/// with the first flags the kernel accepts, else the epoll driver (no
+/// io_uring: old kernel, seccomp, `kernel.io_uring_disabled`).
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    for flags in RingFlags::PREFERENCE {
+        if let Ok(mut rt) = RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(RING_DEPTH)
+            .uring_builder(flags.builder())
+            .enable_timer()
+            .build()
+        {
+            ON_URING.with(|u| u.set(true));
+            return rt.block_on(fut);
+        }
+    }
+    ON_URING.with(|u| u.set(false));
+    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+        Ok(mut rt) => rt.block_on(fut),
+        // Only fails when epoll itself cannot be created (out of fds).
+        Err(e) => panic!("cannot start a monoio runtime: {e}"),
+    }
+}
+
+/// A worker thread, pinned to `cpu` when given, running `fut` to its end.
+fn spawn_worker<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+    name: String,
+    cpu: Option<usize>,
+    fut: impl FnOnce() -> F + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>, Error> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if let Some(id) = cpu {
+                // A CPU outside the mask is refused; the worker then floats.
+                let _ = core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
+            block_on(fut())
+        })
+        .map_err(|e| Error::Executor(e.to_string()))
+}
+
+fn join_error(_: Box<dyn std::any::Any + Send>) -> Error {
+    Error::Executor("a load worker stopped unexpectedly".into())
 }
 
 /// Sends one request to each target and reads the response, so a dead,
@@ -375,43 +447,42 @@ fn probe(config: &RunConfig) -> Result<(), Error> {
     let targets = config.targets.clone();
     let tls = config.tls.clone();
     let timeout = config.timeout;
-    let handle = executor("ringload-probe", Placement::Unbound)
-        .spawn(move || async move {
-            for t in &targets {
-                let deadline = Instant::now() + timeout;
-                let what = |f: Failure| Error::Probe {
+    let handle = spawn_worker("ringload-probe".into(), None, move || async move {
+        for t in &targets {
+            let deadline = Instant::now() + timeout;
+            let what = |f: Failure| Error::Probe {
+                url: t.url.original.clone(),
+                addr: t.addr,
+                class: f.class,
+                why: f.why,
+            };
+            let mut c = Conn::connect(t, tls.as_ref(), deadline)
+                .await
+                .map_err(what)?;
+            let mut request = t.request.clone();
+            c.send(&mut request, t.request.len(), deadline)
+                .await
+                .map_err(what)?;
+            // The probe's id is the placeholder, 0.
+            let needle = t.id.map(|s| s.needle(&t.request));
+            let r = c
+                .read_response(t.head_method, deadline, needle)
+                .await
+                .map_err(what)?;
+            if let (Some(needle), true) = (needle, r.id.is_mismatch()) {
+                // A server that does not echo ids would fail every
+                // request: say so once, before the load.
+                return Err(Error::IdProbe {
                     url: t.url.original.clone(),
-                    addr: t.addr,
-                    class: f.class,
-                    why: f.why,
-                };
-                let mut c = Conn::connect(t, tls.as_ref(), deadline)
-                    .await
-                    .map_err(what)?;
-                c.send(&t.request, deadline, Instant::now())
-                    .await
-                    .map_err(what)?;
-                // The probe's id is the placeholder, 0.
-                let needle = t.id.map(|s| s.needle(&t.request));
-                let r = c
-                    .read_response(t.head_method, deadline, needle)
-                    .await
-                    .map_err(what)?;
-                if let (Some(needle), true) = (needle, r.id.is_mismatch()) {
-                    // A server that does not echo ids would fail every
-                    // request: say so once, before the load.
-                    return Err(Error::IdProbe {
-                        url: t.url.original.clone(),
-                        name: String::from_utf8_lossy(&needle[..needle.len() - ID_DIGITS - 1])
-                            .into_owned(),
-                        why: id_example(needle, r.id, r.status, c.scanned_body()),
-                    });
-                }
+                    name: String::from_utf8_lossy(&needle[..needle.len() - ID_DIGITS - 1])
+                        .into_owned(),
+                    why: id_example(needle, r.id, r.status, c.scanned_body()),
+                });
             }
-            Ok(())
-        })
-        .map_err(executor_error)?;
-    handle.join().map_err(executor_error)?
+        }
+        Ok(())
+    })?;
+    handle.join().map_err(join_error)?
 }
 
 /// Runs the load described by `config` and returns the merged report.
@@ -468,14 +539,8 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
             arrival: config.arrival,
             progress: progress[w].clone(),
         };
-        let placement = if config.pin {
-            Placement::Fixed(cpu)
-        } else {
-            Placement::Unbound
-        };
-        let handle = executor(&format!("ringload-{w}"), placement)
-            .spawn(move || worker(plan))
-            .map_err(executor_error)?;
+        let pin = config.pin.then_some(cpu);
+        let handle = spawn_worker(format!("ringload-{w}"), pin, move || worker(plan))?;
         handles.push(handle);
     }
     let done = Arc::new(AtomicBool::new(false));
@@ -495,7 +560,7 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
     for h in handles {
         match h.join() {
             Ok(r) => recorders.push(r),
-            Err(e) => failed = Some(executor_error(e)),
+            Err(e) => failed = Some(join_error(e)),
         }
     }
     done.store(true, Ordering::Relaxed);
@@ -597,7 +662,10 @@ mod tests {
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
         let warm = progress_line(ms(500), s(1), s(5), 10, 20.0, 0).unwrap();
-        assert!(warm.contains("warm-up") && warm.contains("not recorded"), "{warm}");
+        assert!(
+            warm.contains("warm-up") && warm.contains("not recorded"),
+            "{warm}"
+        );
         assert!(warm.contains("0.5s / 1.0s"), "{warm}");
         let measured = progress_line(ms(3500), s(1), s(5), 10, 20.0, 1).unwrap();
         assert!(!measured.contains("warm-up"), "{measured}");

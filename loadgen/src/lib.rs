@@ -22,6 +22,7 @@ pub mod config;
 pub mod engine;
 pub mod id;
 pub mod local;
+pub mod pacer;
 pub mod record;
 pub mod report;
 pub mod schedule;

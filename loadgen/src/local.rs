@@ -63,17 +63,32 @@ pub fn choose_cpus(
     pin: bool,
 ) -> (Vec<usize>, Vec<usize>) {
     let Some(server) = server else {
-        return (allowed.iter().copied().take(cores.unwrap_or(allowed.len())).collect(), Vec::new());
+        return (
+            allowed
+                .iter()
+                .copied()
+                .take(cores.unwrap_or(allowed.len()))
+                .collect(),
+            Vec::new(),
+        );
     };
     let (busy, free): (Vec<usize>, Vec<usize>) =
         allowed.iter().copied().partition(|c| server.contains(c));
     let chosen: Vec<usize> = match cores {
         None if !free.is_empty() => free,
         None => busy.clone(),
-        Some(n) => free.into_iter().chain(busy.iter().copied()).take(n).collect(),
+        Some(n) => free
+            .into_iter()
+            .chain(busy.iter().copied())
+            .take(n)
+            .collect(),
     };
     let shared = if pin {
-        chosen.iter().copied().filter(|c| server.contains(c)).collect()
+        chosen
+            .iter()
+            .copied()
+            .filter(|c| server.contains(c))
+            .collect()
     } else {
         // Unpinned workers may run on any CPU of the mask.
         busy
@@ -99,7 +114,11 @@ fn is_local(ip: IpAddr) -> bool {
 /// address, each printed as a native-endian u32 in hex.
 fn parse_proc_addr(hex: &str) -> Option<IpAddr> {
     let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
+        Some(
+            u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
     };
     match hex.len() {
         8 => Some(IpAddr::V4(Ipv4Addr::from(word(0)?))),
@@ -218,7 +237,11 @@ fn online_cpus() -> BTreeSet<usize> {
 /// The local server behind `targets`, if any of them is served on this
 /// machine by a process whose /proc entries this user may read.
 pub fn find(targets: &[SocketAddr]) -> Option<LocalServer> {
-    let local: Vec<SocketAddr> = targets.iter().copied().filter(|t| is_local(t.ip())).collect();
+    let local: Vec<SocketAddr> = targets
+        .iter()
+        .copied()
+        .filter(|t| is_local(t.ip()))
+        .collect();
     if local.is_empty() {
         return None;
     }
@@ -269,7 +292,10 @@ mod tests {
 
     #[test]
     fn cpu_lists_parse_as_the_kernel_writes_them() {
-        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), Some(set(&[0, 1, 2, 3, 8, 10, 11])));
+        assert_eq!(
+            parse_cpu_list("0-3,8,10-11\n"),
+            Some(set(&[0, 1, 2, 3, 8, 10, 11]))
+        );
         assert_eq!(parse_cpu_list("1"), Some(set(&[1])));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
@@ -290,10 +316,16 @@ mod tests {
         );
         let at = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(listening_inodes(&table, at("127.0.0.1:8080")), vec![111]);
-        assert_eq!(listening_inodes(&table, at("127.0.0.2:8080")), Vec::<u64>::new());
+        assert_eq!(
+            listening_inodes(&table, at("127.0.0.2:8080")),
+            Vec::<u64>::new()
+        );
         assert_eq!(listening_inodes(&table, at("127.0.0.1:9000")), vec![222]);
         assert_eq!(listening_inodes(&table, at("127.0.0.1:7000")), vec![444]);
-        assert_eq!(listening_inodes(&table, at("127.0.0.1:1")), Vec::<u64>::new());
+        assert_eq!(
+            listening_inodes(&table, at("127.0.0.1:1")),
+            Vec::<u64>::new()
+        );
     }
 
     #[test]
@@ -306,12 +338,24 @@ mod tests {
         // The server on CPU 0: ringload takes CPU 1 alone.
         assert_eq!(choose_cpus(&two, Some(&on0), None, true), (vec![1], vec![]));
         // Asked for 2 cores: the free one first, then the shared one.
-        assert_eq!(choose_cpus(&two, Some(&on0), Some(2), true), (vec![1, 0], vec![0]));
+        assert_eq!(
+            choose_cpus(&two, Some(&on0), Some(2), true),
+            (vec![1, 0], vec![0])
+        );
         // The server on every CPU: all of them, all shared.
-        assert_eq!(choose_cpus(&two, Some(&both), None, true), (vec![0, 1], vec![0, 1]));
-        assert_eq!(choose_cpus(&two, Some(&both), Some(1), true), (vec![0], vec![0]));
+        assert_eq!(
+            choose_cpus(&two, Some(&both), None, true),
+            (vec![0, 1], vec![0, 1])
+        );
+        assert_eq!(
+            choose_cpus(&two, Some(&both), Some(1), true),
+            (vec![0], vec![0])
+        );
         // Unpinned workers float over the mask, so the server's CPUs in it are shared.
-        assert_eq!(choose_cpus(&two, Some(&on0), None, false), (vec![1], vec![0]));
+        assert_eq!(
+            choose_cpus(&two, Some(&on0), None, false),
+            (vec![1], vec![0])
+        );
     }
 
     #[test]
@@ -323,7 +367,7 @@ mod tests {
         // Started under `taskset -c 2`: every thread on 2.
         assert_eq!(server_cpus(&[set(&[2]), set(&[2])], &online), set(&[2]));
         // Nothing pinned: it may run anywhere.
-        assert_eq!(server_cpus(&[online.clone()], &online), online);
+        assert_eq!(server_cpus(std::slice::from_ref(&online), &online), online);
     }
 
     #[test]

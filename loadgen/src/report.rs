@@ -558,7 +558,9 @@ mod tests {
     }
 
     fn bottleneck(r: &Report) -> Option<&String> {
-        r.warnings.iter().find(|w| w.starts_with("RINGLOAD IS THE BOTTLENECK"))
+        r.warnings
+            .iter()
+            .find(|w| w.starts_with("RINGLOAD IS THE BOTTLENECK"))
     }
 
     #[test]
@@ -570,9 +572,19 @@ mod tests {
         // in responses waiting to be read, not in the generator delay.
         let r = open_loop(20_000, 2, 0.99, 800);
         let w = bottleneck(&r).expect("alarm");
-        assert!(w.contains("it sent 800/s of the 1000/s schedule inside the window (20.0% behind)"), "{w}");
-        assert!(w.contains("p99 20.")  && w.contains("99% of the window"), "{w}");
-        assert!(!r.warnings.iter().any(|w| w.starts_with("REQUESTS WAITED")), "{:?}", r.warnings);
+        assert!(
+            w.contains("it sent 800/s of the 1000/s schedule inside the window (20.0% behind)"),
+            "{w}"
+        );
+        assert!(
+            w.contains("p99 20.") && w.contains("99% of the window"),
+            "{w}"
+        );
+        assert!(
+            !r.warnings.iter().any(|w| w.starts_with("REQUESTS WAITED")),
+            "{:?}",
+            r.warnings
+        );
     }
 
     #[test]
@@ -584,7 +596,10 @@ mod tests {
         // worker mostly slept: the server's doing, reported as such.
         let r = open_loop(20_000, 2, 0.30, 800);
         assert!(bottleneck(&r).is_none(), "{:?}", r.warnings);
-        assert!(r.warnings.iter().any(|w| w.starts_with("REQUESTS WAITED FOR A FREE CONNECTION")));
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("REQUESTS WAITED FOR A FREE CONNECTION")));
     }
 
     #[test]

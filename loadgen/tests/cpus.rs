@@ -46,13 +46,19 @@ fn workers_share_an_unpinned_servers_cpus_openly_and_keep_off_a_pinned_ones() {
     let (out, doc) = run(&server.url(), &json, None);
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("WARNING: ringload shares CPU(s)") && err.contains(&me), "{err}");
+    assert!(
+        err.contains("WARNING: ringload shares CPU(s)") && err.contains(&me),
+        "{err}"
+    );
     let shared = doc["run"]["shared_cpus"].as_array().unwrap().clone();
     assert!(!shared.is_empty(), "{doc}");
     assert!(doc["run"]["local_server"].as_str().unwrap().contains(&me));
     let warnings = doc["warnings"].to_string();
     // Shared, whether or not ringload also fell behind (a busy machine).
-    assert!(warnings.contains("with the server under test"), "{warnings}");
+    assert!(
+        warnings.contains("with the server under test"),
+        "{warnings}"
+    );
     let cpus: Vec<u64> = doc["run"]["cpus"]
         .as_array()
         .unwrap()

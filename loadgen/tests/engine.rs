@@ -348,7 +348,10 @@ fn a_slow_server_behind_schedule_is_not_blamed_on_ringload() {
     .unwrap();
     let sent = report.sent_rate();
     assert!(sent < 600.0, "sent {sent}/s inside the window");
-    let busy = report.measured.busiest_worker.expect("schedstat is readable");
+    let busy = report
+        .measured
+        .busiest_worker
+        .expect("schedstat is readable");
     assert!(busy < 0.5, "worker busy {busy}");
     let w = report.warnings.join("\n");
     assert!(!w.contains("RINGLOAD IS THE BOTTLENECK"), "{w}");

@@ -136,7 +136,10 @@ fn a_self_signed_certificate_without_insecure_is_a_certificate_error() {
     let want = format!("ringload: cannot connect to {}", server.url());
     // The error is the last line (a line about sharing CPUs with this
     // test's server may come first).
-    assert!(err.trim_end().lines().last().unwrap().starts_with(&want), "{err}");
+    assert!(
+        err.trim_end().lines().last().unwrap().starts_with(&want),
+        "{err}"
+    );
     assert!(
         err.contains("invalid peer certificate: UnknownIssuer"),
         "{err}"
