@@ -186,8 +186,9 @@ fn timed_out() -> Failure {
 }
 
 /// Runs `op` until `deadline`: past it, the operation is dropped, which
-/// cancels it in the ring.
-async fn by<F: std::future::Future>(deadline: Instant, op: F) -> Result<F::Output, Failure> {
+/// cancels its ring operation in flight. One timer per request exchange
+/// (the engine wraps a send and its responses), not one per read.
+pub async fn by<F: std::future::Future>(deadline: Instant, op: F) -> Result<F::Output, Failure> {
     monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), op)
         .await
         .map_err(|_| timed_out())
@@ -261,22 +262,18 @@ impl Conn {
     }
 
     /// Writes `bytes[..len]` (one or several pipelined requests). The buffer
-    /// goes to the ring and comes back; after a timeout it stays with the
-    /// cancelled operation and `bytes` is left empty (the caller rebuilds it).
-    pub async fn send(
-        &mut self,
-        bytes: &mut Vec<u8>,
-        len: usize,
-        deadline: Instant,
-    ) -> Result<(), Failure> {
+    /// goes to the ring and comes back; if the caller's deadline drops the
+    /// send, it stays with the cancelled operation and `bytes` is left empty
+    /// (the caller rebuilds it).
+    pub async fn send(&mut self, bytes: &mut Vec<u8>, len: usize) -> Result<(), Failure> {
         let buf = std::mem::take(bytes).slice(..len);
-        let (res, buf) = by(deadline, self.stream.write_all(buf)).await?;
+        let (res, buf) = self.stream.write_all(buf).await;
         *bytes = buf.into_inner();
         res.map(|_| ()).map_err(|e| Failure::io(&e, false))
     }
 
     /// Reads more bytes after `end`; `Ok(0)` is end of stream.
-    async fn fill(&mut self, deadline: Instant) -> Result<usize, Failure> {
+    async fn fill(&mut self) -> Result<usize, Failure> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -292,11 +289,12 @@ impl Conn {
                 return Err(Failure::new(ErrorClass::Parse, "response head too large"));
             }
         }
-        // The buffer goes to the ring for the read; a timed-out read keeps
-        // it, and the connection is dropped after any failure.
+        // The buffer goes to the ring for the read; a read dropped by the
+        // caller's deadline keeps it, and the connection is dropped after
+        // any failure.
         let cap = self.buf.len();
         let into: SliceMut<Vec<u8>> = std::mem::take(&mut self.buf).slice_mut(self.end..cap);
-        let (res, into) = by(deadline, self.stream.read(into)).await?;
+        let (res, into) = self.stream.read(into).await;
         self.buf = into.into_inner();
         let n = res.map_err(|e| Failure::io(&e, false))?;
         self.end += n;
@@ -316,7 +314,6 @@ impl Conn {
     pub async fn read_response(
         &mut self,
         head_method: bool,
-        deadline: Instant,
         id: Option<&[u8]>,
     ) -> Result<Response, Failure> {
         let checking = id.is_some();
@@ -333,7 +330,7 @@ impl Conn {
                 }
                 Ok(Some(head)) => break head,
                 Ok(None) => {
-                    if self.fill(deadline).await? == 0 {
+                    if self.fill().await? == 0 {
                         let why = if self.start == self.end && bytes == 0 {
                             "connection closed before a response"
                         } else {
@@ -368,7 +365,7 @@ impl Conn {
                 if left == 0 {
                     break;
                 }
-                if self.fill(deadline).await? == 0 {
+                if self.fill().await? == 0 {
                     return Err(Failure::new(
                         ErrorClass::Reset,
                         "connection closed inside a body",
@@ -393,7 +390,7 @@ impl Conn {
                     if feed.done {
                         break;
                     }
-                    if self.fill(deadline).await? == 0 {
+                    if self.fill().await? == 0 {
                         return Err(Failure::new(
                             ErrorClass::Reset,
                             "connection closed inside a chunked body",
@@ -409,7 +406,7 @@ impl Conn {
                         self.scan.push(&self.buf[self.start..self.end]);
                     }
                     self.start = self.end;
-                    if self.fill(deadline).await? == 0 {
+                    if self.fill().await? == 0 {
                         break;
                     }
                 }

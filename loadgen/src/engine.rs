@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::client::{Conn, Failure, Response, Tls};
+use crate::client::{self, Conn, Failure, Response, Tls};
 use crate::config::RunConfig;
 use crate::id::{IdSeen, ID_DIGITS};
 use crate::pacer::{Pacer, ON_URING};
@@ -222,49 +222,47 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
         }
         if let (None, Some(c)) = (&failure, conn.as_mut()) {
             let len = k * request_len;
-            match c.send(&mut load.pipelined, len, deadline).await {
-                Err(f) => {
-                    if load.pipelined.is_empty() {
-                        // The timed-out send kept the buffer.
-                        load.pipelined = load.target.request.repeat(set.pipeline);
+            // Responses complete so far: a deadline fails the rest.
+            let complete = Cell::new(0usize);
+            let exchange = async {
+                c.send(&mut load.pipelined, len).await.map_err(|f| (f, 0))?;
+                st.recorder.borrow_mut().add_sent_bytes(len as u64);
+                for (j, &slot) in intended.iter().enumerate() {
+                    let needle = load
+                        .target
+                        .id
+                        .map(|s| s.in_copy(j, request_len).needle(&load.pipelined));
+                    let r = c
+                        .read_response(load.target.head_method, needle)
+                        .await
+                        .map_err(|f| (f, j))?;
+                    if let Some(needle) = needle {
+                        st.recorder.borrow_mut().ids.count(r.id, || {
+                            id_example(needle, r.id, r.status, c.scanned_body())
+                        });
                     }
-                    failure = Some((f, 0));
+                    let done = Instant::now();
+                    let stamps = Stamps {
+                        intended: slot,
+                        free_at,
+                        sent,
+                        done,
+                    };
+                    st.response(&stamps, &r);
+                    reusable &= r.reusable;
+                    last_done = Some(done);
+                    complete.set(j + 1);
                 }
-                Ok(()) => {
-                    st.recorder.borrow_mut().add_sent_bytes(len as u64);
-                    for (j, &slot) in intended.iter().enumerate() {
-                        let needle = load
-                            .target
-                            .id
-                            .map(|s| s.in_copy(j, request_len).needle(&load.pipelined));
-                        match c
-                            .read_response(load.target.head_method, deadline, needle)
-                            .await
-                        {
-                            Ok(r) => {
-                                if let Some(needle) = needle {
-                                    st.recorder.borrow_mut().ids.count(r.id, || {
-                                        id_example(needle, r.id, r.status, c.scanned_body())
-                                    });
-                                }
-                                let done = Instant::now();
-                                let stamps = Stamps {
-                                    intended: slot,
-                                    free_at,
-                                    sent,
-                                    done,
-                                };
-                                st.response(&stamps, &r);
-                                reusable &= r.reusable;
-                                last_done = Some(done);
-                            }
-                            Err(f) => {
-                                failure = Some((f, j));
-                                break;
-                            }
-                        }
-                    }
-                }
+                Ok(())
+            };
+            failure = match client::by(deadline, exchange).await {
+                Ok(Ok(())) => None,
+                Ok(Err(failed)) => Some(failed),
+                Err(timeout) => Some((timeout, complete.get())),
+            };
+            if load.pipelined.is_empty() {
+                // A send the deadline dropped kept the buffer.
+                load.pipelined = load.target.request.repeat(set.pipeline);
             }
         }
         if let Some((f, from)) = failure {
@@ -460,14 +458,15 @@ fn probe(config: &RunConfig) -> Result<(), Error> {
                 .await
                 .map_err(what)?;
             let mut request = t.request.clone();
-            c.send(&mut request, t.request.len(), deadline)
+            client::by(deadline, c.send(&mut request, t.request.len()))
                 .await
+                .and_then(|sent| sent)
                 .map_err(what)?;
             // The probe's id is the placeholder, 0.
             let needle = t.id.map(|s| s.needle(&t.request));
-            let r = c
-                .read_response(t.head_method, deadline, needle)
+            let r = client::by(deadline, c.read_response(t.head_method, needle))
                 .await
+                .and_then(|r| r)
                 .map_err(what)?;
             if let (Some(needle), true) = (needle, r.id.is_mismatch()) {
                 // A server that does not echo ids would fail every
