@@ -23,6 +23,27 @@ use rustix::time::{
     Timespec,
 };
 
+/// A next slot at most this far ahead is worth yielding for.
+const YIELD_HORIZON: std::time::Duration = std::time::Duration::from_micros(50);
+/// A yield that took less than this came straight back: nothing else ran.
+const OTHERS_RAN: std::time::Duration = std::time::Duration::from_micros(2);
+
+/// Lets every other ready task of the worker run once.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 thread_local! {
     /// Set by the engine when this thread's runtime is io_uring-driven.
     pub(crate) static ON_URING: Cell<bool> = const { Cell::new(false) };
@@ -130,8 +151,25 @@ impl Pacer {
         }
     }
 
+    /// Wakes the connections whose slot is due and returns the next slot.
+    fn wake_due(inner: &Inner) -> Option<Instant> {
+        let mut waiting = inner.waiting.borrow_mut();
+        let now = Instant::now();
+        while waiting.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, w)) = waiting.pop_front() {
+                w.wake();
+            }
+        }
+        waiting.front().map(|(at, _)| *at)
+    }
+
     /// Wakes the connections whose slot is due, sleeping on the timerfd in
-    /// between, until [`Pacer::finish`] and nobody waits.
+    /// between, until [`Pacer::finish`] and nobody waits. While the worker
+    /// has other tasks to run and the next slot is close, the pacer yields
+    /// to them and looks again instead of arming the timer: a busy worker
+    /// then pays no timer set-up, read and wake-up per slot. It arms the
+    /// timer as soon as a yield comes straight back (nothing else ran), so
+    /// an idle worker sleeps rather than spins.
     pub async fn run(&self) {
         let inner = &*self.0;
         let Some((timer, _)) = &inner.timer else {
@@ -139,16 +177,18 @@ impl Pacer {
         };
         let mut expirations: Vec<u8> = Vec::with_capacity(8);
         loop {
-            let next = {
-                let mut waiting = inner.waiting.borrow_mut();
+            let mut next = Self::wake_due(inner);
+            let mut last = Instant::now();
+            while next.is_some_and(|at| at.saturating_duration_since(last) <= YIELD_HORIZON) {
+                YieldOnce(false).await;
                 let now = Instant::now();
-                while waiting.front().is_some_and(|(at, _)| *at <= now) {
-                    if let Some((_, w)) = waiting.pop_front() {
-                        w.wake();
-                    }
+                let others_ran = now.duration_since(last) >= OTHERS_RAN;
+                next = Self::wake_due(inner);
+                last = now;
+                if !others_ran {
+                    break;
                 }
-                waiting.front().map(|(at, _)| *at)
-            };
+            }
             match next {
                 Some(at) => {
                     if inner.armed_for.get() != Some(at) && !Self::arm(inner, at) {
