@@ -28,7 +28,7 @@ sleep 0.5
 if [ "$CLIENT" = wrk ]; then
   taskset -c 0 wrk -t1 -c64 -d$((DUR + 1))s http://127.0.0.1:$PORT/ > $W/client.out &
 else
-  taskset -c 0 "$CLIENT" http://127.0.0.1:$PORT/ -c 64 -d $((DUR + 1)) --cores 1 --quiet > $W/client.out &
+  taskset -c 0 "$CLIENT" http://127.0.0.1:$PORT/ -c 64 -d $((DUR + 1))s --cores 1 --quiet > $W/client.out &
 fi
 CLIENT_PID=$!
 sleep 0.5

@@ -178,13 +178,15 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
             let Some(first) = st.take_slot(None) else {
                 break;
             };
-            // A slot at or before `free_at` is already due: no clock read.
-            if first > free_at {
-                st.pacer.until(first).await;
-            }
+            // A slot at or before `free_at` is already due: no wait. The
+            // pacer's last clock read (at or after the slot) is the send time.
+            let now = if first > free_at {
+                st.pacer.until(first).await
+            } else {
+                Instant::now()
+            };
             intended.push(Some(first));
             // Pipelining in open loop: slots already due leave together.
-            let now = Instant::now();
             while intended.len() < set.pipeline {
                 match st.take_slot(Some(now)) {
                     Some(at) => intended.push(Some(at)),

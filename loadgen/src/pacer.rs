@@ -93,15 +93,17 @@ impl Pacer {
         }))
     }
 
-    /// Resolves at `at` (within microseconds), or at once when it has passed.
-    pub async fn until(&self, at: Instant) {
+    /// Resolves at `at` (within microseconds), or at once when it has
+    /// passed, with the clock reading that found it passed.
+    pub async fn until(&self, at: Instant) -> Instant {
         loop {
-            if Instant::now() >= at {
-                return;
+            let now = Instant::now();
+            if now >= at {
+                return now;
             }
             if !self.0.precise.get() {
                 monoio::time::sleep_until(monoio::time::Instant::from_std(at)).await;
-                return;
+                return Instant::now();
             }
             SlotWait {
                 at,
@@ -226,8 +228,9 @@ impl Future for SlotWait<'_> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        // Woken: the slot is due, or the pacer fell back (`until` rechecks).
-        if self.queued || Instant::now() >= self.at {
+        // Woken: the slot is due, or the pacer fell back (`until` rechecks;
+        // it has just read the clock before the first poll).
+        if self.queued {
             return Poll::Ready(());
         }
         self.queued = true;
