@@ -31,7 +31,7 @@ use crate::Error;
 /// Submission ring entries per worker: one batch per loop covers a few
 /// hundred connections.
 const RING_DEPTH: u32 = 256;
-/// Time for the executors to start and connect before the first slot.
+/// Time for the workers to start and connect before the first slot.
 const STARTUP: Duration = Duration::from_millis(150);
 /// A closed-loop connection that cannot connect waits this long before
 /// trying again, so a dead server is not hammered in a busy loop.
@@ -73,7 +73,7 @@ struct Settings {
     open_loop: bool,
 }
 
-/// A worker's state, owned by its executor thread.
+/// A worker's state, owned by its thread.
 struct WorkerState {
     settings: Settings,
     clock: Clock,
@@ -399,7 +399,7 @@ impl RingFlags {
 /// Runs `fut` to completion on this thread in a monoio runtime: io_uring
 /// with the first flags the kernel accepts, else the epoll driver (no
 /// io_uring: old kernel, seccomp, `kernel.io_uring_disabled`).
-fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output, Error> {
     for flags in RingFlags::PREFERENCE {
         if let Ok(mut rt) = RuntimeBuilder::<IoUringDriver>::new()
             .with_entries(RING_DEPTH)
@@ -408,14 +408,16 @@ fn block_on<F: std::future::Future>(fut: F) -> F::Output {
             .build()
         {
             ON_URING.with(|u| u.set(true));
-            return rt.block_on(fut);
+            return Ok(rt.block_on(fut));
         }
     }
     ON_URING.with(|u| u.set(false));
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut rt) => rt.block_on(fut),
+        Ok(mut rt) => Ok(rt.block_on(fut)),
         // Only fails when epoll itself cannot be created (out of fds).
-        Err(e) => panic!("cannot start a monoio runtime: {e}"),
+        Err(e) => Err(Error::Executor(format!(
+            "cannot start an io_uring or epoll event loop: {e}"
+        ))),
     }
 }
 
@@ -424,7 +426,7 @@ fn spawn_worker<T: Send + 'static, F: std::future::Future<Output = T> + 'static>
     name: String,
     cpu: Option<usize>,
     fut: impl FnOnce() -> F + Send + 'static,
-) -> Result<std::thread::JoinHandle<T>, Error> {
+) -> Result<std::thread::JoinHandle<Result<T, Error>>, Error> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
@@ -483,7 +485,7 @@ fn probe(config: &RunConfig) -> Result<(), Error> {
         }
         Ok(())
     })?;
-    handle.join().map_err(join_error)?
+    handle.join().map_err(join_error)??
 }
 
 /// Runs the load described by `config` and returns the merged report.
@@ -560,7 +562,8 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
     let mut failed = None;
     for h in handles {
         match h.join() {
-            Ok(r) => recorders.push(r),
+            Ok(Ok(r)) => recorders.push(r),
+            Ok(Err(e)) => failed = Some(e),
             Err(e) => failed = Some(join_error(e)),
         }
     }
