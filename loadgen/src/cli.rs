@@ -19,16 +19,34 @@ pub enum ArrivalArg {
     Poisson,
 }
 
-fn parse_rate(s: &str) -> Result<f64, String> {
-    let s = s.trim_end_matches("/s");
-    let v: f64 = s
+/// A rate in requests/s: `20000`, `20000/s`, `20k`, `1.5M`.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let number = s.trim_end_matches("/s");
+    let (digits, scale) = match number.as_bytes().last() {
+        Some(b'k' | b'K') => (&number[..number.len() - 1], 1e3),
+        Some(b'M') => (&number[..number.len() - 1], 1e6),
+        _ => (number, 1.0),
+    };
+    let v: f64 = digits
         .parse()
-        .map_err(|_| format!("{s:?} is not a number of requests/s"))?;
+        .map_err(|_| format!("{s:?} is not a number of requests/s (e.g. 20000, 20k, 1.5M)"))?;
+    let v = v * scale;
     if v.is_finite() && v > 0.0 {
         Ok(v)
     } else {
         Err("the rate must be a positive number".into())
     }
+}
+
+/// A duration as wrk takes it: a bare number is seconds (`-d 5`), otherwise
+/// humantime (`500ms`, `10s`, `1m`).
+pub fn parse_seconds_or_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a duration (e.g. 5, 500ms, 10s, 1m)"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration (e.g. 5, 500ms, 10s, 1m): {e}"))
 }
 
 /// ringload: an HTTP/1.1 load generator that measures tail latency
@@ -39,8 +57,8 @@ pub struct Cli {
     /// Target URL(s), http:// or https://; connections are spread over them.
     #[arg(required = true)]
     pub urls: Vec<String>,
-    /// Requests per second for the whole run (open loop on a fixed schedule).
-    /// Without it: closed loop, as fast as the connections go.
+    /// Requests per second for the whole run (open loop on a fixed schedule),
+    /// e.g. 20000 or 20k. Without it: closed loop, as fast as the connections go.
     #[arg(short, long, value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// How sends are spaced on the schedule.
@@ -49,11 +67,11 @@ pub struct Cli {
     /// Connections, over all cores.
     #[arg(short, long, default_value_t = DEFAULT_CONNECTIONS)]
     pub connections: usize,
-    /// Measured duration (e.g. 10s, 1m).
-    #[arg(short, long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Measured duration (e.g. 10s, 1m; a bare number is seconds, as in wrk).
+    #[arg(short, long, default_value = "10s", value_parser = parse_seconds_or_duration)]
     pub duration: Duration,
-    /// Load before the measured window, not recorded.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    /// Load before the measured window, not recorded (a bare number is seconds).
+    #[arg(long, default_value = "0s", value_parser = parse_seconds_or_duration)]
     pub warmup: Duration,
     /// Worker cores (default: every CPU this process may run on).
     #[arg(long)]
@@ -83,8 +101,9 @@ pub struct Cli {
     /// count responses whose body does not carry that same id (exit 3).
     #[arg(long, value_name = "NAME")]
     pub check_id: Option<String>,
-    /// Per-request timeout (connect + send + complete response).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Per-request timeout (connect + send + complete response; a bare
+    /// number is seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_seconds_or_duration)]
     pub timeout: Duration,
     /// Accept any TLS certificate (self-signed test servers).
     #[arg(short = 'k', long)]
@@ -225,5 +244,42 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["ringload", "http://h/", "--sweep", "--rate", "5"]).is_err());
         assert!(Cli::try_parse_from(["ringload"]).is_err());
+    }
+
+    #[test]
+    fn a_bare_duration_is_seconds_as_in_wrk() {
+        let cli = Cli::try_parse_from([
+            "ringload",
+            "http://h/",
+            "-d",
+            "5",
+            "--warmup",
+            "0.5",
+            "--timeout",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.duration, Duration::from_secs(5));
+        assert_eq!(cli.warmup, Duration::from_millis(500));
+        assert_eq!(cli.timeout, Duration::from_secs(2));
+        assert_eq!(
+            parse_seconds_or_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(parse_seconds_or_duration("-1").is_err());
+        assert!(parse_seconds_or_duration("5 parsecs").is_err());
+        // The objective keeps its unit: `--slo 10` could be ms or s.
+        assert!(Cli::try_parse_from(["ringload", "http://h/", "--sweep", "--slo", "10"]).is_err());
+    }
+
+    #[test]
+    fn rates_take_k_and_m_suffixes() {
+        assert_eq!(parse_rate("10k"), Ok(10_000.0));
+        assert_eq!(parse_rate("2.5K/s"), Ok(2_500.0));
+        assert_eq!(parse_rate("1.5M"), Ok(1_500_000.0));
+        assert_eq!(parse_rate("750"), Ok(750.0));
+        assert!(parse_rate("10x").is_err());
+        assert!(parse_rate("k").is_err());
+        assert!(parse_rate("0k").is_err());
     }
 }

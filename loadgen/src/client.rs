@@ -4,19 +4,19 @@
 //! Owns the bytes on the wire. Framing comes from `ringgate-core`
 //! (`parse_response`, `ChunkedDecoder`), so ringload reads responses exactly
 //! as strictly as the proxy does. It records nothing: the engine times the
-//! calls. Timeouts are set on the socket (`set_read_timeout`), which glommio
-//! implements as a timer that cancels the pending operation, never by
-//! dropping an in-flight operation.
+//! calls. Every send and receive is an io_uring operation (monoio's
+//! completion-based `send`/`recv` on owned buffers); a deadline is a timer
+//! raced against the operation, and a losing operation is cancelled in the
+//! ring (monoio's `async-cancel`), not left to run.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_lite::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use futures_rustls::TlsConnector;
-use glommio::net::TcpStream;
+use monoio::buf::{IoBuf, IoBufMut, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio_rustls::TlsConnector;
 use ringgate_core::chunked::{ChunkLimits, ChunkedDecoder};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch, ResponseBody};
 use rustls::pki_types::ServerName;
@@ -155,16 +155,43 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
 
 enum Stream {
     Plain(TcpStream),
-    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
 }
 
-fn remaining(deadline: Instant) -> Result<Duration, Failure> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(Failure::new(ErrorClass::Timeout, "timed out"))
-    } else {
-        Ok(left)
+impl Stream {
+    async fn write_all<B: IoBuf>(&mut self, buf: B) -> (io::Result<usize>, B) {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => {
+                let (res, buf) = s.write_all(buf).await;
+                match res {
+                    // rustls may hold records back until the flush.
+                    Ok(n) => (s.flush().await.map(|()| n), buf),
+                    Err(e) => (Err(e), buf),
+                }
+            }
+        }
     }
+
+    async fn read<B: IoBufMut>(&mut self, buf: B) -> (io::Result<usize>, B) {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
+fn timed_out() -> Failure {
+    Failure::new(ErrorClass::Timeout, "timed out")
+}
+
+/// Runs `op` until `deadline`: past it, the operation is dropped, which
+/// cancels its ring operation in flight. One timer per request exchange
+/// (the engine wraps a send and its responses), not one per read.
+pub async fn by<F: std::future::Future>(deadline: Instant, op: F) -> Result<F::Output, Failure> {
+    monoio::time::timeout_at(monoio::time::Instant::from_std(deadline), op)
+        .await
+        .map_err(|_| timed_out())
 }
 
 /// An open connection with its read buffer and parse state.
@@ -175,12 +202,6 @@ pub struct Conn {
     start: usize,
     end: usize,
     scratch: HeadScratch,
-    /// The socket's read timeout is the time left as of the last send, and
-    /// that send did not block: the next read may use it without a clock
-    /// read. glommio arms a read's timer only when the read blocks, so the
-    /// first read of a response then ends at most the send's duration (µs)
-    /// after the deadline; every later read recomputes the time left.
-    timeout_fresh: bool,
     /// The current body's first bytes, when its request carries an id.
     scan: BodyScan,
 }
@@ -204,12 +225,11 @@ impl Conn {
         tls: Option<&Tls>,
         deadline: Instant,
     ) -> Result<Conn, Failure> {
-        let tcp = TcpStream::connect_timeout(target.addr, remaining(deadline)?)
-            .await
-            .map_err(|e| Failure::io(&io::Error::from(e), true))?;
+        let tcp = by(deadline, TcpStream::connect_addr(target.addr))
+            .await?
+            .map_err(|e| Failure::io(&e, true))?;
         // Small requests must leave at once, not wait for Nagle.
-        tcp.set_nodelay(true)
-            .map_err(|e| Failure::io(&io::Error::from(e), true))?;
+        tcp.set_nodelay(true).map_err(|e| Failure::io(&e, true))?;
         let stream = match (target.url.scheme, tls) {
             (Scheme::Http, _) => Stream::Plain(tcp),
             (Scheme::Https, None) => {
@@ -222,13 +242,13 @@ impl Conn {
                 let name = ServerName::try_from(target.url.host.clone()).map_err(|e| {
                     Failure::new(ErrorClass::Connect, format!("TLS server name: {e}"))
                 })?;
-                set_timeouts(&tcp, remaining(deadline)?);
-                let s = tls
-                    .connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| Failure::io(&e, true))?;
-                Stream::Tls(Box::new(s))
+                let handshake = match by(deadline, tls.connector.connect(name, tcp)).await {
+                    Ok(r) => r.map_err(io::Error::from),
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
+                };
+                Stream::Tls(Box::new(
+                    handshake.map_err(|e| handshake_failure(&e, target))?,
+                ))
             }
         };
         Ok(Conn {
@@ -237,51 +257,23 @@ impl Conn {
             start: 0,
             end: 0,
             scratch: HeadScratch::default(),
-            timeout_fresh: false,
             scan: BodyScan::default(),
         })
     }
 
-    fn tcp(&self) -> &TcpStream {
-        match &self.stream {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        }
-    }
-
-    /// Writes `bytes` (one or several pipelined requests). `now` is a clock
-    /// reading the caller already has (the send stamp), so the send itself
-    /// reads no clock.
-    pub async fn send(
-        &mut self,
-        bytes: &[u8],
-        deadline: Instant,
-        now: Instant,
-    ) -> Result<(), Failure> {
-        let left = deadline.saturating_duration_since(now);
-        if left.is_zero() {
-            return Err(Failure::new(ErrorClass::Timeout, "timed out"));
-        }
-        set_timeouts(self.tcp(), left);
-        let mut blocked = false;
-        let res = match &mut self.stream {
-            Stream::Plain(s) => write_all_plain(s, bytes, &mut blocked).await,
-            Stream::Tls(s) => {
-                // rustls may hold bytes back until the flush: treat every
-                // TLS send as one that may have waited.
-                blocked = true;
-                match s.write_all(bytes).await {
-                    Ok(()) => s.flush().await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        self.timeout_fresh = !blocked;
-        res.map_err(|e| Failure::io(&e, false))
+    /// Writes `bytes[..len]` (one or several pipelined requests). The buffer
+    /// goes to the ring and comes back; if the caller's deadline drops the
+    /// send, it stays with the cancelled operation and `bytes` is left empty
+    /// (the caller rebuilds it).
+    pub async fn send(&mut self, bytes: &mut Vec<u8>, len: usize) -> Result<(), Failure> {
+        let buf = std::mem::take(bytes).slice(..len);
+        let (res, buf) = self.stream.write_all(buf).await;
+        *bytes = buf.into_inner();
+        res.map(|_| ()).map_err(|e| Failure::io(&e, false))
     }
 
     /// Reads more bytes after `end`; `Ok(0)` is end of stream.
-    async fn fill(&mut self, deadline: Instant) -> Result<usize, Failure> {
+    async fn fill(&mut self) -> Result<usize, Failure> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -297,14 +289,13 @@ impl Conn {
                 return Err(Failure::new(ErrorClass::Parse, "response head too large"));
             }
         }
-        if !std::mem::take(&mut self.timeout_fresh) {
-            set_timeouts(self.tcp(), remaining(deadline)?);
-        }
-        let into = &mut self.buf[self.end..];
-        let res = match &mut self.stream {
-            Stream::Plain(s) => s.read(into).await,
-            Stream::Tls(s) => s.read(into).await,
-        };
+        // The buffer goes to the ring for the read; a read dropped by the
+        // caller's deadline keeps it, and the connection is dropped after
+        // any failure.
+        let cap = self.buf.len();
+        let into: SliceMut<Vec<u8>> = std::mem::take(&mut self.buf).slice_mut(self.end..cap);
+        let (res, into) = self.stream.read(into).await;
+        self.buf = into.into_inner();
         let n = res.map_err(|e| Failure::io(&e, false))?;
         self.end += n;
         Ok(n)
@@ -323,7 +314,6 @@ impl Conn {
     pub async fn read_response(
         &mut self,
         head_method: bool,
-        deadline: Instant,
         id: Option<&[u8]>,
     ) -> Result<Response, Failure> {
         let checking = id.is_some();
@@ -340,7 +330,7 @@ impl Conn {
                 }
                 Ok(Some(head)) => break head,
                 Ok(None) => {
-                    if self.fill(deadline).await? == 0 {
+                    if self.fill().await? == 0 {
                         let why = if self.start == self.end && bytes == 0 {
                             "connection closed before a response"
                         } else {
@@ -375,7 +365,7 @@ impl Conn {
                 if left == 0 {
                     break;
                 }
-                if self.fill(deadline).await? == 0 {
+                if self.fill().await? == 0 {
                     return Err(Failure::new(
                         ErrorClass::Reset,
                         "connection closed inside a body",
@@ -400,7 +390,7 @@ impl Conn {
                     if feed.done {
                         break;
                     }
-                    if self.fill(deadline).await? == 0 {
+                    if self.fill().await? == 0 {
                         return Err(Failure::new(
                             ErrorClass::Reset,
                             "connection closed inside a chunked body",
@@ -416,7 +406,7 @@ impl Conn {
                         self.scan.push(&self.buf[self.start..self.end]);
                     }
                     self.start = self.end;
-                    if self.fill(deadline).await? == 0 {
+                    if self.fill().await? == 0 {
                         break;
                     }
                 }
@@ -431,29 +421,35 @@ impl Conn {
     }
 }
 
-/// `write_all` that also says whether the write had to wait for the socket
-/// (`blocked`), which decides whether the time left can be reused.
-async fn write_all_plain(s: &mut TcpStream, bytes: &[u8], blocked: &mut bool) -> io::Result<()> {
-    let mut written = 0;
-    futures_lite::future::poll_fn(|cx| {
-        while written < bytes.len() {
-            match Pin::new(&mut *s).poll_write(cx, &bytes[written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    *blocked = true;
-                    return Poll::Pending;
-                }
-            }
+/// A failed TLS handshake in words. The common mistake, an `https://` URL to
+/// a plain HTTP port, shows as a reply that is not a TLS record (the
+/// server's `400` in plain text), a close, or silence (a server still
+/// waiting for the end of a request head); each names the http:// URL.
+fn handshake_failure(e: &io::Error, target: &Target) -> Failure {
+    let plain_url = format!("http://{}", &target.url.original["https://".len()..]);
+    let not_tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+    let why = if not_tls {
+        format!(
+            "the server answered in plain text, not TLS: {} is a plain HTTP port, use {plain_url}",
+            target.addr
+        )
+    } else {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => format!(
+                "no answer to the TLS handshake within --timeout; if {} is a plain HTTP port, use {plain_url}",
+                target.addr
+            ),
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted => format!(
+                "the server closed the connection during the TLS handshake; if {} is a plain HTTP port, use {plain_url}",
+                target.addr
+            ),
+            _ => return Failure::io(e, true),
         }
-        Poll::Ready(Ok(()))
-    })
-    .await
-}
-
-fn set_timeouts(tcp: &TcpStream, left: Duration) {
-    // Only fails for a zero duration, which `remaining` never returns.
-    let _ = tcp.set_read_timeout(Some(left));
-    let _ = tcp.set_write_timeout(Some(left));
+    };
+    Failure::new(ErrorClass::Connect, why)
 }

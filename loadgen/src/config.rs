@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use crate::client::Tls;
+use crate::local::{self, LocalServer};
 use crate::schedule::Arrival;
 use crate::target::{RequestSpec, Target, TargetError, Url};
 use crate::Error;
@@ -102,6 +103,10 @@ pub struct RunConfig {
     pub(crate) probe: bool,
     /// `--check-id NAME`, for reports (the ids are in the targets' bytes).
     pub(crate) check_id: Option<String>,
+    /// The server under test, when it runs on this machine.
+    pub(crate) local_server: Option<LocalServer>,
+    /// CPUs the workers share with that server (empty: none).
+    pub(crate) shared_cpus: Vec<usize>,
 }
 
 /// CPUs this process may run on.
@@ -182,7 +187,18 @@ impl RunConfig {
         if !problems.is_empty() {
             return Err(Error::Config(problems));
         }
-        let workers = cores.min(o.connections).max(1);
+        let addrs: Vec<_> = targets.iter().map(|t| t.addr).collect();
+        let local_server = local::find(&addrs);
+        let (mut cpus, mut shared_cpus) = local::choose_cpus(
+            &allowed,
+            local_server.as_ref().map(|s| &s.cpus),
+            o.cores,
+            o.pin,
+        );
+        cpus.truncate(o.connections.max(1));
+        if o.pin {
+            shared_cpus.retain(|c| cpus.contains(c));
+        }
         Ok(RunConfig {
             targets,
             rate: o.rate,
@@ -190,7 +206,7 @@ impl RunConfig {
             connections: o.connections,
             duration: o.duration,
             warmup: o.warmup,
-            cpus: allowed.into_iter().take(workers).collect(),
+            cpus,
             pin: o.pin,
             pipeline: o.pipeline,
             keepalive: o.keepalive,
@@ -200,6 +216,8 @@ impl RunConfig {
             raw_limit: if o.keep_raw { MAX_RAW_ROWS } else { 0 },
             probe: o.probe,
             check_id: o.request.check_id,
+            local_server,
+            shared_cpus,
         })
     }
 
@@ -241,6 +259,28 @@ impl RunConfig {
 
     pub fn warmup(&self) -> Duration {
         self.warmup
+    }
+
+    /// Where the workers run relative to a local server under test, for
+    /// stderr before the run: which CPUs were left to it, or which are shared.
+    pub fn cpu_note(&self) -> Option<String> {
+        let server = self.local_server.as_ref()?;
+        let mine = local::cpu_list(self.cpus.iter().copied());
+        let theirs = local::cpu_list(server.cpus.iter().copied());
+        Some(if self.shared_cpus.is_empty() {
+            format!(
+                "the server under test, {}, runs on CPU(s) {theirs}; ringload's workers run on CPU(s) {mine}",
+                server.who()
+            )
+        } else {
+            format!(
+                "WARNING: ringload shares CPU(s) {} with the server under test, {} (on CPU(s) {theirs}); \
+                 the two compete for those cores, so the figures are of the pair, not of the server alone. \
+                 Give each its own cores (fewer server workers, or taskset) for the server's own figures.",
+                local::cpu_list(self.shared_cpus.iter().copied()),
+                server.who()
+            )
+        })
     }
 
     /// Drops the probe (a sweep probes once, not per step).

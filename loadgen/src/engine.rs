@@ -1,4 +1,4 @@
-//! The load engine: one glommio executor per worker core, each owning its
+//! The load engine: one monoio runtime (io_uring) per worker core, each owning its
 //! connections, its share of the schedule and its [`Recorder`]; the workers
 //! share nothing but the start time and a pair of progress counters.
 //!
@@ -16,26 +16,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::client::{Conn, Failure, Response, Tls};
+use crate::client::{self, Conn, Failure, Response, Tls};
 use crate::config::RunConfig;
 use crate::id::{IdSeen, ID_DIGITS};
+use crate::pacer::{Pacer, ON_URING};
 use crate::record::{ErrorClass, Measured, Recorder, Stamps, Window};
 use crate::report::Report;
 use crate::schedule::{Arrival, Schedule};
 use crate::target::Target;
 use crate::Error;
 
-/// Memory glommio registers with io_uring for file I/O. ringload does only
-/// socket I/O, so the minimum keeps each executor far below the default
-/// 8 MiB locked-memory limit of unprivileged users (glommio's own default is
-/// 10 MiB per executor, which fails there).
-const IO_MEMORY_BYTES: usize = 64 * 1024;
-/// Submission ring entries per executor: one batch per loop covers a few
+/// Submission ring entries per worker: one batch per loop covers a few
 /// hundred connections.
-const RING_DEPTH: usize = 256;
-/// Time for the executors to start and connect before the first slot.
+const RING_DEPTH: u32 = 256;
+/// Time for the workers to start and connect before the first slot.
 const STARTUP: Duration = Duration::from_millis(150);
 /// A closed-loop connection that cannot connect waits this long before
 /// trying again, so a dead server is not hammered in a busy loop.
@@ -77,11 +73,13 @@ struct Settings {
     open_loop: bool,
 }
 
-/// A worker's state, owned by its executor thread.
+/// A worker's state, owned by its thread.
 struct WorkerState {
     settings: Settings,
     clock: Clock,
     schedule: RefCell<Option<Schedule>>,
+    /// Wakes connections at their slots (open loop).
+    pacer: Pacer,
     recorder: RefCell<Recorder>,
     progress: Arc<Progress>,
     /// Requests this worker has given an id (`--check-id`).
@@ -133,7 +131,7 @@ impl WorkerState {
 async fn sleep_until(t: Instant) {
     let now = Instant::now();
     if t > now {
-        glommio::timer::sleep(t - now).await;
+        monoio::time::sleep_until(monoio::time::Instant::from_std(t)).await;
     }
 }
 
@@ -180,13 +178,15 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
             let Some(first) = st.take_slot(None) else {
                 break;
             };
-            // A slot at or before `free_at` is already due: no clock read.
-            if first > free_at {
-                sleep_until(first).await;
-            }
+            // A slot at or before `free_at` is already due: no wait. The
+            // pacer's last clock read (at or after the slot) is the send time.
+            let now = if first > free_at {
+                st.pacer.until(first).await
+            } else {
+                Instant::now()
+            };
             intended.push(Some(first));
             // Pipelining in open loop: slots already due leave together.
-            let now = Instant::now();
             while intended.len() < set.pipeline {
                 match st.take_slot(Some(now)) {
                     Some(at) => intended.push(Some(at)),
@@ -209,13 +209,9 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
         let mut failure: Option<(Failure, usize)> = None;
         let mut reusable = set.keepalive;
         // The clock reading the send's time left is computed from.
-        let mut ready_at = sent;
         if conn.is_none() {
             match Conn::connect(&load.target, set.tls.as_ref(), deadline).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    ready_at = Instant::now();
-                }
+                Ok(c) => conn = Some(c),
                 Err(f) => failure = Some((f, 0)),
             }
         }
@@ -227,51 +223,55 @@ async fn connection(st: Rc<WorkerState>, mut load: Load) {
             }
         }
         if let (None, Some(c)) = (&failure, conn.as_mut()) {
-            let bytes = &load.pipelined[..k * request_len];
-            match c.send(bytes, deadline, ready_at).await {
-                Err(f) => failure = Some((f, 0)),
-                Ok(()) => {
-                    st.recorder.borrow_mut().add_sent_bytes(bytes.len() as u64);
-                    for (j, &slot) in intended.iter().enumerate() {
-                        let needle = load
-                            .target
-                            .id
-                            .map(|s| s.in_copy(j, request_len).needle(&load.pipelined));
-                        match c
-                            .read_response(load.target.head_method, deadline, needle)
-                            .await
-                        {
-                            Ok(r) => {
-                                if let Some(needle) = needle {
-                                    st.recorder.borrow_mut().ids.count(r.id, || {
-                                        id_example(needle, r.id, r.status, c.scanned_body())
-                                    });
-                                }
-                                let done = Instant::now();
-                                let stamps = Stamps {
-                                    intended: slot,
-                                    free_at,
-                                    sent,
-                                    done,
-                                };
-                                st.response(&stamps, &r);
-                                reusable &= r.reusable;
-                                last_done = Some(done);
-                            }
-                            Err(f) => {
-                                failure = Some((f, j));
-                                break;
-                            }
-                        }
+            let len = k * request_len;
+            // Responses complete so far: a deadline fails the rest.
+            let complete = Cell::new(0usize);
+            let exchange = async {
+                c.send(&mut load.pipelined, len).await.map_err(|f| (f, 0))?;
+                st.recorder.borrow_mut().add_sent_bytes(len as u64);
+                for (j, &slot) in intended.iter().enumerate() {
+                    let needle = load
+                        .target
+                        .id
+                        .map(|s| s.in_copy(j, request_len).needle(&load.pipelined));
+                    let r = c
+                        .read_response(load.target.head_method, needle)
+                        .await
+                        .map_err(|f| (f, j))?;
+                    if let Some(needle) = needle {
+                        st.recorder.borrow_mut().ids.count(r.id, || {
+                            id_example(needle, r.id, r.status, c.scanned_body())
+                        });
                     }
+                    let done = Instant::now();
+                    let stamps = Stamps {
+                        intended: slot,
+                        free_at,
+                        sent,
+                        done,
+                    };
+                    st.response(&stamps, &r);
+                    reusable &= r.reusable;
+                    last_done = Some(done);
+                    complete.set(j + 1);
                 }
+                Ok(())
+            };
+            failure = match client::by(deadline, exchange).await {
+                Ok(Ok(())) => None,
+                Ok(Err(failed)) => Some(failed),
+                Err(timeout) => Some((timeout, complete.get())),
+            };
+            if load.pipelined.is_empty() {
+                // A send the deadline dropped kept the buffer.
+                load.pipelined = load.target.request.repeat(set.pipeline);
             }
         }
         if let Some((f, from)) = failure {
             st.errors(f.class, &intended[from..], sent, Instant::now());
             conn = None;
             if f.class == ErrorClass::Connect && !set.open_loop {
-                glommio::timer::sleep(CONNECT_RETRY_BACKOFF).await;
+                monoio::time::sleep(CONNECT_RETRY_BACKOFF).await;
             }
             free_at = Instant::now();
         } else {
@@ -305,6 +305,7 @@ async fn worker(plan: WorkerPlan) -> Recorder {
         settings: plan.settings,
         clock: plan.clock,
         schedule: RefCell::new(schedule),
+        pacer: Pacer::new(plan.loads.len()),
         recorder: RefCell::new(Recorder::new(plan.window, plan.index)),
         progress: plan.progress,
         ids_taken: Cell::new(0),
@@ -314,32 +315,132 @@ async fn worker(plan: WorkerPlan) -> Recorder {
     let tasks: Vec<_> = plan
         .loads
         .into_iter()
-        .map(|load| glommio::spawn_local(connection(st.clone(), load)))
+        .map(|load| monoio::spawn(connection(st.clone(), load)))
         .collect();
+    let busy = monoio::spawn(busy_share(plan.window));
+    let pacer = st.pacer.clone();
+    let pacing = monoio::spawn(async move { pacer.run().await });
     for t in tasks {
         t.await;
     }
-    match Rc::try_unwrap(st) {
+    st.pacer.finish();
+    pacing.await;
+    let busy = busy.await;
+    let mut recorder = match Rc::try_unwrap(st) {
         Ok(st) => st.recorder.into_inner(),
         // Every task has finished, so no other reference is left.
         Err(st) => {
             let empty = Recorder::new(plan.window, plan.index);
             st.recorder.replace(empty)
         }
+    };
+    recorder.busy = busy;
+    recorder
+}
+
+/// This thread's time on a CPU plus its time waiting in a run queue, in ns
+/// (/proc/thread-self/schedstat): the time it wanted a CPU.
+fn thread_wanted_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some(f.next()?? + f.next()??)
+}
+
+/// The share of the measured window this worker's thread wanted a CPU. A
+/// worker that keeps up sleeps between events; one near 1 never idled, so
+/// it, not the server, set the pace.
+async fn busy_share(window: Window) -> Option<f64> {
+    sleep_until(window.start).await;
+    let (t0, a) = (Instant::now(), thread_wanted_cpu_ns());
+    sleep_until(window.end).await;
+    let (t1, b) = (Instant::now(), thread_wanted_cpu_ns());
+    let wall = t1.duration_since(t0).as_secs_f64();
+    match (a, b) {
+        (Some(a), Some(b)) if wall > 0.0 => {
+            Some((b.saturating_sub(a) as f64 / 1e9 / wall).min(1.0))
+        }
+        _ => None,
     }
 }
 
-fn executor(name: &str, placement: Placement) -> LocalExecutorBuilder {
-    LocalExecutorBuilder::new(placement)
-        .name(name)
-        .io_memory(IO_MEMORY_BYTES)
-        .ring_depth(RING_DEPTH)
+/// Ring set-up flags, cheapest first: with one thread per ring,
+/// SINGLE_ISSUER + DEFER_TASKRUN post completions only when the worker asks
+/// for them (no reschedule IPI, no task work while it runs); COOP_TASKRUN
+/// for kernels before 6.1; none before 5.19. The same order as the proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingFlags {
+    DeferTaskrun,
+    CoopTaskrun,
+    Plain,
 }
 
-fn executor_error(e: impl std::fmt::Display) -> Error {
-    Error::Executor(format!(
-        "{e} (glommio needs io_uring; check `ulimit -l` and that io_uring is not disabled by seccomp or sysctl kernel.io_uring_disabled)"
-    ))
+impl RingFlags {
+    const PREFERENCE: [RingFlags; 3] = [
+        RingFlags::DeferTaskrun,
+        RingFlags::CoopTaskrun,
+        RingFlags::Plain,
+    ];
+
+    fn builder(self) -> io_uring::Builder {
+        let mut builder = io_uring::IoUring::builder();
+        match self {
+            RingFlags::DeferTaskrun => {
+                builder.setup_single_issuer().setup_defer_taskrun();
+            }
+            RingFlags::CoopTaskrun => {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            RingFlags::Plain => {}
+        }
+        builder
+    }
+}
+
+/// Runs `fut` to completion on this thread in a monoio runtime: io_uring
+/// with the first flags the kernel accepts, else the epoll driver (no
+/// io_uring: old kernel, seccomp, `kernel.io_uring_disabled`).
+fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output, Error> {
+    for flags in RingFlags::PREFERENCE {
+        if let Ok(mut rt) = RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(RING_DEPTH)
+            .uring_builder(flags.builder())
+            .enable_timer()
+            .build()
+        {
+            ON_URING.with(|u| u.set(true));
+            return Ok(rt.block_on(fut));
+        }
+    }
+    ON_URING.with(|u| u.set(false));
+    match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
+        Ok(mut rt) => Ok(rt.block_on(fut)),
+        // Only fails when epoll itself cannot be created (out of fds).
+        Err(e) => Err(Error::Executor(format!(
+            "cannot start an io_uring or epoll event loop: {e}"
+        ))),
+    }
+}
+
+/// A worker thread, pinned to `cpu` when given, running `fut` to its end.
+fn spawn_worker<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
+    name: String,
+    cpu: Option<usize>,
+    fut: impl FnOnce() -> F + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T, Error>>, Error> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            if let Some(id) = cpu {
+                // A CPU outside the mask is refused; the worker then floats.
+                let _ = core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
+            block_on(fut())
+        })
+        .map_err(|e| Error::Executor(e.to_string()))
+}
+
+fn join_error(_: Box<dyn std::any::Any + Send>) -> Error {
+    Error::Executor("a load worker stopped unexpectedly".into())
 }
 
 /// Sends one request to each target and reads the response, so a dead,
@@ -348,43 +449,43 @@ fn probe(config: &RunConfig) -> Result<(), Error> {
     let targets = config.targets.clone();
     let tls = config.tls.clone();
     let timeout = config.timeout;
-    let handle = executor("ringload-probe", Placement::Unbound)
-        .spawn(move || async move {
-            for t in &targets {
-                let deadline = Instant::now() + timeout;
-                let what = |f: Failure| Error::Probe {
+    let handle = spawn_worker("ringload-probe".into(), None, move || async move {
+        for t in &targets {
+            let deadline = Instant::now() + timeout;
+            let what = |f: Failure| Error::Probe {
+                url: t.url.original.clone(),
+                addr: t.addr,
+                class: f.class,
+                why: f.why,
+            };
+            let mut c = Conn::connect(t, tls.as_ref(), deadline)
+                .await
+                .map_err(what)?;
+            let mut request = t.request.clone();
+            client::by(deadline, c.send(&mut request, t.request.len()))
+                .await
+                .and_then(|sent| sent)
+                .map_err(what)?;
+            // The probe's id is the placeholder, 0.
+            let needle = t.id.map(|s| s.needle(&t.request));
+            let r = client::by(deadline, c.read_response(t.head_method, needle))
+                .await
+                .and_then(|r| r)
+                .map_err(what)?;
+            if let (Some(needle), true) = (needle, r.id.is_mismatch()) {
+                // A server that does not echo ids would fail every
+                // request: say so once, before the load.
+                return Err(Error::IdProbe {
                     url: t.url.original.clone(),
-                    addr: t.addr,
-                    class: f.class,
-                    why: f.why,
-                };
-                let mut c = Conn::connect(t, tls.as_ref(), deadline)
-                    .await
-                    .map_err(what)?;
-                c.send(&t.request, deadline, Instant::now())
-                    .await
-                    .map_err(what)?;
-                // The probe's id is the placeholder, 0.
-                let needle = t.id.map(|s| s.needle(&t.request));
-                let r = c
-                    .read_response(t.head_method, deadline, needle)
-                    .await
-                    .map_err(what)?;
-                if let (Some(needle), true) = (needle, r.id.is_mismatch()) {
-                    // A server that does not echo ids would fail every
-                    // request: say so once, before the load.
-                    return Err(Error::IdProbe {
-                        url: t.url.original.clone(),
-                        name: String::from_utf8_lossy(&needle[..needle.len() - ID_DIGITS - 1])
-                            .into_owned(),
-                        why: id_example(needle, r.id, r.status, c.scanned_body()),
-                    });
-                }
+                    name: String::from_utf8_lossy(&needle[..needle.len() - ID_DIGITS - 1])
+                        .into_owned(),
+                    why: id_example(needle, r.id, r.status, c.scanned_body()),
+                });
             }
-            Ok(())
-        })
-        .map_err(executor_error)?;
-    handle.join().map_err(executor_error)?
+        }
+        Ok(())
+    })?;
+    handle.join().map_err(join_error)??
 }
 
 /// Runs the load described by `config` and returns the merged report.
@@ -392,6 +493,7 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
     if config.probe {
         probe(config)?;
     }
+    let cpu_before = (Instant::now(), process_cpu_seconds());
     let workers = config.cpus.len();
     let t0 = Instant::now() + STARTUP;
     let start = t0 + config.warmup;
@@ -440,24 +542,18 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
             arrival: config.arrival,
             progress: progress[w].clone(),
         };
-        let placement = if config.pin {
-            Placement::Fixed(cpu)
-        } else {
-            Placement::Unbound
-        };
-        let handle = executor(&format!("ringload-{w}"), placement)
-            .spawn(move || worker(plan))
-            .map_err(executor_error)?;
+        let pin = config.pin.then_some(cpu);
+        let handle = spawn_worker(format!("ringload-{w}"), pin, move || worker(plan))?;
         handles.push(handle);
     }
     let done = Arc::new(AtomicBool::new(false));
     let progress_thread = if config.progress && std::io::stderr().is_terminal() {
         let done = done.clone();
         let progress = progress.clone();
-        let total = config.warmup + config.duration;
+        let (warmup, duration) = (config.warmup, config.duration);
         std::thread::Builder::new()
             .name("ringload-progress".into())
-            .spawn(move || show_progress(&progress, &done, t0, total))
+            .spawn(move || show_progress(&progress, &done, t0, warmup, duration))
             .ok()
     } else {
         None
@@ -466,8 +562,9 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
     let mut failed = None;
     for h in handles {
         match h.join() {
-            Ok(r) => recorders.push(r),
-            Err(e) => failed = Some(executor_error(e)),
+            Ok(Ok(r)) => recorders.push(r),
+            Ok(Err(e)) => failed = Some(e),
+            Err(e) => failed = Some(join_error(e)),
         }
     }
     done.store(true, Ordering::Relaxed);
@@ -478,10 +575,62 @@ pub fn run(config: &RunConfig) -> Result<Report, Error> {
         return Err(e);
     }
     let measured = Measured::merge(recorders);
-    Ok(Report::new(config, measured))
+    let cores_used = match (cpu_before.1, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / cpu_before.0.elapsed().as_secs_f64()),
+        _ => None,
+    };
+    Ok(Report::new(config, measured, cores_used))
 }
 
-fn show_progress(progress: &[Arc<Progress>], done: &AtomicBool, t0: Instant, total: Duration) {
+/// CPU time (user + system) this process has used, from /proc/self/stat,
+/// whose times are in USER_HZ ticks, 100 a second on every Linux ABI.
+fn process_cpu_seconds() -> Option<f64> {
+    const USER_HZ: f64 = 100.0;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces: state is the
+    // first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / USER_HZ)
+}
+
+/// The live line at `since_t0` into the run: the warm-up is marked as not
+/// recorded, the measured window counts up to its duration, and after the
+/// window there is no line (`None`): only stragglers are still in flight.
+fn progress_line(
+    since_t0: Duration,
+    warmup: Duration,
+    duration: Duration,
+    responses: u64,
+    rate: f64,
+    errors: u64,
+) -> Option<String> {
+    let counts = format!("{responses} responses  {rate:9.0} req/s  {errors} errors");
+    if since_t0 < warmup {
+        Some(format!(
+            "  warm-up {:5.1}s / {:.1}s (not recorded)  {counts}",
+            since_t0.as_secs_f64(),
+            warmup.as_secs_f64()
+        ))
+    } else if since_t0 < warmup + duration {
+        Some(format!(
+            "  {:6.1}s / {:.1}s  {counts}",
+            (since_t0 - warmup).as_secs_f64(),
+            duration.as_secs_f64()
+        ))
+    } else {
+        None
+    }
+}
+
+fn show_progress(
+    progress: &[Arc<Progress>],
+    done: &AtomicBool,
+    t0: Instant,
+    warmup: Duration,
+    duration: Duration,
+) {
     let mut last = (Instant::now(), 0u64);
     let mut err = std::io::stderr();
     while !done.load(Ordering::Relaxed) {
@@ -497,14 +646,38 @@ fn show_progress(progress: &[Arc<Progress>], done: &AtomicBool, t0: Instant, tot
         let now = Instant::now();
         let rate = (responses - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
         last = (now, responses);
-        let elapsed = now.saturating_duration_since(t0).as_secs_f64();
-        let _ = write!(
-            err,
-            "\r\x1b[2K  {elapsed:6.1}s / {:.0}s  {responses} responses  {rate:9.0} req/s  {errors} errors",
-            total.as_secs_f64()
-        );
+        let since_t0 = now.saturating_duration_since(t0);
+        let Some(line) = progress_line(since_t0, warmup, duration, responses, rate, errors) else {
+            break;
+        };
+        let _ = write!(err, "\r\x1b[2K{line}");
         let _ = err.flush();
     }
     let _ = write!(err, "\r\x1b[2K");
     let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_line_marks_the_warm_up_and_stops_at_the_duration() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let warm = progress_line(ms(500), s(1), s(5), 10, 20.0, 0).unwrap();
+        assert!(
+            warm.contains("warm-up") && warm.contains("not recorded"),
+            "{warm}"
+        );
+        assert!(warm.contains("0.5s / 1.0s"), "{warm}");
+        let measured = progress_line(ms(3500), s(1), s(5), 10, 20.0, 1).unwrap();
+        assert!(!measured.contains("warm-up"), "{measured}");
+        assert!(measured.contains("2.5s / 5.0s"), "{measured}");
+        assert!(measured.contains("1 errors"), "{measured}");
+        assert_eq!(progress_line(s(6), s(1), s(5), 10, 20.0, 0), None);
+        assert_eq!(progress_line(s(9), s(1), s(5), 10, 20.0, 0), None);
+        let no_warmup = progress_line(ms(100), Duration::ZERO, s(5), 1, 1.0, 0).unwrap();
+        assert!(!no_warmup.contains("warm-up"), "{no_warmup}");
+    }
 }

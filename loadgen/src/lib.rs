@@ -4,14 +4,16 @@
 //! It measures tail latency honestly: in open-loop mode (`--rate`) every
 //! request has an intended send time on a fixed schedule and its latency is
 //! counted from then (coordinated-omission correction, as wrk2 does); in
-//! closed-loop mode the service times are post-corrected. Workers are glommio
-//! executors, one pinned per core, sharing no runtime with the proxy.
+//! closed-loop mode the service times are post-corrected. Workers are monoio
+//! runtimes on io_uring, one pinned per core, sharing no runtime with the
+//! proxy, and by default off the CPUs of a local server under test.
 //!
 //! Code map: [`schedule`] (intended send times, pure), [`record`]
 //! (histograms and the correction, pure), [`target`] (URLs and request
-//! bytes), [`id`] (per-request ids and their check, pure), [`client`] (one
-//! connection's I/O and response framing),
-//! [`engine`] (executors and the per-connection loop), [`sweep`] (the
+//! bytes), [`id`] (per-request ids and their check, pure), [`local`] (the
+//! server under test's CPUs when it runs on this machine), [`client`] (one
+//! connection's I/O and response framing), [`pacer`] (precise slot waits),
+//! [`engine`] (worker threads and the per-connection loop), [`sweep`] (the
 //! rate search), [`report`] (table, JSON, hgrm), [`cli`] (flags).
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,8 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod id;
+pub mod local;
+pub mod pacer;
 pub mod record;
 pub mod report;
 pub mod schedule;
@@ -60,6 +64,8 @@ pub enum Error {
     Executor(String),
     #[error("{0}")]
     NoResponse(String),
+    #[error("--sweep: no rate met the objective: {0}")]
+    NoRateWithinObjective(String),
     #[error("{path}: {source}")]
     File {
         path: String,

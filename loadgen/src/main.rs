@@ -2,7 +2,8 @@
 //! prints the table and writes the requested files. Maps every failure to
 //! one message on stderr and a non-zero exit: 1 for a failed run, 2 for bad
 //! usage (clap's convention), 3 for a run in which `--check-id` found
-//! responses that did not carry their request's id.
+//! responses that did not carry their request's id, 4 for a `--sweep` in
+//! which no rate met the objective.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -39,6 +40,11 @@ fn write_outputs(cli: &Cli, report: &Report, json: serde_json::Value) -> Result<
 
 fn real_main(cli: &Cli) -> Result<(), Error> {
     let config = RunConfig::new(cli.options()?)?;
+    if let Some(note) = config.cpu_note() {
+        if !cli.quiet || note.starts_with("WARNING") {
+            eprintln!("ringload: {note}");
+        }
+    }
     let report = if cli.sweep {
         let result = sweep::run(&config, cli.slo, cli.sweep_step / 100.0, |line| {
             if !cli.quiet {
@@ -48,6 +54,9 @@ fn real_main(cli: &Cli) -> Result<(), Error> {
         print!("{}", result.headline().table());
         print!("{}", result.table());
         write_outputs(cli, result.headline(), result.to_json())?;
+        if result.best().is_none() {
+            return Err(Error::NoRateWithinObjective(result.miss_summary()));
+        }
         result.headline().clone()
     } else {
         let report = ringgate_loadgen::run(&config)?;
@@ -83,6 +92,7 @@ fn main() -> ExitCode {
             eprintln!("ringload: {e}");
             match e {
                 Error::IdMismatch(_) => ExitCode::from(3),
+                Error::NoRateWithinObjective(_) => ExitCode::from(4),
                 _ => ExitCode::FAILURE,
             }
         }

@@ -267,6 +267,11 @@ pub struct Recorder {
     pub service_us: Histogram<u64>,
     pub send_lag_us: Histogram<u64>,
     pub generator_delay_us: Histogram<u64>,
+    /// Measured requests that went out before the window closed.
+    pub sent_in_window: u64,
+    /// Share of the window this worker's thread wanted a CPU (ran or waited
+    /// to run): near 1 means it never idled, so it set the pace.
+    pub busy: Option<f64>,
     timeline: Vec<Second>,
     raw: Vec<RawSample>,
 }
@@ -286,6 +291,8 @@ impl Recorder {
             service_us: new_histogram(),
             send_lag_us: new_histogram(),
             generator_delay_us: new_histogram(),
+            sent_in_window: 0,
+            busy: None,
             timeline: Vec::new(),
             raw: Vec::new(),
         }
@@ -320,6 +327,7 @@ impl Recorder {
         }
         let t = Timing::of(s);
         self.requests += 1;
+        self.sent_in_window += u64::from(s.sent < self.window.end);
         self.bytes_received += bytes;
         if let Some(slot) = self.status.get_mut(usize::from(status)) {
             *slot += 1;
@@ -397,6 +405,10 @@ pub struct Measured {
     pub send_lag_us: Histogram<u64>,
     /// The part of the send lag that was ringload's own delay.
     pub generator_delay_us: Histogram<u64>,
+    /// Measured requests sent before the window closed (the rest went late).
+    pub sent_in_window: u64,
+    /// The busiest worker's share of the window spent wanting a CPU.
+    pub busiest_worker: Option<f64>,
     pub timeline: Vec<Second>,
     pub raw: Vec<RawSample>,
     /// Closed loop: the expected interval used for `clone_correct`, per worker.
@@ -419,12 +431,19 @@ impl Measured {
             service_us: new_histogram(),
             send_lag_us: new_histogram(),
             generator_delay_us: new_histogram(),
+            sent_in_window: 0,
+            busiest_worker: None,
             timeline: Vec::new(),
             raw: Vec::new(),
             correction_interval_us: Vec::new(),
         };
         for r in recorders {
             m.requests += r.requests;
+            m.sent_in_window += r.sent_in_window;
+            m.busiest_worker = match (m.busiest_worker, r.busy) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
             m.bytes_received += r.bytes_received;
             m.bytes_sent += r.bytes_sent;
             for (code, &n) in r.status.iter().enumerate() {

@@ -28,6 +28,9 @@ pub const QUANTILES: [(f64, &str, &str); 6] = [
 /// server, set the pace: the timer and event loop normally wake within tens
 /// of microseconds.
 pub const GENERATOR_DELAY_WARN_US: u64 = 1_000;
+/// A worker that wanted a CPU for this share of the window never idled: if
+/// requests also left late, ringload set the pace.
+pub const GENERATOR_BUSY_WARN: f64 = 0.95;
 /// Send lag above this at p99 means requests queued for a free connection.
 pub const SEND_LAG_WARN_US: u64 = 1_000;
 /// An achieved rate below this share of the target is reported.
@@ -45,6 +48,13 @@ pub struct RunInfo {
     pub pipeline: usize,
     /// `--check-id NAME`.
     pub check_id: Option<String>,
+    /// CPUs the workers ran on (pinned) or may run on (unpinned).
+    pub cpus: Vec<usize>,
+    /// CPUs ringload shared with a local server under test, and who that is.
+    pub shared_cpus: Vec<usize>,
+    pub local_server: Option<String>,
+    /// Cores' worth of CPU ringload used from start to end of the run.
+    pub cores_used: Option<f64>,
 }
 
 /// A finished run.
@@ -68,14 +78,20 @@ pub fn fmt_us(v: u64) -> String {
     }
 }
 
-fn fmt_bytes(b: u64) -> String {
-    if b < 10_000 {
-        format!("{b} B")
-    } else if b < 10_000_000 {
-        format!("{:.1} KB", b as f64 / 1e3)
-    } else {
-        format!("{:.1} MB", b as f64 / 1e6)
+/// A byte count in binary units (B, KiB, MiB, GiB), the family the rest of
+/// ringgate's docs and messages use, with 3–4 significant digits.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
     }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 /// The quantile row of a histogram, as JSON (`p50` .. `max`).
@@ -98,7 +114,7 @@ fn value_at(h: &Histogram<u64>, q: f64) -> u64 {
 }
 
 impl Report {
-    pub fn new(config: &RunConfig, measured: Measured) -> Report {
+    pub fn new(config: &RunConfig, measured: Measured, cores_used: Option<f64>) -> Report {
         let mut r = Report {
             measured,
             duration: config.duration(),
@@ -112,6 +128,10 @@ impl Report {
                 warmup: config.warmup(),
                 pipeline: config.pipeline,
                 check_id: config.check_id.clone(),
+                cpus: config.cpus.clone(),
+                shared_cpus: config.shared_cpus.clone(),
+                local_server: config.local_server.as_ref().map(|s| s.who()),
+                cores_used,
             },
             warnings: Vec::new(),
         };
@@ -126,6 +146,12 @@ impl Report {
     /// Responses per second over the measured window.
     pub fn achieved_rate(&self) -> f64 {
         self.measured.requests as f64 / self.duration.as_secs_f64()
+    }
+
+    /// Measured requests sent inside the window, per second: below the
+    /// target when the schedule fell behind (the rest left after the window).
+    pub fn sent_rate(&self) -> f64 {
+        self.measured.sent_in_window as f64 / self.duration.as_secs_f64()
     }
 
     /// Corrected latency at quantile `q`, in µs.
@@ -150,28 +176,76 @@ impl Report {
                 m.ids.missing
             ));
         }
+        let used = self
+            .run
+            .cores_used
+            .map(|c| format!("; ringload used {c:.2} core(s) of CPU"))
+            .unwrap_or_default();
+        let sharing = match (&self.run.local_server, self.run.shared_cpus.is_empty()) {
+            (Some(who), false) => Some(format!(
+                "sharing CPU(s) {} with the server under test, {who}",
+                crate::local::cpu_list(self.run.shared_cpus.iter().copied())
+            )),
+            _ => None,
+        };
         let Some(target) = self.rate_target else {
+            if let Some(sharing) = sharing {
+                w.push(format!(
+                    "RINGLOAD SHARED THE SERVER'S CPUS ({sharing}{used}): the maximum measured is the pair's, \
+                     not the server's alone. Give each its own cores for the server's own figure."
+                ));
+            }
             return w;
         };
         let gen_p99 = value_at(&m.generator_delay_us, 0.99);
         let lag_p99 = value_at(&m.send_lag_us, 0.99);
-        if gen_p99 > GENERATOR_DELAY_WARN_US {
+        let busy = m.busiest_worker.unwrap_or(0.0);
+        // Late by its own doing: slow to send once a connection was free, or
+        // behind the schedule with a worker that never idled (then the lag
+        // hides in responses waiting to be read, not in the generator delay).
+        let generator_late = gen_p99 > GENERATOR_DELAY_WARN_US
+            || (busy >= GENERATOR_BUSY_WARN && lag_p99 > SEND_LAG_WARN_US);
+        if generator_late {
+            let cause = match &sharing {
+                Some(s) => format!(
+                    " It was {s}{used}: the two competed for the same cores, so neither these latencies nor \
+                     this rate are the server's alone. Give each its own cores (fewer server workers, taskset), \
+                     or lower --rate."
+                ),
+                None => format!(
+                    "{used}. These latencies overstate the server's; use more --cores or a lower --rate."
+                ),
+            };
             w.push(format!(
-                "RINGLOAD IS THE BOTTLENECK: it sent requests late by its own doing (p99 {} after a connection was free, max {}). \
-                 These latencies overstate the server's; use more --cores or a lower --rate.",
+                "RINGLOAD IS THE BOTTLENECK: it fell behind its schedule by its own doing: requests left late by \
+                 p99 {} (max {}), {} of that after a connection was free (p99); it sent {:.0}/s of the {target:.0}/s \
+                 schedule inside the window ({:.1}% behind), and its busiest worker wanted a CPU {:.0}% of the window{cause}",
+                fmt_us(lag_p99),
+                fmt_us(m.send_lag_us.max()),
                 fmt_us(gen_p99),
-                fmt_us(m.generator_delay_us.max())
+                self.sent_rate(),
+                (100.0 * (1.0 - self.sent_rate() / target)).max(0.0),
+                100.0 * busy
+            ));
+        } else if let Some(s) = &sharing {
+            w.push(format!(
+                "RINGLOAD SHARED THE SERVER'S CPUS ({s}{used}). It kept its schedule (generator delay p99 {}), \
+                 but the server waited for the CPU time ringload used, so these latencies are higher than the \
+                 server alone would give. Give each its own cores for the server's own figures.",
+                fmt_us(gen_p99)
             ));
         }
         // Most of the lag was spent waiting for a connection, not on ringload.
-        if lag_p99 > SEND_LAG_WARN_US && lag_p99 > 2 * gen_p99 {
+        if !generator_late && lag_p99 > SEND_LAG_WARN_US && lag_p99 > 2 * gen_p99 {
             w.push(format!(
-                "REQUESTS WAITED FOR A FREE CONNECTION: send lag p99 {} (max {}) with all {} connections busy. \
-                 The corrected latency counts this wait, as a user arriving on schedule feels it. If the service \
-                 time stayed low outside stalls, the {} connections are too few for this rate: raise --connections.",
+                "REQUESTS WAITED FOR A FREE CONNECTION: send lag p99 {} (max {}) with all {} connections busy; \
+                 {:.0}/s of the {target:.0}/s schedule went out inside the window. The corrected latency counts \
+                 this wait, as a user arriving on schedule feels it. If the service time stayed low outside \
+                 stalls, the {} connections are too few for this rate: raise --connections.",
                 fmt_us(lag_p99),
                 fmt_us(m.send_lag_us.max()),
                 self.run.connections,
+                self.sent_rate(),
                 self.run.connections
             ));
         }
@@ -212,6 +286,8 @@ impl Report {
             "duration_s": self.duration.as_secs_f64(),
             "rate_target": self.rate_target,
             "rate_achieved": self.achieved_rate(),
+            "rate_sent_in_window": self.sent_rate(),
+            "busiest_worker": m.busiest_worker,
             "bytes": m.bytes_received,
             "bytes_sent": m.bytes_sent,
             "status": status,
@@ -238,6 +314,10 @@ impl Report {
             "run": {
                 "version": self.run.version,
                 "cores": self.run.cores,
+                "cores_used": self.run.cores_used,
+                "cpus": self.run.cpus,
+                "local_server": self.run.local_server,
+                "shared_cpus": self.run.shared_cpus,
                 "connections": self.run.connections,
                 "url": self.run.url,
                 "mode": if self.rate_target.is_some() { "open-loop" } else { "closed-loop" },
@@ -439,6 +519,103 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
 mod tests {
     use super::*;
     use crate::record::new_histogram;
+
+    /// An open-loop report at 1000/s for 1 s whose requests all left
+    /// `lag_us` late, `gen_us` of it after a connection was free, with the
+    /// busiest worker wanting a CPU `busy` of the window.
+    fn open_loop(lag_us: u64, gen_us: u64, busy: f64, sent: u64) -> Report {
+        let mut m = Measured::merge(Vec::new());
+        for _ in 0..1000 {
+            m.send_lag_us.record(lag_us.max(1)).unwrap();
+            m.generator_delay_us.record(gen_us.max(1)).unwrap();
+            m.latency_us.record(lag_us + 100).unwrap();
+        }
+        m.requests = 1000;
+        m.sent_in_window = sent;
+        m.busiest_worker = Some(busy);
+        let mut r = Report {
+            measured: m,
+            duration: Duration::from_secs(1),
+            rate_target: Some(1000.0),
+            run: RunInfo {
+                version: "test",
+                cores: 1,
+                connections: 64,
+                url: "http://h/".into(),
+                arrival: Arrival::Constant,
+                warmup: Duration::ZERO,
+                pipeline: 1,
+                check_id: None,
+                cpus: vec![1],
+                shared_cpus: Vec::new(),
+                local_server: None,
+                cores_used: Some(0.5),
+            },
+            warnings: Vec::new(),
+        };
+        r.warnings = r.find_warnings();
+        r
+    }
+
+    fn bottleneck(r: &Report) -> Option<&String> {
+        r.warnings
+            .iter()
+            .find(|w| w.starts_with("RINGLOAD IS THE BOTTLENECK"))
+    }
+
+    #[test]
+    fn the_bottleneck_alarm_fires_when_ringload_is_late_and_says_by_how_much() {
+        // Slow to send once a connection was free.
+        let r = open_loop(5_000, 4_000, 0.5, 1000);
+        assert!(bottleneck(&r).is_some(), "{:?}", r.warnings);
+        // A worker that never idled while requests left late: the lag hides
+        // in responses waiting to be read, not in the generator delay.
+        let r = open_loop(20_000, 2, 0.99, 800);
+        let w = bottleneck(&r).expect("alarm");
+        assert!(
+            w.contains("it sent 800/s of the 1000/s schedule inside the window (20.0% behind)"),
+            "{w}"
+        );
+        assert!(
+            w.contains("p99 20.") && w.contains("99% of the window"),
+            "{w}"
+        );
+        assert!(
+            !r.warnings.iter().any(|w| w.starts_with("REQUESTS WAITED")),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn the_bottleneck_alarm_stays_quiet_when_ringload_kept_up_or_the_server_was_slow() {
+        // On schedule, however busy.
+        let r = open_loop(50, 2, 0.99, 1000);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        // Late because every connection was busy (a slow server) while the
+        // worker mostly slept: the server's doing, reported as such.
+        let r = open_loop(20_000, 2, 0.30, 800);
+        assert!(bottleneck(&r).is_none(), "{:?}", r.warnings);
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("REQUESTS WAITED FOR A FREE CONNECTION")));
+    }
+
+    #[test]
+    fn bytes_are_shown_in_binary_units_only() {
+        assert_eq!(fmt_bytes(0), "0 B");
+        assert_eq!(fmt_bytes(1023), "1023 B");
+        assert_eq!(fmt_bytes(1024), "1.0 KiB");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(fmt_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(fmt_bytes(u64::MAX), "16777216.0 TiB");
+        for b in [1, 999, 1000, 10_000, 10_000_000, 1 << 40] {
+            let s = fmt_bytes(b);
+            assert!(!s.contains("KB") && !s.contains("MB"), "{s}");
+        }
+    }
 
     #[test]
     fn hgrm_lists_rising_percentiles_ending_at_one_in_ms() {

@@ -111,6 +111,22 @@ impl Sweep {
             .map_or(&self.closed_loop, |s| &s.report)
     }
 
+    /// Why the first step missed, for the error a sweep with no passing
+    /// rate exits with.
+    pub fn miss_summary(&self) -> String {
+        let slo = fmt_us(u64::try_from(self.slo.as_micros()).unwrap_or(u64::MAX));
+        match self.steps.first() {
+            Some(st) => format!(
+                "the lowest step, {:.0} req/s, achieved {:.0} with p99 {} (objective {slo}) and {} error(s)",
+                st.rate_target,
+                st.report.achieved_rate(),
+                fmt_us(st.report.latency_us(0.99)),
+                st.report.measured.errors.total()
+            ),
+            None => format!("no step ran (objective {slo})"),
+        }
+    }
+
     pub fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(

@@ -261,3 +261,25 @@ fn check_id_against_a_server_that_does_not_echo_stops_at_the_probe() {
         "{err}"
     );
 }
+
+#[test]
+fn a_sweep_in_which_no_rate_meets_the_objective_exits_with_four() {
+    // Every response takes 5 ms: no step can keep p99 under 1 ms.
+    let server = start(Behaviour::Fixed(Duration::from_millis(5)));
+    let (out, _) = ringload(&[
+        &server.url(),
+        "--sweep",
+        "--sweep-step",
+        "50",
+        "--slo",
+        "1ms",
+        "-c",
+        "2",
+        "-d",
+        "0.3",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--sweep: no rate met the objective"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no rate met the objective"));
+}

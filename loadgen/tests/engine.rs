@@ -332,3 +332,28 @@ fn bad_options_are_all_reported_at_once() {
         assert!(msg.contains(want), "{want} missing from: {msg}");
     }
 }
+
+#[test]
+fn a_slow_server_behind_schedule_is_not_blamed_on_ringload() {
+    // 2 connections to a server taking 5 ms: at most ~400/s get through, so
+    // a 1000/s schedule falls behind, with ringload idle in between.
+    let server = start(Behaviour::Fixed(Duration::from_millis(5)));
+    let report = run(&RunConfig::new(RunOptions {
+        rate: Some(1000.0),
+        connections: 2,
+        duration: Duration::from_secs(1),
+        ..options(server.url())
+    })
+    .unwrap())
+    .unwrap();
+    let sent = report.sent_rate();
+    assert!(sent < 600.0, "sent {sent}/s inside the window");
+    let busy = report
+        .measured
+        .busiest_worker
+        .expect("schedstat is readable");
+    assert!(busy < 0.5, "worker busy {busy}");
+    let w = report.warnings.join("\n");
+    assert!(!w.contains("RINGLOAD IS THE BOTTLENECK"), "{w}");
+    assert!(w.contains("REQUESTS WAITED FOR A FREE CONNECTION"), "{w}");
+}

@@ -134,7 +134,12 @@ fn a_self_signed_certificate_without_insecure_is_a_certificate_error() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     let want = format!("ringload: cannot connect to {}", server.url());
-    assert!(err.starts_with(&want), "{err}");
+    // The error is the last line (a line about sharing CPUs with this
+    // test's server may come first).
+    assert!(
+        err.trim_end().lines().last().unwrap().starts_with(&want),
+        "{err}"
+    );
     assert!(
         err.contains("invalid peer certificate: UnknownIssuer"),
         "{err}"
@@ -177,5 +182,59 @@ fn keep_alive_sends_many_requests_per_tls_connection() {
         m.requests >= 10 * accepted,
         "{} requests over {accepted} connections",
         m.requests
+    );
+}
+
+/// A plain HTTP server's answer to a TLS ClientHello, as nginx gives it: a
+/// `400` in plain text, then a close.
+fn start_plain_http_rejecting_non_http() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            thread::spawn(move || {
+                let mut first = [0u8; 512];
+                let _ = std::io::Read::read(&mut s, &mut first);
+                let _ = s.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_https_url_to_a_plain_http_port_says_so_in_plain_words() {
+    let addr = start_plain_http_rejecting_non_http();
+    let (out, _) = ringload(&[&format!("https://{addr}/x"), "-d", "1", "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{addr} is a plain HTTP port, use http://{addr}/x")),
+        "{err}"
+    );
+    assert!(!err.contains("InvalidContentType"), "{err}");
+}
+
+#[test]
+fn an_https_url_to_a_silent_plain_port_names_the_likely_mistake() {
+    // A plain server that waits for the end of a request head, which a
+    // ClientHello never brings.
+    let server = common::start(common::Behaviour::Fixed(Duration::ZERO));
+    let (out, _) = ringload(&[
+        &format!("https://{}/", server.addr),
+        "-d",
+        "1",
+        "--timeout",
+        "500ms",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no answer to the TLS handshake within --timeout")
+            && err.contains(&format!("use http://{}/", server.addr)),
+        "{err}"
     );
 }

@@ -1,7 +1,7 @@
 //! `ringgate demo`: a self-contained run on loopback. Two embedded backends,
 //! the proxy on all cores, a short closed-loop load run, then a latency
 //! table. The load comes from ringload's engine (the ringgate-loadgen
-//! library), on its own glommio executor: no runtime is shared with the proxy.
+//! library), on a runtime of its own: no runtime is shared with the proxy.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -91,7 +91,7 @@ fn demo(args: DemoArgs) -> Result<(), String> {
         backends[0], backends[1], args.connections, args.duration
     );
 
-    // ringload's engine, closed loop, on one unpinned glommio executor: the
+    // ringload's engine, closed loop, on one unpinned worker of its own: the
     // proxy's workers own the pinned cores.
     let url = format!("http://{target}/demo");
     let report = ringgate_loadgen::closed_loop(&url, args.connections.max(1), args.duration, 1)
