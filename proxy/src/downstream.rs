@@ -22,7 +22,9 @@ use crate::exchange::{
     self, error_response, Buffers, Client, Context, Next, Refusal, CLOSE_LINE, HEAD_READ_BYTES,
     KEEP_ALIVE_LINE,
 };
-use crate::io::{read_more, send_range, Abort, ReadFail, Reader, Writer};
+use crate::client_io::{ClientReader, ClientWriter};
+use crate::io::{Abort, ReadFail};
+use crate::tls;
 use crate::state::{ConnControl, Worker};
 
 /// How long a kept-alive connection keeps its buffers while it waits for a
@@ -32,8 +34,8 @@ use crate::state::{ConnControl, Worker};
 const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(50);
 
 struct Downstream {
-    r: Reader,
-    w: Writer,
+    r: ClientReader,
+    w: ClientWriter,
     client: ForwardedClient,
     /// Buffers and cancellers every exchange on this connection reuses,
     /// taken from the worker's pool when a request arrives and given back
@@ -62,6 +64,23 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
+    let write_abort = Abort::default();
+    let (r, w) = match &worker.tls[listener] {
+        None => (ClientReader::Plain(r), ClientWriter::Plain(w)),
+        Some(config) => {
+            let timeout = worker.config.limits.tls_handshake_timeout;
+            match tls::accept(r, w, config.clone(), timeout, &ctl.abort, &write_abort).await {
+                Ok((r, w, negotiated)) => {
+                    worker.counters.tls_handshake(&negotiated);
+                    (ClientReader::Tls(r), ClientWriter::Tls(w))
+                }
+                Err(e) => {
+                    worker.counters.tls_handshake_failed(&e);
+                    return;
+                }
+            }
+        }
+    };
     let mut d = Downstream {
         r,
         w,
@@ -69,7 +88,7 @@ pub async fn serve(
         bufs: None,
         idle_probe: Vec::with_capacity(1),
         ctl,
-        write_abort: Abort::default(),
+        write_abort,
         sent: Sent::default(),
         captured: Captured::default(),
     };
@@ -79,42 +98,41 @@ pub async fn serve(
         // client connected before the listener closed.
         let idle = !first && d.bufs.as_ref().is_none_or(|b| b.req.source.is_empty());
         if idle && worker.draining.get() {
-            d.release_buffers(&worker);
-            return;
+            break;
         }
         d.ctl.idle.set(idle);
         d.ctl.idle_ticket.set(worker.idle_ticket());
         if idle && !d.wait_while_idle(&worker).await {
             d.ctl.idle.set(false);
-            d.release_buffers(&worker);
-            return;
+            break;
         }
         let head = d.read_head(&worker, first).await;
         d.ctl.idle.set(false);
         let head = match head {
             Ok(Some(head)) => head,
-            Ok(None) => {
-                d.release_buffers(&worker);
-                return;
-            }
+            Ok(None) => break,
             Err(refusal) => {
                 d.sent.reset();
                 d.send_refusal(&worker, &refusal).await;
                 d.record(&worker, None);
-                d.release_buffers(&worker);
-                return;
+                break;
             }
         };
         first = false;
         match d.handle(&worker, listener, &head).await {
             Next::KeepAlive => continue,
-            Next::Close => {
-                d.release_buffers(&worker);
-                return;
-            }
+            Next::Close => break,
         }
     }
+    d.release_buffers(&worker);
+    // A client that stopped reading does not hold the connection for a
+    // whole send_timeout just for its close_notify.
+    let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
+    d.w.close(timeout, &d.write_abort).await;
 }
+
+/// How long a TLS close_notify may wait for room in the socket.
+const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Downstream {
     /// The buffers of the request being handled; `read_head` took them.
@@ -141,8 +159,7 @@ impl Downstream {
         let keepalive = worker.config.limits.keepalive_timeout;
         let grace = IDLE_BUFFER_GRACE.min(keepalive);
         if let Some(bufs) = self.bufs.as_deref_mut() {
-            let res = read_more(
-                &mut self.r,
+            let res = self.r.read_more(
                 &mut bufs.req.source,
                 HEAD_READ_BYTES,
                 grace,
@@ -158,8 +175,7 @@ impl Downstream {
             self.release_buffers(worker);
         }
         self.idle_probe.clear();
-        let res = read_more(
-            &mut self.r,
+        let res = self.r.read_more(
             &mut self.idle_probe,
             1,
             keepalive - grace,
@@ -191,7 +207,7 @@ impl Downstream {
         let len = bytes.len();
         self.write_abort.reset();
         let timeout = worker.config.limits.send_timeout;
-        let (res, _) = send_range(&mut self.w, bytes, 0..len, timeout, &self.write_abort).await;
+        let (res, _) = self.w.send_range(bytes, 0..len, timeout, &self.write_abort).await;
         res.is_ok()
     }
 
@@ -227,8 +243,7 @@ impl Downstream {
                 None if first => limits.header_read_timeout,
                 None => limits.keepalive_timeout,
             };
-            let res = read_more(
-                &mut self.r,
+            let res = self.r.read_more(
                 &mut bufs.req.source,
                 HEAD_READ_BYTES,
                 timeout,

@@ -6,6 +6,7 @@
 
 mod access_log;
 mod admin;
+mod client_io;
 mod demo;
 mod downstream;
 mod exchange;
@@ -16,6 +17,7 @@ mod metrics;
 mod state;
 mod stop;
 mod ticker;
+mod tls;
 mod upstream;
 mod worker;
 
@@ -122,6 +124,13 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<String
             }
             Ok(_) => {}
             Err(e) => problems.push(format!("access_log.path {}: {e}", log.path.display())),
+        }
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if let Some(t) = &listener.tls {
+            if let Err(e) = tls::load(&format!("listeners[{i}].tls"), t) {
+                problems.push(e);
+            }
         }
     }
     if bind {
@@ -339,6 +348,24 @@ fn check_open_file_budget(config: &ringgate_config::Config, workers: usize) {
     }
 }
 
+/// Loads the certificates and keys of every TLS listener, indexed like
+/// `config.listeners`; the first problem found is the error.
+fn load_tls(
+    config: &ringgate_config::Config,
+) -> Result<Vec<Option<tls::ListenerTlsConfig>>, String> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            l.tls
+                .as_ref()
+                .map(|t| tls::load(&format!("listeners[{i}].tls"), t))
+                .transpose()
+        })
+        .collect()
+}
+
 /// Binds every listener (or takes it over from `inherit`) and spawns the
 /// workers.
 pub fn start(
@@ -369,6 +396,7 @@ pub fn start(
                 })?,
         ),
     };
+    let tls = Arc::new(load_tls(&config).map_err(std::io::Error::other)?);
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -394,6 +422,7 @@ pub fn start(
             log_file,
             metrics_tx: metrics_tx.clone(),
             generation,
+            tls: tls.clone(),
         };
         handles.push(
             std::thread::Builder::new()

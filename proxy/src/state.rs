@@ -68,6 +68,9 @@ pub struct Worker {
     pub buffers: BufferPool,
     /// The config generation this worker runs.
     pub generation: u64,
+    /// This worker's TLS configuration of each listener (`None`: plain),
+    /// indexed like `config.listeners`.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Worker {
@@ -145,6 +148,7 @@ impl Worker {
             counters: Counters::default(),
             buffers: BufferPool::default(),
             generation,
+            tls: vec![None; config.listeners.len()],
             config,
         }
     }

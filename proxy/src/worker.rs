@@ -24,6 +24,7 @@ use crate::metrics::{Counters, SnapshotTx};
 use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
+use crate::tls::ListenerTlsConfig;
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
@@ -51,6 +52,8 @@ pub struct Shared {
     pub metrics_tx: Option<SnapshotTx>,
     /// Which config generation this worker runs (a reload starts the next).
     pub generation: u64,
+    /// Each listener's TLS configuration as loaded from its files.
+    pub tls: Arc<Vec<Option<ListenerTlsConfig>>>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -338,9 +341,14 @@ async fn worker_main(
         log_file,
         metrics_tx,
         generation,
+        tls,
     } = shared;
     let workers = mesh.workers();
-    let worker = Worker::new(id, workers, config, log_file, generation);
+    let mut worker = Worker::new(id, workers, config, log_file, generation);
+    worker.tls = tls
+        .iter()
+        .map(|t| t.as_ref().map(ListenerTlsConfig::for_worker))
+        .collect();
     let worker = Rc::new(worker);
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {
