@@ -97,7 +97,11 @@ pub async fn serve(
         // A connection's first request is served even while draining: the
         // client connected before the listener closed.
         let idle = !first && d.bufs.as_ref().is_none_or(|b| b.req.source.is_empty());
-        if idle && worker.draining.get() {
+        // A response that went out before the drain began promised
+        // keep-alive, so the client may be sending its next request now:
+        // `wait_while_idle` lets it in for the buffer grace (its response
+        // says close) rather than cutting it.
+        if idle && worker.draining.get() && d.bufs.is_none() {
             break;
         }
         d.ctl.idle.set(idle);
@@ -159,6 +163,7 @@ impl Downstream {
         let keepalive = worker.config.limits.keepalive_timeout;
         let grace = IDLE_BUFFER_GRACE.min(keepalive);
         if let Some(bufs) = self.bufs.as_deref_mut() {
+            self.ctl.just_idle.set(true);
             let res = self.r.read_more(
                 &mut bufs.req.source,
                 HEAD_READ_BYTES,
@@ -166,10 +171,11 @@ impl Downstream {
                 &self.ctl.abort,
             )
             .await;
+            self.ctl.just_idle.set(false);
             match res {
                 Ok(0) => return false,
                 Ok(_) => return true,
-                Err(ReadFail::TimedOut) if grace < keepalive => {}
+                Err(ReadFail::TimedOut) if grace < keepalive && !worker.draining.get() => {}
                 Err(_) => return false,
             }
             self.release_buffers(worker);
@@ -343,6 +349,8 @@ impl Downstream {
         admission: Option<&Admission>,
         head: &RequestHead,
     ) -> Next {
+        // A draining worker says close, so the client sends nothing more.
+        let keep = keep && !worker.draining.get();
         let connection_line = match (keep, head.version) {
             (false, _) => CLOSE_LINE,
             (true, Version::Http10) => KEEP_ALIVE_LINE,

@@ -35,6 +35,10 @@ pub struct ConnControl {
     /// The worker's idle ticket taken when it began waiting: the idle
     /// connection with the smallest has waited longest.
     pub idle_ticket: Cell<u64>,
+    /// Idle for less than the buffer grace: a busy keep-alive client is
+    /// probably sending its next request right now, so a drain lets that
+    /// request in (its response says close) instead of cutting it.
+    pub just_idle: Cell<bool>,
 }
 
 /// Everything one worker owns. Built on the worker's own thread.
@@ -199,7 +203,7 @@ impl Worker {
         let accepts = std::mem::take(&mut *self.accept_canceller.borrow_mut());
         *self.accept_canceller.borrow_mut() = accepts.cancel();
         for (_, conn) in self.conns.borrow().iter() {
-            if conn.idle.get() {
+            if conn.idle.get() && !conn.just_idle.get() {
                 conn.abort.abort();
             }
         }
