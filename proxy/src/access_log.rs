@@ -106,6 +106,7 @@ impl AccessLog {
         captured: Option<&Captured>,
         sent: &Sent,
         took: Duration,
+        tls_version: &str,
     ) {
         let mut buf = self.buf.borrow_mut();
         buf.extend_from_slice(client.ip_bytes());
@@ -129,6 +130,8 @@ impl AccessLog {
             }
             None => buf.push(b'-'),
         }
+        buf.push(b' ');
+        buf.extend_from_slice(tls_version.as_bytes());
         buf.push(b'\n');
         if buf.len() >= self.flush_at {
             drop(buf);

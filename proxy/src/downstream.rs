@@ -53,6 +53,8 @@ struct Downstream {
     sent: Sent,
     /// The current request's access-log fields, when logging.
     captured: Captured,
+    /// The negotiated TLS version for the access log (`-`: plain).
+    tls_version: &'static str,
 }
 
 pub async fn serve(
@@ -65,14 +67,14 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let write_abort = Abort::default();
-    let (r, w) = match &worker.tls[listener] {
-        None => (ClientReader::Plain(r), ClientWriter::Plain(w)),
+    let (r, w, tls_version) = match &worker.tls[listener] {
+        None => (ClientReader::Plain(r), ClientWriter::Plain(w), "-"),
         Some(config) => {
             let timeout = worker.config.limits.tls_handshake_timeout;
             match tls::accept(r, w, config.clone(), timeout, &ctl.abort, &write_abort).await {
                 Ok((r, w, negotiated)) => {
                     worker.counters.tls_handshake(&negotiated);
-                    (ClientReader::Tls(r), ClientWriter::Tls(w))
+                    (ClientReader::Tls(r), ClientWriter::Tls(w), negotiated.version_name())
                 }
                 Err(e) => {
                     worker.counters.tls_handshake_failed(&e);
@@ -91,6 +93,7 @@ pub async fn serve(
         write_abort,
         sent: Sent::default(),
         captured: Captured::default(),
+        tls_version,
     };
     let mut first = true;
     loop {
@@ -203,7 +206,7 @@ impl Downstream {
         worker.counters.response(self.sent.status.get());
         if let Some(log) = &worker.access_log {
             let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
-            log.write(&self.client, captured, &self.sent, took);
+            log.write(&self.client, captured, &self.sent, took, self.tls_version);
         }
     }
 

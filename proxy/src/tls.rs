@@ -315,6 +315,17 @@ pub struct Negotiated {
     pub resumed: bool,
 }
 
+impl Negotiated {
+    /// As nginx's `$ssl_protocol` spells it.
+    pub fn version_name(&self) -> &'static str {
+        match self.version {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        }
+    }
+}
+
 /// Runs the server handshake over the two TCP halves within `timeout`;
 /// `abort` (the connection's read canceller) lets a drain end it.
 pub async fn accept(

@@ -350,3 +350,93 @@ fn a_reload_swaps_the_certificate_under_load_without_failed_requests() {
     assert_eq!(outcome.errors, 0, "failed requests across the reloads: {outcome:?}");
     assert!(outcome.non_2xx.is_empty(), "{outcome:?}");
 }
+
+/// The body of `GET /metrics` on the admin port.
+fn metrics(admin: u16) -> String {
+    let out = run_with_timeout(
+        Command::new(curl()).args(["-sS", &format!("http://127.0.0.1:{admin}/metrics")]),
+        Duration::from_secs(10),
+    );
+    out.stdout
+}
+
+fn sample(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sessions_resume_on_any_worker_and_handshakes_are_counted_and_logged() {
+    let mut ca = TestCa::new("ringgate test CA");
+    let cert = ca.server("site", &["site.test"]);
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let admin = ringgate_tests::free_port();
+    let log = ringgate_tests::proxy::temp_path("ringgate-tls-access", "log");
+    let toml = ProxyConfig::new(backend.addr())
+        .workers(2)
+        .listener_extra("tls", &tls_table(&[&cert], ""))
+        .to_toml()
+        + &format!(
+            "\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n[access_log]\npath = {:?}\nbuffer = \"4KiB\"\n",
+            log.display().to_string()
+        );
+    let proxy = Proxy::start(&toml);
+    let session = ringgate_tests::proxy::temp_path("ringgate-tls-session", "pem");
+    let session = session.to_string_lossy().to_string();
+    // TLS 1.3 tickets come after the handshake: s_client must read them
+    // before it quits, so it sends a request and waits for the answer.
+    let first = s_client_request(proxy.port, &["-tls1_3", "-sess_out", &session]);
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    // Each try is a new connection that either worker may accept: every
+    // one resumes, so the ticket keys are shared.
+    for _ in 0..6 {
+        let again = s_client_request(proxy.port, &["-tls1_3", "-sess_in", &session]);
+        assert!(again.contains("Reused, TLSv1.3"), "not resumed: {again}");
+    }
+    let tls12 = s_client_request(proxy.port, &["-tls1_2"]);
+    assert!(tls12.contains("HTTP/1.1 200"), "{tls12}");
+    let _ = std::fs::remove_file(&session);
+    let _ = TcpStream::connect(("127.0.0.1", proxy.port)).and_then(|mut s| s.write_all(b"GET / HTTP/1.1\r\n\r\n"));
+    let body = eventually(Duration::from_secs(3), || {
+        let body = metrics(admin);
+        let full13 = sample(&body, "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"false\"}");
+        let resumed13 = sample(&body, "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"true\"}");
+        let full12 = sample(&body, "ringgate_tls_handshakes_total{version=\"1.2\",resumed=\"false\"}");
+        let plain = sample(&body, "ringgate_tls_handshake_failures_total{reason=\"plain_http\"}");
+        (full13 == 1 && resumed13 == 6 && full12 == 1 && plain == 1)
+            .then_some(body.clone())
+            .ok_or(body)
+    });
+    assert!(body.is_ok(), "{body:?}");
+    let logged = eventually(Duration::from_secs(3), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let v13 = text.lines().filter(|l| l.ends_with(" TLSv1.3")).count();
+        let v12 = text.lines().filter(|l| l.ends_with(" TLSv1.2")).count();
+        (v13 == 7 && v12 == 1).then_some(()).ok_or(text)
+    });
+    let _ = std::fs::remove_file(&log);
+    assert!(logged.is_ok(), "access log: {logged:?}");
+}
+
+/// `openssl s_client` that sends one GET and prints what came back, with
+/// the handshake summary (`-ign_eof` waits for the response).
+fn s_client_request(port: u16, args: &[&str]) -> String {
+    use std::process::Stdio;
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "site.test", "-ign_eof"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().expect("openssl output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
