@@ -227,6 +227,10 @@ pub struct ListenerTls {
     pub client_ca: Option<PathBuf>,
     /// With `client_ca`: whether a client without a certificate is refused.
     pub client_certificate_required: bool,
+    /// With `client_ca`: the request header that carries a verified client
+    /// certificate's subject upstream. Whatever the client sent under that
+    /// name is removed, certificate or not, so a backend can trust it.
+    pub client_subject_header: Option<String>,
     /// Sessions each worker remembers for stateful resumption.
     pub session_cache: usize,
     /// Stateless resumption with tickets whose keys all workers share.

@@ -84,6 +84,7 @@ pub(crate) struct RawListenerTls {
     pub cipher_suites: Option<Vec<Spanned<String>>>,
     pub client_ca: Option<Spanned<String>>,
     pub client_certificate: Option<Spanned<String>>,
+    pub client_subject_header: Option<Spanned<String>>,
     pub session_cache: Option<Spanned<i64>>,
     pub session_tickets: Option<bool>,
 }

@@ -614,20 +614,44 @@ fn listener_tls(c: &mut Checker<'_>, key: &str, raw: &Spanned<RawListenerTls>) -
         },
     };
     if client_ca.is_none() {
-        if let Some(v) = &t.client_certificate {
-            c.err(
-                v.span(),
-                format!("{key}.client_certificate"),
-                "needs client_ca (the CA that verifies client certificates)",
-            );
+        let needing = [
+            ("client_certificate", t.client_certificate.as_ref()),
+            ("client_subject_header", t.client_subject_header.as_ref()),
+        ];
+        for (name, value) in needing {
+            if let Some(v) = value {
+                c.err(
+                    v.span(),
+                    format!("{key}.{name}"),
+                    "needs client_ca (the CA that verifies client certificates)",
+                );
+            }
         }
     }
+    let client_subject_header = t.client_subject_header.as_ref().and_then(|h| {
+        match header_name(h.get_ref()) {
+            Ok(name) if MANAGED_HEADERS.contains(&name.as_str()) => {
+                c.err(
+                    h.span(),
+                    format!("{key}.client_subject_header"),
+                    format!("{name:?} is a header the proxy manages itself"),
+                );
+                None
+            }
+            Ok(name) => Some(name),
+            Err(why) => {
+                c.err(h.span(), format!("{key}.client_subject_header"), why);
+                None
+            }
+        }
+    });
     ListenerTls {
         certificates,
         versions,
         cipher_suites,
         client_ca,
         client_certificate_required,
+        client_subject_header,
         session_cache: c.int(
             t.session_cache.as_ref(),
             &format!("{key}.session_cache"),

@@ -55,6 +55,8 @@ struct Downstream {
     captured: Captured,
     /// The negotiated TLS version for the access log (`-`: plain).
     tls_version: &'static str,
+    /// The verified client certificate's subject (mTLS).
+    client_subject: Option<Box<str>>,
 }
 
 pub async fn serve(
@@ -67,6 +69,7 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let write_abort = Abort::default();
+    let mut client_subject = None;
     let (r, w, tls_version) = match &worker.tls[listener] {
         None => (ClientReader::Plain(r), ClientWriter::Plain(w), "-"),
         Some(config) => {
@@ -74,6 +77,7 @@ pub async fn serve(
             match tls::accept(r, w, config.clone(), timeout, &ctl.abort, &write_abort).await {
                 Ok((r, w, negotiated)) => {
                     worker.counters.tls_handshake(&negotiated);
+                    client_subject = negotiated.client_subject.as_deref().map(Box::from);
                     (ClientReader::Tls(r), ClientWriter::Tls(w), negotiated.version_name())
                 }
                 Err(e) => {
@@ -94,6 +98,7 @@ pub async fn serve(
         sent: Sent::default(),
         captured: Captured::default(),
         tls_version,
+        client_subject,
     };
     let mut first = true;
     loop {
@@ -329,6 +334,11 @@ impl Downstream {
             write_abort: &self.write_abort,
             addr: &self.client,
             sent: &self.sent,
+            subject: worker.config.listeners[listener]
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_subject_header.as_deref())
+                .map(|name| (name, self.client_subject.as_deref())),
         };
         let Some(bufs) = self.bufs.as_deref_mut() else {
             return Next::Close;

@@ -21,6 +21,12 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBuf;
 use ringgate_config::{CertificateFiles, ListenerTls, TlsVersion};
 use rustls::crypto::CryptoProvider;
+// The crypto provider is a build choice: `ring` by default (measured against
+// aws-lc-rs in docs/BENCHMARKS.md); `--features aws-lc-rs` builds the other.
+#[cfg(feature = "aws-lc-rs")]
+use rustls::crypto::aws_lc_rs as crypto;
+#[cfg(not(feature = "aws-lc-rs"))]
+use rustls::crypto::ring as crypto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
@@ -74,12 +80,12 @@ impl ListenerTlsConfig {
 fn ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
     static TICKETER: OnceLock<Result<Arc<dyn ProducesTickets>, String>> = OnceLock::new();
     TICKETER
-        .get_or_init(|| rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string()))
+        .get_or_init(|| crypto::Ticketer::new().map_err(|e| e.to_string()))
         .clone()
 }
 
 fn provider(suites: &[String]) -> CryptoProvider {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = crypto::default_provider();
     if !suites.is_empty() {
         provider
             .cipher_suites
@@ -133,6 +139,9 @@ pub fn load(key: &str, tls: &ListenerTls) -> Result<ListenerTlsConfig, String> {
     };
     let mut base = builder.with_cert_resolver(Arc::new(resolver));
     base.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // The server's suite order (rustls': AES-256-GCM, AES-128-GCM, then
+    // ChaCha20) decides, not whatever a client lists first.
+    base.ignore_client_order = true;
     if tls.session_tickets {
         base.ticketer = ticketer().map_err(|e| format!("{key}: cannot make ticket keys: {e}"))?;
     }
@@ -313,6 +322,8 @@ pub struct TlsWriter {
 pub struct Negotiated {
     pub version: Option<rustls::ProtocolVersion>,
     pub resumed: bool,
+    /// The verified client certificate's subject (RFC 4514), with mTLS.
+    pub client_subject: Option<String>,
 }
 
 impl Negotiated {
@@ -401,6 +412,10 @@ pub async fn accept(
     let negotiated = Negotiated {
         version: conn.protocol_version(),
         resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+        client_subject: conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| subject_of(leaf)),
     };
     let conn = Rc::new(RefCell::new(conn));
     Ok((
@@ -418,6 +433,21 @@ pub async fn accept(
         },
         negotiated,
     ))
+}
+
+/// A certificate's subject as RFC 4514 text, fit for a header value: any
+/// byte outside printable ASCII becomes `?` (a subject is the client's to
+/// choose, within what its CA signed).
+fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let subject = cert.subject().to_string();
+    Some(
+        subject
+            .chars()
+            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .collect(),
+    )
 }
 
 /// What nginx answers in the same case: the client speaks HTTP to a TLS
@@ -459,7 +489,7 @@ impl TlsReader {
         timeout: Duration,
         abort: &Abort,
     ) -> Result<usize, ReadFail> {
-        let mut deadline = None;
+        let mut deadline: Option<Option<Instant>> = None;
         loop {
             let state = feed(&mut self.conn.borrow_mut(), &mut self.cipher)
                 .map_err(|_| ReadFail::Io(io::ErrorKind::InvalidData))?;
@@ -486,11 +516,28 @@ impl TlsReader {
             if state.peer_has_closed() || self.eof {
                 return Ok(0);
             }
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ReadFail::TimedOut);
-            }
+            // The usual case is one network read per call: it gets the whole
+            // timeout without a clock read. A record that comes in pieces
+            // starts a deadline at the second read, so one call never waits
+            // more than twice `timeout` (a slow drip cannot stretch it).
+            let left = match deadline {
+                None => {
+                    deadline = Some(None);
+                    timeout
+                }
+                Some(None) => {
+                    let now = Instant::now();
+                    deadline = Some(Some(now + timeout));
+                    timeout
+                }
+                Some(Some(at)) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(ReadFail::TimedOut);
+                    }
+                    left
+                }
+            };
             match read_more(&mut self.tcp, &mut self.cipher, CIPHERTEXT_READ_BYTES, left, abort).await {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}

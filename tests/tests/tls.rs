@@ -206,17 +206,52 @@ fn client_certificates_are_required_when_a_client_ca_is_set() {
     let mut stranger_ca = TestCa::new("stranger CA");
     let stranger = stranger_ca.client("mallory", "mallory");
     let backend = Backend::start("ok", Behaviour::Ok);
-    let extra = format!(", client_ca = \"{}\"", client_ca.cert.display());
+    let extra = format!(
+        ", client_ca = \"{}\", client_subject_header = \"X-Client-Subject\"",
+        client_ca.cert.display()
+    );
     let proxy = tls_proxy(&backend, &[&cert], &extra);
     let with = |c: &Issued| {
         let (cert, key) = (c.cert.to_string_lossy(), c.key.to_string_lossy());
-        curl_https(proxy.port, "site.test", "/", &ca.cert, &["--cert", &cert, "--key", &key])
+        // A client's own copy of the header must not reach the backend.
+        curl_https(
+            proxy.port,
+            "site.test",
+            "/",
+            &ca.cert,
+            &["--cert", &cert, "--key", &key, "-H", "X-Client-Subject: CN=admin"],
+        )
     };
     assert_eq!(status_of(&with(&good)), "200");
+    let rec = backend.records().pop().expect("alice's request");
+    let subjects: Vec<&String> = rec
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-client-subject"))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(subjects, ["CN=alice"], "{:?}", rec.headers);
     assert_ne!(status_of(&with(&stranger)), "200", "a certificate from another CA passed");
     let none = curl_https(proxy.port, "site.test", "/", &ca.cert, &[]);
     assert_ne!(status_of(&none), "200", "no certificate passed: {}", none.stdout);
     assert_eq!(backend.records().len(), 1, "only alice's request may reach the backend");
+}
+
+#[test]
+fn an_optional_client_certificate_still_strips_the_subject_header() {
+    let mut ca = TestCa::new("ringgate test CA");
+    let cert = ca.server("site", &["site.test"]);
+    let client_ca = TestCa::new("client CA");
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let extra = format!(
+        ", client_ca = \"{}\", client_certificate = \"optional\", client_subject_header = \"X-Client-Subject\"",
+        client_ca.cert.display()
+    );
+    let proxy = tls_proxy(&backend, &[&cert], &extra);
+    let out = curl_https(proxy.port, "site.test", "/", &ca.cert, &["-H", "X-Client-Subject: CN=admin"]);
+    assert_eq!(status_of(&out), "200", "{}", out.stderr);
+    let rec = backend.records().pop().expect("the request");
+    assert!(!rec.has_header("x-client-subject"), "a forged subject went up: {:?}", rec.headers);
 }
 
 #[test]

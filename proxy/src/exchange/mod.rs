@@ -64,6 +64,9 @@ pub struct Client<'a> {
     pub addr: &'a ForwardedClient,
     /// What went back, for the access log.
     pub sent: &'a Sent,
+    /// The listener's mTLS subject header and this client's verified
+    /// subject, if any.
+    pub subject: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// Buffers and cancellers an exchange works in, kept by the client
@@ -144,7 +147,16 @@ pub async fn run(
     upstream: &UpstreamState,
     head: &RequestHead,
 ) -> Result<Next, Refusal> {
-    let plan = request::prepare(cx, bufs, route, upstream, head, client.addr, client.w.scheme())?;
+    let plan = request::prepare(
+        cx,
+        bufs,
+        route,
+        upstream,
+        head,
+        client.addr,
+        client.w.scheme(),
+        client.subject,
+    )?;
     let mut ex = Exchange {
         route,
         upstream,

@@ -62,6 +62,7 @@ pub(super) fn prepare(
     head: &RequestHead,
     client: &ForwardedClient,
     scheme: &str,
+    subject: Option<(&str, Option<&str>)>,
 ) -> Result<Plan, Refusal> {
     let available = bufs.req.source.len() - head.head_len;
     let (initial_body, body_left) = match head.body {
@@ -96,12 +97,20 @@ pub(super) fn prepare(
         bufs.patch_prefix = patch.len();
     }
     write_set_fields(patch, &route.request_headers);
-    if new_request_line || !route.request_headers.is_empty() {
-        // The request line and edited fields go as patch bytes instead.
+    if let Some((name, Some(value))) = subject {
+        patch.extend_from_slice(name.as_bytes());
+        patch.extend_from_slice(b": ");
+        patch.extend_from_slice(value.as_bytes());
+        patch.extend_from_slice(b"\r\n");
+    }
+    let subject_name = subject.map(|(name, _)| name.as_bytes());
+    if new_request_line || !route.request_headers.is_empty() || subject_name.is_some() {
+        // The request line and edited fields go as patch bytes instead; a
+        // client's own copy of the subject header never goes up.
         let edits = &route.request_headers;
         bufs.req_scratch
             .retain_lines(&bufs.req.source, !new_request_line, |name| {
-                !edits.drops(name)
+                !edits.drops(name) && subject_name.is_none_or(|s| !name.eq_ignore_ascii_case(s))
             });
     }
     if head.version == Version::Http10 {
