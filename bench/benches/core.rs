@@ -2,7 +2,7 @@
 //! parsing, the chunked decoder, router lookup and backend choice. Pure
 //! functions only, no sockets: I/O is measured by the comparison runner.
 //! Also each balancing algorithm's pick, the Maglev table build and the
-//! rate limiter's admit.
+//! rate limiter's admit, and writing the forwarding headers.
 //!
 //! Run: `cargo bench -p ringgate-bench` (figures quoted in docs/BENCHMARKS.md).
 //! Inputs are built once, outside the timed loop; each timed call does what a
@@ -13,7 +13,9 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use ringgate_core::backend_view::{BackendSpec, BackendView, ViewConfig};
 use ringgate_core::balance::{Algorithm, Balancer, Maglev, RoundRobin, MAGLEV_TABLE_SIZE};
 use ringgate_core::chunked::{ChunkLimits, ChunkedDecoder};
-use ringgate_core::http::{parse_request, HeadLimits, HeadScratch};
+use ringgate_core::http::{
+    parse_request, write_request_patch, ForwardedClient, HeadLimits, HeadScratch,
+};
 use ringgate_core::ratelimit::{KeyedLimiter, TokenBucket};
 use ringgate_core::router::{RouteSpec, Router};
 use std::time::{Duration, Instant};
@@ -340,9 +342,50 @@ fn bench_ratelimit(c: &mut Criterion) {
     group.finish();
 }
 
+/// The forwarding headers of one request: from an untrusted peer (the
+/// default: the client's claims replaced), and from a trusted proxy whose
+/// three-hop `X-Forwarded-For` is walked for the client address first.
+fn bench_forwarding(c: &mut Criterion) {
+    const CHAIN: &[u8] = b"GET / HTTP/1.1\r\nHost: example.com\r\n\
+X-Forwarded-For: 203.0.113.7, 10.1.0.2, 10.1.0.3\r\nX-Forwarded-Proto: https\r\n\r\n";
+    let mut scratch = HeadScratch::default();
+    assert!(matches!(
+        parse_request(CHAIN, HEAD_LIMITS, &mut scratch),
+        Ok(Some(_))
+    ));
+    let peer: std::net::IpAddr = "10.1.0.4".parse().unwrap();
+    let trusted =
+        |ip: std::net::IpAddr| matches!(ip, std::net::IpAddr::V4(v4) if v4.octets()[0] == 10);
+    let mut out = Vec::with_capacity(512);
+    let mut group = c.benchmark_group("forwarding");
+    for (name, trust) in [("untrusted_peer", false), ("trusted_3_hop_chain", true)] {
+        let mut client = ForwardedClient::new(peer);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                if trust {
+                    client.resolve(black_box(CHAIN), &scratch, trusted);
+                }
+                out.clear();
+                write_request_patch(&mut out, black_box(CHAIN), &scratch, &client, "http");
+                black_box(client.ip_bytes().len())
+            })
+        });
+        assert_eq!(
+            client.ip_bytes(),
+            if trust {
+                &b"203.0.113.7"[..]
+            } else {
+                b"10.1.0.4"
+            }
+        );
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_parse_request,
+    bench_forwarding,
     bench_chunked,
     bench_router,
     bench_router_headers,

@@ -43,6 +43,33 @@ pub struct Server {
     /// Start even when another process already listens on a listener's
     /// address, sharing it through `SO_REUSEPORT`.
     pub share_ports: bool,
+    /// Peers whose forwarding headers are believed (default: none).
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// `[server] trusted_proxies`: the networks of proxies in front of this one,
+/// whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to,
+/// and whose `X-Forwarded-For` names the client. At most
+/// `TRUSTED_PROXIES_MAX` networks, each checked per request by a prefix
+/// compare.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+/// Far above any real chain of proxies' networks; keeps the per-request
+/// check a short scan.
+pub const TRUSTED_PROXIES_MAX: usize = 256;
+
+impl TrustedProxies {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Is `ip` one of the trusted networks? An IPv4-mapped IPv6 address
+    /// (a dual-stack listener's view of an IPv4 peer) counts as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// `[server] io_uring_setup`: the flags a worker's ring is set up with. They
@@ -119,6 +146,7 @@ impl Default for Server {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             io_uring_setup: DEFAULT_RING_SETUP,
             share_ports: false,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -338,6 +366,7 @@ pub const MANAGED_HEADERS: &[&str] = &[
     "expect",
     "x-forwarded-for",
     "x-forwarded-proto",
+    "x-forwarded-host",
     "forwarded",
 ];
 
@@ -586,6 +615,7 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// `None`: no access log.
     pub access_log: Option<AccessLog>,
+    pub error_log: ErrorLog,
     /// `None`: no admin endpoint.
     pub admin: Option<Admin>,
 }
@@ -607,6 +637,57 @@ pub struct AccessLog {
     /// A worker writes its buffered lines when they reach this many bytes,
     /// and at every gossip tick; `ACCESS_LOG_BUFFER_MIN..=ACCESS_LOG_BUFFER_MAX`.
     pub buffer: usize,
+}
+
+/// `[error_log]`: one line per operator-relevant event (upstream failures,
+/// 5xx the proxy answered, refusals, health, ejections, breakers, reloads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorLog {
+    /// Opened for appending (created if missing) at start-up; `None`: stderr.
+    pub path: Option<std::path::PathBuf>,
+    /// Events less severe than this are not written.
+    pub level: LogLevel,
+    /// Lines of one kind a worker writes per second; the rest are counted
+    /// and their number written once the second is over.
+    /// `1..=ERROR_LOG_LINES_PER_SECOND_MAX`.
+    pub lines_per_second: u32,
+}
+
+impl Default for ErrorLog {
+    fn default() -> Self {
+        ErrorLog {
+            path: None,
+            level: LogLevel::Info,
+            lines_per_second: DEFAULT_ERROR_LOG_LINES_PER_SECOND,
+        }
+    }
+}
+
+/// Enough to see what a flood is made of; few enough that a flood of one
+/// kind costs a worker at most this many formatted lines a second.
+pub const DEFAULT_ERROR_LOG_LINES_PER_SECOND: u32 = 10;
+pub const ERROR_LOG_LINES_PER_SECOND_MAX: u32 = 100_000;
+
+/// `[error_log] level`, most severe first: a level writes its own events and
+/// every more severe one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl LogLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
 }
 
 /// nginx's `access_log ... buffer=64k`.

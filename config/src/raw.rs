@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{RingSetup, Workers, WORKERS_MAX};
+use crate::model::{LogLevel, RingSetup, Workers, WORKERS_MAX};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,7 +24,16 @@ pub(crate) struct RawConfig {
     pub routes: Option<Spanned<Vec<RawRoute>>>,
     pub upstreams: Option<Spanned<Vec<RawUpstream>>>,
     pub access_log: Option<RawAccessLog>,
+    pub error_log: Option<RawErrorLog>,
     pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawErrorLog {
+    pub path: Option<Spanned<String>>,
+    pub level: Option<LogLevel>,
+    pub lines_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +62,7 @@ pub(crate) struct RawServer {
     pub drain_timeout: Option<Spanned<HumanDuration>>,
     pub io_uring_setup: Option<RingSetup>,
     pub share_ports: Option<bool>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

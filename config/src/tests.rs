@@ -1483,3 +1483,69 @@ backends = [{ address = "127.0.0.1:9000" }]
     ok(&text.replace("127.0.0.1:8080", "127.0.0.1:8081"));
     ok(&text.replace("127.0.0.1:8080", "[::1]:8080"));
 }
+
+// ---- trusted_proxies ----
+
+#[test]
+fn trusted_proxies_default_to_none_and_take_networks_and_addresses() {
+    assert!(ok(BASE).server.trusted_proxies.is_empty());
+    let c = ok(&format!(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"fd00::1/8\"]\n{BASE}"
+    ));
+    let t = &c.server.trusted_proxies;
+    assert_eq!(t.0.len(), 3);
+    assert!(t.contains("10.200.0.1".parse().unwrap()));
+    assert!(t.contains("127.0.0.1".parse().unwrap()));
+    assert!(!t.contains("127.0.0.2".parse().unwrap()));
+    // Host bits of a network are dropped, not an error.
+    assert!(t.contains("fd12::5".parse().unwrap()));
+    // A dual-stack listener sees IPv4 peers as mapped IPv6 addresses.
+    assert!(t.contains("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(!t.contains("11.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn a_trusted_proxy_that_is_not_a_network_is_an_error() {
+    let text = format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n{BASE}");
+    assert_error(
+        &text,
+        2,
+        34,
+        "server.trusted_proxies[1]",
+        "is not an IP network",
+    );
+    let text = format!("[server]\ntrusted_proxies = [\"proxy.example\"]\n{BASE}");
+    assert_error(
+        &text,
+        2,
+        20,
+        "server.trusted_proxies[0]",
+        "is not an IP network",
+    );
+}
+
+// ---- error_log ----
+
+#[test]
+fn error_log_defaults_to_stderr_at_info_and_is_checked() {
+    assert_eq!(ok(BASE).error_log, ErrorLog::default());
+    assert_eq!(ok(BASE).error_log.path, None);
+    assert_eq!(ok(BASE).error_log.level, LogLevel::Info);
+    let c = ok(&format!(
+        "[error_log]\npath = \"/var/log/rg-error.log\"\nlevel = \"warn\"\nlines_per_second = 3\n\n{BASE}"
+    ));
+    assert_eq!(
+        c.error_log,
+        ErrorLog {
+            path: Some("/var/log/rg-error.log".into()),
+            level: LogLevel::Warn,
+            lines_per_second: 3,
+        }
+    );
+    assert!(LogLevel::Error < LogLevel::Warn && LogLevel::Info < LogLevel::Debug);
+    let text = format!("[error_log]\npath = \"\"\nlines_per_second = 0\n\n{BASE}");
+    assert_error(&text, 2, 8, "error_log.path", "must name a file");
+    assert_error(&text, 3, 20, "error_log.lines_per_second", "out of range");
+    let text = format!("[error_log]\nlevel = \"verbose\"\n\n{BASE}");
+    assert_error(&text, 2, 9, "error_log.level", "verbose");
+}

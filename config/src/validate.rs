@@ -354,6 +354,10 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     }
 
     let access_log = raw.access_log.as_ref().map(|raw| access_log(&mut c, raw));
+    let error_log = raw
+        .error_log
+        .as_ref()
+        .map_or_else(ErrorLog::default, |raw| error_log(&mut c, raw));
     let admin = raw.admin.as_ref().and_then(|raw| {
         let address = c.address(&raw.address, "admin.address")?;
         if let Some(first) = listener_addrs.get(&address).filter(|_| address.port() != 0) {
@@ -375,6 +379,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             routes,
             upstreams,
             access_log,
+            error_log,
             admin,
         })
     } else {
@@ -461,7 +466,43 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
         ),
         io_uring_setup: raw.io_uring_setup.unwrap_or(d.io_uring_setup),
         share_ports: raw.share_ports.unwrap_or(d.share_ports),
+        trusted_proxies: raw
+            .trusted_proxies
+            .as_ref()
+            .map_or(d.trusted_proxies, |list| trusted_proxies(c, list)),
     }
+}
+
+/// `"10.0.0.0/8"`, `"fd00::/8"`, or a single address (`"127.0.0.1"`).
+fn trusted_proxies(c: &mut Checker<'_>, list: &Spanned<Vec<Spanned<String>>>) -> TrustedProxies {
+    if list.get_ref().len() > TRUSTED_PROXIES_MAX {
+        c.err(
+            list.span(),
+            "server.trusted_proxies",
+            format!(
+                "{} networks is too many; at most {TRUSTED_PROXIES_MAX}",
+                list.get_ref().len()
+            ),
+        );
+    }
+    let mut nets = Vec::new();
+    for (i, entry) in list.get_ref().iter().enumerate() {
+        let text = entry.get_ref().trim();
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .map(|net| net.trunc())
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net),
+            Err(_) => c.err(
+                entry.span(),
+                format!("server.trusted_proxies[{i}]"),
+                format!("{text:?} is not an IP network (like \"10.0.0.0/8\") or address"),
+            ),
+        }
+    }
+    nets.truncate(TRUSTED_PROXIES_MAX);
+    TrustedProxies(nets)
 }
 
 fn access_log(c: &mut Checker<'_>, raw: &RawAccessLog) -> AccessLog {
@@ -476,6 +517,31 @@ fn access_log(c: &mut Checker<'_>, raw: &RawAccessLog) -> AccessLog {
             "access_log.buffer",
             ACCESS_LOG_BUFFER_MIN..=ACCESS_LOG_BUFFER_MAX,
             DEFAULT_ACCESS_LOG_BUFFER,
+        ),
+    }
+}
+
+fn error_log(c: &mut Checker<'_>, raw: &RawErrorLog) -> ErrorLog {
+    let d = ErrorLog::default();
+    let path = raw.path.as_ref().map(|p| {
+        let path = p.get_ref().trim();
+        if path.is_empty() {
+            c.err(
+                p.span(),
+                "error_log.path",
+                "must name a file (leave it out for stderr)",
+            );
+        }
+        path.into()
+    });
+    ErrorLog {
+        path,
+        level: raw.level.unwrap_or(d.level),
+        lines_per_second: c.int(
+            raw.lines_per_second.as_ref(),
+            "error_log.lines_per_second",
+            1..=ERROR_LOG_LINES_PER_SECOND_MAX,
+            d.lines_per_second,
         ),
     }
 }

@@ -142,10 +142,17 @@ pub struct HeadScratch {
     /// Ranges of the head to forward verbatim, in order; the request or
     /// status line first. The final blank line is not included.
     pub forward: Vec<Range<usize>>,
-    /// Values of `X-Forwarded-For` / `Forwarded` lines the client sent, which
-    /// the patch re-emits with our own element appended.
+    /// Values of the `X-Forwarded-For` / `Forwarded` / `X-Forwarded-Proto` /
+    /// `X-Forwarded-Host` lines the client sent. None of them is forwarded as
+    /// read: the patch writes our own, re-emitting these only for a trusted
+    /// peer ([`ForwardedClient::trusted_peer`]).
     pub forwarded_for: Vec<Range<usize>>,
     pub forwarded: Vec<Range<usize>>,
+    pub forwarded_proto: Vec<Range<usize>>,
+    pub forwarded_host: Vec<Range<usize>>,
+    /// The host the client asked for (Host, or an absolute-form target's
+    /// authority): our `X-Forwarded-Host`.
+    pub requested_host: Option<Range<usize>>,
     connection_options: Vec<Range<usize>>,
     /// Set when the framing fields read are not forwarded as they are.
     pub framing: Option<FramingLine>,
@@ -161,6 +168,9 @@ impl HeadScratch {
         self.forward.clear();
         self.forwarded_for.clear();
         self.forwarded.clear();
+        self.forwarded_proto.clear();
+        self.forwarded_host.clear();
+        self.requested_host = None;
         self.connection_options.clear();
         self.framing = None;
         self.host = None;
@@ -425,12 +435,13 @@ fn connection_has(options: &[Range<usize>], buf: &[u8], name: &[u8]) -> bool {
 /// one is trying to make the proxy and the backend disagree on where the
 /// message ends or whom it is for (RFC 9110 §7.6.1 forbids listing framing
 /// fields, and no client has a reason to); the request is refused.
-const REQUEST_FIELDS_CONNECTION_MAY_NOT_NAME: [&[u8]; 6] = [
+const REQUEST_FIELDS_CONNECTION_MAY_NOT_NAME: [&[u8]; 7] = [
     b"content-length",
     b"transfer-encoding",
     b"host",
     b"x-forwarded-for",
     b"x-forwarded-proto",
+    b"x-forwarded-host",
     b"forwarded",
 ];
 
@@ -483,7 +494,7 @@ fn is_framing_field(name: &[u8]) -> bool {
 /// re-emits. Transfer-Encoding is not among them: chunked bodies are
 /// forwarded as they are, so the framing header goes with them.
 fn is_request_header_replaced(name: &[u8]) -> bool {
-    const DROPPED: [&[u8]; 10] = [
+    const DROPPED: [&[u8]; 11] = [
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -493,6 +504,7 @@ fn is_request_header_replaced(name: &[u8]) -> bool {
         b"expect",
         b"x-forwarded-for",
         b"x-forwarded-proto",
+        b"x-forwarded-host",
         b"forwarded",
     ];
     DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
@@ -716,6 +728,7 @@ pub fn parse_request(
     if let Some(authority) = &target_authority {
         scratch.host = Some(authority.clone());
     }
+    scratch.requested_host = target_authority.clone().or_else(|| host.clone());
 
     for i in 0..req.headers.len() {
         let h = &req.headers[i];
@@ -731,6 +744,10 @@ pub fn parse_request(
             scratch.forwarded_for.push(value_range);
         } else if name.eq_ignore_ascii_case(b"forwarded") {
             scratch.forwarded.push(value_range);
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            scratch.forwarded_proto.push(value_range);
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-host") {
+            scratch.forwarded_host.push(value_range);
         } else if is_request_header_replaced(name)
             || connection_has(&scratch.connection_options, buf, name)
         {
@@ -755,31 +772,131 @@ pub fn parse_request(
     }))
 }
 
-/// The client's address as the forwarding headers spell it, formatted once
-/// per connection rather than per request.
-#[derive(Debug, Clone)]
-pub struct ForwardedClient {
-    ip: String,
-    /// RFC 7239 §6: IPv6 node names are quoted and bracketed.
-    node: String,
+/// Longest text of an IP address: an IPv4-mapped IPv6 address,
+/// `ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`.
+const IP_TEXT_MAX: usize = 45;
+
+/// An IP address with its text, formatted into a fixed array so that
+/// changing it per request allocates nothing.
+#[derive(Clone, Copy)]
+struct ClientAddr {
+    ip: IpAddr,
+    text: [u8; IP_TEXT_MAX],
+    len: u8,
 }
 
-impl ForwardedClient {
-    pub fn new(ip: IpAddr) -> Self {
-        let node = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        ForwardedClient {
-            ip: ip.to_string(),
-            node,
+impl ClientAddr {
+    fn new(ip: IpAddr) -> Self {
+        use std::io::Write as _;
+        let mut text = [0u8; IP_TEXT_MAX];
+        let mut cursor = &mut text[..];
+        // Never fails: every address fits in IP_TEXT_MAX.
+        let _ = write!(cursor, "{ip}");
+        let len = IP_TEXT_MAX - cursor.len();
+        ClientAddr {
+            ip,
+            text,
+            len: len as u8,
         }
     }
 
-    /// The address as text: the key of per-client rate limits and hashes.
-    pub fn ip_bytes(&self) -> &[u8] {
-        self.ip.as_bytes()
+    fn text(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
     }
+}
+
+impl std::fmt::Debug for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.ip)
+    }
+}
+
+/// Who sent a request: the connection's peer, whether it is a trusted
+/// proxy, and the client address the request is accounted to (rate-limit
+/// keys, client-IP hashing, logs). For an untrusted peer that is the peer;
+/// for a trusted one, the right-most address of `X-Forwarded-For` that is
+/// not itself a trusted proxy ([`ForwardedClient::resolve`]).
+#[derive(Debug, Clone)]
+pub struct ForwardedClient {
+    peer: ClientAddr,
+    trusted_peer: bool,
+    client: ClientAddr,
+}
+
+impl ForwardedClient {
+    /// A connection from `peer`, trusted by nobody until [`Self::resolve`].
+    pub fn new(peer: IpAddr) -> Self {
+        let peer = ClientAddr::new(peer);
+        ForwardedClient {
+            peer,
+            trusted_peer: false,
+            client: peer,
+        }
+    }
+
+    /// Decides, for the request whose head `buf` was parsed into `scratch`,
+    /// whether the peer is a trusted proxy (`trusts`) and so whom the request
+    /// is from. Walks `X-Forwarded-For` right to left, skipping trusted
+    /// proxies; a malformed element met before an untrusted address makes
+    /// the chain unusable, and the peer is taken instead. Allocates nothing.
+    pub fn resolve(&mut self, buf: &[u8], scratch: &HeadScratch, trusts: impl Fn(IpAddr) -> bool) {
+        self.trusted_peer = trusts(self.peer.ip);
+        self.client = self.peer;
+        if !self.trusted_peer {
+            return;
+        }
+        let mut leftmost = None;
+        for value in scratch.forwarded_for.iter().rev() {
+            for element in buf[value.clone()].rsplit(|&b| b == b',') {
+                let element = trim_ows(element);
+                if element.is_empty() {
+                    // RFC 9110 §5.6.1: empty list elements are allowed.
+                    continue;
+                }
+                let Some(ip) = parse_forwarded_ip(element) else {
+                    return;
+                };
+                if !trusts(ip) {
+                    self.client = ClientAddr::new(ip);
+                    return;
+                }
+                leftmost = Some(ip);
+            }
+        }
+        // Every hop is a trusted proxy: the first of them is the client.
+        if let Some(ip) = leftmost {
+            self.client = ClientAddr::new(ip);
+        }
+    }
+
+    /// Forgets what the last request said: the peer is the client again.
+    pub fn reset_to_peer(&mut self) {
+        self.trusted_peer = false;
+        self.client = self.peer;
+    }
+
+    /// The address the request is accounted to, as text: the key of
+    /// per-client rate limits and hashes, and the access log's client.
+    pub fn ip_bytes(&self) -> &[u8] {
+        self.client.text()
+    }
+
+    /// Whether the current request came from a trusted proxy, whose
+    /// forwarding headers are kept and appended to.
+    pub fn trusted_peer(&self) -> bool {
+        self.trusted_peer
+    }
+}
+
+/// One `X-Forwarded-For` element: an IP address, IPv6 optionally in
+/// brackets (as some proxies write it). Ports and obfuscated names are not
+/// addresses and make the chain unusable.
+fn parse_forwarded_ip(element: &[u8]) -> Option<IpAddr> {
+    let element = match element {
+        [b'[', inner @ .., b']'] => inner,
+        _ => element,
+    };
+    std::str::from_utf8(element).ok()?.parse().ok()
 }
 
 /// The value of the first field named `name` (case-insensitive) in a head
@@ -816,8 +933,11 @@ pub fn cookie_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 }
 
 /// Writes the headers the proxy adds to a forwarded request, then the blank
-/// line: `X-Forwarded-For` and `Forwarded` with the client appended to what it
-/// sent (RFC 7239 §4), and our own `X-Forwarded-Proto`.
+/// line. From an untrusted peer, whatever it claimed is replaced: the
+/// client is the peer, the protocol `proto`, the host the one it asked for.
+/// From a trusted proxy, `X-Forwarded-For` and `Forwarded` get the peer
+/// appended to what it sent (RFC 7239 §4), and its `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, which describe the original request, are kept.
 pub fn write_request_patch(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -826,24 +946,64 @@ pub fn write_request_patch(
     proto: &str,
 ) {
     write_replaced_fields(out, buf, scratch);
+    let trusted = client.trusted_peer;
+    let peer = client.peer.text();
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for r in &scratch.forwarded_for {
-        out.extend_from_slice(&buf[r.clone()]);
-        out.extend_from_slice(b", ");
+    if trusted {
+        write_list_prefix(out, buf, &scratch.forwarded_for);
     }
-    out.extend_from_slice(client.ip.as_bytes());
+    out.extend_from_slice(peer);
     out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(proto.as_bytes());
-    out.extend_from_slice(b"\r\nForwarded: ");
-    for r in &scratch.forwarded {
-        out.extend_from_slice(&buf[r.clone()]);
-        out.extend_from_slice(b", ");
+    if trusted && !scratch.forwarded_proto.is_empty() {
+        write_list(out, buf, &scratch.forwarded_proto);
+    } else {
+        out.extend_from_slice(proto.as_bytes());
     }
+    let host = if trusted && !scratch.forwarded_host.is_empty() {
+        Some(&scratch.forwarded_host[..])
+    } else {
+        scratch.requested_host.as_ref().map(std::slice::from_ref)
+    };
+    if let Some(host) = host {
+        out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+        write_list(out, buf, host);
+    }
+    out.extend_from_slice(b"\r\nForwarded: ");
+    if trusted {
+        write_list_prefix(out, buf, &scratch.forwarded);
+    }
+    // RFC 7239 §6: IPv6 node names are quoted and bracketed.
     out.extend_from_slice(b"for=");
-    out.extend_from_slice(client.node.as_bytes());
+    match client.peer.ip {
+        IpAddr::V4(_) => out.extend_from_slice(peer),
+        IpAddr::V6(_) => {
+            out.extend_from_slice(b"\"[");
+            out.extend_from_slice(peer);
+            out.extend_from_slice(b"]\"");
+        }
+    }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The values of `ranges` joined as one list.
+fn write_list(out: &mut Vec<u8>, buf: &[u8], ranges: &[Range<usize>]) {
+    for (i, r) in ranges.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(&buf[r.clone()]);
+    }
+}
+
+/// The values of `ranges`, each followed by `, `: what goes before an
+/// element appended to the list.
+fn write_list_prefix(out: &mut Vec<u8>, buf: &[u8], ranges: &[Range<usize>]) {
+    for r in ranges.iter().filter(|r| !r.is_empty()) {
+        out.extend_from_slice(&buf[r.clone()]);
+        out.extend_from_slice(b", ");
+    }
 }
 
 /// Writes the framing and Host lines that replace the ones read (see
@@ -1343,12 +1503,45 @@ mod tests {
         );
     }
 
+    /// What goes upstream for `raw` from peer `peer`, with `trusted` as
+    /// the set of trusted proxies; and whom the request is accounted to.
+    fn forwarded_from(raw: &[u8], peer: &str, trusted: &[&str]) -> (String, String) {
+        let mut scratch = HeadScratch::default();
+        parse_request(raw, LIMITS, &mut scratch).unwrap().unwrap();
+        let mut client = ForwardedClient::new(peer.parse().unwrap());
+        let trusted: Vec<IpAddr> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        client.resolve(raw, &scratch, |ip| trusted.contains(&ip));
+        let mut out = Vec::new();
+        write_request_patch(&mut out, raw, &scratch, &client, "http");
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(client.ip_bytes().to_vec()).unwrap(),
+        )
+    }
+
+    const CLAIMS: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: a.example\r\n\r\n";
+
     #[test]
-    fn forwarding_headers_are_appended() {
-        let out = forwarded(
-            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\nX-Forwarded-Proto: https\r\n\r\n",
+    fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+        let (text, client) = forwarded_from(CLAIMS, "10.0.0.1", &[]);
+        assert!(text.contains("X-Forwarded-For: 10.0.0.1\r\n"), "{text}");
+        assert!(
+            text.contains("Forwarded: for=10.0.0.1;proto=http\r\n"),
+            "{text}"
         );
-        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("X-Forwarded-Proto: http\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Host: x\r\n"), "{text}");
+        assert!(!text.contains("1.2.3.4"), "{text}");
+        assert!(
+            !text.contains("https") && !text.contains("a.example"),
+            "{text}"
+        );
+        assert_eq!(client, "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarding_headers_from_a_trusted_proxy_are_appended_to() {
+        let (text, client) = forwarded_from(CLAIMS, "10.0.0.1", &["10.0.0.1"]);
         assert!(
             text.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.1\r\n"),
             "{text}"
@@ -1357,8 +1550,68 @@ mod tests {
             text.contains("Forwarded: for=1.2.3.4, for=10.0.0.1;proto=http\r\n"),
             "{text}"
         );
-        assert!(text.contains("X-Forwarded-Proto: http\r\n"), "{text}");
-        assert!(!text.contains("https"), "{text}");
+        assert!(text.contains("X-Forwarded-Proto: https\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Host: a.example\r\n"), "{text}");
+        assert_eq!(client, "1.2.3.4");
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_hop() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 9.9.9.9, 1.2.3.4\r\nX-Forwarded-For: 10.0.0.2,, 10.0.0.3\r\n\r\n";
+        let trusted = ["10.0.0.1", "10.0.0.2", "10.0.0.3"];
+        let (text, client) = forwarded_from(raw, "10.0.0.1", &trusted);
+        assert_eq!(client, "1.2.3.4");
+        assert!(
+            text.contains("X-Forwarded-For: 9.9.9.9, 1.2.3.4, 10.0.0.2,, 10.0.0.3, 10.0.0.1\r\n"),
+            "{text}"
+        );
+        // Every hop trusted: the farthest one is the client.
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.3, 10.0.0.2\r\n\r\n";
+        assert_eq!(forwarded_from(raw, "10.0.0.1", &trusted).1, "10.0.0.3");
+        // No X-Forwarded-For at all: the trusted peer is the client.
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(forwarded_from(raw, "10.0.0.1", &trusted).1, "10.0.0.1");
+    }
+
+    #[test]
+    fn a_malformed_chain_from_a_trusted_proxy_falls_back_to_the_peer() {
+        let trusted = ["10.0.0.1", "10.0.0.2"];
+        for xff in [
+            "1.2.3.4, not-an-ip",
+            "1.2.3.4:8080",
+            "unknown",
+            "1.2.3.4, 10.0.0.2 x",
+            "[1.2.3.4",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {xff}\r\n\r\n");
+            let (_, client) = forwarded_from(raw.as_bytes(), "10.0.0.1", &trusted);
+            assert_eq!(client, "10.0.0.1", "{xff}");
+        }
+        // Garbage left of the right-most untrusted hop is never looked at.
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: junk, 1.2.3.4\r\n\r\n";
+        assert_eq!(forwarded_from(raw, "10.0.0.1", &trusted).1, "1.2.3.4");
+    }
+
+    #[test]
+    fn ipv6_hops_are_read_with_or_without_brackets() {
+        let raw =
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 2001:db8::7, [2001:db8::1]\r\n\r\n";
+        let (text, client) = forwarded_from(raw, "::1", &["::1", "2001:db8::1"]);
+        assert_eq!(client, "2001:db8::7");
+        assert!(
+            text.contains("Forwarded: for=\"[::1]\";proto=http\r\n"),
+            "{text}"
+        );
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {longest}\r\n\r\n");
+        let (_, client) = forwarded_from(raw.as_bytes(), "::1", &["::1"]);
+        assert_eq!(
+            client,
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+                .parse::<IpAddr>()
+                .unwrap()
+                .to_string()
+        );
     }
 
     fn res(raw: &[u8], head: bool) -> Result<Option<ResponseHead>, HeadError> {
@@ -1440,6 +1693,7 @@ mod tests {
             "Host",
             "X-Forwarded-For",
             "x-forwarded-proto",
+            "X-Forwarded-Host",
             "Forwarded",
         ] {
             let raw = format!(

@@ -19,7 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -30,7 +30,9 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 use monoio::{LegacyDriver, RuntimeBuilder};
+use ringgate_config::LogLevel;
 
+use crate::error_log::{ErrorLog, Kind};
 use crate::metrics::{Snapshot, Tally};
 use crate::stop::StopFlag;
 
@@ -57,6 +59,7 @@ pub fn spawn(
     address: SocketAddr,
     snapshots: Receiver<Snapshot>,
     stopping: StopFlag,
+    log: ErrorLog,
 ) -> io::Result<()> {
     let listener = std::net::TcpListener::bind(address)
         .map_err(|e| io::Error::new(e.kind(), format!("admin.address {address}: {e}")))?;
@@ -68,11 +71,13 @@ pub fn spawn(
             let mut rt = match built {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("ringgate: admin endpoint: cannot start a runtime: {e}");
+                    log.event(LogLevel::Error, Kind::Lifecycle, |b| {
+                        let _ = write!(b, "admin endpoint: cannot start a runtime: {e}");
+                    });
                     std::process::exit(1);
                 }
             };
-            rt.block_on(run(listener, snapshots, stopping));
+            rt.block_on(run(listener, snapshots, stopping, Rc::new(log)));
         })?;
     Ok(())
 }
@@ -85,7 +90,12 @@ struct Admin {
     open: RefCell<VecDeque<Rc<Kick>>>,
 }
 
-async fn run(listener: std::net::TcpListener, snapshots: Receiver<Snapshot>, stopping: StopFlag) {
+async fn run(
+    listener: std::net::TcpListener,
+    snapshots: Receiver<Snapshot>,
+    stopping: StopFlag,
+    log: Rc<ErrorLog>,
+) {
     let admin = Rc::new(Admin {
         tally: RefCell::new(Tally::default()),
         stopping,
@@ -93,10 +103,12 @@ async fn run(listener: std::net::TcpListener, snapshots: Receiver<Snapshot>, sto
     });
     match TcpListener::from_std(listener) {
         Ok(listener) => {
-            monoio::spawn(accept_loop(admin.clone(), listener));
+            monoio::spawn(accept_loop(admin.clone(), listener, log));
         }
         Err(e) => {
-            eprintln!("ringgate: admin endpoint: {e}");
+            log.event(LogLevel::Error, Kind::Lifecycle, |b| {
+                let _ = write!(b, "admin endpoint: {e}");
+            });
             std::process::exit(1);
         }
     }
@@ -113,7 +125,7 @@ async fn run(listener: std::net::TcpListener, snapshots: Receiver<Snapshot>, sto
     }
 }
 
-async fn accept_loop(admin: Rc<Admin>, listener: TcpListener) {
+async fn accept_loop(admin: Rc<Admin>, listener: TcpListener, log: Rc<ErrorLog>) {
     let mut logged = false;
     loop {
         match listener.accept().await {
@@ -134,7 +146,9 @@ async fn accept_loop(admin: Rc<Admin>, listener: TcpListener) {
             Err(e) => {
                 // Once per episode: an exhausted fd table fails every accept.
                 if !std::mem::replace(&mut logged, true) {
-                    eprintln!("ringgate: admin endpoint: accept: {e}");
+                    log.event(LogLevel::Error, Kind::Accept, |b| {
+                        let _ = write!(b, "admin endpoint: {e}");
+                    });
                 }
                 monoio::time::sleep(ACCEPT_BACKOFF).await;
             }

@@ -69,7 +69,9 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     let config: Config = ringgate_config::parse(&toml, "demo.toml").map_err(|e| e.to_string())?;
     let worker_count = crate::worker::plan(config.server.workers).0;
     // Never stopped: the demo's process exits when its load run is done.
-    crate::start(config, crate::stop::StopFlag::default(), None, &[], 0).map_err(err)?;
+    let log_file = crate::error_log::ErrorLog::open(&config.error_log).map_err(err)?;
+    let log = crate::error_log::ErrorLog::for_main(log_file, &config.error_log);
+    crate::start(config, crate::stop::StopFlag::default(), None, &[], 0, &log).map_err(err)?;
     let target: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
     println!(
         "ringgate demo: backends {} and {}, proxy on {target} ({worker_count} worker(s)), {} connections for {:?}",

@@ -11,16 +11,17 @@ use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
-use ringgate_config::{RateLimitKey, Route};
+use ringgate_config::{LogLevel, RateLimitKey, Route};
 use ringgate_core::http::{
     header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
 };
 use ringgate_core::ratelimit::Admission;
 
 use crate::access_log::{AccessLog, Captured, Sent};
+use crate::error_log::{write_request, Kind};
 use crate::exchange::{
-    self, error_response, Buffers, Client, Context, Next, Refusal, CLOSE_LINE, HEAD_READ_BYTES,
-    KEEP_ALIVE_LINE,
+    self, error_response, Buffers, Client, Context, Next, Refusal, RouteId, CLOSE_LINE,
+    HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
 use crate::client_io::{ClientReader, ClientWriter};
 use crate::io::{Abort, ReadFail};
@@ -82,6 +83,9 @@ pub async fn serve(
                 }
                 Err(e) => {
                     worker.counters.tls_handshake_failed(&e);
+                    worker.error_log.event(LogLevel::Info, Kind::TlsHandshake, |b| {
+                        let _ = write!(b, "listener={} client={peer_ip} failed: {e}", worker.config.listeners[listener].name);
+                    });
                     return;
                 }
             }
@@ -125,6 +129,10 @@ pub async fn serve(
             Ok(None) => break,
             Err(refusal) => {
                 d.sent.reset();
+                // An unreadable head is accounted to the peer, not to the
+                // client of the connection's previous request.
+                d.client.reset_to_peer();
+                d.log_refusal(&worker, &refusal, None);
                 d.send_refusal(&worker, &refusal).await;
                 d.record(&worker, None);
                 break;
@@ -211,7 +219,9 @@ impl Downstream {
         worker.counters.response(self.sent.status.get());
         if let Some(log) = &worker.access_log {
             let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
-            log.write(&self.client, captured, &self.sent, took, self.tls_version);
+            if let Some(e) = log.write(&self.client, captured, &self.sent, took, self.tls_version) {
+                worker.access_log_failed(&e);
+            }
         }
     }
 
@@ -223,6 +233,23 @@ impl Downstream {
         let timeout = worker.config.limits.send_timeout;
         let (res, _) = self.w.send_range(bytes, 0..len, timeout, &self.write_abort).await;
         res.is_ok()
+    }
+
+    /// A refusal the proxy answers itself, at `info`: the reason, the
+    /// client and, when the head parsed, the request.
+    fn log_refusal(&self, worker: &Worker, refusal: &Refusal, head: Option<&RequestHead>) {
+        worker.error_log.event(LogLevel::Info, Kind::Refused, |b| {
+            let _ = write!(
+                b,
+                "status={} reason=\"{}\" client=",
+                refusal.status, refusal.reason
+            );
+            b.extend_from_slice(self.client.ip_bytes());
+            let src = self.bufs.as_deref().map(|bufs| &bufs.req.source[..]);
+            if let (Some(head), Some(src)) = (head, src) {
+                write_request(b, src, head);
+            }
+        });
     }
 
     async fn send_refusal(&mut self, worker: &Worker, refusal: &Refusal) -> bool {
@@ -277,6 +304,14 @@ impl Downstream {
 
     async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
         self.sent.reset();
+        let trusted = &worker.config.server.trusted_proxies;
+        if !trusted.is_empty() {
+            let bufs = self.bufs.as_deref().expect("read_head took buffers");
+            self.client
+                .resolve(&bufs.req.source, &bufs.req_scratch, |ip| {
+                    trusted.contains(ip)
+                });
+        }
         let started = worker.access_log.as_ref().map(|_| {
             let bufs = self.bufs.as_deref().expect("read_head took buffers");
             AccessLog::capture(&mut self.captured, &bufs.req.source, head);
@@ -319,10 +354,15 @@ impl Downstream {
                     .await;
             }
         }
+        let id = RouteId {
+            index: route,
+            listener: &worker.config.listeners[listener].name,
+        };
         let route = &worker.config.routes[route];
         let upstream = &worker.upstreams[route.upstream];
         let cx = Context {
             limits: &worker.config.limits,
+            log: &worker.error_log,
             head_limits: worker.head_limits,
             chunk_limits: worker.chunk_limits,
             draining: &worker.draining,
@@ -343,7 +383,7 @@ impl Downstream {
         let Some(bufs) = self.bufs.as_deref_mut() else {
             return Next::Close;
         };
-        match exchange::run(&cx, client, bufs, route, upstream, head).await {
+        match exchange::run(&cx, client, bufs, (route, id), upstream, head).await {
             Ok(next) => next,
             Err(refusal) => {
                 self.send_refusal(worker, &refusal).await;
@@ -369,6 +409,7 @@ impl Downstream {
             (true, Version::Http10) => KEEP_ALIVE_LINE,
             (true, Version::Http11) => "",
         };
+        self.log_refusal(worker, refusal, Some(head));
         self.sent.local(refusal.status, refusal.reason.len() + 1);
         let mut bytes = error_response(refusal, connection_line);
         if let Some(a) = admission {

@@ -7,12 +7,15 @@
 //! drains, log flushes and metric snapshots belong to the ticker.
 
 use std::cell::Cell;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use ringgate_config::LogLevel;
 use ringgate_core::gossip::{GossipMsg, HEALTH_RESEND_TICKS};
 
+use crate::error_log::Kind;
 use crate::health;
 use crate::state::Worker;
 
@@ -156,11 +159,10 @@ impl Gossip {
         if mesh.dropped() > self.dropped_logged
             && seq.is_multiple_of(u64::from(HEALTH_RESEND_TICKS))
         {
-            eprintln!(
-                "ringgate: worker {}: {} gossip messages dropped (full inboxes)",
-                worker.id,
-                mesh.dropped()
-            );
+            let dropped = mesh.dropped();
+            worker.error_log.event(LogLevel::Warn, Kind::Gossip, |b| {
+                let _ = write!(b, "{dropped} gossip messages dropped (full inboxes)");
+            });
             self.dropped_logged = mesh.dropped();
         }
     }
@@ -261,6 +263,14 @@ const _: () = {
 mod tests {
     use super::*;
 
+    fn stderr_log(worker: usize) -> std::rc::Rc<crate::error_log::ErrorLog> {
+        let config = ringgate_config::ErrorLog::default();
+        let target = crate::error_log::ErrorLog::open(&config).expect("stderr");
+        std::rc::Rc::new(crate::error_log::ErrorLog::for_worker(
+            target, &config, worker,
+        ))
+    }
+
     const ONE_UPSTREAM: &str = r#"
 [[listeners]]
 name = "web"
@@ -283,7 +293,7 @@ backends = [{ address = "127.0.0.1:2" }]
         let mut meshes = mesh::<GossipMsg>(2, 1);
         let peer = meshes.pop().expect("worker 1");
         let mut gossip = Gossip::new(meshes.pop().expect("worker 0"));
-        let worker = Worker::new(0, 2, Arc::new(config), None, 0);
+        let worker = Worker::new(0, 2, Arc::new(config), None, stderr_log(0), 0);
         let upstream = &worker.upstreams[0];
         let now = Instant::now();
         let mut heard = Vec::new();
@@ -317,8 +327,8 @@ backends = [{ address = "127.0.0.1:2" }]
         let mut meshes = mesh::<GossipMsg>(2, 4);
         let mut g1 = Gossip::new(meshes.pop().expect("worker 1"));
         let mut g0 = Gossip::new(meshes.pop().expect("worker 0"));
-        let w0 = Worker::new(0, 2, config.clone(), None, 0);
-        let w1 = Worker::new(1, 2, config, None, 0);
+        let w0 = Worker::new(0, 2, config.clone(), None, stderr_log(0), 0);
+        let w1 = Worker::new(1, 2, config, None, stderr_log(1), 0);
         let now = Instant::now();
         assert!(!w1.upstreams[0].tainted(0, now));
         w0.upstreams[0].taint(0, now);

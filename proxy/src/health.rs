@@ -2,14 +2,16 @@
 //! exactly one worker (`prober_of`), which applies transitions to its own
 //! view and hands them to its ticker's gossip round for the others.
 
+use std::io::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRentExt, Splitable};
-use ringgate_config::HealthCheck;
+use ringgate_config::{HealthCheck, LogLevel};
 use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
+use crate::error_log::Kind;
 use crate::io::{read_more, Abort};
 use crate::state::Worker;
 use crate::upstream::connect;
@@ -40,12 +42,20 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
         let ok = probe(addr, &check, request.clone()).await;
         if let Some(transition) = state.record_probe(ok) {
             let healthy = matches!(transition, Transition::BecameHealthy);
-            eprintln!(
-                "ringgate: upstream {} backend {addr} is {} (health check {})",
-                upstream.config.name,
-                if healthy { "healthy" } else { "unhealthy" },
-                check.path
-            );
+            let level = if healthy {
+                LogLevel::Info
+            } else {
+                LogLevel::Warn
+            };
+            worker.error_log.event(level, Kind::Health, |b| {
+                let _ = write!(
+                    b,
+                    "upstream {} backend {addr} is {} (health check {})",
+                    upstream.config.name,
+                    if healthy { "healthy" } else { "unhealthy" },
+                    check.path
+                );
+            });
             upstream
                 .view
                 .borrow_mut()

@@ -9,10 +9,12 @@ mod admin;
 mod client_io;
 mod demo;
 mod downstream;
+mod error_log;
 mod exchange;
 mod gossip;
 mod health;
 mod io;
+mod log_buffer;
 mod metrics;
 mod state;
 mod stop;
@@ -21,12 +23,15 @@ mod tls;
 mod upstream;
 mod worker;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use ringgate_config::LogLevel;
 
+use crate::error_log::{ErrorLog, Kind};
 use crate::stop::{Control, StopFlag};
 
 #[global_allocator]
@@ -106,24 +111,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// What start-up would refuse beyond the file itself: an access log that
-/// cannot be opened for appending and, with `bind`, listener and admin
-/// addresses that cannot be bound (each is bound and released at once).
+/// What start-up would refuse beyond the file itself: an access or error
+/// log that cannot be opened for appending and, with `bind`, listener and
+/// admin addresses that cannot be bound (each is bound and released at once).
 fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(log) = &config.access_log {
-        let existed = log.path.exists();
+    let logs = [
+        (
+            "access_log.path",
+            config.access_log.as_ref().map(|l| &l.path),
+        ),
+        ("error_log.path", config.error_log.path.as_ref()),
+    ];
+    for (key, path) in logs {
+        let Some(path) = path else { continue };
+        let existed = path.exists();
         match std::fs::OpenOptions::new()
             .append(true)
             .create(true)
-            .open(&log.path)
+            .open(path)
         {
             Ok(_) if !existed => {
                 // Only a check: leave no empty file behind.
-                let _ = std::fs::remove_file(&log.path);
+                let _ = std::fs::remove_file(path);
             }
             Ok(_) => {}
-            Err(e) => problems.push(format!("access_log.path {}: {e}", log.path.display())),
+            Err(e) => problems.push(format!("{key} {}: {e}", path.display())),
         }
     }
     for (i, listener) in config.listeners.iter().enumerate() {
@@ -175,14 +188,28 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         eprintln!("ringgate: cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
-    raise_open_file_limit();
+    let mut log = match ErrorLog::open(&config.error_log) {
+        Ok(target) => ErrorLog::for_main(target, &config.error_log),
+        Err(e) => {
+            eprintln!("ringgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    raise_open_file_limit(&log);
     // Set on a stop (not on a reload): /healthz turns 503.
     let stopping = StopFlag::default();
     let metrics_tx = match config.admin {
         None => None,
         Some(admin) => {
             let (tx, rx) = metrics::channel();
-            if let Err(e) = admin::spawn(admin.address, rx, stopping.clone()) {
+            let admin_log = match log.file().try_clone() {
+                Ok(target) => ErrorLog::for_thread(target, &config.error_log, "admin"),
+                Err(e) => {
+                    eprintln!("ringgate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Err(e) = admin::spawn(admin.address, rx, stopping.clone(), admin_log) {
                 eprintln!("ringgate: {e}");
                 return ExitCode::FAILURE;
             }
@@ -190,7 +217,14 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         }
     };
     let admin = config.admin;
-    let mut current = match start(config, StopFlag::default(), metrics_tx.clone(), &[], 0) {
+    let mut current = match start(
+        config,
+        StopFlag::default(),
+        metrics_tx.clone(),
+        &[],
+        0,
+        &log,
+    ) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("ringgate: {e}");
@@ -205,10 +239,13 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
         match request {
             Control::Stop(signal) => {
                 stopping.request();
-                eprintln!(
-                    "ringgate: {signal}: draining (closing listeners, up to {})",
-                    humantime::format_duration(current.config.server.drain_timeout)
-                );
+                log.event(LogLevel::Info, Kind::Lifecycle, |b| {
+                    let _ = write!(
+                        b,
+                        "{signal}: draining (closing listeners, up to {})",
+                        humantime::format_duration(current.config.server.drain_timeout)
+                    );
+                });
                 current.drain.request();
                 // The workers close their sockets as they drain; these
                 // duplicates must go too, or the port keeps queueing
@@ -220,15 +257,36 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                 let config = match ringgate_config::load(path) {
                     Ok(config) => config,
                     Err(errors) => {
-                        eprintln!(
-                            "ringgate: SIGHUP: not reloaded, the running config stays:\n{errors}"
-                        );
+                        // One line per config error, each whole.
+                        for e in &errors.0 {
+                            log.event(LogLevel::Error, Kind::Reload, |b| {
+                                let _ = write!(
+                                    b,
+                                    "SIGHUP: not reloaded, the running config stays: {e}"
+                                );
+                            });
+                        }
                         continue;
                     }
                 };
                 if config.admin != admin {
-                    eprintln!("ringgate: SIGHUP: [admin] changes take effect at the next restart");
+                    log.event(LogLevel::Warn, Kind::Reload, |b| {
+                        b.extend_from_slice(
+                            b"SIGHUP: [admin] changes take effect at the next restart",
+                        );
+                    });
                 }
+                // The new generation logs where its config says.
+                let next_log = match ErrorLog::open(&config.error_log) {
+                    Ok(target) => ErrorLog::for_main(target, &config.error_log),
+                    Err(e) => {
+                        log.event(LogLevel::Error, Kind::Reload, |b| {
+                            let _ =
+                                write!(b, "SIGHUP: not reloaded ({e}); the running config stays");
+                        });
+                        continue;
+                    }
+                };
                 let generation = current.generation + 1;
                 match start(
                     config,
@@ -236,22 +294,27 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                     metrics_tx.clone(),
                     &current.sockets,
                     generation,
+                    &next_log,
                 ) {
                     Ok(next) => {
                         let mut previous = std::mem::replace(&mut current, next);
                         previous.drain.request();
                         // The new generation holds its own duplicates.
                         previous.sockets.clear();
-                        eprintln!(
-                            "ringgate: SIGHUP: reloaded {} (generation {generation}); the previous workers drain, up to {}",
-                            path.display(),
-                            humantime::format_duration(previous.config.server.drain_timeout)
-                        );
+                        log = next_log;
+                        log.event(LogLevel::Info, Kind::Reload, |b| {
+                            let _ = write!(
+                                b,
+                                "SIGHUP: reloaded {} (generation {generation}); the previous workers drain, up to {}",
+                                path.display(),
+                                humantime::format_duration(previous.config.server.drain_timeout)
+                            );
+                        });
                         draining.push(previous);
                     }
-                    Err(e) => {
-                        eprintln!("ringgate: SIGHUP: not reloaded ({e}); the running config stays")
-                    }
+                    Err(e) => log.event(LogLevel::Error, Kind::Reload, |b| {
+                        let _ = write!(b, "SIGHUP: not reloaded ({e}); the running config stays");
+                    }),
                 }
             }
         }
@@ -261,7 +324,9 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
             let _ = handle.join();
         }
     }
-    eprintln!("ringgate: stopped");
+    log.event(LogLevel::Info, Kind::Lifecycle, |b| {
+        b.extend_from_slice(b"stopped")
+    });
     ExitCode::SUCCESS
 }
 
@@ -287,7 +352,7 @@ impl Generation {
 /// Raises the soft open-file limit to the hard one: every client and
 /// upstream connection is a descriptor, and the soft default (often 1024)
 /// is far below what a worker may hold.
-fn raise_open_file_limit() {
+fn raise_open_file_limit(log: &ErrorLog) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -303,12 +368,14 @@ fn raise_open_file_limit() {
         };
         // SAFETY: setrlimit only reads the struct it is given.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            eprintln!(
-                "ringgate: cannot raise the open-file limit from {} to {}: {}",
-                limit.rlim_cur,
-                limit.rlim_max,
-                std::io::Error::last_os_error()
-            );
+            let e = std::io::Error::last_os_error();
+            log.event(LogLevel::Warn, Kind::Lifecycle, |b| {
+                let _ = write!(
+                    b,
+                    "cannot raise the open-file limit from {} to {}: {e}",
+                    limit.rlim_cur, limit.rlim_max
+                );
+            });
         }
     }
 }
@@ -320,7 +387,7 @@ const OWN_DESCRIPTORS: u64 = 64;
 /// Says once per config when the open-file limit cannot hold every
 /// connection the config allows (docs/DEPLOY.md has the same budget):
 /// past it, new clients wait in the accept queue.
-fn check_open_file_budget(config: &ringgate_config::Config, workers: usize) {
+fn check_open_file_budget(config: &ringgate_config::Config, workers: usize, log: &ErrorLog) {
     let pools: u64 = config
         .upstreams
         .iter()
@@ -339,12 +406,15 @@ fn check_open_file_budget(config: &ringgate_config::Config, workers: usize) {
         return;
     }
     if limit.rlim_cur != libc::RLIM_INFINITY && budget > limit.rlim_cur {
-        eprintln!(
-            "ringgate: the open-file limit ({}) is below the {budget} descriptors this config may use \
-             ({workers} workers x (max_connections_per_worker {} + {pools} pooled upstream connections) + {OWN_DESCRIPTORS}); \
-             past it new clients wait in the accept queue. Raise LimitNOFILE or ulimit -n, or lower max_connections_per_worker",
-            limit.rlim_cur, config.server.max_connections_per_worker
-        );
+        log.event(LogLevel::Warn, Kind::Lifecycle, |b| {
+            let _ = write!(
+                b,
+                "the open-file limit ({}) is below the {budget} descriptors this config may use \
+                 ({workers} workers x (max_connections_per_worker {} + {pools} pooled upstream connections) + {OWN_DESCRIPTORS}); \
+                 past it new clients wait in the accept queue. Raise LimitNOFILE or ulimit -n, or lower max_connections_per_worker",
+                limit.rlim_cur, config.server.max_connections_per_worker
+            );
+        });
     }
 }
 
@@ -374,12 +444,14 @@ pub fn start(
     metrics_tx: Option<metrics::SnapshotTx>,
     inherit: &[worker::InheritedListener],
     generation: u64,
+    log: &ErrorLog,
 ) -> std::io::Result<Generation> {
     let config = Arc::new(config);
     let (count, cores) = worker::plan(config.server.workers);
-    check_open_file_budget(&config, count);
+    check_open_file_budget(&config, count, log);
     let (mut listeners, bound, sockets) = worker::bind_all(&config, count, inherit)?;
-    let driver = worker::choose_driver(config.server.io_uring_setup);
+    let driver = worker::choose_driver(config.server.io_uring_setup, log);
+    let error_log = ErrorLog::open(&config.error_log)?;
     let mut meshes = gossip::mesh(count, config.server.gossip_inbox);
     let log_file = match &config.access_log {
         None => None,
@@ -420,6 +492,7 @@ pub fn start(
             config,
             stop,
             log_file,
+            error_log: error_log.try_clone()?,
             metrics_tx: metrics_tx.clone(),
             generation,
             tls: tls.clone(),
@@ -436,12 +509,15 @@ pub fn start(
         .zip(&bound)
         .map(|(l, a)| format!("{}={a}", l.name))
         .collect();
-    eprintln!(
-        "ringgate {}: {count} worker(s) on {}, listening on {}",
-        env!("CARGO_PKG_VERSION"),
-        driver.describe(),
-        addrs.join(", ")
-    );
+    log.event(LogLevel::Info, Kind::Lifecycle, |b| {
+        let _ = write!(
+            b,
+            "ringgate {}: {count} worker(s) on {}, listening on {}",
+            env!("CARGO_PKG_VERSION"),
+            driver.describe(),
+            addrs.join(", ")
+        );
+    });
     Ok(Generation {
         config,
         generation,

@@ -19,6 +19,7 @@ use ringgate_core::router::{RouteSpec, Router};
 use slab::Slab;
 
 use crate::access_log::AccessLog;
+use crate::error_log::{ErrorLog, Kind};
 use crate::exchange::Buffers;
 use crate::io::Abort;
 use crate::metrics::{BackendSnapshot, Counters, Snapshot};
@@ -67,6 +68,7 @@ pub struct Worker {
     /// Every open client connection, to close the idle ones on drain.
     pub(crate) conns: RefCell<Slab<Rc<ConnControl>>>,
     pub access_log: Option<AccessLog>,
+    pub error_log: Rc<ErrorLog>,
     pub counters: Counters,
     /// Buffers of the connections that are not in an exchange.
     pub buffers: BufferPool,
@@ -83,6 +85,7 @@ impl Worker {
         workers: usize,
         config: Arc<Config>,
         log_file: Option<std::fs::File>,
+        error_log: Rc<ErrorLog>,
         generation: u64,
     ) -> Self {
         // Router targets are route indices: a route carries its own limits.
@@ -108,7 +111,7 @@ impl Worker {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| UpstreamState::new(u.clone(), id, workers))
+            .map(|u| UpstreamState::new(u.clone(), id, workers, error_log.clone()))
             .collect();
         let limiters = config
             .routes
@@ -149,12 +152,29 @@ impl Worker {
             access_log: log_file
                 .zip(config.access_log.as_ref())
                 .map(|(file, log)| AccessLog::new(file, log.buffer)),
+            error_log,
             counters: Counters::default(),
             buffers: BufferPool::default(),
             generation,
             tls: vec![None; config.listeners.len()],
             config,
         }
+    }
+
+    /// Writes the access log's buffered lines; a write that begins to fail
+    /// is said in the error log.
+    pub fn flush_access_log(&self) {
+        if let Some(e) = self.access_log.as_ref().and_then(AccessLog::flush) {
+            self.access_log_failed(&e);
+        }
+    }
+
+    pub fn access_log_failed(&self, e: &std::io::Error) {
+        self.error_log
+            .event(ringgate_config::LogLevel::Error, Kind::AccessLog, |b| {
+                use std::io::Write as _;
+                let _ = write!(b, "write failed ({e}); dropping lines until it works again");
+            });
     }
 
     /// Client connections open now.

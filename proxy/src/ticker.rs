@@ -1,5 +1,6 @@
 //! The per-worker clock: every `gossip_interval` it starts the worker's
-//! drain once the process was asked to stop, flushes the access log, sends
+//! drain once the process was asked to stop, flushes the access and error
+//! logs (and ends the error log's rate-limit windows), sends
 //! a metrics snapshot every `SNAPSHOT_TICKS` ticks and runs one gossip
 //! round. It runs as one task beside the worker's connections and is never
 //! on the request path; the one atomic it reads (the stop flag) stays out
@@ -55,9 +56,8 @@ impl Ticker {
         if self.stop.requested() {
             worker.begin_drain();
         }
-        if let Some(log) = &worker.access_log {
-            log.flush();
-        }
+        worker.flush_access_log();
+        worker.error_log.tick();
         if ticks.is_multiple_of(SNAPSHOT_TICKS) {
             self.send_snapshot();
         }

@@ -297,6 +297,17 @@ pub enum HandshakeError {
     Tls(rustls::Error),
 }
 
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::TimedOut => f.write_str("timeout (tls_handshake_timeout)"),
+            HandshakeError::Closed => f.write_str("closed by the client (or a drain)"),
+            HandshakeError::PlainHttp => f.write_str("plain HTTP sent to a TLS port (answered 400)"),
+            HandshakeError::Tls(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 type Shared = Rc<RefCell<ServerConnection>>;
 
 /// The read half of a TLS client connection.

@@ -12,6 +12,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
@@ -21,12 +22,13 @@ use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
-use ringgate_config::{Balance, Upstream};
+use ringgate_config::{Balance, LogLevel, Upstream};
 use ringgate_core::backend_view::{
-    BackendSpec, BackendView, BreakerPolicy, Outcome, OutlierPolicy, ViewConfig,
+    BackendSpec, BackendView, BreakerPolicy, BreakerState, Outcome, OutlierPolicy, ViewConfig,
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
+use crate::error_log::{ErrorLog, Kind};
 use crate::io::{pending_input, PendingInput, Reader, Writer};
 use crate::metrics::{outcome_index, OUTCOMES};
 
@@ -122,12 +124,15 @@ pub struct UpstreamState {
     /// In-flight and connection levels last gossiped, to send a backend
     /// only when one changed.
     pub reported_levels: RefCell<Vec<(u32, u32)>>,
+    /// The worker's error log: ejections, breaker changes, strays.
+    log: Rc<ErrorLog>,
 }
 
 #[derive(Debug)]
 pub enum ConnectError {
     TimedOut,
-    Failed,
+    /// With the errno (0 when the failure carried none).
+    Failed(i32),
     /// `max_connections` reached and none of this worker's came free in time.
     Overflow,
 }
@@ -158,7 +163,7 @@ fn algorithm(balance: Balance) -> Algorithm {
 }
 
 impl UpstreamState {
-    pub fn new(config: Upstream, worker_id: usize, workers: usize) -> Self {
+    pub fn new(config: Upstream, worker_id: usize, workers: usize, log: Rc<ErrorLog>) -> Self {
         let ids: Vec<String> = config
             .backends
             .iter()
@@ -217,6 +222,7 @@ impl UpstreamState {
                 ratio,
             }),
             config,
+            log,
         }
     }
 
@@ -247,7 +253,40 @@ impl UpstreamState {
     pub fn on_end(&self, backend: usize, outcome: Outcome, now: Instant) {
         let count = &self.outcomes[backend][outcome_index(outcome)];
         count.set(count.get() + 1);
-        self.view.borrow_mut().on_request_end(backend, outcome, now);
+        let mut view = self.view.borrow_mut();
+        let was_ejected = view.is_ejected(backend, now);
+        let breaker_was = breaker_phase(view.breaker_state(backend));
+        view.on_request_end(backend, outcome, now);
+        let ejected = !was_ejected && view.is_ejected(backend, now);
+        let breaker = breaker_phase(view.breaker_state(backend));
+        drop(view);
+        if ejected {
+            self.log.event(LogLevel::Warn, Kind::Ejection, |b| {
+                self.write_backend(b, backend);
+                b.extend_from_slice(b" ejected after consecutive failures (outlier_detection)");
+            });
+        }
+        if breaker != breaker_was && breaker != "half_open" {
+            let level = if breaker == "open" {
+                LogLevel::Warn
+            } else {
+                LogLevel::Info
+            };
+            self.log.event(level, Kind::Breaker, |b| {
+                self.write_backend(b, backend);
+                let _ = write!(b, " circuit breaker {breaker_was} -> {breaker}");
+            });
+        }
+    }
+
+    /// `upstream=NAME backend=ADDR`, as error-log lines name a backend.
+    pub fn write_backend(&self, b: &mut Vec<u8>, backend: usize) {
+        let _ = write!(
+            b,
+            "upstream={} backend={}",
+            self.config.name,
+            self.backend_addr(backend)
+        );
     }
 
     /// Every request pays into the retry budget.
@@ -385,12 +424,14 @@ impl UpstreamState {
     /// Starts (or restarts) the cooldown, saying so when it starts.
     fn start_cooldown(&self, backend: usize, now: Instant) {
         if !self.tainted(backend, now) {
-            eprintln!(
-                "ringgate: upstream {} backend {} sent a response nobody asked for; its connections are not reused for {}s",
-                self.config.name,
-                self.backend_addr(backend),
-                self.config.stray_cooldown.as_secs_f64()
-            );
+            self.log.event(LogLevel::Warn, Kind::Stray, |b| {
+                self.write_backend(b, backend);
+                let _ = write!(
+                    b,
+                    " sent a response nobody asked for; its connections are not reused for {}s",
+                    self.config.stray_cooldown.as_secs_f64()
+                );
+            });
         }
         self.tainted_until[backend].set(Some(now + self.config.stray_cooldown));
     }
@@ -436,6 +477,15 @@ impl UpstreamState {
     }
 }
 
+/// A breaker state as the error log names it.
+fn breaker_phase(state: Option<BreakerState>) -> &'static str {
+    match state {
+        None | Some(BreakerState::Closed) => "closed",
+        Some(BreakerState::Open { .. }) => "open",
+        Some(BreakerState::HalfOpen) => "half_open",
+    }
+}
+
 /// TCP connect with a timeout. A connect op holds no buffer of ours, so on
 /// timeout it is dropped: monoio then submits an async cancel for it.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
@@ -443,7 +493,9 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     let mut sleep = pin!(monoio::time::sleep(timeout));
     poll_fn(|cx| {
         if let Poll::Ready(res) = connecting.as_mut().poll(cx) {
-            return Poll::Ready(res.map_err(|_| ConnectError::Failed));
+            return Poll::Ready(
+                res.map_err(|e| ConnectError::Failed(e.raw_os_error().unwrap_or(0))),
+            );
         }
         if sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Err(ConnectError::TimedOut));

@@ -6,18 +6,19 @@
 //! file, appended to in whole lines, and the channel to the admin thread,
 //! which only the ticker uses).
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringgate_config::{Config, RingSetup, Workers};
+use ringgate_config::{Config, LogLevel, RingSetup, Workers};
 use ringgate_core::gossip::GossipMsg;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::downstream;
+use crate::error_log::{Errno, ErrorLog, Kind};
 use crate::gossip::{Gossip, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
@@ -48,12 +49,24 @@ pub struct Shared {
     pub stop: StopFlag,
     /// The access log, opened for appending, when one is configured.
     pub log_file: Option<std::fs::File>,
+    /// Where this worker's error log goes.
+    pub error_log: std::fs::File,
     /// To the admin thread, when `[admin]` is set; used by the ticker.
     pub metrics_tx: Option<SnapshotTx>,
     /// Which config generation this worker runs (a reload starts the next).
     pub generation: u64,
     /// Each listener's TLS configuration as loaded from its files.
     pub tls: Arc<Vec<Option<ListenerTlsConfig>>>,
+}
+
+/// What the worker keeps of [`Shared`] once its error log is made.
+struct Owned {
+    config: Arc<Config>,
+    stop: StopFlag,
+    log_file: Option<std::fs::File>,
+    metrics_tx: Option<SnapshotTx>,
+    generation: u64,
+    tls: Arc<Vec<Option<ListenerTlsConfig>>>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -259,15 +272,24 @@ impl Driver {
 
 /// Decides the driver and the ring flags once for the process, and says
 /// so when it is not what was asked: one log line, not one per worker.
-pub fn choose_driver(setup: RingSetup) -> Driver {
+pub fn choose_driver(setup: RingSetup, log: &ErrorLog) -> Driver {
+    let say = |level, what: &str| {
+        log.event(level, Kind::Lifecycle, |b| {
+            b.extend_from_slice(what.as_bytes())
+        });
+    };
     if std::env::var("RINGGATE_DRIVER").is_ok_and(|v| v == "legacy") {
-        eprintln!("ringgate: RINGGATE_DRIVER=legacy; workers use the legacy epoll driver");
+        say(
+            LogLevel::Info,
+            "RINGGATE_DRIVER=legacy; workers use the legacy epoll driver",
+        );
         return Driver::Legacy;
     }
     if !monoio::utils::detect_uring() {
-        eprintln!(
-            "ringgate: io_uring is not available (kernel, seccomp or io_uring_disabled); \
-             workers use the legacy epoll driver"
+        say(
+            LogLevel::Warn,
+            "io_uring is not available (kernel, seccomp or io_uring_disabled); \
+             workers use the legacy epoll driver",
         );
         return Driver::Legacy;
     }
@@ -284,9 +306,11 @@ pub fn choose_driver(setup: RingSetup) -> Driver {
     match wanted.iter().copied().find(|f| f.supported()) {
         Some(flags) => Driver::IoUring(flags),
         None => {
-            eprintln!(
-                "ringgate: this kernel refuses io_uring set-up {:?}; workers use the legacy epoll driver",
-                setup
+            say(
+                LogLevel::Warn,
+                &format!(
+                    "this kernel refuses io_uring set-up {setup:?}; workers use the legacy epoll driver"
+                ),
             );
             Driver::Legacy
         }
@@ -302,9 +326,29 @@ pub fn run(
     mesh: Mesh<GossipMsg>,
     shared: Shared,
 ) {
+    let Shared {
+        config,
+        stop,
+        log_file,
+        error_log,
+        metrics_tx,
+        generation,
+        tls,
+    } = shared;
+    let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
+    let shared = Owned {
+        config,
+        stop,
+        log_file,
+        metrics_tx,
+        generation,
+        tls,
+    };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
-            eprintln!("ringgate: worker {id}: could not pin to cpu {}", cpu.id);
+            log.event(LogLevel::Warn, Kind::Lifecycle, |b| {
+                let _ = write!(b, "could not pin to cpu {}", cpu.id);
+            });
         }
     }
     if let Driver::IoUring(flags) = driver {
@@ -314,16 +358,22 @@ pub fn run(
             .enable_timer()
             .build()
         {
-            Ok(mut rt) => return rt.block_on(worker_main(id, listeners, mesh, shared)),
-            Err(e) => eprintln!(
-                "ringgate: worker {id}: io_uring setup failed ({e}); using the legacy epoll driver"
-            ),
+            Ok(mut rt) => return rt.block_on(worker_main(id, listeners, mesh, shared, log)),
+            Err(e) => log.event(LogLevel::Warn, Kind::Lifecycle, |b| {
+                let _ = write!(
+                    b,
+                    "io_uring setup failed ({e}); using the legacy epoll driver"
+                );
+            }),
         }
     }
     match RuntimeBuilder::<LegacyDriver>::new().enable_timer().build() {
-        Ok(mut rt) => rt.block_on(worker_main(id, listeners, mesh, shared)),
+        Ok(mut rt) => rt.block_on(worker_main(id, listeners, mesh, shared, log)),
         Err(e) => {
-            eprintln!("ringgate: worker {id}: cannot start any runtime: {e}");
+            log.event(LogLevel::Error, Kind::Lifecycle, |b| {
+                let _ = write!(b, "cannot start any runtime: {e}");
+            });
+            log.flush();
             std::process::exit(1);
         }
     }
@@ -333,9 +383,10 @@ async fn worker_main(
     id: usize,
     listeners: Vec<std::net::TcpListener>,
     mesh: Mesh<GossipMsg>,
-    shared: Shared,
+    shared: Owned,
+    log: Rc<ErrorLog>,
 ) {
-    let Shared {
+    let Owned {
         config,
         stop,
         log_file,
@@ -344,7 +395,7 @@ async fn worker_main(
         tls,
     } = shared;
     let workers = mesh.workers();
-    let mut worker = Worker::new(id, workers, config, log_file, generation);
+    let mut worker = Worker::new(id, workers, config, log_file, log, generation);
     worker.tls = tls
         .iter()
         .map(|t| t.as_ref().map(ListenerTlsConfig::for_worker))
@@ -372,7 +423,12 @@ async fn worker_main(
         match monoio::net::TcpListener::from_std(std_listener) {
             Ok(listener) => loops.push(monoio::spawn(accept_loop(worker.clone(), index, listener))),
             Err(e) => {
-                eprintln!("ringgate: worker {id}: listener {index}: {e}");
+                worker
+                    .error_log
+                    .event(LogLevel::Error, Kind::Lifecycle, |b| {
+                        let _ = write!(b, "listener {index}: {e}");
+                    });
+                worker.error_log.flush();
                 std::process::exit(1);
             }
         }
@@ -387,12 +443,15 @@ async fn worker_main(
     }
     let left = worker.connections.get();
     if left > 0 {
-        eprintln!("ringgate: worker {id}: drain_timeout reached, closing {left} connection(s)");
+        worker
+            .error_log
+            .event(LogLevel::Warn, Kind::Lifecycle, |b| {
+                let _ = write!(b, "drain_timeout reached, closing {left} connection(s)");
+            });
     }
-    if let Some(log) = &worker.access_log {
-        log.flush();
-    }
+    worker.flush_access_log();
     ticker.finish();
+    worker.error_log.tick();
     // Returning ends the runtime: what is left is dropped, and dropping an
     // in-flight io_uring operation cancels it.
 }
@@ -423,7 +482,14 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     // Shed load at the door rather than degrade every
                     // connection; say so once per episode.
                     if !worker.over_limit_logged.replace(true) {
-                        eprintln!("ringgate: worker {}: max_connections_per_worker ({max}) reached, refusing", worker.id);
+                        worker
+                            .error_log
+                            .event(LogLevel::Warn, Kind::ConnectionLimit, |b| {
+                                let _ = write!(
+                                    b,
+                                    "max_connections_per_worker ({max}) reached, refusing"
+                                );
+                            });
                     }
                     drop(stream);
                     continue;
@@ -450,7 +516,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                 if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
                     worker.close_longest_idle();
                 }
-                let pause = errors.failed(worker.id, &e);
+                let pause = errors.failed(&worker.error_log, &e);
                 monoio::time::sleep(pause).await;
             }
         }
@@ -471,7 +537,7 @@ struct AcceptErrors {
 
 impl AcceptErrors {
     /// Counts a failure, logs it (rate-limited) and returns the pause.
-    fn failed(&mut self, worker: usize, e: &io::Error) -> Duration {
+    fn failed(&mut self, log: &ErrorLog, e: &io::Error) -> Duration {
         self.backoff = (self.backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
         self.unlogged += 1;
         let now = Instant::now();
@@ -479,14 +545,21 @@ impl AcceptErrors {
             .last_logged
             .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_EVERY)
         {
-            let more = match self.unlogged - 1 {
-                0 => String::new(),
-                n => format!(" ({n} more since the last line)"),
-            };
-            eprintln!(
-                "ringgate: worker {worker}: accept: {e}{more}; pausing accepts up to {} ms while it lasts",
-                ACCEPT_BACKOFF_MAX.as_millis()
-            );
+            let more = self.unlogged - 1;
+            log.event(LogLevel::Error, Kind::Accept, |b| {
+                let _ = write!(b, "{e}");
+                if let Some(errno) = e.raw_os_error() {
+                    let _ = write!(b, " errno={}", Errno(errno));
+                }
+                if more > 0 {
+                    let _ = write!(b, " ({more} more since the last line)");
+                }
+                let _ = write!(
+                    b,
+                    "; pausing accepts up to {} ms while it lasts",
+                    ACCEPT_BACKOFF_MAX.as_millis()
+                );
+            });
             self.last_logged = Some(now);
             self.unlogged = 0;
         }

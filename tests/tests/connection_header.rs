@@ -44,7 +44,12 @@ fn connection_naming_host_is_refused() {
 
 #[test]
 fn connection_naming_a_forwarding_field_is_refused() {
-    for field in ["X-Forwarded-For", "x-forwarded-proto", "Forwarded"] {
+    for field in [
+        "X-Forwarded-For",
+        "x-forwarded-proto",
+        "X-Forwarded-Host",
+        "Forwarded",
+    ] {
         assert_refused_before_upstream(
             format!("GET /a HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: {field}\r\n\r\n")
                 .as_bytes(),

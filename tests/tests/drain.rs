@@ -61,7 +61,7 @@ fn sigterm_finishes_requests_in_flight_closes_idle_connections_and_exits_0() {
     assert!(status.success(), "{status}\n{}", proxy.stderr());
     let log = proxy.stderr();
     assert!(log.contains("SIGTERM: draining"), "{log}");
-    assert!(log.contains("ringgate: stopped"), "{log}");
+    assert!(log.contains("lifecycle: stopped"), "{log}");
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! Header rewriting between client and backend: X-Forwarded-*, Forwarded,
 //! and hop-by-hop fields in both directions (RFC 9110 §7.6.1).
 
-use ringgate_tests::{Backend, Behaviour, Client, ProxyConfig};
+use std::time::Duration;
+
+use ringgate_tests::proxy::temp_path;
+use ringgate_tests::{eventually, Backend, Behaviour, Client, Proxy, ProxyConfig};
 
 fn last_element(v: &str) -> String {
     v.rsplit(',').next().unwrap_or("").trim().to_string()
@@ -33,27 +36,148 @@ fn forwarding_headers_are_added() {
     );
 }
 
+/// A client that is not a trusted proxy can claim any address in its
+/// forwarding headers: the backend must see only the real peer.
 #[test]
-fn forwarding_headers_are_appended_to_client_values() {
+fn untrusted_client_forwarding_headers_are_replaced_not_appended() {
     let backend = Backend::start("b", Behaviour::Ok);
     let proxy = ProxyConfig::new(backend.addr()).start();
     let r = Client::connect(proxy.port).request(
-        b"GET /h HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\n\r\n",
+        b"GET /h HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\n\
+X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\n\r\n",
     );
     assert_eq!(r.status, 200, "{r:?}");
     let rec = &backend.records()[0];
-    let xff = rec.header("x-forwarded-for");
-    assert_eq!(xff.as_deref(), Some("1.2.3.4, 127.0.0.1"), "{rec:?}");
-    let fwd = rec.header("forwarded").unwrap_or_default();
-    let elems: Vec<String> = fwd
-        .split(',')
-        .map(|e| e.trim().to_ascii_lowercase())
-        .collect();
     assert_eq!(
-        elems,
-        ["for=1.2.3.4", "for=127.0.0.1;proto=http"],
-        "Forwarded is {fwd:?}"
+        rec.header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "{rec:?}"
     );
+    assert_eq!(
+        rec.header("forwarded")
+            .map(|f| f.to_ascii_lowercase())
+            .as_deref(),
+        Some("for=127.0.0.1;proto=http"),
+        "{rec:?}"
+    );
+    assert_eq!(
+        rec.header("x-forwarded-proto").as_deref(),
+        Some("http"),
+        "{rec:?}"
+    );
+    assert_eq!(
+        rec.header("x-forwarded-host").as_deref(),
+        Some("test"),
+        "{rec:?}"
+    );
+}
+
+/// The tests' client connects from 127.0.0.1: this makes it a trusted
+/// proxy, with an access log and a per-client rate limit of one request a
+/// minute.
+fn behind_trust(backend: &Backend, trusted: &str, log: &std::path::Path) -> Proxy {
+    let toml = ProxyConfig::new(backend.addr())
+        .server("trusted_proxies", trusted)
+        .route_extra(
+            "rate_limit",
+            r#"{ key = "client_ip", rate = "1/m", burst = 1 }"#,
+        )
+        .to_toml()
+        + &format!("\n[access_log]\npath = {:?}\n", log.display().to_string());
+    Proxy::start(&toml)
+}
+
+fn request_as(port: u16, xff: &str) -> ringgate_tests::Response {
+    Client::connect(port).request(
+        format!("GET /h HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: {xff}\r\nX-Forwarded-Proto: https\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+/// The client fields of the access log's first `want` lines.
+fn logged_clients(log: &std::path::Path, want: usize) -> Vec<String> {
+    eventually(Duration::from_secs(2), || {
+        let text = std::fs::read_to_string(log).map_err(|e| e.to_string())?;
+        let clients: Vec<String> = text
+            .lines()
+            .map(|l| l.split(' ').next().unwrap_or("").to_owned())
+            .collect();
+        if clients.len() == want {
+            Ok(clients)
+        } else {
+            Err(format!("want {want} lines:\n{text}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn a_trusted_proxy_chain_is_appended_to_and_names_the_client() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let log = temp_path("ringgate-xff", "log");
+    let proxy = behind_trust(&backend, r#"["127.0.0.1/32", "10.0.0.0/8"]"#, &log);
+    // 10.1.1.1 is a trusted hop too: the client is 1.2.3.4.
+    let r = request_as(proxy.port, "9.9.9.9, 1.2.3.4, 10.1.1.1");
+    assert_eq!(r.status, 200, "{r:?}");
+    let rec = &backend.records()[0];
+    assert_eq!(
+        rec.header("x-forwarded-for").as_deref(),
+        Some("9.9.9.9, 1.2.3.4, 10.1.1.1, 127.0.0.1"),
+        "{rec:?}"
+    );
+    assert_eq!(
+        rec.header("x-forwarded-proto").as_deref(),
+        Some("https"),
+        "a trusted proxy's protocol is kept: {rec:?}"
+    );
+    // The rate limit counts per client, not per trusted proxy: 1.2.3.4 has
+    // spent its one request, 5.6.7.8 has not.
+    assert_eq!(request_as(proxy.port, "1.2.3.4").status, 429);
+    assert_eq!(request_as(proxy.port, "5.6.7.8").status, 200);
+    // An IPv6 client behind the proxy.
+    assert_eq!(request_as(proxy.port, "2001:db8::7").status, 200);
+    let clients = logged_clients(&log, 4);
+    assert_eq!(clients, ["1.2.3.4", "1.2.3.4", "5.6.7.8", "2001:db8::7"]);
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn a_malformed_chain_from_a_trusted_proxy_counts_as_the_proxy() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let log = temp_path("ringgate-xff", "log");
+    let proxy = behind_trust(&backend, r#"["127.0.0.1/32"]"#, &log);
+    let r = request_as(proxy.port, "1.2.3.4, not-an-address");
+    assert_eq!(r.status, 200, "{r:?}");
+    // The peer's own budget is now spent, whatever address the next claims.
+    assert_eq!(request_as(proxy.port, "1.2.3.4:80").status, 429);
+    let clients = logged_clients(&log, 2);
+    assert_eq!(clients, ["127.0.0.1", "127.0.0.1"]);
+    let rec = &backend.records()[0];
+    assert_eq!(
+        rec.header("x-forwarded-for").as_deref(),
+        Some("1.2.3.4, not-an-address, 127.0.0.1"),
+        "the chain is still appended to: {rec:?}"
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn an_untrusted_client_cannot_choose_its_rate_limit_key_or_logged_address() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let log = temp_path("ringgate-xff", "log");
+    // Trusts some other network, not the test client's 127.0.0.1.
+    let proxy = behind_trust(&backend, r#"["10.0.0.0/8"]"#, &log);
+    assert_eq!(request_as(proxy.port, "1.2.3.4").status, 200);
+    assert_eq!(request_as(proxy.port, "5.6.7.8").status, 429);
+    assert_eq!(logged_clients(&log, 2), ["127.0.0.1", "127.0.0.1"]);
+    let rec = &backend.records()[0];
+    assert_eq!(
+        rec.header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "{rec:?}"
+    );
+    assert_eq!(rec.header("x-forwarded-proto").as_deref(), Some("http"));
+    let _ = std::fs::remove_file(&log);
 }
 
 #[test]
@@ -119,4 +243,47 @@ fn hop_by_hop_response_headers_are_stripped() {
     }
     assert_eq!(r.header("x-backend").as_deref(), Some("b"));
     assert_eq!(r.body_str(), backend.ok_body("/h"));
+}
+
+/// Client-IP hashing keys on the client a trusted proxy names, and on the
+/// peer otherwise: 20 claimed clients spread over both backends only when
+/// the claim is believed.
+#[test]
+fn client_ip_hashing_uses_the_client_a_trusted_proxy_names() {
+    let backends = [
+        Backend::start("a", Behaviour::Ok),
+        Backend::start("b", Behaviour::Ok),
+    ];
+    let addrs: Vec<std::net::SocketAddr> = backends.iter().map(Backend::addr).collect();
+    let hashing = |trusted: &str| {
+        ProxyConfig::with_backends(&addrs)
+            .server("trusted_proxies", trusted)
+            .upstream_extra("balance", "\"maglev_hash\"")
+            .upstream_extra("hash_key", "\"client_ip\"")
+            .start()
+    };
+    let backends_used = |port: u16| {
+        let before: Vec<usize> = backends.iter().map(|b| b.records().len()).collect();
+        for client in 0..20 {
+            // Twice per client: a client stays on its backend.
+            for _ in 0..2 {
+                let r = request_as(port, &format!("203.0.113.{client}"));
+                assert_eq!(r.status, 200, "{r:?}");
+            }
+        }
+        backends
+            .iter()
+            .zip(before)
+            .filter(|(b, n)| b.records().len() > *n)
+            .count()
+    };
+    let trusting = hashing(r#"["127.0.0.1/32"]"#);
+    assert_eq!(backends_used(trusting.port), 2, "20 clients on one backend");
+    drop(trusting);
+    let untrusting = hashing("[]");
+    assert_eq!(
+        backends_used(untrusting.port),
+        1,
+        "an untrusted peer's claims moved its requests"
+    );
 }

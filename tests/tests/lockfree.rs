@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 const HOT_PATH: &[&str] = &[
     "proxy/src/access_log.rs",
     "proxy/src/downstream.rs",
+    "proxy/src/error_log.rs",
     "proxy/src/exchange/mod.rs",
     "proxy/src/exchange/error.rs",
     "proxy/src/exchange/request.rs",
     "proxy/src/exchange/response.rs",
     "proxy/src/exchange/retry.rs",
     "proxy/src/io.rs",
+    "proxy/src/log_buffer.rs",
     "proxy/src/upstream.rs",
     "proxy/src/worker.rs",
 ];

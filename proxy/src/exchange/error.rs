@@ -24,8 +24,9 @@ impl Refusal {
 /// Why an exchange failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The backend refused or reset the TCP connect.
-    ConnectFailed,
+    /// The backend refused or reset the TCP connect, with the errno (0 when
+    /// there was none).
+    ConnectFailed(i32),
     ConnectTimedOut,
     /// The backend's `max_connections` was reached and none came free in
     /// time: nothing was sent, and the backend did nothing wrong.
@@ -85,7 +86,7 @@ impl ExchangeError {
             return None;
         }
         Some(match self.fault {
-            Fault::ConnectFailed => Refusal::new(502, "upstream connect failed"),
+            Fault::ConnectFailed(_) => Refusal::new(502, "upstream connect failed"),
             Fault::ConnectTimedOut => Refusal::new(504, "upstream connect timed out"),
             Fault::ConnectionLimit => Refusal::new(503, "upstream connection limit reached"),
             Fault::UpstreamClosed => {
@@ -105,10 +106,38 @@ impl ExchangeError {
         })
     }
 
+    /// The fault as the error log names it.
+    pub fn cause(&self) -> &'static str {
+        match self.fault {
+            Fault::ConnectFailed(_) => "connect_failed",
+            Fault::ConnectTimedOut => "connect_timed_out",
+            Fault::ConnectionLimit => "connection_limit",
+            Fault::UpstreamClosed => "upstream_closed",
+            Fault::UpstreamWriteFailed => "upstream_write_failed",
+            Fault::UpstreamSendTimedOut => "upstream_send_timed_out",
+            Fault::ResponseTimedOut => "response_timed_out",
+            Fault::BadResponse(_) => "bad_response",
+            Fault::ServerError => "server_error",
+            Fault::BadChunk(_) => "bad_chunk",
+            Fault::BodyTimedOut => "body_timed_out",
+            Fault::ClientGone => "client_gone",
+            Fault::Aborted => "aborted",
+        }
+    }
+
+    /// Did the client's side cause it (nothing to tell an operator about
+    /// the backend)?
+    pub fn is_clients(&self) -> bool {
+        matches!(
+            self.fault,
+            Fault::BadChunk(_) | Fault::BodyTimedOut | Fault::ClientGone
+        )
+    }
+
     /// What the attempt says about the backend.
     pub fn outcome(&self) -> Outcome {
         match self.fault {
-            Fault::ConnectFailed | Fault::ConnectTimedOut => Outcome::ConnectFailure,
+            Fault::ConnectFailed(_) | Fault::ConnectTimedOut => Outcome::ConnectFailure,
             Fault::UpstreamClosed
             | Fault::UpstreamWriteFailed
             | Fault::BadResponse(_)
@@ -126,7 +155,7 @@ impl ExchangeError {
     /// sent again at all is [`super::retry`]'s call.
     pub fn retry_class(&self, on: RetryOn) -> bool {
         match self.fault {
-            Fault::ConnectFailed | Fault::ConnectTimedOut | Fault::ConnectionLimit => {
+            Fault::ConnectFailed(_) | Fault::ConnectTimedOut | Fault::ConnectionLimit => {
                 on.connect_failure
             }
             Fault::UpstreamClosed | Fault::UpstreamWriteFailed | Fault::BadResponse(_) => on.reset,
@@ -141,7 +170,7 @@ impl ExchangeError {
     pub fn request_may_have_reached_backend(&self) -> bool {
         !matches!(
             self.fault,
-            Fault::ConnectFailed | Fault::ConnectTimedOut | Fault::ConnectionLimit
+            Fault::ConnectFailed(_) | Fault::ConnectTimedOut | Fault::ConnectionLimit
         )
     }
 }
@@ -207,7 +236,7 @@ mod tests {
     #[test]
     fn statuses_follow_the_fault() {
         let status = |f: Fault| ExchangeError::from(f).refusal().map(|r| r.status);
-        assert_eq!(status(Fault::ConnectFailed), Some(502));
+        assert_eq!(status(Fault::ConnectFailed(libc::ECONNREFUSED)), Some(502));
         assert_eq!(status(Fault::ConnectTimedOut), Some(504));
         assert_eq!(status(Fault::ConnectionLimit), Some(503));
         assert_eq!(status(Fault::UpstreamClosed), Some(502));
@@ -244,7 +273,10 @@ mod tests {
 
     #[test]
     fn only_a_failed_connect_proves_the_backend_saw_nothing() {
-        assert!(!ExchangeError::from(Fault::ConnectFailed).request_may_have_reached_backend());
+        assert!(
+            !ExchangeError::from(Fault::ConnectFailed(libc::ECONNREFUSED))
+                .request_may_have_reached_backend()
+        );
         assert!(ExchangeError::from(Fault::UpstreamClosed).request_may_have_reached_backend());
         assert!(ExchangeError::from(Fault::UpstreamWriteFailed).request_may_have_reached_backend());
     }

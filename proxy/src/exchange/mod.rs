@@ -19,15 +19,17 @@ mod response;
 mod retry;
 
 use std::cell::Cell;
+use std::io::Write as _;
 use std::time::Instant;
 
-use ringgate_config::{Limits, Route};
+use ringgate_config::{Limits, LogLevel, Route};
 use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 
 use crate::access_log::Sent;
 use crate::client_io::{ClientReader, ClientWriter};
+use crate::error_log::{write_request, Errno, ErrorLog, Kind};
 use crate::io::{send_gather, Abort, Gather, WriteFail};
 use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
 use error::ExchangeError;
@@ -48,6 +50,8 @@ pub enum Next {
 /// The worker-wide settings an exchange reads; nothing else of the worker.
 pub struct Context<'a> {
     pub limits: &'a Limits,
+    /// Every 5xx the exchange answers gets one line here, with its cause.
+    pub log: &'a ErrorLog,
     pub head_limits: HeadLimits,
     pub chunk_limits: ChunkLimits,
     /// A draining worker closes every client connection after its response.
@@ -136,17 +140,139 @@ impl Default for Buffers {
     }
 }
 
+/// Which route a request took, for the error log: its index in
+/// `config.routes` and its listener's name.
+#[derive(Clone, Copy)]
+pub struct RouteId<'a> {
+    pub index: usize,
+    pub listener: &'a str,
+}
+
 /// Proxies one routed request, retrying where [`retry::Replay`] allows.
 /// `Err`: nothing of a response reached the client, which gets this status
-/// and a close.
+/// and a close. Every status the proxy answers here, and every failure
+/// after a response started, gets one error-log line with its cause.
 pub async fn run(
     cx: &Context<'_>,
-    mut client: Client<'_>,
+    client: Client<'_>,
     bufs: &mut Buffers,
-    route: &Route,
+    (route, id): (&Route, RouteId<'_>),
     upstream: &UpstreamState,
     head: &RequestHead,
 ) -> Result<Next, Refusal> {
+    let addr = client.addr;
+    let tries = Cell::new(0u32);
+    let res = run_tries(cx, client, bufs, (route, id), upstream, head, &tries).await;
+    let (refusal, cause) = match &res {
+        Ok(_) => return res.map_err(|f| f.refusal),
+        Err(failed) => (failed.refusal, failed.cause),
+    };
+    let level = if refusal.status >= 500 {
+        LogLevel::Error
+    } else {
+        LogLevel::Info
+    };
+    let kind = if refusal.status >= 500 {
+        Kind::Proxy5xx
+    } else {
+        Kind::Refused
+    };
+    cx.log.event(level, kind, |b| {
+        let _ = write!(
+            b,
+            "status={} reason=\"{}\" ",
+            refusal.status, refusal.reason
+        );
+        describe(b, &bufs.req.source, head, route, id, addr);
+        describe_try(b, upstream, cause, tries.get());
+    });
+    res.map_err(|f| f.refusal)
+}
+
+/// `route=... upstream=... client=... request="..."`.
+fn describe(
+    b: &mut Vec<u8>,
+    src: &[u8],
+    head: &RequestHead,
+    route: &Route,
+    id: RouteId<'_>,
+    client: &ForwardedClient,
+) {
+    let _ = write!(
+        b,
+        "route=routes[{}] listener={} host={} prefix={} client=",
+        id.index,
+        id.listener,
+        route.host.as_deref().unwrap_or("*"),
+        route.path_prefix
+    );
+    b.extend_from_slice(client.ip_bytes());
+    write_request(b, src, head);
+}
+
+/// ` upstream=... backend=... cause=... errno=... tries=N`.
+fn describe_try(
+    b: &mut Vec<u8>,
+    upstream: &UpstreamState,
+    cause: Option<(ExchangeError, usize)>,
+    tries: u32,
+) {
+    b.push(b' ');
+    match cause {
+        None => {
+            let _ = write!(b, "upstream={} backend=-", upstream.config.name);
+        }
+        Some((e, backend)) => {
+            upstream.write_backend(b, backend);
+            let _ = write!(b, " cause={}", e.cause());
+            match e.fault {
+                Fault::ConnectFailed(errno) => {
+                    let _ = write!(b, " errno={}", Errno(errno));
+                }
+                Fault::ConnectTimedOut => {
+                    let _ = write!(b, " timeout={:?}", upstream.config.connect_timeout);
+                }
+                Fault::ResponseTimedOut => {
+                    let _ = write!(b, " timeout={:?}", upstream.config.response_timeout);
+                }
+                Fault::UpstreamSendTimedOut => {
+                    let _ = write!(b, " timeout={:?}", upstream.config.send_timeout);
+                }
+                Fault::BadResponse(why) => {
+                    let _ = write!(b, " detail=\"{why}\"");
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = write!(b, " tries={tries}");
+}
+
+/// Why `run_tries` gave up: what the client is told, and the last try's
+/// error and backend (`None`: no backend was tried).
+struct Failed {
+    refusal: Refusal,
+    cause: Option<(ExchangeError, usize)>,
+}
+
+impl From<Refusal> for Failed {
+    fn from(refusal: Refusal) -> Self {
+        Failed {
+            refusal,
+            cause: None,
+        }
+    }
+}
+
+async fn run_tries(
+    cx: &Context<'_>,
+    mut client: Client<'_>,
+    bufs: &mut Buffers,
+    (route, id): (&Route, RouteId<'_>),
+    upstream: &UpstreamState,
+    head: &RequestHead,
+    tries: &Cell<u32>,
+) -> Result<Next, Failed> {
     let plan = request::prepare(
         cx,
         bufs,
@@ -191,6 +317,7 @@ pub async fn run(
             fresh,
             hold_5xx,
         };
+        tries.set(tries.get() + 1);
         let attempt = attempt(cx, &mut client, bufs, &mut ex, one_try).await;
         let now = Instant::now();
         let (e, reused) = match attempt {
@@ -215,24 +342,43 @@ pub async fn run(
             if stale { Outcome::Aborted } else { e.outcome() },
             now,
         );
+        let cause = Some((e, backend));
         let Some(refusal) = e.refusal() else {
+            if e.response_started && !e.is_clients() {
+                cx.log.event(LogLevel::Warn, Kind::ResponseCut, |b| {
+                    let _ = write!(
+                        b,
+                        "upstream failed after the response started; client connection closed "
+                    );
+                    describe(b, &bufs.req.source, head, route, id, client.addr);
+                    describe_try(b, upstream, cause, tries.get());
+                });
+            }
             return Ok(Next::Close);
         };
         if !ex.plan.replay.allowed(&e) {
-            return Err(refusal);
+            return Err(Failed { refusal, cause });
         }
         if stale {
+            cx.log.event(LogLevel::Debug, Kind::AttemptFailed, |b| {
+                b.extend_from_slice(b"pooled connection found closed; resending on a new one ");
+                upstream.write_backend(b, backend);
+            });
             fresh = true;
             avoid = None;
             continue;
         }
         if retries_left > 0 && e.retry_class(retry_on) && upstream.take_retry() {
+            cx.log.event(LogLevel::Warn, Kind::AttemptFailed, |b| {
+                b.extend_from_slice(b"retrying on another backend");
+                describe_try(b, upstream, cause, tries.get());
+            });
             retries_left -= 1;
             fresh = false;
             avoid = Some(backend);
             continue;
         }
-        return Err(refusal);
+        return Err(Failed { refusal, cause });
     }
 }
 
@@ -280,7 +426,7 @@ async fn attempt(
         Err(e) => {
             let fault = match e {
                 ConnectError::TimedOut => Fault::ConnectTimedOut,
-                ConnectError::Failed => Fault::ConnectFailed,
+                ConnectError::Failed(errno) => Fault::ConnectFailed(errno),
                 ConnectError::Overflow => Fault::ConnectionLimit,
             };
             return Err((fault.into(), false));

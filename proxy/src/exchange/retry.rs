@@ -71,7 +71,7 @@ mod tests {
     fn anything_is_replayed_when_the_connect_failed() {
         for method in [&b"POST"[..], b"PATCH", b"GET"] {
             let r = Replay::new(method, false);
-            assert!(r.allowed(&Fault::ConnectFailed.into()));
+            assert!(r.allowed(&Fault::ConnectFailed(libc::ECONNREFUSED).into()));
             assert!(r.allowed(&Fault::ConnectTimedOut.into()));
             assert!(r.allowed(&Fault::ConnectionLimit.into()));
         }
@@ -88,6 +88,8 @@ mod tests {
     fn nothing_is_replayed_once_the_response_started() {
         let get = Replay::new(b"GET", true);
         assert!(!get.allowed(&ExchangeError::started(Fault::UpstreamClosed)));
-        assert!(!get.allowed(&ExchangeError::started(Fault::ConnectFailed)));
+        assert!(!get.allowed(&ExchangeError::started(Fault::ConnectFailed(
+            libc::ECONNREFUSED
+        ))));
     }
 }
