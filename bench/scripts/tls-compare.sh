@@ -11,6 +11,8 @@
 #     on all three servers, so nothing resumes.
 # Certificate: ECDSA P-256, made fresh by openssl.
 # Usage: bench/scripts/tls-compare.sh [rounds=5] [duration_s=8] [connections=64] [proxies="ringgate nginx haproxy"]
+# RINGGATE_ALT_BIN=path adds the proxy name `ringgate-alt` (another build of
+# ringgate, e.g. --features aws-lc-rs) for PROXIES to include.
 set -euo pipefail
 ROUNDS=${1:-5}; DUR=${2:-8}; CONNS=${3:-64}; PROXIES=${4:-"ringgate nginx haproxy"}
 MODE=${MODE:-keepalive}
@@ -106,6 +108,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for p in $PROXIES; do
     case $p in
       ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+      ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
       nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
       haproxy)  command -v haproxy >/dev/null || continue
                 taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
@@ -133,13 +136,13 @@ rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 for r, p, rps, cpu in rows:
     by.setdefault(r, {})[p] = (float(rps), float(cpu))
-for other in ("ringgate", "haproxy"):
+for other in sorted({p for v in by.values() for p in v} - {"nginx"}):
     ratios = [(v[other][0] / v["nginx"][0], v[other][1] / v["nginx"][1]) for v in by.values() if other in v and "nginx" in v]
     if ratios:
         print(f"{other}/nginx over {len(ratios)} rounds: requests/s median {st.median(r for r, _ in ratios):.2f}x "
               f"(min {min(r for r, _ in ratios):.2f}, max {max(r for r, _ in ratios):.2f}), "
               f"CPU/request median {st.median(c for _, c in ratios):.2f}x")
-for p in ("ringgate", "nginx", "haproxy"):
+for p in sorted({p for v in by.values() for p in v}):
     v = [by[r][p] for r in by if p in by[r]]
     if v:
         print(f"{p}: median {st.median(x for x, _ in v):,.0f} req/s, {st.median(c for _, c in v):.2f} µs CPU/request")

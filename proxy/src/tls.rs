@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use monoio::buf::IoBuf;
 use ringgate_config::{CertificateFiles, ListenerTls, TlsVersion};
 use rustls::crypto::CryptoProvider;
-// The crypto provider is a build choice: `ring` by default (measured against
-// aws-lc-rs in docs/BENCHMARKS.md); `--features aws-lc-rs` builds the other.
+// The crypto provider is a build choice: aws-lc-rs by default (it won on
+// handshakes, docs/BENCHMARKS.md); `--no-default-features` builds on ring.
 #[cfg(feature = "aws-lc-rs")]
 use rustls::crypto::aws_lc_rs as crypto;
 #[cfg(not(feature = "aws-lc-rs"))]
