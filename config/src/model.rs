@@ -2,6 +2,7 @@
 //! every cross-reference is resolved to an index, so the proxy never re-checks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How many worker threads to start.
@@ -168,6 +169,8 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Longest chunk-size line, extensions included.
     pub max_chunk_line_bytes: usize,
+    /// Time for a TLS client to finish its handshake, from the accept.
+    pub tls_handshake_timeout: Duration,
 }
 
 /// Between HAProxy's ~15 KiB (tune.bufsize 16 KiB less reserve) and Envoy's
@@ -217,16 +220,83 @@ impl Default for Limits {
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_chunk_line_bytes: DEFAULT_MAX_CHUNK_LINE_BYTES,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         }
     }
 }
+
+/// nginx's ssl_handshake_timeout (60 s) is generous to slow clients at the
+/// price of holding half-open handshakes; a handshake is two round trips, so
+/// 10 s (like the head timeout) only matters to a stalling client.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[[listeners]]`: one bound address.
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
     pub address: SocketAddr,
+    /// TLS termination on this listener; `None` is plain HTTP.
+    pub tls: Option<ListenerTls>,
 }
+
+/// `[listeners.tls]`: the certificates and policy of a TLS listener. The
+/// files are read by the proxy (at start-up, `check` and reload), not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Chosen by SNI among their names; the first also serves clients
+    /// without SNI or with an unknown name.
+    pub certificates: Vec<CertificateFiles>,
+    /// Protocol versions offered (TLS 1.2 and 1.3 by default).
+    pub versions: Vec<TlsVersion>,
+    /// Cipher-suite names (rustls' spelling, e.g.
+    /// `TLS13_AES_128_GCM_SHA256`); empty means the provider's safe defaults.
+    pub cipher_suites: Vec<String>,
+    /// Client certificates (mTLS) verified against this CA file.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether a client without a certificate is refused.
+    pub client_certificate_required: bool,
+    /// With `client_ca`: the request header that carries a verified client
+    /// certificate's subject upstream. Whatever the client sent under that
+    /// name is removed, certificate or not, so a backend can trust it.
+    pub client_subject_header: Option<String>,
+    /// Sessions each worker remembers for stateful resumption.
+    pub session_cache: usize,
+    /// Stateless resumption with tickets whose keys all workers share.
+    pub session_tickets: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM: the certificate, then its chain.
+    pub cert: PathBuf,
+    /// PEM: PKCS#8, SEC1 or PKCS#1 private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// rustls' default per-worker cache size is 256 sessions per config; a
+/// worker serves many more clients, so it keeps more (a session is ~200 B).
+pub const DEFAULT_TLS_SESSION_CACHE: usize = 8192;
+pub const TLS_SESSION_CACHE_MAX: usize = 1_000_000;
+
+/// The suites `cipher_suites` may name: every suite rustls offers, all
+/// AEAD with forward secrecy (there is nothing weaker to opt into).
+pub const TLS_CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
 
 /// `[[routes]]`: which upstream serves which requests on which listener.
 #[derive(Debug, Clone)]

@@ -75,6 +75,7 @@ pub(crate) struct RawLimits {
     pub body_read_timeout: Option<Spanned<HumanDuration>>,
     pub send_timeout: Option<Spanned<HumanDuration>>,
     pub max_chunk_line_size: Option<Spanned<Size>>,
+    pub tls_handshake_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +83,27 @@ pub(crate) struct RawLimits {
 pub(crate) struct RawListener {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
+    pub tls: Option<Spanned<RawListenerTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTls {
+    pub certificates: Spanned<Vec<RawCertificate>>,
+    pub versions: Option<Vec<Spanned<String>>>,
+    pub cipher_suites: Option<Vec<Spanned<String>>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub client_certificate: Option<Spanned<String>>,
+    pub client_subject_header: Option<Spanned<String>>,
+    pub session_cache: Option<Spanned<i64>>,
+    pub session_tickets: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

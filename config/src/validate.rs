@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -233,9 +234,14 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
                 listener_addrs.insert(address, l.address.span());
             }
         }
+        let tls = l
+            .tls
+            .as_ref()
+            .map(|t| listener_tls(&mut c, &format!("listeners[{i}].tls"), t));
         listeners.push(Listener {
             name: l.name.get_ref().clone(),
             address,
+            tls,
         });
     }
 
@@ -610,6 +616,143 @@ fn limits(c: &mut Checker<'_>, raw: Option<&RawLimits>) -> Limits {
             MAX_CHUNK_LINE_BYTES_MIN..=MAX_CHUNK_LINE_BYTES_MAX,
             d.max_chunk_line_bytes,
         ),
+        tls_handshake_timeout: c.timeout(
+            raw.tls_handshake_timeout.as_ref(),
+            "limits.tls_handshake_timeout",
+            d.tls_handshake_timeout,
+        ),
+    }
+}
+
+fn listener_tls(c: &mut Checker<'_>, key: &str, raw: &Spanned<RawListenerTls>) -> ListenerTls {
+    let t = raw.get_ref();
+    let path = |c: &mut Checker<'_>, value: &Spanned<String>, key: String| -> PathBuf {
+        let text = value.get_ref().trim();
+        if text.is_empty() {
+            c.err(value.span(), key, "must name a file");
+        }
+        PathBuf::from(text)
+    };
+    if t.certificates.get_ref().is_empty() {
+        c.err(
+            t.certificates.span(),
+            format!("{key}.certificates"),
+            "a TLS listener needs at least one { cert = \"...\", key = \"...\" }",
+        );
+    }
+    let certificates = t
+        .certificates
+        .get_ref()
+        .iter()
+        .enumerate()
+        .map(|(j, pair)| CertificateFiles {
+            cert: path(c, &pair.cert, format!("{key}.certificates[{j}].cert")),
+            key: path(c, &pair.key, format!("{key}.certificates[{j}].key")),
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for v in t.versions.iter().flatten() {
+        let version = match v.get_ref().trim() {
+            "1.2" | "TLSv1.2" => TlsVersion::Tls12,
+            "1.3" | "TLSv1.3" => TlsVersion::Tls13,
+            other => {
+                let why = if matches!(other, "1.0" | "1.1" | "TLSv1" | "TLSv1.0" | "TLSv1.1" | "SSLv3") {
+                    format!("{other:?} is not offered: TLS before 1.2 is broken (RFC 8996); use \"1.2\" and \"1.3\"")
+                } else {
+                    format!("unknown TLS version {other:?}; use \"1.2\" or \"1.3\"")
+                };
+                c.err(v.span(), format!("{key}.versions"), why);
+                continue;
+            }
+        };
+        if !versions.contains(&version) {
+            versions.push(version);
+        }
+    }
+    if t.versions.as_ref().is_some_and(|v| v.is_empty()) {
+        c.err(raw.span(), format!("{key}.versions"), "must name at least one version");
+    }
+    if versions.is_empty() {
+        versions = vec![TlsVersion::Tls12, TlsVersion::Tls13];
+    }
+    let mut cipher_suites = Vec::new();
+    for s in t.cipher_suites.iter().flatten() {
+        let name = s.get_ref().trim();
+        if TLS_CIPHER_SUITES.contains(&name) {
+            cipher_suites.push(name.to_string());
+        } else {
+            c.err(
+                s.span(),
+                format!("{key}.cipher_suites"),
+                format!("unknown cipher suite {name:?}; known: {}", TLS_CIPHER_SUITES.join(", ")),
+            );
+        }
+    }
+    let client_ca = t
+        .client_ca
+        .as_ref()
+        .map(|ca| path(c, ca, format!("{key}.client_ca")));
+    let client_certificate_required = match &t.client_certificate {
+        None => true,
+        Some(v) => match v.get_ref().as_str() {
+            "required" => true,
+            "optional" => false,
+            other => {
+                c.err(
+                    v.span(),
+                    format!("{key}.client_certificate"),
+                    format!("{other:?} is not a mode; use \"required\" or \"optional\""),
+                );
+                true
+            }
+        },
+    };
+    if client_ca.is_none() {
+        let needing = [
+            ("client_certificate", t.client_certificate.as_ref()),
+            ("client_subject_header", t.client_subject_header.as_ref()),
+        ];
+        for (name, value) in needing {
+            if let Some(v) = value {
+                c.err(
+                    v.span(),
+                    format!("{key}.{name}"),
+                    "needs client_ca (the CA that verifies client certificates)",
+                );
+            }
+        }
+    }
+    let client_subject_header = t.client_subject_header.as_ref().and_then(|h| {
+        match header_name(h.get_ref()) {
+            Ok(name) if MANAGED_HEADERS.contains(&name.as_str()) => {
+                c.err(
+                    h.span(),
+                    format!("{key}.client_subject_header"),
+                    format!("{name:?} is a header the proxy manages itself"),
+                );
+                None
+            }
+            Ok(name) => Some(name),
+            Err(why) => {
+                c.err(h.span(), format!("{key}.client_subject_header"), why);
+                None
+            }
+        }
+    });
+    ListenerTls {
+        certificates,
+        versions,
+        cipher_suites,
+        client_ca,
+        client_certificate_required,
+        client_subject_header,
+        session_cache: c.int(
+            t.session_cache.as_ref(),
+            &format!("{key}.session_cache"),
+            0..=TLS_SESSION_CACHE_MAX,
+            DEFAULT_TLS_SESSION_CACHE,
+        ),
+        session_tickets: t.session_tickets.unwrap_or(true),
     }
 }
 

@@ -96,6 +96,7 @@ impl AccessLog {
         captured: Option<&Captured>,
         sent: &Sent,
         took: Duration,
+        tls_version: &str,
     ) -> Option<io::Error> {
         let mut buf = self.out.line();
         buf.extend_from_slice(client.ip_bytes());
@@ -119,6 +120,8 @@ impl AccessLog {
             }
             None => buf.push(b'-'),
         }
+        buf.push(b' ');
+        buf.extend_from_slice(tls_version.as_bytes());
         buf.push(b'\n');
         self.out.done(buf)
     }

@@ -23,7 +23,9 @@ use crate::exchange::{
     self, error_response, Buffers, Client, Context, Next, Refusal, RouteId, CLOSE_LINE,
     HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
-use crate::io::{read_more, send_range, Abort, ReadFail, Reader, Writer};
+use crate::client_io::{ClientReader, ClientWriter};
+use crate::io::{Abort, ReadFail};
+use crate::tls;
 use crate::state::{ConnControl, Worker};
 
 /// How long a kept-alive connection keeps its buffers while it waits for a
@@ -33,8 +35,8 @@ use crate::state::{ConnControl, Worker};
 const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(50);
 
 struct Downstream {
-    r: Reader,
-    w: Writer,
+    r: ClientReader,
+    w: ClientWriter,
     client: ForwardedClient,
     /// Buffers and cancellers every exchange on this connection reuses,
     /// taken from the worker's pool when a request arrives and given back
@@ -52,6 +54,10 @@ struct Downstream {
     sent: Sent,
     /// The current request's access-log fields, when logging.
     captured: Captured,
+    /// The negotiated TLS version for the access log (`-`: plain).
+    tls_version: &'static str,
+    /// The verified client certificate's subject (mTLS).
+    client_subject: Option<Box<str>>,
 }
 
 pub async fn serve(
@@ -63,6 +69,28 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
+    let write_abort = Abort::default();
+    let mut client_subject = None;
+    let (r, w, tls_version) = match &worker.tls[listener] {
+        None => (ClientReader::Plain(r), ClientWriter::Plain(w), "-"),
+        Some(config) => {
+            let timeout = worker.config.limits.tls_handshake_timeout;
+            match tls::accept(r, w, config.clone(), timeout, &ctl.abort, &write_abort).await {
+                Ok((r, w, negotiated)) => {
+                    worker.counters.tls_handshake(&negotiated);
+                    client_subject = negotiated.client_subject.as_deref().map(Box::from);
+                    (ClientReader::Tls(r), ClientWriter::Tls(w), negotiated.version_name())
+                }
+                Err(e) => {
+                    worker.counters.tls_handshake_failed(&e);
+                    worker.error_log.event(LogLevel::Info, Kind::TlsHandshake, |b| {
+                        let _ = write!(b, "listener={} client={peer_ip} failed: {e}", worker.config.listeners[listener].name);
+                    });
+                    return;
+                }
+            }
+        }
+    };
     let mut d = Downstream {
         r,
         w,
@@ -70,34 +98,35 @@ pub async fn serve(
         bufs: None,
         idle_probe: Vec::with_capacity(1),
         ctl,
-        write_abort: Abort::default(),
+        write_abort,
         sent: Sent::default(),
         captured: Captured::default(),
+        tls_version,
+        client_subject,
     };
     let mut first = true;
     loop {
         // A connection's first request is served even while draining: the
         // client connected before the listener closed.
         let idle = !first && d.bufs.as_ref().is_none_or(|b| b.req.source.is_empty());
-        if idle && worker.draining.get() {
-            d.release_buffers(&worker);
-            return;
+        // A response that went out before the drain began promised
+        // keep-alive, so the client may be sending its next request now:
+        // `wait_while_idle` lets it in for the buffer grace (its response
+        // says close) rather than cutting it.
+        if idle && worker.draining.get() && d.bufs.is_none() {
+            break;
         }
         d.ctl.idle.set(idle);
         d.ctl.idle_ticket.set(worker.idle_ticket());
         if idle && !d.wait_while_idle(&worker).await {
             d.ctl.idle.set(false);
-            d.release_buffers(&worker);
-            return;
+            break;
         }
         let head = d.read_head(&worker, first).await;
         d.ctl.idle.set(false);
         let head = match head {
             Ok(Some(head)) => head,
-            Ok(None) => {
-                d.release_buffers(&worker);
-                return;
-            }
+            Ok(None) => break,
             Err(refusal) => {
                 d.sent.reset();
                 // An unreadable head is accounted to the peer, not to the
@@ -106,20 +135,24 @@ pub async fn serve(
                 d.log_refusal(&worker, &refusal, None);
                 d.send_refusal(&worker, &refusal).await;
                 d.record(&worker, None);
-                d.release_buffers(&worker);
-                return;
+                break;
             }
         };
         first = false;
         match d.handle(&worker, listener, &head).await {
             Next::KeepAlive => continue,
-            Next::Close => {
-                d.release_buffers(&worker);
-                return;
-            }
+            Next::Close => break,
         }
     }
+    d.release_buffers(&worker);
+    // A client that stopped reading does not hold the connection for a
+    // whole send_timeout just for its close_notify.
+    let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
+    d.w.close(timeout, &d.write_abort).await;
 }
+
+/// How long a TLS close_notify may wait for room in the socket.
+const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Downstream {
     /// The buffers of the request being handled; `read_head` took them.
@@ -146,25 +179,25 @@ impl Downstream {
         let keepalive = worker.config.limits.keepalive_timeout;
         let grace = IDLE_BUFFER_GRACE.min(keepalive);
         if let Some(bufs) = self.bufs.as_deref_mut() {
-            let res = read_more(
-                &mut self.r,
+            self.ctl.just_idle.set(true);
+            let res = self.r.read_more(
                 &mut bufs.req.source,
                 HEAD_READ_BYTES,
                 grace,
                 &self.ctl.abort,
             )
             .await;
+            self.ctl.just_idle.set(false);
             match res {
                 Ok(0) => return false,
                 Ok(_) => return true,
-                Err(ReadFail::TimedOut) if grace < keepalive => {}
+                Err(ReadFail::TimedOut) if grace < keepalive && !worker.draining.get() => {}
                 Err(_) => return false,
             }
             self.release_buffers(worker);
         }
         self.idle_probe.clear();
-        let res = read_more(
-            &mut self.r,
+        let res = self.r.read_more(
             &mut self.idle_probe,
             1,
             keepalive - grace,
@@ -186,7 +219,7 @@ impl Downstream {
         worker.counters.response(self.sent.status.get());
         if let Some(log) = &worker.access_log {
             let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
-            if let Some(e) = log.write(&self.client, captured, &self.sent, took) {
+            if let Some(e) = log.write(&self.client, captured, &self.sent, took, self.tls_version) {
                 worker.access_log_failed(&e);
             }
         }
@@ -198,7 +231,7 @@ impl Downstream {
         let len = bytes.len();
         self.write_abort.reset();
         let timeout = worker.config.limits.send_timeout;
-        let (res, _) = send_range(&mut self.w, bytes, 0..len, timeout, &self.write_abort).await;
+        let (res, _) = self.w.send_range(bytes, 0..len, timeout, &self.write_abort).await;
         res.is_ok()
     }
 
@@ -251,8 +284,7 @@ impl Downstream {
                 None if first => limits.header_read_timeout,
                 None => limits.keepalive_timeout,
             };
-            let res = read_more(
-                &mut self.r,
+            let res = self.r.read_more(
                 &mut bufs.req.source,
                 HEAD_READ_BYTES,
                 timeout,
@@ -342,6 +374,11 @@ impl Downstream {
             write_abort: &self.write_abort,
             addr: &self.client,
             sent: &self.sent,
+            subject: worker.config.listeners[listener]
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_subject_header.as_deref())
+                .map(|name| (name, self.client_subject.as_deref())),
         };
         let Some(bufs) = self.bufs.as_deref_mut() else {
             return Next::Close;
@@ -365,6 +402,8 @@ impl Downstream {
         admission: Option<&Admission>,
         head: &RequestHead,
     ) -> Next {
+        // A draining worker says close, so the client sends nothing more.
+        let keep = keep && !worker.draining.get();
         let connection_line = match (keep, head.version) {
             (false, _) => CLOSE_LINE,
             (true, Version::Http10) => KEEP_ALIVE_LINE,

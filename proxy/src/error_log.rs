@@ -57,10 +57,12 @@ pub enum Kind {
     Stray,
     /// Writing the access log failed.
     AccessLog,
+    /// A TLS handshake that did not finish (info: it is the client's doing).
+    TlsHandshake,
 }
 
 impl Kind {
-    const COUNT: usize = 14;
+    const COUNT: usize = 15;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -78,6 +80,7 @@ impl Kind {
             Kind::Gossip => "gossip",
             Kind::Stray => "stray",
             Kind::AccessLog => "access_log",
+            Kind::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -96,6 +99,7 @@ impl Kind {
         Kind::Gossip,
         Kind::Stray,
         Kind::AccessLog,
+        Kind::TlsHandshake,
     ];
 }
 

@@ -196,8 +196,32 @@ impl Gather {
         }
     }
 
-    fn is_written(&self) -> bool {
+    pub fn is_written(&self) -> bool {
         self.segments.is_empty()
+    }
+
+    /// Copies the first bytes of the segments, up to `max`, onto `out` and
+    /// drops them from the segments: a write that must go through a copy
+    /// (TLS encrypts) gathers one record's worth at a time.
+    pub fn take_into(&mut self, out: &mut Vec<u8>, max: usize) {
+        let mut taken = 0;
+        for (part, range) in &self.segments {
+            if taken == max {
+                break;
+            }
+            let bytes = match part {
+                Part::Source => &self.source,
+                Part::Patch => &self.patch,
+            };
+            let n = range.len().min(max - taken);
+            // A range past its buffer stops the copy here, as it fails a writev.
+            let Some(piece) = bytes.get(range.start..range.start + n) else {
+                break;
+            };
+            out.extend_from_slice(piece);
+            taken += n;
+        }
+        self.advance(taken);
     }
 
     /// Drops the first `n` bytes of the segments (a partial write).

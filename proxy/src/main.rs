@@ -6,6 +6,7 @@
 
 mod access_log;
 mod admin;
+mod client_io;
 mod demo;
 mod downstream;
 mod error_log;
@@ -19,6 +20,7 @@ mod notify;
 mod state;
 mod stop;
 mod ticker;
+mod tls;
 mod upstream;
 mod worker;
 
@@ -181,6 +183,15 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
                 key.to_owned(),
                 format!("cannot open {} for appending: {e}", path.display()),
             )),
+        }
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if let Some(t) = &listener.tls {
+            if let Err(e) = tls::load(&format!("listeners[{i}].tls"), t) {
+                // tls::load's errors lead with the key they are about.
+                let (key, message) = e.split_once(": ").unwrap_or(("listeners", &e));
+                problems.push((key.to_owned(), message.to_owned()));
+            }
         }
     }
     if bind {
@@ -476,6 +487,24 @@ fn check_open_file_budget(config: &ringgate_config::Config, workers: usize, log:
     }
 }
 
+/// Loads the certificates and keys of every TLS listener, indexed like
+/// `config.listeners`; the first problem found is the error.
+fn load_tls(
+    config: &ringgate_config::Config,
+) -> Result<Vec<Option<tls::ListenerTlsConfig>>, String> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            l.tls
+                .as_ref()
+                .map(|t| tls::load(&format!("listeners[{i}].tls"), t))
+                .transpose()
+        })
+        .collect()
+}
+
 /// Binds every listener (or takes it over from `inherit`) and spawns the
 /// workers.
 pub fn start(
@@ -508,6 +537,7 @@ pub fn start(
                 })?,
         ),
     };
+    let tls = Arc::new(load_tls(&config).map_err(std::io::Error::other)?);
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -534,6 +564,7 @@ pub fn start(
             error_log: error_log.try_clone()?,
             metrics_tx: metrics_tx.clone(),
             generation,
+            tls: tls.clone(),
         };
         handles.push(
             std::thread::Builder::new()

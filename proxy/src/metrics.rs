@@ -55,9 +55,40 @@ pub struct Counters {
     /// Connections closed at accept because the worker was at
     /// `max_connections_per_worker`.
     pub refused: Cell<u64>,
+    /// Finished TLS handshakes, indexed like `TLS_HANDSHAKE_LABELS`.
+    tls_handshakes: [Cell<u64>; 4],
+    /// Failed TLS handshakes, indexed like `TLS_FAILURE_REASONS`.
+    tls_failures: [Cell<u64>; 4],
 }
 
+/// (version, resumed) labels of `ringgate_tls_handshakes_total`.
+const TLS_HANDSHAKE_LABELS: [(&str, &str); 4] = [
+    ("1.2", "false"),
+    ("1.2", "true"),
+    ("1.3", "false"),
+    ("1.3", "true"),
+];
+
+/// `reason` labels of `ringgate_tls_handshake_failures_total`.
+const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "closed", "plain_http", "protocol"];
+
 impl Counters {
+    pub fn tls_handshake(&self, n: &crate::tls::Negotiated) {
+        let v13 = n.version == Some(rustls::ProtocolVersion::TLSv1_3);
+        Self::bump(&self.tls_handshakes[usize::from(v13) * 2 + usize::from(n.resumed)]);
+    }
+
+    pub fn tls_handshake_failed(&self, e: &crate::tls::HandshakeError) {
+        use crate::tls::HandshakeError::*;
+        let i = match e {
+            TimedOut => 0,
+            Closed => 1,
+            PlainHttp => 2,
+            Tls(_) => 3,
+        };
+        Self::bump(&self.tls_failures[i]);
+    }
+
     /// A response with `status` went out (0: none did; not counted).
     pub fn response(&self, status: u16) {
         if let Some(c) = self
@@ -86,6 +117,8 @@ pub struct Snapshot {
     pub responses: [u64; 6],
     pub accepted: u64,
     pub refused: u64,
+    pub tls_handshakes: [u64; 4],
+    pub tls_failures: [u64; 4],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -101,6 +134,8 @@ impl Snapshot {
             responses: std::array::from_fn(|i| counters.responses[i].get()),
             accepted: counters.accepted.get(),
             refused: counters.refused.get(),
+            tls_handshakes: std::array::from_fn(|i| counters.tls_handshakes[i].get()),
+            tls_failures: std::array::from_fn(|i| counters.tls_failures[i].get()),
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -132,6 +167,8 @@ struct Totals {
     responses: [u64; 6],
     accepted: u64,
     refused: u64,
+    tls_handshakes: [u64; 4],
+    tls_failures: [u64; 4],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -144,6 +181,8 @@ impl Totals {
         }
         self.accepted += s.accepted;
         self.refused += s.refused;
+        add_each(&mut self.tls_handshakes, &s.tls_handshakes);
+        add_each(&mut self.tls_failures, &s.tls_failures);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -162,6 +201,8 @@ impl Totals {
         }
         self.accepted += other.accepted;
         self.refused += other.refused;
+        add_each(&mut self.tls_handshakes, &other.tls_handshakes);
+        add_each(&mut self.tls_failures, &other.tls_failures);
         self.gossip_dropped += other.gossip_dropped;
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
@@ -169,6 +210,12 @@ impl Totals {
                 *sum += n;
             }
         }
+    }
+}
+
+fn add_each<const N: usize>(sum: &mut [u64; N], n: &[u64; N]) {
+    for (sum, n) in sum.iter_mut().zip(n) {
+        *sum += n;
     }
 }
 
@@ -283,6 +330,27 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     for (name, kind, text, value) in plain {
         help(&mut out, name, kind, text);
         let _ = writeln!(out, "{name} {value}");
+    }
+    help(
+        &mut out,
+        "ringgate_tls_handshakes_total",
+        "counter",
+        "TLS handshakes finished, by protocol version and whether the session was resumed.",
+    );
+    for ((version, resumed), n) in TLS_HANDSHAKE_LABELS.iter().zip(counters.tls_handshakes) {
+        let _ = writeln!(
+            out,
+            "ringgate_tls_handshakes_total{{version=\"{version}\",resumed=\"{resumed}\"}} {n}"
+        );
+    }
+    help(
+        &mut out,
+        "ringgate_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that did not finish: timeout, closed (by the client or a drain), plain_http (HTTP sent to a TLS port, answered 400), protocol (a TLS error, e.g. no shared version, cipher or ALPN, or a refused client certificate).",
+    );
+    for (reason, n) in TLS_FAILURE_REASONS.iter().zip(counters.tls_failures) {
+        let _ = writeln!(out, "ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}");
     }
     help(
         &mut out,

@@ -36,6 +36,10 @@ pub struct ConnControl {
     /// The worker's idle ticket taken when it began waiting: the idle
     /// connection with the smallest has waited longest.
     pub idle_ticket: Cell<u64>,
+    /// Idle for less than the buffer grace: a busy keep-alive client is
+    /// probably sending its next request right now, so a drain lets that
+    /// request in (its response says close) instead of cutting it.
+    pub just_idle: Cell<bool>,
 }
 
 /// Everything one worker owns. Built on the worker's own thread.
@@ -70,6 +74,9 @@ pub struct Worker {
     pub buffers: BufferPool,
     /// The config generation this worker runs.
     pub generation: u64,
+    /// This worker's TLS configuration of each listener (`None`: plain),
+    /// indexed like `config.listeners`.
+    pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Worker {
@@ -149,6 +156,7 @@ impl Worker {
             counters: Counters::default(),
             buffers: BufferPool::default(),
             generation,
+            tls: vec![None; config.listeners.len()],
             config,
         }
     }
@@ -215,7 +223,7 @@ impl Worker {
         let accepts = std::mem::take(&mut *self.accept_canceller.borrow_mut());
         *self.accept_canceller.borrow_mut() = accepts.cancel();
         for (_, conn) in self.conns.borrow().iter() {
-            if conn.idle.get() {
+            if conn.idle.get() && !conn.just_idle.get() {
                 conn.abort.abort();
             }
         }

@@ -25,6 +25,7 @@ use crate::metrics::{Counters, SnapshotTx};
 use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
+use crate::tls::ListenerTlsConfig;
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
@@ -54,6 +55,8 @@ pub struct Shared {
     pub metrics_tx: Option<SnapshotTx>,
     /// Which config generation this worker runs (a reload starts the next).
     pub generation: u64,
+    /// Each listener's TLS configuration as loaded from its files.
+    pub tls: Arc<Vec<Option<ListenerTlsConfig>>>,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -63,6 +66,7 @@ struct Owned {
     log_file: Option<std::fs::File>,
     metrics_tx: Option<SnapshotTx>,
     generation: u64,
+    tls: Arc<Vec<Option<ListenerTlsConfig>>>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -351,6 +355,7 @@ pub fn run(
         error_log,
         metrics_tx,
         generation,
+        tls,
     } = shared;
     let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
     let shared = Owned {
@@ -359,6 +364,7 @@ pub fn run(
         log_file,
         metrics_tx,
         generation,
+        tls,
     };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -408,9 +414,14 @@ async fn worker_main(
         log_file,
         metrics_tx,
         generation,
+        tls,
     } = shared;
     let workers = mesh.workers();
-    let worker = Worker::new(id, workers, config, log_file, log, generation);
+    let mut worker = Worker::new(id, workers, config, log_file, log, generation);
+    worker.tls = tls
+        .iter()
+        .map(|t| t.as_ref().map(ListenerTlsConfig::for_worker))
+        .collect();
     let worker = Rc::new(worker);
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {

@@ -3,7 +3,8 @@
 //! It owns the pieces every test needs to drive the real `ringgate` binary
 //! over loopback: starting the process from a config ([`proxy`]), recording
 //! backends ([`backend`]), a raw-socket client ([`client`]), a small strict
-//! HTTP/1.1 reader of its own ([`wire`]) and /proc inspection ([`procfs`]).
+//! HTTP/1.1 reader of its own ([`wire`]), /proc inspection ([`procfs`]) and
+//! the certificates of the TLS tests ([`pki`]).
 //! It must not depend on the proxy's crates: a bug shared between the code
 //! under test and its tests would hide itself.
 //!
@@ -17,6 +18,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod pki;
 pub mod procfs;
 pub mod proxy;
 pub mod refusal;

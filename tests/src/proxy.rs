@@ -142,6 +142,8 @@ pub struct ProxyConfig {
     pub pool: Option<String>,
     /// Extra `key = value` lines of the upstream (`balance`, `health_check`...).
     pub upstream_extra: Vec<String>,
+    /// Extra `key = value` lines of the listener (`tls`).
+    pub listener_extra: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -158,7 +160,15 @@ impl ProxyConfig {
             timeouts: None,
             pool: None,
             upstream_extra: Vec::new(),
+            listener_extra: Vec::new(),
         }
+    }
+
+    /// Adds `key = value` (value in TOML syntax) to the listener, e.g.
+    /// `listener_extra("tls", "{ certificates = [...] }")`.
+    pub fn listener_extra(mut self, key: &str, value: &str) -> Self {
+        self.listener_extra.push(format!("{key} = {value}"));
+        self
     }
 
     /// A config whose upstream has these backends, each with the default
@@ -253,6 +263,10 @@ impl ProxyConfig {
             "\n[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:{}\"\n",
             self.port
         );
+        for l in &self.listener_extra {
+            s += l;
+            s += "\n";
+        }
         s += &format!(
             "\n[[routes]]\nlistener = \"web\"\nmatch = {{ path_prefix = \"{}\" }}\nupstream = \"app\"\n",
             self.route_prefix
@@ -535,4 +549,49 @@ pub fn curl() -> PathBuf {
         }
     }
     panic!("curl not found on PATH: these tests drive the proxy with the real curl (CI installs it; apt-get install curl)");
+}
+
+/// What a ringload `--json` report says of a run: requests answered, the
+/// errors of each class, and every status that is not 2xx.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    pub requests: u64,
+    pub errors: u64,
+    pub non_2xx: Vec<String>,
+}
+
+impl LoadOutcome {
+    /// Reads the report without a JSON library (the harness stays
+    /// dependency-light): serde_json sorts keys, so the top-level
+    /// `requests` comes before the timeline's.
+    pub fn from_report(report: &str) -> LoadOutcome {
+        let number_after = |key: &str| -> u64 {
+            let key = format!("\"{key}\"");
+            let at = report
+                .find(&key)
+                .unwrap_or_else(|| panic!("{key} in ringload's report: {report}"));
+            let rest = report[at + key.len()..].trim_start_matches([':', ' ', '\n']);
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{key} is not a number in: {report}"))
+        };
+        let statuses = report.find("\"status\"").map_or("", |at| {
+            let s = &report[at..];
+            &s[..s.find('}').unwrap_or(s.len())]
+        });
+        let non_2xx = statuses
+            .split('"')
+            .filter(|t| t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit()) && !t.starts_with('2'))
+            .map(str::to_string)
+            .collect();
+        LoadOutcome {
+            requests: number_after("requests"),
+            errors: ["connect", "timeout", "reset", "parse"]
+                .iter()
+                .map(|k| number_after(k))
+                .sum(),
+            non_2xx,
+        }
+    }
 }

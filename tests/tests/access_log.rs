@@ -16,9 +16,11 @@ fn lines(path: &std::path::Path, want: usize) -> Result<Vec<String>, String> {
     }
 }
 
-/// The last two fields: request time (seconds, 3 decimals) and upstream.
+/// The fields after `combined`: request time (seconds, 3 decimals) and
+/// upstream; the TLS version after them is `-` on these plain listeners.
 fn tail_fields(line: &str) -> (String, String) {
-    let mut fields = line.rsplitn(3, ' ');
+    let mut fields = line.rsplitn(4, ' ');
+    assert_eq!(fields.next(), Some("-"), "TLS version of a plain request: {line}");
     let upstream = fields.next().unwrap_or_default().to_owned();
     let time = fields.next().unwrap_or_default().to_owned();
     (time, upstream)

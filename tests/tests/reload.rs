@@ -118,3 +118,35 @@ fn an_invalid_config_on_sighup_changes_nothing() {
     assert!(proxy.is_running());
     assert_eq!(served_by(addr, "/x"), Ok("a".into()));
 }
+
+#[test]
+fn reloads_under_keep_alive_load_cut_no_request() {
+    // Busy keep-alive connections: a response that went out just before a
+    // drain began promised keep-alive, so the client's next request is
+    // already on its way. The draining worker must take it (and answer
+    // with close), not close the connection under it.
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).workers(2).start();
+    let json = ringgate_tests::proxy::temp_path("ringgate-reload-load", "json");
+    let mut load = std::process::Command::new(ringgate_tests::ringload_bin())
+        .arg(format!("http://127.0.0.1:{}/", proxy.port))
+        .args(["-c", "8", "-d", "3s", "--cores", "1", "-q", "--json"])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ringload");
+    thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        proxy.signal("-HUP");
+        thread::sleep(Duration::from_millis(350));
+    }
+    assert!(load.wait().expect("ringload").success());
+    let report = std::fs::read_to_string(&json).expect("ringload's report");
+    let _ = std::fs::remove_file(&json);
+    let outcome = ringgate_tests::proxy::LoadOutcome::from_report(&report);
+    assert!(outcome.requests > 100, "{outcome:?}");
+    assert_eq!(outcome.errors, 0, "requests cut by the reloads: {outcome:?}");
+    assert!(outcome.non_2xx.is_empty(), "{outcome:?}");
+    assert!(proxy.stderr().contains("(generation 5)"), "{}", proxy.stderr());
+}

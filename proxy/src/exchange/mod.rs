@@ -28,8 +28,9 @@ use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 
 use crate::access_log::Sent;
+use crate::client_io::{ClientReader, ClientWriter};
 use crate::error_log::{write_request, Errno, ErrorLog, Kind};
-use crate::io::{send_gather, send_range, Abort, Gather, Reader, WriteFail, Writer};
+use crate::io::{send_gather, Abort, Gather, WriteFail};
 use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
 use error::ExchangeError;
 pub use error::{error_response, Fault, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE};
@@ -59,14 +60,17 @@ pub struct Context<'a> {
 
 /// What an exchange borrows from its client connection.
 pub struct Client<'a> {
-    pub r: &'a mut Reader,
-    pub w: &'a mut Writer,
+    pub r: &'a mut ClientReader,
+    pub w: &'a mut ClientWriter,
     /// Cancels the pending client read (shared with the worker's drain).
     pub read_abort: &'a Abort,
     pub write_abort: &'a Abort,
     pub addr: &'a ForwardedClient,
     /// What went back, for the access log.
     pub sent: &'a Sent,
+    /// The listener's mTLS subject header and this client's verified
+    /// subject, if any.
+    pub subject: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// Buffers and cancellers an exchange works in, kept by the client
@@ -269,7 +273,16 @@ async fn run_tries(
     head: &RequestHead,
     tries: &Cell<u32>,
 ) -> Result<Next, Failed> {
-    let plan = request::prepare(cx, bufs, route, upstream, head, client.addr)?;
+    let plan = request::prepare(
+        cx,
+        bufs,
+        route,
+        upstream,
+        head,
+        client.addr,
+        client.w.scheme(),
+        client.subject,
+    )?;
     let mut ex = Exchange {
         route,
         upstream,
@@ -440,7 +453,7 @@ async fn attempt(
         let timeout = cx.limits.send_timeout;
         let whole = 0..CONTINUE_100.len();
         let (sent, _) =
-            send_range(client.w, CONTINUE_100, whole, timeout, client.write_abort).await;
+            client.w.send_range(CONTINUE_100, whole, timeout, client.write_abort).await;
         if sent.is_err() {
             return fail(Fault::ClientGone);
         }

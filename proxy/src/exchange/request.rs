@@ -17,7 +17,8 @@ use ringgate_core::http::{
 use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
 use super::retry::Replay;
 use super::{Buffers, Context};
-use crate::io::{read_more, send_range, Abort, Part, ReadFail, Reader, WriteFail, Writer};
+use crate::client_io::ClientReader;
+use crate::io::{send_range, Abort, Part, ReadFail, WriteFail, Writer};
 use crate::upstream::UpstreamState;
 
 /// Read size while streaming bodies: large enough to amortise a syscall,
@@ -60,6 +61,8 @@ pub(super) fn prepare(
     upstream: &UpstreamState,
     head: &RequestHead,
     client: &ForwardedClient,
+    scheme: &str,
+    subject: Option<(&str, Option<&str>)>,
 ) -> Result<Plan, Refusal> {
     let available = bufs.req.source.len() - head.head_len;
     let (initial_body, body_left) = match head.body {
@@ -94,12 +97,20 @@ pub(super) fn prepare(
         bufs.patch_prefix = patch.len();
     }
     write_set_fields(patch, &route.request_headers);
-    if new_request_line || !route.request_headers.is_empty() {
-        // The request line and edited fields go as patch bytes instead.
+    if let Some((name, Some(value))) = subject {
+        patch.extend_from_slice(name.as_bytes());
+        patch.extend_from_slice(b": ");
+        patch.extend_from_slice(value.as_bytes());
+        patch.extend_from_slice(b"\r\n");
+    }
+    let subject_name = subject.map(|(name, _)| name.as_bytes());
+    if new_request_line || !route.request_headers.is_empty() || subject_name.is_some() {
+        // The request line and edited fields go as patch bytes instead; a
+        // client's own copy of the subject header never goes up.
         let edits = &route.request_headers;
         bufs.req_scratch
             .retain_lines(&bufs.req.source, !new_request_line, |name| {
-                !edits.drops(name)
+                !edits.drops(name) && subject_name.is_none_or(|s| !name.eq_ignore_ascii_case(s))
             });
     }
     if head.version == Version::Http10 {
@@ -107,7 +118,7 @@ pub(super) fn prepare(
         // close the upstream connection after every such request.
         patch.extend_from_slice(KEEP_ALIVE_LINE.as_bytes());
     }
-    write_request_patch(patch, &bufs.req.source, &bufs.req_scratch, client, "http");
+    write_request_patch(patch, &bufs.req.source, &bufs.req_scratch, client, scheme);
     bufs.hash_key.clear();
     bufs.has_hash_key = false;
     if let Some(hash_key) = &upstream.config.hash_key {
@@ -162,7 +173,7 @@ fn balance_key<'a>(
 
 /// The halves and deadlines `send_body` works with.
 pub(super) struct Upload<'a> {
-    pub client: &'a mut Reader,
+    pub client: &'a mut ClientReader,
     pub client_read_abort: &'a Abort,
     pub body_read_timeout: Duration,
     pub up: &'a mut Writer,
@@ -186,8 +197,7 @@ pub(super) async fn send_body(
     let result = async {
         loop {
             body.clear();
-            let n = match read_more(
-                u.client,
+            let n = match u.client.read_more(
                 body,
                 BODY_READ_BYTES,
                 u.body_read_timeout,

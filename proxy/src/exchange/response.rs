@@ -16,9 +16,8 @@ use super::error::{ExchangeError, Fault, CLOSE_LINE, KEEP_ALIVE_LINE};
 use super::request::{length_body, write_set_fields, BodyLeft, BODY_READ_BYTES};
 use super::Context;
 use crate::access_log::Sent;
-use crate::io::{
-    read_more, send_gather, send_range, Abort, Gather, Part, ReadFail, Reader, WriteFail, Writer,
-};
+use crate::client_io::ClientWriter;
+use crate::io::{read_more, Abort, Gather, Part, ReadFail, Reader, WriteFail};
 
 /// Read size for heads, requests' and responses'; a head larger than this
 /// grows its buffer up to the configured limit.
@@ -51,7 +50,7 @@ pub(super) struct RelayIo<'a> {
     pub up: &'a mut Reader,
     pub up_read_abort: &'a Abort,
     pub up_write_abort: &'a Abort,
-    pub client: &'a mut Writer,
+    pub client: &'a mut ClientWriter,
     pub client_write_abort: &'a Abort,
     pub client_read_abort: &'a Abort,
     pub resp: &'a mut Gather,
@@ -230,7 +229,7 @@ async fn relay_inner(
         resp.push(Part::Patch, 0..resp.patch.len());
         resp.push(Part::Source, head.head_len..head.head_len + initial);
         let gather = std::mem::take(resp);
-        let (res, gather) = send_gather(client, gather, send_timeout, client_write_abort).await;
+        let (res, gather) = client.send_gather(gather, send_timeout, client_write_abort).await;
         *resp = gather;
         if let Err(e) = res {
             return Err(ExchangeError::started(client_write_fault(e)));
@@ -292,8 +291,7 @@ async fn relay_inner(
                 }
             };
             surplus |= take < n;
-            let (res, buf) = send_range(
-                client,
+            let (res, buf) = client.send_range(
                 std::mem::take(&mut resp.source),
                 0..take,
                 send_timeout,

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# HTTPS termination side by side: ringgate (rustls), nginx and HAProxy
+# (OpenSSL), one worker each on CPU 0, in front of an nginx `return 200`
+# backend (plain HTTP, 1 worker) with wrk -t1 on CPU 1. Rounds alternate the
+# proxies; each run reports requests/s and the proxy's CPU time per request
+# (user+sys from /proc/PID/stat), and the end prints the medians of the
+# per-round ratios to nginx.
+#   MODE=keepalive (default): 64 keep-alive connections, small responses.
+#   MODE=handshake: one request per connection (Connection: close), every
+#     connection a full TLS 1.3 handshake: session tickets and caches are off
+#     on all three servers, so nothing resumes.
+# Certificate: ECDSA P-256, made fresh by openssl.
+# Usage: bench/scripts/tls-compare.sh [rounds=5] [duration_s=8] [connections=64] [proxies="ringgate nginx haproxy"]
+# RINGGATE_ALT_BIN=path adds the proxy name `ringgate-alt` (another build of
+# ringgate, e.g. --features aws-lc-rs) for PROXIES to include.
+set -euo pipefail
+ROUNDS=${1:-5}; DUR=${2:-8}; CONNS=${3:-64}; PROXIES=${4:-"ringgate nginx haproxy"}
+MODE=${MODE:-keepalive}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+RG=${RINGGATE_BIN:-$ROOT/target/release/ringgate}
+W=$(mktemp -d /tmp/rgtls.XXXX)
+BACKEND_PORT=19000; PROXY_PORT=18443
+TICK=$(getconf CLK_TCK)
+for tool in nginx wrk taskset openssl python3; do command -v $tool >/dev/null || { echo "missing $tool: apt-get install nginx haproxy wrk openssl" >&2; exit 1; }; done
+[ -x "$RG" ] || { echo "build ringgate first: cargo build --release -p ringgate" >&2; exit 1; }
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+  -keyout $W/key.pem -out $W/cert.pem -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null
+cat $W/cert.pem $W/key.pem > $W/haproxy.pem
+
+if [ "$MODE" = handshake ]; then
+  RG_RESUME=", session_tickets = false, session_cache = 0"
+  NGINX_RESUME="ssl_session_cache off; ssl_session_tickets off;"
+  HAPROXY_GLOBAL="  tune.ssl.cachesize 0"
+  HAPROXY_BIND="no-tls-tickets"
+  WRK_ARGS=(-H "Connection: close")
+else
+  RG_RESUME=""; NGINX_RESUME=""; HAPROXY_GLOBAL=""; HAPROXY_BIND=""; WRK_ARGS=()
+fi
+
+cat > $W/backend.conf <<EOC
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:$BACKEND_PORT reuseport; location / { return 200 "hello from backend\n"; } } }
+EOC
+cat > $W/ringgate.toml <<EOC
+[server]
+workers = 1
+[[listeners]]
+name = "web"
+address = "127.0.0.1:$PROXY_PORT"
+tls = { certificates = [{ cert = "$W/cert.pem", key = "$W/key.pem" }]$RG_RESUME }
+[[routes]]
+listener = "web"
+upstream = "b"
+[[upstreams]]
+name = "b"
+backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+pool = { max_idle_per_backend = 256 }
+EOC
+cat > $W/nginx-proxy.conf <<EOC
+worker_processes 1; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 256; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:$PROXY_PORT ssl reuseport;
+    ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
+    $NGINX_RESUME
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+EOC
+cat > $W/haproxy.cfg <<EOC
+global
+  nbthread 1
+  maxconn 4096
+$HAPROXY_GLOBAL
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$PROXY_PORT ssl crt $W/haproxy.pem alpn http/1.1 $HAPROXY_BIND
+  default_backend b
+backend b
+  server s1 127.0.0.1:$BACKEND_PORT
+EOC
+
+taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
+sleep 0.5
+cleanup() { kill $BACKEND 2>/dev/null || true; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null || true; }
+trap cleanup EXIT
+
+cpu_ticks() { # user+sys of a process and its threads/children, in ticks
+  local total=0
+  for p in "$@"; do
+    read -r -a f 2>/dev/null < /proc/$p/stat || continue
+    total=$((total + f[13] + f[14] + f[15] + f[16]))
+  done
+  echo $total
+}
+
+echo "mode $MODE, $ROUNDS rounds of ${DUR}s, $CONNS connections"
+: > $W/results
+for round in $(seq 1 "$ROUNDS"); do
+  for p in $PROXIES; do
+    case $p in
+      ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+      ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+      nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
+      haproxy)  command -v haproxy >/dev/null || continue
+                taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
+    esac
+    sleep 1
+    PIDS=$(pgrep -P $PROXY || true); PIDS="$PROXY $PIDS"
+    taskset -c 1 wrk -t1 -c$CONNS -d2s "${WRK_ARGS[@]}" https://127.0.0.1:$PROXY_PORT/ > /dev/null   # warm-up
+    before=$(cpu_ticks $PIDS)
+    out=$(taskset -c 1 wrk -t1 -c$CONNS -d${DUR}s --latency "${WRK_ARGS[@]}" https://127.0.0.1:$PROXY_PORT/)
+    after=$(cpu_ticks $PIDS)
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+    errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
+    cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
+    echo "round $round $p: $rps req/s, $cpu_us µs CPU/request, p99 $p99 $errs"
+    echo "$round $p $rps $cpu_us" >> $W/results
+    kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
+    sleep 0.5
+  done
+done
+python3 - $W/results <<'PY'
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1])]
+by = {}
+for r, p, rps, cpu in rows:
+    by.setdefault(r, {})[p] = (float(rps), float(cpu))
+for other in sorted({p for v in by.values() for p in v} - {"nginx"}):
+    ratios = [(v[other][0] / v["nginx"][0], v[other][1] / v["nginx"][1]) for v in by.values() if other in v and "nginx" in v]
+    if ratios:
+        print(f"{other}/nginx over {len(ratios)} rounds: requests/s median {st.median(r for r, _ in ratios):.2f}x "
+              f"(min {min(r for r, _ in ratios):.2f}, max {max(r for r, _ in ratios):.2f}), "
+              f"CPU/request median {st.median(c for _, c in ratios):.2f}x")
+for p in sorted({p for v in by.values() for p in v}):
+    v = [by[r][p] for r in by if p in by[r]]
+    if v:
+        print(f"{p}: median {st.median(x for x, _ in v):,.0f} req/s, {st.median(c for _, c in v):.2f} µs CPU/request")
+PY

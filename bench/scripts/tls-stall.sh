@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A legitimate HTTPS client's latency while 1 000 other connections open a TLS
+# handshake and never finish it (each sends the first bytes of a ClientHello
+# record, then nothing). They are opened 1.5 s before the measured window,
+# which ends before the default tls_handshake_timeout (10 s) closes them.
+# ringgate (1 worker, CPU 0) in front of an nginx `return 200` backend; the
+# legitimate client (ringload, open loop at a fixed rate, corrected latency)
+# and the stalling connections on CPU 1. Rounds alternate without and with the
+# stalling connections; the end prints the medians of p99 and their ratio.
+# Usage: bench/scripts/tls-stall.sh [rounds=5] [duration_s=6] [rate=2000] [stallers=1000]
+set -euo pipefail
+ROUNDS=${1:-5}; DUR=${2:-6}; RATE=${3:-2000}; STALLERS=${4:-1000}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+RG=${RINGGATE_BIN:-$ROOT/target/release/ringgate}
+RL=${RINGLOAD_BIN:-$ROOT/target/release/ringload}
+W=$(mktemp -d /tmp/rgstall.XXXX)
+BACKEND_PORT=19001; PROXY_PORT=18444
+for tool in nginx taskset openssl python3; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
+[ -x "$RG" ] && [ -x "$RL" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+  -keyout $W/key.pem -out $W/cert.pem -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null
+cat > $W/backend.conf <<EOC
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:$BACKEND_PORT reuseport; location / { return 200 "hello from backend\n"; } } }
+EOC
+cat > $W/ringgate.toml <<EOC
+[server]
+workers = 1
+[[listeners]]
+name = "web"
+address = "127.0.0.1:$PROXY_PORT"
+tls = { certificates = [{ cert = "$W/cert.pem", key = "$W/key.pem" }] }
+[[routes]]
+listener = "web"
+upstream = "b"
+[[upstreams]]
+name = "b"
+backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+EOC
+cat > $W/stall.py <<'PY'
+import selectors, socket, sys, time
+port, n, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+sel = selectors.DefaultSelector()
+def open_one():
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(bytes([22, 3, 1, 0, 200]))  # a ClientHello record header, no body
+    s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ)
+for _ in range(n):
+    open_one()
+closed, end = 0, time.time() + secs
+while time.time() < end:
+    for key, _ in sel.select(timeout=0.2):
+        s = key.fileobj
+        try:
+            data = s.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(s); s.close(); closed += 1
+print(f"stallers: {n} opened, {closed} closed by the proxy while held", file=sys.stderr)
+PY
+taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
+taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$!
+cleanup() { kill $BACKEND $PROXY 2>/dev/null || true; }
+trap cleanup EXIT
+sleep 1
+: > $W/results
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in clean stalled; do
+    if [ $mode = stalled ]; then
+      taskset -c 1 python3 $W/stall.py $PROXY_PORT $STALLERS $((DUR + 2)) & STALL=$!
+      sleep 1.5
+    fi
+    taskset -c 1 "$RL" -k https://127.0.0.1:$PROXY_PORT/ --rate $RATE -c 16 -d ${DUR}s --warmup 1s \
+      --cores 1 -q --json $W/rl.json > /dev/null 2>$W/rl.err || true
+    [ $mode = stalled ] && { wait $STALL 2>/dev/null || true; }
+    python3 - $W/rl.json $round $mode >> $W/results <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(sys.argv[2], sys.argv[3], r["latency_us"]["p99"], r["rate_achieved"], sum(r["errors"].values()))
+PY
+    tail -1 $W/results | awk '{printf "round %s %-7s p99 %s us, %.0f req/s, %s errors\n", $1, $2, $3, $4, $5}'
+  done
+done
+python3 - $W/results <<'PY'
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1])]
+p = {m: [float(r[2]) for r in rows if r[1] == m] for m in ("clean", "stalled")}
+ratios = [s / c for c, s in zip(p["clean"], p["stalled"])]
+print(f"p99 median: clean {st.median(p['clean']):.0f} us, with stalled handshakes {st.median(p['stalled']):.0f} us; "
+      f"median ratio {st.median(ratios):.2f}x (min {min(ratios):.2f}, max {max(ratios):.2f})")
+PY
