@@ -37,6 +37,9 @@ pub fn to_toml(config: &Config) -> String {
             quote(&l.name),
             quote(&l.address.to_string())
         );
+        if let Some(t) = &l.tls {
+            listener_tls(&mut out, t);
+        }
     }
     for r in &config.routes {
         route(&mut out, config, r);
@@ -82,6 +85,58 @@ fn server(out: &mut String, s: &Server) {
     let _ = writeln!(out, "trusted_proxies = [{}]", networks.join(", "));
 }
 
+fn listener_tls(out: &mut String, t: &ListenerTls) {
+    let certificates: Vec<String> = t
+        .certificates
+        .iter()
+        .map(|c| {
+            format!(
+                "{{ cert = {}, key = {} }}",
+                quote(&c.cert.to_string_lossy()),
+                quote(&c.key.to_string_lossy())
+            )
+        })
+        .collect();
+    let versions: Vec<&str> = t
+        .versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        })
+        .collect();
+    let _ = write!(
+        out,
+        "tls = {{ certificates = [{}], versions = {}",
+        certificates.join(", "),
+        array(&versions)
+    );
+    if !t.cipher_suites.is_empty() {
+        let _ = write!(out, ", cipher_suites = {}", array(&t.cipher_suites));
+    }
+    if let Some(ca) = &t.client_ca {
+        let mode = if t.client_certificate_required {
+            "required"
+        } else {
+            "optional"
+        };
+        let _ = write!(
+            out,
+            ", client_ca = {}, client_certificate = {}",
+            quote(&ca.to_string_lossy()),
+            quote(mode)
+        );
+        if let Some(h) = &t.client_subject_header {
+            let _ = write!(out, ", client_subject_header = {}", quote(h));
+        }
+    }
+    let _ = writeln!(
+        out,
+        ", session_cache = {}, session_tickets = {} }}",
+        t.session_cache, t.session_tickets
+    );
+}
+
 fn error_log(out: &mut String, e: &ErrorLog) {
     let _ = writeln!(out, "\n[error_log]");
     // No path is stderr, which has no spelling in the file.
@@ -105,6 +160,11 @@ fn limits(out: &mut String, l: &Limits) {
     let _ = writeln!(out, "body_read_timeout = {}", duration(l.body_read_timeout));
     let _ = writeln!(out, "send_timeout = {}", duration(l.send_timeout));
     let _ = writeln!(out, "max_chunk_line_size = {}", l.max_chunk_line_bytes);
+    let _ = writeln!(
+        out,
+        "tls_handshake_timeout = {}",
+        duration(l.tls_handshake_timeout)
+    );
 }
 
 fn route(out: &mut String, config: &Config, r: &Route) {

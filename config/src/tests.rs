@@ -1413,7 +1413,11 @@ fn drain_timeout_default_and_range() {
 fn config_md_example_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIG.md");
     let doc = std::fs::read_to_string(&path).expect("docs/CONFIG.md");
-    let start = doc.find("```toml\n").expect("a toml example") + "```toml\n".len();
+    // The full example under "## Example"; other sections have snippets.
+    let section = doc.find("\n## Example").expect("an Example section");
+    let start = section
+        + doc[section..].find("```toml\n").expect("a toml example")
+        + "```toml\n".len();
     let end = start + doc[start..].find("```").expect("closing fence");
     let c = ok(&doc[start..end]);
     assert_eq!(c.upstreams[0].balance, Balance::P2cEwma);
@@ -1769,9 +1773,18 @@ fn printed_config_fills_in_every_default() {
 fn every_optional_feature_round_trips_through_print() {
     let text = format!(
         "[server]\nworkers = 3\npin = false\ngossip_interval = \"2ms 500us\"\ndrain_timeout = \"1m 30s\"\nio_uring_setup = \"plain\"\nshare_ports = true\n\
+         trusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]\n\
+         [limits]\ntls_handshake_timeout = \"3s\"\n\
+         [error_log]\npath = \"/tmp/err.log\"\nlevel = \"debug\"\nlines_per_second = 5\n\
          [admin]\naddress = \"[::1]:9901\"\n[access_log]\npath = \"/tmp/a \\\"quoted\\\" log\"\nbuffer = \"1MiB\"\n\
          {}",
         BASE.replace(
+            "address = \"127.0.0.1:8080\"\n",
+            "address = \"127.0.0.1:8080\"\ntls = { certificates = [{ cert = \"/c/a.pem\", key = \"/c/a.key\" }, { cert = \"b.pem\", key = \"b.key\" }], \
+             versions = [\"1.3\"], cipher_suites = [\"TLS13_AES_128_GCM_SHA256\"], client_ca = \"/c/ca.pem\", client_certificate = \"optional\", \
+             client_subject_header = \"X-Client-Subject\", session_cache = 0, session_tickets = false }\n",
+        )
+        .replace(
             "upstream = \"api\"\n",
             "upstream = \"api\"\nmatch = { host = \"*.Example.COM.\", path_prefix = \"/v1/\", methods = [\"POST\", \"GET\"], headers = { X-B = \"2\", a = \"1\" } }\n\
              rate_limit = { key = \"header:X-Key\", rate = \"600/m\" }\nrewrite = { prefix = \"/v2/\" }\n\
@@ -1834,4 +1847,65 @@ fn locate_finds_the_value_of_a_dotted_key() {
     assert_eq!(locate(&text, "listeners[0].address"), Some((5, 11)));
     assert_eq!(locate(&text, "listeners[1].address"), None);
     assert_eq!(locate(&text, "access_log.path"), None);
+}
+
+// ---- TLS listeners ----
+
+fn with_tls(table: &str) -> String {
+    BASE.replace(
+        "address = \"127.0.0.1:8080\"\n",
+        &format!("address = \"127.0.0.1:8080\"\ntls = {table}\n"),
+    )
+}
+
+#[test]
+fn a_tls_listener_takes_its_defaults() {
+    let c = ok(&with_tls("{ certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }"));
+    let t = c.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(t.versions, [TlsVersion::Tls12, TlsVersion::Tls13]);
+    assert!(t.cipher_suites.is_empty() && t.client_ca.is_none() && t.session_tickets);
+    assert_eq!(t.session_cache, DEFAULT_TLS_SESSION_CACHE);
+    assert!(ok(BASE).listeners[0].tls.is_none());
+}
+
+#[test]
+fn tls_mistakes_are_each_named() {
+    let cases = [
+        ("{ certificates = [] }", "listeners[0].tls.certificates", "at least one"),
+        (
+            "{ certificates = [{ cert = \"a\", key = \"b\" }], versions = [\"1.1\"] }",
+            "listeners[0].tls.versions",
+            "RFC 8996",
+        ),
+        (
+            "{ certificates = [{ cert = \"a\", key = \"b\" }], versions = [\"1.4\"] }",
+            "listeners[0].tls.versions",
+            "unknown TLS version",
+        ),
+        (
+            "{ certificates = [{ cert = \"a\", key = \"b\" }], cipher_suites = [\"RC4-MD5\"] }",
+            "listeners[0].tls.cipher_suites",
+            "unknown cipher suite",
+        ),
+        (
+            "{ certificates = [{ cert = \"a\", key = \"b\" }], client_certificate = \"optional\" }",
+            "listeners[0].tls.client_certificate",
+            "needs client_ca",
+        ),
+        (
+            "{ certificates = [{ cert = \"a\", key = \"b\" }], client_ca = \"ca\", client_subject_header = \"X-Forwarded-For\" }",
+            "listeners[0].tls.client_subject_header",
+            "manages itself",
+        ),
+        (
+            "{ certificates = [{ cert = \"\", key = \"b\" }] }",
+            "listeners[0].tls.certificates[0].cert",
+            "must name a file",
+        ),
+    ];
+    for (table, key, why) in cases {
+        let e = only_error(&with_tls(table));
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(why), "{e}");
+    }
 }

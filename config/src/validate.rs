@@ -222,6 +222,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             listeners.push(Listener {
                 name: l.name.get_ref().clone(),
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
+                tls: None,
             });
             continue;
         };
