@@ -246,8 +246,9 @@ fn check_refuses_an_error_log_whose_directory_cannot_be_written() {
     let out = run_ringgate(&[OsStr::new("check"), path.as_os_str()]);
     assert!(!out.success, "check accepted an error log it cannot open");
     assert!(
-        out.stderr
-            .contains("error_log.path /nonexistent-dir/ringgate/error.log"),
+        out.stderr.contains(
+            ":18:8: error_log.path: cannot open /nonexistent-dir/ringgate/error.log for appending"
+        ),
         "{}",
         out.stderr
     );
