@@ -437,6 +437,20 @@ pub struct Upstream {
     pub retries: Option<Retries>,
     /// `None`: no circuit breaker.
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// `None`: plain HTTP to the backends.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[[upstreams]] tls`: HTTPS to the backends, certificates verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified in the backends' certificates;
+    /// `None`: each backend's IP address (no SNI; the certificate must name
+    /// the IP).
+    pub server_name: Option<String>,
+    /// PEM file of the CAs that sign the backends' certificates; `None`:
+    /// the Mozilla roots built into the binary (`webpki-roots`).
+    pub ca: Option<PathBuf>,
 }
 
 /// Load-balancing policy.

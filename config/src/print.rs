@@ -323,6 +323,16 @@ fn upstream(out: &mut String, u: &Upstream) {
             duration(cb.open_for)
         );
     }
+    if let Some(t) = &u.tls {
+        let mut fields = Vec::new();
+        if let Some(name) = &t.server_name {
+            fields.push(format!("server_name = {}", quote(name)));
+        }
+        if let Some(ca) = &t.ca {
+            fields.push(format!("ca = {}", quote(&ca.to_string_lossy())));
+        }
+        let _ = writeln!(out, "tls = {{ {} }}", fields.join(", "));
+    }
 }
 
 /// A TOML basic string, escaped by the toml crate.

@@ -162,6 +162,14 @@ pub(crate) struct RawUpstream {
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retries: Option<RawRetries>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub server_name: Option<Spanned<String>>,
+    pub ca: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -868,7 +868,30 @@ fn upstream(
         .map(|b| circuit_breaker(c, &format!("{key}.circuit_breaker"), b));
 
     let t = raw.timeouts.as_ref();
+    let tls = raw.tls.as_ref().map(|t| UpstreamTls {
+        server_name: t.server_name.as_ref().and_then(|n| {
+            let name = n.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            if name.is_empty() || name.starts_with("*.") || check_host(&name).is_err() {
+                c.err(
+                    n.span(),
+                    format!("{key}.tls.server_name"),
+                    format!("{:?} is not a host name", n.get_ref()),
+                );
+                None
+            } else {
+                Some(name)
+            }
+        }),
+        ca: t.ca.as_ref().map(|ca| {
+            let text = ca.get_ref().trim();
+            if text.is_empty() {
+                c.err(ca.span(), format!("{key}.tls.ca"), "must name a file");
+            }
+            PathBuf::from(text)
+        }),
+    });
     Upstream {
+        tls,
         name: raw.name.into_inner(),
         balance,
         hash_key,

@@ -23,7 +23,7 @@ use crate::exchange::{
     self, error_response, Buffers, Client, Context, Next, Refusal, RouteId, CLOSE_LINE,
     HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
-use crate::client_io::{ClientReader, ClientWriter};
+use crate::stream::{StreamReader, StreamWriter};
 use crate::io::{Abort, ReadFail};
 use crate::tls;
 use crate::state::{ConnControl, Worker};
@@ -35,8 +35,8 @@ use crate::state::{ConnControl, Worker};
 const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(50);
 
 struct Downstream {
-    r: ClientReader,
-    w: ClientWriter,
+    r: StreamReader,
+    w: StreamWriter,
     client: ForwardedClient,
     /// Buffers and cancellers every exchange on this connection reuses,
     /// taken from the worker's pool when a request arrives and given back
@@ -72,14 +72,14 @@ pub async fn serve(
     let write_abort = Abort::default();
     let mut client_subject = None;
     let (r, w, tls_version) = match &worker.tls[listener] {
-        None => (ClientReader::Plain(r), ClientWriter::Plain(w), "-"),
+        None => (StreamReader::Plain(r), StreamWriter::Plain(w), "-"),
         Some(config) => {
             let timeout = worker.config.limits.tls_handshake_timeout;
             match tls::accept(r, w, config.clone(), timeout, &ctl.abort, &write_abort).await {
                 Ok((r, w, negotiated)) => {
                     worker.counters.tls_handshake(&negotiated);
                     client_subject = negotiated.client_subject.as_deref().map(Box::from);
-                    (ClientReader::Tls(r), ClientWriter::Tls(w), negotiated.version_name())
+                    (StreamReader::Tls(r), StreamWriter::Tls(w), negotiated.version_name())
                 }
                 Err(e) => {
                     worker.counters.tls_handshake_failed(&e);

@@ -6,13 +6,15 @@ use std::io::Write as _;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::Splitable;
 use ringgate_config::{HealthCheck, LogLevel};
 use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
 use crate::error_log::Kind;
-use crate::io::{read_more, Abort};
+use crate::io::Abort;
+use crate::stream::{StreamReader, StreamWriter};
+use crate::tls::{self, UpstreamTlsConfig};
 use crate::state::Worker;
 use crate::upstream::connect;
 
@@ -31,15 +33,21 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
         return;
     };
     let addr = upstream.backend_addr(b);
+    let host = upstream
+        .config
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or_else(|| addr.to_string());
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
         check.path
     )
     .into_bytes();
     let mut state = HealthState::new(check.rise, check.fall);
     loop {
         monoio::time::sleep(check.interval).await;
-        let ok = probe(addr, &check, request.clone()).await;
+        let ok = probe(addr, &check, request.clone(), upstream.tls.as_ref()).await;
         if let Some(transition) = state.record_probe(ok) {
             let healthy = matches!(transition, Transition::BecameHealthy);
             let level = if healthy {
@@ -70,17 +78,38 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
 
 /// One probe: the whole exchange must finish within `check.timeout` with
 /// the expected status.
-async fn probe(addr: std::net::SocketAddr, check: &HealthCheck, request: Vec<u8>) -> bool {
+async fn probe(
+    addr: std::net::SocketAddr,
+    check: &HealthCheck,
+    request: Vec<u8>,
+    tls: Option<&UpstreamTlsConfig>,
+) -> bool {
     let deadline = Instant::now() + check.timeout;
     let Ok(stream) = connect(addr, check.timeout).await else {
         return false;
     };
-    let (mut r, mut w) = stream.into_split();
-    let (res, _) = w.write_all(request).await;
+    let (r, w) = stream.into_split();
+    let abort = Abort::default();
+    let write_abort = Abort::default();
+    // A TLS upstream is probed over TLS, as its requests go: a backend
+    // whose certificate stopped verifying is unhealthy.
+    let (mut r, mut w) = match tls {
+        None => (StreamReader::Plain(r), StreamWriter::Plain(w)),
+        Some(t) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let name = t.name_for(addr);
+            match tls::connect(r, w, t.config.clone(), name, left, &abort, &write_abort).await {
+                Ok((r, w)) => (StreamReader::Tls(r), StreamWriter::Tls(w)),
+                Err(_) => return false,
+            }
+        }
+    };
+    let len = request.len();
+    let left = deadline.saturating_duration_since(Instant::now());
+    let (res, _) = w.send_range(request, 0..len, left, &write_abort).await;
     if res.is_err() {
         return false;
     }
-    let abort = Abort::default();
     let mut scratch = HeadScratch::default();
     let limits = HeadLimits {
         max_head_bytes: PROBE_HEAD_LIMIT,
@@ -95,7 +124,7 @@ async fn probe(addr: std::net::SocketAddr, check: &HealthCheck, request: Vec<u8>
         if left == Duration::ZERO || buf.len() >= PROBE_HEAD_LIMIT {
             return false;
         }
-        let res = read_more(&mut r, &mut buf, 1024, left, &abort).await;
+        let res = r.read_more(&mut buf, 1024, left, &abort).await;
         if !matches!(res, Ok(n) if n > 0) {
             return false;
         }

@@ -6,7 +6,7 @@
 
 mod access_log;
 mod admin;
-mod client_io;
+mod stream;
 mod demo;
 mod downstream;
 mod error_log;
@@ -190,6 +190,14 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
             if let Err(e) = tls::load(&format!("listeners[{i}].tls"), t) {
                 // tls::load's errors lead with the key they are about.
                 let (key, message) = e.split_once(": ").unwrap_or(("listeners", &e));
+                problems.push((key.to_owned(), message.to_owned()));
+            }
+        }
+    }
+    for (i, upstream) in config.upstreams.iter().enumerate() {
+        if let Some(t) = &upstream.tls {
+            if let Err(e) = tls::load_upstream(&format!("upstreams[{i}].tls"), t) {
+                let (key, message) = e.split_once(": ").unwrap_or(("upstreams", &e));
                 problems.push((key.to_owned(), message.to_owned()));
             }
         }
@@ -505,6 +513,24 @@ fn load_tls(
         .collect()
 }
 
+/// The client TLS configuration of every upstream that has one, indexed
+/// like `config.upstreams`.
+fn load_upstream_tls(
+    config: &ringgate_config::Config,
+) -> Result<Vec<Option<tls::UpstreamTlsConfig>>, String> {
+    config
+        .upstreams
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            u.tls
+                .as_ref()
+                .map(|t| tls::load_upstream(&format!("upstreams[{i}].tls"), t))
+                .transpose()
+        })
+        .collect()
+}
+
 /// Binds every listener (or takes it over from `inherit`) and spawns the
 /// workers.
 pub fn start(
@@ -538,6 +564,7 @@ pub fn start(
         ),
     };
     let tls = Arc::new(load_tls(&config).map_err(std::io::Error::other)?);
+    let upstream_tls = Arc::new(load_upstream_tls(&config).map_err(std::io::Error::other)?);
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -565,6 +592,7 @@ pub fn start(
             metrics_tx: metrics_tx.clone(),
             generation,
             tls: tls.clone(),
+            upstream_tls: upstream_tls.clone(),
         };
         handles.push(
             std::thread::Builder::new()

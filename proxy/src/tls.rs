@@ -1,11 +1,12 @@
-//! TLS termination: the rustls configuration of each TLS listener (loaded
+//! TLS on both sides: the rustls configuration of each TLS listener (loaded
 //! from its files at start-up, `check` and reload; SNI chooses among the
-//! certificates), and the two halves of a TLS client connection, whose
+//! certificates) and of each TLS upstream (its CA, the name it verifies),
+//! and the two halves of a TLS connection, server or client side, whose
 //! rustls state machine is driven by the worker's own io_uring reads and
 //! writes on the TCP halves ([`crate::io`]): no other runtime, no thread
 //! hand-off, every wait under a deadline.
 //!
-//! The halves share one `rustls::ServerConnection` through an `Rc<RefCell>`
+//! The halves share one `rustls::Connection` through an `Rc<RefCell>`
 //! borrowed only between awaits, so a response can go out while the request
 //! body is still being read, as on a plain connection. TLS records the read
 //! side produces (a KeyUpdate answer) leave with the next write.
@@ -31,7 +32,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
 
 use crate::io::{read_more, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer};
 
@@ -152,6 +154,59 @@ pub fn load(key: &str, tls: &ListenerTls) -> Result<ListenerTlsConfig, String> {
     Ok(ListenerTlsConfig {
         base,
         session_cache: tls.session_cache,
+    })
+}
+
+/// The TLS side of one upstream: how its connections are verified and
+/// which name they ask for (`None`: each backend's IP address, which is
+/// then what its certificate must name).
+#[derive(Clone)]
+pub struct UpstreamTlsConfig {
+    pub config: Arc<ClientConfig>,
+    pub server_name: Option<ServerName<'static>>,
+}
+
+impl UpstreamTlsConfig {
+    /// The name a connection to `backend` asks for and verifies.
+    pub fn name_for(&self, backend: std::net::SocketAddr) -> ServerName<'static> {
+        self.server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(backend.ip().into()))
+    }
+}
+
+/// Builds an upstream's client configuration: its CA file, or the Mozilla
+/// roots (`webpki-roots`) when none is given.
+pub fn load_upstream(key: &str, tls: &ringgate_config::UpstreamTls) -> Result<UpstreamTlsConfig, String> {
+    let provider = Arc::new(crypto::default_provider());
+    let mut roots = RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => {
+            for cert in read_certificates(&format!("{key}.ca"), ca)? {
+                roots.add(cert).map_err(|e| {
+                    format!("{key}.ca: {}: not a usable CA certificate: {e}", ca.display())
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("{key}: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    let server_name = tls
+        .server_name
+        .as_ref()
+        .map(|n| {
+            ServerName::try_from(n.clone())
+                .map_err(|e| format!("{key}.server_name: {n:?} is not a DNS name or IP address: {e}"))
+        })
+        .transpose()?;
+    Ok(UpstreamTlsConfig {
+        config: Arc::new(config),
+        server_name,
     })
 }
 
@@ -308,7 +363,7 @@ impl std::fmt::Display for HandshakeError {
     }
 }
 
-type Shared = Rc<RefCell<ServerConnection>>;
+type Shared = Rc<RefCell<Connection>>;
 
 /// The read half of a TLS client connection.
 pub struct TlsReader {
@@ -351,15 +406,43 @@ impl Negotiated {
 /// Runs the server handshake over the two TCP halves within `timeout`;
 /// `abort` (the connection's read canceller) lets a drain end it.
 pub async fn accept(
-    mut tcp_r: Reader,
-    mut tcp_w: Writer,
+    tcp_r: Reader,
+    tcp_w: Writer,
     config: Arc<ServerConfig>,
     timeout: Duration,
     abort: &Abort,
     write_abort: &Abort,
 ) -> Result<(TlsReader, TlsWriter, Negotiated), HandshakeError> {
+    let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+    handshake(Connection::Server(conn), tcp_r, tcp_w, timeout, abort, write_abort).await
+}
+
+/// Runs the client handshake to a backend named `name` within `timeout`.
+pub async fn connect(
+    tcp_r: Reader,
+    tcp_w: Writer,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    timeout: Duration,
+    abort: &Abort,
+    write_abort: &Abort,
+) -> Result<(TlsReader, TlsWriter), HandshakeError> {
+    let conn = ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
+    let (r, w, _) = handshake(Connection::Client(conn), tcp_r, tcp_w, timeout, abort, write_abort).await?;
+    Ok((r, w))
+}
+
+/// Drives either side's handshake with the worker's own reads and writes.
+async fn handshake(
+    mut conn: Connection,
+    mut tcp_r: Reader,
+    mut tcp_w: Writer,
+    timeout: Duration,
+    abort: &Abort,
+    write_abort: &Abort,
+) -> Result<(TlsReader, TlsWriter, Negotiated), HandshakeError> {
     let deadline = Instant::now() + timeout;
-    let mut conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
+    let server = matches!(conn, Connection::Server(_));
     let mut cipher_in = Vec::with_capacity(CIPHERTEXT_READ_BYTES);
     let mut cipher_out = Vec::new();
     let mut first = true;
@@ -390,7 +473,7 @@ pub async fn accept(
             Err(ReadFail::TimedOut) => return Err(HandshakeError::TimedOut),
             Err(_) => return Err(HandshakeError::Closed),
         }
-        if first && looks_like_plain_http(&cipher_in) {
+        if first && server && looks_like_plain_http(&cipher_in) {
             let bytes = PLAIN_HTTP_RESPONSE.as_bytes();
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = send_range(&mut tcp_w, bytes, 0..bytes.len(), left, write_abort).await;
@@ -472,7 +555,7 @@ fn looks_like_plain_http(first_bytes: &[u8]) -> bool {
 }
 
 /// Hands buffered ciphertext to rustls and processes it.
-fn feed(conn: &mut ServerConnection, cipher: &mut Vec<u8>) -> Result<rustls::IoState, rustls::Error> {
+fn feed(conn: &mut Connection, cipher: &mut Vec<u8>) -> Result<rustls::IoState, rustls::Error> {
     let mut taken = 0;
     while taken < cipher.len() {
         match conn.read_tls(&mut &cipher[taken..]) {
@@ -490,6 +573,19 @@ fn feed(conn: &mut ServerConnection, cipher: &mut Vec<u8>) -> Result<rustls::IoS
 }
 
 impl TlsReader {
+    /// Whether anything the peer sent is still unread: decrypted bytes
+    /// rustls holds, or ciphertext not yet handed to it. A pooled
+    /// connection must hold neither.
+    pub fn holds_unread(&mut self) -> bool {
+        if !self.cipher.is_empty() || self.eof {
+            return true;
+        }
+        match self.conn.borrow_mut().process_new_packets() {
+            Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+            Err(_) => true,
+        }
+    }
+
     /// As [`read_more`] on a plain connection: appends decrypted bytes to
     /// `buf`, `Ok(0)` at the end of the stream (close_notify, or a TCP close:
     /// HTTP framing, not TLS, tells a truncated message).

@@ -29,14 +29,16 @@ use ringgate_core::backend_view::{
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
 use crate::error_log::{ErrorLog, Kind};
-use crate::io::{pending_input, PendingInput, Reader, Writer};
+use crate::io::{pending_input, Abort, PendingInput};
+use crate::stream::{StreamReader, StreamWriter};
+use crate::tls::{self, UpstreamTlsConfig};
 use crate::metrics::{outcome_index, OUTCOMES};
 
 /// An upstream connection, split so an exchange can send a request body and
 /// read the response at the same time.
 pub struct UpstreamConn {
-    pub r: Reader,
-    pub w: Writer,
+    pub r: StreamReader,
+    pub w: StreamWriter,
     pub backend: usize,
     /// Came from the pool: the backend may have closed it meanwhile.
     pub reused: bool,
@@ -48,8 +50,8 @@ pub struct UpstreamConn {
 }
 
 struct Idle {
-    r: Reader,
-    w: Writer,
+    r: StreamReader,
+    w: StreamWriter,
     fd: RawFd,
     since: Instant,
     slot: ConnSlot,
@@ -126,6 +128,8 @@ pub struct UpstreamState {
     pub reported_levels: RefCell<Vec<(u32, u32)>>,
     /// The worker's error log: ejections, breaker changes, strays.
     log: Rc<ErrorLog>,
+    /// HTTPS to the backends, as loaded from the upstream's `tls` table.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 #[derive(Debug)]
@@ -135,6 +139,9 @@ pub enum ConnectError {
     Failed(i32),
     /// `max_connections` reached and none of this worker's came free in time.
     Overflow,
+    /// The TLS handshake with the backend failed (its certificate did not
+    /// verify, no shared version or cipher) or did not finish in time.
+    Tls,
 }
 
 /// Linkerd-style retry budget: every request deposits `ratio` of a retry,
@@ -223,6 +230,7 @@ impl UpstreamState {
             }),
             config,
             log,
+            tls: None,
         }
     }
 
@@ -357,10 +365,32 @@ impl UpstreamState {
         // Counted from before the connect, so that concurrent connects
         // cannot overshoot the limit.
         let slot = ConnSlot::take(&self.tally, backend);
+        let started = Instant::now();
         let stream = connect(self.backend_addr(backend), self.config.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
         let (r, w) = stream.into_split();
+        let (r, w) = match &self.tls {
+            None => (StreamReader::Plain(r), StreamWriter::Plain(w)),
+            Some(tls) => {
+                // The handshake shares the connect timeout: together they
+                // are "the connection", as nginx's proxy_connect_timeout.
+                let left = self.config.connect_timeout.saturating_sub(started.elapsed());
+                let (abort_r, abort_w) = (Abort::default(), Abort::default());
+                let name = tls.name_for(self.backend_addr(backend));
+                match tls::connect(r, w, tls.config.clone(), name, left, &abort_r, &abort_w).await {
+                    Ok((r, w)) => (StreamReader::Tls(r), StreamWriter::Tls(w)),
+                    Err(tls::HandshakeError::TimedOut) => return Err(ConnectError::TimedOut),
+                    Err(e) => {
+                        self.log.event(LogLevel::Error, Kind::AttemptFailed, |b| {
+                            self.write_backend(b, backend);
+                            let _ = write!(b, " TLS handshake failed: {e}");
+                        });
+                        return Err(ConnectError::Tls);
+                    }
+                }
+            }
+        };
         Ok(UpstreamConn {
             r,
             w,
@@ -382,8 +412,11 @@ impl UpstreamState {
             let fresh = now.duration_since(idle.since) < self.config.idle_timeout;
             match pending_input(idle.fd) {
                 PendingInput::Nothing if fresh && !self.tainted(backend, now) => return Some(idle),
-                PendingInput::Bytes => self.taint(backend, now),
-                PendingInput::Nothing | PendingInput::Closed => {}
+                // Bytes on a TLS connection may be a record that is not a
+                // response (an alert, a KeyUpdate): closed, not held against
+                // the backend.
+                PendingInput::Bytes if !idle.r.is_tls() => self.taint(backend, now),
+                PendingInput::Nothing | PendingInput::Closed | PendingInput::Bytes => {}
             }
             // Dropped outside the pool's borrow: a slot's drop wakes waiters.
             drop(idle);
@@ -455,9 +488,14 @@ impl UpstreamState {
     }
 
     /// Returns a connection after a complete exchange that left it reusable.
-    pub fn checkin(&self, conn: UpstreamConn) {
+    pub fn checkin(&self, mut conn: UpstreamConn) {
         let backend = conn.backend;
         let now = Instant::now();
+        // TLS may hold decrypted bytes past the response that the socket
+        // check cannot see: such a connection is not clean.
+        if conn.r.holds_unread() {
+            return;
+        }
         {
             let mut pool = self.pools[backend].borrow_mut();
             if pool.len() >= self.config.max_idle_per_backend || self.tainted(backend, now) {

@@ -25,7 +25,7 @@ use crate::metrics::{Counters, SnapshotTx};
 use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
-use crate::tls::ListenerTlsConfig;
+use crate::tls::{ListenerTlsConfig, UpstreamTlsConfig};
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
@@ -57,6 +57,8 @@ pub struct Shared {
     pub generation: u64,
     /// Each listener's TLS configuration as loaded from its files.
     pub tls: Arc<Vec<Option<ListenerTlsConfig>>>,
+    /// Each upstream's client TLS configuration.
+    pub upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -67,6 +69,7 @@ struct Owned {
     metrics_tx: Option<SnapshotTx>,
     generation: u64,
     tls: Arc<Vec<Option<ListenerTlsConfig>>>,
+    upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -356,6 +359,7 @@ pub fn run(
         metrics_tx,
         generation,
         tls,
+        upstream_tls,
     } = shared;
     let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
     let shared = Owned {
@@ -365,6 +369,7 @@ pub fn run(
         metrics_tx,
         generation,
         tls,
+        upstream_tls,
     };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -415,6 +420,7 @@ async fn worker_main(
         metrics_tx,
         generation,
         tls,
+        upstream_tls,
     } = shared;
     let workers = mesh.workers();
     let mut worker = Worker::new(id, workers, config, log_file, log, generation);
@@ -422,6 +428,9 @@ async fn worker_main(
         .iter()
         .map(|t| t.as_ref().map(ListenerTlsConfig::for_worker))
         .collect();
+    for (upstream, tls) in worker.upstreams.iter_mut().zip(upstream_tls.iter()) {
+        upstream.tls = tls.clone();
+    }
     let worker = Rc::new(worker);
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {

@@ -475,3 +475,109 @@ fn s_client_request(port: u16, args: &[&str]) -> String {
     let out = child.wait_with_output().expect("openssl output");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Proxy B terminates TLS for `backend.test` in front of `backend`, with
+/// an admin port for its handshake counters; proxy A goes to B over TLS
+/// with `upstream_tls`.
+fn tls_chain(
+    ca: &mut TestCa,
+    backend: &Backend,
+    upstream_tls: &str,
+) -> (Proxy, Proxy, u16) {
+    let cert = ca.server("backend", &["backend.test"]);
+    let admin = ringgate_tests::free_port();
+    let b = Proxy::start(
+        &(ProxyConfig::new(backend.addr())
+            .listener_extra("tls", &tls_table(&[&cert], ""))
+            .to_toml()
+            + &format!("\n[admin]\naddress = \"127.0.0.1:{admin}\"\n")),
+    );
+    let a = ProxyConfig::new(([127, 0, 0, 1], b.port).into())
+        .upstream_extra("tls", upstream_tls)
+        .start();
+    (a, b, admin)
+}
+
+#[test]
+fn upstream_tls_verifies_the_backend_and_pools_the_connection() {
+    let mut ca = TestCa::new("ringgate test CA");
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let upstream_tls = format!(
+        "{{ server_name = \"backend.test\", ca = \"{}\" }}",
+        ca.cert.display()
+    );
+    let (a, _b, admin) = tls_chain(&mut ca, &backend, &upstream_tls);
+    let mut client = ringgate_tests::Client::connect(a.port);
+    for i in 0..10 {
+        let r = client.get(&format!("/r{i}"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.body_str());
+    }
+    assert_eq!(backend.records().len(), 10);
+    // Ten requests, one handshake: the TLS connection went back to the pool.
+    let handshakes = eventually(Duration::from_secs(3), || {
+        let body = metrics(admin);
+        let n = sample(&body, "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"false\"}");
+        (n >= 1).then_some(n).ok_or(body)
+    });
+    assert_eq!(handshakes, Ok(1));
+    // B saw the hop as https.
+    let rec = backend.records().pop().unwrap();
+    let forwarded = rec.header("forwarded").unwrap_or_default();
+    assert!(forwarded.ends_with("proto=https"), "{forwarded}");
+}
+
+#[test]
+fn upstream_tls_refuses_a_wrong_name_or_an_unknown_ca_with_502() {
+    let mut ca = TestCa::new("ringgate test CA");
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let wrong_name = format!(
+        "{{ server_name = \"other.test\", ca = \"{}\" }}",
+        ca.cert.display()
+    );
+    // No ca: the built-in public roots, which do not include the test CA.
+    for upstream_tls in [wrong_name.as_str(), "{ server_name = \"backend.test\" }"] {
+        let (a, _b, _) = tls_chain(&mut ca, &backend, upstream_tls);
+        let mut client = ringgate_tests::Client::connect(a.port);
+        let r = client.get("/x");
+        assert_eq!(r.status, 502, "{upstream_tls}: {}", r.body_str());
+        let logged = eventually(Duration::from_secs(3), || {
+            let log = a.stderr();
+            log.contains("TLS handshake failed").then_some(()).ok_or(log)
+        });
+        assert!(logged.is_ok(), "{upstream_tls}: {logged:?}");
+    }
+    assert!(backend.records().is_empty(), "nothing may reach the backend");
+}
+
+#[test]
+fn health_checks_of_a_tls_upstream_speak_tls() {
+    // Probes sent in plain HTTP to B's TLS port would get its plain 400
+    // and mark the backend down (fall = 2): requests would then get 503.
+    let mut ca = TestCa::new("ringgate test CA");
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let cert = ca.server("backend", &["backend.test"]);
+    let b = tls_proxy(&backend, &[&cert], "");
+    let a = ProxyConfig::new(([127, 0, 0, 1], b.port).into())
+        .upstream_extra(
+            "tls",
+            &format!("{{ server_name = \"backend.test\", ca = \"{}\" }}", ca.cert.display()),
+        )
+        .upstream_extra(
+            "health_check",
+            "{ path = \"/health\", interval = \"50ms\", timeout = \"40ms\", fall = 2 }",
+        )
+        .start();
+    let probed = eventually(Duration::from_secs(5), || {
+        let n = backend.targets().iter().filter(|t| *t == "/health").count();
+        (n >= 4).then_some(()).ok_or(format!("{n} probes so far"))
+    });
+    assert!(probed.is_ok(), "{probed:?}");
+    let mut client = ringgate_tests::Client::connect(a.port);
+    assert_eq!(client.get("/after-probes").status, 200);
+    let probe = backend
+        .records()
+        .into_iter()
+        .find(|r| r.target == "/health")
+        .unwrap();
+    assert_eq!(probe.header("host").as_deref(), Some("backend.test"));
+}

@@ -28,6 +28,9 @@ pub enum Fault {
     /// there was none).
     ConnectFailed(i32),
     ConnectTimedOut,
+    /// The TLS handshake with the backend failed: its certificate did not
+    /// verify for the name, or no version or cipher was shared.
+    TlsHandshakeFailed,
     /// The backend's `max_connections` was reached and none came free in
     /// time: nothing was sent, and the backend did nothing wrong.
     ConnectionLimit,
@@ -88,6 +91,7 @@ impl ExchangeError {
         Some(match self.fault {
             Fault::ConnectFailed(_) => Refusal::new(502, "upstream connect failed"),
             Fault::ConnectTimedOut => Refusal::new(504, "upstream connect timed out"),
+            Fault::TlsHandshakeFailed => Refusal::new(502, "upstream TLS handshake failed"),
             Fault::ConnectionLimit => Refusal::new(503, "upstream connection limit reached"),
             Fault::UpstreamClosed => {
                 Refusal::new(502, "upstream closed the connection without a response")
@@ -111,6 +115,7 @@ impl ExchangeError {
         match self.fault {
             Fault::ConnectFailed(_) => "connect_failed",
             Fault::ConnectTimedOut => "connect_timed_out",
+            Fault::TlsHandshakeFailed => "tls_handshake_failed",
             Fault::ConnectionLimit => "connection_limit",
             Fault::UpstreamClosed => "upstream_closed",
             Fault::UpstreamWriteFailed => "upstream_write_failed",
@@ -137,7 +142,9 @@ impl ExchangeError {
     /// What the attempt says about the backend.
     pub fn outcome(&self) -> Outcome {
         match self.fault {
-            Fault::ConnectFailed(_) | Fault::ConnectTimedOut => Outcome::ConnectFailure,
+            Fault::ConnectFailed(_) | Fault::ConnectTimedOut | Fault::TlsHandshakeFailed => {
+                Outcome::ConnectFailure
+            }
             Fault::UpstreamClosed
             | Fault::UpstreamWriteFailed
             | Fault::BadResponse(_)
@@ -155,9 +162,10 @@ impl ExchangeError {
     /// sent again at all is [`super::retry`]'s call.
     pub fn retry_class(&self, on: RetryOn) -> bool {
         match self.fault {
-            Fault::ConnectFailed(_) | Fault::ConnectTimedOut | Fault::ConnectionLimit => {
-                on.connect_failure
-            }
+            Fault::ConnectFailed(_)
+            | Fault::ConnectTimedOut
+            | Fault::ConnectionLimit
+            | Fault::TlsHandshakeFailed => on.connect_failure,
             Fault::UpstreamClosed | Fault::UpstreamWriteFailed | Fault::BadResponse(_) => on.reset,
             Fault::UpstreamSendTimedOut | Fault::ResponseTimedOut => on.timeout,
             Fault::ServerError => on.status_5xx,
@@ -170,7 +178,10 @@ impl ExchangeError {
     pub fn request_may_have_reached_backend(&self) -> bool {
         !matches!(
             self.fault,
-            Fault::ConnectFailed(_) | Fault::ConnectTimedOut | Fault::ConnectionLimit
+            Fault::ConnectFailed(_)
+                | Fault::ConnectTimedOut
+                | Fault::ConnectionLimit
+                | Fault::TlsHandshakeFailed
         )
     }
 }

@@ -28,9 +28,9 @@ use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 
 use crate::access_log::Sent;
-use crate::client_io::{ClientReader, ClientWriter};
+use crate::stream::{StreamReader, StreamWriter};
 use crate::error_log::{write_request, Errno, ErrorLog, Kind};
-use crate::io::{send_gather, Abort, Gather, WriteFail};
+use crate::io::{Abort, Gather, WriteFail};
 use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
 use error::ExchangeError;
 pub use error::{error_response, Fault, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE};
@@ -60,8 +60,8 @@ pub struct Context<'a> {
 
 /// What an exchange borrows from its client connection.
 pub struct Client<'a> {
-    pub r: &'a mut ClientReader,
-    pub w: &'a mut ClientWriter,
+    pub r: &'a mut StreamReader,
+    pub w: &'a mut StreamWriter,
     /// Cancels the pending client read (shared with the worker's drain).
     pub read_abort: &'a Abort,
     pub write_abort: &'a Abort,
@@ -428,6 +428,7 @@ async fn attempt(
                 ConnectError::TimedOut => Fault::ConnectTimedOut,
                 ConnectError::Failed(errno) => Fault::ConnectFailed(errno),
                 ConnectError::Overflow => Fault::ConnectionLimit,
+                ConnectError::Tls => Fault::TlsHandshakeFailed,
             };
             return Err((fault.into(), false));
         }
@@ -442,7 +443,7 @@ async fn attempt(
     lay_out_head(bufs, head.head_len, plan.forwarded_len);
     let gather = std::mem::take(&mut bufs.req);
     let send_timeout = upstream.config.send_timeout;
-    let (res, gather) = send_gather(&mut conn.w, gather, send_timeout, &bufs.up_write_abort).await;
+    let (res, gather) = conn.w.send_gather(gather, send_timeout, &bufs.up_write_abort).await;
     bufs.req = gather;
     match res {
         Ok(()) => {}

@@ -17,8 +17,8 @@ use ringgate_core::http::{
 use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
 use super::retry::Replay;
 use super::{Buffers, Context};
-use crate::client_io::ClientReader;
-use crate::io::{send_range, Abort, Part, ReadFail, WriteFail, Writer};
+use crate::stream::{StreamReader, StreamWriter};
+use crate::io::{Abort, Part, ReadFail, WriteFail};
 use crate::upstream::UpstreamState;
 
 /// Read size while streaming bodies: large enough to amortise a syscall,
@@ -173,10 +173,10 @@ fn balance_key<'a>(
 
 /// The halves and deadlines `send_body` works with.
 pub(super) struct Upload<'a> {
-    pub client: &'a mut ClientReader,
+    pub client: &'a mut StreamReader,
     pub client_read_abort: &'a Abort,
     pub body_read_timeout: Duration,
-    pub up: &'a mut Writer,
+    pub up: &'a mut StreamWriter,
     pub up_write_abort: &'a Abort,
     pub up_read_abort: &'a Abort,
     pub send_timeout: Duration,
@@ -223,8 +223,7 @@ pub(super) async fn send_body(
                     (feed.consumed, feed.done)
                 }
             };
-            let (res, buf) = send_range(
-                u.up,
+            let (res, buf) = u.up.send_range(
                 std::mem::take(body),
                 0..take,
                 u.send_timeout,

@@ -16,8 +16,8 @@ use super::error::{ExchangeError, Fault, CLOSE_LINE, KEEP_ALIVE_LINE};
 use super::request::{length_body, write_set_fields, BodyLeft, BODY_READ_BYTES};
 use super::Context;
 use crate::access_log::Sent;
-use crate::client_io::ClientWriter;
-use crate::io::{read_more, Abort, Gather, Part, ReadFail, Reader, WriteFail};
+use crate::stream::{StreamReader, StreamWriter};
+use crate::io::{Abort, Gather, Part, ReadFail, WriteFail};
 
 /// Read size for heads, requests' and responses'; a head larger than this
 /// grows its buffer up to the configured limit.
@@ -47,10 +47,10 @@ pub(super) struct RelaySpec<'a> {
 
 /// The relay's halves and cancellers.
 pub(super) struct RelayIo<'a> {
-    pub up: &'a mut Reader,
+    pub up: &'a mut StreamReader,
     pub up_read_abort: &'a Abort,
     pub up_write_abort: &'a Abort,
-    pub client: &'a mut ClientWriter,
+    pub client: &'a mut StreamWriter,
     pub client_write_abort: &'a Abort,
     pub client_read_abort: &'a Abort,
     pub resp: &'a mut Gather,
@@ -142,8 +142,7 @@ async fn relay_inner(
             if now >= due {
                 return Err(fail(started, Fault::ResponseTimedOut));
             }
-            let res = read_more(
-                up,
+            let res = up.read_more(
                 &mut resp.source,
                 HEAD_READ_BYTES,
                 due - now,
@@ -248,8 +247,7 @@ async fn relay_inner(
                 break;
             }
             resp.source.clear();
-            let res = read_more(
-                up,
+            let res = up.read_more(
                 &mut resp.source,
                 BODY_READ_BYTES,
                 spec.response_timeout,

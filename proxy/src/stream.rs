@@ -1,0 +1,97 @@
+//! A connection's two halves as the exchange drives them, on either side
+//! (client or upstream): plain TCP, or TLS over it ([`crate::tls`]). One
+//! read and one write contract for both, so the connection loop, the
+//! exchange and the pool never ask which it is; a plain connection pays one
+//! predictable branch per operation.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use monoio::buf::IoBuf;
+
+use crate::io::{read_more, send_gather, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer};
+use crate::tls::{TlsReader, TlsWriter};
+
+pub enum StreamReader {
+    Plain(Reader),
+    Tls(TlsReader),
+}
+
+pub enum StreamWriter {
+    Plain(Writer),
+    Tls(TlsWriter),
+}
+
+impl StreamReader {
+    /// Whether the peer sent anything not yet read: for TLS, what rustls
+    /// holds (the socket itself is checked by `io::pending_input`).
+    pub fn holds_unread(&mut self) -> bool {
+        match self {
+            StreamReader::Plain(_) => false,
+            StreamReader::Tls(r) => r.holds_unread(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, StreamReader::Tls(_))
+    }
+
+    /// Appends what the client sends next to `buf` (see [`read_more`]).
+    pub async fn read_more(
+        &mut self,
+        buf: &mut Vec<u8>,
+        min_spare: usize,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> Result<usize, ReadFail> {
+        match self {
+            StreamReader::Plain(r) => read_more(r, buf, min_spare, timeout, abort).await,
+            StreamReader::Tls(r) => r.read_more(buf, min_spare, timeout, abort).await,
+        }
+    }
+}
+
+impl StreamWriter {
+    /// Writes every segment of `g` (see [`send_gather`]).
+    pub async fn send_gather(
+        &mut self,
+        g: Gather,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> (Result<(), WriteFail>, Gather) {
+        match self {
+            StreamWriter::Plain(w) => send_gather(w, g, timeout, abort).await,
+            StreamWriter::Tls(w) => w.send_gather(g, timeout, abort).await,
+        }
+    }
+
+    /// Writes `buf[range]` (see [`send_range`]).
+    pub async fn send_range<B: IoBuf>(
+        &mut self,
+        buf: B,
+        range: Range<usize>,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> (Result<(), WriteFail>, B) {
+        match self {
+            StreamWriter::Plain(w) => send_range(w, buf, range, timeout, abort).await,
+            StreamWriter::Tls(w) => w.send_range(buf, range, timeout, abort).await,
+        }
+    }
+
+    /// Ends the connection's output: TLS says close_notify; a plain
+    /// connection has nothing to say before its close.
+    pub async fn close(&mut self, timeout: Duration, abort: &Abort) {
+        if let StreamWriter::Tls(w) = self {
+            w.close(timeout, abort).await;
+        }
+    }
+
+    /// The scheme spoken on this connection (`X-Forwarded-Proto`, `Forwarded`).
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            StreamWriter::Plain(_) => "http",
+            StreamWriter::Tls(_) => "https",
+        }
+    }
+}
