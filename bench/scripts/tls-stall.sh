@@ -8,6 +8,8 @@
 # and the stalling connections on CPU 1. Rounds alternate without and with the
 # stalling connections; the end prints the medians of p99 and their ratio.
 # Usage: bench/scripts/tls-stall.sh [rounds=5] [duration_s=6] [rate=2000] [stallers=1000]
+# HANDSHAKE_TIMEOUT (default 10s, the config default) sets [limits]
+# tls_handshake_timeout; a longer window than 8 s needs it longer.
 set -euo pipefail
 ROUNDS=${1:-5}; DUR=${2:-6}; RATE=${3:-2000}; STALLERS=${4:-1000}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,6 +30,8 @@ EOC
 cat > $W/ringgate.toml <<EOC
 [server]
 workers = 1
+[limits]
+tls_handshake_timeout = "${HANDSHAKE_TIMEOUT:-10s}"
 [[listeners]]
 name = "web"
 address = "127.0.0.1:$PROXY_PORT"
