@@ -451,6 +451,8 @@ pub struct UpstreamTls {
     /// PEM file of the CAs that sign the backends' certificates; `None`:
     /// the Mozilla roots built into the binary (`webpki-roots`).
     pub ca: Option<PathBuf>,
+    /// Presented to backends that ask for one (mTLS to the backends).
+    pub client_certificate: Option<CertificateFiles>,
 }
 
 /// Load-balancing policy.

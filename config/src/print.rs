@@ -331,6 +331,13 @@ fn upstream(out: &mut String, u: &Upstream) {
         if let Some(ca) = &t.ca {
             fields.push(format!("ca = {}", quote(&ca.to_string_lossy())));
         }
+        if let Some(c) = &t.client_certificate {
+            fields.push(format!(
+                "client_certificate = {{ cert = {}, key = {} }}",
+                quote(&c.cert.to_string_lossy()),
+                quote(&c.key.to_string_lossy())
+            ));
+        }
         let _ = writeln!(out, "tls = {{ {} }}", fields.join(", "));
     }
 }

@@ -170,6 +170,7 @@ pub(crate) struct RawUpstream {
 pub(crate) struct RawUpstreamTls {
     pub server_name: Option<Spanned<String>>,
     pub ca: Option<Spanned<String>>,
+    pub client_certificate: Option<Spanned<RawCertificate>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1794,7 +1794,7 @@ fn every_optional_feature_round_trips_through_print() {
          health_check = { path = \"/h\", interval = \"2s\", timeout = \"1s\" }\n\
          retries = { on = [\"5xx\", \"timeout\"], budget = \"5%\" }\n\
          circuit_breaker = { max_pending = 7 }\npool = { max_idle_per_backend = 0 }\n\
-         tls = { server_name = \"Backend.Example.\", ca = \"/etc/ca.pem\" }\n";
+         tls = { server_name = \"Backend.Example.\", ca = \"/etc/ca.pem\", client_certificate = { cert = \"/c/me.pem\", key = \"/c/me.key\" } }\n";
     assert_round_trip(&text);
 }
 

@@ -889,6 +889,24 @@ fn upstream(
             }
             PathBuf::from(text)
         }),
+        client_certificate: t.client_certificate.as_ref().map(|pair| {
+            let file = |c: &mut Checker<'_>, value: &Spanned<String>, name: &str| {
+                let text = value.get_ref().trim();
+                if text.is_empty() {
+                    c.err(
+                        value.span(),
+                        format!("{key}.tls.client_certificate.{name}"),
+                        "must name a file",
+                    );
+                }
+                PathBuf::from(text)
+            };
+            let pair = pair.get_ref();
+            CertificateFiles {
+                cert: file(c, &pair.cert, "cert"),
+                key: file(c, &pair.key, "key"),
+            }
+        }),
     });
     Upstream {
         tls,

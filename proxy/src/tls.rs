@@ -190,11 +190,24 @@ pub fn load_upstream(key: &str, tls: &ringgate_config::UpstreamTls) -> Result<Up
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("{key}: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match &tls.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            let key = format!("{key}.client_certificate");
+            // Checked as a listener's certificate is (readable, matching,
+            // valid now), then handed to rustls as DER.
+            let (certified, _) = load_certificate(&key, files, &provider)?;
+            let private = PrivateKeyDer::from_pem_slice(&read_file(&key, &files.key)?)
+                .map_err(|e| format!("{key}.key: {}: {e}", files.key.display()))?;
+            builder
+                .with_client_auth_cert(certified.cert.clone(), private)
+                .map_err(|e| format!("{key}: {e}"))?
+        }
+    };
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     let server_name = tls
         .server_name

@@ -581,3 +581,33 @@ fn health_checks_of_a_tls_upstream_speak_tls() {
         .unwrap();
     assert_eq!(probe.header("host").as_deref(), Some("backend.test"));
 }
+
+#[test]
+fn upstream_tls_presents_a_client_certificate_when_configured() {
+    // B asks for client certificates from the test CA; A presents one.
+    let mut ca = TestCa::new("ringgate test CA");
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let cert = ca.server("backend", &["backend.test"]);
+    let me = ca.client("proxy-a", "proxy-a");
+    let extra = format!(
+        ", client_ca = \"{}\", client_subject_header = \"X-Client-Subject\"",
+        ca.cert.display()
+    );
+    let b = tls_proxy(&backend, &[&cert], &extra);
+    let with_cert = format!(
+        "{{ server_name = \"backend.test\", ca = \"{}\", client_certificate = {} }}",
+        ca.cert.display(),
+        me.toml()
+    );
+    let without = format!("{{ server_name = \"backend.test\", ca = \"{}\" }}", ca.cert.display());
+    for (upstream_tls, status) in [(with_cert, 200), (without, 502)] {
+        let a = ProxyConfig::new(([127, 0, 0, 1], b.port).into())
+            .upstream_extra("tls", &upstream_tls)
+            .start();
+        let mut client = ringgate_tests::Client::connect(a.port);
+        assert_eq!(client.get("/m").status, status, "{upstream_tls}");
+    }
+    let recs = backend.records();
+    assert_eq!(recs.len(), 1, "only the request with a certificate arrives");
+    assert_eq!(recs[0].header("x-client-subject").as_deref(), Some("CN=proxy-a"));
+}
