@@ -273,16 +273,12 @@ async fn run_tries(
     head: &RequestHead,
     tries: &Cell<u32>,
 ) -> Result<Next, Failed> {
-    let plan = request::prepare(
-        cx,
-        bufs,
-        route,
-        upstream,
-        head,
-        client.addr,
-        client.w.scheme(),
-        client.subject,
-    )?;
+    let origin = request::Origin {
+        addr: client.addr,
+        scheme: client.w.scheme(),
+        subject: client.subject,
+    };
+    let plan = request::prepare(cx, bufs, route, upstream, head, origin)?;
     let mut ex = Exchange {
         route,
         upstream,

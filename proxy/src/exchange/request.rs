@@ -52,6 +52,15 @@ pub(super) struct Plan {
     pub replay: Replay,
 }
 
+/// Who sent the request, as the upstream head tells it.
+pub(super) struct Origin<'a> {
+    pub addr: &'a ForwardedClient,
+    /// `http` or `https`, for the forwarding fields.
+    pub scheme: &'a str,
+    /// The listener's mTLS subject header and the client's verified subject.
+    pub subject: Option<(&'a str, Option<&'a str>)>,
+}
+
 /// Builds the upstream head's patch in `bufs` and works out the body.
 /// `Err`: a bad chunk already visible, refused before anything goes up.
 pub(super) fn prepare(
@@ -60,10 +69,13 @@ pub(super) fn prepare(
     route: &Route,
     upstream: &UpstreamState,
     head: &RequestHead,
-    client: &ForwardedClient,
-    scheme: &str,
-    subject: Option<(&str, Option<&str>)>,
+    origin: Origin<'_>,
 ) -> Result<Plan, Refusal> {
+    let Origin {
+        addr: client,
+        scheme,
+        subject,
+    } = origin;
     let available = bufs.req.source.len() - head.head_len;
     let (initial_body, body_left) = match head.body {
         RequestBody::Empty => (0, None),
