@@ -1415,9 +1415,8 @@ fn config_md_example_parses() {
     let doc = std::fs::read_to_string(&path).expect("docs/CONFIG.md");
     // The full example under "## Example"; other sections have snippets.
     let section = doc.find("\n## Example").expect("an Example section");
-    let start = section
-        + doc[section..].find("```toml\n").expect("a toml example")
-        + "```toml\n".len();
+    let start =
+        section + doc[section..].find("```toml\n").expect("a toml example") + "```toml\n".len();
     let end = start + doc[start..].find("```").expect("closing fence");
     let c = ok(&doc[start..end]);
     assert_eq!(c.upstreams[0].balance, Balance::P2cEwma);
@@ -1861,7 +1860,9 @@ fn with_tls(table: &str) -> String {
 
 #[test]
 fn a_tls_listener_takes_its_defaults() {
-    let c = ok(&with_tls("{ certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }"));
+    let c = ok(&with_tls(
+        "{ certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }",
+    ));
     let t = c.listeners[0].tls.as_ref().expect("tls");
     assert_eq!(t.versions, [TlsVersion::Tls12, TlsVersion::Tls13]);
     assert!(t.cipher_suites.is_empty() && t.client_ca.is_none() && t.session_tickets);

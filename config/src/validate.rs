@@ -657,7 +657,10 @@ fn listener_tls(c: &mut Checker<'_>, key: &str, raw: &Spanned<RawListenerTls>) -
             "1.2" | "TLSv1.2" => TlsVersion::Tls12,
             "1.3" | "TLSv1.3" => TlsVersion::Tls13,
             other => {
-                let why = if matches!(other, "1.0" | "1.1" | "TLSv1" | "TLSv1.0" | "TLSv1.1" | "SSLv3") {
+                let why = if matches!(
+                    other,
+                    "1.0" | "1.1" | "TLSv1" | "TLSv1.0" | "TLSv1.1" | "SSLv3"
+                ) {
                     format!("{other:?} is not offered: TLS before 1.2 is broken (RFC 8996); use \"1.2\" and \"1.3\"")
                 } else {
                     format!("unknown TLS version {other:?}; use \"1.2\" or \"1.3\"")
@@ -671,7 +674,11 @@ fn listener_tls(c: &mut Checker<'_>, key: &str, raw: &Spanned<RawListenerTls>) -
         }
     }
     if t.versions.as_ref().is_some_and(|v| v.is_empty()) {
-        c.err(raw.span(), format!("{key}.versions"), "must name at least one version");
+        c.err(
+            raw.span(),
+            format!("{key}.versions"),
+            "must name at least one version",
+        );
     }
     if versions.is_empty() {
         versions = vec![TlsVersion::Tls12, TlsVersion::Tls13];
@@ -685,7 +692,10 @@ fn listener_tls(c: &mut Checker<'_>, key: &str, raw: &Spanned<RawListenerTls>) -
             c.err(
                 s.span(),
                 format!("{key}.cipher_suites"),
-                format!("unknown cipher suite {name:?}; known: {}", TLS_CIPHER_SUITES.join(", ")),
+                format!(
+                    "unknown cipher suite {name:?}; known: {}",
+                    TLS_CIPHER_SUITES.join(", ")
+                ),
             );
         }
     }
@@ -723,23 +733,24 @@ fn listener_tls(c: &mut Checker<'_>, key: &str, raw: &Spanned<RawListenerTls>) -
             }
         }
     }
-    let client_subject_header = t.client_subject_header.as_ref().and_then(|h| {
-        match header_name(h.get_ref()) {
-            Ok(name) if MANAGED_HEADERS.contains(&name.as_str()) => {
-                c.err(
-                    h.span(),
-                    format!("{key}.client_subject_header"),
-                    format!("{name:?} is a header the proxy manages itself"),
-                );
-                None
-            }
-            Ok(name) => Some(name),
-            Err(why) => {
-                c.err(h.span(), format!("{key}.client_subject_header"), why);
-                None
-            }
-        }
-    });
+    let client_subject_header =
+        t.client_subject_header
+            .as_ref()
+            .and_then(|h| match header_name(h.get_ref()) {
+                Ok(name) if MANAGED_HEADERS.contains(&name.as_str()) => {
+                    c.err(
+                        h.span(),
+                        format!("{key}.client_subject_header"),
+                        format!("{name:?} is a header the proxy manages itself"),
+                    );
+                    None
+                }
+                Ok(name) => Some(name),
+                Err(why) => {
+                    c.err(h.span(), format!("{key}.client_subject_header"), why);
+                    None
+                }
+            });
     ListenerTls {
         certificates,
         versions,
@@ -870,7 +881,11 @@ fn upstream(
     let t = raw.timeouts.as_ref();
     let tls = raw.tls.as_ref().map(|t| UpstreamTls {
         server_name: t.server_name.as_ref().and_then(|n| {
-            let name = n.get_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            let name = n
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
             if name.is_empty() || name.starts_with("*.") || check_host(&name).is_err() {
                 c.err(
                     n.span(),

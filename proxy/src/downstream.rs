@@ -23,10 +23,10 @@ use crate::exchange::{
     self, error_response, Buffers, Client, Context, Next, Refusal, RouteId, CLOSE_LINE,
     HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
-use crate::stream::{StreamReader, StreamWriter};
 use crate::io::{Abort, ReadFail};
-use crate::tls;
 use crate::state::{ConnControl, Worker};
+use crate::stream::{StreamReader, StreamWriter};
+use crate::tls;
 
 /// How long a kept-alive connection keeps its buffers while it waits for a
 /// next request. Longer than a busy client's gap between requests (so
@@ -79,13 +79,23 @@ pub async fn serve(
                 Ok((r, w, negotiated)) => {
                     worker.counters.tls_handshake(&negotiated);
                     client_subject = negotiated.client_subject.as_deref().map(Box::from);
-                    (StreamReader::Tls(r), StreamWriter::Tls(w), negotiated.version_name())
+                    (
+                        StreamReader::Tls(r),
+                        StreamWriter::Tls(w),
+                        negotiated.version_name(),
+                    )
                 }
                 Err(e) => {
                     worker.counters.tls_handshake_failed(&e);
-                    worker.error_log.event(LogLevel::Info, Kind::TlsHandshake, |b| {
-                        let _ = write!(b, "listener={} client={peer_ip} failed: {e}", worker.config.listeners[listener].name);
-                    });
+                    worker
+                        .error_log
+                        .event(LogLevel::Info, Kind::TlsHandshake, |b| {
+                            let _ = write!(
+                                b,
+                                "listener={} client={peer_ip} failed: {e}",
+                                worker.config.listeners[listener].name
+                            );
+                        });
                     return;
                 }
             }
@@ -180,13 +190,15 @@ impl Downstream {
         let grace = IDLE_BUFFER_GRACE.min(keepalive);
         if let Some(bufs) = self.bufs.as_deref_mut() {
             self.ctl.just_idle.set(true);
-            let res = self.r.read_more(
-                &mut bufs.req.source,
-                HEAD_READ_BYTES,
-                grace,
-                &self.ctl.abort,
-            )
-            .await;
+            let res = self
+                .r
+                .read_more(
+                    &mut bufs.req.source,
+                    HEAD_READ_BYTES,
+                    grace,
+                    &self.ctl.abort,
+                )
+                .await;
             self.ctl.just_idle.set(false);
             match res {
                 Ok(0) => return false,
@@ -197,13 +209,10 @@ impl Downstream {
             self.release_buffers(worker);
         }
         self.idle_probe.clear();
-        let res = self.r.read_more(
-            &mut self.idle_probe,
-            1,
-            keepalive - grace,
-            &self.ctl.abort,
-        )
-        .await;
+        let res = self
+            .r
+            .read_more(&mut self.idle_probe, 1, keepalive - grace, &self.ctl.abort)
+            .await;
         if !matches!(res, Ok(1..)) {
             return false;
         }
@@ -231,7 +240,10 @@ impl Downstream {
         let len = bytes.len();
         self.write_abort.reset();
         let timeout = worker.config.limits.send_timeout;
-        let (res, _) = self.w.send_range(bytes, 0..len, timeout, &self.write_abort).await;
+        let (res, _) = self
+            .w
+            .send_range(bytes, 0..len, timeout, &self.write_abort)
+            .await;
         res.is_ok()
     }
 
@@ -284,13 +296,15 @@ impl Downstream {
                 None if first => limits.header_read_timeout,
                 None => limits.keepalive_timeout,
             };
-            let res = self.r.read_more(
-                &mut bufs.req.source,
-                HEAD_READ_BYTES,
-                timeout,
-                &self.ctl.abort,
-            )
-            .await;
+            let res = self
+                .r
+                .read_more(
+                    &mut bufs.req.source,
+                    HEAD_READ_BYTES,
+                    timeout,
+                    &self.ctl.abort,
+                )
+                .await;
             match res {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}

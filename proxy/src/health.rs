@@ -13,9 +13,9 @@ use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
 use crate::error_log::Kind;
 use crate::io::Abort;
+use crate::state::Worker;
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls::{self, UpstreamTlsConfig};
-use crate::state::Worker;
 use crate::upstream::connect;
 
 /// A health response head larger than this is a failed probe.

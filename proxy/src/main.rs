@@ -6,7 +6,6 @@
 
 mod access_log;
 mod admin;
-mod stream;
 mod demo;
 mod downstream;
 mod error_log;
@@ -19,6 +18,7 @@ mod metrics;
 mod notify;
 mod state;
 mod stop;
+mod stream;
 mod ticker;
 mod tls;
 mod upstream;
@@ -388,7 +388,8 @@ pub fn serve(path: &Path, config: ringgate_config::Config) -> ExitCode {
                     }
                     Err(e) => {
                         log.event(LogLevel::Error, Kind::Reload, |b| {
-                            let _ = write!(b, "SIGHUP: not reloaded ({e}); the running config stays");
+                            let _ =
+                                write!(b, "SIGHUP: not reloaded ({e}); the running config stays");
                         });
                         notifier.ready("reload refused: start-up failed; serving the previous one");
                     }

@@ -350,7 +350,10 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
         "TLS handshakes that did not finish: timeout, closed (by the client or a drain), plain_http (HTTP sent to a TLS port, answered 400), protocol (a TLS error, e.g. no shared version, cipher or ALPN, or a refused client certificate).",
     );
     for (reason, n) in TLS_FAILURE_REASONS.iter().zip(counters.tls_failures) {
-        let _ = writeln!(out, "ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}"
+        );
     }
     help(
         &mut out,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
-use crate::io::{read_more, send_gather, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer};
+use crate::io::{
+    read_more, send_gather, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer,
+};
 use crate::tls::{TlsReader, TlsWriter};
 
 pub enum StreamReader {

@@ -29,11 +29,13 @@ use rustls::crypto::aws_lc_rs as crypto;
 #[cfg(not(feature = "aws-lc-rs"))]
 use rustls::crypto::ring as crypto;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
+};
 
 use crate::io::{read_more, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer};
 
@@ -89,9 +91,11 @@ fn ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
 fn provider(suites: &[String]) -> CryptoProvider {
     let mut provider = crypto::default_provider();
     if !suites.is_empty() {
-        provider
-            .cipher_suites
-            .retain(|s| suites.iter().any(|name| format!("{:?}", s.suite()) == *name));
+        provider.cipher_suites.retain(|s| {
+            suites
+                .iter()
+                .any(|name| format!("{:?}", s.suite()) == *name)
+        });
     }
     provider
 }
@@ -124,7 +128,10 @@ pub fn load(key: &str, tls: &ListenerTls) -> Result<ListenerTlsConfig, String> {
             let mut roots = RootCertStore::empty();
             for cert in read_certificates(&format!("{key}.client_ca"), ca)? {
                 roots.add(cert).map_err(|e| {
-                    format!("{key}.client_ca: {}: not a usable CA certificate: {e}", ca.display())
+                    format!(
+                        "{key}.client_ca: {}: not a usable CA certificate: {e}",
+                        ca.display()
+                    )
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -177,14 +184,20 @@ impl UpstreamTlsConfig {
 
 /// Builds an upstream's client configuration: its CA file, or the Mozilla
 /// roots (`webpki-roots`) when none is given.
-pub fn load_upstream(key: &str, tls: &ringgate_config::UpstreamTls) -> Result<UpstreamTlsConfig, String> {
+pub fn load_upstream(
+    key: &str,
+    tls: &ringgate_config::UpstreamTls,
+) -> Result<UpstreamTlsConfig, String> {
     let provider = Arc::new(crypto::default_provider());
     let mut roots = RootCertStore::empty();
     match &tls.ca {
         Some(ca) => {
             for cert in read_certificates(&format!("{key}.ca"), ca)? {
                 roots.add(cert).map_err(|e| {
-                    format!("{key}.ca: {}: not a usable CA certificate: {e}", ca.display())
+                    format!(
+                        "{key}.ca: {}: not a usable CA certificate: {e}",
+                        ca.display()
+                    )
                 })?;
             }
         }
@@ -213,8 +226,9 @@ pub fn load_upstream(key: &str, tls: &ringgate_config::UpstreamTls) -> Result<Up
         .server_name
         .as_ref()
         .map(|n| {
-            ServerName::try_from(n.clone())
-                .map_err(|e| format!("{key}.server_name: {n:?} is not a DNS name or IP address: {e}"))
+            ServerName::try_from(n.clone()).map_err(|e| {
+                format!("{key}.server_name: {n:?} is not a DNS name or IP address: {e}")
+            })
         })
         .transpose()?;
     Ok(UpstreamTlsConfig {
@@ -272,8 +286,12 @@ fn load_certificate(
 /// common name), refusing one that is expired or not yet valid.
 fn leaf_names(key: &str, path: &Path, leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     use x509_parser::prelude::*;
-    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
-        .map_err(|e| format!("{key}: {}: not a valid X.509 certificate: {e}", path.display()))?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
+        format!(
+            "{key}: {}: not a valid X.509 certificate: {e}",
+            path.display()
+        )
+    })?;
     let validity = cert.validity();
     let now = ASN1Time::now();
     if now > validity.not_after {
@@ -370,7 +388,9 @@ impl std::fmt::Display for HandshakeError {
         match self {
             HandshakeError::TimedOut => f.write_str("timeout (tls_handshake_timeout)"),
             HandshakeError::Closed => f.write_str("closed by the client (or a drain)"),
-            HandshakeError::PlainHttp => f.write_str("plain HTTP sent to a TLS port (answered 400)"),
+            HandshakeError::PlainHttp => {
+                f.write_str("plain HTTP sent to a TLS port (answered 400)")
+            }
             HandshakeError::Tls(e) => write!(f, "{e}"),
         }
     }
@@ -427,7 +447,15 @@ pub async fn accept(
     write_abort: &Abort,
 ) -> Result<(TlsReader, TlsWriter, Negotiated), HandshakeError> {
     let conn = ServerConnection::new(config).map_err(HandshakeError::Tls)?;
-    handshake(Connection::Server(conn), tcp_r, tcp_w, timeout, abort, write_abort).await
+    handshake(
+        Connection::Server(conn),
+        tcp_r,
+        tcp_w,
+        timeout,
+        abort,
+        write_abort,
+    )
+    .await
 }
 
 /// Runs the client handshake to a backend named `name` within `timeout`.
@@ -441,7 +469,15 @@ pub async fn connect(
     write_abort: &Abort,
 ) -> Result<(TlsReader, TlsWriter), HandshakeError> {
     let conn = ClientConnection::new(config, name).map_err(HandshakeError::Tls)?;
-    let (r, w, _) = handshake(Connection::Client(conn), tcp_r, tcp_w, timeout, abort, write_abort).await?;
+    let (r, w, _) = handshake(
+        Connection::Client(conn),
+        tcp_r,
+        tcp_w,
+        timeout,
+        abort,
+        write_abort,
+    )
+    .await?;
     Ok((r, w))
 }
 
@@ -480,7 +516,15 @@ async fn handshake(
         if left.is_zero() {
             return Err(HandshakeError::TimedOut);
         }
-        match read_more(&mut tcp_r, &mut cipher_in, CIPHERTEXT_READ_BYTES, left, abort).await {
+        match read_more(
+            &mut tcp_r,
+            &mut cipher_in,
+            CIPHERTEXT_READ_BYTES,
+            left,
+            abort,
+        )
+        .await
+        {
             Ok(0) => return Err(HandshakeError::Closed),
             Ok(_) => {}
             Err(ReadFail::TimedOut) => return Err(HandshakeError::TimedOut),
@@ -552,7 +596,13 @@ fn subject_of(cert: &CertificateDer<'_>) -> Option<String> {
     Some(
         subject
             .chars()
-            .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .collect(),
     )
 }
@@ -658,7 +708,15 @@ impl TlsReader {
                     left
                 }
             };
-            match read_more(&mut self.tcp, &mut self.cipher, CIPHERTEXT_READ_BYTES, left, abort).await {
+            match read_more(
+                &mut self.tcp,
+                &mut self.cipher,
+                CIPHERTEXT_READ_BYTES,
+                left,
+                abort,
+            )
+            .await
+            {
                 Ok(0) => self.eof = true,
                 Ok(_) => {}
                 Err(e) => return Err(e),
@@ -721,7 +779,11 @@ impl TlsWriter {
 
     /// Encrypts `self.plain` and writes it, with whatever else rustls has
     /// queued (alerts, KeyUpdate answers).
-    async fn encrypt_and_send(&mut self, timeout: Duration, abort: &Abort) -> Result<(), WriteFail> {
+    async fn encrypt_and_send(
+        &mut self,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> Result<(), WriteFail> {
         {
             let mut conn = self.conn.borrow_mut();
             if !self.plain.is_empty() {

@@ -30,9 +30,9 @@ use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
 use crate::error_log::{ErrorLog, Kind};
 use crate::io::{pending_input, Abort, PendingInput};
+use crate::metrics::{outcome_index, OUTCOMES};
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls::{self, UpstreamTlsConfig};
-use crate::metrics::{outcome_index, OUTCOMES};
 
 /// An upstream connection, split so an exchange can send a request body and
 /// read the response at the same time.
@@ -375,7 +375,10 @@ impl UpstreamState {
             Some(tls) => {
                 // The handshake shares the connect timeout: together they
                 // are "the connection", as nginx's proxy_connect_timeout.
-                let left = self.config.connect_timeout.saturating_sub(started.elapsed());
+                let left = self
+                    .config
+                    .connect_timeout
+                    .saturating_sub(started.elapsed());
                 let (abort_r, abort_w) = (Abort::default(), Abort::default());
                 let name = tls.name_for(self.backend_addr(backend));
                 match tls::connect(r, w, tls.config.clone(), name, left, &abort_r, &abort_w).await {

@@ -582,7 +582,9 @@ impl LoadOutcome {
         });
         let non_2xx = statuses
             .split('"')
-            .filter(|t| t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit()) && !t.starts_with('2'))
+            .filter(|t| {
+                t.len() == 3 && t.bytes().all(|b| b.is_ascii_digit()) && !t.starts_with('2')
+            })
             .map(str::to_string)
             .collect();
         LoadOutcome {

@@ -20,7 +20,11 @@ fn lines(path: &std::path::Path, want: usize) -> Result<Vec<String>, String> {
 /// upstream; the TLS version after them is `-` on these plain listeners.
 fn tail_fields(line: &str) -> (String, String) {
     let mut fields = line.rsplitn(4, ' ');
-    assert_eq!(fields.next(), Some("-"), "TLS version of a plain request: {line}");
+    assert_eq!(
+        fields.next(),
+        Some("-"),
+        "TLS version of a plain request: {line}"
+    );
     let upstream = fields.next().unwrap_or_default().to_owned();
     let time = fields.next().unwrap_or_default().to_owned();
     (time, upstream)

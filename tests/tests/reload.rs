@@ -146,7 +146,14 @@ fn reloads_under_keep_alive_load_cut_no_request() {
     let _ = std::fs::remove_file(&json);
     let outcome = ringgate_tests::proxy::LoadOutcome::from_report(&report);
     assert!(outcome.requests > 100, "{outcome:?}");
-    assert_eq!(outcome.errors, 0, "requests cut by the reloads: {outcome:?}");
+    assert_eq!(
+        outcome.errors, 0,
+        "requests cut by the reloads: {outcome:?}"
+    );
     assert!(outcome.non_2xx.is_empty(), "{outcome:?}");
-    assert!(proxy.stderr().contains("(generation 5)"), "{}", proxy.stderr());
+    assert!(
+        proxy.stderr().contains("(generation 5)"),
+        "{}",
+        proxy.stderr()
+    );
 }

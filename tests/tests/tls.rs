@@ -35,7 +35,14 @@ fn curl_https(port: u16, host: &str, path: &str, ca: &Path, extra: &[&str]) -> C
     let url = format!("https://{host}:{port}{path}");
     run_with_timeout(
         Command::new(curl())
-            .args(["-sS", "--http1.1", "--max-time", "10", "--resolve", &resolve])
+            .args([
+                "-sS",
+                "--http1.1",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+            ])
             .arg("--cacert")
             .arg(ca)
             .args(["-w", "\n%{http_code}"])
@@ -68,7 +75,11 @@ fn curl_gets_through_and_the_backend_is_told_https() {
     let proxy = tls_proxy(&backend, &[&cert], "");
     let out = curl_https(proxy.port, "site.test", "/hello", &ca.cert, &["-v"]);
     assert_eq!(status_of(&out), "200", "curl: {}", out.stderr);
-    assert!(out.stdout.starts_with(&backend.ok_body("/hello")), "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with(&backend.ok_body("/hello")),
+        "{}",
+        out.stdout
+    );
     assert!(
         out.stderr.contains("ALPN: server accepted http/1.1"),
         "ALPN not agreed: {}",
@@ -77,7 +88,8 @@ fn curl_gets_through_and_the_backend_is_told_https() {
     let rec = backend.records().pop().expect("backend saw the request");
     assert_eq!(rec.header("x-forwarded-proto").as_deref(), Some("https"));
     assert!(
-        rec.header("forwarded").is_some_and(|f| f.ends_with("proto=https")),
+        rec.header("forwarded")
+            .is_some_and(|f| f.ends_with("proto=https")),
         "{:?}",
         rec.header("forwarded")
     );
@@ -117,14 +129,26 @@ fn old_versions_and_foreign_alpn_are_refused_and_counted() {
     let out = s_client(proxy.port, &["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"]);
     assert!(!out.success, "TLS 1.1 was accepted: {}", out.stdout);
     let out = s_client(proxy.port, &["-tls1_2"]);
-    assert!(out.success && out.stdout.contains("TLSv1.2"), "TLS 1.2: {}{}", out.stdout, out.stderr);
+    assert!(
+        out.success && out.stdout.contains("TLSv1.2"),
+        "TLS 1.2: {}{}",
+        out.stdout,
+        out.stderr
+    );
     let out = s_client(proxy.port, &["-tls1_3"]);
-    assert!(out.success && out.stdout.contains("TLSv1.3"), "TLS 1.3: {}{}", out.stdout, out.stderr);
+    assert!(
+        out.success && out.stdout.contains("TLSv1.3"),
+        "TLS 1.3: {}{}",
+        out.stdout,
+        out.stderr
+    );
     // A client that offers ALPN, but nothing the listener speaks, is refused
     // (RFC 7301 §3.2) rather than spoken to in a protocol it did not ask for.
     let out = s_client(proxy.port, &["-alpn", "h2"]);
     assert!(
-        !out.success || out.stdout.contains("no application protocol") || !out.stdout.contains("ALPN protocol: h2"),
+        !out.success
+            || out.stdout.contains("no application protocol")
+            || !out.stdout.contains("ALPN protocol: h2"),
         "{}",
         out.stdout
     );
@@ -187,14 +211,21 @@ fn plain_http_to_a_tls_port_gets_a_plain_400() {
     let backend = Backend::start("ok", Behaviour::Ok);
     let proxy = tls_proxy(&backend, &[&cert], "");
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n").unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
-    assert!(text.contains("plain HTTP request sent to an HTTPS port"), "{text}");
-    assert!(backend.records().is_empty(), "nothing may reach the backend");
+    assert!(
+        text.contains("plain HTTP request sent to an HTTPS port"),
+        "{text}"
+    );
+    assert!(
+        backend.records().is_empty(),
+        "nothing may reach the backend"
+    );
 }
 
 #[test]
@@ -219,7 +250,14 @@ fn client_certificates_are_required_when_a_client_ca_is_set() {
             "site.test",
             "/",
             &ca.cert,
-            &["--cert", &cert, "--key", &key, "-H", "X-Client-Subject: CN=admin"],
+            &[
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "-H",
+                "X-Client-Subject: CN=admin",
+            ],
         )
     };
     assert_eq!(status_of(&with(&good)), "200");
@@ -231,10 +269,23 @@ fn client_certificates_are_required_when_a_client_ca_is_set() {
         .map(|(_, v)| v)
         .collect();
     assert_eq!(subjects, ["CN=alice"], "{:?}", rec.headers);
-    assert_ne!(status_of(&with(&stranger)), "200", "a certificate from another CA passed");
+    assert_ne!(
+        status_of(&with(&stranger)),
+        "200",
+        "a certificate from another CA passed"
+    );
     let none = curl_https(proxy.port, "site.test", "/", &ca.cert, &[]);
-    assert_ne!(status_of(&none), "200", "no certificate passed: {}", none.stdout);
-    assert_eq!(backend.records().len(), 1, "only alice's request may reach the backend");
+    assert_ne!(
+        status_of(&none),
+        "200",
+        "no certificate passed: {}",
+        none.stdout
+    );
+    assert_eq!(
+        backend.records().len(),
+        1,
+        "only alice's request may reach the backend"
+    );
 }
 
 #[test]
@@ -248,10 +299,20 @@ fn an_optional_client_certificate_still_strips_the_subject_header() {
         client_ca.cert.display()
     );
     let proxy = tls_proxy(&backend, &[&cert], &extra);
-    let out = curl_https(proxy.port, "site.test", "/", &ca.cert, &["-H", "X-Client-Subject: CN=admin"]);
+    let out = curl_https(
+        proxy.port,
+        "site.test",
+        "/",
+        &ca.cert,
+        &["-H", "X-Client-Subject: CN=admin"],
+    );
     assert_eq!(status_of(&out), "200", "{}", out.stderr);
     let rec = backend.records().pop().expect("the request");
-    assert!(!rec.has_header("x-client-subject"), "a forged subject went up: {:?}", rec.headers);
+    assert!(
+        !rec.has_header("x-client-subject"),
+        "a forged subject went up: {:?}",
+        rec.headers
+    );
 }
 
 #[test]
@@ -278,7 +339,12 @@ fn bodies_of_a_few_megabytes_cross_both_ways() {
     let _ = std::fs::remove_file(&file);
     let got = std::fs::read(&echoed).unwrap_or_default();
     let _ = std::fs::remove_file(&echoed);
-    assert!(out.success && out.stdout == "200", "{} {}", out.stdout, out.stderr);
+    assert!(
+        out.success && out.stdout == "200",
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
     assert_eq!(got.len(), body.len());
     assert!(got == body, "the echoed body differs");
 }
@@ -367,7 +433,10 @@ fn a_reload_swaps_the_certificate_under_load_without_failed_requests() {
         let out = curl_https(proxy.port, "new.test", "/", &ca.cert, &[]);
         (status_of(&out) == "200").then_some(()).ok_or(out.stderr)
     });
-    assert!(reloaded.is_ok(), "the new certificate was not served: {reloaded:?}");
+    assert!(
+        reloaded.is_ok(),
+        "the new certificate was not served: {reloaded:?}"
+    );
     // Two more reloads while the load runs: each drains a generation whose
     // connections are busy.
     for _ in 0..2 {
@@ -376,13 +445,19 @@ fn a_reload_swaps_the_certificate_under_load_without_failed_requests() {
     }
     let mut stderr = String::new();
     let status = load.wait().unwrap();
-    let _ = load.stderr.take().map(|mut e| e.read_to_string(&mut stderr));
+    let _ = load
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut stderr));
     assert!(status.success(), "ringload: {stderr}");
     let report = std::fs::read_to_string(&json).unwrap();
     let _ = std::fs::remove_file(&json);
     let outcome = LoadOutcome::from_report(&report);
     assert!(outcome.requests > 100, "{outcome:?}");
-    assert_eq!(outcome.errors, 0, "failed requests across the reloads: {outcome:?}");
+    assert_eq!(
+        outcome.errors, 0,
+        "failed requests across the reloads: {outcome:?}"
+    );
     assert!(outcome.non_2xx.is_empty(), "{outcome:?}");
 }
 
@@ -432,13 +507,26 @@ fn sessions_resume_on_any_worker_and_handshakes_are_counted_and_logged() {
     let tls12 = s_client_request(proxy.port, &["-tls1_2"]);
     assert!(tls12.contains("HTTP/1.1 200"), "{tls12}");
     let _ = std::fs::remove_file(&session);
-    let _ = TcpStream::connect(("127.0.0.1", proxy.port)).and_then(|mut s| s.write_all(b"GET / HTTP/1.1\r\n\r\n"));
+    let _ = TcpStream::connect(("127.0.0.1", proxy.port))
+        .and_then(|mut s| s.write_all(b"GET / HTTP/1.1\r\n\r\n"));
     let body = eventually(Duration::from_secs(3), || {
         let body = metrics(admin);
-        let full13 = sample(&body, "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"false\"}");
-        let resumed13 = sample(&body, "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"true\"}");
-        let full12 = sample(&body, "ringgate_tls_handshakes_total{version=\"1.2\",resumed=\"false\"}");
-        let plain = sample(&body, "ringgate_tls_handshake_failures_total{reason=\"plain_http\"}");
+        let full13 = sample(
+            &body,
+            "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"false\"}",
+        );
+        let resumed13 = sample(
+            &body,
+            "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"true\"}",
+        );
+        let full12 = sample(
+            &body,
+            "ringgate_tls_handshakes_total{version=\"1.2\",resumed=\"false\"}",
+        );
+        let plain = sample(
+            &body,
+            "ringgate_tls_handshake_failures_total{reason=\"plain_http\"}",
+        );
         (full13 == 1 && resumed13 == 6 && full12 == 1 && plain == 1)
             .then_some(body.clone())
             .ok_or(body)
@@ -459,7 +547,14 @@ fn sessions_resume_on_any_worker_and_handshakes_are_counted_and_logged() {
 fn s_client_request(port: u16, args: &[&str]) -> String {
     use std::process::Stdio;
     let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "site.test", "-ign_eof"])
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "site.test",
+            "-ign_eof",
+        ])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -479,11 +574,7 @@ fn s_client_request(port: u16, args: &[&str]) -> String {
 /// Proxy B terminates TLS for `backend.test` in front of `backend`, with
 /// an admin port for its handshake counters; proxy A goes to B over TLS
 /// with `upstream_tls`.
-fn tls_chain(
-    ca: &mut TestCa,
-    backend: &Backend,
-    upstream_tls: &str,
-) -> (Proxy, Proxy, u16) {
+fn tls_chain(ca: &mut TestCa, backend: &Backend, upstream_tls: &str) -> (Proxy, Proxy, u16) {
     let cert = ca.server("backend", &["backend.test"]);
     let admin = ringgate_tests::free_port();
     let b = Proxy::start(
@@ -516,7 +607,10 @@ fn upstream_tls_verifies_the_backend_and_pools_the_connection() {
     // Ten requests, one handshake: the TLS connection went back to the pool.
     let handshakes = eventually(Duration::from_secs(3), || {
         let body = metrics(admin);
-        let n = sample(&body, "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"false\"}");
+        let n = sample(
+            &body,
+            "ringgate_tls_handshakes_total{version=\"1.3\",resumed=\"false\"}",
+        );
         (n >= 1).then_some(n).ok_or(body)
     });
     assert_eq!(handshakes, Ok(1));
@@ -542,11 +636,16 @@ fn upstream_tls_refuses_a_wrong_name_or_an_unknown_ca_with_502() {
         assert_eq!(r.status, 502, "{upstream_tls}: {}", r.body_str());
         let logged = eventually(Duration::from_secs(3), || {
             let log = a.stderr();
-            log.contains("TLS handshake failed").then_some(()).ok_or(log)
+            log.contains("TLS handshake failed")
+                .then_some(())
+                .ok_or(log)
         });
         assert!(logged.is_ok(), "{upstream_tls}: {logged:?}");
     }
-    assert!(backend.records().is_empty(), "nothing may reach the backend");
+    assert!(
+        backend.records().is_empty(),
+        "nothing may reach the backend"
+    );
 }
 
 #[test]
@@ -560,7 +659,10 @@ fn health_checks_of_a_tls_upstream_speak_tls() {
     let a = ProxyConfig::new(([127, 0, 0, 1], b.port).into())
         .upstream_extra(
             "tls",
-            &format!("{{ server_name = \"backend.test\", ca = \"{}\" }}", ca.cert.display()),
+            &format!(
+                "{{ server_name = \"backend.test\", ca = \"{}\" }}",
+                ca.cert.display()
+            ),
         )
         .upstream_extra(
             "health_check",
@@ -599,7 +701,10 @@ fn upstream_tls_presents_a_client_certificate_when_configured() {
         ca.cert.display(),
         me.toml()
     );
-    let without = format!("{{ server_name = \"backend.test\", ca = \"{}\" }}", ca.cert.display());
+    let without = format!(
+        "{{ server_name = \"backend.test\", ca = \"{}\" }}",
+        ca.cert.display()
+    );
     for (upstream_tls, status) in [(with_cert, 200), (without, 502)] {
         let a = ProxyConfig::new(([127, 0, 0, 1], b.port).into())
             .upstream_extra("tls", &upstream_tls)
@@ -609,5 +714,8 @@ fn upstream_tls_presents_a_client_certificate_when_configured() {
     }
     let recs = backend.records();
     assert_eq!(recs.len(), 1, "only the request with a certificate arrives");
-    assert_eq!(recs[0].header("x-client-subject").as_deref(), Some("CN=proxy-a"));
+    assert_eq!(
+        recs[0].header("x-client-subject").as_deref(),
+        Some("CN=proxy-a")
+    );
 }

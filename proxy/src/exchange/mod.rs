@@ -28,9 +28,9 @@ use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 
 use crate::access_log::Sent;
-use crate::stream::{StreamReader, StreamWriter};
 use crate::error_log::{write_request, Errno, ErrorLog, Kind};
 use crate::io::{Abort, Gather, WriteFail};
+use crate::stream::{StreamReader, StreamWriter};
 use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
 use error::ExchangeError;
 pub use error::{error_response, Fault, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE};
@@ -439,7 +439,10 @@ async fn attempt(
     lay_out_head(bufs, head.head_len, plan.forwarded_len);
     let gather = std::mem::take(&mut bufs.req);
     let send_timeout = upstream.config.send_timeout;
-    let (res, gather) = conn.w.send_gather(gather, send_timeout, &bufs.up_write_abort).await;
+    let (res, gather) = conn
+        .w
+        .send_gather(gather, send_timeout, &bufs.up_write_abort)
+        .await;
     bufs.req = gather;
     match res {
         Ok(()) => {}
@@ -449,8 +452,10 @@ async fn attempt(
     if head.expect_continue && plan.body_left.is_some() {
         let timeout = cx.limits.send_timeout;
         let whole = 0..CONTINUE_100.len();
-        let (sent, _) =
-            client.w.send_range(CONTINUE_100, whole, timeout, client.write_abort).await;
+        let (sent, _) = client
+            .w
+            .send_range(CONTINUE_100, whole, timeout, client.write_abort)
+            .await;
         if sent.is_err() {
             return fail(Fault::ClientGone);
         }

@@ -17,8 +17,8 @@ use ringgate_core::http::{
 use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
 use super::retry::Replay;
 use super::{Buffers, Context};
-use crate::stream::{StreamReader, StreamWriter};
 use crate::io::{Abort, Part, ReadFail, WriteFail};
+use crate::stream::{StreamReader, StreamWriter};
 use crate::upstream::UpstreamState;
 
 /// Read size while streaming bodies: large enough to amortise a syscall,
@@ -209,13 +209,15 @@ pub(super) async fn send_body(
     let result = async {
         loop {
             body.clear();
-            let n = match u.client.read_more(
-                body,
-                BODY_READ_BYTES,
-                u.body_read_timeout,
-                u.client_read_abort,
-            )
-            .await
+            let n = match u
+                .client
+                .read_more(
+                    body,
+                    BODY_READ_BYTES,
+                    u.body_read_timeout,
+                    u.client_read_abort,
+                )
+                .await
             {
                 Ok(0) | Err(ReadFail::Io(_)) => return Err(Fault::ClientGone),
                 Ok(n) => n,
@@ -235,13 +237,14 @@ pub(super) async fn send_body(
                     (feed.consumed, feed.done)
                 }
             };
-            let (res, buf) = u.up.send_range(
-                std::mem::take(body),
-                0..take,
-                u.send_timeout,
-                u.up_write_abort,
-            )
-            .await;
+            let (res, buf) =
+                u.up.send_range(
+                    std::mem::take(body),
+                    0..take,
+                    u.send_timeout,
+                    u.up_write_abort,
+                )
+                .await;
             *body = buf;
             match res {
                 Ok(()) => u.progress.set(Instant::now()),

@@ -16,8 +16,8 @@ use super::error::{ExchangeError, Fault, CLOSE_LINE, KEEP_ALIVE_LINE};
 use super::request::{length_body, write_set_fields, BodyLeft, BODY_READ_BYTES};
 use super::Context;
 use crate::access_log::Sent;
-use crate::stream::{StreamReader, StreamWriter};
 use crate::io::{Abort, Gather, Part, ReadFail, WriteFail};
+use crate::stream::{StreamReader, StreamWriter};
 
 /// Read size for heads, requests' and responses'; a head larger than this
 /// grows its buffer up to the configured limit.
@@ -142,13 +142,9 @@ async fn relay_inner(
             if now >= due {
                 return Err(fail(started, Fault::ResponseTimedOut));
             }
-            let res = up.read_more(
-                &mut resp.source,
-                HEAD_READ_BYTES,
-                due - now,
-                up_read_abort,
-            )
-            .await;
+            let res = up
+                .read_more(&mut resp.source, HEAD_READ_BYTES, due - now, up_read_abort)
+                .await;
             match res {
                 Ok(0) | Err(ReadFail::Io(_)) if resp.source.is_empty() && !started => {
                     return Err(Fault::UpstreamClosed.into())
@@ -228,7 +224,9 @@ async fn relay_inner(
         resp.push(Part::Patch, 0..resp.patch.len());
         resp.push(Part::Source, head.head_len..head.head_len + initial);
         let gather = std::mem::take(resp);
-        let (res, gather) = client.send_gather(gather, send_timeout, client_write_abort).await;
+        let (res, gather) = client
+            .send_gather(gather, send_timeout, client_write_abort)
+            .await;
         *resp = gather;
         if let Err(e) = res {
             return Err(ExchangeError::started(client_write_fault(e)));
@@ -247,13 +245,14 @@ async fn relay_inner(
                 break;
             }
             resp.source.clear();
-            let res = up.read_more(
-                &mut resp.source,
-                BODY_READ_BYTES,
-                spec.response_timeout,
-                up_read_abort,
-            )
-            .await;
+            let res = up
+                .read_more(
+                    &mut resp.source,
+                    BODY_READ_BYTES,
+                    spec.response_timeout,
+                    up_read_abort,
+                )
+                .await;
             let n = match res {
                 Ok(0) if until_close => break,
                 Ok(0) => {
@@ -289,13 +288,14 @@ async fn relay_inner(
                 }
             };
             surplus |= take < n;
-            let (res, buf) = client.send_range(
-                std::mem::take(&mut resp.source),
-                0..take,
-                send_timeout,
-                client_write_abort,
-            )
-            .await;
+            let (res, buf) = client
+                .send_range(
+                    std::mem::take(&mut resp.source),
+                    0..take,
+                    send_timeout,
+                    client_write_abort,
+                )
+                .await;
             resp.source = buf;
             if let Err(e) = res {
                 return Err(ExchangeError::started(client_write_fault(e)));
