@@ -188,17 +188,14 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
     for (i, listener) in config.listeners.iter().enumerate() {
         if let Some(t) = &listener.tls {
             if let Err(e) = tls::load(&format!("listeners[{i}].tls"), t) {
-                // tls::load's errors lead with the key they are about.
-                let (key, message) = e.split_once(": ").unwrap_or(("listeners", &e));
-                problems.push((key.to_owned(), message.to_owned()));
+                problems.push(keyed(e, "listeners"));
             }
         }
     }
     for (i, upstream) in config.upstreams.iter().enumerate() {
         if let Some(t) = &upstream.tls {
             if let Err(e) = tls::load_upstream(&format!("upstreams[{i}].tls"), t) {
-                let (key, message) = e.split_once(": ").unwrap_or(("upstreams", &e));
-                problems.push((key.to_owned(), message.to_owned()));
+                problems.push(keyed(e, "upstreams"));
             }
         }
     }
@@ -227,6 +224,15 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
         }
     }
     problems
+}
+
+/// A `tls` loading error as (key, message): its errors lead with the key
+/// they are about.
+fn keyed(error: String, fallback: &str) -> (String, String) {
+    match error.split_once(": ") {
+        Some((key, message)) => (key.to_owned(), message.to_owned()),
+        None => (fallback.to_owned(), error),
+    }
 }
 
 /// Makes any panic, on any thread, end the process after its message is

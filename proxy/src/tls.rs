@@ -125,15 +125,7 @@ pub fn load(key: &str, tls: &ListenerTls) -> Result<ListenerTlsConfig, String> {
     let builder = match &tls.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_certificates(&format!("{key}.client_ca"), ca)? {
-                roots.add(cert).map_err(|e| {
-                    format!(
-                        "{key}.client_ca: {}: not a usable CA certificate: {e}",
-                        ca.display()
-                    )
-                })?;
-            }
+            let roots = read_roots(&format!("{key}.client_ca"), ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if tls.client_certificate_required {
                 verifier
@@ -189,20 +181,14 @@ pub fn load_upstream(
     tls: &ringgate_config::UpstreamTls,
 ) -> Result<UpstreamTlsConfig, String> {
     let provider = Arc::new(crypto::default_provider());
-    let mut roots = RootCertStore::empty();
-    match &tls.ca {
-        Some(ca) => {
-            for cert in read_certificates(&format!("{key}.ca"), ca)? {
-                roots.add(cert).map_err(|e| {
-                    format!(
-                        "{key}.ca: {}: not a usable CA certificate: {e}",
-                        ca.display()
-                    )
-                })?;
-            }
+    let roots = match &tls.ca {
+        Some(ca) => read_roots(&format!("{key}.ca"), ca)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots
         }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
+    };
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("{key}: {e}"))?
@@ -253,6 +239,20 @@ fn read_certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'stati
         ));
     }
     Ok(certs)
+}
+
+/// The CA certificates in a PEM file, as a trust store.
+fn read_roots(key: &str, path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certificates(key, path)? {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{key}: {}: not a usable CA certificate: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(roots)
 }
 
 /// One certificate chain and its key, checked: they match, the leaf is
@@ -498,10 +498,7 @@ async fn handshake(
     let mut failed = None;
     while conn.is_handshaking() && failed.is_none() {
         if conn.wants_write() {
-            cipher_out.clear();
-            while conn.wants_write() {
-                let _ = conn.write_tls(&mut cipher_out);
-            }
+            drain_tls(&mut conn, &mut cipher_out);
             let left = deadline.saturating_duration_since(Instant::now());
             let len = cipher_out.len();
             let (res, back) = send_range(&mut tcp_w, cipher_out, 0..len, left, write_abort).await;
@@ -545,10 +542,7 @@ async fn handshake(
     // The last flight (and TLS 1.3 session tickets) goes out now, ahead of
     // the response, or the alert of a failed handshake.
     if conn.wants_write() {
-        cipher_out.clear();
-        while conn.wants_write() {
-            let _ = conn.write_tls(&mut cipher_out);
-        }
+        drain_tls(&mut conn, &mut cipher_out);
         let left = deadline.saturating_duration_since(Instant::now());
         let len = cipher_out.len();
         let (res, back) = send_range(&mut tcp_w, cipher_out, 0..len, left, write_abort).await;
@@ -615,6 +609,17 @@ const PLAIN_HTTP_RESPONSE: &str = "HTTP/1.1 400 Bad Request\r\nContent-Type: tex
 /// starts with a method token.
 fn looks_like_plain_http(first_bytes: &[u8]) -> bool {
     first_bytes.first().is_some_and(|b| b.is_ascii_uppercase())
+}
+
+/// Replaces `out` with every TLS record rustls has queued to send.
+fn drain_tls(conn: &mut Connection, out: &mut Vec<u8>) {
+    out.clear();
+    while conn.wants_write() {
+        // Writing into a Vec cannot fail; stop rather than spin if it did.
+        if conn.write_tls(out).is_err() {
+            break;
+        }
+    }
 }
 
 /// Hands buffered ciphertext to rustls and processes it.
@@ -791,12 +796,7 @@ impl TlsWriter {
                     .write_all(&self.plain)
                     .map_err(|e| WriteFail::Io(e.kind()))?;
             }
-            self.cipher.clear();
-            while conn.wants_write() {
-                if conn.write_tls(&mut self.cipher).is_err() {
-                    break;
-                }
-            }
+            drain_tls(&mut conn, &mut self.cipher);
         }
         let len = self.cipher.len();
         let cipher = std::mem::take(&mut self.cipher);
