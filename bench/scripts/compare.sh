@@ -15,12 +15,8 @@ BACKEND_PORT=19000; PROXY_PORT=18080
 TICK=$(getconf CLK_TCK)
 for tool in nginx wrk taskset; do command -v $tool >/dev/null || { echo "missing $tool: apt-get install nginx haproxy wrk" >&2; exit 1; }; done
 
-cat > $W/backend.conf <<EOC
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:$BACKEND_PORT reuseport; location / { return 200 "hello from backend\n"; } } }
-EOC
+source "$ROOT/bench/scripts/lib.sh"
+backend_conf $W/backend.conf $W $BACKEND_PORT
 cat > $W/ringgate.toml <<EOC
 [server]
 workers = 1
@@ -66,15 +62,6 @@ taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
 sleep 0.5
 cleanup() { kill $BACKEND 2>/dev/null || true; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null || true; }
 trap cleanup EXIT
-
-cpu_ticks() { # user+sys of a process and its threads/children, in ticks
-  local total=0
-  for p in "$@"; do # a short-lived child may be gone by now: skip it
-    read -r -a f 2>/dev/null < /proc/$p/stat || continue
-    total=$((total + f[13] + f[14] + f[15] + f[16]))
-  done
-  echo $total
-}
 
 printf "| proxy | requests/s | p50 | p99 | CPU µs/request |\n|---|---:|---:|---:|---:|\n" > $W/table.md
 echo "backend alone:"

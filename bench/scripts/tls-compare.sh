@@ -24,8 +24,8 @@ TICK=$(getconf CLK_TCK)
 for tool in nginx wrk taskset openssl python3; do command -v $tool >/dev/null || { echo "missing $tool: apt-get install nginx haproxy wrk openssl" >&2; exit 1; }; done
 [ -x "$RG" ] || { echo "build ringgate first: cargo build --release -p ringgate" >&2; exit 1; }
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -keyout $W/key.pem -out $W/cert.pem -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null
+source "$ROOT/bench/scripts/lib.sh"
+make_cert $W
 cat $W/cert.pem $W/key.pem > $W/haproxy.pem
 
 if [ "$MODE" = handshake ]; then
@@ -38,12 +38,7 @@ else
   RG_RESUME=""; NGINX_RESUME=""; HAPROXY_GLOBAL=""; HAPROXY_BIND=""; WRK_ARGS=()
 fi
 
-cat > $W/backend.conf <<EOC
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:$BACKEND_PORT reuseport; location / { return 200 "hello from backend\n"; } } }
-EOC
+backend_conf $W/backend.conf $W $BACKEND_PORT
 cat > $W/ringgate.toml <<EOC
 [server]
 workers = 1
@@ -92,15 +87,6 @@ taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
 sleep 0.5
 cleanup() { kill $BACKEND 2>/dev/null || true; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null || true; }
 trap cleanup EXIT
-
-cpu_ticks() { # user+sys of a process and its threads/children, in ticks
-  local total=0
-  for p in "$@"; do
-    read -r -a f 2>/dev/null < /proc/$p/stat || continue
-    total=$((total + f[13] + f[14] + f[15] + f[16]))
-  done
-  echo $total
-}
 
 echo "mode $MODE, $ROUNDS rounds of ${DUR}s, $CONNS connections"
 : > $W/results

@@ -13,13 +13,9 @@ RG=${RINGGATE_BIN:-$ROOT/target/release/ringgate}
 W=$(mktemp -d /tmp/rgresume.XXXX)
 BACKEND_PORT=19003; PROXY_PORT=18448
 TICK=$(getconf CLK_TCK)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -keyout $W/key.pem -out $W/cert.pem -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null
-cat > $W/backend.conf <<EOC
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "hello from backend\n"; } } }
-EOC
+source "$ROOT/bench/scripts/lib.sh"
+make_cert $W
+backend_conf $W/backend.conf $W $BACKEND_PORT
 cat > $W/ringgate.toml <<EOC
 [server]
 workers = 1
@@ -47,7 +43,6 @@ taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
 cleanup() { kill $BACKEND 2>/dev/null || true; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null || true; }
 trap cleanup EXIT
 sleep 0.5
-cpu_ticks() { local t=0; for p in "$@"; do read -r -a f 2>/dev/null < /proc/$p/stat || continue; t=$((t + f[13] + f[14])); done; echo $t; }
 for round in $(seq 1 "$ROUNDS"); do
   for p in ringgate nginx; do
     case $p in

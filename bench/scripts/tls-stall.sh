@@ -19,14 +19,9 @@ W=$(mktemp -d /tmp/rgstall.XXXX)
 BACKEND_PORT=19001; PROXY_PORT=18444
 for tool in nginx taskset openssl python3; do command -v $tool >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
 [ -x "$RG" ] && [ -x "$RL" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
-  -keyout $W/key.pem -out $W/cert.pem -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null
-cat > $W/backend.conf <<EOC
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  server { listen 127.0.0.1:$BACKEND_PORT reuseport; location / { return 200 "hello from backend\n"; } } }
-EOC
+source "$ROOT/bench/scripts/lib.sh"
+make_cert $W
+backend_conf $W/backend.conf $W $BACKEND_PORT
 cat > $W/ringgate.toml <<EOC
 [server]
 workers = 1

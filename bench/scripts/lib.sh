@@ -1,0 +1,29 @@
+# Pieces the comparison scripts share; sourced, not run.
+
+# An nginx `return 200` backend with one worker, for `nginx -c FILE`:
+# backend_conf FILE WORKDIR PORT
+backend_conf() {
+  cat > "$1" <<EOC
+worker_processes 1; daemon off; pid $2/backend.pid; error_log $2/backend.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  server { listen 127.0.0.1:$3 reuseport; location / { return 200 "hello from backend\n"; } } }
+EOC
+}
+
+# A fresh ECDSA P-256 certificate for bench.test: DIR/cert.pem, DIR/key.pem.
+make_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -keyout "$1/key.pem" -out "$1/cert.pem" -subj /CN=bench.test -addext subjectAltName=DNS:bench.test 2>/dev/null
+}
+
+# user+sys of processes (and their waited-for children), in clock ticks; a
+# short-lived child may be gone by now and is skipped.
+cpu_ticks() {
+  local total=0
+  for p in "$@"; do
+    read -r -a f 2>/dev/null < /proc/$p/stat || continue
+    total=$((total + f[13] + f[14] + f[15] + f[16]))
+  done
+  echo $total
+}
