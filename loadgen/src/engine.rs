@@ -24,6 +24,7 @@ use crate::id::{IdSeen, ID_DIGITS};
 use crate::pacer::{Pacer, ON_URING};
 use crate::record::{ErrorClass, Measured, Recorder, Stamps, Window};
 use crate::report::Report;
+use crate::ring_flags::RingFlags;
 use crate::schedule::{Arrival, Schedule};
 use crate::target::Target;
 use crate::Error;
@@ -360,39 +361,6 @@ async fn busy_share(window: Window) -> Option<f64> {
             Some((b.saturating_sub(a) as f64 / 1e9 / wall).min(1.0))
         }
         _ => None,
-    }
-}
-
-/// Ring set-up flags, cheapest first: with one thread per ring,
-/// SINGLE_ISSUER + DEFER_TASKRUN post completions only when the worker asks
-/// for them (no reschedule IPI, no task work while it runs); COOP_TASKRUN
-/// for kernels before 6.1; none before 5.19. The same order as the proxy's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RingFlags {
-    DeferTaskrun,
-    CoopTaskrun,
-    Plain,
-}
-
-impl RingFlags {
-    const PREFERENCE: [RingFlags; 3] = [
-        RingFlags::DeferTaskrun,
-        RingFlags::CoopTaskrun,
-        RingFlags::Plain,
-    ];
-
-    fn builder(self) -> io_uring::Builder {
-        let mut builder = io_uring::IoUring::builder();
-        match self {
-            RingFlags::DeferTaskrun => {
-                builder.setup_single_issuer().setup_defer_taskrun();
-            }
-            RingFlags::CoopTaskrun => {
-                builder.setup_coop_taskrun().setup_taskrun_flag();
-            }
-            RingFlags::Plain => {}
-        }
-        builder
     }
 }
 

@@ -26,6 +26,7 @@ pub mod local;
 pub mod pacer;
 pub mod record;
 pub mod report;
+pub mod ring_flags;
 pub mod schedule;
 pub mod sweep;
 pub mod target;

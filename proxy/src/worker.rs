@@ -26,6 +26,7 @@ use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
 use crate::tls::{ListenerTlsConfig, UpstreamTlsConfig};
+pub use ringgate_loadgen::ring_flags::RingFlags;
 
 /// Submission queue size: enough to batch a loop iteration's operations for
 /// a few thousand connections into one io_uring_enter.
@@ -224,45 +225,6 @@ pub enum Driver {
     Legacy,
 }
 
-/// Ring set-up flags a worker's ring is built with (see
-/// `ringgate_config::RingSetup` for why they matter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RingFlags {
-    DeferTaskrun,
-    CoopTaskrun,
-    Plain,
-}
-
-impl RingFlags {
-    pub fn name(self) -> &'static str {
-        match self {
-            RingFlags::DeferTaskrun => "single_issuer+defer_taskrun",
-            RingFlags::CoopTaskrun => "coop_taskrun",
-            RingFlags::Plain => "no set-up flags",
-        }
-    }
-
-    fn builder(self) -> io_uring::Builder {
-        let mut builder = io_uring::IoUring::builder();
-        match self {
-            RingFlags::DeferTaskrun => {
-                builder.setup_single_issuer().setup_defer_taskrun();
-            }
-            RingFlags::CoopTaskrun => {
-                builder.setup_coop_taskrun().setup_taskrun_flag();
-            }
-            RingFlags::Plain => {}
-        }
-        builder
-    }
-
-    /// Does this kernel accept these flags? A small ring is built and
-    /// dropped on the calling thread.
-    fn supported(self) -> bool {
-        self.builder().build(8).is_ok()
-    }
-}
-
 impl Driver {
     /// How the start-up line names it.
     pub fn describe(self) -> String {
@@ -319,11 +281,7 @@ pub fn choose_driver(setup: RingSetup, log: &ErrorLog) -> Driver {
         return Driver::Legacy;
     }
     let wanted: &[RingFlags] = match setup {
-        RingSetup::Auto => &[
-            RingFlags::DeferTaskrun,
-            RingFlags::CoopTaskrun,
-            RingFlags::Plain,
-        ],
+        RingSetup::Auto => &RingFlags::PREFERENCE,
         RingSetup::DeferTaskrun => &[RingFlags::DeferTaskrun],
         RingSetup::CoopTaskrun => &[RingFlags::CoopTaskrun],
         RingSetup::Plain => &[RingFlags::Plain],
