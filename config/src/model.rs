@@ -237,6 +237,10 @@ pub struct Listener {
     pub address: SocketAddr,
     /// TLS termination on this listener; `None` is plain HTTP.
     pub tls: Option<ListenerTls>,
+    /// HTTP/2 beside HTTP/1.1: with `tls`, `h2` is offered in ALPN before
+    /// `http/1.1`; without it, a client may open with the HTTP/2 preface
+    /// (prior knowledge). Defaults to whether the listener has `tls`.
+    pub http2: bool,
 }
 
 /// `[listeners.tls]`: the certificates and policy of a TLS listener. The
@@ -634,6 +638,8 @@ pub struct Config {
     pub error_log: ErrorLog,
     /// `None`: no admin endpoint.
     pub admin: Option<Admin>,
+    /// Limits of HTTP/2 connections, on every listener with `http2`.
+    pub http2: Http2,
 }
 
 /// `[admin]`: `/metrics` (Prometheus text format) and `/healthz`, served by
@@ -711,3 +717,141 @@ pub const DEFAULT_ACCESS_LOG_BUFFER: usize = 64 * 1024;
 /// One line must fit; a line is at most a head plus a few hundred bytes.
 pub const ACCESS_LOG_BUFFER_MIN: usize = 4 * 1024;
 pub const ACCESS_LOG_BUFFER_MAX: usize = 16 * 1024 * 1024;
+
+/// `[http2]`: what one HTTP/2 client connection may hold and send, on every
+/// listener with `http2` on. Every limit a client could use to make a worker
+/// buffer, decode or answer without bound has one here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2 {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at once,
+    /// `1..=HTTP2_MAX_CONCURRENT_STREAMS_MAX`.
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: a request's decoded header list (RFC 9113
+    /// §6.5.2: names, values and 32 bytes per field),
+    /// `HTTP2_MAX_HEADER_LIST_BYTES_MIN..=HTTP2_MAX_HEADER_LIST_BYTES_MAX`.
+    pub max_header_list_bytes: u32,
+    /// SETTINGS_HEADER_TABLE_SIZE: the HPACK dynamic table the client's encoder
+    /// may fill in the proxy's decoder, `0..=HTTP2_HEADER_TABLE_BYTES_MAX`.
+    pub header_table_bytes: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE: request body bytes a client may send on
+    /// one stream before the proxy reads them,
+    /// `HTTP2_INITIAL_WINDOW_BYTES_MIN..=HTTP2_INITIAL_WINDOW_BYTES_MAX`.
+    pub initial_window_bytes: u32,
+    /// The connection's flow-control window (raised by WINDOW_UPDATE on
+    /// stream 0): body bytes of all streams together that a client may send
+    /// before the proxy reads them,
+    /// `HTTP2_CONNECTION_WINDOW_BYTES_MIN..=HTTP2_CONNECTION_WINDOW_BYTES_MAX`.
+    pub connection_window_bytes: u32,
+    /// SETTINGS_MAX_FRAME_SIZE: the largest frame payload the proxy accepts,
+    /// `HTTP2_MAX_FRAME_BYTES_MIN..=HTTP2_MAX_FRAME_BYTES_MAX` (RFC 9113 §6.5.2).
+    pub max_frame_bytes: u32,
+    /// Bytes queued toward a client that is not reading, per connection,
+    /// `HTTP2_MAX_SEND_BUFFER_BYTES_MIN..=HTTP2_MAX_SEND_BUFFER_BYTES_MAX`.
+    pub max_send_buffer_bytes: usize,
+    /// Frames of any type a client may send per second on one connection,
+    /// `HTTP2_MAX_FRAMES_PER_SECOND_MIN..=HTTP2_MAX_FRAMES_PER_SECOND_MAX`.
+    pub max_frames_per_second: u32,
+    /// RST_STREAM frames a client may send per second on one connection,
+    /// `1..=HTTP2_MAX_RESETS_PER_SECOND_MAX`.
+    pub max_resets_per_second: u32,
+    /// PING, SETTINGS and PRIORITY frames a client may send per second on one
+    /// connection, `1..=HTTP2_MAX_CONTROL_FRAMES_PER_SECOND_MAX`.
+    pub max_control_frames_per_second: u32,
+    /// CONTINUATION frames one header block may take,
+    /// `1..=HTTP2_MAX_CONTINUATION_FRAMES_MAX`.
+    pub max_continuation_frames: u32,
+}
+
+impl Default for Http2 {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+            max_header_list_bytes: DEFAULT_HTTP2_MAX_HEADER_LIST_BYTES,
+            header_table_bytes: DEFAULT_HTTP2_HEADER_TABLE_BYTES,
+            initial_window_bytes: DEFAULT_HTTP2_INITIAL_WINDOW_BYTES,
+            connection_window_bytes: DEFAULT_HTTP2_CONNECTION_WINDOW_BYTES,
+            max_frame_bytes: DEFAULT_HTTP2_MAX_FRAME_BYTES,
+            max_send_buffer_bytes: DEFAULT_HTTP2_MAX_SEND_BUFFER_BYTES,
+            max_frames_per_second: DEFAULT_HTTP2_MAX_FRAMES_PER_SECOND,
+            max_resets_per_second: DEFAULT_HTTP2_MAX_RESETS_PER_SECOND,
+            max_control_frames_per_second: DEFAULT_HTTP2_MAX_CONTROL_FRAMES_PER_SECOND,
+            max_continuation_frames: DEFAULT_HTTP2_MAX_CONTINUATION_FRAMES,
+        }
+    }
+}
+
+/// nginx's http2_max_concurrent_streams; above RFC 9113 §6.5.2's advice of
+/// at least 100, so a browser never waits for a stream slot.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Every open stream holds state and a request upstream; past ten thousand
+/// one connection weighs more than a worker's share of clients.
+pub const HTTP2_MAX_CONCURRENT_STREAMS_MAX: u32 = 10_000;
+/// nginx's large_client_header_buffers total (4 × 8 KiB): every real
+/// browser's headers fit after HPACK decoding, with the 32 bytes RFC 9113
+/// counts per field, and a decoded head stays small.
+pub const DEFAULT_HTTP2_MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
+/// Below 1 KiB a request with a few cookies would be refused.
+pub const HTTP2_MAX_HEADER_LIST_BYTES_MIN: u32 = 1024;
+/// Above 1 MiB a decoded head per stream costs more than it is worth.
+pub const HTTP2_MAX_HEADER_LIST_BYTES_MAX: u32 = 1024 * 1024;
+/// The protocol's initial value (RFC 9113 §6.5.2): every encoder already
+/// assumes it, so nothing waits on a SETTINGS acknowledgement.
+pub const DEFAULT_HTTP2_HEADER_TABLE_BYTES: u32 = 4096;
+/// The decoder table is memory per connection; past 64 KiB it buys no
+/// compression a proxy's repeated headers need.
+pub const HTTP2_HEADER_TABLE_BYTES_MAX: u32 = 64 * 1024;
+/// About the protocol's own 65 535, so uploads run as fast as clients
+/// expect; the connection window, not this, bounds what one client makes a
+/// worker buffer.
+pub const DEFAULT_HTTP2_INITIAL_WINDOW_BYTES: u32 = 64 * 1024;
+/// Below 1 KiB a body moves a few hundred bytes per round trip.
+pub const HTTP2_INITIAL_WINDOW_BYTES_MIN: u32 = 1024;
+/// A stream window past 16 MiB is body buffered before the proxy reads it.
+pub const HTTP2_INITIAL_WINDOW_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Sixteen default stream windows: uploads are not window-bound below about
+/// 80 Mbit/s at 100 ms round trip, and one connection can make a worker
+/// buffer at most 1 MiB of request bodies.
+pub const DEFAULT_HTTP2_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+/// The connection window starts at 65 535 and can only be raised, so a
+/// smaller setting could not be announced.
+pub const HTTP2_CONNECTION_WINDOW_BYTES_MIN: u32 = 64 * 1024;
+/// 64 MiB of unread bodies per connection is already more than a worker
+/// should hold for one client.
+pub const HTTP2_CONNECTION_WINDOW_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// The protocol's initial value and minimum: larger frames only let one
+/// stream's frame hold up the others behind it.
+pub const DEFAULT_HTTP2_MAX_FRAME_BYTES: u32 = 16_384;
+/// RFC 9113 §6.5.2: SETTINGS_MAX_FRAME_SIZE is at least 2^14 ...
+pub const HTTP2_MAX_FRAME_BYTES_MIN: u32 = 16_384;
+/// ... and at most 2^24 - 1.
+pub const HTTP2_MAX_FRAME_BYTES_MAX: u32 = 16_777_215;
+/// Sixteen default-size frames: enough to keep a fast client's socket fed
+/// between two turns of the worker, while a client that stops reading costs
+/// at most this per connection.
+pub const DEFAULT_HTTP2_MAX_SEND_BUFFER_BYTES: usize = 256 * 1024;
+/// Below one default-size frame the queue could not take a full frame.
+pub const HTTP2_MAX_SEND_BUFFER_BYTES_MIN: usize = 16 * 1024;
+/// Past 16 MiB one stalled client holds more than a worker should lose to it.
+pub const HTTP2_MAX_SEND_BUFFER_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Far above a page load's few hundred frames, or a 1 Gbit/s upload in
+/// default-size frames (about 7 600 a second); low enough that a flood of
+/// empty frames costs a worker a bounded share of its core.
+pub const DEFAULT_HTTP2_MAX_FRAMES_PER_SECOND: u32 = 50_000;
+/// Below 100 a busy page load could trip it.
+pub const HTTP2_MAX_FRAMES_PER_SECOND_MIN: u32 = 100;
+pub const HTTP2_MAX_FRAMES_PER_SECOND_MAX: u32 = 10_000_000;
+/// Rapid Reset (CVE-2023-44487): each reset stream can cost a request
+/// upstream. A browser cancels a few streams per navigation, so 200 a
+/// second is far above real use and far below a flood.
+pub const DEFAULT_HTTP2_MAX_RESETS_PER_SECOND: u32 = 200;
+pub const HTTP2_MAX_RESETS_PER_SECOND_MAX: u32 = 1_000_000;
+/// PING and SETTINGS floods (CVE-2019-9512, CVE-2019-9515) and PRIORITY
+/// churn (CVE-2019-9513) each make the proxy answer or rework state; a
+/// client sends a handful of these per connection, not hundreds a second.
+pub const DEFAULT_HTTP2_MAX_CONTROL_FRAMES_PER_SECOND: u32 = 200;
+pub const HTTP2_MAX_CONTROL_FRAMES_PER_SECOND_MAX: u32 = 1_000_000;
+/// The CONTINUATION flood (2024, CVE-2024-27316 and others): a header block
+/// of the default 32 KiB list needs 2 default-size frames, so 16 leaves room
+/// for clients that send small frames and ends a block that never ends.
+pub const DEFAULT_HTTP2_MAX_CONTINUATION_FRAMES: u32 = 16;
+pub const HTTP2_MAX_CONTINUATION_FRAMES_MAX: u32 = 1024;

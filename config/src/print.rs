@@ -14,6 +14,7 @@ pub fn to_toml(config: &Config) -> String {
     let mut out = String::new();
     server(&mut out, &config.server);
     limits(&mut out, &config.limits);
+    http2(&mut out, &config.http2);
     error_log(&mut out, &config.error_log);
     if let Some(admin) = &config.admin {
         let _ = write!(
@@ -33,9 +34,10 @@ pub fn to_toml(config: &Config) -> String {
     for l in &config.listeners {
         let _ = write!(
             out,
-            "\n[[listeners]]\nname = {}\naddress = {}\n",
+            "\n[[listeners]]\nname = {}\naddress = {}\nhttp2 = {}\n",
             quote(&l.name),
-            quote(&l.address.to_string())
+            quote(&l.address.to_string()),
+            l.http2
         );
         if let Some(t) = &l.tls {
             listener_tls(&mut out, t);
@@ -165,6 +167,29 @@ fn limits(out: &mut String, l: &Limits) {
         "tls_handshake_timeout = {}",
         duration(l.tls_handshake_timeout)
     );
+}
+
+fn http2(out: &mut String, h: &Http2) {
+    let _ = writeln!(out, "\n[http2]");
+    let _ = writeln!(out, "max_concurrent_streams = {}", h.max_concurrent_streams);
+    let _ = writeln!(out, "max_header_list_size = {}", h.max_header_list_bytes);
+    let _ = writeln!(out, "header_table_size = {}", h.header_table_bytes);
+    let _ = writeln!(out, "initial_window_size = {}", h.initial_window_bytes);
+    let _ = writeln!(
+        out,
+        "connection_window_size = {}",
+        h.connection_window_bytes
+    );
+    let _ = writeln!(out, "max_frame_size = {}", h.max_frame_bytes);
+    let _ = writeln!(out, "max_send_buffer = {}", h.max_send_buffer_bytes);
+    let _ = writeln!(out, "max_frames_per_second = {}", h.max_frames_per_second);
+    let _ = writeln!(out, "max_resets_per_second = {}", h.max_resets_per_second);
+    let _ = writeln!(
+        out,
+        "max_control_frames_per_second = {}",
+        h.max_control_frames_per_second
+    );
+    let _ = writeln!(out, "max_continuation_frames = {}", h.max_continuation_frames);
 }
 
 fn route(out: &mut String, config: &Config, r: &Route) {

@@ -26,6 +26,23 @@ pub(crate) struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     pub error_log: Option<RawErrorLog>,
     pub admin: Option<RawAdmin>,
+    pub http2: Option<RawHttp2>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp2 {
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub max_header_list_size: Option<Spanned<Size>>,
+    pub header_table_size: Option<Spanned<Size>>,
+    pub initial_window_size: Option<Spanned<Size>>,
+    pub connection_window_size: Option<Spanned<Size>>,
+    pub max_frame_size: Option<Spanned<Size>>,
+    pub max_send_buffer: Option<Spanned<Size>>,
+    pub max_frames_per_second: Option<Spanned<i64>>,
+    pub max_resets_per_second: Option<Spanned<i64>>,
+    pub max_control_frames_per_second: Option<Spanned<i64>>,
+    pub max_continuation_frames: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +101,7 @@ pub(crate) struct RawListener {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
     pub tls: Option<Spanned<RawListenerTls>>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

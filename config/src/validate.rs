@@ -86,6 +86,26 @@ impl Checker<'_> {
         }
     }
 
+    /// A byte size in `range` for a value the protocol carries in 32 bits
+    /// (HTTP/2 settings), or `default` after recording an error.
+    fn size_u32(
+        &mut self,
+        value: Option<&Spanned<Size>>,
+        key: &str,
+        range: RangeInclusive<u32>,
+        default: u32,
+    ) -> u32 {
+        let widen = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let n = self.size(
+            value,
+            key,
+            widen(*range.start())..=widen(*range.end()),
+            widen(default),
+        );
+        // In `range`, so it fits.
+        u32::try_from(n).unwrap_or(default)
+    }
+
     /// A timeout in `1ms..=TIMEOUT_MAX`, or `default` after recording an error.
     fn timeout(
         &mut self,
@@ -198,6 +218,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
 
     let server = server(&mut c, raw.server.as_ref());
     let limits = limits(&mut c, raw.limits.as_ref());
+    let http2 = http2(&mut c, raw.http2.as_ref());
 
     let (span, raw_listeners) = spanned_vec(raw.listeners);
     if raw_listeners.is_empty() {
@@ -223,6 +244,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
                 name: l.name.get_ref().clone(),
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
                 tls: None,
+                http2: false,
             });
             continue;
         };
@@ -239,10 +261,15 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .tls
             .as_ref()
             .map(|t| listener_tls(&mut c, &format!("listeners[{i}].tls"), t));
+        // On by default where ALPN lets a client choose, so no client gets
+        // a protocol it did not ask for; off on plain listeners, where only
+        // prior-knowledge clients would use it.
+        let http2 = l.http2.unwrap_or(tls.is_some());
         listeners.push(Listener {
             name: l.name.get_ref().clone(),
             address,
             tls,
+            http2,
         });
     }
 
@@ -369,6 +396,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             access_log,
             error_log,
             admin,
+            http2,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -621,6 +649,79 @@ fn limits(c: &mut Checker<'_>, raw: Option<&RawLimits>) -> Limits {
             raw.tls_handshake_timeout.as_ref(),
             "limits.tls_handshake_timeout",
             d.tls_handshake_timeout,
+        ),
+    }
+}
+
+fn http2(c: &mut Checker<'_>, raw: Option<&RawHttp2>) -> Http2 {
+    let d = Http2::default();
+    let Some(raw) = raw else { return d };
+    Http2 {
+        max_concurrent_streams: c.int(
+            raw.max_concurrent_streams.as_ref(),
+            "http2.max_concurrent_streams",
+            1..=HTTP2_MAX_CONCURRENT_STREAMS_MAX,
+            d.max_concurrent_streams,
+        ),
+        max_header_list_bytes: c.size_u32(
+            raw.max_header_list_size.as_ref(),
+            "http2.max_header_list_size",
+            HTTP2_MAX_HEADER_LIST_BYTES_MIN..=HTTP2_MAX_HEADER_LIST_BYTES_MAX,
+            d.max_header_list_bytes,
+        ),
+        header_table_bytes: c.size_u32(
+            raw.header_table_size.as_ref(),
+            "http2.header_table_size",
+            0..=HTTP2_HEADER_TABLE_BYTES_MAX,
+            d.header_table_bytes,
+        ),
+        initial_window_bytes: c.size_u32(
+            raw.initial_window_size.as_ref(),
+            "http2.initial_window_size",
+            HTTP2_INITIAL_WINDOW_BYTES_MIN..=HTTP2_INITIAL_WINDOW_BYTES_MAX,
+            d.initial_window_bytes,
+        ),
+        connection_window_bytes: c.size_u32(
+            raw.connection_window_size.as_ref(),
+            "http2.connection_window_size",
+            HTTP2_CONNECTION_WINDOW_BYTES_MIN..=HTTP2_CONNECTION_WINDOW_BYTES_MAX,
+            d.connection_window_bytes,
+        ),
+        max_frame_bytes: c.size_u32(
+            raw.max_frame_size.as_ref(),
+            "http2.max_frame_size",
+            HTTP2_MAX_FRAME_BYTES_MIN..=HTTP2_MAX_FRAME_BYTES_MAX,
+            d.max_frame_bytes,
+        ),
+        max_send_buffer_bytes: c.size(
+            raw.max_send_buffer.as_ref(),
+            "http2.max_send_buffer",
+            HTTP2_MAX_SEND_BUFFER_BYTES_MIN..=HTTP2_MAX_SEND_BUFFER_BYTES_MAX,
+            d.max_send_buffer_bytes,
+        ),
+        max_frames_per_second: c.int(
+            raw.max_frames_per_second.as_ref(),
+            "http2.max_frames_per_second",
+            HTTP2_MAX_FRAMES_PER_SECOND_MIN..=HTTP2_MAX_FRAMES_PER_SECOND_MAX,
+            d.max_frames_per_second,
+        ),
+        max_resets_per_second: c.int(
+            raw.max_resets_per_second.as_ref(),
+            "http2.max_resets_per_second",
+            1..=HTTP2_MAX_RESETS_PER_SECOND_MAX,
+            d.max_resets_per_second,
+        ),
+        max_control_frames_per_second: c.int(
+            raw.max_control_frames_per_second.as_ref(),
+            "http2.max_control_frames_per_second",
+            1..=HTTP2_MAX_CONTROL_FRAMES_PER_SECOND_MAX,
+            d.max_control_frames_per_second,
+        ),
+        max_continuation_frames: c.int(
+            raw.max_continuation_frames.as_ref(),
+            "http2.max_continuation_frames",
+            1..=HTTP2_MAX_CONTINUATION_FRAMES_MAX,
+            d.max_continuation_frames,
         ),
     }
 }
