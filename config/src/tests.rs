@@ -1763,6 +1763,11 @@ fn printed_config_fills_in_every_default() {
         "timeouts = { connect = \"1s\", response = \"30s\", send = \"1m\", idle = \"1m\" }",
         "outlier_detection = { consecutive_failures = 5,",
         "match = { path_prefix = \"/\" }",
+        "http2 = false",
+        "[http2]\nmax_concurrent_streams = 128\nmax_header_list_size = 32768\nheader_table_size = 4096\n\
+         initial_window_size = 65536\nconnection_window_size = 1048576\nmax_frame_size = 16384\n\
+         max_send_buffer = 262144\nmax_frames_per_second = 50000\nmax_resets_per_second = 200\n\
+         max_control_frames_per_second = 200\nmax_continuation_frames = 16\n",
     ] {
         assert!(printed.contains(line), "no {line:?} in:\n{printed}");
     }
@@ -1909,5 +1914,193 @@ fn tls_mistakes_are_each_named() {
         let e = only_error(&with_tls(table));
         assert_eq!(e.key, key, "{e}");
         assert!(e.message.contains(why), "{e}");
+    }
+}
+
+// ---- HTTP/2 ----
+
+#[test]
+fn http2_is_on_for_tls_listeners_and_off_for_plain_ones_unless_set() {
+    let tls = "{ certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }";
+    assert!(ok(&with_tls(tls)).listeners[0].http2);
+    assert!(!ok(BASE).listeners[0].http2);
+    let set = |text: &str, value: bool| {
+        text.replace(
+            "address = \"127.0.0.1:8080\"\n",
+            &format!("address = \"127.0.0.1:8080\"\nhttp2 = {value}\n"),
+        )
+    };
+    assert!(!ok(&set(&with_tls(tls), false)).listeners[0].http2);
+    assert!(ok(&set(BASE, true)).listeners[0].http2);
+    let e = only_error(&set(BASE, true).replace("http2 = true", "http2 = \"yes\""));
+    assert_eq!((e.key.as_str(), e.line, e.column), ("listeners[0].http2", 4, 9), "{e}");
+    assert!(e.message.contains("expected a boolean"), "{e}");
+}
+
+#[test]
+fn http2_section_defaults_match_the_documented_values() {
+    let h = ok(BASE).http2;
+    assert_eq!(h, Http2::default());
+    assert_eq!(h.max_concurrent_streams, 128);
+    assert_eq!(h.max_header_list_bytes, 32 * 1024);
+    assert_eq!(h.header_table_bytes, 4096);
+    assert_eq!(h.initial_window_bytes, 64 * 1024);
+    assert_eq!(h.connection_window_bytes, 1024 * 1024);
+    assert_eq!(h.max_frame_bytes, 16_384);
+    assert_eq!(h.max_send_buffer_bytes, 256 * 1024);
+    assert_eq!(h.max_frames_per_second, 50_000);
+    assert_eq!(h.max_resets_per_second, 200);
+    assert_eq!(h.max_control_frames_per_second, 200);
+    assert_eq!(h.max_continuation_frames, 16);
+    // An empty table takes the same defaults.
+    assert_eq!(ok(&format!("[http2]\n{BASE}")).http2, Http2::default());
+}
+
+#[test]
+fn http2_keys_take_counts_and_sizes() {
+    let text = format!(
+        "[http2]\nmax_concurrent_streams = 1\nmax_header_list_size = \"1MiB\"\nheader_table_size = 0\n\
+         initial_window_size = \"16MiB\"\nconnection_window_size = \"64KiB\"\nmax_frame_size = 16777215\n\
+         max_send_buffer = \"16KiB\"\nmax_frames_per_second = 100\nmax_resets_per_second = 1000000\n\
+         max_control_frames_per_second = 1\nmax_continuation_frames = 1024\n{BASE}"
+    );
+    assert_eq!(
+        ok(&text).http2,
+        Http2 {
+            max_concurrent_streams: 1,
+            max_header_list_bytes: 1 << 20,
+            header_table_bytes: 0,
+            initial_window_bytes: 16 << 20,
+            connection_window_bytes: 64 << 10,
+            max_frame_bytes: 16_777_215,
+            max_send_buffer_bytes: 16 << 10,
+            max_frames_per_second: 100,
+            max_resets_per_second: 1_000_000,
+            max_control_frames_per_second: 1,
+            max_continuation_frames: 1024,
+        }
+    );
+}
+
+#[test]
+fn each_http2_value_out_of_range_names_its_key_and_place() {
+    // (key, a value just outside its range, the range the message states)
+    let cases = [
+        ("max_concurrent_streams", "0", "must be in 1..=10000"),
+        ("max_concurrent_streams", "10001", "must be in 1..=10000"),
+        ("max_header_list_size", "\"1023\"", "(1KiB..=1MiB)"),
+        ("max_header_list_size", "1048577", "(1KiB..=1MiB)"),
+        ("header_table_size", "65537", "must be in 0..=65536 bytes (0B..=64KiB)"),
+        ("initial_window_size", "1023", "(1KiB..=16MiB)"),
+        ("initial_window_size", "\"17MiB\"", "(1KiB..=16MiB)"),
+        ("connection_window_size", "65535", "(64KiB..=64MiB)"),
+        ("connection_window_size", "\"65MiB\"", "(64KiB..=64MiB)"),
+        ("max_frame_size", "16383", "must be in 16384..=16777215 bytes"),
+        ("max_frame_size", "\"16MiB\"", "must be in 16384..=16777215 bytes"),
+        ("max_send_buffer", "\"15KiB\"", "(16KiB..=16MiB)"),
+        ("max_send_buffer", "\"1GiB\"", "(16KiB..=16MiB)"),
+        ("max_frames_per_second", "99", "must be in 100..=10000000"),
+        ("max_frames_per_second", "10000001", "must be in 100..=10000000"),
+        ("max_resets_per_second", "0", "must be in 1..=1000000"),
+        ("max_resets_per_second", "1000001", "must be in 1..=1000000"),
+        ("max_control_frames_per_second", "0", "must be in 1..=1000000"),
+        ("max_control_frames_per_second", "-1", "must be in 1..=1000000"),
+        ("max_continuation_frames", "0", "must be in 1..=1024"),
+        ("max_continuation_frames", "1025", "must be in 1..=1024"),
+    ];
+    for (key, value, range) in cases {
+        let text = format!("[limits]\n[http2]\n{key} = {value}\n{BASE}");
+        let e = only_error(&text);
+        assert_eq!(e.key, format!("http2.{key}"), "{e}");
+        // The value's own line and column: after "key = ".
+        assert_eq!((e.line, e.column), (3, key.len() + 4), "{e}");
+        assert!(e.message.contains("out of range"), "{e}");
+        assert!(e.message.contains(range), "{key} = {value}: {e}");
+    }
+}
+
+#[test]
+fn every_http2_value_out_of_range_is_reported_at_once() {
+    let text = format!(
+        "[http2]\nmax_concurrent_streams = 0\nmax_header_list_size = 0\nheader_table_size = \"1MiB\"\n\
+         initial_window_size = 0\nconnection_window_size = 0\nmax_frame_size = 0\nmax_send_buffer = 0\n\
+         max_frames_per_second = 0\nmax_resets_per_second = 0\nmax_control_frames_per_second = 0\n\
+         max_continuation_frames = 0\n{BASE}"
+    );
+    let got: Vec<(usize, String)> = errors(&text).into_iter().map(|e| (e.line, e.key)).collect();
+    let want: Vec<(usize, String)> = [
+        "max_concurrent_streams",
+        "max_header_list_size",
+        "header_table_size",
+        "initial_window_size",
+        "connection_window_size",
+        "max_frame_size",
+        "max_send_buffer",
+        "max_frames_per_second",
+        "max_resets_per_second",
+        "max_control_frames_per_second",
+        "max_continuation_frames",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, key)| (i + 2, format!("http2.{key}")))
+    .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn an_unknown_key_in_http2_is_refused_with_a_suggestion() {
+    let text = format!("[http2]\nmax_concurent_streams = 64\n{BASE}");
+    assert_error(
+        &text,
+        2,
+        1,
+        "http2.max_concurent_streams",
+        "unknown key `max_concurent_streams`; did you mean `max_concurrent_streams`?",
+    );
+    // Settings are sizes with units where the protocol counts bytes.
+    let e = only_error(&format!("[http2]\nmax_frame_size = \"16KB\"\n{BASE}"));
+    assert_eq!((e.key.as_str(), e.line), ("http2.max_frame_size", 2), "{e}");
+    assert!(e.message.contains("unknown unit \"KB\""), "{e}");
+}
+
+#[test]
+fn http2_settings_round_trip_through_print() {
+    let text = format!(
+        "[http2]\nmax_concurrent_streams = 7\nmax_header_list_size = \"48KiB\"\nheader_table_size = 0\n\
+         initial_window_size = \"1MiB\"\nconnection_window_size = \"8MiB\"\nmax_frame_size = \"32KiB\"\n\
+         max_send_buffer = \"1MiB\"\nmax_frames_per_second = 1000\nmax_resets_per_second = 10\n\
+         max_control_frames_per_second = 20\nmax_continuation_frames = 3\n{}",
+        with_tls("{ certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }")
+            .replace("tls = {", "http2 = false\ntls = {")
+            .replace(
+                "[[routes]]",
+                "[[listeners]]\nname = \"h2c\"\naddress = \"127.0.0.1:8081\"\nhttp2 = true\n\n[[routes]]",
+            )
+    );
+    let config = ok(&text);
+    assert_eq!(
+        (config.listeners[0].http2, config.listeners[1].http2),
+        (false, true)
+    );
+    assert_round_trip(&text);
+    let printed = to_toml(&config);
+    for line in [
+        "[http2]\n",
+        "max_concurrent_streams = 7\n",
+        "max_header_list_size = 49152\n",
+        "header_table_size = 0\n",
+        "initial_window_size = 1048576\n",
+        "connection_window_size = 8388608\n",
+        "max_frame_size = 32768\n",
+        "max_send_buffer = 1048576\n",
+        "max_frames_per_second = 1000\n",
+        "max_resets_per_second = 10\n",
+        "max_control_frames_per_second = 20\n",
+        "max_continuation_frames = 3\n",
+        "address = \"127.0.0.1:8080\"\nhttp2 = false\n",
+        "address = \"127.0.0.1:8081\"\nhttp2 = true\n",
+    ] {
+        assert!(printed.contains(line), "no {line:?} in:\n{printed}");
     }
 }
