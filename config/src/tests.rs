@@ -188,6 +188,8 @@ fn full_example_sets_every_key() {
         Some(&RateLimitKey::Route)
     );
     assert_eq!(c.upstreams[0].backends[1].weight, 1);
+    assert!(!c.listeners[0].http2);
+    assert_eq!(c.http2, Http2::default());
 }
 
 #[test]
