@@ -189,7 +189,11 @@ fn http2(out: &mut String, h: &Http2) {
         "max_control_frames_per_second = {}",
         h.max_control_frames_per_second
     );
-    let _ = writeln!(out, "max_continuation_frames = {}", h.max_continuation_frames);
+    let _ = writeln!(
+        out,
+        "max_continuation_frames = {}",
+        h.max_continuation_frames
+    );
 }
 
 fn route(out: &mut String, config: &Config, r: &Route) {

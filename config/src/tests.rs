@@ -1935,7 +1935,11 @@ fn http2_is_on_for_tls_listeners_and_off_for_plain_ones_unless_set() {
     assert!(!ok(&set(&with_tls(tls), false)).listeners[0].http2);
     assert!(ok(&set(BASE, true)).listeners[0].http2);
     let e = only_error(&set(BASE, true).replace("http2 = true", "http2 = \"yes\""));
-    assert_eq!((e.key.as_str(), e.line, e.column), ("listeners[0].http2", 4, 9), "{e}");
+    assert_eq!(
+        (e.key.as_str(), e.line, e.column),
+        ("listeners[0].http2", 4, 9),
+        "{e}"
+    );
     assert!(e.message.contains("expected a boolean"), "{e}");
 }
 
@@ -1992,21 +1996,45 @@ fn each_http2_value_out_of_range_names_its_key_and_place() {
         ("max_concurrent_streams", "10001", "must be in 1..=10000"),
         ("max_header_list_size", "\"1023\"", "(1KiB..=1MiB)"),
         ("max_header_list_size", "1048577", "(1KiB..=1MiB)"),
-        ("header_table_size", "65537", "must be in 0..=65536 bytes (0B..=64KiB)"),
+        (
+            "header_table_size",
+            "65537",
+            "must be in 0..=65536 bytes (0B..=64KiB)",
+        ),
         ("initial_window_size", "1023", "(1KiB..=16MiB)"),
         ("initial_window_size", "\"17MiB\"", "(1KiB..=16MiB)"),
         ("connection_window_size", "65535", "(64KiB..=64MiB)"),
         ("connection_window_size", "\"65MiB\"", "(64KiB..=64MiB)"),
-        ("max_frame_size", "16383", "must be in 16384..=16777215 bytes"),
-        ("max_frame_size", "\"16MiB\"", "must be in 16384..=16777215 bytes"),
+        (
+            "max_frame_size",
+            "16383",
+            "must be in 16384..=16777215 bytes",
+        ),
+        (
+            "max_frame_size",
+            "\"16MiB\"",
+            "must be in 16384..=16777215 bytes",
+        ),
         ("max_send_buffer", "\"15KiB\"", "(16KiB..=16MiB)"),
         ("max_send_buffer", "\"1GiB\"", "(16KiB..=16MiB)"),
         ("max_frames_per_second", "99", "must be in 100..=10000000"),
-        ("max_frames_per_second", "10000001", "must be in 100..=10000000"),
+        (
+            "max_frames_per_second",
+            "10000001",
+            "must be in 100..=10000000",
+        ),
         ("max_resets_per_second", "0", "must be in 1..=1000000"),
         ("max_resets_per_second", "1000001", "must be in 1..=1000000"),
-        ("max_control_frames_per_second", "0", "must be in 1..=1000000"),
-        ("max_control_frames_per_second", "-1", "must be in 1..=1000000"),
+        (
+            "max_control_frames_per_second",
+            "0",
+            "must be in 1..=1000000",
+        ),
+        (
+            "max_control_frames_per_second",
+            "-1",
+            "must be in 1..=1000000",
+        ),
         ("max_continuation_frames", "0", "must be in 1..=1024"),
         ("max_continuation_frames", "1025", "must be in 1..=1024"),
     ];
