@@ -1,6 +1,8 @@
 //! One client connection, as a readable loop: read head → route → answer
 //! locally (404, 429) or run an [`exchange`](crate::exchange) → keep-alive
-//! or close. The connection owns its halves, its cancellers and the buffers
+//! or close. An HTTP/2 connection (ALPN `h2`, or the preface on a cleartext
+//! listener that allows it) goes to [`crate::http2`] instead, whose streams
+//! each come back through [`Downstream::handle`]. The connection owns its halves, its cancellers and the buffers
 //! every exchange on it reuses; the exchange owns everything about one
 //! request and its response.
 
@@ -23,6 +25,7 @@ use crate::exchange::{
     self, error_response, Buffers, Client, Context, Next, Refusal, RouteId, CLOSE_LINE,
     HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
+use crate::http2;
 use crate::io::{Abort, ReadFail};
 use crate::state::{ConnControl, Worker};
 use crate::stream::{StreamReader, StreamWriter};
@@ -34,15 +37,15 @@ use crate::tls;
 /// idle clients cost little more than their sockets).
 const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(50);
 
-struct Downstream {
+pub(crate) struct Downstream {
     r: StreamReader,
-    w: StreamWriter,
+    pub(crate) w: StreamWriter,
     client: ForwardedClient,
     /// Buffers and cancellers every exchange on this connection reuses,
     /// taken from the worker's pool when a request arrives and given back
     /// once the connection has been idle for `IDLE_BUFFER_GRACE`: an idle
     /// keep-alive connection holds none.
-    bufs: Option<Box<Buffers>>,
+    pub(crate) bufs: Option<Box<Buffers>>,
     /// The one byte an idle connection without buffers reads to learn that
     /// its next request is coming.
     idle_probe: Vec<u8>,
@@ -71,6 +74,7 @@ pub async fn serve(
     let (r, w) = stream.into_split();
     let write_abort = Abort::default();
     let mut client_subject = None;
+    let mut h2 = false;
     let (r, w, tls_version) = match &worker.tls[listener] {
         None => (StreamReader::Plain(r), StreamWriter::Plain(w), "-"),
         Some(config) => {
@@ -79,6 +83,7 @@ pub async fn serve(
                 Ok((r, w, negotiated)) => {
                     worker.counters.tls_handshake(&negotiated);
                     client_subject = negotiated.client_subject.as_deref().map(Box::from);
+                    h2 = negotiated.h2;
                     (
                         StreamReader::Tls(r),
                         StreamWriter::Tls(w),
@@ -101,6 +106,25 @@ pub async fn serve(
             }
         }
     };
+    let mut r = r;
+    let mut early = Vec::new();
+    if !h2 && worker.tls[listener].is_none() && worker.config.listeners[listener].http2 {
+        let timeout = worker.config.limits.header_read_timeout;
+        h2 = read_preface(&mut r, &mut early, timeout, &ctl.abort).await;
+    }
+    if h2 {
+        let conn = http2::Conn {
+            listener,
+            peer_ip,
+            ctl,
+            write_abort,
+            tls_version,
+            client_subject,
+            early,
+        };
+        http2::serve(worker, r, w, conn).await;
+        return;
+    }
     let mut d = Downstream {
         r,
         w,
@@ -114,6 +138,10 @@ pub async fn serve(
         tls_version,
         client_subject,
     };
+    if !early.is_empty() {
+        let bufs = d.bufs.insert(worker.buffers.take());
+        bufs.req.source.extend_from_slice(&early);
+    }
     let mut first = true;
     loop {
         // A connection's first request is served even while draining: the
@@ -161,6 +189,34 @@ pub async fn serve(
     d.w.close(timeout, &d.write_abort).await;
 }
 
+/// Reads until the bytes either are the HTTP/2 preface or cannot be (an
+/// HTTP/1.1 request goes on with them); `false` also when the client went
+/// away (the HTTP/1.1 loop then finds the connection closed).
+async fn read_preface(
+    r: &mut StreamReader,
+    early: &mut Vec<u8>,
+    timeout: Duration,
+    abort: &Abort,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = early.len().min(http2::PREFACE.len());
+        if early[..n] != http2::PREFACE[..n] {
+            return false;
+        }
+        if n == http2::PREFACE.len() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(
+            r.read_more(early, HEAD_READ_BYTES, left, abort).await,
+            Ok(1..)
+        ) {
+            return false;
+        }
+    }
+}
+
 /// How long a TLS close_notify may wait for room in the socket.
 const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -172,8 +228,41 @@ impl Downstream {
             .expect("a request is handled only after read_head took buffers")
     }
 
+    /// One HTTP/2 stream's request, with the connection's client and TLS
+    /// facts, handled as one HTTP/1.1 request on a connection of its own.
+    pub(crate) fn for_stream(
+        r: StreamReader,
+        w: StreamWriter,
+        client: ForwardedClient,
+        bufs: Box<Buffers>,
+        tls_version: &'static str,
+        client_subject: Option<Box<str>>,
+    ) -> Downstream {
+        Downstream {
+            r,
+            w,
+            client,
+            bufs: Some(bufs),
+            idle_probe: Vec::new(),
+            ctl: Rc::default(),
+            write_abort: Abort::default(),
+            sent: Sent::default(),
+            captured: Captured::default(),
+            tls_version,
+            client_subject,
+        }
+    }
+
+    /// Answers a request the proxy refuses before routing it, and logs it.
+    pub(crate) async fn refuse(&mut self, worker: &Worker, refusal: &Refusal) {
+        self.sent.reset();
+        self.log_refusal(worker, refusal, None);
+        self.send_refusal(worker, refusal).await;
+        self.record(worker, None);
+    }
+
     /// Gives this connection's buffers back to the worker's pool.
-    fn release_buffers(&mut self, worker: &Worker) {
+    pub(crate) fn release_buffers(&mut self, worker: &Worker) {
         if let Some(bufs) = self.bufs.take() {
             worker.buffers.give(bufs);
         }
@@ -316,7 +405,12 @@ impl Downstream {
         }
     }
 
-    async fn handle(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
+    pub(crate) async fn handle(
+        &mut self,
+        worker: &Worker,
+        listener: usize,
+        head: &RequestHead,
+    ) -> Next {
         self.sent.reset();
         let trusted = &worker.config.server.trusted_proxies;
         if !trusted.is_empty() {

@@ -59,10 +59,12 @@ pub enum Kind {
     AccessLog,
     /// A TLS handshake that did not finish (info: it is the client's doing).
     TlsHandshake,
+    /// An HTTP/2 connection closed for breaking a limit, or a protocol error.
+    Http2,
 }
 
 impl Kind {
-    const COUNT: usize = 15;
+    const COUNT: usize = 16;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -81,6 +83,7 @@ impl Kind {
             Kind::Stray => "stray",
             Kind::AccessLog => "access_log",
             Kind::TlsHandshake => "tls_handshake",
+            Kind::Http2 => "http2",
         }
     }
 
@@ -100,6 +103,7 @@ impl Kind {
         Kind::Stray,
         Kind::AccessLog,
         Kind::TlsHandshake,
+        Kind::Http2,
     ];
 }
 

@@ -8,7 +8,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::Range;
 use std::pin::pin;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
@@ -27,6 +27,9 @@ pub type Writer = OwnedWriteHalf<TcpStream>;
 pub struct Abort {
     canceller: RefCell<Canceller>,
     aborted: Cell<bool>,
+    /// A wait that is not a kernel op (an HTTP/2 stream's body or window)
+    /// parks its waker here, so an abort reaches it as it reaches a read.
+    waiter: RefCell<Option<Waker>>,
 }
 
 impl Abort {
@@ -34,6 +37,18 @@ impl Abort {
     pub fn abort(&self) {
         self.aborted.set(true);
         self.cancel_pending();
+        if let Some(waker) = self.waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Registers `waker` to be woken by the next `abort`.
+    pub fn wake_on_abort(&self, waker: &Waker) {
+        let mut slot = self.waiter.borrow_mut();
+        match &*slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
     }
 
     pub fn reset(&self) {

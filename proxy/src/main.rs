@@ -12,6 +12,7 @@ mod error_log;
 mod exchange;
 mod gossip;
 mod health;
+mod http2;
 mod io;
 mod log_buffer;
 mod metrics;
@@ -187,7 +188,7 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
     }
     for (i, listener) in config.listeners.iter().enumerate() {
         if let Some(t) = &listener.tls {
-            if let Err(e) = tls::load(&format!("listeners[{i}].tls"), t) {
+            if let Err(e) = tls::load(&format!("listeners[{i}].tls"), t, listener.http2) {
                 problems.push(keyed(e, "listeners"));
             }
         }
@@ -514,7 +515,7 @@ fn load_tls(
         .map(|(i, l)| {
             l.tls
                 .as_ref()
-                .map(|t| tls::load(&format!("listeners[{i}].tls"), t))
+                .map(|t| tls::load(&format!("listeners[{i}].tls"), t, l.http2))
                 .transpose()
         })
         .collect()

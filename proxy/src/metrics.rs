@@ -59,6 +59,11 @@ pub struct Counters {
     tls_handshakes: [Cell<u64>; 4],
     /// Failed TLS handshakes, indexed like `TLS_FAILURE_REASONS`.
     tls_failures: [Cell<u64>; 4],
+    /// Connections served over HTTP/2.
+    http2_connections: Cell<u64>,
+    /// HTTP/2 connections closed for breaking a limit, indexed like
+    /// `HTTP2_ABUSE_REASONS`.
+    http2_abuse: [Cell<u64>; 4],
 }
 
 /// (version, resumed) labels of `ringgate_tls_handshakes_total`.
@@ -71,6 +76,9 @@ const TLS_HANDSHAKE_LABELS: [(&str, &str); 4] = [
 
 /// `reason` labels of `ringgate_tls_handshake_failures_total`.
 const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "closed", "plain_http", "protocol"];
+
+/// `reason` labels of `ringgate_http2_abuse_total`.
+const HTTP2_ABUSE_REASONS: [&str; 4] = ["frames", "resets", "control_frames", "continuation"];
 
 impl Counters {
     pub fn tls_handshake(&self, n: &crate::tls::Negotiated) {
@@ -87,6 +95,24 @@ impl Counters {
             Tls(_) => 3,
         };
         Self::bump(&self.tls_failures[i]);
+    }
+
+    pub fn http2_connection(&self) {
+        Self::bump(&self.http2_connections);
+    }
+
+    /// `why` is the frame guard's reason; its first word picks the label.
+    pub fn http2_abuse(&self, why: &str) {
+        let i = if why.contains("reset") {
+            1
+        } else if why.contains("control") {
+            2
+        } else if why.contains("CONTINUATION") {
+            3
+        } else {
+            0
+        };
+        Self::bump(&self.http2_abuse[i]);
     }
 
     /// A response with `status` went out (0: none did; not counted).
@@ -119,6 +145,8 @@ pub struct Snapshot {
     pub refused: u64,
     pub tls_handshakes: [u64; 4],
     pub tls_failures: [u64; 4],
+    pub http2_connections: u64,
+    pub http2_abuse: [u64; 4],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -136,6 +164,8 @@ impl Snapshot {
             refused: counters.refused.get(),
             tls_handshakes: std::array::from_fn(|i| counters.tls_handshakes[i].get()),
             tls_failures: std::array::from_fn(|i| counters.tls_failures[i].get()),
+            http2_connections: counters.http2_connections.get(),
+            http2_abuse: std::array::from_fn(|i| counters.http2_abuse[i].get()),
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -169,6 +199,8 @@ struct Totals {
     refused: u64,
     tls_handshakes: [u64; 4],
     tls_failures: [u64; 4],
+    http2_connections: u64,
+    http2_abuse: [u64; 4],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -183,6 +215,8 @@ impl Totals {
         self.refused += s.refused;
         add_each(&mut self.tls_handshakes, &s.tls_handshakes);
         add_each(&mut self.tls_failures, &s.tls_failures);
+        self.http2_connections += s.http2_connections;
+        add_each(&mut self.http2_abuse, &s.http2_abuse);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -203,6 +237,8 @@ impl Totals {
         self.refused += other.refused;
         add_each(&mut self.tls_handshakes, &other.tls_handshakes);
         add_each(&mut self.tls_failures, &other.tls_failures);
+        self.http2_connections += other.http2_connections;
+        add_each(&mut self.http2_abuse, &other.http2_abuse);
         self.gossip_dropped += other.gossip_dropped;
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
@@ -354,6 +390,26 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
             out,
             "ringgate_tls_handshake_failures_total{{reason=\"{reason}\"}} {n}"
         );
+    }
+    help(
+        &mut out,
+        "ringgate_http2_connections_total",
+        "counter",
+        "Client connections served over HTTP/2 (ALPN h2, or prior knowledge on a cleartext listener with http2 = true).",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_http2_connections_total {}",
+        counters.http2_connections
+    );
+    help(
+        &mut out,
+        "ringgate_http2_abuse_total",
+        "counter",
+        "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM for breaking a [http2] limit: frames (max_frames_per_second), resets (max_resets_per_second, rapid reset), control_frames (max_control_frames_per_second), continuation (max_continuation_frames).",
+    );
+    for (reason, n) in HTTP2_ABUSE_REASONS.iter().zip(counters.http2_abuse) {
+        let _ = writeln!(out, "ringgate_http2_abuse_total{{reason=\"{reason}\"}} {n}");
     }
     help(
         &mut out,

@@ -1,5 +1,7 @@
 //! A connection's two halves as the exchange drives them, on either side
-//! (client or upstream): plain TCP, or TLS over it ([`crate::tls`]). One
+//! (client or upstream): plain TCP, or TLS over it ([`crate::tls`]); on the
+//! client side also one HTTP/2 stream ([`crate::http2`]), whose body and
+//! response pass as HTTP/1.1 bytes. One
 //! read and one write contract for both, so the connection loop, the
 //! exchange and the pool never ask which it is; a plain connection pays one
 //! predictable branch per operation.
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
+use crate::http2::{H2Body, H2Response};
 use crate::io::{
     read_more, send_gather, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer,
 };
@@ -17,11 +20,13 @@ use crate::tls::{TlsReader, TlsWriter};
 pub enum StreamReader {
     Plain(Reader),
     Tls(TlsReader),
+    H2(H2Body),
 }
 
 pub enum StreamWriter {
     Plain(Writer),
     Tls(TlsWriter),
+    H2(H2Response),
 }
 
 impl StreamReader {
@@ -29,7 +34,7 @@ impl StreamReader {
     /// holds (the socket itself is checked by `io::pending_input`).
     pub fn holds_unread(&mut self) -> bool {
         match self {
-            StreamReader::Plain(_) => false,
+            StreamReader::Plain(_) | StreamReader::H2(_) => false,
             StreamReader::Tls(r) => r.holds_unread(),
         }
     }
@@ -49,6 +54,7 @@ impl StreamReader {
         match self {
             StreamReader::Plain(r) => read_more(r, buf, min_spare, timeout, abort).await,
             StreamReader::Tls(r) => r.read_more(buf, min_spare, timeout, abort).await,
+            StreamReader::H2(r) => r.read_more(buf, timeout, abort).await,
         }
     }
 }
@@ -64,6 +70,7 @@ impl StreamWriter {
         match self {
             StreamWriter::Plain(w) => send_gather(w, g, timeout, abort).await,
             StreamWriter::Tls(w) => w.send_gather(g, timeout, abort).await,
+            StreamWriter::H2(w) => w.send_gather(g, timeout, abort).await,
         }
     }
 
@@ -78,6 +85,7 @@ impl StreamWriter {
         match self {
             StreamWriter::Plain(w) => send_range(w, buf, range, timeout, abort).await,
             StreamWriter::Tls(w) => w.send_range(buf, range, timeout, abort).await,
+            StreamWriter::H2(w) => w.send_range(buf, range, timeout, abort).await,
         }
     }
 
@@ -94,6 +102,7 @@ impl StreamWriter {
         match self {
             StreamWriter::Plain(_) => "http",
             StreamWriter::Tls(_) => "https",
+            StreamWriter::H2(w) => w.scheme(),
         }
     }
 }

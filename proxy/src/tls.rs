@@ -39,9 +39,12 @@ use rustls::{
 
 use crate::io::{read_more, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer};
 
-/// ALPN protocols a TLS listener offers. A client that offers ALPN without
-/// any of these is refused (RFC 7301 §3.2).
+/// ALPN protocols an upstream connection offers, and a TLS listener without
+/// HTTP/2. A client that offers ALPN without any of a listener's protocols
+/// is refused (RFC 7301 §3.2).
 const ALPN: &[&[u8]] = &[b"http/1.1"];
+/// A listener with `http2`: `h2` first, so a client that offers both gets it.
+const ALPN_H2: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Ciphertext read per TCP read: one full TLS record and its header.
 const CIPHERTEXT_READ_BYTES: usize = 16 * 1024 + 5 + 256;
@@ -103,7 +106,7 @@ fn provider(suites: &[String]) -> CryptoProvider {
 /// Loads a TLS listener's files and builds its configuration. `key` names
 /// the config key (`listeners[0].tls`) in errors, which also name the file
 /// and what is wrong with it.
-pub fn load(key: &str, tls: &ListenerTls) -> Result<ListenerTlsConfig, String> {
+pub fn load(key: &str, tls: &ListenerTls, http2: bool) -> Result<ListenerTlsConfig, String> {
     let provider = Arc::new(provider(&tls.cipher_suites));
     let mut resolver = SniResolver::default();
     for (i, files) in tls.certificates.iter().enumerate() {
@@ -139,7 +142,8 @@ pub fn load(key: &str, tls: &ListenerTls) -> Result<ListenerTlsConfig, String> {
         }
     };
     let mut base = builder.with_cert_resolver(Arc::new(resolver));
-    base.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    let alpn = if http2 { ALPN_H2 } else { ALPN };
+    base.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // The server's suite order (rustls': AES-256-GCM, AES-128-GCM, then
     // ChaCha20) decides, not whatever a client lists first.
     base.ignore_client_order = true;
@@ -423,6 +427,8 @@ pub struct Negotiated {
     pub resumed: bool,
     /// The verified client certificate's subject (RFC 4514), with mTLS.
     pub client_subject: Option<String>,
+    /// The client chose `h2` in ALPN.
+    pub h2: bool,
 }
 
 impl Negotiated {
@@ -561,6 +567,7 @@ async fn handshake(
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| subject_of(leaf)),
+        h2: conn.alpn_protocol() == Some(b"h2"),
     };
     let conn = Rc::new(RefCell::new(conn));
     Ok((
