@@ -113,7 +113,9 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
             }
             // The driver ended: its streams fail fast (the connection is
             // gone), and the pipe's last bytes (a GOAWAY) go out.
-            if driven && write_done && streams.borrow().is_empty() {
+            // An abusive client's reader lingers until the GOAWAY is out.
+            let lingering = pipes.abuse.get().is_some() && !read_done;
+            if driven && write_done && !lingering && streams.borrow().is_empty() {
                 return Poll::Ready(());
             }
             if !pipes.take_woken() {
@@ -252,6 +254,8 @@ async fn read_pump(
     loop {
         poll_fn(|cx| pipes.poll_inbound_room(cx)).await;
         if pipes.abuse.get().is_some() {
+            linger(r, &mut buf, &ctl.abort).await;
+            pipes.end_inbound();
             return;
         }
         buf.clear();
@@ -278,6 +282,22 @@ async fn read_pump(
                     pipes.wake();
                 }
             }
+        }
+    }
+}
+
+/// How long an abusive client's further bytes are read and dropped, so
+/// that closing with them unread (a TCP reset) does not destroy the
+/// GOAWAY that says why before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+
+async fn linger(r: &mut StreamReader, buf: &mut Vec<u8>, abort: &Abort) {
+    let until = Instant::now() + LINGER;
+    loop {
+        buf.clear();
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || !matches!(r.read_more(buf, READ_BYTES, left, abort).await, Ok(1..)) {
+            return;
         }
     }
 }

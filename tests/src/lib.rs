@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod h2wire;
 pub mod pki;
 pub mod procfs;
 pub mod proxy;

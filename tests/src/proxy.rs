@@ -144,6 +144,8 @@ pub struct ProxyConfig {
     pub upstream_extra: Vec<String>,
     /// Extra `key = value` lines of the listener (`tls`).
     pub listener_extra: Vec<String>,
+    /// `key = value` lines of `[http2]`.
+    pub http2: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -161,7 +163,14 @@ impl ProxyConfig {
             pool: None,
             upstream_extra: Vec::new(),
             listener_extra: Vec::new(),
+            http2: Vec::new(),
         }
+    }
+
+    /// Adds `key = value` (value in TOML syntax) to `[http2]`.
+    pub fn http2(mut self, key: &str, value: &str) -> Self {
+        self.http2.push(format!("{key} = {value}"));
+        self
     }
 
     /// Adds `key = value` (value in TOML syntax) to the listener, e.g.
@@ -251,6 +260,13 @@ impl ProxyConfig {
         for l in &self.server_extra {
             s += l;
             s += "\n";
+        }
+        if !self.http2.is_empty() {
+            s += "\n[http2]\n";
+            for l in &self.http2 {
+                s += l;
+                s += "\n";
+            }
         }
         if !self.limits.is_empty() {
             s += "\n[limits]\n";
