@@ -85,8 +85,7 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
         conn: &conn,
         scheme,
     };
-    let streams: RefCell<FuturesUnordered<Pin<Box<dyn Future<Output = ()> + '_>>>> =
-        RefCell::new(FuturesUnordered::new());
+    let streams: Streams<'_> = RefCell::new(FuturesUnordered::new());
     {
         let idle = limits.keepalive_timeout;
         let mut driver = pin!(drive(&pipes, &streams, &stream_cx));
@@ -104,6 +103,9 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
             if !driven && driver.as_mut().poll(cx).is_ready() {
                 driven = true;
                 pipes.close_outbound();
+                // The reader stops waiting for frames and lingers.
+                pipes.closing.set(true);
+                conn.ctl.abort.abort();
             }
             if !read_done && reader.as_mut().poll(cx).is_ready() {
                 read_done = true;
@@ -113,9 +115,8 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
             }
             // The driver ended: its streams fail fast (the connection is
             // gone), and the pipe's last bytes (a GOAWAY) go out.
-            // An abusive client's reader lingers until the GOAWAY is out.
-            let lingering = pipes.abuse.get().is_some() && !read_done;
-            if driven && write_done && !lingering && streams.borrow().is_empty() {
+            // The reader lingers while the last bytes (a GOAWAY) go out.
+            if driven && write_done && read_done && streams.borrow().is_empty() {
                 return Poll::Ready(());
             }
             if !pipes.take_woken() {
@@ -135,9 +136,15 @@ struct StreamCx<'a> {
     scheme: &'static str,
 }
 
+/// The streams of one connection, polled by its loop.
+type Streams<'a> = RefCell<FuturesUnordered<Pin<Box<dyn Future<Output = ()> + 'a>>>>;
+
+/// A new stream from `h2`: its request and where its response goes.
+type Accepted = (Request<RecvStream>, SendResponse<Bytes>);
+
 /// Why the connection loop woke `h2`'s driver, besides `h2` itself.
 enum Event {
-    Accepted(Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>),
+    Accepted(Option<Result<Box<Accepted>, h2::Error>>),
     Abuse(&'static str),
     /// Drain, or idle past the keep-alive timeout: GOAWAY, then finish the
     /// open streams.
@@ -146,11 +153,7 @@ enum Event {
 
 /// `h2`'s side: the handshake, then streams accepted until the connection
 /// ends. Each accepted stream joins `streams`.
-async fn drive<'s, 'a: 's>(
-    pipes: &'s Pipes,
-    streams: &'s RefCell<FuturesUnordered<Pin<Box<dyn Future<Output = ()> + 'a>>>>,
-    cx: &'a StreamCx<'a>,
-) {
+async fn drive<'s, 'a: 's>(pipes: &'s Pipes, streams: &'s Streams<'a>, cx: &'a StreamCx<'a>) {
     let worker = cx.worker;
     let cfg = &worker.config.http2;
     let mut builder = h2::server::Builder::new();
@@ -166,6 +169,9 @@ async fn drive<'s, 'a: 's>(
         // is also counted per second by the frame guard.
         .max_pending_accept_reset_streams(cfg.max_concurrent_streams as usize)
         .max_concurrent_reset_streams(cfg.max_concurrent_streams as usize);
+    // A client that breaks a limit in its first bytes still gets its
+    // GOAWAY: the bytes before the offending frame (the preface at least,
+    // which the guard does not count) complete the handshake.
     let handshake = builder.handshake::<_, Bytes>(H2Io(pipes));
     let timeout = worker.config.limits.header_read_timeout;
     let mut conn = match monoio::time::timeout(timeout, handshake).await {
@@ -187,11 +193,13 @@ async fn drive<'s, 'a: 's>(
             {
                 return Poll::Ready(Event::WindDown);
             }
-            conn.poll_accept(task).map(Event::Accepted)
+            conn.poll_accept(task)
+                .map(|a| Event::Accepted(a.map(|r| r.map(Box::new))))
         })
         .await;
         match event {
-            Event::Accepted(Some(Ok((request, respond)))) => {
+            Event::Accepted(Some(Ok(accepted))) => {
+                let (request, respond) = *accepted;
                 streams
                     .borrow_mut()
                     .push(Box::pin(serve_stream(cx, request, respond)));
@@ -253,7 +261,8 @@ async fn read_pump(
     let mut buf = Vec::with_capacity(READ_BYTES);
     loop {
         poll_fn(|cx| pipes.poll_inbound_room(cx)).await;
-        if pipes.abuse.get().is_some() {
+        if pipes.abuse.get().is_some() || pipes.closing.get() {
+            ctl.abort.reset();
             linger(r, &mut buf, &ctl.abort).await;
             pipes.end_inbound();
             return;
@@ -277,6 +286,9 @@ async fn read_pump(
             }
             Err(ReadFail::Aborted) => {
                 ctl.abort.reset();
+                if pipes.closing.get() {
+                    continue;
+                }
                 if worker.draining.get() {
                     pipes.drain.set(true);
                     pipes.wake();
@@ -286,9 +298,9 @@ async fn read_pump(
     }
 }
 
-/// How long an abusive client's further bytes are read and dropped, so
-/// that closing with them unread (a TCP reset) does not destroy the
-/// GOAWAY that says why before the client reads it.
+/// How long a client's further bytes are read and dropped once the
+/// connection ends (GOAWAY sent), so that closing with them unread (a TCP
+/// reset) does not destroy the GOAWAY before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
 
 async fn linger(r: &mut StreamReader, buf: &mut Vec<u8>, abort: &Abort) {
@@ -333,6 +345,8 @@ struct Pipes {
     abuse: Cell<Option<&'static str>>,
     drain: Cell<bool>,
     idle: Cell<bool>,
+    /// `h2` is done with the connection: the reader lingers, then ends.
+    closing: Cell<bool>,
     max_outbound: usize,
 }
 
@@ -368,6 +382,7 @@ impl Pipes {
             abuse: Cell::new(None),
             drain: Cell::new(false),
             idle: Cell::new(false),
+            closing: Cell::new(false),
             max_outbound: cfg.max_send_buffer_bytes,
         };
         if !early.is_empty() {
@@ -397,7 +412,10 @@ impl Pipes {
 
     fn poll_inbound_room(&self, cx: &Context<'_>) -> Poll<()> {
         let inbound = self.inbound.borrow();
-        if inbound.bytes.len() - inbound.read < INBOUND_BYTES || self.abuse.get().is_some() {
+        if inbound.bytes.len() - inbound.read < INBOUND_BYTES
+            || self.abuse.get().is_some()
+            || self.closing.get()
+        {
             Poll::Ready(())
         } else {
             self.park(cx);
@@ -407,15 +425,18 @@ impl Pipes {
 
     fn push_inbound(&self, bytes: &[u8]) {
         let mut inbound = self.inbound.borrow_mut();
-        if let Err(why) = inbound.guard.inspect(bytes, Instant::now()) {
-            self.abuse.set(Some(why));
-        } else {
-            if inbound.read == inbound.bytes.len() {
-                inbound.bytes.clear();
-                inbound.read = 0;
+        let within_limits = match inbound.guard.inspect(bytes, Instant::now()) {
+            Ok(()) => bytes,
+            Err((why, before)) => {
+                self.abuse.set(Some(why));
+                &bytes[..before]
             }
-            inbound.bytes.extend_from_slice(bytes);
+        };
+        if inbound.read == inbound.bytes.len() {
+            inbound.bytes.clear();
+            inbound.read = 0;
         }
+        inbound.bytes.extend_from_slice(within_limits);
         drop(inbound);
         self.wake();
     }
@@ -482,11 +503,12 @@ impl AsyncRead for H2Io<'_> {
             }
             return Poll::Ready(Ok(()));
         }
-        if inbound.ended || pipes.abuse.get().is_some() {
-            // End of stream (an abusive client's further bytes are never
-            // handed to `h2`).
+        if inbound.ended {
             return Poll::Ready(Ok(()));
         }
+        // An abusive client's further bytes are never handed to `h2`; it is
+        // not told of an end of stream either, which would stop it from
+        // sending its GOAWAY.
         drop(inbound);
         pipes.park(cx);
         Poll::Pending
@@ -581,34 +603,37 @@ impl FrameGuard {
         }
     }
 
-    fn inspect(&mut self, mut bytes: &[u8], now: Instant) -> Result<(), &'static str> {
+    /// Follows `bytes`; on a broken limit, the reason and how many of
+    /// `bytes` come before the frame that broke it (those may still be
+    /// handed to `h2`, so that it can finish its handshake and say GOAWAY).
+    fn inspect(&mut self, bytes: &[u8], now: Instant) -> Result<(), (&'static str, usize)> {
         if now.duration_since(self.second_started) >= Duration::from_secs(1) {
             self.second_started = now;
             self.frames = 0;
             self.resets = 0;
             self.control = 0;
         }
-        let skip = self.preface_left.min(bytes.len());
-        self.preface_left -= skip;
-        bytes = &bytes[skip..];
-        while !bytes.is_empty() {
+        let mut at = self.preface_left.min(bytes.len());
+        self.preface_left -= at;
+        while at < bytes.len() {
             if self.payload_left > 0 {
-                let n = self.payload_left.min(bytes.len());
+                let n = self.payload_left.min(bytes.len() - at);
                 self.payload_left -= n;
-                bytes = &bytes[n..];
+                at += n;
                 continue;
             }
-            let n = (9 - self.header_len).min(bytes.len());
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            let header_start = at.saturating_sub(self.header_len);
+            let n = (9 - self.header_len).min(bytes.len() - at);
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[at..at + n]);
             self.header_len += n;
-            bytes = &bytes[n..];
+            at += n;
             if self.header_len < 9 {
                 break;
             }
             self.header_len = 0;
             let h = self.header;
             self.payload_left = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
-            self.frame(h[3], h[4])?;
+            self.frame(h[3], h[4]).map_err(|why| (why, header_start))?;
         }
         Ok(())
     }
@@ -1305,7 +1330,10 @@ mod tests {
         }
         // Byte by byte: frame boundaries do not follow reads.
         let res: Result<(), _> = bytes.chunks(1).try_for_each(|b| g.inspect(b, now));
-        assert_eq!(res, Err("too many stream resets per second (rapid reset)"));
+        assert_eq!(
+            res.map_err(|e| e.0),
+            Err("too many stream resets per second (rapid reset)")
+        );
     }
 
     #[test]
@@ -1336,9 +1364,10 @@ mod tests {
         for _ in 0..3 {
             flood.extend(frame(CONTINUATION, 0, 0));
         }
+        // HEADERS and two CONTINUATION frames (9 bytes each) may still go.
         assert_eq!(
             g.inspect(&flood, now),
-            Err("too many CONTINUATION frames in one header block")
+            Err(("too many CONTINUATION frames in one header block", 27))
         );
     }
 
@@ -1356,9 +1385,10 @@ mod tests {
     fn ping_and_settings_floods_are_refused() {
         let mut g = guard();
         let pings: Vec<u8> = (0..3).flat_map(|_| frame(PING, 0, 8)).collect();
+        // The two frames within the limit may still go to `h2`.
         assert_eq!(
             g.inspect(&pings, Instant::now()),
-            Err("too many control frames per second")
+            Err(("too many control frames per second", 34))
         );
     }
 
