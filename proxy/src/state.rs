@@ -258,14 +258,17 @@ impl Worker {
 
 /// The worker's spare exchange buffers: a connection takes a set when a
 /// request arrives and gives it back when it goes idle, so idle keep-alive
-/// connections hold none. Bounded: past `BUFFER_POOL_SPARE` sets, returned
-/// ones are freed.
+/// connections hold none. Bounded: it keeps `BUFFER_POOL_SPARE` sets plus
+/// as many as are lent out right now, so a burst of exchanges (hundreds of
+/// HTTP/2 streams at once) reuses its sets instead of allocating a new one
+/// per request, and the surplus is freed as the load falls.
 #[derive(Default)]
 pub struct BufferPool {
     // Boxed: a connection holds its set as one pointer, and a set moves
     // between connection and pool without copying its ~300-byte header.
     #[allow(clippy::vec_box)]
     spare: RefCell<Vec<Box<Buffers>>>,
+    lent: Cell<usize>,
 }
 
 /// Spare sets kept per worker (about 100 KiB each with a body buffer):
@@ -275,14 +278,44 @@ const BUFFER_POOL_SPARE: usize = 64;
 
 impl BufferPool {
     pub fn take(&self) -> Box<Buffers> {
+        self.lent.set(self.lent.get() + 1);
         self.spare.borrow_mut().pop().unwrap_or_default()
     }
 
     pub fn give(&self, mut bufs: Box<Buffers>) {
+        let lent = self.lent.get().saturating_sub(1);
+        self.lent.set(lent);
+        let keep = BUFFER_POOL_SPARE + lent;
         let mut spare = self.spare.borrow_mut();
-        if spare.len() < BUFFER_POOL_SPARE {
+        if spare.len() < keep {
             bufs.recycle();
             spare.push(bufs);
         }
+        spare.truncate(keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_reuses_its_sets_and_the_pool_shrinks_when_it_ends() {
+        let pool = BufferPool::default();
+        let burst: Vec<_> = (0..500).map(|_| pool.take()).collect();
+        let addrs: Vec<*const Buffers> = burst.iter().map(|b| &**b as *const _).collect();
+        // Half the burst ends and the next requests come: they get the
+        // returned sets, none newly allocated.
+        let mut burst = burst.into_iter();
+        for b in burst.by_ref().take(250) {
+            pool.give(b);
+        }
+        let again: Vec<_> = (0..250).map(|_| pool.take()).collect();
+        assert!(again.iter().all(|b| addrs.contains(&(&**b as *const _))));
+        for b in burst.chain(again) {
+            pool.give(b);
+        }
+        assert_eq!(pool.spare.borrow().len(), BUFFER_POOL_SPARE);
+        assert_eq!(pool.lent.get(), 0);
     }
 }
