@@ -883,7 +883,9 @@ async fn wait<T>(
     abort: &Abort,
     mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
 ) -> Result<T, WriteFail> {
-    let mut sleep = pin!(monoio::time::sleep(timeout));
+    // The timer is made only when the first poll must wait: most waits
+    // (window already open, DATA already buffered) end at once.
+    let mut sleep = pin!(None::<monoio::time::Sleep>);
     poll_fn(|cx| {
         if abort.is_aborted() {
             return Poll::Ready(Err(WriteFail::Aborted));
@@ -891,8 +893,13 @@ async fn wait<T>(
         if let Poll::Ready(v) = f(cx) {
             return Poll::Ready(Ok(v));
         }
-        if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(WriteFail::TimedOut));
+        if sleep.is_none() {
+            sleep.set(Some(monoio::time::sleep(timeout)));
+        }
+        if let Some(sleep) = sleep.as_mut().as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                return Poll::Ready(Err(WriteFail::TimedOut));
+            }
         }
         abort.wake_on_abort(cx.waker());
         Poll::Pending

@@ -259,9 +259,10 @@ impl Worker {
 /// The worker's spare exchange buffers: a connection takes a set when a
 /// request arrives and gives it back when it goes idle, so idle keep-alive
 /// connections hold none. Bounded: it keeps `BUFFER_POOL_SPARE` sets plus
-/// as many as are lent out right now, so a burst of exchanges (hundreds of
-/// HTTP/2 streams at once) reuses its sets instead of allocating a new one
-/// per request, and the surplus is freed as the load falls.
+/// enough to lend out as many as at the recent peak, so bursts of exchanges
+/// (waves of hundreds of HTTP/2 streams) reuse their sets instead of
+/// allocating one per request; the peak decays every metrics snapshot
+/// (`settle`), and with it the surplus, once the bursts stop.
 #[derive(Default)]
 pub struct BufferPool {
     // Boxed: a connection holds its set as one pointer, and a set moves
@@ -269,6 +270,8 @@ pub struct BufferPool {
     #[allow(clippy::vec_box)]
     spare: RefCell<Vec<Box<Buffers>>>,
     lent: Cell<usize>,
+    /// The most lent out at once lately (see `settle`).
+    peak: Cell<usize>,
 }
 
 /// Spare sets kept per worker (about 100 KiB each with a body buffer):
@@ -278,20 +281,36 @@ const BUFFER_POOL_SPARE: usize = 64;
 
 impl BufferPool {
     pub fn take(&self) -> Box<Buffers> {
-        self.lent.set(self.lent.get() + 1);
+        let lent = self.lent.get() + 1;
+        self.lent.set(lent);
+        self.peak.set(self.peak.get().max(lent));
         self.spare.borrow_mut().pop().unwrap_or_default()
     }
 
     pub fn give(&self, mut bufs: Box<Buffers>) {
         let lent = self.lent.get().saturating_sub(1);
         self.lent.set(lent);
-        let keep = BUFFER_POOL_SPARE + lent;
         let mut spare = self.spare.borrow_mut();
-        if spare.len() < keep {
+        if spare.len() < self.keep() {
             bufs.recycle();
             spare.push(bufs);
         }
-        spare.truncate(keep);
+    }
+
+    /// Spare sets worth keeping: the fixed reserve, plus what the recent
+    /// peak would lend beyond what is lent now.
+    fn keep(&self) -> usize {
+        BUFFER_POOL_SPARE + self.peak.get().saturating_sub(self.lent.get())
+    }
+
+    /// Lets the peak decay by a quarter toward what is lent now, and frees
+    /// the spare sets it no longer justifies. Called every metrics snapshot
+    /// (100 ms by default): a burst's sets are gone about a second after it.
+    pub fn settle(&self) {
+        let (lent, peak) = (self.lent.get(), self.peak.get());
+        self.peak.set(lent.max(peak - peak.div_ceil(4)));
+        let keep = self.keep();
+        self.spare.borrow_mut().truncate(keep);
     }
 }
 
@@ -315,7 +334,16 @@ mod tests {
         for b in burst.chain(again) {
             pool.give(b);
         }
-        assert_eq!(pool.spare.borrow().len(), BUFFER_POOL_SPARE);
         assert_eq!(pool.lent.get(), 0);
+        // Between two waves the sets stay for the next one...
+        assert_eq!(pool.spare.borrow().len(), 500);
+        let wave: Vec<_> = (0..500).map(|_| pool.take()).collect();
+        assert!(wave.iter().all(|b| addrs.contains(&(&**b as *const _))));
+        wave.into_iter().for_each(|b| pool.give(b));
+        // ...and go once the waves stop.
+        for _ in 0..40 {
+            pool.settle();
+        }
+        assert_eq!(pool.spare.borrow().len(), BUFFER_POOL_SPARE);
     }
 }

@@ -60,6 +60,7 @@ impl Ticker {
         worker.error_log.tick();
         if ticks.is_multiple_of(SNAPSHOT_TICKS) {
             self.send_snapshot();
+            worker.buffers.settle();
         }
         // No borrow crosses an await: a round is synchronous.
         self.gossip.borrow_mut().round(worker, Instant::now());
