@@ -5,7 +5,8 @@
 # (user+sys from /proc/PID/stat over requests served).
 # Usage: bench/scripts/compare.sh [duration_s=10] [connections=64] [proxies="ringgate nginx haproxy"]
 # RING_SETUP=defer_taskrun|coop_taskrun|plain sets ringgate's [server] io_uring_setup
-# (default: the config default, auto).
+# (default: the config default, auto). RINGGATE_ALT_BIN=path adds the proxy
+# name `ringgate-alt` (another build, e.g. the commit before a change).
 set -euo pipefail
 DUR=${1:-10}; CONNS=${2:-64}; PROXIES=${3:-"ringgate nginx haproxy"}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -70,6 +71,7 @@ for p in $PROXIES; do
   case $p in
     ringgate) [ -x "$RG" ] || { echo "skip ringgate: build it first (cargo build --release -p ringgate)"; continue; }
               taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+    ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
     nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
     haproxy)  command -v haproxy >/dev/null || { echo "skip haproxy: apt-get install haproxy"; continue; }
               taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;

@@ -10,6 +10,9 @@
 # Usage: bench/scripts/h2-compare.sh [rounds=5] [duration_s=8] [connections=64] [streams=10] [proxies="ringgate nginx haproxy"]
 set -euo pipefail
 ROUNDS=${1:-5}; DUR=${2:-8}; CONNS=${3:-64}; STREAMS=${4:-10}; PROXIES=${5:-"ringgate nginx haproxy"}
+# Idle upstream connections each proxy keeps: every stream in flight may
+# hold one, so the pools cover them all and no proxy churns connections.
+POOL=$((CONNS * STREAMS + 64))
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RG=${RINGGATE_BIN:-$ROOT/target/release/ringgate}
 W=$(mktemp -d /tmp/rgh2.XXXX)
@@ -36,14 +39,13 @@ upstream = "b"
 [[upstreams]]
 name = "b"
 backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-pool = { max_idle_per_backend = 256 }
+pool = { max_idle_per_backend = $POOL }
 EOC
 cat > $W/nginx-proxy.conf <<EOC
 worker_processes 1; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 10000000;
-  upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 256; keepalive_requests 10000000; }
-  http2_max_requests 100000000;
+  upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive $POOL; keepalive_requests 10000000; }
   server { listen 127.0.0.1:$PROXY_PORT ssl http2 reuseport;
     ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
@@ -91,7 +93,7 @@ for round in $(seq 1 "$ROUNDS"); do
     reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
     rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     p99="-"
-    errs=$(echo "$out" | awk '/^requests:/ {if ($10+$12+$14 > 0) print "failed " $10 " errored " $12 " timeout " $14}; /^status codes:/ {if ($4+$6+$8 > 0) print "non-2xx " $4+$6+$8}')
+    errs=$(echo "$out" | awk '/^requests:/ {if ($10+$12+$14 > 0) print "failed " $10 " errored " $12 " timeout " $14}; /^status codes:/ {if ($5+$7+$9 > 0) print "non-2xx " $5+$7+$9}')
     proto=$(echo "$out" | awk '/Application protocol/ {print $3}')
     [ "$proto" = h2 ] || errs="$errs protocol=$proto"
     cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")

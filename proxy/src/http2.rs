@@ -75,10 +75,6 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
     let limits = &worker.config.limits;
     let pipes = Pipes::new(cfg, &conn.early);
     worker.counters.http2_connection();
-    // The drain closes connections that say they are idle; an HTTP/2
-    // connection always lets the drain reach its reader, which then says
-    // GOAWAY instead of closing (see `read_pump`).
-    conn.ctl.idle.set(true);
     let scheme = w.scheme();
     let stream_cx = StreamCx {
         worker: &worker,
@@ -89,7 +85,7 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
     {
         let idle = limits.keepalive_timeout;
         let mut driver = pin!(drive(&pipes, &streams, &stream_cx));
-        let mut reader = pin!(read_pump(&mut r, &pipes, &worker, &conn.ctl, idle));
+        let mut reader = pin!(read_pump(&mut r, &pipes, &conn.ctl, idle));
         let mut writer = pin!(write_pump(
             &mut w,
             &pipes,
@@ -97,9 +93,22 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
             &conn.write_abort
         ));
         let (mut driven, mut read_done, mut write_done) = (false, false, false);
+        let mut idle = false;
+        conn.ctl.http2.set(true);
         poll_fn(|cx| loop {
             // Streams first: what they queue goes out with this round.
             while let Poll::Ready(Some(())) = streams.borrow_mut().poll_next_unpin(cx) {}
+            // Without open streams the connection is idle to the worker: a
+            // full worker may close it (its reader is aborted, and says
+            // GOAWAY, see `read_pump`); a drain reaches it busy or idle.
+            let now_idle = streams.borrow().is_empty();
+            if now_idle != idle {
+                idle = now_idle;
+                conn.ctl.idle.set(idle);
+                if idle {
+                    conn.ctl.idle_ticket.set(worker.idle_ticket());
+                }
+            }
             if !driven && driver.as_mut().poll(cx).is_ready() {
                 driven = true;
                 pipes.close_outbound();
@@ -251,13 +260,7 @@ fn log_connection_error(worker: &Worker, conn: &Conn, e: &h2::Error) {
 /// Moves client bytes into the inbound pipe while it has room. A read that
 /// times out marks the connection idle (the driver closes it if no stream
 /// is open); one the drain aborts asks the driver for a GOAWAY.
-async fn read_pump(
-    r: &mut StreamReader,
-    pipes: &Pipes,
-    worker: &Worker,
-    ctl: &ConnControl,
-    idle_timeout: Duration,
-) {
+async fn read_pump(r: &mut StreamReader, pipes: &Pipes, ctl: &ConnControl, idle_timeout: Duration) {
     let mut buf = Vec::with_capacity(READ_BYTES);
     loop {
         poll_fn(|cx| pipes.poll_inbound_room(cx)).await;
@@ -285,11 +288,10 @@ async fn read_pump(
                 pipes.wake();
             }
             Err(ReadFail::Aborted) => {
+                // The connection ends (`closing`), or the worker drains or
+                // needs the slot: GOAWAY, and the open streams finish.
                 ctl.abort.reset();
-                if pipes.closing.get() {
-                    continue;
-                }
-                if worker.draining.get() {
+                if !pipes.closing.get() {
                     pipes.drain.set(true);
                     pipes.wake();
                 }

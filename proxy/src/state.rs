@@ -40,6 +40,9 @@ pub struct ConnControl {
     /// probably sending its next request right now, so a drain lets that
     /// request in (its response says close) instead of cutting it.
     pub just_idle: Cell<bool>,
+    /// An HTTP/2 connection: a drain reaches it even with streams open, so
+    /// it says GOAWAY at once and lets them finish.
+    pub http2: Cell<bool>,
 }
 
 /// Everything one worker owns. Built on the worker's own thread.
@@ -223,7 +226,7 @@ impl Worker {
         let accepts = std::mem::take(&mut *self.accept_canceller.borrow_mut());
         *self.accept_canceller.borrow_mut() = accepts.cancel();
         for (_, conn) in self.conns.borrow().iter() {
-            if conn.idle.get() && !conn.just_idle.get() {
+            if (conn.idle.get() && !conn.just_idle.get()) || conn.http2.get() {
                 conn.abort.abort();
             }
         }

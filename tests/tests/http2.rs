@@ -471,3 +471,41 @@ fn a_drain_sends_goaway_to_http2_connections() {
     let goaway = client.until_closed(Duration::from_secs(10)).unwrap();
     assert_eq!(goaway, Some(h2wire::NO_ERROR));
 }
+
+/// A drain with a stream in flight: GOAWAY first, the stream's response
+/// still arrives, then the connection closes.
+#[test]
+fn a_drain_lets_an_open_stream_finish_after_goaway() {
+    let backend = Backend::start("slow", Behaviour::Stall(Duration::from_millis(1500)));
+    let proxy = h2c(&backend).start();
+    let mut client = H2Client::connect(proxy.port);
+    let _ = client.send(&frame(
+        h2wire::HEADERS,
+        h2wire::END_HEADERS | h2wire::END_STREAM,
+        1,
+        &request_block("GET", "/slow", &[]),
+    ));
+    eventually(Duration::from_secs(5), || backend.reached("/slow")).unwrap();
+    proxy.signal("-TERM");
+    let mut saw_goaway = false;
+    let mut saw_response = false;
+    loop {
+        match client.read_frame(Duration::from_secs(10)) {
+            Ok(Some(f)) if f.kind == h2wire::GOAWAY => {
+                assert!(!saw_response, "GOAWAY came after the response");
+                saw_goaway = true;
+            }
+            Ok(Some(f)) if f.kind == h2wire::HEADERS && f.stream == 1 => saw_response = true,
+            Ok(Some(f)) if f.kind == h2wire::PING && f.flags & h2wire::ACK == 0 => {
+                let _ = client.send(&frame(h2wire::PING, h2wire::ACK, 0, &f.payload));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!("still open: {e}"),
+        }
+    }
+    assert!(
+        saw_goaway && saw_response,
+        "goaway {saw_goaway}, response {saw_response}"
+    );
+}
