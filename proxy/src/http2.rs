@@ -105,8 +105,10 @@ pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter,
             if now_idle != idle {
                 idle = now_idle;
                 conn.ctl.idle.set(idle);
+                pipes.no_streams.set(idle);
                 if idle {
                     conn.ctl.idle_ticket.set(worker.idle_ticket());
+                    pipes.release_idle();
                 }
             }
             if !driven && driver.as_mut().poll(cx).is_ready() {
@@ -261,9 +263,23 @@ fn log_connection_error(worker: &Worker, conn: &Conn, e: &h2::Error) {
 /// times out marks the connection idle (the driver closes it if no stream
 /// is open); one the drain aborts asks the driver for a GOAWAY.
 async fn read_pump(r: &mut StreamReader, pipes: &Pipes, ctl: &ConnControl, idle_timeout: Duration) {
-    let mut buf = Vec::with_capacity(READ_BYTES);
+    let mut buf = Vec::new();
+    // Whether the last read brought bytes: a connection between streams
+    // keeps its buffer for `IDLE_READ_GRACE` in case the next frames are
+    // on their way (a busy client), then waits on a one-byte read with no
+    // buffer, as an idle HTTP/1.1 connection does.
+    let mut busy = true;
     loop {
         poll_fn(|cx| pipes.poll_inbound_room(cx)).await;
+        let idle = pipes.no_streams.get();
+        let (read_size, timeout) = match (idle, busy) {
+            (false, _) => (READ_BYTES, idle_timeout),
+            (true, true) => (READ_BYTES, IDLE_READ_GRACE.min(idle_timeout)),
+            (true, false) => {
+                buf = Vec::new();
+                (1, idle_timeout)
+            }
+        };
         if pipes.abuse.get().is_some() || pipes.closing.get() {
             ctl.abort.reset();
             linger(r, &mut buf, &ctl.abort).await;
@@ -271,18 +287,17 @@ async fn read_pump(r: &mut StreamReader, pipes: &Pipes, ctl: &ConnControl, idle_
             return;
         }
         buf.clear();
-        match r
-            .read_more(&mut buf, READ_BYTES, idle_timeout, &ctl.abort)
-            .await
-        {
+        match r.read_more(&mut buf, read_size, timeout, &ctl.abort).await {
             Ok(0) | Err(ReadFail::Io(_)) => {
                 pipes.end_inbound();
                 return;
             }
             Ok(_) => {
+                busy = true;
                 pipes.idle.set(false);
                 pipes.push_inbound(&buf);
             }
+            Err(ReadFail::TimedOut) if idle && busy => busy = false,
             Err(ReadFail::TimedOut) => {
                 pipes.idle.set(true);
                 pipes.wake();
@@ -299,6 +314,10 @@ async fn read_pump(r: &mut StreamReader, pipes: &Pipes, ctl: &ConnControl, idle_
         }
     }
 }
+
+/// How long a connection without open streams keeps its read buffer (as
+/// `downstream`'s buffer grace for HTTP/1.1).
+const IDLE_READ_GRACE: Duration = Duration::from_millis(50);
 
 /// How long a client's further bytes are read and dropped once the
 /// connection ends (GOAWAY sent), so that closing with them unread (a TCP
@@ -319,7 +338,7 @@ async fn linger(r: &mut StreamReader, buf: &mut Vec<u8>, abort: &Abort) {
 /// Sends what `h2` queued in the outbound pipe; a client that takes none of
 /// it within the send timeout breaks the pipe, and with it the connection.
 async fn write_pump(w: &mut StreamWriter, pipes: &Pipes, timeout: Duration, abort: &Abort) {
-    let mut out = Vec::with_capacity(READ_BYTES);
+    let mut out = Vec::new();
     loop {
         if !poll_fn(|cx| pipes.poll_outbound(cx, &mut out)).await {
             return;
@@ -349,6 +368,8 @@ struct Pipes {
     idle: Cell<bool>,
     /// `h2` is done with the connection: the reader lingers, then ends.
     closing: Cell<bool>,
+    /// No stream is open: the pumps and pipes give their buffers back.
+    no_streams: Cell<bool>,
     max_outbound: usize,
 }
 
@@ -369,13 +390,13 @@ impl Pipes {
     fn new(cfg: &Http2, early: &[u8]) -> Pipes {
         let pipes = Pipes {
             inbound: RefCell::new(Inbound {
-                bytes: Vec::with_capacity(READ_BYTES),
+                bytes: Vec::new(),
                 read: 0,
                 ended: false,
                 guard: FrameGuard::new(cfg),
             }),
             outbound: RefCell::new(Outbound {
-                bytes: Vec::with_capacity(READ_BYTES),
+                bytes: Vec::new(),
                 closed: false,
                 broken: false,
             }),
@@ -385,6 +406,7 @@ impl Pipes {
             drain: Cell::new(false),
             idle: Cell::new(false),
             closing: Cell::new(false),
+            no_streams: Cell::new(false),
             max_outbound: cfg.max_send_buffer_bytes,
         };
         if !early.is_empty() {
@@ -462,8 +484,27 @@ impl Pipes {
         if outbound.closed || outbound.broken {
             return Poll::Ready(false);
         }
+        if self.no_streams.get() && out.capacity() > 0 {
+            // An idle connection keeps no write buffer.
+            *out = Vec::new();
+        }
         self.park(cx);
         Poll::Pending
+    }
+
+    /// Frees the pipes' buffers when they are empty (the connection has
+    /// no open stream): an idle HTTP/2 connection holds no byte queue.
+    fn release_idle(&self) {
+        let mut inbound = self.inbound.borrow_mut();
+        if inbound.read == inbound.bytes.len() {
+            inbound.bytes = Vec::new();
+            inbound.read = 0;
+        }
+        drop(inbound);
+        let mut outbound = self.outbound.borrow_mut();
+        if outbound.bytes.is_empty() {
+            outbound.bytes = Vec::new();
+        }
     }
 
     fn close_outbound(&self) {
