@@ -50,6 +50,19 @@ pub struct Captured {
     agents: Vec<u8>,
 }
 
+impl Captured {
+    /// Writes `version` in place of the captured request line's own: an
+    /// HTTP/2 stream's head is parsed as the HTTP/1.1 head it becomes, but
+    /// is logged as what the client sent.
+    pub fn set_version(&mut self, version: &[u8]) {
+        if let Some(space) = self.request.iter().rposition(|&b| b == b' ') {
+            self.request.truncate(space + 1);
+            self.request.extend_from_slice(version);
+            self.request.push(b'"');
+        }
+    }
+}
+
 pub struct AccessLog {
     out: LogBuffer,
     stamp: Stamp,

@@ -425,6 +425,9 @@ impl Downstream {
         let started = worker.access_log.as_ref().map(|_| {
             let bufs = self.bufs.as_deref().expect("read_head took buffers");
             AccessLog::capture(&mut self.captured, &bufs.req.source, head);
+            if matches!(self.r, StreamReader::H2(_)) {
+                self.captured.set_version(b"HTTP/2.0");
+            }
             Instant::now()
         });
         let next = self.route(worker, listener, head).await;

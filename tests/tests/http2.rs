@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ringgate_tests::h2wire::{self, frame, request_block, H2Client};
 use ringgate_tests::pki::TestCa;
-use ringgate_tests::proxy::{curl, run_with_timeout, write_temp, CommandOutput};
+use ringgate_tests::proxy::{curl, run_with_timeout, temp_path, write_temp, CommandOutput};
 use ringgate_tests::{eventually, Backend, Behaviour, Pattern, Proxy, ProxyConfig};
 
 fn curl_h2(args: &[&str]) -> CommandOutput {
@@ -508,4 +508,29 @@ fn a_drain_lets_an_open_stream_finish_after_goaway() {
         saw_goaway && saw_response,
         "goaway {saw_goaway}, response {saw_response}"
     );
+}
+
+/// The access log says what the client spoke.
+#[test]
+fn the_access_log_shows_http2_requests_as_http2() {
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let log_path = temp_path("ringgate-h2-access", "log");
+    let toml = h2c(&backend).to_toml()
+        + &format!(
+            "\n[access_log]\npath = {:?}\n",
+            log_path.display().to_string()
+        );
+    let proxy = Proxy::start(&toml);
+    let out = prior_knowledge(proxy.port, "/logged?x=1", &[]);
+    assert_eq!(last_line(&out), "200 2", "{}", out.stderr);
+    let line = eventually(Duration::from_secs(3), || {
+        let text = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
+        text.lines()
+            .next()
+            .map(str::to_owned)
+            .ok_or("no line yet".to_string())
+    })
+    .unwrap();
+    assert!(line.contains("\"GET /logged?x=1 HTTP/2.0\" 200 "), "{line}");
+    let _ = std::fs::remove_file(log_path);
 }
