@@ -92,7 +92,6 @@ for round in $(seq 1 "$ROUNDS"); do
     after=$(cpu_ticks $PIDS)
     reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
     rps=$(echo "$out" | awk '/^finished in/ {print $4}')
-    p99="-"
     errs=$(echo "$out" | awk '/^requests:/ {if ($10+$12+$14 > 0) print "failed " $10 " errored " $12 " timeout " $14}; /^status codes:/ {if ($5+$7+$9 > 0) print "non-2xx " $5+$7+$9}')
     proto=$(echo "$out" | awk '/Application protocol/ {print $3}')
     [ "$proto" = h2 ] || errs="$errs protocol=$proto"
@@ -103,20 +102,4 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 0.5
   done
 done
-python3 - $W/results <<'PY'
-import sys, statistics as st
-rows = [l.split() for l in open(sys.argv[1])]
-by = {}
-for r, p, rps, cpu in rows:
-    by.setdefault(r, {})[p] = (float(rps), float(cpu))
-for other in sorted({p for v in by.values() for p in v} - {"nginx"}):
-    ratios = [(v[other][0] / v["nginx"][0], v[other][1] / v["nginx"][1]) for v in by.values() if other in v and "nginx" in v]
-    if ratios:
-        print(f"{other}/nginx over {len(ratios)} rounds: requests/s median {st.median(r for r, _ in ratios):.2f}x "
-              f"(min {min(r for r, _ in ratios):.2f}, max {max(r for r, _ in ratios):.2f}), "
-              f"CPU/request median {st.median(c for _, c in ratios):.2f}x")
-for p in sorted({p for v in by.values() for p in v}):
-    v = [by[r][p] for r in by if p in by[r]]
-    if v:
-        print(f"{p}: median {st.median(x for x, _ in v):,.0f} req/s, {st.median(c for _, c in v):.2f} µs CPU/request")
-PY
+round_ratios $W/results

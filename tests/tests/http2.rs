@@ -326,17 +326,10 @@ fn an_hpack_bomb_is_refused_before_it_is_decoded_in_full() {
         &block,
     ));
     // A 431, a reset or a GOAWAY; never the request upstream.
-    let answer = attacker.read_frame(Duration::from_secs(5));
+    // Settings and window updates are the connection's, not the answer.
     let answered = loop {
-        match answer {
-            Ok(Some(ref f)) if f.kind == h2wire::SETTINGS || f.kind == h2wire::WINDOW_UPDATE => {}
-            Ok(Some(f)) => break Some(f.kind),
-            _ => break None,
-        }
         match attacker.read_frame(Duration::from_secs(5)) {
-            Ok(Some(f)) if f.kind == h2wire::SETTINGS || f.kind == h2wire::WINDOW_UPDATE => {
-                continue
-            }
+            Ok(Some(f)) if f.kind == h2wire::SETTINGS || f.kind == h2wire::WINDOW_UPDATE => {}
             Ok(Some(f)) => break Some(f.kind),
             _ => break None,
         }
