@@ -443,6 +443,17 @@ pub struct Upstream {
     pub circuit_breaker: Option<CircuitBreaker>,
     /// `None`: plain HTTP to the backends.
     pub tls: Option<UpstreamTls>,
+    /// What the backends speak: HTTP/1.1, or HTTP/2 (ALPN `h2` with `tls`,
+    /// prior knowledge without), multiplexed on few connections.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `[[upstreams]] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2,
 }
 
 /// `[[upstreams]] tls`: HTTPS to the backends, certificates verified.

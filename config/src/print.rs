@@ -369,6 +369,9 @@ fn upstream(out: &mut String, u: &Upstream) {
         }
         let _ = writeln!(out, "tls = {{ {} }}", fields.join(", "));
     }
+    if u.protocol == UpstreamProtocol::H2 {
+        let _ = writeln!(out, "protocol = \"h2\"");
+    }
 }
 
 /// A TOML basic string, escaped by the toml crate.

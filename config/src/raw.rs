@@ -181,6 +181,14 @@ pub(crate) struct RawUpstream {
     pub retries: Option<RawRetries>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub tls: Option<RawUpstreamTls>,
+    pub protocol: Option<Spanned<RawUpstreamProtocol>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawUpstreamProtocol {
+    Http1,
+    H2,
 }
 
 #[derive(Debug, Deserialize)]

@@ -169,6 +169,11 @@ fn full_example_sets_every_key() {
     );
     let sticky = &c.upstreams[2];
     assert_eq!(sticky.balance, Balance::MaglevHash);
+    let grpc = c.upstreams.last().expect("upstreams");
+    assert_eq!(
+        (grpc.name.as_str(), grpc.protocol),
+        ("grpc", UpstreamProtocol::H2)
+    );
     assert_eq!(sticky.hash_key, Some(HashKey::Cookie("session".into())));
     let rl = c.routes[0].rate_limit.as_ref().expect("rate_limit");
     assert_eq!(rl.key, RateLimitKey::ClientIp);
@@ -1800,7 +1805,8 @@ fn every_optional_feature_round_trips_through_print() {
          health_check = { path = \"/h\", interval = \"2s\", timeout = \"1s\" }\n\
          retries = { on = [\"5xx\", \"timeout\"], budget = \"5%\" }\n\
          circuit_breaker = { max_pending = 7 }\npool = { max_idle_per_backend = 0 }\n\
-         tls = { server_name = \"Backend.Example.\", ca = \"/etc/ca.pem\", client_certificate = { cert = \"/c/me.pem\", key = \"/c/me.key\" } }\n";
+         tls = { server_name = \"Backend.Example.\", ca = \"/etc/ca.pem\", client_certificate = { cert = \"/c/me.pem\", key = \"/c/me.key\" } }\n\
+         protocol = \"h2\"\n";
     assert_round_trip(&text);
 }
 
@@ -2133,4 +2139,14 @@ fn http2_settings_round_trip_through_print() {
     ] {
         assert!(printed.contains(line), "no {line:?} in:\n{printed}");
     }
+}
+
+#[test]
+fn an_upstream_speaks_http11_unless_told_h2() {
+    let c = ok(BASE);
+    assert_eq!(c.upstreams[0].protocol, UpstreamProtocol::Http1);
+    let c = ok(&format!("{BASE}protocol = \"h2\"\n"));
+    assert_eq!(c.upstreams[0].protocol, UpstreamProtocol::H2);
+    let e = only_error(&format!("{BASE}protocol = \"h3\"\n"));
+    assert_eq!(e.key, "upstreams[0].protocol", "{e}");
 }

@@ -1024,8 +1024,13 @@ fn upstream(
             }
         }),
     });
+    let protocol = match raw.protocol.as_ref().map(|p| *p.get_ref()) {
+        None | Some(RawUpstreamProtocol::Http1) => UpstreamProtocol::Http1,
+        Some(RawUpstreamProtocol::H2) => UpstreamProtocol::H2,
+    };
     Upstream {
         tls,
+        protocol,
         name: raw.name.into_inner(),
         balance,
         hash_key,

@@ -7,11 +7,12 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
-use ringgate_config::{HealthCheck, LogLevel};
+use ringgate_config::{HealthCheck, Http2, LogLevel, UpstreamProtocol};
 use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
 use crate::error_log::Kind;
+use crate::h2_upstream;
 use crate::io::Abort;
 use crate::state::Worker;
 use crate::stream::{StreamReader, StreamWriter};
@@ -47,7 +48,9 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
     let mut state = HealthState::new(check.rise, check.fall);
     loop {
         monoio::time::sleep(check.interval).await;
-        let ok = probe(addr, &check, request.clone(), upstream.tls.as_ref()).await;
+        let h2 = (upstream.config.protocol == UpstreamProtocol::H2)
+            .then_some((&*host, &worker.config.http2));
+        let ok = probe(addr, &check, request.clone(), upstream.tls.as_ref(), h2).await;
         if let Some(transition) = state.record_probe(ok) {
             let healthy = matches!(transition, Transition::BecameHealthy);
             let level = if healthy {
@@ -83,6 +86,7 @@ async fn probe(
     check: &HealthCheck,
     request: Vec<u8>,
     tls: Option<&UpstreamTlsConfig>,
+    h2: Option<(&str, &Http2)>,
 ) -> bool {
     let deadline = Instant::now() + check.timeout;
     let Ok(stream) = connect(addr, check.timeout).await else {
@@ -104,8 +108,12 @@ async fn probe(
             }
         }
     };
-    let len = request.len();
     let left = deadline.saturating_duration_since(Instant::now());
+    if let Some((authority, settings)) = h2 {
+        let (path, expect) = (&check.path, check.expect_status);
+        return h2_upstream::probe(r, w, settings, authority, path, expect, left).await;
+    }
+    let len = request.len();
     let (res, _) = w.send_range(request, 0..len, left, &write_abort).await;
     if res.is_err() {
         return false;

@@ -15,7 +15,7 @@
 //! handled by [`Downstream::handle`]: routing, limits, retries, deadlines
 //! and the access log do not know it came over HTTP/2. Its body arrives
 //! through [`H2Body`], which releases flow-control window only as the
-//! exchange consumes bytes, and its response leaves through [`H2Response`],
+//! exchange consumes bytes, and its response leaves through [`H2Sender`],
 //! which turns the relayed HTTP/1.1 response back into HEADERS, DATA and
 //! trailers, waiting for window under the send timeout.
 
@@ -24,7 +24,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::io::Write as _;
 use std::net::IpAddr;
-use std::ops::Range;
+use std::ops::{Deref, Range};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -53,7 +53,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Client bytes read ahead of `h2`: one TLS record's worth plus a frame.
 const INBOUND_BYTES: usize = 64 * 1024;
-const READ_BYTES: usize = 16 * 1024;
+pub(crate) const READ_BYTES: usize = 16 * 1024;
 
 /// What the connection loop knows about one client connection.
 pub struct Conn {
@@ -337,7 +337,12 @@ async fn linger(r: &mut StreamReader, buf: &mut Vec<u8>, abort: &Abort) {
 
 /// Sends what `h2` queued in the outbound pipe; a client that takes none of
 /// it within the send timeout breaks the pipe, and with it the connection.
-async fn write_pump(w: &mut StreamWriter, pipes: &Pipes, timeout: Duration, abort: &Abort) {
+pub(crate) async fn write_pump(
+    w: &mut StreamWriter,
+    pipes: &Pipes,
+    timeout: Duration,
+    abort: &Abort,
+) {
     let mut out = Vec::new();
     loop {
         if !poll_fn(|cx| pipes.poll_outbound(cx, &mut out)).await {
@@ -357,7 +362,7 @@ async fn write_pump(w: &mut StreamWriter, pipes: &Pipes, timeout: Duration, abor
 /// The two byte queues between the connection's socket and `h2`, and what
 /// the pumps tell the driver. One task polls everything, so a wake-up is a
 /// flag the connection loop checks (`woken`) plus the task's waker.
-struct Pipes {
+pub(crate) struct Pipes {
     inbound: RefCell<Inbound>,
     outbound: RefCell<Outbound>,
     /// The one waker of the connection's task.
@@ -367,7 +372,7 @@ struct Pipes {
     drain: Cell<bool>,
     idle: Cell<bool>,
     /// `h2` is done with the connection: the reader lingers, then ends.
-    closing: Cell<bool>,
+    pub(crate) closing: Cell<bool>,
     /// No stream is open: the pumps and pipes give their buffers back.
     no_streams: Cell<bool>,
     max_outbound: usize,
@@ -377,7 +382,9 @@ struct Inbound {
     bytes: Vec<u8>,
     read: usize,
     ended: bool,
-    guard: FrameGuard,
+    /// `None` on upstream connections: a backend's frame rate is its
+    /// streams' traffic, not an attack to count.
+    guard: Option<FrameGuard>,
 }
 
 struct Outbound {
@@ -388,12 +395,21 @@ struct Outbound {
 
 impl Pipes {
     fn new(cfg: &Http2, early: &[u8]) -> Pipes {
+        Self::with_guard(cfg, early, Some(FrameGuard::new(cfg)))
+    }
+
+    /// The pipes of an upstream HTTP/2 connection.
+    pub(crate) fn upstream(cfg: &Http2) -> Pipes {
+        Self::with_guard(cfg, &[], None)
+    }
+
+    fn with_guard(cfg: &Http2, early: &[u8], guard: Option<FrameGuard>) -> Pipes {
         let pipes = Pipes {
             inbound: RefCell::new(Inbound {
                 bytes: Vec::new(),
                 read: 0,
                 ended: false,
-                guard: FrameGuard::new(cfg),
+                guard,
             }),
             outbound: RefCell::new(Outbound {
                 bytes: Vec::new(),
@@ -415,7 +431,7 @@ impl Pipes {
         pipes
     }
 
-    fn park(&self, cx: &Context<'_>) {
+    pub(crate) fn park(&self, cx: &Context<'_>) {
         let mut slot = self.waker.borrow_mut();
         match &*slot {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -430,11 +446,11 @@ impl Pipes {
         }
     }
 
-    fn take_woken(&self) -> bool {
+    pub(crate) fn take_woken(&self) -> bool {
         self.woken.replace(false)
     }
 
-    fn poll_inbound_room(&self, cx: &Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_inbound_room(&self, cx: &Context<'_>) -> Poll<()> {
         let inbound = self.inbound.borrow();
         if inbound.bytes.len() - inbound.read < INBOUND_BYTES
             || self.abuse.get().is_some()
@@ -447,9 +463,13 @@ impl Pipes {
         }
     }
 
-    fn push_inbound(&self, bytes: &[u8]) {
+    pub(crate) fn push_inbound(&self, bytes: &[u8]) {
         let mut inbound = self.inbound.borrow_mut();
-        let within_limits = match inbound.guard.inspect(bytes, Instant::now()) {
+        let checked = match &mut inbound.guard {
+            Some(guard) => guard.inspect(bytes, Instant::now()),
+            None => Ok(()),
+        };
+        let within_limits = match checked {
             Ok(()) => bytes,
             Err((why, before)) => {
                 self.abuse.set(Some(why));
@@ -465,14 +485,14 @@ impl Pipes {
         self.wake();
     }
 
-    fn end_inbound(&self) {
+    pub(crate) fn end_inbound(&self) {
         self.inbound.borrow_mut().ended = true;
         self.wake();
     }
 
     /// Swaps the queued output into `out`; `false` once the pipe is closed
     /// and empty.
-    fn poll_outbound(&self, cx: &Context<'_>, out: &mut Vec<u8>) -> Poll<bool> {
+    pub(crate) fn poll_outbound(&self, cx: &Context<'_>, out: &mut Vec<u8>) -> Poll<bool> {
         let mut outbound = self.outbound.borrow_mut();
         if !outbound.bytes.is_empty() {
             std::mem::swap(&mut outbound.bytes, out);
@@ -507,12 +527,12 @@ impl Pipes {
         }
     }
 
-    fn close_outbound(&self) {
+    pub(crate) fn close_outbound(&self) {
         self.outbound.borrow_mut().closed = true;
         self.wake();
     }
 
-    fn break_outbound(&self) {
+    pub(crate) fn break_outbound(&self) {
         let mut outbound = self.outbound.borrow_mut();
         outbound.broken = true;
         outbound.bytes.clear();
@@ -523,15 +543,15 @@ impl Pipes {
 }
 
 /// `h2`'s I/O: reads from the inbound pipe, writes to the outbound one.
-struct H2Io<'a>(&'a Pipes);
+pub(crate) struct H2Io<P>(pub P);
 
-impl AsyncRead for H2Io<'_> {
+impl<P: Deref<Target = Pipes> + Unpin> AsyncRead for H2Io<P> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let pipes = self.0;
+        let pipes = &*self.0;
         let mut inbound = pipes.inbound.borrow_mut();
         let available = inbound.bytes.len() - inbound.read;
         if available > 0 {
@@ -558,13 +578,13 @@ impl AsyncRead for H2Io<'_> {
     }
 }
 
-impl AsyncWrite for H2Io<'_> {
+impl<P: Deref<Target = Pipes> + Unpin> AsyncWrite for H2Io<P> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let pipes = self.0;
+        let pipes = &*self.0;
         let mut outbound = pipes.outbound.borrow_mut();
         if outbound.broken {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
@@ -729,7 +749,7 @@ async fn serve_stream(
     drop(parts);
     let chunked = matches!(synthesized, Ok(BodyFraming::Chunked));
     let r = StreamReader::H2(H2Body::new(body, chunked));
-    let w = StreamWriter::H2(H2Response::new(respond, is_head, cx.scheme));
+    let w = StreamWriter::H2(H2Sender::response(respond, is_head, cx.scheme));
     let conn = cx.conn;
     let mut d = Downstream::for_stream(
         r,
@@ -921,7 +941,7 @@ impl H2Body {
 }
 
 /// Polls `f` until it is ready, `timeout` passes, or `abort` is pulled.
-async fn wait<T>(
+pub(crate) async fn wait<T>(
     timeout: Duration,
     abort: &Abort,
     mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
@@ -950,11 +970,13 @@ async fn wait<T>(
     .await
 }
 
-/// A stream's response, fed the HTTP/1.1 bytes the exchange relays: the
-/// head becomes HEADERS (1xx ones informational), the body DATA frames
-/// sent as the client's window allows, chunked trailers HEADERS again.
-pub struct H2Response {
-    respond: Option<SendResponse<Bytes>>,
+/// One HTTP/1.1 message leaving as an HTTP/2 stream, fed the bytes the
+/// exchange writes: a client stream's response (the head becomes HEADERS,
+/// 1xx ones informational) or an upstream stream's request (the head opens
+/// the stream); the body becomes DATA frames sent as the peer's window
+/// allows, chunked trailers HEADERS again.
+pub struct H2Sender {
+    opener: Opener,
     send: Option<SendStream<Bytes>>,
     state: Out,
     head: Vec<u8>,
@@ -962,6 +984,33 @@ pub struct H2Response {
     request_was_head: bool,
     scheme: &'static str,
     scratch: Vec<u8>,
+}
+
+/// What the head of the message does.
+enum Opener {
+    /// Answers a client's stream.
+    Respond(SendResponse<Bytes>),
+    /// Opens a stream to a backend; its response goes to the reader.
+    Request(RequestOpener),
+    /// The head went out.
+    Sent,
+}
+
+/// What an upstream stream's request needs to open the stream.
+pub(crate) struct RequestOpener {
+    pub send: h2::client::SendRequest<Bytes>,
+    pub scheme: http::uri::Scheme,
+    /// `:authority` when the forwarded head has no Host.
+    pub authority: Box<str>,
+    pub reply: Rc<PendingReply>,
+}
+
+/// Between an upstream stream's writer and reader: the response to come,
+/// and whether the request was HEAD (its response has no body).
+#[derive(Default)]
+pub(crate) struct PendingReply {
+    pub response: RefCell<Option<h2::client::ResponseFuture>>,
+    pub request_was_head: Cell<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -989,10 +1038,29 @@ enum ChunkState {
 /// already held it to the configured limits.
 const MAX_RESPONSE_FIELDS: usize = 256;
 
-impl H2Response {
-    fn new(respond: SendResponse<Bytes>, request_was_head: bool, scheme: &'static str) -> Self {
-        H2Response {
-            respond: Some(respond),
+impl H2Sender {
+    /// The stream's response to `respond`.
+    fn response(
+        respond: SendResponse<Bytes>,
+        request_was_head: bool,
+        scheme: &'static str,
+    ) -> Self {
+        Self::new(Opener::Respond(respond), request_was_head, scheme)
+    }
+
+    /// A request opening a stream to a backend.
+    pub(crate) fn request(opener: RequestOpener) -> Self {
+        let scheme = if opener.scheme == http::uri::Scheme::HTTPS {
+            "https"
+        } else {
+            "http"
+        };
+        Self::new(Opener::Request(opener), false, scheme)
+    }
+
+    fn new(opener: Opener, request_was_head: bool, scheme: &'static str) -> Self {
+        H2Sender {
+            opener,
             send: None,
             state: Out::Head,
             head: Vec::new(),
@@ -1052,7 +1120,7 @@ impl H2Response {
             _ => {
                 if let Some(send) = &mut self.send {
                     send.send_reset(Reason::INTERNAL_ERROR);
-                } else if let Some(respond) = &mut self.respond {
+                } else if let Opener::Respond(respond) = &mut self.opener {
                     respond.send_reset(Reason::INTERNAL_ERROR);
                 }
             }
@@ -1070,7 +1138,7 @@ impl H2Response {
             match self.state {
                 Out::Done => return Ok(()),
                 Out::Head => {
-                    let taken = self.take_head(bytes)?;
+                    let taken = self.take_head(bytes, timeout, abort).await?;
                     bytes = &bytes[taken..];
                 }
                 Out::Length(left) => {
@@ -1104,7 +1172,12 @@ impl H2Response {
     }
 
     /// Collects the head; once whole, sends it. Returns the bytes taken.
-    fn take_head(&mut self, bytes: &[u8]) -> Result<usize, WriteFail> {
+    async fn take_head(
+        &mut self,
+        bytes: &[u8],
+        timeout: Duration,
+        abort: &Abort,
+    ) -> Result<usize, WriteFail> {
         let before = self.head.len();
         self.head.extend_from_slice(bytes);
         let Some(end) = memchr::memmem::find(&self.head, b"\r\n\r\n") else {
@@ -1112,6 +1185,17 @@ impl H2Response {
         };
         let head_len = end + 4;
         let taken = head_len - before;
+        if matches!(self.opener, Opener::Request(_)) {
+            self.open_request(head_len, timeout, abort).await?;
+        } else {
+            self.send_response_head(head_len)?;
+        }
+        self.head.clear();
+        Ok(taken)
+    }
+
+    /// The response head in `self.head[..head_len]` as HEADERS.
+    fn send_response_head(&mut self, head_len: usize) -> Result<(), WriteFail> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
         let mut parsed = httparse::Response::new(&mut fields);
         if !matches!(
@@ -1155,11 +1239,9 @@ impl H2Response {
             };
             headers.append(name, value);
         }
-        self.head.clear();
-        let respond = self
-            .respond
-            .as_mut()
-            .ok_or(WriteFail::Io(io::ErrorKind::InvalidData))?;
+        let Opener::Respond(respond) = &mut self.opener else {
+            return Err(WriteFail::Io(io::ErrorKind::InvalidData));
+        };
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -1169,7 +1251,7 @@ impl H2Response {
                     .send_informational(response)
                     .map_err(h2_write_fail)?;
             }
-            return Ok(taken);
+            return Ok(());
         }
         let bodiless = self.request_was_head
             || status == StatusCode::NO_CONTENT
@@ -1189,9 +1271,109 @@ impl H2Response {
         let send = respond
             .send_response(response, end)
             .map_err(h2_write_fail)?;
-        self.respond = None;
+        self.opener = Opener::Sent;
         self.send = Some(send);
-        Ok(taken)
+        Ok(())
+    }
+
+    /// The request head in `self.head[..head_len]` opens a stream (RFC 9113
+    /// §8.3.1: pseudo-headers from the request line and Host, no
+    /// connection-specific fields, `te: trailers` as gRPC servers require).
+    async fn open_request(
+        &mut self,
+        head_len: usize,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> Result<(), WriteFail> {
+        let bad = WriteFail::Io(io::ErrorKind::InvalidData);
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        let mut parsed = httparse::Request::new(&mut fields);
+        if !matches!(
+            parsed.parse(&self.head[..head_len]),
+            Ok(httparse::Status::Complete(_))
+        ) {
+            return Err(bad);
+        }
+        let Opener::Request(opener) = &mut self.opener else {
+            return Err(bad);
+        };
+        let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes()).map_err(|_| bad)?;
+        let connection_names: Vec<&[u8]> = parsed
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(|t| t.trim_ascii())
+            .collect();
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
+        let mut authority: Option<&[u8]> = None;
+        let mut length = None;
+        let mut chunked = false;
+        for field in parsed.headers.iter() {
+            let name = field.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"host") {
+                authority = Some(field.value);
+                continue;
+            }
+            if is_hop_by_hop(name)
+                || connection_names
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(name))
+            {
+                chunked |= name.eq_ignore_ascii_case(b"transfer-encoding");
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = std::str::from_utf8(field.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+            }
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(field.value),
+            ) else {
+                return Err(bad);
+            };
+            headers.append(name, value);
+        }
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+        let authority = match authority {
+            Some(a) => http::uri::Authority::try_from(a).map_err(|_| bad)?,
+            None => http::uri::Authority::try_from(&*opener.authority).map_err(|_| bad)?,
+        };
+        let uri = http::Uri::builder()
+            .scheme(opener.scheme.clone())
+            .authority(authority)
+            .path_and_query(parsed.path.unwrap_or("/"))
+            .build()
+            .map_err(|_| bad)?;
+        let is_head = method == Method::HEAD;
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        self.state = if chunked {
+            Out::Chunk(ChunkState::Size(0))
+        } else {
+            match length {
+                None | Some(0) => Out::Done,
+                Some(n) => Out::Length(n),
+            }
+        };
+        // A connection at its peer's stream limit queues the stream; a
+        // handle whose last stream is still queued must wait here.
+        let ready = wait(timeout, abort, |cx| opener.send.poll_ready(cx)).await?;
+        ready.map_err(h2_write_fail)?;
+        let end = self.state == Out::Done;
+        let (response, send) = opener
+            .send
+            .send_request(request, end)
+            .map_err(h2_write_fail)?;
+        opener.reply.request_was_head.set(is_head);
+        *opener.reply.response.borrow_mut() = Some(response);
+        self.opener = Opener::Sent;
+        self.send = Some(send);
+        Ok(())
     }
 
     /// One step of the chunked decoder (the relay already checked the
@@ -1320,12 +1502,12 @@ impl H2Response {
     }
 }
 
-fn h2_write_fail(_: h2::Error) -> WriteFail {
+pub(crate) fn h2_write_fail(_: h2::Error) -> WriteFail {
     WriteFail::Io(io::ErrorKind::ConnectionReset)
 }
 
 /// Fields HTTP/2 forbids (RFC 9113 §8.2.2) or that only framed HTTP/1.1.
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     const NAMES: [&[u8]; 6] = [
         b"connection",
         b"keep-alive",

@@ -11,6 +11,7 @@ mod downstream;
 mod error_log;
 mod exchange;
 mod gossip;
+mod h2_upstream;
 mod health;
 mod http2;
 mod io;
@@ -195,7 +196,8 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
     }
     for (i, upstream) in config.upstreams.iter().enumerate() {
         if let Some(t) = &upstream.tls {
-            if let Err(e) = tls::load_upstream(&format!("upstreams[{i}].tls"), t) {
+            let h2 = upstream.protocol == ringgate_config::UpstreamProtocol::H2;
+            if let Err(e) = tls::load_upstream(&format!("upstreams[{i}].tls"), t, h2) {
                 problems.push(keyed(e, "upstreams"));
             }
         }
@@ -533,7 +535,10 @@ fn load_upstream_tls(
         .map(|(i, u)| {
             u.tls
                 .as_ref()
-                .map(|t| tls::load_upstream(&format!("upstreams[{i}].tls"), t))
+                .map(|t| {
+                    let h2 = u.protocol == ringgate_config::UpstreamProtocol::H2;
+                    tls::load_upstream(&format!("upstreams[{i}].tls"), t, h2)
+                })
                 .transpose()
         })
         .collect()

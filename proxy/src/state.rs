@@ -114,7 +114,7 @@ impl Worker {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| UpstreamState::new(u.clone(), id, workers, error_log.clone()))
+            .map(|u| UpstreamState::new(u.clone(), &config.http2, id, workers, error_log.clone()))
             .collect();
         let limiters = config
             .routes

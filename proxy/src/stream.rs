@@ -1,7 +1,7 @@
 //! A connection's two halves as the exchange drives them, on either side
-//! (client or upstream): plain TCP, or TLS over it ([`crate::tls`]); on the
-//! client side also one HTTP/2 stream ([`crate::http2`]), whose body and
-//! response pass as HTTP/1.1 bytes. One
+//! (client or upstream): plain TCP, or TLS over it ([`crate::tls`]), or one
+//! HTTP/2 stream, a client's ([`crate::http2`]) or one to a backend
+//! ([`crate::h2_upstream`]), whose messages pass as HTTP/1.1 bytes. One
 //! read and one write contract for both, so the connection loop, the
 //! exchange and the pool never ask which it is; a plain connection pays one
 //! predictable branch per operation.
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use monoio::buf::IoBuf;
 
-use crate::http2::{H2Body, H2Response};
+use crate::h2_upstream::H2Reply;
+use crate::http2::{H2Body, H2Sender};
 use crate::io::{
     read_more, send_gather, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer,
 };
@@ -21,12 +22,14 @@ pub enum StreamReader {
     Plain(Reader),
     Tls(TlsReader),
     H2(H2Body),
+    /// An upstream HTTP/2 stream's response.
+    H2Upstream(H2Reply),
 }
 
 pub enum StreamWriter {
     Plain(Writer),
     Tls(TlsWriter),
-    H2(H2Response),
+    H2(H2Sender),
 }
 
 impl StreamReader {
@@ -34,7 +37,7 @@ impl StreamReader {
     /// holds (the socket itself is checked by `io::pending_input`).
     pub fn holds_unread(&mut self) -> bool {
         match self {
-            StreamReader::Plain(_) | StreamReader::H2(_) => false,
+            StreamReader::Plain(_) | StreamReader::H2(_) | StreamReader::H2Upstream(_) => false,
             StreamReader::Tls(r) => r.holds_unread(),
         }
     }
@@ -55,6 +58,7 @@ impl StreamReader {
             StreamReader::Plain(r) => read_more(r, buf, min_spare, timeout, abort).await,
             StreamReader::Tls(r) => r.read_more(buf, min_spare, timeout, abort).await,
             StreamReader::H2(r) => r.read_more(buf, timeout, abort).await,
+            StreamReader::H2Upstream(r) => r.read_more(buf, timeout, abort).await,
         }
     }
 }

@@ -183,6 +183,7 @@ impl UpstreamTlsConfig {
 pub fn load_upstream(
     key: &str,
     tls: &ringgate_config::UpstreamTls,
+    http2: bool,
 ) -> Result<UpstreamTlsConfig, String> {
     let provider = Arc::new(crypto::default_provider());
     let roots = match &tls.ca {
@@ -211,7 +212,9 @@ pub fn load_upstream(
                 .map_err(|e| format!("{key}: {e}"))?
         }
     };
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // An HTTP/2 upstream offers only `h2`: its streams cannot fall back.
+    let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { ALPN };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let server_name = tls
         .server_name
         .as_ref()

@@ -20,15 +20,17 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use http::uri::Scheme;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
-use ringgate_config::{Balance, LogLevel, Upstream};
+use ringgate_config::{Balance, Http2, LogLevel, Upstream, UpstreamProtocol};
 use ringgate_core::backend_view::{
     BackendSpec, BackendView, BreakerPolicy, BreakerState, Outcome, OutlierPolicy, ViewConfig,
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
 use crate::error_log::{ErrorLog, Kind};
+use crate::h2_upstream::{self, H2Link};
 use crate::io::{pending_input, Abort, PendingInput};
 use crate::metrics::{outcome_index, OUTCOMES};
 use crate::stream::{StreamReader, StreamWriter};
@@ -43,10 +45,11 @@ pub struct UpstreamConn {
     /// Came from the pool: the backend may have closed it meanwhile.
     pub reused: bool,
     /// The socket, for the cleanliness check of a pooled connection; valid
-    /// while `r` and `w` live.
+    /// while `r` and `w` live (-1 for an HTTP/2 stream).
     fd: RawFd,
-    /// Counts the connection as open until it is dropped.
-    slot: ConnSlot,
+    /// Counts the connection as open until it is dropped; `None` for an
+    /// HTTP/2 stream, whose connection is counted by its task.
+    slot: Option<ConnSlot>,
 }
 
 struct Idle {
@@ -130,6 +133,15 @@ pub struct UpstreamState {
     log: Rc<ErrorLog>,
     /// HTTPS to the backends, as loaded from the upstream's `tls` table.
     pub tls: Option<UpstreamTlsConfig>,
+    /// `protocol = "h2"`: the multiplexed connections per backend, and how
+    /// they are set up.
+    h2: Option<H2Pool>,
+}
+
+struct H2Pool {
+    links: Vec<RefCell<Vec<H2Link>>>,
+    settings: Http2,
+    scheme: Scheme,
 }
 
 #[derive(Debug)]
@@ -170,7 +182,13 @@ fn algorithm(balance: Balance) -> Algorithm {
 }
 
 impl UpstreamState {
-    pub fn new(config: Upstream, worker_id: usize, workers: usize, log: Rc<ErrorLog>) -> Self {
+    pub fn new(
+        config: Upstream,
+        http2: &Http2,
+        worker_id: usize,
+        workers: usize,
+        log: Rc<ErrorLog>,
+    ) -> Self {
         let ids: Vec<String> = config
             .backends
             .iter()
@@ -215,7 +233,17 @@ impl UpstreamState {
             open: config.backends.iter().map(|_| Cell::new(0)).collect(),
             waiters: config.backends.iter().map(|_| RefCell::default()).collect(),
         });
+        let h2 = (config.protocol == UpstreamProtocol::H2).then(|| H2Pool {
+            links: config.backends.iter().map(|_| RefCell::default()).collect(),
+            settings: http2.clone(),
+            scheme: if config.tls.is_some() {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            },
+        });
         UpstreamState {
+            h2,
             outcomes: config.backends.iter().map(|_| Default::default()).collect(),
             reported_levels: RefCell::new(vec![(0, 0); config.backends.len()]),
             tally,
@@ -340,6 +368,9 @@ impl UpstreamState {
         let mut queue_deadline: Option<Instant> = None;
         loop {
             if !fresh {
+                if let Some(conn) = self.h2_stream(backend, false) {
+                    return Ok(conn);
+                }
                 if let Some(idle) = self.take_idle(backend) {
                     return Ok(UpstreamConn {
                         r: idle.r,
@@ -347,13 +378,18 @@ impl UpstreamState {
                         backend,
                         reused: true,
                         fd: idle.fd,
-                        slot: idle.slot,
+                        slot: Some(idle.slot),
                     });
                 }
             }
             let local = self.tally.open(backend);
             if self.view.borrow().may_connect(backend, local) {
                 break;
+            }
+            // At the connection limit, a busy HTTP/2 connection still takes
+            // the stream: the backend's stream limit queues it.
+            if let Some(conn) = self.h2_stream(backend, true) {
+                return Ok(conn);
             }
             let now = Instant::now();
             let deadline = *queue_deadline.get_or_insert(now + self.config.connect_timeout);
@@ -394,14 +430,74 @@ impl UpstreamState {
                 }
             }
         };
+        if let Some(h2) = &self.h2 {
+            let tally = self.tally.clone();
+            let link = h2_upstream::open(
+                r,
+                w,
+                &h2.settings,
+                self.config.idle_timeout,
+                self.config.send_timeout,
+                // The connection counts toward `max_connections` until its
+                // task ends.
+                move || drop((slot, tally)),
+            )
+            .await
+            .map_err(|_| ConnectError::Failed(0))?;
+            let (r, w) = link.stream(&h2.scheme, &self.authority(backend));
+            h2.links[backend].borrow_mut().push(link);
+            return Ok(UpstreamConn {
+                r,
+                w,
+                backend,
+                reused: false,
+                fd: -1,
+                slot: None,
+            });
+        }
         Ok(UpstreamConn {
             r,
             w,
             backend,
             reused: false,
             fd,
-            slot,
+            slot: Some(slot),
         })
+    }
+
+    /// A new stream on one of this worker's HTTP/2 connections to
+    /// `backend`: the least busy one below its stream limit, or, when
+    /// `even_full`, the least busy one at all. Ended connections leave the
+    /// pool here.
+    fn h2_stream(&self, backend: usize, even_full: bool) -> Option<UpstreamConn> {
+        let h2 = self.h2.as_ref()?;
+        let mut links = h2.links[backend].borrow_mut();
+        links.retain(|l| !l.state.dead.get());
+        let cap = h2.settings.max_concurrent_streams;
+        let link = links
+            .iter()
+            .filter(|l| even_full || l.state.streams.get() < l.capacity(cap))
+            .min_by_key(|l| l.state.streams.get())?;
+        let reused = link.state.used.get();
+        let (r, w) = link.stream(&h2.scheme, &self.authority(backend));
+        Some(UpstreamConn {
+            r,
+            w,
+            backend,
+            reused,
+            fd: -1,
+            slot: None,
+        })
+    }
+
+    /// `:authority` for a request without Host: the TLS name, else the
+    /// backend's address.
+    fn authority(&self, backend: usize) -> String {
+        self.config
+            .tls
+            .as_ref()
+            .and_then(|t| t.server_name.clone())
+            .unwrap_or_else(|| self.backend_addr(backend).to_string())
     }
 
     /// The most recently used idle connection that has not idled out and
@@ -495,7 +591,11 @@ impl UpstreamState {
         let backend = conn.backend;
         let now = Instant::now();
         // TLS may hold decrypted bytes past the response that the socket
-        // check cannot see: such a connection is not clean.
+        // check cannot see: such a connection is not clean. An HTTP/2
+        // stream is done; its connection stays with its task.
+        let Some(slot) = conn.slot.take() else {
+            return;
+        };
         if conn.r.holds_unread() {
             return;
         }
@@ -511,7 +611,7 @@ impl UpstreamState {
                 w: conn.w,
                 fd: conn.fd,
                 since: now,
-                slot: conn.slot,
+                slot,
             });
         }
         self.tally.wake(backend);
