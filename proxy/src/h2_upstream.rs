@@ -12,13 +12,13 @@
 //! ([`crate::http2`]), closed after the upstream's idle timeout without
 //! streams.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::io::Write as _;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +51,20 @@ pub struct LinkState {
     /// It carried a stream before: a failure on it may be a close the
     /// backend made meanwhile (the exchange then retries on a new one).
     pub used: Cell<bool>,
+    /// The backend's first bytes (its SETTINGS) arrived, and then `h2`
+    /// read them: its stream limit is known.
+    heard: Cell<bool>,
+    settled: Cell<bool>,
+    /// The opener, waiting for `settled` (or `dead`).
+    opener: RefCell<Option<Waker>>,
+}
+
+impl LinkState {
+    fn wake_opener(&self) {
+        if let Some(w) = self.opener.borrow_mut().take() {
+            w.wake();
+        }
+    }
 }
 
 impl H2Link {
@@ -85,15 +99,22 @@ impl H2Link {
 }
 
 /// Opens `h2` on a connected (and, for HTTPS, handshaken) backend
-/// connection and starts its task. `on_end` runs when the connection ends.
+/// connection, starts its task and waits, up to `settle_within`, for the
+/// backend's SETTINGS: until then its stream limit is unknown, and a
+/// backend that does not speak HTTP/2 is found here, before any request
+/// is sent. `on_end` runs when the connection ends.
 pub async fn open(
     r: StreamReader,
     w: StreamWriter,
     cfg: &Http2,
-    idle_timeout: Duration,
-    send_timeout: Duration,
+    timeouts: LinkTimeouts,
     on_end: impl FnOnce() + 'static,
-) -> Result<H2Link, h2::Error> {
+) -> Result<H2Link, OpenError> {
+    let LinkTimeouts {
+        settle: settle_within,
+        idle: idle_timeout,
+        send: send_timeout,
+    } = timeouts;
     let pipes = Rc::new(Pipes::upstream(cfg));
     let (send, conn) = h2::client::Builder::new()
         .enable_push(false)
@@ -104,15 +125,51 @@ pub async fn open(
         .header_table_size(cfg.header_table_bytes)
         .max_send_buffer_size(cfg.max_send_buffer_bytes)
         .handshake::<_, Bytes>(H2Io(pipes.clone()))
-        .await?;
+        .await
+        .map_err(|_| OpenError::Refused)?;
     let state = Rc::new(LinkState::default());
     let task_state = state.clone();
     monoio::spawn(async move {
         run(r, w, pipes, conn, &task_state, idle_timeout, send_timeout).await;
         task_state.dead.set(true);
+        task_state.wake_opener();
         on_end();
     });
-    Ok(H2Link { send, state })
+    let mut timer = pin!(monoio::time::sleep(settle_within));
+    poll_fn(|cx| {
+        if state.settled.get() || state.dead.get() || timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        *state.opener.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+    match (state.settled.get(), state.dead.get()) {
+        (true, false) => Ok(H2Link { send, state }),
+        (_, true) => Err(OpenError::Refused),
+        (false, false) => {
+            // Dropping the handle ends the connection's task.
+            state.dead.set(true);
+            Err(OpenError::TimedOut)
+        }
+    }
+}
+
+/// The deadlines of one upstream HTTP/2 connection.
+pub struct LinkTimeouts {
+    /// For the backend's SETTINGS after the connection is up.
+    pub settle: Duration,
+    /// Without streams, before the connection closes.
+    pub idle: Duration,
+    /// For each write to the backend.
+    pub send: Duration,
+}
+
+#[derive(Debug)]
+pub enum OpenError {
+    /// The backend closed the connection or did not speak HTTP/2.
+    Refused,
+    TimedOut,
 }
 
 /// Drives one connection until `h2` is done with it (the backend closed
@@ -133,12 +190,18 @@ async fn run(
     let mut writer = pin!(write_pump(&mut w, &pipes, send_timeout, &write_abort));
     let (mut driven, mut read_done, mut write_done) = (false, false, false);
     poll_fn(|cx| loop {
+        let heard = state.heard.get();
         if !driven && conn.as_mut().poll(cx).is_ready() {
             driven = true;
             state.dead.set(true);
             pipes.close_outbound();
             pipes.closing.set(true);
             read_abort.abort();
+        }
+        if heard && !state.settled.get() && !driven {
+            // `h2` has read the backend's first bytes, SETTINGS first.
+            state.settled.set(true);
+            state.wake_opener();
         }
         if !read_done && reader.as_mut().poll(cx).is_ready() {
             read_done = true;
@@ -180,7 +243,10 @@ async fn read_pump(
                 pipes.end_inbound();
                 return;
             }
-            Ok(_) => pipes.push_inbound(&buf),
+            Ok(_) => {
+                state.heard.set(true);
+                pipes.push_inbound(&buf);
+            }
             Err(ReadFail::TimedOut) if state.streams.get() == 0 => {
                 state.dead.set(true);
                 pipes.end_inbound();
@@ -367,9 +433,16 @@ pub async fn probe(
     } else {
         Scheme::HTTP
     };
-    let Ok(link) = open(r, w, cfg, timeout, timeout, || {}).await else {
+    let started = std::time::Instant::now();
+    let timeouts = LinkTimeouts {
+        settle: timeout,
+        idle: timeout,
+        send: timeout,
+    };
+    let Ok(link) = open(r, w, cfg, timeouts, || {}).await else {
         return false;
     };
+    let timeout = timeout.saturating_sub(started.elapsed());
     let (mut r, mut w) = link.stream(&scheme, authority);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: ringgate-health-check\r\n\r\n"

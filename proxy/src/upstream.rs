@@ -30,7 +30,7 @@ use ringgate_core::backend_view::{
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 
 use crate::error_log::{ErrorLog, Kind};
-use crate::h2_upstream::{self, H2Link};
+use crate::h2_upstream::{self, H2Link, LinkTimeouts, OpenError};
 use crate::io::{pending_input, Abort, PendingInput};
 use crate::metrics::{outcome_index, OUTCOMES};
 use crate::stream::{StreamReader, StreamWriter};
@@ -140,6 +140,9 @@ pub struct UpstreamState {
 
 struct H2Pool {
     links: Vec<RefCell<Vec<H2Link>>>,
+    /// Connections being opened, per backend: a request that finds no
+    /// stream free waits for them rather than open one more each.
+    connecting: Vec<Cell<u32>>,
     settings: Http2,
     scheme: Scheme,
 }
@@ -235,6 +238,7 @@ impl UpstreamState {
         });
         let h2 = (config.protocol == UpstreamProtocol::H2).then(|| H2Pool {
             links: config.backends.iter().map(|_| RefCell::default()).collect(),
+            connecting: config.backends.iter().map(|_| Cell::new(0)).collect(),
             settings: http2.clone(),
             scheme: if config.tls.is_some() {
                 Scheme::HTTPS
@@ -371,6 +375,14 @@ impl UpstreamState {
                 if let Some(conn) = self.h2_stream(backend, false) {
                     return Ok(conn);
                 }
+                if self.h2_connecting(backend) {
+                    let now = Instant::now();
+                    let deadline = *queue_deadline.get_or_insert(now + self.config.connect_timeout);
+                    if now < deadline {
+                        self.wait_for_connection(backend, deadline).await;
+                        continue;
+                    }
+                }
                 if let Some(idle) = self.take_idle(backend) {
                     return Ok(UpstreamConn {
                         r: idle.r,
@@ -401,6 +413,10 @@ impl UpstreamState {
         // Counted from before the connect, so that concurrent connects
         // cannot overshoot the limit.
         let slot = ConnSlot::take(&self.tally, backend);
+        let _connecting = self
+            .h2
+            .as_ref()
+            .map(|h2| Connecting::start(h2, &self.tally, backend));
         let started = Instant::now();
         let stream = connect(self.backend_addr(backend), self.config.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
@@ -431,19 +447,22 @@ impl UpstreamState {
             }
         };
         if let Some(h2) = &self.h2 {
-            let tally = self.tally.clone();
-            let link = h2_upstream::open(
-                r,
-                w,
-                &h2.settings,
-                self.config.idle_timeout,
-                self.config.send_timeout,
-                // The connection counts toward `max_connections` until its
-                // task ends.
-                move || drop((slot, tally)),
-            )
-            .await
-            .map_err(|_| ConnectError::Failed(0))?;
+            let timeouts = LinkTimeouts {
+                settle: self
+                    .config
+                    .connect_timeout
+                    .saturating_sub(started.elapsed()),
+                idle: self.config.idle_timeout,
+                send: self.config.send_timeout,
+            };
+            // The connection counts toward `max_connections` until its
+            // task ends.
+            let link = h2_upstream::open(r, w, &h2.settings, timeouts, move || drop(slot))
+                .await
+                .map_err(|e| match e {
+                    OpenError::TimedOut => ConnectError::TimedOut,
+                    OpenError::Refused => ConnectError::Failed(0),
+                })?;
             let (r, w) = link.stream(&h2.scheme, &self.authority(backend));
             h2.links[backend].borrow_mut().push(link);
             return Ok(UpstreamConn {
@@ -463,6 +482,12 @@ impl UpstreamState {
             fd,
             slot: Some(slot),
         })
+    }
+
+    fn h2_connecting(&self, backend: usize) -> bool {
+        self.h2
+            .as_ref()
+            .is_some_and(|h2| h2.connecting[backend].get() > 0)
     }
 
     /// A new stream on one of this worker's HTTP/2 connections to
@@ -615,6 +640,33 @@ impl UpstreamState {
             });
         }
         self.tally.wake(backend);
+    }
+}
+
+/// One HTTP/2 connection being opened; when it is up or failed, the
+/// requests waiting for it look again.
+struct Connecting<'a> {
+    count: &'a Cell<u32>,
+    tally: &'a ConnTally,
+    backend: usize,
+}
+
+impl<'a> Connecting<'a> {
+    fn start(h2: &'a H2Pool, tally: &'a ConnTally, backend: usize) -> Self {
+        let count = &h2.connecting[backend];
+        count.set(count.get() + 1);
+        Connecting {
+            count,
+            tally,
+            backend,
+        }
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.count.set(self.count.get().saturating_sub(1));
+        self.tally.wake(self.backend);
     }
 }
 

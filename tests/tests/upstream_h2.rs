@@ -272,3 +272,100 @@ fn grpc_status_reaches_an_http11_client_as_chunked_trailers() {
     let last_chunk = text.find("\r\n0\r\n").expect("a last chunk");
     assert!(text[last_chunk..].contains("grpc-status: 0"), "{text}");
 }
+
+#[test]
+fn a_backend_stream_limit_spreads_streams_over_more_connections() {
+    let backend = Backend::start("slow", Behaviour::Stall(Duration::from_millis(300)));
+    let admin = free_port();
+    let toml = ProxyConfig::new(backend.addr())
+        .listener_extra("http2", "true")
+        .http2("max_concurrent_streams", "2")
+        .to_toml()
+        + &format!("\n[admin]\naddress = \"127.0.0.1:{admin}\"\n");
+    let hop = Proxy::start(&toml);
+    let proxy = via_h2(hop_addr(&hop)).start();
+    let url = format!("http://127.0.0.1:{}/slow", proxy.port);
+    // Eight requests at once on one client connection; the backend takes
+    // two streams per connection.
+    let out = run_with_timeout(
+        Command::new("h2load").args(["-n", "8", "-c", "1", "-m", "8", &url]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.stdout.contains("8 succeeded, 0 failed"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let series = "ringgate_http2_connections_total";
+    let opened = eventually(Duration::from_secs(3), || {
+        let n = sample(&metrics(admin), series);
+        (n >= 4).then_some(n).ok_or(format!("{n} connections"))
+    })
+    .unwrap();
+    assert!(opened <= 5, "{opened} connections for 8 streams of 2 each");
+}
+
+#[test]
+fn a_backend_that_vanishes_mid_response_is_a_502_and_is_reconnected() {
+    let backend = Backend::start("slow", Behaviour::Stall(Duration::from_millis(800)));
+    let admin = free_port();
+    let hop = h2_hop(&backend, admin);
+    let hop_port = hop.port;
+    let proxy = via_h2(hop_addr(&hop)).start();
+    let url = format!("http://127.0.0.1:{}/slow", proxy.port);
+    let waiting = std::thread::spawn(move || curl_run(&[&url]));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(hop);
+    let out = waiting.join().unwrap();
+    assert_eq!(last_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
+    // The same address comes back: the next request opens a new connection.
+    let mut config = ProxyConfig::new(backend.addr()).listener_extra("http2", "true");
+    config.port = hop_port;
+    let _hop = Proxy::start(&config.to_toml());
+    let url = format!("http://127.0.0.1:{}/again", proxy.port);
+    let out = curl_run(&[&url]);
+    assert_eq!(last_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn a_backend_that_does_not_answer_in_time_is_a_504() {
+    let backend = Backend::start("slow", Behaviour::Stall(Duration::from_secs(3)));
+    let admin = free_port();
+    let hop = h2_hop(&backend, admin);
+    let proxy = via_h2(hop_addr(&hop))
+        .timeouts("response = \"300ms\"")
+        .start();
+    let started = std::time::Instant::now();
+    let out = curl_run(&[&format!("http://127.0.0.1:{}/slow", proxy.port)]);
+    assert_eq!(last_line(&out), "504 1.1", "{}{}", out.stdout, out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The stream was reset, the connection serves on.
+    let out = curl_run(&[
+        "--http2-prior-knowledge",
+        &format!("http://127.0.0.1:{}/slow", proxy.port),
+    ]);
+    assert_eq!(last_line(&out), "504 2", "{}{}", out.stdout, out.stderr);
+    http2_connections_become(admin, 1);
+}
+
+#[test]
+fn a_backend_that_does_not_speak_http2_is_a_502_before_any_request_is_sent() {
+    let backend = Backend::start("h1", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .upstream_extra("protocol", "\"h2\"")
+        .start();
+    let started = std::time::Instant::now();
+    let out = curl_run(&[
+        "--data-binary",
+        "not twice",
+        &format!("http://127.0.0.1:{}/post", proxy.port),
+    ]);
+    assert_eq!(last_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        backend.targets().iter().all(|t| t != "/post"),
+        "{:?}",
+        backend.targets()
+    );
+}
