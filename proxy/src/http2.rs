@@ -742,6 +742,12 @@ async fn serve_stream(
     respond: SendResponse<Bytes>,
 ) {
     let worker = cx.worker;
+    let mut respond = respond;
+    // A stream the client reset as it opened it (rapid reset sends HEADERS
+    // and RST_STREAM together) costs no routing and no upstream request.
+    if poll_fn(|task| Poll::Ready(respond.poll_reset(task).is_ready())).await {
+        return;
+    }
     let (parts, body) = request.into_parts();
     let mut bufs = worker.buffers.take();
     let synthesized = synthesize_head(&parts, body.is_end_stream(), &mut bufs.req.source);
