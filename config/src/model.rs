@@ -326,7 +326,34 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     /// Header fields changed on the way back to the client.
     pub response_headers: HeaderEdits,
+    /// What a request must satisfy before any byte of it goes upstream.
+    pub checks: RequestChecks,
 }
+
+/// A route's request validation (`max_body`, `content_types`,
+/// `required_headers`, `required_query`); each refusal names its rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestChecks {
+    /// Request bodies above this many bytes get 413.
+    pub max_body: Option<u64>,
+    /// Lowercase `type/subtype` or `type/*`: a request with a body must
+    /// carry one of them (415). Empty: any.
+    pub content_types: Vec<String>,
+    /// Lowercase field names each request must carry (400).
+    pub required_headers: Vec<String>,
+    /// Query parameter names each request must carry (400).
+    pub required_query: Vec<String>,
+}
+
+impl RequestChecks {
+    pub fn is_empty(&self) -> bool {
+        self == &RequestChecks::default()
+    }
+}
+
+/// The largest `max_body`: bodies of any size stream, but one above this
+/// is better refused by leaving `max_body` out.
+pub const MAX_BODY_MAX: usize = 1 << 40;
 
 /// `request_headers` / `response_headers`: fields replaced or removed on the
 /// way through. Names

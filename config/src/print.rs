@@ -255,6 +255,19 @@ fn route(out: &mut String, config: &Config, r: &Route) {
             );
         }
     }
+    let checks = &r.checks;
+    if let Some(max) = checks.max_body {
+        let _ = writeln!(out, "max_body = {max}");
+    }
+    for (name, list) in [
+        ("content_types", &checks.content_types),
+        ("required_headers", &checks.required_headers),
+        ("required_query", &checks.required_query),
+    ] {
+        if !list.is_empty() {
+            let _ = writeln!(out, "{name} = {}", array(list));
+        }
+    }
 }
 
 fn upstream(out: &mut String, u: &Upstream) {

@@ -135,6 +135,10 @@ pub(crate) struct RawRoute {
     pub rewrite: Option<RawRewrite>,
     pub request_headers: Option<RawHeaderEdits>,
     pub response_headers: Option<RawHeaderEdits>,
+    pub max_body: Option<Spanned<Size>>,
+    pub content_types: Option<Spanned<Vec<Spanned<String>>>>,
+    pub required_headers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub required_query: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -124,6 +124,9 @@ fn full_example_sets_every_key() {
     assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
     assert_eq!(c.routes[0].path_prefix, "/v1/");
     assert_eq!(c.routes[0].methods, ["GET", "POST"]);
+    assert_eq!(c.routes[0].checks.max_body, Some(1 << 20));
+    assert_eq!(c.routes[0].checks.content_types, ["application/json"]);
+    assert_eq!(c.routes[0].checks.required_headers, ["x-tenant"]);
     assert_eq!(c.routes[1].upstream, 1);
     assert_eq!(c.routes[2].listener, 1);
     assert_eq!(
@@ -2149,4 +2152,41 @@ fn an_upstream_speaks_http11_unless_told_h2() {
     assert_eq!(c.upstreams[0].protocol, UpstreamProtocol::H2);
     let e = only_error(&format!("{BASE}protocol = \"h3\"\n"));
     assert_eq!(e.key, "upstreams[0].protocol", "{e}");
+}
+
+#[test]
+fn request_checks_are_read_normalised_and_round_trip() {
+    let text = route_with(
+        "max_body = \"1MiB\"\ncontent_types = [\"Application/JSON\", \"text/*\"]\n\
+         required_headers = [\"X-Tenant\"]\nrequired_query = [\"page\"]",
+    );
+    let c = ok(&text);
+    let checks = &c.routes[0].checks;
+    assert_eq!(checks.max_body, Some(1 << 20));
+    assert_eq!(checks.content_types, ["application/json", "text/*"]);
+    assert_eq!(checks.required_headers, ["x-tenant"]);
+    assert_eq!(checks.required_query, ["page"]);
+    assert_round_trip(&text);
+    assert!(ok(BASE).routes[0].checks.is_empty());
+}
+
+#[test]
+fn bad_request_checks_are_refused_where_they_are_written() {
+    let e = only_error(&route_with("content_types = [\"json\"]"));
+    assert_eq!(e.key, "routes[0].content_types", "{e}");
+    assert!(e.message.contains("not a media type"), "{e}");
+    let e = only_error(&route_with(
+        "content_types = [\"text/plain; charset=utf-8\"]",
+    ));
+    assert_eq!(e.key, "routes[0].content_types", "{e}");
+    let e = only_error(&route_with("required_headers = [\"bad header\"]"));
+    assert_eq!(e.key, "routes[0].required_headers", "{e}");
+    let e = only_error(&route_with("required_query = [\"a&b\"]"));
+    assert_eq!(e.key, "routes[0].required_query", "{e}");
+    let e = only_error(&route_with("required_query = []"));
+    assert!(e.message.contains("must not be empty"), "{e}");
+    let e = only_error(&route_with("required_headers = [\"x-a\", \"X-A\"]"));
+    assert!(e.message.contains("listed twice"), "{e}");
+    let e = only_error(&route_with("max_body = 0"));
+    assert_eq!(e.key, "routes[0].max_body", "{e}");
 }

@@ -338,6 +338,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .as_ref()
             .map(|raw| header_edits(&mut c, &format!("routes[{i}].response_headers"), raw))
             .unwrap_or_default();
+        let checks = request_checks(&mut c, i, r);
         let (Some(listener), Some(upstream)) = (listener, upstream) else {
             continue;
         };
@@ -365,6 +366,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             rewrite_prefix,
             request_headers,
             response_headers,
+            checks,
         });
     }
 
@@ -1502,6 +1504,75 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
     }
     headers.sort();
     (host, path_prefix, methods, headers)
+}
+
+/// `max_body`, `content_types`, `required_headers` and `required_query`.
+fn request_checks(c: &mut Checker<'_>, i: usize, r: &RawRoute) -> RequestChecks {
+    let key = |name: &str| format!("routes[{i}].{name}");
+    let max_body = r
+        .max_body
+        .as_ref()
+        .map(|m| c.size(Some(m), &key("max_body"), 1..=MAX_BODY_MAX, MAX_BODY_MAX) as u64);
+    let list = |c: &mut Checker<'_>,
+                raw: &Option<Spanned<Vec<Spanned<String>>>>,
+                name: &str,
+                check: &dyn Fn(&str) -> Result<String, String>| {
+        let mut out: Vec<String> = Vec::new();
+        let Some(raw) = raw else { return out };
+        if raw.get_ref().is_empty() {
+            c.err(
+                raw.span(),
+                key(name),
+                "must not be empty; leave the key out to allow any",
+            );
+        }
+        for item in raw.get_ref() {
+            match check(item.get_ref()) {
+                Ok(v) if out.contains(&v) => c.err(
+                    item.span(),
+                    key(name),
+                    format!("{:?} is listed twice", item.get_ref()),
+                ),
+                Ok(v) => out.push(v),
+                Err(why) => c.err(item.span(), key(name), why),
+            }
+        }
+        out
+    };
+    let content_types = list(c, &r.content_types, "content_types", &|t: &str| {
+        let lower = t.trim().to_ascii_lowercase();
+        match lower.split_once('/') {
+            Some((ty, sub))
+                if !ty.is_empty()
+                    && ty.bytes().all(is_tchar)
+                    && (sub == "*" || (!sub.is_empty() && sub.bytes().all(is_tchar))) =>
+            {
+                Ok(lower)
+            }
+            _ => Err(format!(
+                "{t:?} is not a media type: write \"type/subtype\" or \"type/*\" (no parameters)"
+            )),
+        }
+    });
+    let required_headers = list(c, &r.required_headers, "required_headers", &header_name);
+    let required_query = list(c, &r.required_query, "required_query", &|q: &str| {
+        let ok = !q.is_empty()
+            && q.bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'&' | b'=' | b'#' | b'%'));
+        if ok {
+            Ok(q.to_owned())
+        } else {
+            Err(format!(
+                "{q:?} is not a query parameter name: visible ASCII without & = # %"
+            ))
+        }
+    });
+    RequestChecks {
+        max_body,
+        content_types,
+        required_headers,
+        required_query,
+    }
 }
 
 fn header_edits(c: &mut Checker<'_>, key: &str, raw: &RawHeaderEdits) -> HeaderEdits {

@@ -46,6 +46,8 @@ pub enum ChunkError {
     InvalidTrailer,
     /// The trailer section is longer than [`ChunkLimits::max_trailer_bytes`].
     TrailerTooLarge,
+    /// The chunk data add up to more than [`ChunkedDecoder::with_max_body`].
+    BodyTooLarge,
 }
 
 impl fmt::Display for ChunkError {
@@ -59,6 +61,7 @@ impl fmt::Display for ChunkError {
             ChunkError::MissingCrlfAfterData => "chunk data not followed by CRLF",
             ChunkError::InvalidTrailer => "invalid trailer field",
             ChunkError::TrailerTooLarge => "trailer section too large",
+            ChunkError::BodyTooLarge => "body larger than allowed",
         };
         f.write_str(msg)
     }
@@ -136,6 +139,8 @@ pub struct ChunkedDecoder {
     line_bytes: usize,
     /// Bytes of the trailer section so far.
     trailer_bytes: usize,
+    /// Chunk data bytes still allowed.
+    body_left: u64,
 }
 
 impl ChunkedDecoder {
@@ -146,7 +151,15 @@ impl ChunkedDecoder {
             size: 0,
             line_bytes: 0,
             trailer_bytes: 0,
+            body_left: u64::MAX,
         }
+    }
+
+    /// Refuses a body whose chunk data add up to more than `max` bytes,
+    /// as soon as a chunk-size line says so (before its data is read).
+    pub fn with_max_body(mut self, max: u64) -> Self {
+        self.body_left = max;
+        self
     }
 
     /// Consumes a prefix of `input`. Calls `payload` with each slice of chunk
@@ -229,6 +242,10 @@ impl ChunkedDecoder {
                         ChunkError::InvalidSize
                     });
                 }
+                if self.size > self.body_left {
+                    return Err(ChunkError::BodyTooLarge);
+                }
+                self.body_left -= self.size;
                 self.state = if self.size == 0 {
                     // RFC 9112 §7.1: last-chunk, then the trailer section.
                     TrailerLineStart
@@ -887,5 +904,32 @@ mod tests {
             let every: Vec<usize> = (0..input.len()).collect();
             prop_assert_eq!(decode_split(&input, &every), whole);
         }
+    }
+}
+
+#[cfg(test)]
+mod max_body_tests {
+    use super::*;
+
+    const LIMITS: ChunkLimits = ChunkLimits {
+        max_line_bytes: 64,
+        max_trailer_bytes: 64,
+    };
+
+    #[test]
+    fn a_body_over_its_maximum_is_refused_at_the_chunk_that_crosses_it() {
+        let mut d = ChunkedDecoder::new(LIMITS).with_max_body(10);
+        let mut data = Vec::new();
+        let feed = d.feed(b"6\r\nabcdef\r\n", &mut |p| data.extend_from_slice(p));
+        assert!(matches!(feed, Ok(Feed { done: false, .. })));
+        // The next size line says 5 more: refused before its data is read.
+        assert_eq!(
+            d.feed(b"5\r\nghijk\r\n0\r\n\r\n", &mut |_| {}),
+            Err(ChunkError::BodyTooLarge)
+        );
+        assert_eq!(data, b"abcdef");
+        let mut exact = ChunkedDecoder::new(LIMITS).with_max_body(10);
+        let feed = exact.feed(b"6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n", &mut |_| {});
+        assert!(matches!(feed, Ok(Feed { done: true, .. })));
     }
 }

@@ -14,16 +14,18 @@ use std::time::{Duration, Instant};
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
+use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
     header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
 };
 use ringgate_core::ratelimit::Admission;
 
 use crate::access_log::{AccessLog, Captured, Sent};
+use crate::checks;
 use crate::error_log::{write_request, Kind};
 use crate::exchange::{
-    self, error_response, Buffers, Client, Context, Next, Refusal, RouteId, CLOSE_LINE,
-    HEAD_READ_BYTES, KEEP_ALIVE_LINE,
+    self, chunk_refusal, error_response, error_text, Buffers, Client, Context, Next, Refusal,
+    RouteId, CLOSE_LINE, CONTINUE_100, HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
 use crate::http2;
 use crate::io::{Abort, ReadFail};
@@ -341,12 +343,12 @@ impl Downstream {
     /// A refusal the proxy answers itself, at `info`: the reason, the
     /// client and, when the head parsed, the request.
     fn log_refusal(&self, worker: &Worker, refusal: &Refusal, head: Option<&RequestHead>) {
+        self.log_refused(worker, refusal.status, refusal.reason, head);
+    }
+
+    fn log_refused(&self, worker: &Worker, status: u16, reason: &str, head: Option<&RequestHead>) {
         worker.error_log.event(LogLevel::Info, Kind::Refused, |b| {
-            let _ = write!(
-                b,
-                "status={} reason=\"{}\" client=",
-                refusal.status, refusal.reason
-            );
+            let _ = write!(b, "status={status} reason=\"{reason}\" client=");
             b.extend_from_slice(self.client.ip_bytes());
             let src = self.bufs.as_deref().map(|bufs| &bufs.req.source[..]);
             if let (Some(head), Some(src)) = (head, src) {
@@ -453,6 +455,33 @@ impl Downstream {
                 .answer_locally(worker, &Refusal::new(404, "no route"), can_keep, None, head)
                 .await;
         };
+        let checks = &worker.config.routes[route].checks;
+        if !checks.is_empty() {
+            let mut reason = Vec::new();
+            if let Err(failed) =
+                checks::check(checks, &self.buffers().req.source, head, &mut reason)
+            {
+                worker.counters.validation_refused(failed.rule);
+                let reason = String::from_utf8_lossy(&reason);
+                return self
+                    .answer_text(worker, failed.status, &reason, can_keep, None, head)
+                    .await;
+            }
+            if let Some(max) = checks::buffers_chunked_body(checks, head) {
+                match self.read_chunked_body(worker, head, max).await {
+                    Ok(true) => {}
+                    Ok(false) => return Next::Close,
+                    Err(refusal) => {
+                        if refusal.status == 413 {
+                            worker.counters.validation_refused("max_body");
+                        }
+                        return self
+                            .answer_locally(worker, &refusal, false, None, head)
+                            .await;
+                    }
+                }
+            }
+        }
         if let Some(limiter) = &worker.limiters[route] {
             let key = rate_limit_key(
                 &worker.config.routes[route],
@@ -515,6 +544,27 @@ impl Downstream {
         admission: Option<&Admission>,
         head: &RequestHead,
     ) -> Next {
+        self.answer_text(
+            worker,
+            refusal.status,
+            refusal.reason,
+            keep,
+            admission,
+            head,
+        )
+        .await
+    }
+
+    /// [`Self::answer_locally`] with a reason made for this request.
+    async fn answer_text(
+        &mut self,
+        worker: &Worker,
+        status: u16,
+        reason: &str,
+        keep: bool,
+        admission: Option<&Admission>,
+        head: &RequestHead,
+    ) -> Next {
         // A draining worker says close, so the client sends nothing more.
         let keep = keep && !worker.draining.get();
         let connection_line = match (keep, head.version) {
@@ -522,9 +572,9 @@ impl Downstream {
             (true, Version::Http10) => KEEP_ALIVE_LINE,
             (true, Version::Http11) => "",
         };
-        self.log_refusal(worker, refusal, Some(head));
-        self.sent.local(refusal.status, refusal.reason.len() + 1);
-        let mut bytes = error_response(refusal, connection_line);
+        self.log_refused(worker, status, reason, Some(head));
+        self.sent.local(status, reason.len() + 1);
+        let mut bytes = error_text(status, reason, connection_line);
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
         }
@@ -539,6 +589,70 @@ impl Downstream {
         }
     }
 }
+
+impl Downstream {
+    /// Reads a chunked body whole into the request buffer before anything
+    /// of it goes upstream, held to `max` bytes of data (413) and to its
+    /// framing rules (400). `Ok(false)`: the client went away.
+    async fn read_chunked_body(
+        &mut self,
+        worker: &Worker,
+        head: &RequestHead,
+        max: u64,
+    ) -> Result<bool, Refusal> {
+        let limits = &worker.config.limits;
+        if head.expect_continue {
+            // The client waits for this before it sends the body.
+            self.write_abort.reset();
+            let whole = 0..CONTINUE_100.len();
+            let (sent, _) = self
+                .w
+                .send_range(CONTINUE_100, whole, limits.send_timeout, &self.write_abort)
+                .await;
+            if sent.is_err() {
+                return Ok(false);
+            }
+        }
+        let mut decoder = ChunkedDecoder::new(worker.chunk_limits).with_max_body(max);
+        let mut fed = head.head_len;
+        // Size lines of many small chunks add to the data: bounded too.
+        let framed_max = usize::try_from(max.saturating_mul(2)).unwrap_or(usize::MAX) + (64 << 10);
+        loop {
+            let Some(bufs) = self.bufs.as_deref_mut() else {
+                return Ok(false);
+            };
+            let feed = decoder
+                .feed(&bufs.req.source[fed..], &mut |_| {})
+                .map_err(chunk_refusal)?;
+            fed += feed.consumed;
+            if feed.done {
+                return Ok(true);
+            }
+            if fed - head.head_len > framed_max {
+                return Err(Refusal::new(413, "request body larger than max_body"));
+            }
+            let read = self
+                .r
+                .read_more(
+                    &mut bufs.req.source,
+                    CHUNKED_READ_BYTES,
+                    limits.body_read_timeout,
+                    &self.ctl.abort,
+                )
+                .await;
+            match read {
+                Ok(0) | Err(ReadFail::Io(_) | ReadFail::Aborted) => return Ok(false),
+                Ok(_) => {}
+                Err(ReadFail::TimedOut) => {
+                    return Err(Refusal::new(408, "request body not received in time"))
+                }
+            }
+        }
+    }
+}
+
+/// Read size while a chunked body is read whole before it goes upstream.
+const CHUNKED_READ_BYTES: usize = 16 * 1024;
 
 /// The bytes a rate limit counts by.
 fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedClient) -> &'a [u8] {

@@ -6,6 +6,7 @@
 
 mod access_log;
 mod admin;
+mod checks;
 mod demo;
 mod downstream;
 mod error_log;

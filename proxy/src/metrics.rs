@@ -64,6 +64,9 @@ pub struct Counters {
     /// HTTP/2 connections closed for breaking a limit, indexed like
     /// `HTTP2_ABUSE_REASONS`.
     http2_abuse: [Cell<u64>; 4],
+    /// Requests a route's validation refused, indexed like
+    /// `VALIDATION_RULES`.
+    validation_refusals: [Cell<u64>; 4],
 }
 
 /// (version, resumed) labels of `ringgate_tls_handshakes_total`.
@@ -76,6 +79,14 @@ const TLS_HANDSHAKE_LABELS: [(&str, &str); 4] = [
 
 /// `reason` labels of `ringgate_tls_handshake_failures_total`.
 const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "closed", "plain_http", "protocol"];
+
+/// `rule` labels of `ringgate_validation_refusals_total`.
+pub const VALIDATION_RULES: [&str; 4] = [
+    "max_body",
+    "content_types",
+    "required_headers",
+    "required_query",
+];
 
 /// `reason` labels of `ringgate_http2_abuse_total`.
 const HTTP2_ABUSE_REASONS: [&str; 4] = ["frames", "resets", "control_frames", "continuation"];
@@ -115,6 +126,14 @@ impl Counters {
         Self::bump(&self.http2_abuse[i]);
     }
 
+    /// A route's validation refused a request by `rule` (one of
+    /// `VALIDATION_RULES`).
+    pub fn validation_refused(&self, rule: &str) {
+        if let Some(i) = VALIDATION_RULES.iter().position(|r| *r == rule) {
+            Self::bump(&self.validation_refusals[i]);
+        }
+    }
+
     /// A response with `status` went out (0: none did; not counted).
     pub fn response(&self, status: u16) {
         if let Some(c) = self
@@ -147,6 +166,7 @@ pub struct Snapshot {
     pub tls_failures: [u64; 4],
     pub http2_connections: u64,
     pub http2_abuse: [u64; 4],
+    pub validation_refusals: [u64; 4],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -166,6 +186,7 @@ impl Snapshot {
             tls_failures: std::array::from_fn(|i| counters.tls_failures[i].get()),
             http2_connections: counters.http2_connections.get(),
             http2_abuse: std::array::from_fn(|i| counters.http2_abuse[i].get()),
+            validation_refusals: std::array::from_fn(|i| counters.validation_refusals[i].get()),
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -201,6 +222,7 @@ struct Totals {
     tls_failures: [u64; 4],
     http2_connections: u64,
     http2_abuse: [u64; 4],
+    validation_refusals: [u64; 4],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -217,6 +239,7 @@ impl Totals {
         add_each(&mut self.tls_failures, &s.tls_failures);
         self.http2_connections += s.http2_connections;
         add_each(&mut self.http2_abuse, &s.http2_abuse);
+        add_each(&mut self.validation_refusals, &s.validation_refusals);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -239,6 +262,7 @@ impl Totals {
         add_each(&mut self.tls_failures, &other.tls_failures);
         self.http2_connections += other.http2_connections;
         add_each(&mut self.http2_abuse, &other.http2_abuse);
+        add_each(&mut self.validation_refusals, &other.validation_refusals);
         self.gossip_dropped += other.gossip_dropped;
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
@@ -410,6 +434,18 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     );
     for (reason, n) in HTTP2_ABUSE_REASONS.iter().zip(counters.http2_abuse) {
         let _ = writeln!(out, "ringgate_http2_abuse_total{{reason=\"{reason}\"}} {n}");
+    }
+    help(
+        &mut out,
+        "ringgate_validation_refusals_total",
+        "counter",
+        "Requests a route's validation refused before anything went upstream, by rule: max_body (413), content_types (415), required_headers and required_query (400).",
+    );
+    for (rule, n) in VALIDATION_RULES.iter().zip(counters.validation_refusals) {
+        let _ = writeln!(
+            out,
+            "ringgate_validation_refusals_total{{rule=\"{rule}\"}} {n}"
+        );
     }
     help(
         &mut out,

@@ -198,6 +198,9 @@ pub fn chunk_refusal(e: ChunkError) -> Refusal {
             ChunkError::MissingCrlfAfterData => "chunk data not followed by CRLF",
             ChunkError::InvalidTrailer => "invalid trailer field",
             ChunkError::TrailerTooLarge => "trailer section too large",
+            ChunkError::BodyTooLarge => {
+                return Refusal::new(413, "request body larger than max_body")
+            }
         },
     )
 }
@@ -207,6 +210,8 @@ fn status_text(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         417 => "Expectation Failed",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -226,16 +231,22 @@ pub const KEEP_ALIVE_LINE: &str = "Connection: keep-alive\r\n";
 /// Builds a small error response. Error paths may allocate; the happy path
 /// does not come here.
 pub fn error_response(refusal: &Refusal, connection_line: &str) -> Vec<u8> {
-    let body_len = refusal.reason.len() + 1;
+    error_text(refusal.status, refusal.reason, connection_line)
+}
+
+/// [`error_response`] with a reason made for this request (naming the
+/// header a route requires, say).
+pub fn error_text(status: u16, reason: &str, connection_line: &str) -> Vec<u8> {
+    let body_len = reason.len() + 1;
     let mut out = Vec::with_capacity(160 + body_len);
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}\n",
-        refusal.status,
-        status_text(refusal.status),
+        status,
+        status_text(status),
         body_len,
         connection_line,
-        refusal.reason
+        reason
     );
     out
 }

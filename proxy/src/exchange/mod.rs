@@ -33,12 +33,14 @@ use crate::io::{Abort, Gather, WriteFail};
 use crate::stream::{StreamReader, StreamWriter};
 use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
 use error::ExchangeError;
-pub use error::{error_response, Fault, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE};
+pub use error::{
+    chunk_refusal, error_response, error_text, Fault, Refusal, CLOSE_LINE, KEEP_ALIVE_LINE,
+};
 use request::{lay_out_head, send_body, Plan, Upload};
 pub use response::HEAD_READ_BYTES;
 use response::{relay, RelayIo, RelaySpec};
 
-const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// What happens to the client connection after an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

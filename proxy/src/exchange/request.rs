@@ -82,7 +82,8 @@ pub(super) fn prepare(
         RequestBody::Length(n) => length_body(available, n),
         RequestBody::Chunked => {
             // Check what is already here before anything goes upstream.
-            let mut decoder = ChunkedDecoder::new(cx.chunk_limits);
+            let mut decoder = ChunkedDecoder::new(cx.chunk_limits)
+                .with_max_body(route.checks.max_body.unwrap_or(u64::MAX));
             let feed = decoder
                 .feed(&bufs.req.source[head.head_len..], &mut |_| {})
                 .map_err(chunk_refusal)?;
