@@ -146,7 +146,11 @@ fn old_versions_and_foreign_alpn_are_refused_and_counted() {
     // (RFC 7301 §3.2) rather than spoken to in a protocol it did not ask for.
     let out = s_client(proxy.port, &["-alpn", "spdy/3"]);
     assert!(!out.success, "a foreign ALPN was accepted: {}", out.stdout);
-    assert!(!out.stdout.contains("ALPN protocol: spdy/3"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("ALPN protocol: spdy/3"),
+        "{}",
+        out.stdout
+    );
     // h2 is offered by default on a TLS listener.
     let out = s_client(proxy.port, &["-alpn", "h2"]);
     assert!(out.stdout.contains("ALPN protocol: h2"), "{}", out.stdout);
