@@ -45,6 +45,10 @@ pub struct Server {
     pub share_ports: bool,
     /// Peers whose forwarding headers are believed (default: none).
     pub trusted_proxies: TrustedProxies,
+    /// The lowercase header that carries each request's id (kept when a
+    /// client sends a well-formed one, made otherwise), upstream, back to
+    /// the client and into the access log; `None`: no request ids.
+    pub request_id: Option<String>,
 }
 
 /// `[server] trusted_proxies`: the networks of proxies in front of this one,
@@ -147,6 +151,7 @@ impl Default for Server {
             io_uring_setup: DEFAULT_RING_SETUP,
             share_ports: false,
             trusted_proxies: TrustedProxies::default(),
+            request_id: None,
         }
     }
 }

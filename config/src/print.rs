@@ -85,6 +85,9 @@ fn server(out: &mut String, s: &Server) {
         .map(|n| quote(&n.to_string()))
         .collect();
     let _ = writeln!(out, "trusted_proxies = [{}]", networks.join(", "));
+    if let Some(name) = &s.request_id {
+        let _ = writeln!(out, "request_id = {}", quote(name));
+    }
 }
 
 fn listener_tls(out: &mut String, t: &ListenerTls) {

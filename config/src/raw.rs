@@ -80,6 +80,7 @@ pub(crate) struct RawServer {
     pub io_uring_setup: Option<RingSetup>,
     pub share_ports: Option<bool>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub request_id: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

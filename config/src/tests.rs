@@ -2190,3 +2190,17 @@ fn bad_request_checks_are_refused_where_they_are_written() {
     let e = only_error(&route_with("max_body = 0"));
     assert_eq!(e.key, "routes[0].max_body", "{e}");
 }
+
+#[test]
+fn request_ids_name_a_header_the_proxy_does_not_manage() {
+    let c = ok(&format!(
+        "[server]\nrequest_id = \"X-Request-Id\"\n\n{BASE}"
+    ));
+    assert_eq!(c.server.request_id.as_deref(), Some("x-request-id"));
+    assert_round_trip(&format!("[server]\nrequest_id = \"x-trace\"\n\n{BASE}"));
+    assert_eq!(ok(BASE).server.request_id, None);
+    let e = only_error(&format!("[server]\nrequest_id = \"connection\"\n\n{BASE}"));
+    assert_eq!(e.key, "server.request_id", "{e}");
+    let e = only_error(&format!("[server]\nrequest_id = \"a b\"\n\n{BASE}"));
+    assert_eq!(e.key, "server.request_id", "{e}");
+}

@@ -529,6 +529,18 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             .trusted_proxies
             .as_ref()
             .map_or(d.trusted_proxies, |list| trusted_proxies(c, list)),
+        request_id: raw.request_id.as_ref().and_then(|name| {
+            let checked = header_name(name.get_ref()).and_then(|lower| {
+                if MANAGED_HEADERS.contains(&lower.as_str()) || lower == "host" {
+                    Err(format!("{lower:?} is a field the proxy manages itself"))
+                } else {
+                    Ok(lower)
+                }
+            });
+            checked
+                .map_err(|why| c.err(name.span(), "server.request_id", why))
+                .ok()
+        }),
     }
 }
 

@@ -48,9 +48,19 @@ impl Sent {
 pub struct Captured {
     request: Vec<u8>,
     agents: Vec<u8>,
+    /// ` "id"` when request ids are on (`[server] request_id`).
+    request_id: Vec<u8>,
 }
 
 impl Captured {
+    /// The request's id, written last on its line.
+    pub fn set_request_id(&mut self, id: &[u8]) {
+        self.request_id.clear();
+        self.request_id.extend_from_slice(b" \"");
+        escape(&mut self.request_id, id);
+        self.request_id.push(b'"');
+    }
+
     /// Writes `version` in place of the captured request line's own: an
     /// HTTP/2 stream's head is parsed as the HTTP/1.1 head it becomes, but
     /// is logged as what the client sent.
@@ -87,6 +97,7 @@ impl AccessLog {
         escape(&mut into.request, &head_bytes[..line_end]);
         into.request.push(b'"');
         into.agents.clear();
+        into.request_id.clear();
         for (i, name) in [&b"referer"[..], b"user-agent"].into_iter().enumerate() {
             if i > 0 {
                 into.agents.push(b' ');
@@ -135,6 +146,9 @@ impl AccessLog {
         }
         buf.push(b' ');
         buf.extend_from_slice(tls_version.as_bytes());
+        if let Some(c) = captured {
+            buf.extend_from_slice(&c.request_id);
+        }
         buf.push(b'\n');
         self.out.done(buf)
     }

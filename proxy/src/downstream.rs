@@ -439,6 +439,18 @@ impl Downstream {
 
     /// Routes the request, then answers it locally (404, 429) or forwards it.
     async fn route(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
+        if let Some(name) = &worker.config.server.request_id {
+            if let Some(bufs) = self.bufs.as_deref_mut() {
+                let head_bytes = &bufs.req.source[..head.head_len];
+                bufs.request_id_made =
+                    worker
+                        .request_ids
+                        .assign(name, head_bytes, &mut bufs.request_id);
+                if worker.access_log.is_some() {
+                    self.captured.set_request_id(&bufs.request_id);
+                }
+            }
+        }
         let src = &self.buffers().req.source;
         let host = head.authority.clone().map(|r| &src[r]);
         let route = worker.routers[listener].find_request(
@@ -508,6 +520,7 @@ impl Downstream {
             head_limits: worker.head_limits,
             chunk_limits: worker.chunk_limits,
             draining: &worker.draining,
+            request_id: worker.config.server.request_id.as_deref(),
         };
         let client = Client {
             r: &mut self.r,
@@ -577,6 +590,9 @@ impl Downstream {
         let mut bytes = error_text(status, reason, connection_line);
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
+        }
+        if let (Some(name), Some(bufs)) = (&worker.config.server.request_id, self.bufs.as_deref()) {
+            insert_field(&mut bytes, name.as_bytes(), &bufs.request_id);
         }
         let sent = self.send_local(worker, bytes).await;
         if keep && sent {
@@ -661,6 +677,19 @@ fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedCli
         Some(RateLimitKey::Route) => b"",
         Some(RateLimitKey::Header(name)) => header_value(head, name.as_bytes()).unwrap_or(b""),
     }
+}
+
+/// Adds one field line before the blank line of a response head.
+fn insert_field(response: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let mut line = Vec::with_capacity(name.len() + value.len() + 4);
+    line.extend_from_slice(b"\r\n");
+    line.extend_from_slice(name);
+    line.extend_from_slice(b": ");
+    line.extend_from_slice(value);
+    response.splice(end..end, line);
 }
 
 /// Adds the rate-limit headers (draft-ietf-httpapi-ratelimit-headers and

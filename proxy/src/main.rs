@@ -19,6 +19,7 @@ mod io;
 mod log_buffer;
 mod metrics;
 mod notify;
+mod request_id;
 mod state;
 mod stop;
 mod stream;

@@ -23,6 +23,7 @@ use crate::error_log::{ErrorLog, Kind};
 use crate::exchange::Buffers;
 use crate::io::Abort;
 use crate::metrics::{BackendSnapshot, Counters, Snapshot};
+use crate::request_id::RequestIds;
 use crate::upstream::UpstreamState;
 
 /// What a worker may do to one of its client connections from outside.
@@ -80,6 +81,7 @@ pub struct Worker {
     /// This worker's TLS configuration of each listener (`None`: plain),
     /// indexed like `config.listeners`.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    pub request_ids: RequestIds,
 }
 
 impl Worker {
@@ -160,6 +162,7 @@ impl Worker {
             buffers: BufferPool::default(),
             generation,
             tls: vec![None; config.listeners.len()],
+            request_ids: RequestIds::new(id),
             config,
         }
     }

@@ -58,6 +58,8 @@ pub struct Context<'a> {
     pub chunk_limits: ChunkLimits,
     /// A draining worker closes every client connection after its response.
     pub draining: &'a Cell<bool>,
+    /// The request-id header (`[server] request_id`).
+    pub request_id: Option<&'a str>,
 }
 
 /// What an exchange borrows from its client connection.
@@ -97,6 +99,11 @@ pub struct Buffers {
     patch_prefix: usize,
     up_read_abort: Abort,
     up_write_abort: Abort,
+    /// This request's id (`[server] request_id`; empty when off).
+    pub request_id: Vec<u8>,
+    /// The id was made by the proxy: it goes upstream in the patch, in
+    /// place of any the client sent.
+    pub request_id_made: bool,
 }
 
 impl Buffers {
@@ -119,6 +126,8 @@ impl Buffers {
         self.resp.clear_segments();
         self.has_hash_key = false;
         self.patch_prefix = 0;
+        self.request_id.clear();
+        self.request_id_made = false;
     }
 }
 
@@ -138,6 +147,8 @@ impl Default for Buffers {
             patch_prefix: 0,
             up_read_abort: Abort::default(),
             up_write_abort: Abort::default(),
+            request_id: Vec::new(),
+            request_id_made: false,
         }
     }
 }
@@ -470,6 +481,7 @@ async fn attempt(
         client_version: head.version,
         client_closing: !head.keep_alive,
         edits: &route.response_headers,
+        request_id: cx.request_id.map(|name| (name, &bufs.request_id[..])),
         response_timeout: upstream.config.response_timeout,
         hold_5xx,
         sending: &sending,

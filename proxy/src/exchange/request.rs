@@ -110,6 +110,11 @@ pub(super) fn prepare(
         bufs.patch_prefix = patch.len();
     }
     write_set_fields(patch, &route.request_headers);
+    // A request id made here goes up in place of the client's own.
+    let made_id = cx.request_id.filter(|_| bufs.request_id_made);
+    if let Some(name) = made_id {
+        write_field(patch, name.as_bytes(), &bufs.request_id);
+    }
     if let Some((name, Some(value))) = subject {
         patch.extend_from_slice(name.as_bytes());
         patch.extend_from_slice(b": ");
@@ -117,13 +122,19 @@ pub(super) fn prepare(
         patch.extend_from_slice(b"\r\n");
     }
     let subject_name = subject.map(|(name, _)| name.as_bytes());
-    if new_request_line || !route.request_headers.is_empty() || subject_name.is_some() {
+    if new_request_line
+        || !route.request_headers.is_empty()
+        || subject_name.is_some()
+        || made_id.is_some()
+    {
         // The request line and edited fields go as patch bytes instead; a
         // client's own copy of the subject header never goes up.
         let edits = &route.request_headers;
         bufs.req_scratch
             .retain_lines(&bufs.req.source, !new_request_line, |name| {
-                !edits.drops(name) && subject_name.is_none_or(|s| !name.eq_ignore_ascii_case(s))
+                !edits.drops(name)
+                    && subject_name.is_none_or(|s| !name.eq_ignore_ascii_case(s))
+                    && made_id.is_none_or(|n| !name.eq_ignore_ascii_case(n.as_bytes()))
             });
     }
     if head.version == Version::Http10 {
@@ -158,6 +169,14 @@ pub(super) fn lay_out_head(bufs: &mut Buffers, head_len: usize, forwarded_len: u
     bufs.req
         .push(Part::Patch, bufs.patch_prefix..bufs.req.patch.len());
     bufs.req.push(Part::Source, head_len..forwarded_len);
+}
+
+/// One field line.
+pub(super) fn write_field(patch: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    patch.extend_from_slice(name);
+    patch.extend_from_slice(b": ");
+    patch.extend_from_slice(value);
+    patch.extend_from_slice(b"\r\n");
 }
 
 /// The field lines a route's `set` edits add to a head's patch.

@@ -13,7 +13,7 @@ use ringgate_core::http::{
 };
 
 use super::error::{ExchangeError, Fault, CLOSE_LINE, KEEP_ALIVE_LINE};
-use super::request::{length_body, write_set_fields, BodyLeft, BODY_READ_BYTES};
+use super::request::{length_body, write_field, write_set_fields, BodyLeft, BODY_READ_BYTES};
 use super::Context;
 use crate::access_log::Sent;
 use crate::io::{Abort, Gather, Part, ReadFail, WriteFail};
@@ -34,6 +34,9 @@ pub(super) struct RelaySpec<'a> {
     pub client_version: Version,
     pub client_closing: bool,
     pub edits: &'a HeaderEdits,
+    /// The request-id field the client gets, in place of any the backend
+    /// sent: its name and this request's id.
+    pub request_id: Option<(&'a str, &'a [u8])>,
     /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
     pub response_timeout: Duration,
     /// A retry can follow a 5xx: report it instead of forwarding it.
@@ -204,11 +207,17 @@ async fn relay_inner(
         // A draining worker announces the close on every response it starts.
         let client_close = spec.client_closing || until_close || early_error || cx.draining.get();
         resp.patch.clear();
-        if !interim && !spec.edits.is_empty() {
+        if !interim && (!spec.edits.is_empty() || spec.request_id.is_some()) {
             // Edited fields go as patch bytes; the rest stays as read.
             let edits = spec.edits;
-            scratch.retain_lines(&resp.source, true, |name| !edits.drops(name));
+            let id_name = spec.request_id.map(|(name, _)| name.as_bytes());
+            scratch.retain_lines(&resp.source, true, |name| {
+                !edits.drops(name) && id_name.is_none_or(|n| !name.eq_ignore_ascii_case(n))
+            });
             write_set_fields(&mut resp.patch, edits);
+            if let Some((name, id)) = spec.request_id {
+                write_field(&mut resp.patch, name.as_bytes(), id);
+            }
         }
         write_replaced_fields(&mut resp.patch, &resp.source, scratch);
         if client_close && !interim {
