@@ -321,8 +321,13 @@ pub struct Route {
     /// Header fields the request must carry with exactly these values
     /// (lowercase names, sorted); empty means no header condition.
     pub headers: Vec<(String, String)>,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Index into [`Config::upstreams`]; `None` exactly when the route
+    /// answers itself (`respond` or `redirect`).
+    pub upstream: Option<usize>,
+    /// `respond`: answered by the proxy with this response.
+    pub respond: Option<DirectResponse>,
+    /// `redirect`: answered by the proxy with a redirect.
+    pub redirect: Option<Redirect>,
     /// `None`: not rate limited.
     pub rate_limit: Option<RateLimit>,
     /// Replaces the matched `path_prefix` in the forwarded request target.
@@ -333,6 +338,26 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// What a request must satisfy before any byte of it goes upstream.
     pub checks: RequestChecks,
+}
+
+/// `respond = { status, body, headers }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    /// `200..=599`.
+    pub status: u16,
+    pub body: String,
+    /// Lowercase names, none the proxy manages; in config order.
+    pub headers: Vec<(String, String)>,
+}
+
+/// `redirect = { to, status }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The Location, with `$path` (the request's path) and `$query` (`?`
+    /// and the query, or nothing) replaced per request.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
 }
 
 /// A route's request validation (`max_body`, `content_types`,

@@ -218,11 +218,26 @@ fn route(out: &mut String, config: &Config, r: &Route) {
         matcher.push(format!("headers = {}", map(&r.headers)));
     }
     let _ = writeln!(out, "match = {{ {} }}", matcher.join(", "));
-    let _ = writeln!(
-        out,
-        "upstream = {}",
-        quote(&config.upstreams[r.upstream].name)
-    );
+    if let Some(u) = r.upstream {
+        let _ = writeln!(out, "upstream = {}", quote(&config.upstreams[u].name));
+    }
+    if let Some(d) = &r.respond {
+        let _ = writeln!(
+            out,
+            "respond = {{ status = {}, body = {}, headers = {} }}",
+            d.status,
+            quote(&d.body),
+            map(&d.headers)
+        );
+    }
+    if let Some(d) = &r.redirect {
+        let _ = writeln!(
+            out,
+            "redirect = {{ to = {}, status = {} }}",
+            quote(&d.to),
+            d.status
+        );
+    }
     if let Some(rl) = &r.rate_limit {
         let key = match &rl.key {
             RateLimitKey::ClientIp => "client_ip".to_owned(),

@@ -131,7 +131,7 @@ pub(crate) struct RawRoute {
     pub listener: Spanned<String>,
     #[serde(rename = "match")]
     pub matcher: Option<RawMatch>,
-    pub upstream: Spanned<String>,
+    pub upstream: Option<Spanned<String>>,
     pub rate_limit: Option<RawRateLimit>,
     pub rewrite: Option<RawRewrite>,
     pub request_headers: Option<RawHeaderEdits>,
@@ -140,6 +140,23 @@ pub(crate) struct RawRoute {
     pub content_types: Option<Spanned<Vec<Spanned<String>>>>,
     pub required_headers: Option<Spanned<Vec<Spanned<String>>>>,
     pub required_query: Option<Spanned<Vec<Spanned<String>>>>,
+    pub respond: Option<Spanned<RawRespond>>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRespond {
+    pub status: Spanned<i64>,
+    pub body: Option<Spanned<String>>,
+    pub headers: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirect {
+    pub to: Spanned<String>,
+    pub status: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

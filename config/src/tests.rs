@@ -89,7 +89,7 @@ fn minimal_config_takes_every_default() {
     assert_eq!(c.limits.body_read_timeout, Duration::from_secs(60));
     assert_eq!(c.limits.max_chunk_line_bytes, 4 * 1024);
     let r = &c.routes[0];
-    assert_eq!((r.listener, r.upstream), (0, 0));
+    assert_eq!((r.listener, r.upstream), (0, Some(0)));
     assert_eq!(r.host, None);
     assert_eq!(r.path_prefix, "/");
     assert!(r.methods.is_empty());
@@ -127,7 +127,7 @@ fn full_example_sets_every_key() {
     assert_eq!(c.routes[0].checks.max_body, Some(1 << 20));
     assert_eq!(c.routes[0].checks.content_types, ["application/json"]);
     assert_eq!(c.routes[0].checks.required_headers, ["x-tenant"]);
-    assert_eq!(c.routes[1].upstream, 1);
+    assert_eq!(c.routes[1].upstream, Some(1));
     assert_eq!(c.routes[2].listener, 1);
     assert_eq!(
         c.routes[4].headers,
@@ -212,7 +212,7 @@ fn multi_route_example_lowercases_hosts_and_keeps_wildcards() {
     assert!(hosts.contains(&Some("*.example.com")));
     assert!(hosts.contains(&None));
     assert_eq!(c.routes[2].methods, ["POST", "PUT", "PATCH", "DELETE"]);
-    assert_eq!(c.upstreams[c.routes[0].upstream].name, "api-v2");
+    assert_eq!(c.upstreams[c.routes[0].upstream.unwrap()].name, "api-v2");
     assert_eq!(c.upstreams[2].max_idle_per_backend, 0);
 }
 
@@ -2203,4 +2203,58 @@ fn request_ids_name_a_header_the_proxy_does_not_manage() {
     assert_eq!(e.key, "server.request_id", "{e}");
     let e = only_error(&format!("[server]\nrequest_id = \"a b\"\n\n{BASE}"));
     assert_eq!(e.key, "server.request_id", "{e}");
+}
+
+#[test]
+fn a_route_answers_itself_with_respond_or_redirect() {
+    let direct = BASE.replace(
+        "upstream = \"api\"\n",
+        "respond = { status = 204, headers = { Cache-Control = \"no-store\" } }\n",
+    );
+    let c = ok(&direct);
+    assert_eq!(c.routes[0].upstream, None);
+    let d = c.routes[0].respond.as_ref().expect("respond");
+    assert_eq!((d.status, d.body.as_str()), (204, ""));
+    assert_eq!(
+        d.headers,
+        [("cache-control".to_owned(), "no-store".to_owned())]
+    );
+    assert_round_trip(&direct);
+    let redirect = BASE.replace(
+        "upstream = \"api\"\n",
+        "redirect = { to = \"https://x.test$path$query\", status = 308 }\n",
+    );
+    let c = ok(&redirect);
+    let r = c.routes[0].redirect.as_ref().expect("redirect");
+    assert_eq!(
+        (r.to.as_str(), r.status),
+        ("https://x.test$path$query", 308)
+    );
+    assert_round_trip(&redirect);
+
+    let both = route_with("redirect = { to = \"/x\" }");
+    assert!(only_error(&both)
+        .message
+        .contains("exactly one of upstream, respond or redirect"));
+    let none = BASE.replace("upstream = \"api\"\n", "");
+    assert!(only_error(&none).message.contains("exactly one"));
+    let e = only_error(&BASE.replace(
+        "upstream = \"api\"\n",
+        "redirect = { to = \"/x\", status = 200 }\n",
+    ));
+    assert_eq!(e.key, "routes[0].redirect.status", "{e}");
+    let e = only_error(&BASE.replace("upstream = \"api\"\n", "redirect = { to = \"/$host\" }\n"));
+    assert_eq!(e.key, "routes[0].redirect.to", "{e}");
+    let e = only_error(&BASE.replace(
+        "upstream = \"api\"\n",
+        "respond = { status = 200, headers = { content-length = \"1\" } }\n",
+    ));
+    assert_eq!(e.key, "routes[0].respond.headers", "{e}");
+    let e = only_error(&BASE.replace("upstream = \"api\"\n", "respond = { status = 101 }\n"));
+    assert_eq!(e.key, "routes[0].respond.status", "{e}");
+    let e = only_error(&BASE.replace(
+        "upstream = \"api\"\n",
+        "respond = { status = 200 }\nrewrite = { prefix = \"/\" }\n",
+    ));
+    assert_eq!(e.key, "routes[0].rewrite", "{e}");
 }

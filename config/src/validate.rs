@@ -305,13 +305,16 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             &listener_index,
             "listener",
         );
-        let upstream = lookup(
-            &mut c,
-            &r.upstream,
-            &format!("routes[{i}].upstream"),
-            &upstream_index,
-            "upstream",
-        );
+        let upstream = r.upstream.as_ref().map(|u| {
+            lookup(
+                &mut c,
+                u,
+                &format!("routes[{i}].upstream"),
+                &upstream_index,
+                "upstream",
+            )
+        });
+        let (respond, redirect) = direct_answer(&mut c, i, r);
         let (host, path_prefix, methods, headers) = route_match(&mut c, i, r.matcher.as_ref());
         let rate_limit = r
             .rate_limit
@@ -339,9 +342,11 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .map(|raw| header_edits(&mut c, &format!("routes[{i}].response_headers"), raw))
             .unwrap_or_default();
         let checks = request_checks(&mut c, i, r);
-        let (Some(listener), Some(upstream)) = (listener, upstream) else {
+        // `Some(None)`: an upstream named but not found (already reported).
+        let (Some(listener), None | Some(Some(_))) = (listener, upstream) else {
             continue;
         };
+        let upstream = upstream.flatten();
         let earlier = seen_matches
             .entry((listener, host.clone(), path_prefix.clone(), headers.clone()))
             .or_default();
@@ -362,6 +367,8 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             methods,
             headers,
             upstream,
+            respond,
+            redirect,
             rate_limit,
             rewrite_prefix,
             request_headers,
@@ -1516,6 +1523,120 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
     }
     headers.sort();
     (host, path_prefix, methods, headers)
+}
+
+/// `respond` or `redirect`, and that a route says exactly one of them or
+/// `upstream`, and nothing that only forwarding uses beside them.
+fn direct_answer(
+    c: &mut Checker<'_>,
+    i: usize,
+    r: &RawRoute,
+) -> (Option<DirectResponse>, Option<Redirect>) {
+    let key = |name: &str| format!("routes[{i}].{name}");
+    let given = [
+        r.upstream.as_ref().map(|u| u.span()),
+        r.respond.as_ref().map(|x| x.span()),
+        r.redirect.as_ref().map(|x| x.span()),
+    ];
+    let count = given.iter().flatten().count();
+    if count != 1 {
+        let span = given
+            .iter()
+            .flatten()
+            .nth(1)
+            .cloned()
+            .unwrap_or_else(|| r.listener.span());
+        c.err(
+            span,
+            format!("routes[{i}]"),
+            "a route needs exactly one of upstream, respond or redirect",
+        );
+    }
+    if r.upstream.is_none() {
+        for (name, present) in [
+            ("rewrite", r.rewrite.is_some()),
+            ("request_headers", r.request_headers.is_some()),
+            ("response_headers", r.response_headers.is_some()),
+        ] {
+            if present {
+                c.err(
+                    r.listener.span(),
+                    key(name),
+                    "only used when the route forwards to an upstream",
+                );
+            }
+        }
+    }
+    let respond = r.respond.as_ref().map(|raw| {
+        let raw = raw.get_ref();
+        let status = c.int(Some(&raw.status), &key("respond.status"), 200..=599, 200);
+        let mut headers = Vec::new();
+        if let Some(map) = &raw.headers {
+            for (name, value) in map.get_ref() {
+                let lower = name.to_ascii_lowercase();
+                let why = if header_name(name).is_err() {
+                    Some(format!(
+                        "{name:?} is not a valid header name (RFC 9110 §5.1)"
+                    ))
+                } else if MANAGED_HEADERS.contains(&lower.as_str()) || lower == "location" {
+                    Some(format!("{name:?} is written by the proxy itself"))
+                } else if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                    Some(format!("the value of {name:?} has a control character"))
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => c.err(map.span(), key("respond.headers"), why),
+                    None => headers.push((lower, value.trim().to_owned())),
+                }
+            }
+        }
+        DirectResponse {
+            status,
+            body: raw
+                .body
+                .as_ref()
+                .map(|b| b.get_ref().clone())
+                .unwrap_or_default(),
+            headers,
+        }
+    });
+    let redirect = r.redirect.as_ref().map(|raw| {
+        let raw = raw.get_ref();
+        let status = raw.status.as_ref().map_or(301, |s| {
+            let n = *s.get_ref();
+            if [301, 302, 303, 307, 308].contains(&n) {
+                n as u16
+            } else {
+                c.err(
+                    s.span(),
+                    key("redirect.status"),
+                    format!("{n} is not a redirect status; write 301, 302, 303, 307 or 308"),
+                );
+                301
+            }
+        });
+        let to = raw.to.get_ref();
+        let rest = to.replace("$path", "").replace("$query", "");
+        if to.is_empty() || to.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            c.err(
+                raw.to.span(),
+                key("redirect.to"),
+                "must be a URL or path without spaces or control characters",
+            );
+        } else if rest.contains('$') {
+            c.err(
+                raw.to.span(),
+                key("redirect.to"),
+                format!("{to:?}: only $path and $query are replaced; no other $"),
+            );
+        }
+        Redirect {
+            to: to.clone(),
+            status,
+        }
+    });
+    (respond, redirect)
 }
 
 /// `max_body`, `content_types`, `required_headers` and `required_query`.

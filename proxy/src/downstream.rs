@@ -513,7 +513,9 @@ impl Downstream {
             listener: &worker.config.listeners[listener].name,
         };
         let route = &worker.config.routes[route];
-        let upstream = &worker.upstreams[route.upstream];
+        let Some(upstream) = route.upstream.map(|u| &worker.upstreams[u]) else {
+            return self.answer_direct(worker, route, can_keep, head).await;
+        };
         let cx = Context {
             limits: &worker.config.limits,
             log: &worker.error_log,
@@ -566,6 +568,66 @@ impl Downstream {
             head,
         )
         .await
+    }
+
+    /// A route's own answer (`respond`, `redirect`), keeping the
+    /// connection when the request had no body.
+    async fn answer_direct(
+        &mut self,
+        worker: &Worker,
+        route: &Route,
+        keep: bool,
+        head: &RequestHead,
+    ) -> Next {
+        let keep = keep && !worker.draining.get();
+        let mut out = Vec::with_capacity(256);
+        let (status, body): (u16, &[u8]) = match (&route.respond, &route.redirect) {
+            (Some(d), _) => (d.status, d.body.as_bytes()),
+            (None, Some(r)) => (r.status, b""),
+            (None, None) => (500, b""),
+        };
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        if let Some(d) = &route.respond {
+            for (name, value) in &d.headers {
+                let _ = write!(out, "{name}: {value}\r\n");
+            }
+        }
+        if let Some(r) = &route.redirect {
+            out.extend_from_slice(b"Location: ");
+            let src = &self.buffers().req.source;
+            write_location(&mut out, &r.to, &src[head.path.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        match (keep, head.version) {
+            (false, _) => out.extend_from_slice(CLOSE_LINE.as_bytes()),
+            (true, Version::Http10) => out.extend_from_slice(KEEP_ALIVE_LINE.as_bytes()),
+            (true, Version::Http11) => {}
+        }
+        if let (Some(name), Some(bufs)) = (&worker.config.server.request_id, self.bufs.as_deref()) {
+            let _ = write!(out, "{name}: ");
+            out.extend_from_slice(&bufs.request_id);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head.is_head_method {
+            out.extend_from_slice(body);
+        }
+        self.sent
+            .local(status, if head.is_head_method { 0 } else { body.len() });
+        let sent = self.send_local(worker, out).await;
+        if keep && sent {
+            if let Some(bufs) = self.bufs.as_deref_mut() {
+                bufs.req.source.drain(..head.head_len);
+            }
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
     }
 
     /// [`Self::answer_locally`] with a reason made for this request.
@@ -677,6 +739,31 @@ fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedCli
         Some(RateLimitKey::Route) => b"",
         Some(RateLimitKey::Header(name)) => header_value(head, name.as_bytes()).unwrap_or(b""),
     }
+}
+
+/// A redirect's Location: `to` with `$path` and `$query` replaced from the
+/// request's `target` (its path, and `?` with the query when it has one).
+fn write_location(out: &mut Vec<u8>, to: &str, target: &[u8]) {
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(q) => (&target[..q], &target[q..]),
+        None => (target, &[][..]),
+    };
+    let mut rest = to.as_bytes();
+    while let Some(dollar) = rest.iter().position(|&b| b == b'$') {
+        out.extend_from_slice(&rest[..dollar]);
+        let after = &rest[dollar..];
+        if after.starts_with(b"$path") {
+            out.extend_from_slice(path);
+            rest = &after[5..];
+        } else if after.starts_with(b"$query") {
+            out.extend_from_slice(query);
+            rest = &after[6..];
+        } else {
+            out.push(b'$');
+            rest = &after[1..];
+        }
+    }
+    out.extend_from_slice(rest);
 }
 
 /// Adds one field line before the blank line of a response head.
