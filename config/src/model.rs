@@ -338,6 +338,55 @@ pub struct Route {
     pub response_headers: HeaderEdits,
     /// What a request must satisfy before any byte of it goes upstream.
     pub checks: RequestChecks,
+    /// `cors`: preflights answered here, CORS fields on the responses.
+    pub cors: Option<Cors>,
+}
+
+/// `cors = { ... }` on a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// Lowercase origins: exact (`https://app.example.com`), one wildcard
+    /// label run (`https://*.example.com`), or `*` (any; not with
+    /// `credentials`).
+    pub origins: Vec<String>,
+    /// Uppercase method tokens a preflight may ask for.
+    pub methods: Vec<String>,
+    /// Lowercase request fields a preflight may ask for; `["*"]`: any.
+    pub headers: Vec<String>,
+    /// Lowercase response fields the browser may show the page.
+    pub expose_headers: Vec<String>,
+    pub credentials: bool,
+    /// How long a browser may cache a preflight's answer.
+    pub max_age: Option<Duration>,
+}
+
+impl Cors {
+    /// Whether a request from `origin` (as the browser sent it) is allowed.
+    pub fn allows_origin(&self, origin: &[u8]) -> bool {
+        self.origins.iter().any(|o| origin_matches(o, origin))
+    }
+}
+
+/// `pattern` (lowercase) against an `Origin` value: exact, `*`, or
+/// `scheme://*.suffix` for any host ending in `.suffix`.
+fn origin_matches(pattern: &str, origin: &[u8]) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.split_once("://*.") {
+        None => origin.eq_ignore_ascii_case(pattern.as_bytes()),
+        Some((scheme, suffix)) => {
+            let prefix_len = scheme.len() + 3;
+            origin.len() > prefix_len + suffix.len() + 1
+                && origin[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+                && &origin[scheme.len()..prefix_len] == b"://"
+                && origin[origin.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                && origin[origin.len() - suffix.len() - 1] == b'.'
+                && origin[prefix_len..origin.len() - suffix.len() - 1]
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+    }
 }
 
 /// `respond = { status, body, headers }`.

@@ -273,6 +273,19 @@ fn route(out: &mut String, config: &Config, r: &Route) {
             );
         }
     }
+    if let Some(cors) = &r.cors {
+        let mut fields = vec![
+            format!("origins = {}", array(&cors.origins)),
+            format!("methods = {}", array(&cors.methods)),
+            format!("headers = {}", array(&cors.headers)),
+            format!("expose_headers = {}", array(&cors.expose_headers)),
+            format!("credentials = {}", cors.credentials),
+        ];
+        if let Some(age) = cors.max_age {
+            fields.push(format!("max_age = {}", duration(age)));
+        }
+        let _ = writeln!(out, "cors = {{ {} }}", fields.join(", "));
+    }
     let checks = &r.checks;
     if let Some(max) = checks.max_body {
         let _ = writeln!(out, "max_body = {max}");

@@ -142,6 +142,18 @@ pub(crate) struct RawRoute {
     pub required_query: Option<Spanned<Vec<Spanned<String>>>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+    pub cors: Option<Spanned<RawCors>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCors {
+    pub origins: Spanned<Vec<Spanned<String>>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub headers: Option<Vec<Spanned<String>>>,
+    pub expose_headers: Option<Vec<Spanned<String>>>,
+    pub credentials: Option<bool>,
+    pub max_age: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

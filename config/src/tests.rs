@@ -2258,3 +2258,31 @@ fn a_route_answers_itself_with_respond_or_redirect() {
     ));
     assert_eq!(e.key, "routes[0].rewrite", "{e}");
 }
+
+#[test]
+fn cors_policies_are_checked_and_round_trip() {
+    let text = route_with(
+        "cors = { origins = [\"https://App.test/\", \"https://*.example.test\"], headers = [\"X-Token\"], credentials = true, max_age = \"10m\" }",
+    );
+    let c = ok(&text);
+    let cors = c.routes[0].cors.as_ref().expect("cors");
+    assert_eq!(cors.origins, ["https://app.test", "https://*.example.test"]);
+    assert_eq!(cors.methods, ["GET", "HEAD", "POST"]);
+    assert_eq!(cors.headers, ["x-token"]);
+    assert_eq!(cors.max_age, Some(Duration::from_secs(600)));
+    assert_round_trip(&text);
+    let e = only_error(&route_with(
+        "cors = { origins = [\"*\"], credentials = true }",
+    ));
+    assert_eq!(e.key, "routes[0].cors.origins", "{e}");
+    let e = only_error(&route_with("cors = { origins = [\"app.test\"] }"));
+    assert!(e.message.contains("not an origin"), "{e}");
+    let e = only_error(&route_with("cors = { origins = [\"https://a.*.test\"] }"));
+    assert_eq!(e.key, "routes[0].cors.origins", "{e}");
+    let e = only_error(&route_with("cors = { origins = [] }"));
+    assert_eq!(e.key, "routes[0].cors.origins", "{e}");
+    let e = only_error(&route_with(
+        "cors = { origins = [\"*\"], methods = [\"G T\"] }",
+    ));
+    assert_eq!(e.key, "routes[0].cors.methods", "{e}");
+}

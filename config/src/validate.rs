@@ -342,6 +342,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .map(|raw| header_edits(&mut c, &format!("routes[{i}].response_headers"), raw))
             .unwrap_or_default();
         let checks = request_checks(&mut c, i, r);
+        let cors = r.cors.as_ref().map(|raw| cors(&mut c, i, raw));
         // `Some(None)`: an upstream named but not found (already reported).
         let (Some(listener), None | Some(Some(_))) = (listener, upstream) else {
             continue;
@@ -374,6 +375,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             request_headers,
             response_headers,
             checks,
+            cors,
         });
     }
 
@@ -1637,6 +1639,104 @@ fn direct_answer(
         }
     });
     (respond, redirect)
+}
+
+/// A route's `cors` table.
+fn cors(c: &mut Checker<'_>, i: usize, raw: &Spanned<RawCors>) -> Cors {
+    let key = |name: &str| format!("routes[{i}].cors.{name}");
+    let raw = raw.get_ref();
+    let credentials = raw.credentials.unwrap_or(false);
+    let mut origins = Vec::new();
+    if raw.origins.get_ref().is_empty() {
+        c.err(
+            raw.origins.span(),
+            key("origins"),
+            "list at least one origin",
+        );
+    }
+    for o in raw.origins.get_ref() {
+        let text = o
+            .get_ref()
+            .trim()
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        let host_part = text
+            .split_once("://")
+            .map(|(_, h)| h.trim_start_matches("*."));
+        let valid = text == "*"
+            || (text.starts_with("http://") || text.starts_with("https://"))
+                && host_part.is_some_and(|h| {
+                    !h.is_empty()
+                        && !h.contains('*')
+                        && !h.contains('/')
+                        && h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+                });
+        if !valid {
+            c.err(
+                o.span(),
+                key("origins"),
+                format!(
+                    "{:?} is not an origin: write \"https://host[:port]\", \"https://*.suffix\" or \"*\"",
+                    o.get_ref()
+                ),
+            );
+        } else if text == "*" && credentials {
+            c.err(
+                o.span(),
+                key("origins"),
+                "\"*\" cannot be used with credentials = true (browsers refuse it); list the origins",
+            );
+        } else {
+            origins.push(text);
+        }
+    }
+    let tokens =
+        |c: &mut Checker<'_>, list: &Option<Vec<Spanned<String>>>, name: &str, upper: bool| {
+            let mut out = Vec::new();
+            for item in list.iter().flatten() {
+                let text = item.get_ref().trim();
+                if text == "*" && name == "headers" {
+                    if credentials {
+                        c.err(
+                            item.span(),
+                            key(name),
+                            "\"*\" cannot be used with credentials = true",
+                        );
+                    }
+                    out.push("*".to_owned());
+                } else if text.is_empty() || !text.bytes().all(is_tchar) {
+                    c.err(item.span(), key(name), format!("{text:?} is not a token"));
+                } else if upper {
+                    out.push(text.to_owned());
+                } else {
+                    out.push(text.to_ascii_lowercase());
+                }
+            }
+            out
+        };
+    let mut methods = tokens(c, &raw.methods, "methods", true);
+    if raw.methods.is_none() {
+        methods = ["GET", "HEAD", "POST"].map(String::from).to_vec();
+    }
+    let headers = tokens(c, &raw.headers, "headers", false);
+    let expose_headers = tokens(c, &raw.expose_headers, "expose_headers", false);
+    let max_age = raw.max_age.as_ref().map(|m| {
+        c.duration(
+            Some(m),
+            &key("max_age"),
+            Duration::from_secs(1)..=Duration::from_secs(86_400),
+            Duration::from_secs(600),
+        )
+    });
+    Cors {
+        origins,
+        methods,
+        headers,
+        expose_headers,
+        credentials,
+        max_age,
+    }
 }
 
 /// `max_body`, `content_types`, `required_headers` and `required_query`.

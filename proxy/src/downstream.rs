@@ -22,6 +22,7 @@ use ringgate_core::ratelimit::Admission;
 
 use crate::access_log::{AccessLog, Captured, Sent};
 use crate::checks;
+use crate::cors;
 use crate::error_log::{write_request, Kind};
 use crate::exchange::{
     self, chunk_refusal, error_response, error_text, Buffers, Client, Context, Next, Refusal,
@@ -439,6 +440,10 @@ impl Downstream {
 
     /// Routes the request, then answers it locally (404, 429) or forwards it.
     async fn route(&mut self, worker: &Worker, listener: usize, head: &RequestHead) -> Next {
+        if let Some(bufs) = self.bufs.as_deref_mut() {
+            bufs.added_fields.clear();
+            bufs.cors_added = false;
+        }
         if let Some(name) = &worker.config.server.request_id {
             if let Some(bufs) = self.bufs.as_deref_mut() {
                 let head_bytes = &bufs.req.source[..head.head_len];
@@ -446,6 +451,9 @@ impl Downstream {
                     worker
                         .request_ids
                         .assign(name, head_bytes, &mut bufs.request_id);
+                let _ = write!(bufs.added_fields, "{name}: ");
+                bufs.added_fields.extend_from_slice(&bufs.request_id);
+                bufs.added_fields.extend_from_slice(b"\r\n");
                 if worker.access_log.is_some() {
                     self.captured.set_request_id(&bufs.request_id);
                 }
@@ -453,12 +461,21 @@ impl Downstream {
         }
         let src = &self.buffers().req.source;
         let host = head.authority.clone().map(|r| &src[r]);
-        let route = worker.routers[listener].find_request(
-            host,
-            &src[head.path.clone()],
-            &src[head.method.clone()],
-            &src[..head.head_len],
-        );
+        let router = &worker.routers[listener];
+        let path = &src[head.path.clone()];
+        let fields = &src[..head.head_len];
+        let preflight = cors::preflight(src, head);
+        let route = router
+            .find_request(host, path, &src[head.method.clone()], fields)
+            .or_else(|| {
+                // A preflight is routed as the request it announces, to
+                // the route whose CORS policy answers it (its methods
+                // need not list OPTIONS).
+                let p = preflight.as_ref()?;
+                router
+                    .find_request(host, path, p.method, fields)
+                    .filter(|&r| worker.config.routes[r].cors.is_some())
+            });
         // The body was never forwarded when we answer ourselves; only a
         // body-less request leaves the connection in sync.
         let can_keep = head.keep_alive && head.body == RequestBody::Empty;
@@ -467,6 +484,26 @@ impl Downstream {
                 .answer_locally(worker, &Refusal::new(404, "no route"), can_keep, None, head)
                 .await;
         };
+        if let Some(policy) = &worker.config.routes[route].cors {
+            let bufs = self.bufs.as_deref_mut().expect("read_head took buffers");
+            let src = &bufs.req.source;
+            if let Some(p) = cors::preflight(src, head) {
+                let mut fields = Vec::new();
+                return match cors::answer_preflight(policy, &p, &mut fields) {
+                    Ok(()) => {
+                        bufs.added_fields.extend_from_slice(&fields);
+                        self.answer_empty(worker, 204, can_keep, head).await
+                    }
+                    Err(why) => {
+                        self.answer_text(worker, 403, &why, can_keep, None, head)
+                            .await
+                    }
+                };
+            }
+            if let Some(origin) = header_value(&src[..head.head_len], b"origin") {
+                bufs.cors_added = cors::response_fields(policy, origin, &mut bufs.added_fields);
+            }
+        }
         let checks = &worker.config.routes[route].checks;
         if !checks.is_empty() {
             let mut reason = Vec::new();
@@ -586,11 +623,7 @@ impl Downstream {
             (None, Some(r)) => (r.status, b""),
             (None, None) => (500, b""),
         };
-        let reason = http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("");
-        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        let _ = write!(out, "HTTP/1.1 {status} {}\r\n", status_reason(status));
         if let Some(d) = &route.respond {
             for (name, value) in &d.headers {
                 let _ = write!(out, "{name}: {value}\r\n");
@@ -608,10 +641,8 @@ impl Downstream {
             (true, Version::Http10) => out.extend_from_slice(KEEP_ALIVE_LINE.as_bytes()),
             (true, Version::Http11) => {}
         }
-        if let (Some(name), Some(bufs)) = (&worker.config.server.request_id, self.bufs.as_deref()) {
-            let _ = write!(out, "{name}: ");
-            out.extend_from_slice(&bufs.request_id);
-            out.extend_from_slice(b"\r\n");
+        if let Some(bufs) = self.bufs.as_deref() {
+            out.extend_from_slice(&bufs.added_fields);
         }
         out.extend_from_slice(b"\r\n");
         if !head.is_head_method {
@@ -619,6 +650,39 @@ impl Downstream {
         }
         self.sent
             .local(status, if head.is_head_method { 0 } else { body.len() });
+        let sent = self.send_local(worker, out).await;
+        if keep && sent {
+            if let Some(bufs) = self.bufs.as_deref_mut() {
+                bufs.req.source.drain(..head.head_len);
+            }
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// A bodiless answer of the proxy's own (a CORS preflight's 204), with
+    /// the request's added fields.
+    async fn answer_empty(
+        &mut self,
+        worker: &Worker,
+        status: u16,
+        keep: bool,
+        head: &RequestHead,
+    ) -> Next {
+        let keep = keep && !worker.draining.get();
+        let mut out = Vec::with_capacity(256);
+        let _ = write!(out, "HTTP/1.1 {status} {}\r\n", status_reason(status));
+        if let Some(bufs) = self.bufs.as_deref() {
+            out.extend_from_slice(&bufs.added_fields);
+        }
+        match (keep, head.version) {
+            (false, _) => out.extend_from_slice(CLOSE_LINE.as_bytes()),
+            (true, Version::Http10) => out.extend_from_slice(KEEP_ALIVE_LINE.as_bytes()),
+            (true, Version::Http11) => {}
+        }
+        out.extend_from_slice(b"\r\n");
+        self.sent.local(status, 0);
         let sent = self.send_local(worker, out).await;
         if keep && sent {
             if let Some(bufs) = self.bufs.as_deref_mut() {
@@ -653,8 +717,8 @@ impl Downstream {
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
         }
-        if let (Some(name), Some(bufs)) = (&worker.config.server.request_id, self.bufs.as_deref()) {
-            insert_field(&mut bytes, name.as_bytes(), &bufs.request_id);
+        if let Some(bufs) = self.bufs.as_deref() {
+            insert_lines(&mut bytes, &bufs.added_fields);
         }
         let sent = self.send_local(worker, bytes).await;
         if keep && sent {
@@ -741,6 +805,13 @@ fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedCli
     }
 }
 
+fn status_reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
 /// A redirect's Location: `to` with `$path` and `$query` replaced from the
 /// request's `target` (its path, and `?` with the query when it has one).
 fn write_location(out: &mut Vec<u8>, to: &str, target: &[u8]) {
@@ -766,17 +837,17 @@ fn write_location(out: &mut Vec<u8>, to: &str, target: &[u8]) {
     out.extend_from_slice(rest);
 }
 
-/// Adds one field line before the blank line of a response head.
-fn insert_field(response: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Adds field lines (each ending in CRLF) before the blank line of a
+/// response head.
+fn insert_lines(response: &mut Vec<u8>, lines: &[u8]) {
+    if lines.is_empty() {
+        return;
+    }
     let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
         return;
     };
-    let mut line = Vec::with_capacity(name.len() + value.len() + 4);
-    line.extend_from_slice(b"\r\n");
-    line.extend_from_slice(name);
-    line.extend_from_slice(b": ");
-    line.extend_from_slice(value);
-    response.splice(end..end, line);
+    // After the last field's CRLF, before the blank line's.
+    response.splice(end + 2..end + 2, lines.iter().copied());
 }
 
 /// Adds the rate-limit headers (draft-ietf-httpapi-ratelimit-headers and

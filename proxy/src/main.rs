@@ -7,6 +7,7 @@
 mod access_log;
 mod admin;
 mod checks;
+mod cors;
 mod demo;
 mod downstream;
 mod error_log;

@@ -38,7 +38,7 @@ pub use error::{
 };
 use request::{lay_out_head, send_body, Plan, Upload};
 pub use response::HEAD_READ_BYTES;
-use response::{relay, RelayIo, RelaySpec};
+use response::{relay, Added, RelayIo, RelaySpec};
 
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -104,6 +104,11 @@ pub struct Buffers {
     /// The id was made by the proxy: it goes upstream in the patch, in
     /// place of any the client sent.
     pub request_id_made: bool,
+    /// Field lines the proxy adds to this request's final response (its
+    /// id, CORS fields), in place of any the backend sent of them.
+    pub added_fields: Vec<u8>,
+    /// `added_fields` holds CORS fields: the backend's are dropped.
+    pub cors_added: bool,
 }
 
 impl Buffers {
@@ -128,6 +133,8 @@ impl Buffers {
         self.patch_prefix = 0;
         self.request_id.clear();
         self.request_id_made = false;
+        trim(&mut self.added_fields, RECYCLED_PATCH_BYTES);
+        self.cors_added = false;
     }
 }
 
@@ -149,6 +156,8 @@ impl Default for Buffers {
             up_write_abort: Abort::default(),
             request_id: Vec::new(),
             request_id_made: false,
+            added_fields: Vec::new(),
+            cors_added: false,
         }
     }
 }
@@ -481,7 +490,11 @@ async fn attempt(
         client_version: head.version,
         client_closing: !head.keep_alive,
         edits: &route.response_headers,
-        request_id: cx.request_id.map(|name| (name, &bufs.request_id[..])),
+        added: Added {
+            fields: &bufs.added_fields,
+            request_id: cx.request_id,
+            cors: bufs.cors_added,
+        },
         response_timeout: upstream.config.response_timeout,
         hold_5xx,
         sending: &sending,

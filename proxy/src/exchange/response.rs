@@ -13,7 +13,7 @@ use ringgate_core::http::{
 };
 
 use super::error::{ExchangeError, Fault, CLOSE_LINE, KEEP_ALIVE_LINE};
-use super::request::{length_body, write_field, write_set_fields, BodyLeft, BODY_READ_BYTES};
+use super::request::{length_body, write_set_fields, BodyLeft, BODY_READ_BYTES};
 use super::Context;
 use crate::access_log::Sent;
 use crate::io::{Abort, Gather, Part, ReadFail, WriteFail};
@@ -34,9 +34,8 @@ pub(super) struct RelaySpec<'a> {
     pub client_version: Version,
     pub client_closing: bool,
     pub edits: &'a HeaderEdits,
-    /// The request-id field the client gets, in place of any the backend
-    /// sent: its name and this request's id.
-    pub request_id: Option<(&'a str, &'a [u8])>,
+    /// Fields the proxy adds to the final response.
+    pub added: Added<'a>,
     /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
     pub response_timeout: Duration,
     /// A retry can follow a 5xx: report it instead of forwarding it.
@@ -46,6 +45,25 @@ pub(super) struct RelaySpec<'a> {
     /// When the request's last bytes went up: the response head is due
     /// `response_timeout` after that (interim responses do not extend it).
     pub progress: &'a Cell<Instant>,
+}
+
+/// Field lines the proxy adds to a final response, in place of the
+/// backend's own of the same names.
+pub(super) struct Added<'a> {
+    pub fields: &'a [u8],
+    /// The request-id field's name, when ids are on.
+    pub request_id: Option<&'a str>,
+    /// The fields include CORS ones: every `access-control-*` of the
+    /// backend's goes.
+    pub cors: bool,
+}
+
+impl Added<'_> {
+    fn replaces(&self, name: &[u8]) -> bool {
+        self.request_id
+            .is_some_and(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+            || (self.cors && name.len() > 15 && name[..15].eq_ignore_ascii_case(b"access-control-"))
+    }
 }
 
 /// The relay's halves and cancellers.
@@ -207,17 +225,15 @@ async fn relay_inner(
         // A draining worker announces the close on every response it starts.
         let client_close = spec.client_closing || until_close || early_error || cx.draining.get();
         resp.patch.clear();
-        if !interim && (!spec.edits.is_empty() || spec.request_id.is_some()) {
-            // Edited fields go as patch bytes; the rest stays as read.
-            let edits = spec.edits;
-            let id_name = spec.request_id.map(|(name, _)| name.as_bytes());
+        if !interim && (!spec.edits.is_empty() || !spec.added.fields.is_empty()) {
+            // Edited and added fields go as patch bytes; the rest stays as
+            // read.
+            let (edits, added) = (spec.edits, &spec.added);
             scratch.retain_lines(&resp.source, true, |name| {
-                !edits.drops(name) && id_name.is_none_or(|n| !name.eq_ignore_ascii_case(n))
+                !edits.drops(name) && !added.replaces(name)
             });
             write_set_fields(&mut resp.patch, edits);
-            if let Some((name, id)) = spec.request_id {
-                write_field(&mut resp.patch, name.as_bytes(), id);
-            }
+            resp.patch.extend_from_slice(added.fields);
         }
         write_replaced_fields(&mut resp.patch, &resp.source, scratch);
         if client_close && !interim {
