@@ -328,6 +328,8 @@ pub struct Route {
     pub respond: Option<DirectResponse>,
     /// `redirect`: answered by the proxy with a redirect.
     pub redirect: Option<Redirect>,
+    /// `compose`: answered with the merged JSON of several upstream calls.
+    pub compose: Option<Compose>,
     /// `None`: not rate limited.
     pub rate_limit: Option<RateLimit>,
     /// Replaces the matched `path_prefix` in the forwarded request target.
@@ -398,6 +400,35 @@ pub struct DirectResponse {
     /// Lowercase names, none the proxy manages; in config order.
     pub headers: Vec<(String, String)>,
 }
+
+/// `compose = { calls, timeout, on_failure, max_body }`: one request fanned
+/// out to several upstreams at once, their JSON bodies merged into one
+/// object under each call's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compose {
+    pub calls: Vec<ComposeCall>,
+    /// For all the calls together.
+    pub timeout: Duration,
+    /// `on_failure = "partial"`: answer with the calls that succeeded.
+    pub partial: bool,
+    /// Largest body one call may return.
+    pub max_body: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComposeCall {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Request target of the call's `GET`, origin-form.
+    pub path: String,
+    /// Key of its body in the merged object; unique within the route.
+    pub key: String,
+}
+
+pub const COMPOSE_CALLS_MAX: usize = 16;
+pub const DEFAULT_COMPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_COMPOSE_MAX_BODY: usize = 1 << 20;
+pub const COMPOSE_MAX_BODY_MAX: usize = 64 << 20;
 
 /// `redirect = { to, status }`.
 #[derive(Debug, Clone, PartialEq, Eq)]

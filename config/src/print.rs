@@ -230,6 +230,28 @@ fn route(out: &mut String, config: &Config, r: &Route) {
             map(&d.headers)
         );
     }
+    if let Some(d) = &r.compose {
+        let calls: Vec<String> = d
+            .calls
+            .iter()
+            .map(|k| {
+                format!(
+                    "{{ upstream = {}, path = {}, key = {} }}",
+                    quote(&config.upstreams[k.upstream].name),
+                    quote(&k.path),
+                    quote(&k.key)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "compose = {{ calls = [{}], timeout = {}, on_failure = {}, max_body = {} }}",
+            calls.join(", "),
+            duration(d.timeout),
+            quote(if d.partial { "partial" } else { "fail" }),
+            d.max_body
+        );
+    }
     if let Some(d) = &r.redirect {
         let _ = writeln!(
             out,

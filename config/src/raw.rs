@@ -143,6 +143,24 @@ pub(crate) struct RawRoute {
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
     pub cors: Option<Spanned<RawCors>>,
+    pub compose: Option<Spanned<RawCompose>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCompose {
+    pub calls: Spanned<Vec<RawComposeCall>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub on_failure: Option<Spanned<String>>,
+    pub max_body: Option<Spanned<Size>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawComposeCall {
+    pub upstream: Spanned<String>,
+    pub path: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

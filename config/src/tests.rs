@@ -2235,7 +2235,7 @@ fn a_route_answers_itself_with_respond_or_redirect() {
     let both = route_with("redirect = { to = \"/x\" }");
     assert!(only_error(&both)
         .message
-        .contains("exactly one of upstream, respond or redirect"));
+        .contains("exactly one of upstream, respond, redirect or compose"));
     let none = BASE.replace("upstream = \"api\"\n", "");
     assert!(only_error(&none).message.contains("exactly one"));
     let e = only_error(&BASE.replace(
@@ -2285,4 +2285,37 @@ fn cors_policies_are_checked_and_round_trip() {
         "cors = { origins = [\"*\"], methods = [\"G T\"] }",
     ));
     assert_eq!(e.key, "routes[0].cors.methods", "{e}");
+}
+
+#[test]
+fn compose_calls_name_upstreams_and_unique_keys() {
+    let text = BASE.replace(
+        "upstream = \"api\"\n",
+        "compose = { calls = [{ upstream = \"api\", path = \"/a\", key = \"a\" }, { upstream = \"api\", path = \"/b?x=1\", key = \"b\" }], timeout = \"300ms\", on_failure = \"partial\" }\n",
+    );
+    let c = ok(&text);
+    let compose = c.routes[0].compose.as_ref().expect("compose");
+    assert_eq!(compose.calls.len(), 2);
+    assert_eq!(
+        (
+            compose.calls[1].path.as_str(),
+            compose.calls[1].key.as_str()
+        ),
+        ("/b?x=1", "b")
+    );
+    assert_eq!(compose.timeout, Duration::from_millis(300));
+    assert!(compose.partial);
+    assert_eq!(compose.max_body, DEFAULT_COMPOSE_MAX_BODY);
+    assert_round_trip(&text);
+    let e = only_error(&text.replace("key = \"b\"", "key = \"a\""));
+    assert!(e.message.contains("used by another call"), "{e}");
+    let e = only_error(&text.replace(
+        "upstream = \"api\", path = \"/a\"",
+        "upstream = \"nope\", path = \"/a\"",
+    ));
+    assert_eq!(e.key, "routes[0].compose.calls[0].upstream", "{e}");
+    let e = only_error(&text.replace("\"partial\"", "\"maybe\""));
+    assert_eq!(e.key, "routes[0].compose.on_failure", "{e}");
+    let e = only_error(&text.replace("path = \"/a\"", "path = \"a\""));
+    assert_eq!(e.key, "routes[0].compose.calls[0].path", "{e}");
 }

@@ -315,6 +315,10 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             )
         });
         let (respond, redirect) = direct_answer(&mut c, i, r);
+        let compose = r
+            .compose
+            .as_ref()
+            .map(|raw| compose(&mut c, i, raw, &upstream_index));
         let (host, path_prefix, methods, headers) = route_match(&mut c, i, r.matcher.as_ref());
         let rate_limit = r
             .rate_limit
@@ -370,6 +374,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             upstream,
             respond,
             redirect,
+            compose,
             rate_limit,
             rewrite_prefix,
             request_headers,
@@ -1539,6 +1544,7 @@ fn direct_answer(
         r.upstream.as_ref().map(|u| u.span()),
         r.respond.as_ref().map(|x| x.span()),
         r.redirect.as_ref().map(|x| x.span()),
+        r.compose.as_ref().map(|x| x.span()),
     ];
     let count = given.iter().flatten().count();
     if count != 1 {
@@ -1551,7 +1557,7 @@ fn direct_answer(
         c.err(
             span,
             format!("routes[{i}]"),
-            "a route needs exactly one of upstream, respond or redirect",
+            "a route needs exactly one of upstream, respond, redirect or compose",
         );
     }
     if r.upstream.is_none() {
@@ -1639,6 +1645,91 @@ fn direct_answer(
         }
     });
     (respond, redirect)
+}
+
+/// A route's `compose` table.
+fn compose(
+    c: &mut Checker<'_>,
+    i: usize,
+    raw: &Spanned<RawCompose>,
+    upstreams: &HashMap<&str, usize>,
+) -> Compose {
+    let key = |name: &str| format!("routes[{i}].compose.{name}");
+    let raw = raw.get_ref();
+    let list = raw.calls.get_ref();
+    if list.is_empty() || list.len() > COMPOSE_CALLS_MAX {
+        c.err(
+            raw.calls.span(),
+            key("calls"),
+            format!("list 1..={COMPOSE_CALLS_MAX} calls"),
+        );
+    }
+    let mut calls = Vec::new();
+    for (j, call) in list.iter().enumerate() {
+        let upstream = lookup(
+            c,
+            &call.upstream,
+            &key(&format!("calls[{j}].upstream")),
+            upstreams,
+            "upstream",
+        );
+        let path = call.path.get_ref();
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            c.err(
+                call.path.span(),
+                key(&format!("calls[{j}].path")),
+                format!("{path:?} must start with \"/\" and hold no spaces or control characters"),
+            );
+        }
+        let name = call.key.get_ref();
+        if name.is_empty() || name.bytes().any(|b| b.is_ascii_control()) {
+            c.err(
+                call.key.span(),
+                key(&format!("calls[{j}].key")),
+                "must be a non-empty string without control characters",
+            );
+        } else if calls.iter().any(|k: &ComposeCall| &k.key == name) {
+            c.err(
+                call.key.span(),
+                key(&format!("calls[{j}].key")),
+                format!("{name:?} is used by another call"),
+            );
+        }
+        if let Some(upstream) = upstream {
+            calls.push(ComposeCall {
+                upstream,
+                path: path.clone(),
+                key: name.clone(),
+            });
+        }
+    }
+    let partial = match raw.on_failure.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None | Some((_, "fail")) => false,
+        Some((_, "partial")) => true,
+        Some((o, other)) => {
+            c.err(
+                o.span(),
+                key("on_failure"),
+                format!("{other:?}: write \"fail\" or \"partial\""),
+            );
+            false
+        }
+    };
+    Compose {
+        calls,
+        timeout: c.timeout(
+            raw.timeout.as_ref(),
+            &key("timeout"),
+            DEFAULT_COMPOSE_TIMEOUT,
+        ),
+        partial,
+        max_body: c.size(
+            raw.max_body.as_ref(),
+            &key("max_body"),
+            1..=COMPOSE_MAX_BODY_MAX,
+            DEFAULT_COMPOSE_MAX_BODY,
+        ),
+    }
 }
 
 /// A route's `cors` table.

@@ -22,6 +22,7 @@ use ringgate_core::ratelimit::Admission;
 
 use crate::access_log::{AccessLog, Captured, Sent};
 use crate::checks;
+use crate::compose;
 use crate::cors;
 use crate::error_log::{write_request, Kind};
 use crate::exchange::{
@@ -492,7 +493,7 @@ impl Downstream {
                 return match cors::answer_preflight(policy, &p, &mut fields) {
                     Ok(()) => {
                         bufs.added_fields.extend_from_slice(&fields);
-                        self.answer_empty(worker, 204, can_keep, head).await
+                        self.answer_own(worker, 204, b"", b"", can_keep, head).await
                     }
                     Err(why) => {
                         self.answer_text(worker, 403, &why, can_keep, None, head)
@@ -607,8 +608,8 @@ impl Downstream {
         .await
     }
 
-    /// A route's own answer (`respond`, `redirect`), keeping the
-    /// connection when the request had no body.
+    /// A route's own answer (`respond`, `redirect`, `compose`), keeping
+    /// the connection when the request had no body.
     async fn answer_direct(
         &mut self,
         worker: &Worker,
@@ -616,73 +617,73 @@ impl Downstream {
         keep: bool,
         head: &RequestHead,
     ) -> Next {
-        let keep = keep && !worker.draining.get();
-        let mut out = Vec::with_capacity(256);
+        let mut fields = Vec::with_capacity(128);
+        if let Some(compose) = &route.compose {
+            return match compose::run(worker, compose).await {
+                Ok((body, complete)) => {
+                    fields.extend_from_slice(b"Content-Type: application/json\r\n");
+                    let _ = write!(fields, "X-Compose-Completed: {complete}\r\n");
+                    self.answer_own(worker, 200, &fields, &body, keep, head)
+                        .await
+                }
+                Err(why) => self.answer_text(worker, 502, &why, keep, None, head).await,
+            };
+        }
         let (status, body): (u16, &[u8]) = match (&route.respond, &route.redirect) {
             (Some(d), _) => (d.status, d.body.as_bytes()),
             (None, Some(r)) => (r.status, b""),
             (None, None) => (500, b""),
         };
-        let _ = write!(out, "HTTP/1.1 {status} {}\r\n", status_reason(status));
         if let Some(d) = &route.respond {
             for (name, value) in &d.headers {
-                let _ = write!(out, "{name}: {value}\r\n");
+                let _ = write!(fields, "{name}: {value}\r\n");
             }
         }
         if let Some(r) = &route.redirect {
-            out.extend_from_slice(b"Location: ");
+            fields.extend_from_slice(b"Location: ");
             let src = &self.buffers().req.source;
-            write_location(&mut out, &r.to, &src[head.path.clone()]);
-            out.extend_from_slice(b"\r\n");
+            write_location(&mut fields, &r.to, &src[head.path.clone()]);
+            fields.extend_from_slice(b"\r\n");
         }
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
-        match (keep, head.version) {
-            (false, _) => out.extend_from_slice(CLOSE_LINE.as_bytes()),
-            (true, Version::Http10) => out.extend_from_slice(KEEP_ALIVE_LINE.as_bytes()),
-            (true, Version::Http11) => {}
-        }
-        if let Some(bufs) = self.bufs.as_deref() {
-            out.extend_from_slice(&bufs.added_fields);
-        }
-        out.extend_from_slice(b"\r\n");
-        if !head.is_head_method {
-            out.extend_from_slice(body);
-        }
-        self.sent
-            .local(status, if head.is_head_method { 0 } else { body.len() });
-        let sent = self.send_local(worker, out).await;
-        if keep && sent {
-            if let Some(bufs) = self.bufs.as_deref_mut() {
-                bufs.req.source.drain(..head.head_len);
-            }
-            Next::KeepAlive
-        } else {
-            Next::Close
-        }
+        self.answer_own(worker, status, &fields, body, keep, head)
+            .await
     }
 
-    /// A bodiless answer of the proxy's own (a CORS preflight's 204), with
-    /// the request's added fields.
-    async fn answer_empty(
+    /// A response of the proxy's own: `status`, `fields` (CRLF-ended
+    /// lines), the request's added fields and `body` (left out for HEAD).
+    async fn answer_own(
         &mut self,
         worker: &Worker,
         status: u16,
+        fields: &[u8],
+        body: &[u8],
         keep: bool,
         head: &RequestHead,
     ) -> Next {
         let keep = keep && !worker.draining.get();
-        let mut out = Vec::with_capacity(256);
+        let mut out = Vec::with_capacity(256 + fields.len() + body.len());
         let _ = write!(out, "HTTP/1.1 {status} {}\r\n", status_reason(status));
-        if let Some(bufs) = self.bufs.as_deref() {
-            out.extend_from_slice(&bufs.added_fields);
+        out.extend_from_slice(fields);
+        // RFC 9110 §8.6: no Content-Length on a 204 (nor a 304).
+        if status != 204 && status != 304 {
+            let _ = write!(out, "Content-Length: {}\r\n", body.len());
         }
         match (keep, head.version) {
             (false, _) => out.extend_from_slice(CLOSE_LINE.as_bytes()),
             (true, Version::Http10) => out.extend_from_slice(KEEP_ALIVE_LINE.as_bytes()),
             (true, Version::Http11) => {}
         }
+        if let Some(bufs) = self.bufs.as_deref() {
+            out.extend_from_slice(&bufs.added_fields);
+        }
         out.extend_from_slice(b"\r\n");
-        self.sent.local(status, 0);
+        let body_sent = if head.is_head_method || status == 204 || status == 304 {
+            0
+        } else {
+            out.extend_from_slice(body);
+            body.len()
+        };
+        self.sent.local(status, body_sent);
         let sent = self.send_local(worker, out).await;
         if keep && sent {
             if let Some(bufs) = self.bufs.as_deref_mut() {

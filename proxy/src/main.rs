@@ -7,6 +7,7 @@
 mod access_log;
 mod admin;
 mod checks;
+mod compose;
 mod cors;
 mod demo;
 mod downstream;

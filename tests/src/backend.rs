@@ -55,6 +55,8 @@ pub enum Behaviour {
     /// Writes exactly these bytes as its answer, after reading the request;
     /// for misbehaving backends whose responses no test helper would build.
     Raw(Vec<u8>),
+    /// Waits, then writes these bytes (a slow backend with a set answer).
+    StallThenRaw(Duration, Vec<u8>),
     /// Answers like `Ok`, then `delay` later writes `bytes` nobody asked
     /// for (a second, unsolicited response), then serves on.
     ThenUnsolicited { delay: Duration, bytes: Vec<u8> },
@@ -689,6 +691,10 @@ fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
                 return Ok(());
             }
             Behaviour::Raw(bytes) => w.write_all(&bytes)?,
+            Behaviour::StallThenRaw(d, bytes) => {
+                thread::sleep(d);
+                w.write_all(&bytes)?;
+            }
             Behaviour::ThenUnsolicited { delay, bytes } => {
                 write_ok(&mut w, name, &body, "")?;
                 thread::sleep(delay);
