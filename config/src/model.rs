@@ -453,6 +453,21 @@ pub struct RequestChecks {
     pub required_headers: Vec<String>,
     /// Query parameter names each request must carry (400).
     pub required_query: Vec<String>,
+    /// A JSON Schema file the request body must satisfy (400); the body
+    /// is then read whole (at most `max_body`) before it goes upstream.
+    pub body_schema: Option<std::path::PathBuf>,
+}
+
+/// The body a `body_schema` route reads whole when `max_body` is not set.
+pub const DEFAULT_SCHEMA_BODY_MAX: u64 = 1 << 20;
+/// The most a `body_schema` route may read whole.
+pub const SCHEMA_BODY_MAX_MAX: u64 = 16 << 20;
+
+impl RequestChecks {
+    /// The most of a body read whole before it goes upstream, when it is.
+    pub fn schema_body_max(&self) -> u64 {
+        self.max_body.unwrap_or(DEFAULT_SCHEMA_BODY_MAX)
+    }
 }
 
 impl RequestChecks {

@@ -312,6 +312,9 @@ fn route(out: &mut String, config: &Config, r: &Route) {
     if let Some(max) = checks.max_body {
         let _ = writeln!(out, "max_body = {max}");
     }
+    if let Some(path) = &checks.body_schema {
+        let _ = writeln!(out, "body_schema = {}", quote(&path.to_string_lossy()));
+    }
     for (name, list) in [
         ("content_types", &checks.content_types),
         ("required_headers", &checks.required_headers),

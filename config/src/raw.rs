@@ -140,6 +140,7 @@ pub(crate) struct RawRoute {
     pub content_types: Option<Spanned<Vec<Spanned<String>>>>,
     pub required_headers: Option<Spanned<Vec<Spanned<String>>>>,
     pub required_query: Option<Spanned<Vec<Spanned<String>>>>,
+    pub body_schema: Option<Spanned<String>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
     pub cors: Option<Spanned<RawCors>>,

@@ -2319,3 +2319,25 @@ fn compose_calls_name_upstreams_and_unique_keys() {
     let e = only_error(&text.replace("path = \"/a\"", "path = \"a\""));
     assert_eq!(e.key, "routes[0].compose.calls[0].path", "{e}");
 }
+
+#[test]
+fn a_body_schema_bounds_the_body_it_reads_whole() {
+    let c = ok(&route_with("body_schema = \"/etc/s.json\""));
+    assert_eq!(
+        c.routes[0].checks.body_schema.as_deref(),
+        Some(Path::new("/etc/s.json"))
+    );
+    assert_eq!(
+        c.routes[0].checks.schema_body_max(),
+        DEFAULT_SCHEMA_BODY_MAX
+    );
+    assert_round_trip(&route_with(
+        "body_schema = \"/etc/s.json\"\nmax_body = \"2MiB\"",
+    ));
+    let e = only_error(&route_with(
+        "body_schema = \"/etc/s.json\"\nmax_body = \"17MiB\"",
+    ));
+    assert_eq!(e.key, "routes[0].body_schema", "{e}");
+    let e = only_error(&route_with("body_schema = \" \""));
+    assert_eq!(e.key, "routes[0].body_schema", "{e}");
+}

@@ -1891,11 +1891,29 @@ fn request_checks(c: &mut Checker<'_>, i: usize, r: &RawRoute) -> RequestChecks 
             ))
         }
     });
+    let body_schema = r.body_schema.as_ref().map(|p| {
+        let text = p.get_ref().trim();
+        if text.is_empty() {
+            c.err(p.span(), key("body_schema"), "must name a file");
+        }
+        if max_body.is_some_and(|m| m > SCHEMA_BODY_MAX_MAX) {
+            c.err(
+                p.span(),
+                key("body_schema"),
+                format!(
+                    "a body checked against a schema is read whole: max_body must be at most {} bytes (16MiB)",
+                    SCHEMA_BODY_MAX_MAX
+                ),
+            );
+        }
+        PathBuf::from(text)
+    });
     RequestChecks {
         max_body,
         content_types,
         required_headers,
         required_query,
+        body_schema,
     }
 }
 

@@ -3,7 +3,8 @@
 //! anything of the request goes upstream. A chunked body's size is also held
 //! to `max_body` while it is read (`ChunkedDecoder::with_max_body`): small
 //! enough ones are read whole before the exchange starts
-//! ([`buffers_chunked_body`]), larger ones are cut mid-stream.
+//! ([`reads_body_whole`], as is every body checked against a `body_schema`),
+//! larger ones are cut mid-stream.
 
 use std::io::Write as _;
 
@@ -15,8 +16,16 @@ use ringgate_core::http::{header_value, RequestBody, RequestHead};
 /// backend; above it, bodies stream and one over the limit is cut.
 pub const CHUNKED_BUFFER_MAX: u64 = 1 << 20;
 
-/// Whether a chunked request on this route is read whole first.
-pub fn buffers_chunked_body(checks: &RequestChecks, head: &RequestHead) -> Option<u64> {
+/// Whether the request's body is read whole before it goes upstream, and
+/// the most of it that may be: a body checked against a schema, and a
+/// chunked one on a route whose `max_body` is small.
+pub fn reads_body_whole(checks: &RequestChecks, head: &RequestHead) -> Option<u64> {
+    if head.body == RequestBody::Empty {
+        return None;
+    }
+    if checks.body_schema.is_some() {
+        return Some(checks.schema_body_max());
+    }
     let max = checks.max_body?;
     (head.body == RequestBody::Chunked && max <= CHUNKED_BUFFER_MAX).then_some(max)
 }

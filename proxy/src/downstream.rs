@@ -31,6 +31,7 @@ use crate::exchange::{
 };
 use crate::http2;
 use crate::io::{Abort, ReadFail};
+use crate::schema;
 use crate::state::{ConnControl, Worker};
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls;
@@ -517,10 +518,10 @@ impl Downstream {
                     .answer_text(worker, failed.status, &reason, can_keep, None, head)
                     .await;
             }
-            if let Some(max) = checks::buffers_chunked_body(checks, head) {
-                match self.read_chunked_body(worker, head, max).await {
-                    Ok(true) => {}
-                    Ok(false) => return Next::Close,
+            if let Some(max) = checks::reads_body_whole(checks, head) {
+                let body = match self.read_body_whole(worker, head, max).await {
+                    Ok(Some(body)) => body,
+                    Ok(None) => return Next::Close,
                     Err(refusal) => {
                         if refusal.status == 413 {
                             worker.counters.validation_refused("max_body");
@@ -528,6 +529,19 @@ impl Downstream {
                         return self
                             .answer_locally(worker, &refusal, false, None, head)
                             .await;
+                    }
+                };
+                if let Some(schema) = worker.schemas.get(route).and_then(Option::as_ref) {
+                    let src = &self.buffers().req.source;
+                    let checked = match &body {
+                        WholeBody::InPlace(range) => schema::check(schema, &src[range.clone()]),
+                        WholeBody::Decoded(bytes) => schema::check(schema, bytes),
+                    };
+                    if let Err(why) = checked {
+                        worker.counters.validation_refused("body_schema");
+                        // The body was read: refused, the connection is closed
+                        // all the same (simplest way to drop it in sync).
+                        return self.answer_text(worker, 400, &why, false, None, head).await;
                     }
                 }
             }
@@ -734,16 +748,23 @@ impl Downstream {
 }
 
 impl Downstream {
-    /// Reads a chunked body whole into the request buffer before anything
-    /// of it goes upstream, held to `max` bytes of data (413) and to its
-    /// framing rules (400). `Ok(false)`: the client went away.
-    async fn read_chunked_body(
+    /// Reads a body whole into the request buffer before anything of it
+    /// goes upstream, held to `max` bytes of data (413) and, chunked, to
+    /// its framing rules (400). `Ok(None)`: the client went away.
+    async fn read_body_whole(
         &mut self,
         worker: &Worker,
         head: &RequestHead,
         max: u64,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<Option<WholeBody>, Refusal> {
         let limits = &worker.config.limits;
+        let length = match head.body {
+            RequestBody::Length(n) if n > max => {
+                return Err(Refusal::new(413, "request body larger than max_body"))
+            }
+            RequestBody::Length(n) => Some(n as usize),
+            _ => None,
+        };
         if head.expect_continue {
             // The client waits for this before it sends the body.
             self.write_abort.reset();
@@ -753,26 +774,35 @@ impl Downstream {
                 .send_range(CONTINUE_100, whole, limits.send_timeout, &self.write_abort)
                 .await;
             if sent.is_err() {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let mut decoder = ChunkedDecoder::new(worker.chunk_limits).with_max_body(max);
+        let mut decoded = Vec::new();
         let mut fed = head.head_len;
         // Size lines of many small chunks add to the data: bounded too.
         let framed_max = usize::try_from(max.saturating_mul(2)).unwrap_or(usize::MAX) + (64 << 10);
         loop {
             let Some(bufs) = self.bufs.as_deref_mut() else {
-                return Ok(false);
+                return Ok(None);
             };
-            let feed = decoder
-                .feed(&bufs.req.source[fed..], &mut |_| {})
-                .map_err(chunk_refusal)?;
-            fed += feed.consumed;
-            if feed.done {
-                return Ok(true);
-            }
-            if fed - head.head_len > framed_max {
-                return Err(Refusal::new(413, "request body larger than max_body"));
+            if let Some(n) = length {
+                if bufs.req.source.len() - head.head_len >= n {
+                    return Ok(Some(WholeBody::InPlace(head.head_len..head.head_len + n)));
+                }
+            } else {
+                let feed = decoder
+                    .feed(&bufs.req.source[fed..], &mut |p| {
+                        decoded.extend_from_slice(p)
+                    })
+                    .map_err(chunk_refusal)?;
+                fed += feed.consumed;
+                if feed.done {
+                    return Ok(Some(WholeBody::Decoded(decoded)));
+                }
+                if fed - head.head_len > framed_max {
+                    return Err(Refusal::new(413, "request body larger than max_body"));
+                }
             }
             let read = self
                 .r
@@ -784,7 +814,7 @@ impl Downstream {
                 )
                 .await;
             match read {
-                Ok(0) | Err(ReadFail::Io(_) | ReadFail::Aborted) => return Ok(false),
+                Ok(0) | Err(ReadFail::Io(_) | ReadFail::Aborted) => return Ok(None),
                 Ok(_) => {}
                 Err(ReadFail::TimedOut) => {
                     return Err(Refusal::new(408, "request body not received in time"))
@@ -792,6 +822,13 @@ impl Downstream {
             }
         }
     }
+}
+
+/// A body read whole: where it lies in the request buffer (Content-Length),
+/// or its data decoded out of its chunks.
+enum WholeBody {
+    InPlace(std::ops::Range<usize>),
+    Decoded(Vec<u8>),
 }
 
 /// Read size while a chunked body is read whole before it goes upstream.

@@ -22,6 +22,7 @@ mod log_buffer;
 mod metrics;
 mod notify;
 mod request_id;
+mod schema;
 mod state;
 mod stop;
 mod stream;
@@ -197,6 +198,9 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
                 problems.push(keyed(e, "listeners"));
             }
         }
+    }
+    if let Err(e) = schema::load_all(config) {
+        problems.push(keyed(e, "routes"));
     }
     for (i, upstream) in config.upstreams.iter().enumerate() {
         if let Some(t) = &upstream.tls {
@@ -582,6 +586,7 @@ pub fn start(
     };
     let tls = Arc::new(load_tls(&config).map_err(std::io::Error::other)?);
     let upstream_tls = Arc::new(load_upstream_tls(&config).map_err(std::io::Error::other)?);
+    let schemas = Arc::new(schema::load_all(&config).map_err(std::io::Error::other)?);
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -610,6 +615,7 @@ pub fn start(
             generation,
             tls: tls.clone(),
             upstream_tls: upstream_tls.clone(),
+            schemas: schemas.clone(),
         };
         handles.push(
             std::thread::Builder::new()

@@ -66,7 +66,7 @@ pub struct Counters {
     http2_abuse: [Cell<u64>; 4],
     /// Requests a route's validation refused, indexed like
     /// `VALIDATION_RULES`.
-    validation_refusals: [Cell<u64>; 4],
+    validation_refusals: [Cell<u64>; 5],
 }
 
 /// (version, resumed) labels of `ringgate_tls_handshakes_total`.
@@ -81,11 +81,12 @@ const TLS_HANDSHAKE_LABELS: [(&str, &str); 4] = [
 const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "closed", "plain_http", "protocol"];
 
 /// `rule` labels of `ringgate_validation_refusals_total`.
-pub const VALIDATION_RULES: [&str; 4] = [
+pub const VALIDATION_RULES: [&str; 5] = [
     "max_body",
     "content_types",
     "required_headers",
     "required_query",
+    "body_schema",
 ];
 
 /// `reason` labels of `ringgate_http2_abuse_total`.
@@ -166,7 +167,7 @@ pub struct Snapshot {
     pub tls_failures: [u64; 4],
     pub http2_connections: u64,
     pub http2_abuse: [u64; 4],
-    pub validation_refusals: [u64; 4],
+    pub validation_refusals: [u64; 5],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -222,7 +223,7 @@ struct Totals {
     tls_failures: [u64; 4],
     http2_connections: u64,
     http2_abuse: [u64; 4],
-    validation_refusals: [u64; 4],
+    validation_refusals: [u64; 5],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -439,7 +440,7 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
         &mut out,
         "ringgate_validation_refusals_total",
         "counter",
-        "Requests a route's validation refused before anything went upstream, by rule: max_body (413), content_types (415), required_headers and required_query (400).",
+        "Requests a route's validation refused before anything went upstream, by rule: max_body (413), content_types (415), required_headers, required_query and body_schema (400).",
     );
     for (rule, n) in VALIDATION_RULES.iter().zip(counters.validation_refusals) {
         let _ = writeln!(

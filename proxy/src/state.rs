@@ -24,6 +24,7 @@ use crate::exchange::Buffers;
 use crate::io::Abort;
 use crate::metrics::{BackendSnapshot, Counters, Snapshot};
 use crate::request_id::RequestIds;
+use crate::schema::Schemas;
 use crate::upstream::UpstreamState;
 
 /// What a worker may do to one of its client connections from outside.
@@ -82,6 +83,9 @@ pub struct Worker {
     /// indexed like `config.listeners`.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     pub request_ids: RequestIds,
+    /// Each route's compiled `body_schema`, shared with the other workers
+    /// (read-only).
+    pub schemas: Arc<Schemas>,
 }
 
 impl Worker {
@@ -163,6 +167,7 @@ impl Worker {
             generation,
             tls: vec![None; config.listeners.len()],
             request_ids: RequestIds::new(id),
+            schemas: Arc::default(),
             config,
         }
     }

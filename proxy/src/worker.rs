@@ -22,6 +22,7 @@ use crate::error_log::{Errno, ErrorLog, Kind};
 use crate::gossip::{Gossip, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
+use crate::schema::Schemas;
 use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub tls: Arc<Vec<Option<ListenerTlsConfig>>>,
     /// Each upstream's client TLS configuration.
     pub upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
+    /// Each route's compiled `body_schema`.
+    pub schemas: Arc<Schemas>,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -71,6 +74,7 @@ struct Owned {
     generation: u64,
     tls: Arc<Vec<Option<ListenerTlsConfig>>>,
     upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
+    schemas: Arc<Schemas>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -318,6 +322,7 @@ pub fn run(
         generation,
         tls,
         upstream_tls,
+        schemas,
     } = shared;
     let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
     let shared = Owned {
@@ -328,6 +333,7 @@ pub fn run(
         generation,
         tls,
         upstream_tls,
+        schemas,
     };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -379,9 +385,11 @@ async fn worker_main(
         generation,
         tls,
         upstream_tls,
+        schemas,
     } = shared;
     let workers = mesh.workers();
     let mut worker = Worker::new(id, workers, config, log_file, log, generation);
+    worker.schemas = schemas;
     worker.tls = tls
         .iter()
         .map(|t| t.as_ref().map(ListenerTlsConfig::for_worker))

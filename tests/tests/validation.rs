@@ -217,3 +217,76 @@ fn a_large_chunked_body_is_cut_where_it_crosses_max_body() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_body_is_checked_against_its_json_schema_before_it_goes_upstream() {
+    let backend = Backend::start("b", Behaviour::Echo);
+    let schema = ringgate_tests::proxy::write_temp(
+        "ringgate-schema",
+        "json",
+        br#"{
+            "type": "object",
+            "required": ["name", "items"],
+            "properties": {
+                "name": { "type": "string", "minLength": 1 },
+                "items": { "type": "array", "items": { "type": "integer", "minimum": 0 } }
+            }
+        }"#,
+    );
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra(
+            "body_schema",
+            &format!("{:?}", schema.display().to_string()),
+        )
+        .route_extra("max_body", "\"64KiB\"")
+        .start();
+    let good = r#"{"name":"a","items":[1,2,3]}"#;
+    let (status, body) = send(proxy.port, &post("/x", "", good));
+    assert_eq!((status, body.as_str()), (200, good));
+    let chunked = format!(
+        "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{good}\r\n0\r\n\r\n",
+        good.len()
+    );
+    let (status, body) = send(proxy.port, chunked.as_bytes());
+    assert_eq!((status, body.as_str()), (200, good), "chunked");
+    for (bad, at) in [
+        (r#"{"name":"a","items":[1,-2]}"#, "/items/1"),
+        (r#"{"name":"","items":[]}"#, "/name"),
+        (r#"{"items":[]}"#, "at /:"),
+        (r#"{"name":"a","items":[1]"#, "not JSON"),
+    ] {
+        let (status, body) = send(proxy.port, &post("/x", "", bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains(at), "{bad}: {body}");
+    }
+    assert_eq!(
+        backend.records().len(),
+        2,
+        "a refused body reached the backend"
+    );
+    let big = format!("{{\"name\":\"{}\",\"items\":[]}}", "n".repeat(70_000));
+    let (status, _) = send(proxy.port, &post("/x", "", &big));
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn check_names_a_schema_file_that_is_not_a_schema() {
+    let schema =
+        ringgate_tests::proxy::write_temp("ringgate-schema-bad", "json", br#"{"type": 12}"#);
+    let toml = ProxyConfig::new("127.0.0.1:9".parse().unwrap())
+        .route_extra(
+            "body_schema",
+            &format!("{:?}", schema.display().to_string()),
+        )
+        .to_toml();
+    let path = ringgate_tests::proxy::write_temp("ringgate-schema-config", "toml", toml.as_bytes());
+    let out =
+        ringgate_tests::proxy::run_ringgate(&["check".as_ref(), "-c".as_ref(), path.as_os_str()]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("routes[0].body_schema")
+            && out.stderr.contains("not a valid JSON Schema"),
+        "{}",
+        out.stderr
+    );
+}
