@@ -326,6 +326,8 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     /// Header fields changed on the way back to the client.
     pub response_headers: HeaderEdits,
+    /// `None`: anyone may call the route.
+    pub auth: Option<crate::auth::Auth>,
 }
 
 /// `request_headers` / `response_headers`: fields replaced or removed on the
@@ -401,6 +403,8 @@ pub enum RateLimitKey {
     /// The value of this request header (lowercased name); requests without
     /// it share one bucket.
     Header(String),
+    /// The consumer `auth` established (its route must have `auth`).
+    Consumer,
 }
 
 /// A billion requests a second is beyond any one node; the bound keeps the

@@ -135,6 +135,7 @@ pub(crate) struct RawRoute {
     pub rewrite: Option<RawRewrite>,
     pub request_headers: Option<RawHeaderEdits>,
     pub response_headers: Option<RawHeaderEdits>,
+    pub auth: Option<Spanned<crate::auth::RawAuth>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,8 @@ use crate::error::{did_you_mean, line_column, ConfigError, ConfigErrors, Source}
 use crate::model::*;
 use crate::raw::*;
 
+mod auth;
+
 /// (listener, host, path_prefix, headers): routes sharing one may only
 /// differ by methods.
 type MatchKey = (usize, Option<String>, String, Vec<(String, String)>);
@@ -338,6 +340,21 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .as_ref()
             .map(|raw| header_edits(&mut c, &format!("routes[{i}].response_headers"), raw))
             .unwrap_or_default();
+        let auth = r
+            .auth
+            .as_ref()
+            .and_then(|a| auth::auth(&mut c, &format!("routes[{i}].auth"), a, &request_headers));
+        if let (Some(rl), None) = (&rate_limit, &auth) {
+            if rl.key == RateLimitKey::Consumer {
+                if let Some(raw) = &r.rate_limit {
+                    c.err(
+                        raw.key.span(),
+                        format!("routes[{i}].rate_limit.key"),
+                        "\"consumer\" needs auth on the route (it names the consumer)",
+                    );
+                }
+            }
+        }
         let (Some(listener), Some(upstream)) = (listener, upstream) else {
             continue;
         };
@@ -365,6 +382,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             rewrite_prefix,
             request_headers,
             response_headers,
+            auth,
         });
     }
 
@@ -1111,15 +1129,16 @@ fn rate_limit(c: &mut Checker<'_>, key: &str, raw: &RawRateLimit) -> Option<Rate
 }
 
 fn parse_rate_limit_key(text: &str) -> Result<RateLimitKey, String> {
-    const HINT: &str = r#"write "client_ip", "route" or "header:NAME""#;
+    const HINT: &str = r#"write "client_ip", "route", "consumer" or "header:NAME""#;
     match text {
         "client_ip" => Ok(RateLimitKey::ClientIp),
         "route" => Ok(RateLimitKey::Route),
+        "consumer" => Ok(RateLimitKey::Consumer),
         _ => match text.strip_prefix("header:") {
             Some(name) => header_name(name).map(RateLimitKey::Header),
             None => Err(format!(
                 "unknown key {text:?}{}; {HINT}",
-                close_to(text, &["client_ip", "route"])
+                close_to(text, &["client_ip", "route", "consumer"])
             )),
         },
     }
