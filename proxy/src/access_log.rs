@@ -48,12 +48,24 @@ impl Sent {
 pub struct Captured {
     request: Vec<u8>,
     agents: Vec<u8>,
+    /// The consumer route authentication established (`$remote_user`),
+    /// escaped; empty: `-`.
+    user: Vec<u8>,
 }
 
 impl Captured {
     /// Writes `version` in place of the captured request line's own: an
     /// HTTP/2 stream's head is parsed as the HTTP/1.1 head it becomes, but
     /// is logged as what the client sent.
+    pub fn set_user(&mut self, user: &[u8]) {
+        self.user.clear();
+        escape(&mut self.user, user);
+        // A space would split the field for every log parser.
+        while let Some(i) = self.user.iter().position(|&b| b == b' ') {
+            self.user.splice(i..=i, *b"\\x20");
+        }
+    }
+
     pub fn set_version(&mut self, version: &[u8]) {
         if let Some(space) = self.request.iter().rposition(|&b| b == b' ') {
             self.request.truncate(space + 1);
@@ -87,6 +99,7 @@ impl AccessLog {
         escape(&mut into.request, &head_bytes[..line_end]);
         into.request.push(b'"');
         into.agents.clear();
+        into.user.clear();
         for (i, name) in [&b"referer"[..], b"user-agent"].into_iter().enumerate() {
             if i > 0 {
                 into.agents.push(b' ');
@@ -113,7 +126,12 @@ impl AccessLog {
     ) -> Option<io::Error> {
         let mut buf = self.out.line();
         buf.extend_from_slice(client.ip_bytes());
-        buf.extend_from_slice(b" - - ");
+        buf.extend_from_slice(b" - ");
+        match captured.filter(|c| !c.user.is_empty()) {
+            Some(c) => buf.extend_from_slice(&c.user),
+            None => buf.push(b'-'),
+        }
+        buf.push(b' ');
         self.stamp.write(&mut buf, SystemTime::now());
         buf.push(b' ');
         match captured {

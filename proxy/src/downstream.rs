@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
+use ringgate_core::auth::Identity;
 use ringgate_core::http::{
     header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
 };
@@ -61,6 +62,9 @@ pub(crate) struct Downstream {
     tls_version: &'static str,
     /// The verified client certificate's subject (mTLS).
     client_subject: Option<Box<str>>,
+    /// The caller route authentication established for the current
+    /// request (reused, so a warm connection does not allocate for it).
+    identity: Identity,
 }
 
 pub async fn serve(
@@ -139,6 +143,7 @@ pub async fn serve(
         captured: Captured::default(),
         tls_version,
         client_subject,
+        identity: Identity::default(),
     };
     if !early.is_empty() {
         let bufs = d.bufs.insert(worker.buffers.take());
@@ -252,6 +257,7 @@ impl Downstream {
             captured: Captured::default(),
             tls_version,
             client_subject,
+            identity: Identity::default(),
         }
     }
 
@@ -453,11 +459,38 @@ impl Downstream {
                 .answer_locally(worker, &Refusal::new(404, "no route"), can_keep, None, head)
                 .await;
         };
+        let guard = worker.auth.get(route).and_then(Option::as_ref);
+        if let Some(guard) = guard {
+            let src = &self
+                .bufs
+                .as_deref()
+                .expect("read_head took buffers")
+                .req
+                .source;
+            let verdict = guard.check(
+                &src[..head.head_len],
+                &src[head.target.clone()],
+                &mut self.identity,
+            );
+            if let Err(reason) = verdict {
+                worker.counters.auth_refused(reason);
+                let refusal = Refusal::new(401, crate::auth::refusal_text(reason));
+                return self
+                    .answer_locally_with(worker, &refusal, can_keep, head, |bytes| {
+                        insert_lines(bytes, guard.auth.challenge())
+                    })
+                    .await;
+            }
+            if worker.access_log.is_some() {
+                self.captured.set_user(&self.identity.consumer);
+            }
+        }
         if let Some(limiter) = &worker.limiters[route] {
             let key = rate_limit_key(
                 &worker.config.routes[route],
                 &self.buffers().req.source[..head.head_len],
                 &self.client,
+                &self.identity.consumer,
             );
             let admission = limiter.borrow_mut().admit(key, Instant::now());
             if !admission.allowed {
@@ -492,6 +525,7 @@ impl Downstream {
                 .as_ref()
                 .and_then(|t| t.client_subject_header.as_deref())
                 .map(|name| (name, self.client_subject.as_deref())),
+            auth: guard.map(|g| (&*g.auth, &self.identity)),
         };
         let Some(bufs) = self.bufs.as_deref_mut() else {
             return Next::Close;
@@ -515,6 +549,24 @@ impl Downstream {
         admission: Option<&Admission>,
         head: &RequestHead,
     ) -> Next {
+        self.answer_locally_with(worker, refusal, keep, head, |bytes| {
+            if let Some(a) = admission {
+                insert_rate_limit_headers(bytes, a);
+            }
+        })
+        .await
+    }
+
+    /// [`Self::answer_locally`] with `extra` adding header lines to the
+    /// response (rate-limit fields, authentication challenges).
+    async fn answer_locally_with(
+        &mut self,
+        worker: &Worker,
+        refusal: &Refusal,
+        keep: bool,
+        head: &RequestHead,
+        extra: impl FnOnce(&mut Vec<u8>),
+    ) -> Next {
         // A draining worker says close, so the client sends nothing more.
         let keep = keep && !worker.draining.get();
         let connection_line = match (keep, head.version) {
@@ -525,9 +577,7 @@ impl Downstream {
         self.log_refusal(worker, refusal, Some(head));
         self.sent.local(refusal.status, refusal.reason.len() + 1);
         let mut bytes = error_response(refusal, connection_line);
-        if let Some(a) = admission {
-            insert_rate_limit_headers(&mut bytes, a);
-        }
+        extra(&mut bytes);
         let sent = self.send_local(worker, bytes).await;
         if keep && sent {
             if let Some(bufs) = self.bufs.as_deref_mut() {
@@ -541,11 +591,25 @@ impl Downstream {
 }
 
 /// The bytes a rate limit counts by.
-fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedClient) -> &'a [u8] {
+fn rate_limit_key<'a>(
+    route: &'a Route,
+    head: &'a [u8],
+    client: &'a ForwardedClient,
+    consumer: &'a [u8],
+) -> &'a [u8] {
     match route.rate_limit.as_ref().map(|r| &r.key) {
+        Some(RateLimitKey::Consumer) => consumer,
         Some(RateLimitKey::ClientIp) | None => client.ip_bytes(),
         Some(RateLimitKey::Route) => b"",
         Some(RateLimitKey::Header(name)) => header_value(head, name.as_bytes()).unwrap_or(b""),
+    }
+}
+
+/// Adds `lines` (each ending in CRLF) after the status line of a response
+/// head the proxy wrote.
+fn insert_lines(response: &mut Vec<u8>, lines: &[u8]) {
+    if let Some(end) = response.windows(2).position(|w| w == b"\r\n") {
+        response.splice(end + 2..end + 2, lines.iter().copied());
     }
 }
 

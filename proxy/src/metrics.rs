@@ -64,7 +64,12 @@ pub struct Counters {
     /// HTTP/2 connections closed for breaking a limit, indexed like
     /// `HTTP2_ABUSE_REASONS`.
     http2_abuse: [Cell<u64>; 4],
+    /// Requests refused by route authentication, indexed by
+    /// `auth::Reason` (labels `Reason::LABELS`).
+    auth_refusals: [Cell<u64>; AUTH_REASONS],
 }
+
+const AUTH_REASONS: usize = ringgate_core::auth::Reason::COUNT;
 
 /// (version, resumed) labels of `ringgate_tls_handshakes_total`.
 const TLS_HANDSHAKE_LABELS: [(&str, &str); 4] = [
@@ -115,6 +120,10 @@ impl Counters {
         Self::bump(&self.http2_abuse[i]);
     }
 
+    pub fn auth_refused(&self, reason: ringgate_core::auth::Reason) {
+        Self::bump(&self.auth_refusals[reason as usize]);
+    }
+
     /// A response with `status` went out (0: none did; not counted).
     pub fn response(&self, status: u16) {
         if let Some(c) = self
@@ -147,6 +156,7 @@ pub struct Snapshot {
     pub tls_failures: [u64; 4],
     pub http2_connections: u64,
     pub http2_abuse: [u64; 4],
+    pub auth_refusals: [u64; AUTH_REASONS],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -166,6 +176,7 @@ impl Snapshot {
             tls_failures: std::array::from_fn(|i| counters.tls_failures[i].get()),
             http2_connections: counters.http2_connections.get(),
             http2_abuse: std::array::from_fn(|i| counters.http2_abuse[i].get()),
+            auth_refusals: std::array::from_fn(|i| counters.auth_refusals[i].get()),
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -201,6 +212,7 @@ struct Totals {
     tls_failures: [u64; 4],
     http2_connections: u64,
     http2_abuse: [u64; 4],
+    auth_refusals: [u64; AUTH_REASONS],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -217,6 +229,7 @@ impl Totals {
         add_each(&mut self.tls_failures, &s.tls_failures);
         self.http2_connections += s.http2_connections;
         add_each(&mut self.http2_abuse, &s.http2_abuse);
+        add_each(&mut self.auth_refusals, &s.auth_refusals);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -239,6 +252,7 @@ impl Totals {
         add_each(&mut self.tls_failures, &other.tls_failures);
         self.http2_connections += other.http2_connections;
         add_each(&mut self.http2_abuse, &other.http2_abuse);
+        add_each(&mut self.auth_refusals, &other.auth_refusals);
         self.gossip_dropped += other.gossip_dropped;
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
@@ -410,6 +424,21 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     );
     for (reason, n) in HTTP2_ABUSE_REASONS.iter().zip(counters.http2_abuse) {
         let _ = writeln!(out, "ringgate_http2_abuse_total{{reason=\"{reason}\"}} {n}");
+    }
+    help(
+        &mut out,
+        "ringgate_auth_refusals_total",
+        "counter",
+        "Requests refused with 401 by a route's auth, by reason: missing, malformed, too_large, unknown_key, bad_signature, expired, not_yet_valid, wrong_issuer, wrong_audience, unknown_api_key, bad_password.",
+    );
+    for (reason, n) in ringgate_core::auth::Reason::LABELS
+        .iter()
+        .zip(counters.auth_refusals)
+    {
+        let _ = writeln!(
+            out,
+            "ringgate_auth_refusals_total{{reason=\"{reason}\"}} {n}"
+        );
     }
     help(
         &mut out,

@@ -80,6 +80,9 @@ pub struct Worker {
     /// This worker's TLS configuration of each listener (`None`: plain),
     /// indexed like `config.listeners`.
     pub tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// Each route's authentication on this worker (`None`: open), indexed
+    /// like `config.routes`.
+    pub auth: Vec<Option<crate::auth::RouteGuard>>,
 }
 
 impl Worker {
@@ -160,6 +163,7 @@ impl Worker {
             buffers: BufferPool::default(),
             generation,
             tls: vec![None; config.listeners.len()],
+            auth: Vec::new(),
             config,
         }
     }

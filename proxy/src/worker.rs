@@ -60,6 +60,8 @@ pub struct Shared {
     pub tls: Arc<Vec<Option<ListenerTlsConfig>>>,
     /// Each upstream's client TLS configuration.
     pub upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
+    /// Each route's auth files as loaded.
+    pub auth: crate::auth::Loaded,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -71,6 +73,7 @@ struct Owned {
     generation: u64,
     tls: Arc<Vec<Option<ListenerTlsConfig>>>,
     upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
+    auth: crate::auth::Loaded,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -318,6 +321,7 @@ pub fn run(
         generation,
         tls,
         upstream_tls,
+        auth,
     } = shared;
     let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
     let shared = Owned {
@@ -328,6 +332,7 @@ pub fn run(
         generation,
         tls,
         upstream_tls,
+        auth,
     };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -379,6 +384,7 @@ async fn worker_main(
         generation,
         tls,
         upstream_tls,
+        auth,
     } = shared;
     let workers = mesh.workers();
     let mut worker = Worker::new(id, workers, config, log_file, log, generation);
@@ -389,6 +395,7 @@ async fn worker_main(
     for (upstream, tls) in worker.upstreams.iter_mut().zip(upstream_tls.iter()) {
         upstream.tls = tls.clone();
     }
+    worker.auth = crate::auth::RouteGuard::for_worker(&auth);
     let worker = Rc::new(worker);
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {
