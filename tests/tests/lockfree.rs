@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 const HOT_PATH: &[&str] = &[
     "proxy/src/access_log.rs",
+    "proxy/src/auth.rs",
     "proxy/src/downstream.rs",
     "proxy/src/error_log.rs",
     "proxy/src/exchange/mod.rs",
