@@ -431,3 +431,15 @@ fn check_names_the_key_file_line_and_reason_of_a_bad_auth_file() {
         out.stderr
     );
 }
+
+#[test]
+fn the_auth_example_config_and_its_files_pass_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = ringgate_tests::proxy::run_with_timeout(
+        std::process::Command::new(ringgate_tests::ringgate_bin())
+            .current_dir(&root)
+            .args(["check", "config/examples/auth.toml"]),
+        Duration::from_secs(10),
+    );
+    assert!(out.success, "{}", out.stderr);
+}
