@@ -75,7 +75,10 @@ fn jwt_corpus_valid_tokens_pass_with_their_claims_and_bad_ones_never_reach_the_b
     let auth = format!(
         r#"{{ jwt = {{ keys = "{jwks_path}", issuer = "https://id.test", audiences = ["api"], leeway = "30s", claims_to_headers = {{ tier = "x-tier", sub = "x-user" }} }}, consumer_header = "x-consumer" }}"#
     );
-    let proxy = Proxy::start(&config(port, backend.addr(), &[("/", &auth, "")]));
+    let admin = ringgate_tests::free_port();
+    let text = config(port, backend.addr(), &[("/", &auth, "")])
+        + &format!("\n[admin]\naddress = \"127.0.0.1:{admin}\"\n");
+    let proxy = Proxy::start(&text);
 
     for key in &keys {
         let path = format!("/ok/{}", key.alg);
@@ -190,6 +193,26 @@ fn jwt_corpus_valid_tokens_pass_with_their_claims_and_bad_ones_never_reach_the_b
     assert_eq!(rec.header("x-tier").as_deref(), Some("gold"));
     let r = get(port, "/bad/forged-only", "X-Consumer: root\r\n");
     assert_eq!(r.status, 401);
+
+    // Refusals are counted by reason.
+    let counted = |reason: &str| format!("ringgate_auth_refusals_total{{reason=\"{reason}\"}} ");
+    let metrics = eventually(Duration::from_secs(3), || {
+        let body = get(admin, "/metrics", "").body_str();
+        [
+            ("expired", 1),
+            ("not_yet_valid", 1),
+            ("wrong_issuer", 1),
+            ("wrong_audience", 1),
+            ("missing", 2),
+            ("too_large", 1),
+        ]
+        .iter()
+        .all(|(reason, n)| body.contains(&format!("{}{n}\n", counted(reason))))
+        .then_some(body.clone())
+        .ok_or(body)
+    })
+    .expect("refusals counted by reason");
+    assert!(metrics.contains(&counted("bad_signature")), "{metrics}");
     drop(proxy);
 }
 
