@@ -25,7 +25,10 @@ const HOT_PATH: &[&str] = &[
 /// subdirectories (`core/src/auth/`) included.
 fn core_modules(root: &Path) -> Vec<PathBuf> {
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-        for entry in std::fs::read_dir(dir).expect("core/src is readable").flatten() {
+        for entry in std::fs::read_dir(dir)
+            .expect("core/src is readable")
+            .flatten()
+        {
             let path = entry.path();
             if path.is_dir() {
                 rust_files(&path, out);
