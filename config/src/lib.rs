@@ -16,6 +16,7 @@
 //! "auto"` stays [`Workers::Auto`] for the binary to resolve).
 #![forbid(unsafe_code)]
 
+mod auth;
 mod error;
 mod model;
 mod print;
@@ -24,6 +25,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use auth::{ApiKeyAuth, ApiKeySource, Auth, BasicAuth, JwtAuth};
 pub use error::{locate, ConfigError, ConfigErrors};
 pub use model::*;
 pub use print::to_toml;

@@ -342,6 +342,8 @@ pub struct Route {
     pub checks: RequestChecks,
     /// `cors`: preflights answered here, CORS fields on the responses.
     pub cors: Option<Cors>,
+    /// `None`: anyone may call the route.
+    pub auth: Option<crate::auth::Auth>,
 }
 
 /// `cors = { ... }` on a route.
@@ -553,6 +555,8 @@ pub enum RateLimitKey {
     /// The value of this request header (lowercased name); requests without
     /// it share one bucket.
     Header(String),
+    /// The consumer `auth` established (its route must have `auth`).
+    Consumer,
 }
 
 /// A billion requests a second is beyond any one node; the bound keeps the

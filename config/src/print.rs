@@ -265,6 +265,7 @@ fn route(out: &mut String, config: &Config, r: &Route) {
             RateLimitKey::ClientIp => "client_ip".to_owned(),
             RateLimitKey::Route => "route".to_owned(),
             RateLimitKey::Header(name) => format!("header:{name}"),
+            RateLimitKey::Consumer => "consumer".to_owned(),
         };
         let per = if rl.per == Duration::from_secs(60) {
             "m"
@@ -278,6 +279,9 @@ fn route(out: &mut String, config: &Config, r: &Route) {
             quote(&format!("{}/{per}", rl.requests)),
             rl.burst
         );
+    }
+    if let Some(a) = &r.auth {
+        let _ = writeln!(out, "auth = {}", auth(a));
     }
     if let Some(prefix) = &r.rewrite_prefix {
         let _ = writeln!(out, "rewrite = {{ prefix = {} }}", quote(prefix));
@@ -466,4 +470,44 @@ fn map(pairs: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{} = {}", quote(k), quote(v)))
         .collect();
     format!("{{ {} }}", pairs.join(", "))
+}
+
+/// A route's `auth` as one inline table (TOML inline tables are one line).
+fn auth(a: &crate::auth::Auth) -> String {
+    use crate::auth::ApiKeySource;
+    let path = |p: &std::path::Path| quote(&p.display().to_string());
+    let mut parts = Vec::new();
+    if let Some(j) = &a.jwt {
+        let mut jwt = vec![format!("keys = {}", path(&j.keys))];
+        if let Some(i) = &j.issuer {
+            jwt.push(format!("issuer = {}", quote(i)));
+        }
+        if !j.audiences.is_empty() {
+            jwt.push(format!("audiences = {}", array(&j.audiences)));
+        }
+        jwt.push(format!("leeway = {}", duration(j.leeway)));
+        jwt.push(format!("consumer_claim = {}", quote(&j.consumer_claim)));
+        if !j.claims_to_headers.is_empty() {
+            jwt.push(format!("claims_to_headers = {}", map(&j.claims_to_headers)));
+        }
+        parts.push(format!("jwt = {{ {} }}", jwt.join(", ")));
+    }
+    if let Some(k) = &a.api_keys {
+        let source = match &k.source {
+            ApiKeySource::Header(h) => format!("header = {}", quote(h)),
+            ApiKeySource::Query(q) => format!("query = {}", quote(q)),
+        };
+        parts.push(format!(
+            "api_keys = {{ file = {}, {source} }}",
+            path(&k.file)
+        ));
+    }
+    if let Some(b) = &a.basic {
+        parts.push(format!("basic = {{ htpasswd = {} }}", path(&b.htpasswd)));
+    }
+    if let Some(h) = &a.consumer_header {
+        parts.push(format!("consumer_header = {}", quote(h)));
+    }
+    parts.push(format!("realm = {}", quote(&a.realm)));
+    format!("{{ {} }}", parts.join(", "))
 }

@@ -145,6 +145,7 @@ pub(crate) struct RawRoute {
     pub redirect: Option<Spanned<RawRedirect>>,
     pub cors: Option<Spanned<RawCors>>,
     pub compose: Option<Spanned<RawCompose>>,
+    pub auth: Option<Spanned<crate::auth::RawAuth>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,8 @@ use crate::error::{did_you_mean, line_column, ConfigError, ConfigErrors, Source}
 use crate::model::*;
 use crate::raw::*;
 
+mod auth;
+
 /// (listener, host, path_prefix, headers): routes sharing one may only
 /// differ by methods.
 type MatchKey = (usize, Option<String>, String, Vec<(String, String)>);
@@ -347,6 +349,21 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .unwrap_or_default();
         let checks = request_checks(&mut c, i, r);
         let cors = r.cors.as_ref().map(|raw| cors(&mut c, i, raw));
+        let auth = r
+            .auth
+            .as_ref()
+            .and_then(|a| auth::auth(&mut c, &format!("routes[{i}].auth"), a, &request_headers));
+        if let (Some(rl), None) = (&rate_limit, &auth) {
+            if rl.key == RateLimitKey::Consumer {
+                if let Some(raw) = &r.rate_limit {
+                    c.err(
+                        raw.key.span(),
+                        format!("routes[{i}].rate_limit.key"),
+                        "\"consumer\" needs auth on the route (it names the consumer)",
+                    );
+                }
+            }
+        }
         // `Some(None)`: an upstream named but not found (already reported).
         let (Some(listener), None | Some(Some(_))) = (listener, upstream) else {
             continue;
@@ -381,6 +398,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             response_headers,
             checks,
             cors,
+            auth,
         });
     }
 
@@ -1139,15 +1157,16 @@ fn rate_limit(c: &mut Checker<'_>, key: &str, raw: &RawRateLimit) -> Option<Rate
 }
 
 fn parse_rate_limit_key(text: &str) -> Result<RateLimitKey, String> {
-    const HINT: &str = r#"write "client_ip", "route" or "header:NAME""#;
+    const HINT: &str = r#"write "client_ip", "route", "consumer" or "header:NAME""#;
     match text {
         "client_ip" => Ok(RateLimitKey::ClientIp),
         "route" => Ok(RateLimitKey::Route),
+        "consumer" => Ok(RateLimitKey::Consumer),
         _ => match text.strip_prefix("header:") {
             Some(name) => header_name(name).map(RateLimitKey::Header),
             None => Err(format!(
                 "unknown key {text:?}{}; {HINT}",
-                close_to(text, &["client_ip", "route"])
+                close_to(text, &["client_ip", "route", "consumer"])
             )),
         },
     }

@@ -1,11 +1,13 @@
 //! ringgate-core: the proxy's pure logic. HTTP/1.1 head parsing and framing
 //! (RFC 9112), the chunked decoder, hop-by-hop handling, the router, the
 //! per-worker backend view (health, ejection, circuit breaker, load, latency)
-//! and balancing algorithms, token buckets, and the gossip message types.
+//! and balancing algorithms, token buckets, the gossip message types, and route
+//! authentication (JWT, API keys, Basic) over files the proxy reads.
 //! No sockets, no runtime, no clock, no I/O here: time comes in as `now`, and
 //! everything is unit-tested and benchmarked without a network.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backend_view;
 pub mod balance;
 pub mod chunked;

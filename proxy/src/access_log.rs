@@ -50,6 +50,9 @@ pub struct Captured {
     agents: Vec<u8>,
     /// ` "id"` when request ids are on (`[server] request_id`).
     request_id: Vec<u8>,
+    /// The consumer route authentication established (`$remote_user`),
+    /// escaped; empty: `-`.
+    user: Vec<u8>,
 }
 
 impl Captured {
@@ -64,6 +67,15 @@ impl Captured {
     /// Writes `version` in place of the captured request line's own: an
     /// HTTP/2 stream's head is parsed as the HTTP/1.1 head it becomes, but
     /// is logged as what the client sent.
+    pub fn set_user(&mut self, user: &[u8]) {
+        self.user.clear();
+        escape(&mut self.user, user);
+        // A space would split the field for every log parser.
+        while let Some(i) = self.user.iter().position(|&b| b == b' ') {
+            self.user.splice(i..=i, *b"\\x20");
+        }
+    }
+
     pub fn set_version(&mut self, version: &[u8]) {
         if let Some(space) = self.request.iter().rposition(|&b| b == b' ') {
             self.request.truncate(space + 1);
@@ -98,6 +110,7 @@ impl AccessLog {
         into.request.push(b'"');
         into.agents.clear();
         into.request_id.clear();
+        into.user.clear();
         for (i, name) in [&b"referer"[..], b"user-agent"].into_iter().enumerate() {
             if i > 0 {
                 into.agents.push(b' ');
@@ -124,7 +137,12 @@ impl AccessLog {
     ) -> Option<io::Error> {
         let mut buf = self.out.line();
         buf.extend_from_slice(client.ip_bytes());
-        buf.extend_from_slice(b" - - ");
+        buf.extend_from_slice(b" - ");
+        match captured.filter(|c| !c.user.is_empty()) {
+            Some(c) => buf.extend_from_slice(&c.user),
+            None => buf.push(b'-'),
+        }
+        buf.push(b' ');
         self.stamp.write(&mut buf, SystemTime::now());
         buf.push(b' ');
         match captured {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
+use ringgate_core::auth::Identity;
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
     header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
@@ -66,6 +67,9 @@ pub(crate) struct Downstream {
     tls_version: &'static str,
     /// The verified client certificate's subject (mTLS).
     client_subject: Option<Box<str>>,
+    /// The caller route authentication established for the current
+    /// request (reused, so a warm connection does not allocate for it).
+    identity: Identity,
 }
 
 pub async fn serve(
@@ -144,6 +148,7 @@ pub async fn serve(
         captured: Captured::default(),
         tls_version,
         client_subject,
+        identity: Identity::default(),
     };
     if !early.is_empty() {
         let bufs = d.bufs.insert(worker.buffers.take());
@@ -257,6 +262,7 @@ impl Downstream {
             captured: Captured::default(),
             tls_version,
             client_subject,
+            identity: Identity::default(),
         }
     }
 
@@ -497,13 +503,38 @@ impl Downstream {
                         self.answer_own(worker, 204, b"", b"", can_keep, head).await
                     }
                     Err(why) => {
-                        self.answer_text(worker, 403, &why, can_keep, None, head)
+                        self.answer_text(worker, 403, &why, can_keep, None, b"", head)
                             .await
                     }
                 };
             }
             if let Some(origin) = header_value(&src[..head.head_len], b"origin") {
                 bufs.cors_added = cors::response_fields(policy, origin, &mut bufs.added_fields);
+            }
+        }
+        let guard = worker.auth.get(route).and_then(Option::as_ref);
+        if let Some(guard) = guard {
+            let src = &self
+                .bufs
+                .as_deref()
+                .expect("read_head took buffers")
+                .req
+                .source;
+            let verdict = guard.check(
+                &src[..head.head_len],
+                &src[head.target.clone()],
+                &mut self.identity,
+            );
+            if let Err(reason) = verdict {
+                worker.counters.auth_refused(reason);
+                let why = crate::auth::refusal_text(reason);
+                let challenge = guard.auth.challenge();
+                return self
+                    .answer_text(worker, 401, why, can_keep, None, challenge, head)
+                    .await;
+            }
+            if worker.access_log.is_some() {
+                self.captured.set_user(&self.identity.consumer);
             }
         }
         let checks = &worker.config.routes[route].checks;
@@ -515,7 +546,7 @@ impl Downstream {
                 worker.counters.validation_refused(failed.rule);
                 let reason = String::from_utf8_lossy(&reason);
                 return self
-                    .answer_text(worker, failed.status, &reason, can_keep, None, head)
+                    .answer_text(worker, failed.status, &reason, can_keep, None, b"", head)
                     .await;
             }
             if let Some(max) = checks::reads_body_whole(checks, head) {
@@ -541,7 +572,9 @@ impl Downstream {
                         worker.counters.validation_refused("body_schema");
                         // The body was read: refused, the connection is closed
                         // all the same (simplest way to drop it in sync).
-                        return self.answer_text(worker, 400, &why, false, None, head).await;
+                        return self
+                            .answer_text(worker, 400, &why, false, None, b"", head)
+                            .await;
                     }
                 }
             }
@@ -551,6 +584,7 @@ impl Downstream {
                 &worker.config.routes[route],
                 &self.buffers().req.source[..head.head_len],
                 &self.client,
+                &self.identity.consumer,
             );
             let admission = limiter.borrow_mut().admit(key, Instant::now());
             if !admission.allowed {
@@ -588,6 +622,7 @@ impl Downstream {
                 .as_ref()
                 .and_then(|t| t.client_subject_header.as_deref())
                 .map(|name| (name, self.client_subject.as_deref())),
+            auth: guard.map(|g| (&*g.auth, &self.identity)),
         };
         let Some(bufs) = self.bufs.as_deref_mut() else {
             return Next::Close;
@@ -611,15 +646,9 @@ impl Downstream {
         admission: Option<&Admission>,
         head: &RequestHead,
     ) -> Next {
-        self.answer_text(
-            worker,
-            refusal.status,
-            refusal.reason,
-            keep,
-            admission,
-            head,
-        )
-        .await
+        let status = refusal.status;
+        self.answer_text(worker, status, refusal.reason, keep, admission, b"", head)
+            .await
     }
 
     /// A route's own answer (`respond`, `redirect`, `compose`), keeping
@@ -640,7 +669,10 @@ impl Downstream {
                     self.answer_own(worker, 200, &fields, &body, keep, head)
                         .await
                 }
-                Err(why) => self.answer_text(worker, 502, &why, keep, None, head).await,
+                Err(why) => {
+                    self.answer_text(worker, 502, &why, keep, None, b"", head)
+                        .await
+                }
             };
         }
         let (status, body): (u16, &[u8]) = match (&route.respond, &route.redirect) {
@@ -709,7 +741,9 @@ impl Downstream {
         }
     }
 
-    /// [`Self::answer_locally`] with a reason made for this request.
+    /// [`Self::answer_locally`] with a reason made for this request, and
+    /// `extra` header lines (an authentication challenge).
+    #[allow(clippy::too_many_arguments)]
     async fn answer_text(
         &mut self,
         worker: &Worker,
@@ -717,6 +751,7 @@ impl Downstream {
         reason: &str,
         keep: bool,
         admission: Option<&Admission>,
+        extra: &[u8],
         head: &RequestHead,
     ) -> Next {
         // A draining worker says close, so the client sends nothing more.
@@ -732,6 +767,7 @@ impl Downstream {
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
         }
+        insert_lines(&mut bytes, extra);
         if let Some(bufs) = self.bufs.as_deref() {
             insert_lines(&mut bytes, &bufs.added_fields);
         }
@@ -835,8 +871,14 @@ enum WholeBody {
 const CHUNKED_READ_BYTES: usize = 16 * 1024;
 
 /// The bytes a rate limit counts by.
-fn rate_limit_key<'a>(route: &'a Route, head: &'a [u8], client: &'a ForwardedClient) -> &'a [u8] {
+fn rate_limit_key<'a>(
+    route: &'a Route,
+    head: &'a [u8],
+    client: &'a ForwardedClient,
+    consumer: &'a [u8],
+) -> &'a [u8] {
     match route.rate_limit.as_ref().map(|r| &r.key) {
+        Some(RateLimitKey::Consumer) => consumer,
         Some(RateLimitKey::ClientIp) | None => client.ip_bytes(),
         Some(RateLimitKey::Route) => b"",
         Some(RateLimitKey::Header(name)) => header_value(head, name.as_bytes()).unwrap_or(b""),

@@ -6,6 +6,7 @@
 
 mod access_log;
 mod admin;
+mod auth;
 mod checks;
 mod compose;
 mod cors;
@@ -209,6 +210,9 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
                 problems.push(keyed(e, "upstreams"));
             }
         }
+    }
+    if let Err(errors) = auth::load(config) {
+        problems.extend(errors.into_iter().map(|e| keyed(e, "routes")));
     }
     if bind {
         let mut held = Vec::new();
@@ -587,6 +591,7 @@ pub fn start(
     let tls = Arc::new(load_tls(&config).map_err(std::io::Error::other)?);
     let upstream_tls = Arc::new(load_upstream_tls(&config).map_err(std::io::Error::other)?);
     let schemas = Arc::new(schema::load_all(&config).map_err(std::io::Error::other)?);
+    let auth = auth::load(&config).map_err(|e| std::io::Error::other(e.join("; ")))?;
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -616,6 +621,7 @@ pub fn start(
             tls: tls.clone(),
             upstream_tls: upstream_tls.clone(),
             schemas: schemas.clone(),
+            auth: auth.clone(),
         };
         handles.push(
             std::thread::Builder::new()

@@ -67,7 +67,12 @@ pub struct Counters {
     /// Requests a route's validation refused, indexed like
     /// `VALIDATION_RULES`.
     validation_refusals: [Cell<u64>; 5],
+    /// Requests refused by route authentication, indexed by
+    /// `auth::Reason` (labels `Reason::LABELS`).
+    auth_refusals: [Cell<u64>; AUTH_REASONS],
 }
+
+const AUTH_REASONS: usize = ringgate_core::auth::Reason::COUNT;
 
 /// (version, resumed) labels of `ringgate_tls_handshakes_total`.
 const TLS_HANDSHAKE_LABELS: [(&str, &str); 4] = [
@@ -135,6 +140,10 @@ impl Counters {
         }
     }
 
+    pub fn auth_refused(&self, reason: ringgate_core::auth::Reason) {
+        Self::bump(&self.auth_refusals[reason as usize]);
+    }
+
     /// A response with `status` went out (0: none did; not counted).
     pub fn response(&self, status: u16) {
         if let Some(c) = self
@@ -168,6 +177,7 @@ pub struct Snapshot {
     pub http2_connections: u64,
     pub http2_abuse: [u64; 4],
     pub validation_refusals: [u64; 5],
+    pub auth_refusals: [u64; AUTH_REASONS],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -188,6 +198,7 @@ impl Snapshot {
             http2_connections: counters.http2_connections.get(),
             http2_abuse: std::array::from_fn(|i| counters.http2_abuse[i].get()),
             validation_refusals: std::array::from_fn(|i| counters.validation_refusals[i].get()),
+            auth_refusals: std::array::from_fn(|i| counters.auth_refusals[i].get()),
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -224,6 +235,7 @@ struct Totals {
     http2_connections: u64,
     http2_abuse: [u64; 4],
     validation_refusals: [u64; 5],
+    auth_refusals: [u64; AUTH_REASONS],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -241,6 +253,7 @@ impl Totals {
         self.http2_connections += s.http2_connections;
         add_each(&mut self.http2_abuse, &s.http2_abuse);
         add_each(&mut self.validation_refusals, &s.validation_refusals);
+        add_each(&mut self.auth_refusals, &s.auth_refusals);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -264,6 +277,7 @@ impl Totals {
         self.http2_connections += other.http2_connections;
         add_each(&mut self.http2_abuse, &other.http2_abuse);
         add_each(&mut self.validation_refusals, &other.validation_refusals);
+        add_each(&mut self.auth_refusals, &other.auth_refusals);
         self.gossip_dropped += other.gossip_dropped;
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
@@ -446,6 +460,21 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
         let _ = writeln!(
             out,
             "ringgate_validation_refusals_total{{rule=\"{rule}\"}} {n}"
+        );
+    }
+    help(
+        &mut out,
+        "ringgate_auth_refusals_total",
+        "counter",
+        "Requests refused with 401 by a route's auth, by reason: missing, malformed, too_large, unknown_key, bad_signature, expired, not_yet_valid, wrong_issuer, wrong_audience, unknown_api_key, bad_password.",
+    );
+    for (reason, n) in ringgate_core::auth::Reason::LABELS
+        .iter()
+        .zip(counters.auth_refusals)
+    {
+        let _ = writeln!(
+            out,
+            "ringgate_auth_refusals_total{{reason=\"{reason}\"}} {n}"
         );
     }
     help(

@@ -86,6 +86,9 @@ pub struct Worker {
     /// Each route's compiled `body_schema`, shared with the other workers
     /// (read-only).
     pub schemas: Arc<Schemas>,
+    /// Each route's authentication on this worker (`None`: open), indexed
+    /// like `config.routes`.
+    pub auth: Vec<Option<crate::auth::RouteGuard>>,
 }
 
 impl Worker {
@@ -168,6 +171,7 @@ impl Worker {
             tls: vec![None; config.listeners.len()],
             request_ids: RequestIds::new(id),
             schemas: Arc::default(),
+            auth: Vec::new(),
             config,
         }
     }

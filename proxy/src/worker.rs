@@ -63,6 +63,8 @@ pub struct Shared {
     pub upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
     /// Each route's compiled `body_schema`.
     pub schemas: Arc<Schemas>,
+    /// Each route's auth files as loaded.
+    pub auth: crate::auth::Loaded,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -75,6 +77,7 @@ struct Owned {
     tls: Arc<Vec<Option<ListenerTlsConfig>>>,
     upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
     schemas: Arc<Schemas>,
+    auth: crate::auth::Loaded,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -323,6 +326,7 @@ pub fn run(
         tls,
         upstream_tls,
         schemas,
+        auth,
     } = shared;
     let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
     let shared = Owned {
@@ -334,6 +338,7 @@ pub fn run(
         tls,
         upstream_tls,
         schemas,
+        auth,
     };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -386,6 +391,7 @@ async fn worker_main(
         tls,
         upstream_tls,
         schemas,
+        auth,
     } = shared;
     let workers = mesh.workers();
     let mut worker = Worker::new(id, workers, config, log_file, log, generation);
@@ -397,6 +403,7 @@ async fn worker_main(
     for (upstream, tls) in worker.upstreams.iter_mut().zip(upstream_tls.iter()) {
         upstream.tls = tls.clone();
     }
+    worker.auth = crate::auth::RouteGuard::for_worker(&auth);
     let worker = Rc::new(worker);
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {

@@ -4,7 +4,8 @@
 //! over loopback: starting the process from a config ([`proxy`]), recording
 //! backends ([`backend`]), a raw-socket client ([`client`]), a small strict
 //! HTTP/1.1 reader of its own ([`wire`]), /proc inspection ([`procfs`]) and
-//! the certificates of the TLS tests ([`pki`]).
+//! the certificates of the TLS tests ([`pki`]), and the keys and tokens of
+//! the authentication tests ([`jws`]).
 //! It must not depend on the proxy's crates: a bug shared between the code
 //! under test and its tests would hide itself.
 //!
@@ -19,6 +20,7 @@
 pub mod backend;
 pub mod client;
 pub mod h2wire;
+pub mod jws;
 pub mod pki;
 pub mod procfs;
 pub mod proxy;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 const HOT_PATH: &[&str] = &[
     "proxy/src/access_log.rs",
+    "proxy/src/auth.rs",
     "proxy/src/downstream.rs",
     "proxy/src/error_log.rs",
     "proxy/src/exchange/mod.rs",
@@ -20,13 +21,24 @@ const HOT_PATH: &[&str] = &[
     "proxy/src/worker.rs",
 ];
 
-/// Every module of ringgate-core is on the request path.
+/// Every module of ringgate-core is on the request path, those in
+/// subdirectories (`core/src/auth/`) included.
 fn core_modules(root: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("core/src"))
-        .expect("core/src is readable")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-        .collect();
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir)
+            .expect("core/src is readable")
+            .flatten()
+        {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&root.join("core/src"), &mut files);
     files.sort();
     files
 }

@@ -208,6 +208,7 @@ pub fn chunk_refusal(e: ChunkError) -> Refusal {
 fn status_text(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         408 => "Request Timeout",
         413 => "Content Too Large",

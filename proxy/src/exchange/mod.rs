@@ -18,6 +18,7 @@ mod request;
 mod response;
 mod retry;
 
+use ringgate_core::auth::{Identity, RouteAuth};
 use std::cell::Cell;
 use std::io::Write as _;
 use std::time::Instant;
@@ -75,6 +76,9 @@ pub struct Client<'a> {
     /// The listener's mTLS subject header and this client's verified
     /// subject, if any.
     pub subject: Option<(&'a str, Option<&'a str>)>,
+    /// The route's auth and the caller it established: its header lines go
+    /// up, the client's own copies of those headers do not.
+    pub auth: Option<(&'a RouteAuth, &'a Identity)>,
 }
 
 /// Buffers and cancellers an exchange works in, kept by the client
@@ -299,6 +303,7 @@ async fn run_tries(
         addr: client.addr,
         scheme: client.w.scheme(),
         subject: client.subject,
+        auth: client.auth,
     };
     let plan = request::prepare(cx, bufs, route, upstream, head, origin)?;
     let mut ex = Exchange {

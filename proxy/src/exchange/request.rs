@@ -59,6 +59,11 @@ pub(super) struct Origin<'a> {
     pub scheme: &'a str,
     /// The listener's mTLS subject header and the client's verified subject.
     pub subject: Option<(&'a str, Option<&'a str>)>,
+    /// The route's auth and the caller's identity (see `Client::auth`).
+    pub auth: Option<(
+        &'a ringgate_core::auth::RouteAuth,
+        &'a ringgate_core::auth::Identity,
+    )>,
 }
 
 /// Builds the upstream head's patch in `bufs` and works out the body.
@@ -75,6 +80,7 @@ pub(super) fn prepare(
         addr: client,
         scheme,
         subject,
+        auth,
     } = origin;
     let available = bufs.req.source.len() - head.head_len;
     let (initial_body, body_left) = match head.body {
@@ -121,20 +127,26 @@ pub(super) fn prepare(
         patch.extend_from_slice(value.as_bytes());
         patch.extend_from_slice(b"\r\n");
     }
+    if let Some((_, identity)) = auth {
+        patch.extend_from_slice(&identity.lines);
+    }
     let subject_name = subject.map(|(name, _)| name.as_bytes());
     if new_request_line
         || !route.request_headers.is_empty()
         || subject_name.is_some()
         || made_id.is_some()
+        || auth.is_some()
     {
         // The request line and edited fields go as patch bytes instead; a
-        // client's own copy of the subject header never goes up.
+        // client's own copy of the subject header, or of a header auth
+        // writes, never goes up.
         let edits = &route.request_headers;
         bufs.req_scratch
             .retain_lines(&bufs.req.source, !new_request_line, |name| {
                 !edits.drops(name)
                     && subject_name.is_none_or(|s| !name.eq_ignore_ascii_case(s))
                     && made_id.is_none_or(|n| !name.eq_ignore_ascii_case(n.as_bytes()))
+                    && auth.is_none_or(|(a, _)| !a.strips(name))
             });
     }
     if head.version == Version::Http10 {
