@@ -241,6 +241,12 @@ pub struct Listener {
     /// `http/1.1`; without it, a client may open with the HTTP/2 preface
     /// (prior knowledge). Defaults to whether the listener has `tls`.
     pub http2: bool,
+    /// `Some` with `proxy_protocol = true`: every connection starts with a
+    /// PROXY protocol header (v1 or v2) whose client address replaces the
+    /// peer's, and only peers in these networks (`proxy_protocol_from`,
+    /// never empty) may connect. The same network type as
+    /// `trusted_proxies`, with the same IPv4-mapped matching.
+    pub proxy_protocol_from: Option<TrustedProxies>,
 }
 
 /// `[listeners.tls]`: the certificates and policy of a TLS listener. The

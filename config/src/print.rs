@@ -39,6 +39,10 @@ pub fn to_toml(config: &Config) -> String {
             quote(&l.address.to_string()),
             l.http2
         );
+        let _ = writeln!(out, "proxy_protocol = {}", l.proxy_protocol_from.is_some());
+        if let Some(from) = &l.proxy_protocol_from {
+            let _ = writeln!(out, "proxy_protocol_from = [{}]", quoted_networks(from));
+        }
         if let Some(t) = &l.tls {
             listener_tls(&mut out, t);
         }
@@ -78,13 +82,16 @@ fn server(out: &mut String, s: &Server) {
     let _ = writeln!(out, "drain_timeout = {}", duration(s.drain_timeout));
     let _ = writeln!(out, "io_uring_setup = {}", quote(setup));
     let _ = writeln!(out, "share_ports = {}", s.share_ports);
-    let networks: Vec<String> = s
-        .trusted_proxies
-        .0
-        .iter()
-        .map(|n| quote(&n.to_string()))
-        .collect();
-    let _ = writeln!(out, "trusted_proxies = [{}]", networks.join(", "));
+    let _ = writeln!(
+        out,
+        "trusted_proxies = [{}]",
+        quoted_networks(&s.trusted_proxies)
+    );
+}
+
+fn quoted_networks(networks: &TrustedProxies) -> String {
+    let quoted: Vec<String> = networks.0.iter().map(|n| quote(&n.to_string())).collect();
+    quoted.join(", ")
 }
 
 fn listener_tls(out: &mut String, t: &ListenerTls) {

@@ -102,6 +102,8 @@ pub(crate) struct RawListener {
     pub address: Spanned<String>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub http2: Option<bool>,
+    pub proxy_protocol: Option<Spanned<bool>>,
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

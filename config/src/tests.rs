@@ -121,6 +121,11 @@ fn full_example_sets_every_key() {
     };
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.listeners[1].address, addr("[::1]:8081"));
+    let from = c.listeners[1]
+        .proxy_protocol_from
+        .as_ref()
+        .expect("proxy_protocol");
+    assert!(from.contains("::1".parse().unwrap()));
     assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
     assert_eq!(c.routes[0].path_prefix, "/v1/");
     assert_eq!(c.routes[0].methods, ["GET", "POST"]);
@@ -1527,6 +1532,97 @@ fn a_trusted_proxy_that_is_not_a_network_is_an_error() {
         "server.trusted_proxies[0]",
         "is not an IP network",
     );
+}
+
+// ---- PROXY protocol ----
+
+fn listener_with(extra: &str) -> String {
+    BASE.replace(
+        "address = \"127.0.0.1:8080\"\n",
+        &format!("address = \"127.0.0.1:8080\"\n{extra}\n"),
+    )
+}
+
+#[test]
+fn proxy_protocol_is_off_by_default_and_takes_its_networks() {
+    assert!(ok(BASE).listeners[0].proxy_protocol_from.is_none());
+    let c = ok(&listener_with(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"127.0.0.1\"]",
+    ));
+    let from = c.listeners[0].proxy_protocol_from.as_ref().expect("on");
+    assert!(from.contains("10.9.9.9".parse().unwrap()));
+    assert!(from.contains("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!from.contains("127.0.0.2".parse().unwrap()));
+    assert!(ok(&listener_with("proxy_protocol = false")).listeners[0]
+        .proxy_protocol_from
+        .is_none());
+}
+
+#[test]
+fn proxy_protocol_without_its_networks_is_refused() {
+    let text = listener_with("proxy_protocol = true");
+    assert_error_at(
+        &text,
+        "true",
+        "listeners[0].proxy_protocol",
+        "proxy_protocol = true needs proxy_protocol_from",
+    );
+}
+
+#[test]
+fn proxy_protocol_from_without_proxy_protocol_is_refused() {
+    for extra in [
+        "proxy_protocol_from = [\"10.0.0.0/8\"]",
+        "proxy_protocol = false\nproxy_protocol_from = [\"10.0.0.0/8\"]",
+    ] {
+        let text = listener_with(extra);
+        assert_error_at(
+            &text,
+            "[\"10.",
+            "listeners[0].proxy_protocol_from",
+            "is only read with proxy_protocol = true",
+        );
+    }
+}
+
+#[test]
+fn proxy_protocol_from_must_hold_networks() {
+    let text = listener_with("proxy_protocol = true\nproxy_protocol_from = []");
+    assert_error_at(
+        &text,
+        "[]",
+        "listeners[0].proxy_protocol_from",
+        "must list at least one network",
+    );
+    let text = listener_with(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"lb.example\"]",
+    );
+    assert_error_at(
+        &text,
+        "\"lb.example",
+        "listeners[0].proxy_protocol_from[1]",
+        "\"lb.example\" is not an IP network",
+    );
+}
+
+#[test]
+fn proxy_protocol_prints_and_reads_back() {
+    let c = ok(&listener_with(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"fd00::/8\"]",
+    ));
+    let printed = to_toml(&c);
+    assert!(
+        printed.contains(
+            "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"fd00::/8\"]\n"
+        ),
+        "{printed}"
+    );
+    let again = ok(&printed);
+    assert_eq!(
+        again.listeners[0].proxy_protocol_from,
+        c.listeners[0].proxy_protocol_from
+    );
+    assert!(to_toml(&ok(BASE)).contains("proxy_protocol = false\n"));
 }
 
 // ---- error_log ----

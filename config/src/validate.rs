@@ -245,6 +245,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
                 tls: None,
                 http2: false,
+                proxy_protocol_from: None,
             });
             continue;
         };
@@ -265,11 +266,13 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         // a protocol it did not ask for; off on plain listeners, where only
         // prior-knowledge clients would use it.
         let http2 = l.http2.unwrap_or(tls.is_some());
+        let proxy_protocol_from = proxy_protocol(&mut c, i, l);
         listeners.push(Listener {
             name: l.name.get_ref().clone(),
             address,
             tls,
             http2,
+            proxy_protocol_from,
         });
     }
 
@@ -526,16 +529,60 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
         trusted_proxies: raw
             .trusted_proxies
             .as_ref()
-            .map_or(d.trusted_proxies, |list| trusted_proxies(c, list)),
+            .map_or(d.trusted_proxies, |list| {
+                networks(c, "server.trusted_proxies", list)
+            }),
     }
 }
 
-/// `"10.0.0.0/8"`, `"fd00::/8"`, or a single address (`"127.0.0.1"`).
-fn trusted_proxies(c: &mut Checker<'_>, list: &Spanned<Vec<Spanned<String>>>) -> TrustedProxies {
+/// A listener's `proxy_protocol` and `proxy_protocol_from`: the networks
+/// allowed to send the header, required with it and refused without it.
+fn proxy_protocol(c: &mut Checker<'_>, i: usize, l: &RawListener) -> Option<TrustedProxies> {
+    let on = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+    match (&l.proxy_protocol, &l.proxy_protocol_from) {
+        (Some(p), None) if on => {
+            c.err(
+                p.span(),
+                format!("listeners[{i}].proxy_protocol"),
+                "proxy_protocol = true needs proxy_protocol_from, the networks of the load \
+                 balancers allowed to send the header (any other peer could claim any client address)",
+            );
+            None
+        }
+        (_, Some(from)) if !on => {
+            c.err(
+                from.span(),
+                format!("listeners[{i}].proxy_protocol_from"),
+                "is only read with proxy_protocol = true",
+            );
+            None
+        }
+        (_, Some(from)) => {
+            let key = format!("listeners[{i}].proxy_protocol_from");
+            if from.get_ref().is_empty() {
+                c.err(
+                    from.span(),
+                    key.clone(),
+                    "must list at least one network (like \"10.0.0.0/8\") or address",
+                );
+            }
+            Some(networks(c, &key, from))
+        }
+        _ => None,
+    }
+}
+
+/// `"10.0.0.0/8"`, `"fd00::/8"`, or a single address (`"127.0.0.1"`), for
+/// the list at `key`.
+fn networks(
+    c: &mut Checker<'_>,
+    key: &str,
+    list: &Spanned<Vec<Spanned<String>>>,
+) -> TrustedProxies {
     if list.get_ref().len() > TRUSTED_PROXIES_MAX {
         c.err(
             list.span(),
-            "server.trusted_proxies",
+            key,
             format!(
                 "{} networks is too many; at most {TRUSTED_PROXIES_MAX}",
                 list.get_ref().len()
@@ -553,7 +600,7 @@ fn trusted_proxies(c: &mut Checker<'_>, list: &Spanned<Vec<Spanned<String>>>) ->
             Ok(net) => nets.push(net),
             Err(_) => c.err(
                 entry.span(),
-                format!("server.trusted_proxies[{i}]"),
+                format!("{key}[{i}]"),
                 format!("{text:?} is not an IP network (like \"10.0.0.0/8\") or address"),
             ),
         }

@@ -7,7 +7,6 @@
 //! request and its response.
 
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use ringgate_config::{LogLevel, RateLimitKey, Route};
 use ringgate_core::http::{
     header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
 };
+use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::ratelimit::Admission;
 
 use crate::access_log::{AccessLog, Captured, Sent};
@@ -63,13 +63,16 @@ pub(crate) struct Downstream {
     client_subject: Option<Box<str>>,
 }
 
+/// Serves one client connection; `addrs` are those it is accounted to (its
+/// own, or what its PROXY protocol header carried).
 pub async fn serve(
     worker: Rc<Worker>,
     listener: usize,
     stream: TcpStream,
-    peer_ip: IpAddr,
+    addrs: ConnAddrs,
     ctl: Rc<ConnControl>,
 ) {
+    let peer_ip = addrs.src.ip();
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let write_abort = Abort::default();

@@ -17,6 +17,7 @@ mod io;
 mod log_buffer;
 mod metrics;
 mod notify;
+mod proxy_protocol;
 mod state;
 mod stop;
 mod stream;

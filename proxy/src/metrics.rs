@@ -64,6 +64,9 @@ pub struct Counters {
     /// HTTP/2 connections closed for breaking a limit, indexed like
     /// `HTTP2_ABUSE_REASONS`.
     http2_abuse: [Cell<u64>; 4],
+    /// Connections a `proxy_protocol` listener closed unforwarded, indexed
+    /// like `PROXY_PROTOCOL_REASONS`.
+    proxy_protocol_refused: [Cell<u64>; 4],
 }
 
 /// (version, resumed) labels of `ringgate_tls_handshakes_total`.
@@ -80,6 +83,10 @@ const TLS_FAILURE_REASONS: [&str; 4] = ["timeout", "closed", "plain_http", "prot
 /// `reason` labels of `ringgate_http2_abuse_total`.
 const HTTP2_ABUSE_REASONS: [&str; 4] = ["frames", "resets", "control_frames", "continuation"];
 
+/// `reason` labels of `ringgate_proxy_protocol_refused_total`, indexed by
+/// `proxy_protocol::Refused::label_index`.
+const PROXY_PROTOCOL_REASONS: [&str; 4] = ["untrusted", "malformed", "timeout", "closed"];
+
 impl Counters {
     pub fn tls_handshake(&self, n: &crate::tls::Negotiated) {
         let v13 = n.version == Some(rustls::ProtocolVersion::TLSv1_3);
@@ -95,6 +102,10 @@ impl Counters {
             Tls(_) => 3,
         };
         Self::bump(&self.tls_failures[i]);
+    }
+
+    pub fn proxy_protocol_refused(&self, why: crate::proxy_protocol::Refused) {
+        Self::bump(&self.proxy_protocol_refused[why.label_index()]);
     }
 
     pub fn http2_connection(&self) {
@@ -147,6 +158,7 @@ pub struct Snapshot {
     pub tls_failures: [u64; 4],
     pub http2_connections: u64,
     pub http2_abuse: [u64; 4],
+    pub proxy_protocol_refused: [u64; 4],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -166,6 +178,9 @@ impl Snapshot {
             tls_failures: std::array::from_fn(|i| counters.tls_failures[i].get()),
             http2_connections: counters.http2_connections.get(),
             http2_abuse: std::array::from_fn(|i| counters.http2_abuse[i].get()),
+            proxy_protocol_refused: std::array::from_fn(|i| {
+                counters.proxy_protocol_refused[i].get()
+            }),
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -201,6 +216,7 @@ struct Totals {
     tls_failures: [u64; 4],
     http2_connections: u64,
     http2_abuse: [u64; 4],
+    proxy_protocol_refused: [u64; 4],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -217,6 +233,7 @@ impl Totals {
         add_each(&mut self.tls_failures, &s.tls_failures);
         self.http2_connections += s.http2_connections;
         add_each(&mut self.http2_abuse, &s.http2_abuse);
+        add_each(&mut self.proxy_protocol_refused, &s.proxy_protocol_refused);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -239,6 +256,10 @@ impl Totals {
         add_each(&mut self.tls_failures, &other.tls_failures);
         self.http2_connections += other.http2_connections;
         add_each(&mut self.http2_abuse, &other.http2_abuse);
+        add_each(
+            &mut self.proxy_protocol_refused,
+            &other.proxy_protocol_refused,
+        );
         self.gossip_dropped += other.gossip_dropped;
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
@@ -410,6 +431,21 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     );
     for (reason, n) in HTTP2_ABUSE_REASONS.iter().zip(counters.http2_abuse) {
         let _ = writeln!(out, "ringgate_http2_abuse_total{{reason=\"{reason}\"}} {n}");
+    }
+    help(
+        &mut out,
+        "ringgate_proxy_protocol_refused_total",
+        "counter",
+        "Connections a proxy_protocol listener closed without forwarding a byte: untrusted (peer not in proxy_protocol_from), malformed (not a PROXY v1/v2 header), timeout (none within header_read_timeout), closed (the peer left first).",
+    );
+    for (reason, n) in PROXY_PROTOCOL_REASONS
+        .iter()
+        .zip(counters.proxy_protocol_refused)
+    {
+        let _ = writeln!(
+            out,
+            "ringgate_proxy_protocol_refused_total{{reason=\"{reason}\"}} {n}"
+        );
     }
     help(
         &mut out,

@@ -22,6 +22,7 @@ use crate::error_log::{Errno, ErrorLog, Kind};
 use crate::gossip::{Gossip, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
+use crate::proxy_protocol;
 use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
@@ -493,7 +494,11 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     key,
                 };
                 monoio::spawn(async move {
-                    downstream::serve(slot.worker.clone(), index, stream, peer.ip(), ctl).await;
+                    let worker = &slot.worker;
+                    if let Some(addrs) = proxy_protocol::accept(worker, index, &stream, peer).await
+                    {
+                        downstream::serve(worker.clone(), index, stream, addrs, ctl).await;
+                    }
                     drop(slot);
                 });
             }
