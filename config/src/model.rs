@@ -449,6 +449,19 @@ pub struct Upstream {
     pub circuit_breaker: Option<CircuitBreaker>,
     /// `None`: plain HTTP to the backends.
     pub tls: Option<UpstreamTls>,
+    /// `Some`: every new connection to a backend starts with a PROXY
+    /// protocol header of this version naming the client (before TLS).
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// `send_proxy_protocol`: which PROXY protocol header goes to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolVersion {
+    /// The text line (`PROXY TCP4 ...`), which every receiver reads.
+    V1,
+    /// The binary header, cheaper to parse.
+    V2,
 }
 
 /// `[[upstreams]] tls`: HTTPS to the backends, certificates verified.

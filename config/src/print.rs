@@ -284,6 +284,13 @@ fn upstream(out: &mut String, u: &Upstream) {
         };
         let _ = writeln!(out, "hash_key = {}", quote(&key));
     }
+    if let Some(v) = u.send_proxy_protocol {
+        let v = match v {
+            ProxyProtocolVersion::V1 => "v1",
+            ProxyProtocolVersion::V2 => "v2",
+        };
+        let _ = writeln!(out, "send_proxy_protocol = {}", quote(v));
+    }
     let backends: Vec<String> = u
         .backends
         .iter()

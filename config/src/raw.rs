@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{LogLevel, RingSetup, Workers, WORKERS_MAX};
+use crate::model::{LogLevel, ProxyProtocolVersion, RingSetup, Workers, WORKERS_MAX};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +183,7 @@ pub(crate) struct RawUpstream {
     pub retries: Option<RawRetries>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub tls: Option<RawUpstreamTls>,
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 #[derive(Debug, Deserialize)]

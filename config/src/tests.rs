@@ -1625,6 +1625,31 @@ fn proxy_protocol_prints_and_reads_back() {
     assert!(to_toml(&ok(BASE)).contains("proxy_protocol = false\n"));
 }
 
+#[test]
+fn send_proxy_protocol_takes_v1_or_v2_and_prints_back() {
+    assert_eq!(ok(BASE).upstreams[0].send_proxy_protocol, None);
+    for (text, want) in [
+        ("v1", ProxyProtocolVersion::V1),
+        ("v2", ProxyProtocolVersion::V2),
+    ] {
+        let c = ok(&upstream_with(&format!("send_proxy_protocol = \"{text}\"")));
+        assert_eq!(c.upstreams[0].send_proxy_protocol, Some(want));
+        let printed = to_toml(&c);
+        assert!(
+            printed.contains(&format!("send_proxy_protocol = \"{text}\"\n")),
+            "{printed}"
+        );
+        assert_eq!(ok(&printed).upstreams[0].send_proxy_protocol, Some(want));
+    }
+    let text = upstream_with("send_proxy_protocol = \"v3\"");
+    assert_error_at(
+        &text,
+        "\"v3\"",
+        "upstreams[0].send_proxy_protocol",
+        "unknown value `v3` (expected one of `v1`, `v2`)",
+    );
+}
+
 // ---- error_log ----
 
 #[test]

@@ -1073,6 +1073,7 @@ fn upstream(
     });
     Upstream {
         tls,
+        send_proxy_protocol: raw.send_proxy_protocol,
         name: raw.name.into_inner(),
         balance,
         hash_key,

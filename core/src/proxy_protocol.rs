@@ -215,6 +215,20 @@ pub fn write(out: &mut Vec<u8>, version: Version, addrs: ConnAddrs) {
     }
 }
 
+/// Appends a header that names no client (v1 `UNKNOWN`, v2 `LOCAL`): the
+/// proxy's own connections, such as health probes, which the receiver
+/// accounts to the connection's real addresses.
+pub fn write_local(out: &mut Vec<u8>, version: Version) {
+    match version {
+        Version::V1 => out.extend_from_slice(b"PROXY UNKNOWN\r\n"),
+        Version::V2 => {
+            out.extend_from_slice(V2_SIGNATURE);
+            // Version 2, command LOCAL; AF_UNSPEC; no addresses.
+            out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +415,21 @@ mod tests {
             addrs("192.0.2.1:1000", "10.0.0.1:80"),
         );
         assert_eq!(out, b"PROXY TCP4 192.0.2.1 10.0.0.1 1000 80\r\n");
+    }
+
+    #[test]
+    fn a_local_header_parses_back_as_naming_no_client() {
+        for version in [Version::V1, Version::V2] {
+            let mut out = Vec::new();
+            write_local(&mut out, version);
+            assert_eq!(
+                parse(&out),
+                Ok(Parsed::Complete {
+                    len: out.len(),
+                    addrs: None
+                })
+            );
+        }
     }
 
     fn header() -> impl Strategy<Value = Vec<u8>> {

@@ -41,6 +41,8 @@ pub(crate) struct Downstream {
     r: StreamReader,
     pub(crate) w: StreamWriter,
     client: ForwardedClient,
+    /// The connection's addresses, as a PROXY header to a backend names them.
+    conn: ConnAddrs,
     /// Buffers and cancellers every exchange on this connection reuses,
     /// taken from the worker's pool when a request arrives and given back
     /// once the connection has been idle for `IDLE_BUFFER_GRACE`: an idle
@@ -118,7 +120,7 @@ pub async fn serve(
     if h2 {
         let conn = http2::Conn {
             listener,
-            peer_ip,
+            addrs,
             ctl,
             write_abort,
             tls_version,
@@ -134,6 +136,7 @@ pub async fn serve(
         r,
         w,
         client: ForwardedClient::new(peer_ip),
+        conn: addrs,
         bufs: None,
         idle_probe: Vec::with_capacity(1),
         ctl,
@@ -238,7 +241,7 @@ impl Downstream {
     pub(crate) fn for_stream(
         r: StreamReader,
         w: StreamWriter,
-        client: ForwardedClient,
+        conn: ConnAddrs,
         bufs: Box<Buffers>,
         tls_version: &'static str,
         client_subject: Option<Box<str>>,
@@ -246,7 +249,8 @@ impl Downstream {
         Downstream {
             r,
             w,
-            client,
+            client: ForwardedClient::new(conn.src.ip()),
+            conn,
             bufs: Some(bufs),
             idle_probe: Vec::new(),
             ctl: Rc::default(),
@@ -489,6 +493,7 @@ impl Downstream {
             read_abort: &self.ctl.abort,
             write_abort: &self.write_abort,
             addr: &self.client,
+            conn: self.conn,
             sent: &self.sent,
             subject: worker.config.listeners[listener]
                 .tls

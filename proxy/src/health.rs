@@ -7,12 +7,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
-use ringgate_config::{HealthCheck, LogLevel};
+use ringgate_config::{HealthCheck, LogLevel, ProxyProtocolVersion};
 use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
 use crate::error_log::Kind;
 use crate::io::Abort;
+use crate::proxy_protocol;
 use crate::state::Worker;
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls::{self, UpstreamTlsConfig};
@@ -47,7 +48,14 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
     let mut state = HealthState::new(check.rise, check.fall);
     loop {
         monoio::time::sleep(check.interval).await;
-        let ok = probe(addr, &check, request.clone(), upstream.tls.as_ref()).await;
+        let ok = probe(
+            addr,
+            &check,
+            request.clone(),
+            upstream.tls.as_ref(),
+            upstream.config.send_proxy_protocol,
+        )
+        .await;
         if let Some(transition) = state.record_probe(ok) {
             let healthy = matches!(transition, Transition::BecameHealthy);
             let level = if healthy {
@@ -83,14 +91,26 @@ async fn probe(
     check: &HealthCheck,
     request: Vec<u8>,
     tls: Option<&UpstreamTlsConfig>,
+    send_proxy_protocol: Option<ProxyProtocolVersion>,
 ) -> bool {
     let deadline = Instant::now() + check.timeout;
     let Ok(stream) = connect(addr, check.timeout).await else {
         return false;
     };
-    let (r, w) = stream.into_split();
+    let (r, mut w) = stream.into_split();
     let abort = Abort::default();
     let write_abort = Abort::default();
+    // A backend that expects a PROXY header would refuse a probe without
+    // one: the probe's names no client.
+    if let Some(version) = send_proxy_protocol {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if proxy_protocol::send(&mut w, version, None, left, &write_abort)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
     // A TLS upstream is probed over TLS, as its requests go: a backend
     // whose certificate stopped verifying is unhealthy.
     let (mut r, mut w) = match tls {

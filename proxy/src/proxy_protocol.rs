@@ -5,6 +5,8 @@
 //! it (a TLS ClientHello, an HTTP request, tunnelled bytes) is still on the
 //! socket for the connection's own reader. The header's client address is
 //! then the connection's everywhere. Parsing is `ringgate_core::proxy_protocol`.
+//! Also the other way: [`send`] puts the header before an upstream
+//! connection's first byte.
 
 use std::future::poll_fn;
 use std::future::Future;
@@ -16,11 +18,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
-use ringgate_config::LogLevel;
-use ringgate_core::proxy_protocol::{parse, ConnAddrs, Parsed, MAX_HEADER_BYTES};
+use ringgate_config::{LogLevel, ProxyProtocolVersion};
+use ringgate_core::proxy_protocol::{
+    parse, write, write_local, ConnAddrs, Parsed, Version, MAX_HEADER_BYTES,
+};
 
 use crate::error_log::Kind;
-use crate::io::{peek_now, take_now};
+use crate::io::{peek_now, send_range, take_now, Abort, WriteFail, Writer};
 use crate::state::Worker;
 
 /// Bytes looked at per peek: a v1 line or a v2 header with the usual TLVs
@@ -154,4 +158,28 @@ async fn readable(stream: &TcpStream, deadline: Instant) -> Result<(), Refused> 
         Poll::Pending
     })
     .await
+}
+
+/// Writes the PROXY header of `version` on a new upstream connection before
+/// anything else (TLS included), naming `client`; `None` names no client
+/// (the proxy's own connections: health probes).
+pub async fn send(
+    w: &mut Writer,
+    version: ProxyProtocolVersion,
+    client: Option<ConnAddrs>,
+    timeout: Duration,
+    abort: &Abort,
+) -> Result<(), WriteFail> {
+    let version = match version {
+        ProxyProtocolVersion::V1 => Version::V1,
+        ProxyProtocolVersion::V2 => Version::V2,
+    };
+    // At most 108 bytes (a v1 TCP6 line), once per upstream connection.
+    let mut header = Vec::with_capacity(108);
+    match client {
+        Some(addrs) => write(&mut header, version, addrs),
+        None => write_local(&mut header, version),
+    }
+    let len = header.len();
+    send_range(w, header, 0..len, timeout, abort).await.0
 }

@@ -393,3 +393,139 @@ fn metrics(port: u16) -> String {
     let _ = s.read_to_string(&mut body);
     body
 }
+
+// ---- send_proxy_protocol ----
+
+/// What a PROXY header a backend received names: (version, source, destination).
+fn decode(header: &[u8]) -> (u8, std::net::SocketAddr, std::net::SocketAddr) {
+    if let Some(line) = header.strip_prefix(b"PROXY ") {
+        let line = std::str::from_utf8(line).expect("v1 is text");
+        let f: Vec<&str> = line.trim_end().split(' ').collect();
+        assert_eq!(f.len(), 5, "{line:?}");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let port = |s: &str| s.parse::<u16>().expect("port");
+        return (
+            1,
+            (ip(f[1]), port(f[3])).into(),
+            (ip(f[2]), port(f[4])).into(),
+        );
+    }
+    assert_eq!(header[12], 0x21, "v2 PROXY command");
+    let a = &header[16..];
+    let port = |i: usize| u16::from_be_bytes([a[i], a[i + 1]]);
+    match header[13] {
+        0x11 => {
+            let ip = |i: usize| std::net::Ipv4Addr::new(a[i], a[i + 1], a[i + 2], a[i + 3]);
+            (2, (ip(0), port(8)).into(), (ip(4), port(10)).into())
+        }
+        0x21 => {
+            let ip = |i: usize| {
+                let b: [u8; 16] = a[i..i + 16].try_into().expect("16 bytes");
+                std::net::Ipv6Addr::from(b)
+            };
+            (2, (ip(0), port(32)).into(), (ip(16), port(34)).into())
+        }
+        f => panic!("family {f:#x}"),
+    }
+}
+
+#[test]
+fn send_proxy_protocol_v1_and_v2_name_the_client_on_each_new_upstream_connection() {
+    for (version, number) in [("v1", 1), ("v2", 2)] {
+        let backend = Backend::builder("pp").proxy_protocol().start();
+        let proxy = ProxyConfig::new(backend.addr())
+            .upstream_extra("send_proxy_protocol", &format!("\"{version}\""))
+            .start();
+        let mut a = Client::connect(proxy.port);
+        for _ in 0..3 {
+            assert_eq!(a.get("/a").status, 200);
+        }
+        let mut b = Client::connect(proxy.port);
+        assert_eq!(b.get("/b").status, 200);
+        // A's connection went back to the pool, but it names A: B gets its
+        // own, and A's next request finds A's again.
+        assert_eq!(a.get("/a").status, 200);
+        let headers = backend.proxy_headers();
+        assert_eq!(
+            headers.len(),
+            2,
+            "{version}: one upstream connection per client"
+        );
+        let records = backend.records();
+        assert_eq!(records.len(), 5);
+        for (client, target) in [(&a, "/a"), (&b, "/b")] {
+            let conn = records
+                .iter()
+                .find(|r| r.target == target)
+                .expect("record")
+                .conn;
+            let (_, header) = headers.iter().find(|(c, _)| *c == conn).expect("header");
+            let (v, src, dst) = decode(header);
+            assert_eq!(v, number);
+            assert_eq!(Some(src), client.writer().local_addr().ok(), "{version}");
+            assert_eq!(dst, ([127, 0, 0, 1], proxy.port).into(), "{version}");
+            assert!(records
+                .iter()
+                .filter(|r| r.target == target)
+                .all(|r| r.conn == conn));
+        }
+    }
+}
+
+#[test]
+fn a_carried_client_is_passed_on_before_tls_to_a_proxy_that_reads_it_and_probes_get_through() {
+    let mut ca = TestCa::new("ringgate test CA");
+    let cert = ca.server("backend", &["backend.test"]);
+    let backend = Backend::start("b", Behaviour::Ok);
+    // B: TLS, expecting a PROXY header from A.
+    let b = pp_config(&backend, FROM_LOOPBACK)
+        .listener_extra("tls", &format!("{{ certificates = [{}] }}", cert.toml()))
+        .start();
+    // A: reads the balancer's header, sends one to B before its TLS
+    // handshake; its health probes (fall = 1) must pass B's check too.
+    let a = ProxyConfig::new(([127, 0, 0, 1], b.port).into())
+        .listener_extra("proxy_protocol", "true")
+        .listener_extra("proxy_protocol_from", FROM_LOOPBACK)
+        .upstream_extra("send_proxy_protocol", "\"v2\"")
+        .upstream_extra(
+            "tls",
+            &format!(
+                "{{ server_name = \"backend.test\", ca = \"{}\" }}",
+                ca.cert.display()
+            ),
+        )
+        .upstream_extra(
+            "health_check",
+            "{ path = \"/health\", interval = \"100ms\", timeout = \"100ms\", fall = 1 }",
+        )
+        .start();
+    eventually(Duration::from_secs(3), || backend.reached("/health")).expect("a probe got through");
+    thread::sleep(Duration::from_millis(300));
+    let mut c = Client::connect(a.port);
+    let mut bytes = v1("198.51.100.9", 1234, a.port);
+    bytes.extend_from_slice(&get("pp.test"));
+    let r = c.request(&bytes);
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let rec = backend
+        .records()
+        .into_iter()
+        .rev()
+        .find(|r| r.target == "/pp")
+        .expect("the request");
+    assert_eq!(
+        rec.header("x-forwarded-for").as_deref(),
+        Some("198.51.100.9")
+    );
+    // The probes' headers named no client: B accounted them to A itself.
+    let probes = backend
+        .records()
+        .iter()
+        .filter(|r| r.target == "/health")
+        .count();
+    assert!(probes >= 3, "{probes} probes");
+    assert!(backend
+        .records()
+        .iter()
+        .filter(|r| r.target == "/health")
+        .all(|r| r.header("x-forwarded-for").as_deref() == Some("127.0.0.1")));
+}
