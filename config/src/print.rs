@@ -34,11 +34,25 @@ pub fn to_toml(config: &Config) -> String {
     for l in &config.listeners {
         let _ = write!(
             out,
-            "\n[[listeners]]\nname = {}\naddress = {}\nhttp2 = {}\n",
+            "\n[[listeners]]\nname = {}\naddress = {}\n",
             quote(&l.name),
             quote(&l.address.to_string()),
-            l.http2
         );
+        match l.protocol {
+            ListenerProtocol::Http => {
+                let _ = writeln!(out, "http2 = {}", l.http2);
+            }
+            ListenerProtocol::Tcp { upstream } => {
+                let _ = writeln!(
+                    out,
+                    "protocol = \"tcp\"\nupstream = {}",
+                    quote(&config.upstreams[upstream].name)
+                );
+            }
+        }
+        if let Some(n) = l.max_connections_per_worker {
+            let _ = writeln!(out, "max_connections_per_worker = {n}");
+        }
         let _ = writeln!(out, "proxy_protocol = {}", l.proxy_protocol_from.is_some());
         if let Some(from) = &l.proxy_protocol_from {
             let _ = writeln!(out, "proxy_protocol_from = [{}]", quoted_networks(from));
@@ -305,11 +319,12 @@ fn upstream(out: &mut String, u: &Upstream) {
     let _ = writeln!(out, "backends = [{}]", backends.join(", "));
     let _ = writeln!(
         out,
-        "timeouts = {{ connect = {}, response = {}, send = {}, idle = {} }}",
+        "timeouts = {{ connect = {}, response = {}, send = {}, idle = {}, tunnel_idle = {} }}",
         duration(u.connect_timeout),
         duration(u.response_timeout),
         duration(u.send_timeout),
-        duration(u.idle_timeout)
+        duration(u.idle_timeout),
+        duration(u.tunnel_idle_timeout)
     );
     let _ = writeln!(
         out,
@@ -318,15 +333,24 @@ fn upstream(out: &mut String, u: &Upstream) {
         duration(u.stray_cooldown)
     );
     if let Some(h) = &u.health_check {
+        // A connect probe has no path, and so no status to expect.
+        let http = h
+            .path
+            .as_ref()
+            .map(|p| format!("path = {}, ", quote(p)))
+            .unwrap_or_default();
+        let status = h
+            .path
+            .as_ref()
+            .map(|_| format!(", expect_status = {}", h.expect_status))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "health_check = {{ path = {}, interval = {}, timeout = {}, rise = {}, fall = {}, expect_status = {} }}",
-            quote(&h.path),
+            "health_check = {{ {http}interval = {}, timeout = {}, rise = {}, fall = {}{status} }}",
             duration(h.interval),
             duration(h.timeout),
             h.rise,
             h.fall,
-            h.expect_status
         );
     }
     let o = &u.outlier_detection;

@@ -104,6 +104,16 @@ pub(crate) struct RawListener {
     pub http2: Option<bool>,
     pub proxy_protocol: Option<Spanned<bool>>,
     pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
+    pub protocol: Option<Spanned<RawListenerProtocol>>,
+    pub upstream: Option<Spanned<String>>,
+    pub max_connections_per_worker: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawListenerProtocol {
+    Http,
+    Tcp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,7 +218,7 @@ pub(crate) enum RawBalance {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHealthCheck {
-    pub path: Spanned<String>,
+    pub path: Option<Spanned<String>>,
     pub interval: Spanned<HumanDuration>,
     pub timeout: Spanned<HumanDuration>,
     pub rise: Option<Spanned<i64>>,
@@ -268,6 +278,7 @@ pub(crate) struct RawTimeouts {
     pub response: Option<Spanned<HumanDuration>>,
     pub send: Option<Spanned<HumanDuration>>,
     pub idle: Option<Spanned<HumanDuration>>,
+    pub tunnel_idle: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -40,11 +40,13 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
         .as_ref()
         .and_then(|t| t.server_name.clone())
         .unwrap_or_else(|| addr.to_string());
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
-        check.path
-    )
-    .into_bytes();
+    let request = check.path.as_ref().map(|path| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
+        )
+        .into_bytes()
+    });
+    let what = check.path.as_deref().unwrap_or("connect");
     let mut state = HealthState::new(check.rise, check.fall);
     loop {
         monoio::time::sleep(check.interval).await;
@@ -69,7 +71,7 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
                     "upstream {} backend {addr} is {} (health check {})",
                     upstream.config.name,
                     if healthy { "healthy" } else { "unhealthy" },
-                    check.path
+                    what
                 );
             });
             upstream
@@ -85,11 +87,12 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
 }
 
 /// One probe: the whole exchange must finish within `check.timeout` with
-/// the expected status.
+/// the expected status; without a `request` (no `path`), connecting (PROXY
+/// header and TLS handshake included) is the whole probe.
 async fn probe(
     addr: std::net::SocketAddr,
     check: &HealthCheck,
-    request: Vec<u8>,
+    request: Option<Vec<u8>>,
     tls: Option<&UpstreamTlsConfig>,
     send_proxy_protocol: Option<ProxyProtocolVersion>,
 ) -> bool {
@@ -123,6 +126,14 @@ async fn probe(
                 Err(_) => return false,
             }
         }
+    };
+    let Some(request) = request else {
+        w.close(
+            deadline.saturating_duration_since(Instant::now()),
+            &write_abort,
+        )
+        .await;
+        return true;
     };
     let len = request.len();
     let left = deadline.saturating_duration_since(Instant::now());

@@ -23,6 +23,7 @@ mod stop;
 mod stream;
 mod ticker;
 mod tls;
+mod tunnel;
 mod upstream;
 mod worker;
 

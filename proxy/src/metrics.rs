@@ -67,6 +67,12 @@ pub struct Counters {
     /// Connections a `proxy_protocol` listener closed unforwarded, indexed
     /// like `PROXY_PROTOCOL_REASONS`.
     proxy_protocol_refused: [Cell<u64>; 4],
+    /// Connections of `tcp` listeners: accepted, open now, and the bytes
+    /// relayed from and to their clients.
+    tunnels: Cell<u64>,
+    tunnels_open: Cell<u64>,
+    tunnel_bytes_in: Cell<u64>,
+    tunnel_bytes_out: Cell<u64>,
 }
 
 /// (version, resumed) labels of `ringgate_tls_handshakes_total`.
@@ -106,6 +112,26 @@ impl Counters {
 
     pub fn proxy_protocol_refused(&self, why: crate::proxy_protocol::Refused) {
         Self::bump(&self.proxy_protocol_refused[why.label_index()]);
+    }
+
+    pub fn tunnel_opened(&self) {
+        Self::bump(&self.tunnels);
+        Self::bump(&self.tunnels_open);
+    }
+
+    pub fn tunnel_closed(&self) {
+        self.tunnels_open
+            .set(self.tunnels_open.get().saturating_sub(1));
+    }
+
+    pub fn tunnel_bytes_in(&self, n: usize) {
+        self.tunnel_bytes_in
+            .set(self.tunnel_bytes_in.get() + n as u64);
+    }
+
+    pub fn tunnel_bytes_out(&self, n: usize) {
+        self.tunnel_bytes_out
+            .set(self.tunnel_bytes_out.get() + n as u64);
     }
 
     pub fn http2_connection(&self) {
@@ -159,6 +185,10 @@ pub struct Snapshot {
     pub http2_connections: u64,
     pub http2_abuse: [u64; 4],
     pub proxy_protocol_refused: [u64; 4],
+    pub tunnels: u64,
+    pub tunnels_open: u64,
+    /// Bytes relayed by `tcp` listeners: from clients, to clients.
+    pub tunnel_bytes: [u64; 2],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -181,6 +211,12 @@ impl Snapshot {
             proxy_protocol_refused: std::array::from_fn(|i| {
                 counters.proxy_protocol_refused[i].get()
             }),
+            tunnels: counters.tunnels.get(),
+            tunnels_open: counters.tunnels_open.get(),
+            tunnel_bytes: [
+                counters.tunnel_bytes_in.get(),
+                counters.tunnel_bytes_out.get(),
+            ],
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -217,6 +253,8 @@ struct Totals {
     http2_connections: u64,
     http2_abuse: [u64; 4],
     proxy_protocol_refused: [u64; 4],
+    tunnels: u64,
+    tunnel_bytes: [u64; 2],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -234,6 +272,8 @@ impl Totals {
         self.http2_connections += s.http2_connections;
         add_each(&mut self.http2_abuse, &s.http2_abuse);
         add_each(&mut self.proxy_protocol_refused, &s.proxy_protocol_refused);
+        self.tunnels += s.tunnels;
+        add_each(&mut self.tunnel_bytes, &s.tunnel_bytes);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -431,6 +471,39 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     );
     for (reason, n) in HTTP2_ABUSE_REASONS.iter().zip(counters.http2_abuse) {
         let _ = writeln!(out, "ringgate_http2_abuse_total{{reason=\"{reason}\"}} {n}");
+    }
+    help(
+        &mut out,
+        "ringgate_tcp_connections_total",
+        "counter",
+        "Connections accepted by tcp listeners.",
+    );
+    let _ = writeln!(out, "ringgate_tcp_connections_total {}", counters.tunnels);
+    help(
+        &mut out,
+        "ringgate_tcp_connections_open",
+        "gauge",
+        "Connections of tcp listeners open now (connecting or relaying).",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_tcp_connections_open {}",
+        gauge_sum(&|s| s.tunnels_open)
+    );
+    help(
+        &mut out,
+        "ringgate_tcp_bytes_total",
+        "counter",
+        "Bytes relayed by tcp listeners: from_client (to the backend) and to_client.",
+    );
+    for (direction, n) in ["from_client", "to_client"]
+        .iter()
+        .zip(counters.tunnel_bytes)
+    {
+        let _ = writeln!(
+            out,
+            "ringgate_tcp_bytes_total{{direction=\"{direction}\"}} {n}"
+        );
     }
     help(
         &mut out,
