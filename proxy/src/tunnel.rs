@@ -269,17 +269,19 @@ async fn copy(
 
 async fn copy_until_end(d: Direction<'_>, idle: Duration, last_activity: &Cell<Instant>) -> End {
     let mut buf: Vec<u8> = Vec::with_capacity(RELAY_BYTES);
+    // The buffer was given back after `IDLE_BUFFER_GRACE` of quiet: a
+    // one-byte read waits for the next bytes.
+    let mut parked = false;
     loop {
         buf.clear();
         let quiet = last_activity.get().elapsed();
         let Some(left) = idle.checked_sub(quiet).filter(|d| !d.is_zero()) else {
             return End::Cut;
         };
-        let want = if buf.capacity() == 0 { 1 } else { RELAY_BYTES };
-        let wait = if want == 1 {
-            left
+        let (want, wait) = if parked {
+            (1, left)
         } else {
-            left.min(IDLE_BUFFER_GRACE)
+            (RELAY_BYTES, left.min(IDLE_BUFFER_GRACE))
         };
         match d.from.read_more(&mut buf, want, wait, d.read_abort).await {
             Ok(0) => {
@@ -291,10 +293,12 @@ async fn copy_until_end(d: Direction<'_>, idle: Duration, last_activity: &Cell<I
                 (d.moved)(n);
             }
             Err(ReadFail::TimedOut) => {
-                // Quiet past the grace: give the buffer back, wait on a
-                // one-byte read (re-checking the idle deadline first).
-                if buf.capacity() > 0 && wait < left {
+                // Either the grace (park) or the idle deadline, which the
+                // top of the loop checks against the other direction's
+                // traffic too.
+                if !parked && wait < left {
                     buf = Vec::new();
+                    parked = true;
                 }
                 continue;
             }
@@ -307,9 +311,10 @@ async fn copy_until_end(d: Direction<'_>, idle: Duration, last_activity: &Cell<I
             return End::Cut;
         }
         last_activity.set(Instant::now());
-        if buf.capacity() < RELAY_BYTES {
-            // Woken from idle by a byte: the next reads take a full buffer.
+        if parked {
+            // Woken by a byte: a full buffer for what follows.
             buf = Vec::with_capacity(RELAY_BYTES);
+            parked = false;
         }
     }
 }
