@@ -339,10 +339,11 @@ impl UpstreamState {
 
     /// A pooled connection if a fresh enough one is idle (and `fresh` is not
     /// asked), else a new one; with `send_proxy_protocol`, one opened for
-    /// `client`, else a new one that starts with `client`'s PROXY header. At `max_connections` (node-wide) it waits up
-    /// to `connect_timeout` for one of this worker's connections to that
-    /// backend to come back or close; with none of its own, nothing would
-    /// come back, so it overflows at once.
+    /// `client`, else a new one that starts with `client`'s PROXY header.
+    /// At `max_connections` (node-wide) it waits up to `connect_timeout`
+    /// for one of this worker's connections to that backend to come back
+    /// or close; with none of its own, nothing would come back, so it
+    /// overflows at once.
     pub async fn checkout(
         &self,
         backend: usize,
