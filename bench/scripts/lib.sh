@@ -28,20 +28,21 @@ cpu_ticks() {
   echo $total
 }
 
-# The medians of the per-round ratios to nginx, and each proxy's medians,
-# from a file of "round proxy requests_per_s cpu_us_per_request" lines:
-# round_ratios FILE
+# The medians of the per-round ratios to nginx (or to BASE), and each
+# proxy's medians, from a file of "round proxy requests_per_s
+# cpu_us_per_request" lines: round_ratios FILE [BASE]
 round_ratios() {
-python3 - "$1" <<'PY'
+python3 - "$1" "${2:-nginx}" <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
+base = sys.argv[2]
 by = {}
 for r, p, rps, cpu in rows:
     by.setdefault(r, {})[p] = (float(rps), float(cpu))
-for other in sorted({p for v in by.values() for p in v} - {"nginx"}):
-    ratios = [(v[other][0] / v["nginx"][0], v[other][1] / v["nginx"][1]) for v in by.values() if other in v and "nginx" in v]
+for other in sorted({p for v in by.values() for p in v} - {base}):
+    ratios = [(v[other][0] / v[base][0], v[other][1] / v[base][1]) for v in by.values() if other in v and base in v]
     if ratios:
-        print(f"{other}/nginx over {len(ratios)} rounds: requests/s median {st.median(r for r, _ in ratios):.2f}x "
+        print(f"{other}/{base} over {len(ratios)} rounds: requests/s median {st.median(r for r, _ in ratios):.2f}x "
               f"(min {min(r for r, _ in ratios):.2f}, max {max(r for r, _ in ratios):.2f}), "
               f"CPU/request median {st.median(c for _, c in ratios):.2f}x")
 for p in sorted({p for v in by.values() for p in v}):

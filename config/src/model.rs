@@ -246,6 +246,28 @@ pub struct Listener {
     /// `http/1.1`; without it, a client may open with the HTTP/2 preface
     /// (prior knowledge). Defaults to whether the listener has `tls`.
     pub http2: bool,
+    /// `Some` with `proxy_protocol = true`: every connection starts with a
+    /// PROXY protocol header (v1 or v2) whose client address replaces the
+    /// peer's, and only peers in these networks (`proxy_protocol_from`,
+    /// never empty) may connect. The same network type as
+    /// `trusted_proxies`, with the same IPv4-mapped matching.
+    pub proxy_protocol_from: Option<TrustedProxies>,
+    /// What the listener speaks: HTTP through routes, or raw TCP to one
+    /// upstream.
+    pub protocol: ListenerProtocol,
+    /// This listener's connections one worker holds at once (beyond them a
+    /// new one is closed at accept); `None`: only the worker's own limit.
+    pub max_connections_per_worker: Option<usize>,
+}
+
+/// `[[listeners]] protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 (and HTTP/2 with `http2`), routed by `[[routes]]`.
+    Http,
+    /// Bytes relayed both ways to a backend of this upstream (an index
+    /// into [`Config::upstreams`]), picked by its balancer per connection.
+    Tcp { upstream: usize },
 }
 
 /// `[listeners.tls]`: the certificates and policy of a TLS listener. The
@@ -582,6 +604,9 @@ pub struct Upstream {
     pub send_timeout: Duration,
     /// How long a pooled keep-alive connection may sit unused.
     pub idle_timeout: Duration,
+    /// How long a relayed connection (a `tcp` listener's) may carry no
+    /// byte either way, and a write on it may make no progress.
+    pub tunnel_idle_timeout: Duration,
     /// Per worker, idle keep-alive connections kept per backend; 0 disables reuse.
     pub max_idle_per_backend: usize,
     /// How long a backend that sent a response nobody asked for gets no
@@ -602,6 +627,9 @@ pub struct Upstream {
     /// What the backends speak: HTTP/1.1, or HTTP/2 (ALPN `h2` with `tls`,
     /// prior knowledge without), multiplexed on few connections.
     pub protocol: UpstreamProtocol,
+    /// `Some`: every new connection to a backend starts with a PROXY
+    /// protocol header of this version naming the client (before TLS).
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 /// `[[upstreams]] protocol`.
@@ -610,6 +638,16 @@ pub enum UpstreamProtocol {
     #[default]
     Http1,
     H2,
+}
+
+/// `send_proxy_protocol`: which PROXY protocol header goes to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolVersion {
+    /// The text line (`PROXY TCP4 ...`), which every receiver reads.
+    V1,
+    /// The binary header, cheaper to parse.
+    V2,
 }
 
 /// `[[upstreams]] tls`: HTTPS to the backends, certificates verified.
@@ -660,8 +698,11 @@ pub enum HashKey {
 /// `health_check`: active probes, each backend probed by one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
-    /// Origin-form request target starting with `/`.
-    pub path: String,
+    /// Origin-form request target starting with `/` of an HTTP probe;
+    /// `None`: a connect probe (the TCP connect, and the PROXY header and
+    /// TLS handshake when the upstream has them), for backends that do not
+    /// speak HTTP.
+    pub path: Option<String>,
     pub interval: Duration,
     /// At most `interval`: one probe per backend is outstanding at a time.
     pub timeout: Duration,
@@ -669,7 +710,7 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failing probes to become unhealthy, `1..=HEALTH_THRESHOLD_MAX`.
     pub fall: u32,
-    /// The status a passing probe answers, `100..=599`.
+    /// The status a passing HTTP probe answers, `100..=599`.
     pub expect_status: u16,
 }
 
@@ -783,6 +824,10 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Below the 75 s keep-alive of nginx/Apache-style backends, so the proxy
 /// drops an idle connection before the backend does and never reuses a dying one.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `proxy_timeout` for streams: long enough for a quiet database or
+/// message-queue connection, short enough that a dead peer's half of a
+/// tunnel is not held for hours.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Enough idle connections per backend per worker to absorb a burst without
 /// new handshakes; small enough to stay far below a backend's connection limit.
 pub const DEFAULT_MAX_IDLE_PER_BACKEND: usize = 64;
@@ -796,7 +841,7 @@ pub struct Config {
     pub limits: Limits,
     /// Never empty; names are unique; no two share an address unless its port is 0.
     pub listeners: Vec<Listener>,
-    /// Never empty; every index is in range.
+    /// Every index is in range; empty only when every listener is `tcp`.
     pub routes: Vec<Route>,
     /// Never empty; names are unique.
     pub upstreams: Vec<Upstream>,

@@ -34,11 +34,29 @@ pub fn to_toml(config: &Config) -> String {
     for l in &config.listeners {
         let _ = write!(
             out,
-            "\n[[listeners]]\nname = {}\naddress = {}\nhttp2 = {}\n",
+            "\n[[listeners]]\nname = {}\naddress = {}\n",
             quote(&l.name),
             quote(&l.address.to_string()),
-            l.http2
         );
+        match l.protocol {
+            ListenerProtocol::Http => {
+                let _ = writeln!(out, "http2 = {}", l.http2);
+            }
+            ListenerProtocol::Tcp { upstream } => {
+                let _ = writeln!(
+                    out,
+                    "protocol = \"tcp\"\nupstream = {}",
+                    quote(&config.upstreams[upstream].name)
+                );
+            }
+        }
+        if let Some(n) = l.max_connections_per_worker {
+            let _ = writeln!(out, "max_connections_per_worker = {n}");
+        }
+        let _ = writeln!(out, "proxy_protocol = {}", l.proxy_protocol_from.is_some());
+        if let Some(from) = &l.proxy_protocol_from {
+            let _ = writeln!(out, "proxy_protocol_from = [{}]", quoted_networks(from));
+        }
         if let Some(t) = &l.tls {
             listener_tls(&mut out, t);
         }
@@ -78,16 +96,19 @@ fn server(out: &mut String, s: &Server) {
     let _ = writeln!(out, "drain_timeout = {}", duration(s.drain_timeout));
     let _ = writeln!(out, "io_uring_setup = {}", quote(setup));
     let _ = writeln!(out, "share_ports = {}", s.share_ports);
-    let networks: Vec<String> = s
-        .trusted_proxies
-        .0
-        .iter()
-        .map(|n| quote(&n.to_string()))
-        .collect();
-    let _ = writeln!(out, "trusted_proxies = [{}]", networks.join(", "));
+    let _ = writeln!(
+        out,
+        "trusted_proxies = [{}]",
+        quoted_networks(&s.trusted_proxies)
+    );
     if let Some(name) = &s.request_id {
         let _ = writeln!(out, "request_id = {}", quote(name));
     }
+}
+
+fn quoted_networks(networks: &TrustedProxies) -> String {
+    let quoted: Vec<String> = networks.0.iter().map(|n| quote(&n.to_string())).collect();
+    quoted.join(", ")
 }
 
 fn listener_tls(out: &mut String, t: &ListenerTls) {
@@ -350,6 +371,13 @@ fn upstream(out: &mut String, u: &Upstream) {
         };
         let _ = writeln!(out, "hash_key = {}", quote(&key));
     }
+    if let Some(v) = u.send_proxy_protocol {
+        let v = match v {
+            ProxyProtocolVersion::V1 => "v1",
+            ProxyProtocolVersion::V2 => "v2",
+        };
+        let _ = writeln!(out, "send_proxy_protocol = {}", quote(v));
+    }
     let backends: Vec<String> = u
         .backends
         .iter()
@@ -364,11 +392,12 @@ fn upstream(out: &mut String, u: &Upstream) {
     let _ = writeln!(out, "backends = [{}]", backends.join(", "));
     let _ = writeln!(
         out,
-        "timeouts = {{ connect = {}, response = {}, send = {}, idle = {} }}",
+        "timeouts = {{ connect = {}, response = {}, send = {}, idle = {}, tunnel_idle = {} }}",
         duration(u.connect_timeout),
         duration(u.response_timeout),
         duration(u.send_timeout),
-        duration(u.idle_timeout)
+        duration(u.idle_timeout),
+        duration(u.tunnel_idle_timeout)
     );
     let _ = writeln!(
         out,
@@ -377,15 +406,24 @@ fn upstream(out: &mut String, u: &Upstream) {
         duration(u.stray_cooldown)
     );
     if let Some(h) = &u.health_check {
+        // A connect probe has no path, and so no status to expect.
+        let http = h
+            .path
+            .as_ref()
+            .map(|p| format!("path = {}, ", quote(p)))
+            .unwrap_or_default();
+        let status = h
+            .path
+            .as_ref()
+            .map(|_| format!(", expect_status = {}", h.expect_status))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "health_check = {{ path = {}, interval = {}, timeout = {}, rise = {}, fall = {}, expect_status = {} }}",
-            quote(&h.path),
+            "health_check = {{ {http}interval = {}, timeout = {}, rise = {}, fall = {}{status} }}",
             duration(h.interval),
             duration(h.timeout),
             h.rise,
             h.fall,
-            h.expect_status
         );
     }
     let o = &u.outlier_detection;

@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::model::{LogLevel, RingSetup, Workers, WORKERS_MAX};
+use crate::model::{LogLevel, ProxyProtocolVersion, RingSetup, Workers, WORKERS_MAX};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +103,18 @@ pub(crate) struct RawListener {
     pub address: Spanned<String>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub http2: Option<bool>,
+    pub proxy_protocol: Option<Spanned<bool>>,
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
+    pub protocol: Option<Spanned<RawListenerProtocol>>,
+    pub upstream: Option<Spanned<String>>,
+    pub max_connections_per_worker: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawListenerProtocol {
+    Http,
+    Tcp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,6 +248,7 @@ pub(crate) struct RawUpstream {
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub tls: Option<RawUpstreamTls>,
     pub protocol: Option<Spanned<RawUpstreamProtocol>>,
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -267,7 +280,7 @@ pub(crate) enum RawBalance {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHealthCheck {
-    pub path: Spanned<String>,
+    pub path: Option<Spanned<String>>,
     pub interval: Spanned<HumanDuration>,
     pub timeout: Spanned<HumanDuration>,
     pub rise: Option<Spanned<i64>>,
@@ -327,6 +340,7 @@ pub(crate) struct RawTimeouts {
     pub response: Option<Spanned<HumanDuration>>,
     pub send: Option<Spanned<HumanDuration>>,
     pub idle: Option<Spanned<HumanDuration>>,
+    pub tunnel_idle: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

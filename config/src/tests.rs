@@ -119,8 +119,30 @@ fn full_example_sets_every_key() {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.listeners.len(), 3);
     assert_eq!(c.listeners[1].address, addr("[::1]:8081"));
+    let pg = c.upstreams.iter().position(|u| u.name == "pg").expect("pg");
+    assert_eq!(
+        c.listeners[2].protocol,
+        ListenerProtocol::Tcp { upstream: pg }
+    );
+    assert_eq!(c.listeners[2].max_connections_per_worker, Some(2000));
+    assert_eq!(
+        c.upstreams[pg].tunnel_idle_timeout,
+        Duration::from_secs(1800)
+    );
+    assert_eq!(
+        c.upstreams[pg]
+            .health_check
+            .as_ref()
+            .map(|h| h.path.clone()),
+        Some(None)
+    );
+    let from = c.listeners[1]
+        .proxy_protocol_from
+        .as_ref()
+        .expect("proxy_protocol");
+    assert!(from.contains("::1".parse().unwrap()));
     assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
     assert_eq!(c.routes[0].path_prefix, "/v1/");
     assert_eq!(c.routes[0].methods, ["GET", "POST"]);
@@ -151,7 +173,7 @@ fn full_example_sets_every_key() {
     assert_eq!(api.balance, Balance::WeightedRoundRobin);
     let hc = api.health_check.as_ref().expect("health_check");
     assert_eq!(
-        (hc.path.as_str(), hc.interval, hc.timeout),
+        (hc.path.as_deref().unwrap_or(""), hc.interval, hc.timeout),
         ("/health", Duration::from_secs(2), Duration::from_secs(1))
     );
     assert_eq!((hc.rise, hc.fall, hc.expect_status), (2, 3, 200));
@@ -172,7 +194,11 @@ fn full_example_sets_every_key() {
     );
     let sticky = &c.upstreams[2];
     assert_eq!(sticky.balance, Balance::MaglevHash);
-    let grpc = c.upstreams.last().expect("upstreams");
+    let grpc = c
+        .upstreams
+        .iter()
+        .find(|u| u.name == "grpc")
+        .expect("the grpc upstream");
     assert_eq!(
         (grpc.name.as_str(), grpc.protocol),
         ("grpc", UpstreamProtocol::H2)
@@ -939,7 +965,7 @@ fn health_check_defaults_rise_fall_and_status() {
     assert_eq!(
         hc,
         HealthCheck {
-            path: "/healthz".into(),
+            path: Some("/healthz".into()),
             interval: Duration::from_millis(200),
             timeout: Duration::from_millis(200),
             rise: 2,
@@ -1537,6 +1563,314 @@ fn a_trusted_proxy_that_is_not_a_network_is_an_error() {
     );
 }
 
+// ---- PROXY protocol ----
+
+fn listener_with(extra: &str) -> String {
+    BASE.replace(
+        "address = \"127.0.0.1:8080\"\n",
+        &format!("address = \"127.0.0.1:8080\"\n{extra}\n"),
+    )
+}
+
+#[test]
+fn proxy_protocol_is_off_by_default_and_takes_its_networks() {
+    assert!(ok(BASE).listeners[0].proxy_protocol_from.is_none());
+    let c = ok(&listener_with(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"127.0.0.1\"]",
+    ));
+    let from = c.listeners[0].proxy_protocol_from.as_ref().expect("on");
+    assert!(from.contains("10.9.9.9".parse().unwrap()));
+    assert!(from.contains("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(!from.contains("127.0.0.2".parse().unwrap()));
+    assert!(ok(&listener_with("proxy_protocol = false")).listeners[0]
+        .proxy_protocol_from
+        .is_none());
+}
+
+#[test]
+fn proxy_protocol_without_its_networks_is_refused() {
+    let text = listener_with("proxy_protocol = true");
+    assert_error_at(
+        &text,
+        "true",
+        "listeners[0].proxy_protocol",
+        "proxy_protocol = true needs proxy_protocol_from",
+    );
+}
+
+#[test]
+fn proxy_protocol_from_without_proxy_protocol_is_refused() {
+    for extra in [
+        "proxy_protocol_from = [\"10.0.0.0/8\"]",
+        "proxy_protocol = false\nproxy_protocol_from = [\"10.0.0.0/8\"]",
+    ] {
+        let text = listener_with(extra);
+        assert_error_at(
+            &text,
+            "[\"10.",
+            "listeners[0].proxy_protocol_from",
+            "is only read with proxy_protocol = true",
+        );
+    }
+}
+
+#[test]
+fn proxy_protocol_from_must_hold_networks() {
+    let text = listener_with("proxy_protocol = true\nproxy_protocol_from = []");
+    assert_error_at(
+        &text,
+        "[]",
+        "listeners[0].proxy_protocol_from",
+        "must list at least one network",
+    );
+    let text = listener_with(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"lb.example\"]",
+    );
+    assert_error_at(
+        &text,
+        "\"lb.example",
+        "listeners[0].proxy_protocol_from[1]",
+        "\"lb.example\" is not an IP network",
+    );
+}
+
+#[test]
+fn proxy_protocol_prints_and_reads_back() {
+    let c = ok(&listener_with(
+        "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"fd00::/8\"]",
+    ));
+    let printed = to_toml(&c);
+    assert!(
+        printed.contains(
+            "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"fd00::/8\"]\n"
+        ),
+        "{printed}"
+    );
+    let again = ok(&printed);
+    assert_eq!(
+        again.listeners[0].proxy_protocol_from,
+        c.listeners[0].proxy_protocol_from
+    );
+    assert!(to_toml(&ok(BASE)).contains("proxy_protocol = false\n"));
+}
+
+#[test]
+fn send_proxy_protocol_takes_v1_or_v2_and_prints_back() {
+    assert_eq!(ok(BASE).upstreams[0].send_proxy_protocol, None);
+    for (text, want) in [
+        ("v1", ProxyProtocolVersion::V1),
+        ("v2", ProxyProtocolVersion::V2),
+    ] {
+        let c = ok(&upstream_with(&format!("send_proxy_protocol = \"{text}\"")));
+        assert_eq!(c.upstreams[0].send_proxy_protocol, Some(want));
+        let printed = to_toml(&c);
+        assert!(
+            printed.contains(&format!("send_proxy_protocol = \"{text}\"\n")),
+            "{printed}"
+        );
+        assert_eq!(ok(&printed).upstreams[0].send_proxy_protocol, Some(want));
+    }
+    let text = upstream_with("send_proxy_protocol = \"v3\"");
+    assert_error_at(
+        &text,
+        "\"v3\"",
+        "upstreams[0].send_proxy_protocol",
+        "unknown value `v3` (expected one of `v1`, `v2`)",
+    );
+}
+
+// ---- tcp listeners ----
+
+const TCP_ONLY: &str = r#"[[listeners]]
+name = "db"
+address = "127.0.0.1:5432"
+protocol = "tcp"
+upstream = "pg"
+
+[[upstreams]]
+name = "pg"
+backends = [{ address = "10.0.0.1:5432" }]
+"#;
+
+#[test]
+fn a_tcp_listener_relays_to_its_upstream_and_needs_no_routes() {
+    let c = ok(TCP_ONLY);
+    assert_eq!(
+        c.listeners[0].protocol,
+        ListenerProtocol::Tcp { upstream: 0 }
+    );
+    assert!(!c.listeners[0].http2);
+    assert!(c.routes.is_empty());
+    assert_eq!(
+        c.upstreams[0].tunnel_idle_timeout,
+        DEFAULT_TUNNEL_IDLE_TIMEOUT
+    );
+    assert_eq!(c.listeners[0].max_connections_per_worker, None);
+    assert_eq!(ok(BASE).listeners[0].protocol, ListenerProtocol::Http);
+    let c = ok(&TCP_ONLY
+        .replace(
+            "upstream = \"pg\"\n",
+            "upstream = \"pg\"\nmax_connections_per_worker = 100\n",
+        )
+        .replace(
+            "5432\" }]",
+            "5432\" }]\ntimeouts = { tunnel_idle = \"30s\" }",
+        ));
+    assert_eq!(c.listeners[0].max_connections_per_worker, Some(100));
+    assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(30));
+    let printed = to_toml(&c);
+    let again = ok(&printed);
+    assert_eq!(
+        again.listeners[0].protocol,
+        ListenerProtocol::Tcp { upstream: 0 }
+    );
+    assert_eq!(again.listeners[0].max_connections_per_worker, Some(100));
+    assert_eq!(
+        again.upstreams[0].tunnel_idle_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(to_toml(&again), printed);
+}
+
+#[test]
+fn a_tcp_listener_without_an_upstream_is_refused() {
+    let text = TCP_ONLY.replace("upstream = \"pg\"\n", "");
+    assert_error_at(
+        &text,
+        "\"tcp\"",
+        "listeners[0].protocol",
+        "needs upstream = \"NAME\"",
+    );
+    let text = TCP_ONLY.replace("upstream = \"pg\"", "upstream = \"pq\"");
+    assert_error_at(
+        &text,
+        "\"pq\"",
+        "listeners[0].upstream",
+        "no upstream named \"pq\"",
+    );
+}
+
+#[test]
+fn keys_of_the_other_kind_of_listener_are_refused() {
+    let text = listener_with("upstream = \"api\"");
+    assert_error_at(
+        &text,
+        "\"api\"\n\n",
+        "listeners[0].upstream",
+        "is only read with protocol = \"tcp\"",
+    );
+    let text = TCP_ONLY.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nhttp2 = true");
+    assert_error_at(
+        &text,
+        "\"tcp\"",
+        "listeners[0].http2",
+        "is only read on an http listener",
+    );
+    let text = TCP_ONLY.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\ntls = { certificates = [{ cert = \"a.pem\", key = \"a.key\" }] }",
+    );
+    assert_error_at(
+        &text,
+        "{ certificates",
+        "listeners[0].tls",
+        "TLS termination on it is not built",
+    );
+    let text = TCP_ONLY.replace("\"tcp\"", "\"udp\"");
+    assert_error_at(
+        &text,
+        "\"udp\"",
+        "listeners[0].protocol",
+        "unknown value `udp`",
+    );
+    let text = TCP_ONLY.replace(
+        "upstream = \"pg\"\n",
+        "upstream = \"pg\"\nmax_connections_per_worker = 0\n",
+    );
+    assert_error_at(
+        &text,
+        "0\n",
+        "listeners[0].max_connections_per_worker",
+        "0 is out of range; must be in 1..=1000000",
+    );
+    let text = TCP_ONLY.replace(
+        "5432\" }]",
+        "5432\" }]\ntimeouts = { tunnel_idle = \"2h\" }",
+    );
+    assert_error_at(
+        &text,
+        "\"2h\"",
+        "upstreams[0].timeouts.tunnel_idle",
+        "out of range",
+    );
+}
+
+#[test]
+fn a_route_on_a_tcp_listener_is_refused() {
+    let text = format!("{TCP_ONLY}\n[[routes]]\nlistener = \"db\"\nupstream = \"pg\"\n");
+    assert_error_at(
+        &text,
+        "\"db\"\nupstream",
+        "routes[0].listener",
+        "has protocol = \"tcp\"",
+    );
+}
+
+#[test]
+fn a_tcp_listener_cannot_hash_on_what_only_http_carries() {
+    let text = TCP_ONLY.replace(
+        "5432\" }]",
+        "5432\" }]\nbalance = \"maglev_hash\"\nhash_key = \"header:x-user\"",
+    );
+    assert_error_at(
+        &text,
+        "\"pg\"\n",
+        "listeners[0].upstream",
+        "use hash_key = \"client_ip\"",
+    );
+    let text = TCP_ONLY.replace(
+        "5432\" }]",
+        "5432\" }]\nbalance = \"maglev_hash\"\nhash_key = \"client_ip\"",
+    );
+    assert!(ok(&text).upstreams[0].hash_key.is_some());
+}
+
+#[test]
+fn routes_are_still_required_beside_an_http_listener() {
+    let text = TCP_ONLY.replace(
+        "[[upstreams]]",
+        "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:8080\"\n\n[[upstreams]]",
+    );
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.key == "routes"), "{errs:?}");
+}
+
+#[test]
+fn a_health_check_without_a_path_is_a_connect_probe_with_no_status() {
+    let c = ok(&upstream_with(
+        "health_check = { interval = \"1s\", timeout = \"500ms\" }",
+    ));
+    let hc = c.upstreams[0].health_check.clone().expect("health_check");
+    assert_eq!(hc.path, None);
+    let printed = to_toml(&c);
+    assert!(
+        printed.contains(
+            "health_check = { interval = \"1s\", timeout = \"500ms\", rise = 2, fall = 3 }\n"
+        ),
+        "{printed}"
+    );
+    assert_eq!(ok(&printed).upstreams[0].health_check, Some(hc));
+    let text = upstream_with(
+        "health_check = { interval = \"1s\", timeout = \"500ms\", expect_status = 204 }",
+    );
+    assert_error_at(
+        &text,
+        "204",
+        "upstreams[0].health_check.expect_status",
+        "is only read with path",
+    );
+}
+
 // ---- error_log ----
 
 #[test]
@@ -1770,7 +2104,7 @@ fn printed_config_fills_in_every_default() {
         "keepalive_timeout = \"1m 15s\"",
         "balance = \"weighted_round_robin\"",
         "backends = [{ address = \"127.0.0.1:9000\", weight = 1 }]",
-        "timeouts = { connect = \"1s\", response = \"30s\", send = \"1m\", idle = \"1m\" }",
+        "timeouts = { connect = \"1s\", response = \"30s\", send = \"1m\", idle = \"1m\", tunnel_idle = \"10m\" }",
         "outlier_detection = { consecutive_failures = 5,",
         "match = { path_prefix = \"/\" }",
         "http2 = false",
@@ -2340,4 +2674,13 @@ fn a_body_schema_bounds_the_body_it_reads_whole() {
     assert_eq!(e.key, "routes[0].body_schema", "{e}");
     let e = only_error(&route_with("body_schema = \" \""));
     assert_eq!(e.key, "routes[0].body_schema", "{e}");
+}
+
+#[test]
+fn an_h2_upstream_sends_no_proxy_protocol_header() {
+    let e = only_error(&format!(
+        "{BASE}protocol = \"h2\"\nsend_proxy_protocol = \"v2\"\n"
+    ));
+    assert_eq!(e.key, "upstreams[0].protocol", "{e}");
+    assert!(e.message.contains("many clients"), "{e}");
 }

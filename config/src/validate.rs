@@ -247,6 +247,9 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
                 address: SocketAddr::from(([0, 0, 0, 0], 0)),
                 tls: None,
                 http2: false,
+                proxy_protocol_from: None,
+                protocol: ListenerProtocol::Http,
+                max_connections_per_worker: None,
             });
             continue;
         };
@@ -267,11 +270,24 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         // a protocol it did not ask for; off on plain listeners, where only
         // prior-knowledge clients would use it.
         let http2 = l.http2.unwrap_or(tls.is_some());
+        let proxy_protocol_from = proxy_protocol(&mut c, i, l);
+        let max_connections_per_worker = l.max_connections_per_worker.as_ref().map(|n| {
+            c.int(
+                Some(n),
+                &format!("listeners[{i}].max_connections_per_worker"),
+                1..=MAX_CONNECTIONS_PER_WORKER_MAX,
+                MAX_CONNECTIONS_PER_WORKER_MAX,
+            )
+        });
         listeners.push(Listener {
             name: l.name.get_ref().clone(),
             address,
             tls,
             http2,
+            proxy_protocol_from,
+            // A tcp listener's upstream is resolved once the upstreams are.
+            protocol: ListenerProtocol::Http,
+            max_connections_per_worker,
         });
     }
 
@@ -290,12 +306,22 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         .map(|(i, u)| upstream(&mut c, i, u, &mut upstream_names))
         .collect();
 
+    let upstream_index = index_by_name(upstreams.iter().map(|u| u.name.as_str()));
+    for (i, l) in raw_listeners.iter().enumerate() {
+        if let Some(listener) = listeners.get_mut(i) {
+            listener.protocol = listener_protocol(&mut c, i, l, &upstream_index, &upstreams);
+        }
+    }
     let (span, raw_routes) = spanned_vec(raw.routes);
-    if raw_routes.is_empty() {
+    // A node of tcp listeners only has nothing to route.
+    let any_http = raw_listeners.is_empty()
+        || listeners
+            .iter()
+            .any(|l| l.protocol == ListenerProtocol::Http);
+    if raw_routes.is_empty() && any_http {
         c.err(span, "routes", "at least one [[routes]] table is required");
     }
     let listener_index = index_by_name(listeners.iter().map(|l| l.name.as_str()));
-    let upstream_index = index_by_name(upstreams.iter().map(|u| u.name.as_str()));
     let mut routes = Vec::with_capacity(raw_routes.len());
     // (listener, host, path_prefix) → earlier routes with their methods, for the ambiguity check.
     let mut seen_matches: HashMap<MatchKey, Vec<(usize, Vec<String>)>> = HashMap::new();
@@ -368,6 +394,17 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         let (Some(listener), None | Some(Some(_))) = (listener, upstream) else {
             continue;
         };
+        if let ListenerProtocol::Tcp { .. } = listeners[listener].protocol {
+            c.err(
+                r.listener.span(),
+                format!("routes[{i}].listener"),
+                format!(
+                    "listener {:?} has protocol = \"tcp\": it relays bytes to its own upstream, and routes apply to http listeners only",
+                    r.listener.get_ref()
+                ),
+            );
+            continue;
+        }
         let upstream = upstream.flatten();
         let earlier = seen_matches
             .entry((listener, host.clone(), path_prefix.clone(), headers.clone()))
@@ -560,7 +597,9 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
         trusted_proxies: raw
             .trusted_proxies
             .as_ref()
-            .map_or(d.trusted_proxies, |list| trusted_proxies(c, list)),
+            .map_or(d.trusted_proxies, |list| {
+                networks(c, "server.trusted_proxies", list)
+            }),
         request_id: raw.request_id.as_ref().and_then(|name| {
             let checked = header_name(name.get_ref()).and_then(|lower| {
                 if MANAGED_HEADERS.contains(&lower.as_str()) || lower == "host" {
@@ -576,12 +615,114 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
     }
 }
 
-/// `"10.0.0.0/8"`, `"fd00::/8"`, or a single address (`"127.0.0.1"`).
-fn trusted_proxies(c: &mut Checker<'_>, list: &Spanned<Vec<Spanned<String>>>) -> TrustedProxies {
+/// A listener's `protocol`, with the `upstream` a `tcp` listener relays to
+/// and the keys only one of the two kinds reads.
+fn listener_protocol(
+    c: &mut Checker<'_>,
+    i: usize,
+    l: &RawListener,
+    upstream_index: &HashMap<&str, usize>,
+    upstreams: &[Upstream],
+) -> ListenerProtocol {
+    let tcp = l
+        .protocol
+        .as_ref()
+        .is_some_and(|p| *p.get_ref() == RawListenerProtocol::Tcp);
+    let key = |what: &str| format!("listeners[{i}].{what}");
+    if !tcp {
+        if let Some(u) = &l.upstream {
+            c.err(
+                u.span(),
+                key("upstream"),
+                "is only read with protocol = \"tcp\"; an http listener's routes choose the upstream",
+            );
+        }
+        return ListenerProtocol::Http;
+    }
+    if let Some(t) = &l.tls {
+        c.err(
+            t.span(),
+            key("tls"),
+            "a tcp listener relays bytes untouched; TLS termination on it is not built (leave tls out, or use protocol = \"http\")",
+        );
+    }
+    if l.http2.is_some() {
+        let at = l.protocol.as_ref().map_or(0..0, |p| p.span());
+        c.err(at, key("http2"), "is only read on an http listener");
+    }
+    let Some(name) = &l.upstream else {
+        let at = l.protocol.as_ref().map_or(0..0, |p| p.span());
+        c.err(
+            at,
+            key("protocol"),
+            "protocol = \"tcp\" needs upstream = \"NAME\", the upstream whose backends the connections are relayed to",
+        );
+        return ListenerProtocol::Http;
+    };
+    let Some(upstream) = lookup(c, name, &key("upstream"), upstream_index, "upstream") else {
+        return ListenerProtocol::Http;
+    };
+    if let Some(HashKey::Header(_) | HashKey::Cookie(_)) = &upstreams[upstream].hash_key {
+        c.err(
+            name.span(),
+            key("upstream"),
+            format!(
+                "upstream {:?} hashes on a header or cookie, which a tcp connection does not carry; use hash_key = \"client_ip\"",
+                name.get_ref()
+            ),
+        );
+    }
+    ListenerProtocol::Tcp { upstream }
+}
+
+/// A listener's `proxy_protocol` and `proxy_protocol_from`: the networks
+/// allowed to send the header, required with it and refused without it.
+fn proxy_protocol(c: &mut Checker<'_>, i: usize, l: &RawListener) -> Option<TrustedProxies> {
+    let on = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+    match (&l.proxy_protocol, &l.proxy_protocol_from) {
+        (Some(p), None) if on => {
+            c.err(
+                p.span(),
+                format!("listeners[{i}].proxy_protocol"),
+                "proxy_protocol = true needs proxy_protocol_from, the networks of the load \
+                 balancers allowed to send the header (any other peer could claim any client address)",
+            );
+            None
+        }
+        (_, Some(from)) if !on => {
+            c.err(
+                from.span(),
+                format!("listeners[{i}].proxy_protocol_from"),
+                "is only read with proxy_protocol = true",
+            );
+            None
+        }
+        (_, Some(from)) => {
+            let key = format!("listeners[{i}].proxy_protocol_from");
+            if from.get_ref().is_empty() {
+                c.err(
+                    from.span(),
+                    key.clone(),
+                    "must list at least one network (like \"10.0.0.0/8\") or address",
+                );
+            }
+            Some(networks(c, &key, from))
+        }
+        _ => None,
+    }
+}
+
+/// `"10.0.0.0/8"`, `"fd00::/8"`, or a single address (`"127.0.0.1"`), for
+/// the list at `key`.
+fn networks(
+    c: &mut Checker<'_>,
+    key: &str,
+    list: &Spanned<Vec<Spanned<String>>>,
+) -> TrustedProxies {
     if list.get_ref().len() > TRUSTED_PROXIES_MAX {
         c.err(
             list.span(),
-            "server.trusted_proxies",
+            key,
             format!(
                 "{} networks is too many; at most {TRUSTED_PROXIES_MAX}",
                 list.get_ref().len()
@@ -599,7 +740,7 @@ fn trusted_proxies(c: &mut Checker<'_>, list: &Spanned<Vec<Spanned<String>>>) ->
             Ok(net) => nets.push(net),
             Err(_) => c.err(
                 entry.span(),
-                format!("server.trusted_proxies[{i}]"),
+                format!("{key}[{i}]"),
                 format!("{text:?} is not an IP network (like \"10.0.0.0/8\") or address"),
             ),
         }
@@ -1074,9 +1215,21 @@ fn upstream(
         None | Some(RawUpstreamProtocol::Http1) => UpstreamProtocol::Http1,
         Some(RawUpstreamProtocol::H2) => UpstreamProtocol::H2,
     };
+    if let (UpstreamProtocol::H2, Some(_), Some(p)) =
+        (protocol, raw.send_proxy_protocol, raw.protocol.as_ref())
+    {
+        // A PROXY header names one client; an HTTP/2 connection carries
+        // the streams of many.
+        c.err(
+            p.span(),
+            format!("{key}.protocol"),
+            "\"h2\" cannot be used with send_proxy_protocol: a multiplexed connection carries many clients' requests, a PROXY header names one",
+        );
+    }
     Upstream {
         tls,
         protocol,
+        send_proxy_protocol: raw.send_proxy_protocol,
         name: raw.name.into_inner(),
         balance,
         hash_key,
@@ -1104,6 +1257,11 @@ fn upstream(
             t.and_then(|t| t.idle.as_ref()),
             &format!("{key}.timeouts.idle"),
             DEFAULT_IDLE_TIMEOUT,
+        ),
+        tunnel_idle_timeout: c.timeout(
+            t.and_then(|t| t.tunnel_idle.as_ref()),
+            &format!("{key}.timeouts.tunnel_idle"),
+            DEFAULT_TUNNEL_IDLE_TIMEOUT,
         ),
         max_idle_per_backend: c.int(
             raw.pool
@@ -1240,18 +1398,26 @@ fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
 }
 
 fn health_check(c: &mut Checker<'_>, key: &str, raw: &RawHealthCheck) -> HealthCheck {
-    let path = raw.path.get_ref();
-    if !path.starts_with('/') {
+    if let Some(path) = &raw.path {
+        let text = path.get_ref();
+        if !text.starts_with('/') {
+            c.err(
+                path.span(),
+                format!("{key}.path"),
+                format!("{text:?} must start with \"/\""),
+            );
+        } else if !text.bytes().all(|b| b.is_ascii_graphic()) {
+            c.err(
+                path.span(),
+                format!("{key}.path"),
+                format!("{text:?} may only contain visible ASCII (percent-encode the rest)"),
+            );
+        }
+    } else if let Some(status) = &raw.expect_status {
         c.err(
-            raw.path.span(),
-            format!("{key}.path"),
-            format!("{path:?} must start with \"/\""),
-        );
-    } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
-        c.err(
-            raw.path.span(),
-            format!("{key}.path"),
-            format!("{path:?} may only contain visible ASCII (percent-encode the rest)"),
+            status.span(),
+            format!("{key}.expect_status"),
+            "is only read with path: without one the probe is a connect, which has no status",
         );
     }
     let interval = c.timeout(
@@ -1277,7 +1443,7 @@ fn health_check(c: &mut Checker<'_>, key: &str, raw: &RawHealthCheck) -> HealthC
         );
     }
     HealthCheck {
-        path: path.clone(),
+        path: raw.path.as_ref().map(|p| p.get_ref().clone()),
         interval,
         timeout,
         rise: c.int(

@@ -1,8 +1,9 @@
 //! ringgate-core: the proxy's pure logic. HTTP/1.1 head parsing and framing
 //! (RFC 9112), the chunked decoder, hop-by-hop handling, the router, the
 //! per-worker backend view (health, ejection, circuit breaker, load, latency)
-//! and balancing algorithms, token buckets, the gossip message types, and route
-//! authentication (JWT, API keys, Basic) over files the proxy reads.
+//! and balancing algorithms, token buckets, the gossip message types, route
+//! authentication (JWT, API keys, Basic) over files the proxy reads, and the
+//! PROXY protocol header (read from balancers, written to backends).
 //! No sockets, no runtime, no clock, no I/O here: time comes in as `now`, and
 //! everything is unit-tested and benchmarked without a network.
 #![forbid(unsafe_code)]
@@ -13,5 +14,6 @@ pub mod balance;
 pub mod chunked;
 pub mod gossip;
 pub mod http;
+pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod router;

@@ -171,6 +171,42 @@ impl AccessLog {
         self.out.done(buf)
     }
 
+    /// Appends the line of one `tcp` listener connection: the combined
+    /// fields with `"TCP LISTENER"` as the request, the status (200 relayed,
+    /// 502/503/504 no backend reached) and the bytes sent to the client,
+    /// then the duration, the backend, `-` for TLS, and the bytes received
+    /// from the client.
+    pub fn write_tunnel(
+        &self,
+        client: &ForwardedClient,
+        listener: &str,
+        sent: &Sent,
+        received: u64,
+        took: Duration,
+    ) -> Option<io::Error> {
+        let mut buf = self.out.line();
+        buf.extend_from_slice(client.ip_bytes());
+        buf.extend_from_slice(b" - - ");
+        self.stamp.write(&mut buf, SystemTime::now());
+        let ms = took.as_millis();
+        let _ = write!(
+            buf,
+            " \"TCP {listener}\" {} {} \"-\" \"-\" {}.{:03} ",
+            sent.status.get(),
+            sent.body_bytes.get(),
+            ms / 1000,
+            ms % 1000
+        );
+        match sent.upstream.get() {
+            Some(addr) => {
+                let _ = write!(buf, "{addr}");
+            }
+            None => buf.push(b'-'),
+        }
+        let _ = writeln!(buf, " - {received}");
+        self.out.done(buf)
+    }
+
     /// Writes the buffered lines; `Some` when writing begins to fail.
     pub fn flush(&self) -> Option<io::Error> {
         self.out.flush()

@@ -15,6 +15,7 @@ use ringgate_config::{Compose, ComposeCall};
 use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{parse_response, HeadScratch, ResponseBody};
+use ringgate_core::proxy_protocol::ConnAddrs;
 
 use crate::io::{Abort, ReadFail};
 use crate::state::Worker;
@@ -26,12 +27,16 @@ const READ_BYTES: usize = 16 * 1024;
 /// The merged answer: the JSON object's bytes and whether every call
 /// succeeded. `Err`: a call failed and the route does not take partial
 /// answers, with what failed.
-pub async fn run(worker: &Worker, compose: &Compose) -> Result<(Vec<u8>, bool), String> {
+pub async fn run(
+    worker: &Worker,
+    compose: &Compose,
+    conn: ConnAddrs,
+) -> Result<(Vec<u8>, bool), String> {
     let deadline = Instant::now() + compose.timeout;
     let calls = compose
         .calls
         .iter()
-        .map(|call| one_call(worker, call, compose.max_body, deadline));
+        .map(|call| one_call(worker, call, compose.max_body, deadline, conn));
     let results = futures_util::future::join_all(calls).await;
     // Written by hand, in the calls' order, each body as the backend sent
     // it (already checked to be one JSON value).
@@ -75,6 +80,7 @@ async fn one_call(
     call: &ComposeCall,
     max_body: usize,
     deadline: Instant,
+    conn: ConnAddrs,
 ) -> Result<Vec<u8>, String> {
     let upstream = &worker.upstreams[call.upstream];
     let now = Instant::now();
@@ -84,7 +90,7 @@ async fn one_call(
     upstream.count_request();
     upstream.on_start(backend, now);
     let left = deadline.saturating_duration_since(now);
-    let fetched = within(left, fetch(upstream, backend, call, max_body)).await;
+    let fetched = within(left, fetch(upstream, backend, call, max_body, conn)).await;
     let outcome = match &fetched {
         Ok(Ok(_)) => Outcome::Success {
             latency_us: now.elapsed().as_micros() as u64,
@@ -132,9 +138,10 @@ async fn fetch(
     backend: usize,
     call: &ComposeCall,
     max_body: usize,
+    client: ConnAddrs,
 ) -> Result<Vec<u8>, Failure> {
     let mut conn = upstream
-        .checkout(backend, false)
+        .checkout(backend, false, client)
         .await
         .map_err(|_| Failure::Connect("upstream connect failed"))?;
     let host = upstream.backend_addr(backend);

@@ -7,7 +7,6 @@
 //! request and its response.
 
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,7 @@ use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
     header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
 };
+use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::ratelimit::Admission;
 
 use crate::access_log::{AccessLog, Captured, Sent};
@@ -47,6 +47,8 @@ pub(crate) struct Downstream {
     r: StreamReader,
     pub(crate) w: StreamWriter,
     client: ForwardedClient,
+    /// The connection's addresses, as a PROXY header to a backend names them.
+    conn: ConnAddrs,
     /// Buffers and cancellers every exchange on this connection reuses,
     /// taken from the worker's pool when a request arrives and given back
     /// once the connection has been idle for `IDLE_BUFFER_GRACE`: an idle
@@ -72,13 +74,16 @@ pub(crate) struct Downstream {
     identity: Identity,
 }
 
+/// Serves one client connection; `addrs` are those it is accounted to (its
+/// own, or what its PROXY protocol header carried).
 pub async fn serve(
     worker: Rc<Worker>,
     listener: usize,
     stream: TcpStream,
-    peer_ip: IpAddr,
+    addrs: ConnAddrs,
     ctl: Rc<ConnControl>,
 ) {
+    let peer_ip = addrs.src.ip();
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let write_abort = Abort::default();
@@ -124,7 +129,7 @@ pub async fn serve(
     if h2 {
         let conn = http2::Conn {
             listener,
-            peer_ip,
+            addrs,
             ctl,
             write_abort,
             tls_version,
@@ -140,6 +145,7 @@ pub async fn serve(
         r,
         w,
         client: ForwardedClient::new(peer_ip),
+        conn: addrs,
         bufs: None,
         idle_probe: Vec::with_capacity(1),
         ctl,
@@ -245,7 +251,7 @@ impl Downstream {
     pub(crate) fn for_stream(
         r: StreamReader,
         w: StreamWriter,
-        client: ForwardedClient,
+        conn: ConnAddrs,
         bufs: Box<Buffers>,
         tls_version: &'static str,
         client_subject: Option<Box<str>>,
@@ -253,7 +259,8 @@ impl Downstream {
         Downstream {
             r,
             w,
-            client,
+            client: ForwardedClient::new(conn.src.ip()),
+            conn,
             bufs: Some(bufs),
             idle_probe: Vec::new(),
             ctl: Rc::default(),
@@ -616,6 +623,7 @@ impl Downstream {
             read_abort: &self.ctl.abort,
             write_abort: &self.write_abort,
             addr: &self.client,
+            conn: self.conn,
             sent: &self.sent,
             subject: worker.config.listeners[listener]
                 .tls
@@ -662,7 +670,7 @@ impl Downstream {
     ) -> Next {
         let mut fields = Vec::with_capacity(128);
         if let Some(compose) = &route.compose {
-            return match compose::run(worker, compose).await {
+            return match compose::run(worker, compose, self.conn).await {
                 Ok((body, complete)) => {
                     fields.extend_from_slice(b"Content-Type: application/json\r\n");
                     let _ = write!(fields, "X-Compose-Completed: {complete}\r\n");

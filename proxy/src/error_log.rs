@@ -61,10 +61,13 @@ pub enum Kind {
     TlsHandshake,
     /// An HTTP/2 connection closed for breaking a limit, or a protocol error.
     Http2,
+    /// A connection refused for its PROXY protocol header, or for having none
+    /// (info: it is the peer's doing).
+    ProxyProtocol,
 }
 
 impl Kind {
-    const COUNT: usize = 16;
+    const COUNT: usize = 17;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -84,6 +87,7 @@ impl Kind {
             Kind::AccessLog => "access_log",
             Kind::TlsHandshake => "tls_handshake",
             Kind::Http2 => "http2",
+            Kind::ProxyProtocol => "proxy_protocol",
         }
     }
 
@@ -104,6 +108,7 @@ impl Kind {
         Kind::AccessLog,
         Kind::TlsHandshake,
         Kind::Http2,
+        Kind::ProxyProtocol,
     ];
 }
 

@@ -7,13 +7,14 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::Splitable;
-use ringgate_config::{HealthCheck, Http2, LogLevel, UpstreamProtocol};
+use ringgate_config::{HealthCheck, Http2, LogLevel, ProxyProtocolVersion, UpstreamProtocol};
 use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
 
 use crate::error_log::Kind;
 use crate::h2_upstream;
 use crate::io::Abort;
+use crate::proxy_protocol;
 use crate::state::Worker;
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls::{self, UpstreamTlsConfig};
@@ -40,17 +41,27 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
         .as_ref()
         .and_then(|t| t.server_name.clone())
         .unwrap_or_else(|| addr.to_string());
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
-        check.path
-    )
-    .into_bytes();
+    let request = check.path.as_ref().map(|path| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
+        )
+        .into_bytes()
+    });
+    let what = check.path.as_deref().unwrap_or("connect");
     let mut state = HealthState::new(check.rise, check.fall);
     loop {
         monoio::time::sleep(check.interval).await;
         let h2 = (upstream.config.protocol == UpstreamProtocol::H2)
             .then_some((&*host, &worker.config.http2));
-        let ok = probe(addr, &check, request.clone(), upstream.tls.as_ref(), h2).await;
+        let ok = probe(
+            addr,
+            &check,
+            request.clone(),
+            upstream.tls.as_ref(),
+            upstream.config.send_proxy_protocol,
+            h2,
+        )
+        .await;
         if let Some(transition) = state.record_probe(ok) {
             let healthy = matches!(transition, Transition::BecameHealthy);
             let level = if healthy {
@@ -64,7 +75,7 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
                     "upstream {} backend {addr} is {} (health check {})",
                     upstream.config.name,
                     if healthy { "healthy" } else { "unhealthy" },
-                    check.path
+                    what
                 );
             });
             upstream
@@ -80,21 +91,34 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
 }
 
 /// One probe: the whole exchange must finish within `check.timeout` with
-/// the expected status.
+/// the expected status; without a `request` (no `path`), connecting (PROXY
+/// header and TLS handshake included) is the whole probe.
 async fn probe(
     addr: std::net::SocketAddr,
     check: &HealthCheck,
-    request: Vec<u8>,
+    request: Option<Vec<u8>>,
     tls: Option<&UpstreamTlsConfig>,
+    send_proxy_protocol: Option<ProxyProtocolVersion>,
     h2: Option<(&str, &Http2)>,
 ) -> bool {
     let deadline = Instant::now() + check.timeout;
     let Ok(stream) = connect(addr, check.timeout).await else {
         return false;
     };
-    let (r, w) = stream.into_split();
+    let (r, mut w) = stream.into_split();
     let abort = Abort::default();
     let write_abort = Abort::default();
+    // A backend that expects a PROXY header would refuse a probe without
+    // one: the probe's names no client.
+    if let Some(version) = send_proxy_protocol {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if proxy_protocol::send(&mut w, version, None, left, &write_abort)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
     // A TLS upstream is probed over TLS, as its requests go: a backend
     // whose certificate stopped verifying is unhealthy.
     let (mut r, mut w) = match tls {
@@ -108,9 +132,18 @@ async fn probe(
             }
         }
     };
+    let Some(request) = request else {
+        w.close(
+            deadline.saturating_duration_since(Instant::now()),
+            &write_abort,
+        )
+        .await;
+        return true;
+    };
     let left = deadline.saturating_duration_since(Instant::now());
     if let Some((authority, settings)) = h2 {
-        let (path, expect) = (&check.path, check.expect_status);
+        let path = check.path.as_deref().unwrap_or("/");
+        let expect = check.expect_status;
         return h2_upstream::probe(r, w, settings, authority, path, expect, left).await;
     }
     let len = request.len();

@@ -23,7 +23,6 @@ use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::ops::{Deref, Range};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
@@ -38,7 +37,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use monoio::buf::IoBuf;
 use ringgate_config::{Http2, LogLevel};
-use ringgate_core::http::{parse_request, ForwardedClient};
+use ringgate_core::http::parse_request;
+use ringgate_core::proxy_protocol::ConnAddrs;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::downstream::Downstream;
@@ -58,7 +58,8 @@ pub(crate) const READ_BYTES: usize = 16 * 1024;
 /// What the connection loop knows about one client connection.
 pub struct Conn {
     pub listener: usize,
-    pub peer_ip: IpAddr,
+    /// The client's addresses (its own, or those its PROXY header carried).
+    pub addrs: ConnAddrs,
     pub ctl: Rc<ConnControl>,
     pub write_abort: Abort,
     pub tls_version: &'static str,
@@ -231,7 +232,8 @@ async fn drive<'s, 'a: 's>(pipes: &'s Pipes, streams: &'s Streams<'a>, cx: &'a S
                     let _ = write!(
                         b,
                         "client={} listener={} closed: {why} (GOAWAY ENHANCE_YOUR_CALM)",
-                        cx.conn.peer_ip, worker.config.listeners[cx.conn.listener].name
+                        cx.conn.addrs.src.ip(),
+                        worker.config.listeners[cx.conn.listener].name
                     );
                 });
                 conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
@@ -254,7 +256,8 @@ fn log_connection_error(worker: &Worker, conn: &Conn, e: &h2::Error) {
         let _ = write!(
             b,
             "client={} listener={} connection error: {e}",
-            conn.peer_ip, worker.config.listeners[conn.listener].name
+            conn.addrs.src.ip(),
+            worker.config.listeners[conn.listener].name
         );
     });
 }
@@ -760,7 +763,7 @@ async fn serve_stream(
     let mut d = Downstream::for_stream(
         r,
         w,
-        ForwardedClient::new(conn.peer_ip),
+        conn.addrs,
         bufs,
         conn.tls_version,
         conn.client_subject.clone(),

@@ -438,6 +438,48 @@ pub fn pending_input(fd: std::os::fd::RawFd) -> PendingInput {
     }
 }
 
+/// Copies up to `max` bytes of what is waiting on `fd` into `buf` without
+/// taking it off the socket (`MSG_PEEK`), never blocking: `Ok(0)` is end of
+/// stream, `WouldBlock` means nothing is there yet. For a prelude (the
+/// PROXY header) that must be taken off the socket exactly, leaving the
+/// bytes after it for whoever reads the connection next.
+pub fn peek_now(fd: std::os::fd::RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.clear();
+    buf.reserve(max);
+    recv_into_spare_max(fd, buf, max, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+/// Takes exactly `n` bytes off `fd` into `buf`, never blocking; `n` bytes
+/// must already be waiting (a peek saw them). Anything less is an error.
+pub fn take_now(fd: std::os::fd::RawFd, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
+    buf.clear();
+    buf.reserve(n);
+    if recv_into_spare_max(fd, buf, n, libc::MSG_DONTWAIT)? == n {
+        Ok(())
+    } else {
+        Err(io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+/// One `recv(2)` of at most `max` bytes (within `buf`'s capacity) into
+/// `buf`, which must be empty; sets its length to what arrived.
+fn recv_into_spare_max(
+    fd: std::os::fd::RawFd,
+    buf: &mut Vec<u8>,
+    max: usize,
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    debug_assert!(buf.is_empty() && max <= buf.capacity());
+    // SAFETY: `fd` is an open socket owned by the caller for the duration
+    // of the call; the pointer and `max` describe `buf`'s allocated,
+    // writable capacity, of which the kernel writes at most `max` bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), max, flags) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: the kernel initialised the first `n <= max <= capacity` bytes.
+    unsafe { buf.set_len(n) };
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ mod io;
 mod log_buffer;
 mod metrics;
 mod notify;
+mod proxy_protocol;
 mod request_id;
 mod schema;
 mod state;
@@ -29,6 +30,7 @@ mod stop;
 mod stream;
 mod ticker;
 mod tls;
+mod tunnel;
 mod upstream;
 mod worker;
 

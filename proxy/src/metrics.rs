@@ -70,6 +70,15 @@ pub struct Counters {
     /// Requests refused by route authentication, indexed by
     /// `auth::Reason` (labels `Reason::LABELS`).
     auth_refusals: [Cell<u64>; AUTH_REASONS],
+    /// Connections a `proxy_protocol` listener closed unforwarded, indexed
+    /// like `PROXY_PROTOCOL_REASONS`.
+    proxy_protocol_refused: [Cell<u64>; 4],
+    /// Connections of `tcp` listeners: accepted, open now, and the bytes
+    /// relayed from and to their clients.
+    tunnels: Cell<u64>,
+    tunnels_open: Cell<u64>,
+    tunnel_bytes_in: Cell<u64>,
+    tunnel_bytes_out: Cell<u64>,
 }
 
 const AUTH_REASONS: usize = ringgate_core::auth::Reason::COUNT;
@@ -97,6 +106,10 @@ pub const VALIDATION_RULES: [&str; 5] = [
 /// `reason` labels of `ringgate_http2_abuse_total`.
 const HTTP2_ABUSE_REASONS: [&str; 4] = ["frames", "resets", "control_frames", "continuation"];
 
+/// `reason` labels of `ringgate_proxy_protocol_refused_total`, indexed by
+/// `proxy_protocol::Refused::label_index`.
+const PROXY_PROTOCOL_REASONS: [&str; 4] = ["untrusted", "malformed", "timeout", "closed"];
+
 impl Counters {
     pub fn tls_handshake(&self, n: &crate::tls::Negotiated) {
         let v13 = n.version == Some(rustls::ProtocolVersion::TLSv1_3);
@@ -112,6 +125,30 @@ impl Counters {
             Tls(_) => 3,
         };
         Self::bump(&self.tls_failures[i]);
+    }
+
+    pub fn proxy_protocol_refused(&self, why: crate::proxy_protocol::Refused) {
+        Self::bump(&self.proxy_protocol_refused[why.label_index()]);
+    }
+
+    pub fn tunnel_opened(&self) {
+        Self::bump(&self.tunnels);
+        Self::bump(&self.tunnels_open);
+    }
+
+    pub fn tunnel_closed(&self) {
+        self.tunnels_open
+            .set(self.tunnels_open.get().saturating_sub(1));
+    }
+
+    pub fn tunnel_bytes_in(&self, n: usize) {
+        self.tunnel_bytes_in
+            .set(self.tunnel_bytes_in.get() + n as u64);
+    }
+
+    pub fn tunnel_bytes_out(&self, n: usize) {
+        self.tunnel_bytes_out
+            .set(self.tunnel_bytes_out.get() + n as u64);
     }
 
     pub fn http2_connection(&self) {
@@ -178,6 +215,11 @@ pub struct Snapshot {
     pub http2_abuse: [u64; 4],
     pub validation_refusals: [u64; 5],
     pub auth_refusals: [u64; AUTH_REASONS],
+    pub proxy_protocol_refused: [u64; 4],
+    pub tunnels: u64,
+    pub tunnels_open: u64,
+    /// Bytes relayed by `tcp` listeners: from clients, to clients.
+    pub tunnel_bytes: [u64; 2],
     pub open: u64,
     pub gossip_dropped: u64,
     pub draining: bool,
@@ -199,6 +241,15 @@ impl Snapshot {
             http2_abuse: std::array::from_fn(|i| counters.http2_abuse[i].get()),
             validation_refusals: std::array::from_fn(|i| counters.validation_refusals[i].get()),
             auth_refusals: std::array::from_fn(|i| counters.auth_refusals[i].get()),
+            proxy_protocol_refused: std::array::from_fn(|i| {
+                counters.proxy_protocol_refused[i].get()
+            }),
+            tunnels: counters.tunnels.get(),
+            tunnels_open: counters.tunnels_open.get(),
+            tunnel_bytes: [
+                counters.tunnel_bytes_in.get(),
+                counters.tunnel_bytes_out.get(),
+            ],
             open: 0,
             gossip_dropped: 0,
             draining: false,
@@ -236,6 +287,9 @@ struct Totals {
     http2_abuse: [u64; 4],
     validation_refusals: [u64; 5],
     auth_refusals: [u64; AUTH_REASONS],
+    proxy_protocol_refused: [u64; 4],
+    tunnels: u64,
+    tunnel_bytes: [u64; 2],
     gossip_dropped: u64,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
@@ -254,6 +308,9 @@ impl Totals {
         add_each(&mut self.http2_abuse, &s.http2_abuse);
         add_each(&mut self.validation_refusals, &s.validation_refusals);
         add_each(&mut self.auth_refusals, &s.auth_refusals);
+        add_each(&mut self.proxy_protocol_refused, &s.proxy_protocol_refused);
+        self.tunnels += s.tunnels;
+        add_each(&mut self.tunnel_bytes, &s.tunnel_bytes);
         self.gossip_dropped += s.gossip_dropped;
         for b in &s.backends {
             let sum = self
@@ -278,6 +335,10 @@ impl Totals {
         add_each(&mut self.http2_abuse, &other.http2_abuse);
         add_each(&mut self.validation_refusals, &other.validation_refusals);
         add_each(&mut self.auth_refusals, &other.auth_refusals);
+        add_each(
+            &mut self.proxy_protocol_refused,
+            &other.proxy_protocol_refused,
+        );
         self.gossip_dropped += other.gossip_dropped;
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
@@ -475,6 +536,54 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
         let _ = writeln!(
             out,
             "ringgate_auth_refusals_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    help(
+        &mut out,
+        "ringgate_tcp_connections_total",
+        "counter",
+        "Connections accepted by tcp listeners.",
+    );
+    let _ = writeln!(out, "ringgate_tcp_connections_total {}", counters.tunnels);
+    help(
+        &mut out,
+        "ringgate_tcp_connections_open",
+        "gauge",
+        "Connections of tcp listeners open now (connecting or relaying).",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_tcp_connections_open {}",
+        gauge_sum(&|s| s.tunnels_open)
+    );
+    help(
+        &mut out,
+        "ringgate_tcp_bytes_total",
+        "counter",
+        "Bytes relayed by tcp listeners: from_client (to the backend) and to_client.",
+    );
+    for (direction, n) in ["from_client", "to_client"]
+        .iter()
+        .zip(counters.tunnel_bytes)
+    {
+        let _ = writeln!(
+            out,
+            "ringgate_tcp_bytes_total{{direction=\"{direction}\"}} {n}"
+        );
+    }
+    help(
+        &mut out,
+        "ringgate_proxy_protocol_refused_total",
+        "counter",
+        "Connections a proxy_protocol listener closed without forwarding a byte: untrusted (peer not in proxy_protocol_from), malformed (not a PROXY v1/v2 header), timeout (none within header_read_timeout), closed (the peer left first).",
+    );
+    for (reason, n) in PROXY_PROTOCOL_REASONS
+        .iter()
+        .zip(counters.proxy_protocol_refused)
+    {
+        let _ = writeln!(
+            out,
+            "ringgate_proxy_protocol_refused_total{{reason=\"{reason}\"}} {n}"
         );
     }
     help(

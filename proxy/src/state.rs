@@ -63,6 +63,9 @@ pub struct Worker {
     pub pending_health: RefCell<Vec<(u32, u32, bool)>>,
     pub workers: usize,
     pub(crate) connections: Cell<usize>,
+    /// Of them, each listener's (indexed like `config.listeners`), for its
+    /// `max_connections_per_worker`.
+    pub(crate) listener_connections: Vec<Cell<usize>>,
     pub(crate) over_limit_logged: Cell<bool>,
     /// Next idle ticket (see `ConnControl::idle_ticket`).
     pub(crate) idle_tickets: Cell<u64>,
@@ -156,6 +159,7 @@ impl Worker {
             pending_health: RefCell::new(Vec::new()),
             workers,
             connections: Cell::new(0),
+            listener_connections: config.listeners.iter().map(|_| Cell::new(0)).collect(),
             over_limit_logged: Cell::new(false),
             idle_tickets: Cell::new(0),
             draining: Cell::new(false),

@@ -9,6 +9,11 @@
 //! answer, so the only defence against a backend that sends them is not to
 //! put another request on its connections; the first stray is still
 //! served, the ones during the cooldown land on closed connections.
+//!
+//! With `send_proxy_protocol` a connection's first bytes name the client it
+//! was opened for, so it is pooled for that client connection alone (its
+//! addresses are the connection's tag), as HAProxy keeps `send-proxy`
+//! connections private to their session.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -28,11 +33,13 @@ use ringgate_core::backend_view::{
     BackendSpec, BackendView, BreakerPolicy, BreakerState, Outcome, OutlierPolicy, ViewConfig,
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
+use ringgate_core::proxy_protocol::ConnAddrs;
 
 use crate::error_log::{ErrorLog, Kind};
 use crate::h2_upstream::{self, H2Link, LinkTimeouts, OpenError};
-use crate::io::{pending_input, Abort, PendingInput};
+use crate::io::{pending_input, Abort, PendingInput, WriteFail};
 use crate::metrics::{outcome_index, OUTCOMES};
+use crate::proxy_protocol;
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls::{self, UpstreamTlsConfig};
 
@@ -44,6 +51,8 @@ pub struct UpstreamConn {
     pub backend: usize,
     /// Came from the pool: the backend may have closed it meanwhile.
     pub reused: bool,
+    /// The client its PROXY header named: reused only for that client.
+    tag: Option<ConnAddrs>,
     /// The socket, for the cleanliness check of a pooled connection; valid
     /// while `r` and `w` live (-1 for an HTTP/2 stream).
     fd: RawFd,
@@ -55,6 +64,7 @@ pub struct UpstreamConn {
 struct Idle {
     r: StreamReader,
     w: StreamWriter,
+    tag: Option<ConnAddrs>,
     fd: RawFd,
     since: Instant,
     slot: ConnSlot,
@@ -360,15 +370,19 @@ impl UpstreamState {
     }
 
     /// A pooled connection if a fresh enough one is idle (and `fresh` is not
-    /// asked), else a new one. At `max_connections` (node-wide) it waits up
-    /// to `connect_timeout` for one of this worker's connections to that
-    /// backend to come back or close; with none of its own, nothing would
-    /// come back, so it overflows at once.
+    /// asked), else a new one; with `send_proxy_protocol`, one opened for
+    /// `client`, else a new one that starts with `client`'s PROXY header.
+    /// At `max_connections` (node-wide) it waits up to `connect_timeout`
+    /// for one of this worker's connections to that backend to come back
+    /// or close; with none of its own, nothing would come back, so it
+    /// overflows at once.
     pub async fn checkout(
         &self,
         backend: usize,
         fresh: bool,
+        client: ConnAddrs,
     ) -> Result<UpstreamConn, ConnectError> {
+        let tag = self.config.send_proxy_protocol.map(|_| client);
         let mut queue_deadline: Option<Instant> = None;
         loop {
             if !fresh {
@@ -383,12 +397,13 @@ impl UpstreamState {
                         continue;
                     }
                 }
-                if let Some(idle) = self.take_idle(backend) {
+                if let Some(idle) = self.take_idle(backend, tag) {
                     return Ok(UpstreamConn {
                         r: idle.r,
                         w: idle.w,
                         backend,
                         reused: true,
+                        tag,
                         fd: idle.fd,
                         slot: Some(idle.slot),
                     });
@@ -421,7 +436,18 @@ impl UpstreamState {
         let stream = connect(self.backend_addr(backend), self.config.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
-        let (r, w) = stream.into_split();
+        let (r, mut w) = stream.into_split();
+        if let Some(version) = self.config.send_proxy_protocol {
+            let left = self
+                .config
+                .connect_timeout
+                .saturating_sub(started.elapsed());
+            match proxy_protocol::send(&mut w, version, tag, left, &Abort::default()).await {
+                Ok(()) => {}
+                Err(WriteFail::TimedOut) => return Err(ConnectError::TimedOut),
+                Err(_) => return Err(ConnectError::Failed(0)),
+            }
+        }
         let (r, w) = match &self.tls {
             None => (StreamReader::Plain(r), StreamWriter::Plain(w)),
             Some(tls) => {
@@ -472,6 +498,7 @@ impl UpstreamState {
                 reused: false,
                 fd: -1,
                 slot: None,
+                tag: None,
             });
         }
         Ok(UpstreamConn {
@@ -479,6 +506,7 @@ impl UpstreamState {
             w,
             backend,
             reused: false,
+            tag,
             fd,
             slot: Some(slot),
         })
@@ -512,6 +540,7 @@ impl UpstreamState {
             reused,
             fd: -1,
             slot: None,
+            tag: None,
         })
     }
 
@@ -529,9 +558,14 @@ impl UpstreamState {
     /// is still clean: nothing arrived on it while it idled (a response
     /// nobody asked for, or the backend's close). Any other is closed; one
     /// holding a stray taints its backend.
-    fn take_idle(&self, backend: usize) -> Option<Idle> {
+    fn take_idle(&self, backend: usize, tag: Option<ConnAddrs>) -> Option<Idle> {
         loop {
-            let idle = self.pools[backend].borrow_mut().pop()?;
+            let idle = {
+                let mut pool = self.pools[backend].borrow_mut();
+                // Untagged, the last one: a LIFO pool.
+                let at = pool.iter().rposition(|i| i.tag == tag)?;
+                pool.remove(at)
+            };
             let now = Instant::now();
             let fresh = now.duration_since(idle.since) < self.config.idle_timeout;
             match pending_input(idle.fd) {
@@ -624,21 +658,33 @@ impl UpstreamState {
         if conn.r.holds_unread() {
             return;
         }
+        let mut evicted = None;
         {
             let mut pool = self.pools[backend].borrow_mut();
-            if pool.len() >= self.config.max_idle_per_backend || self.tainted(backend, now) {
+            let full = pool.len() >= self.config.max_idle_per_backend;
+            // Tagged connections each serve one client: the one unused
+            // longest (first in) makes room, or the pool would fill with
+            // those of clients that left.
+            let room = !full || (conn.tag.is_some() && !pool.is_empty());
+            if !room || self.tainted(backend, now) {
                 drop(pool);
                 // Closed: the slot's drop wakes the waiters.
                 return;
             }
+            if full {
+                evicted = Some(pool.remove(0));
+            }
             pool.push(Idle {
                 r: conn.r,
                 w: conn.w,
+                tag: conn.tag,
                 fd: conn.fd,
                 since: now,
                 slot,
             });
         }
+        // Dropped outside the pool's borrow: a slot's drop wakes waiters.
+        drop(evicted);
         self.tally.wake(backend);
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringgate_config::{Config, LogLevel, RingSetup, Workers};
+use ringgate_config::{Config, ListenerProtocol, LogLevel, RingSetup, Workers};
 use ringgate_core::gossip::GossipMsg;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -22,11 +22,13 @@ use crate::error_log::{Errno, ErrorLog, Kind};
 use crate::gossip::{Gossip, Mesh};
 use crate::health;
 use crate::metrics::{Counters, SnapshotTx};
+use crate::proxy_protocol;
 use crate::schema::Schemas;
 use crate::state::{ConnControl, Worker};
 use crate::stop::StopFlag;
 use crate::ticker::Ticker;
 use crate::tls::{ListenerTlsConfig, UpstreamTlsConfig};
+use crate::tunnel;
 pub use ringgate_loadgen::ring_flags::RingFlags;
 
 /// Submission queue size: enough to batch a loop iteration's operations for
@@ -85,12 +87,15 @@ struct Owned {
 struct ConnectionSlot {
     worker: Rc<Worker>,
     key: usize,
+    listener: usize,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let w = &self.worker;
         w.connections.set(w.connections.get() - 1);
+        let of_listener = &w.listener_connections[self.listener];
+        of_listener.set(of_listener.get() - 1);
         w.conns.borrow_mut().remove(self.key);
     }
 }
@@ -462,6 +467,8 @@ async fn worker_main(
 
 async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::TcpListener) {
     let max = worker.config.server.max_connections_per_worker;
+    let listener_max = worker.config.listeners[index].max_connections_per_worker;
+    let protocol = worker.config.listeners[index].protocol;
     let mut errors = AcceptErrors::default();
     loop {
         if worker.draining.get() {
@@ -498,17 +505,50 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     drop(stream);
                     continue;
                 }
+                // The listener's own cap sheds nothing: its connections
+                // may be busy tunnels, not idle keep-alive ones.
+                let of_listener = &worker.listener_connections[index];
+                if listener_max.is_some_and(|cap| of_listener.get() >= cap) {
+                    Counters::bump(&worker.counters.refused);
+                    if !worker.over_limit_logged.replace(true) {
+                        worker
+                            .error_log
+                            .event(LogLevel::Warn, Kind::ConnectionLimit, |b| {
+                                let _ = write!(
+                                    b,
+                                    "listener {} at its max_connections_per_worker ({}), refusing",
+                                    worker.config.listeners[index].name,
+                                    listener_max.unwrap_or_default()
+                                );
+                            });
+                    }
+                    drop(stream);
+                    continue;
+                }
                 worker.over_limit_logged.set(false);
                 Counters::bump(&worker.counters.accepted);
                 worker.connections.set(worker.connections.get() + 1);
+                of_listener.set(of_listener.get() + 1);
                 let ctl = Rc::new(ConnControl::default());
                 let key = worker.conns.borrow_mut().insert(ctl.clone());
                 let slot = ConnectionSlot {
                     worker: worker.clone(),
                     key,
+                    listener: index,
                 };
                 monoio::spawn(async move {
-                    downstream::serve(slot.worker.clone(), index, stream, peer.ip(), ctl).await;
+                    let worker = &slot.worker;
+                    if let Some(addrs) = proxy_protocol::accept(worker, index, &stream, peer).await
+                    {
+                        match protocol {
+                            ListenerProtocol::Http => {
+                                downstream::serve(worker.clone(), index, stream, addrs, ctl).await
+                            }
+                            ListenerProtocol::Tcp { upstream } => {
+                                tunnel::serve(worker.clone(), index, upstream, stream, addrs).await
+                            }
+                        }
+                    }
                     drop(slot);
                 });
             }

@@ -193,6 +193,10 @@ struct Shared {
     /// Open connections (a handle each, to cut them on stop), by number.
     streams: Mutex<HashMap<usize, TcpStream>>,
     stop: AtomicBool,
+    /// Every connection must open with a PROXY protocol header.
+    proxy_protocol: bool,
+    /// The PROXY headers read, by connection number, as raw bytes.
+    proxy_headers: Mutex<Vec<(usize, Vec<u8>)>>,
 }
 
 impl Shared {
@@ -238,9 +242,19 @@ pub struct BackendBuilder {
     faults: Option<FaultPlan>,
     misbehave: Option<MisbehavePlan>,
     idle_timeout: Duration,
+    proxy_protocol: bool,
 }
 
 impl BackendBuilder {
+    /// Expects every connection to open with a PROXY protocol header (v1
+    /// or v2), as a backend behind `send_proxy_protocol` does; each is kept
+    /// as read ([`Backend::proxy_headers`]) and the connection then serves
+    /// HTTP. A connection without one is closed unanswered.
+    pub fn proxy_protocol(mut self) -> Self {
+        self.proxy_protocol = true;
+        self
+    }
+
     /// Closes a connection idle this long between requests (Node's
     /// keep-alive timeout is 5 s); default: longer than any test.
     pub fn idle_timeout(mut self, t: Duration) -> Self {
@@ -307,6 +321,8 @@ impl BackendBuilder {
             idle_timeout: self.idle_timeout,
             streams: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
+            proxy_protocol: self.proxy_protocol,
+            proxy_headers: Mutex::new(Vec::new()),
         });
         let mut backend = Backend {
             addr,
@@ -348,6 +364,7 @@ impl Backend {
             faults: None,
             misbehave: None,
             idle_timeout: IDLE_READ_TIMEOUT,
+            proxy_protocol: false,
         }
     }
 
@@ -425,6 +442,12 @@ impl Backend {
         } else {
             Err(format!("{target} has not reached backend {}", self.name()))
         }
+    }
+
+    /// The PROXY headers received so far, raw, with the number of the
+    /// connection each opened (see [`BackendBuilder::proxy_protocol`]).
+    pub fn proxy_headers(&self) -> Vec<(usize, Vec<u8>)> {
+        self.shared.proxy_headers.lock().unwrap().clone()
     }
 
     /// TCP connections accepted so far.
@@ -521,12 +544,47 @@ fn unparseable(conn: usize, raw: Vec<u8>, error: String) -> Recorded {
 }
 
 /// One connection: read head → record → behave → keep-alive or close.
+/// A PROXY protocol header as the proxy should send it, read exactly: the
+/// v1 line (at most 107 bytes with its CRLF) or the v2 signature, the fixed
+/// part and the length it declares. Checked only as far as framing needs;
+/// the tests decode what it says.
+fn read_proxy_header(r: &mut Reader<TcpStream>) -> io::Result<Vec<u8>> {
+    const V2: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+    let first = r.read_exact_vec(1)?;
+    if first[0] == b'P' {
+        let mut line = first;
+        line.extend(r.read_line(106)?);
+        if !line.starts_with(b"PROXY ") || !line.ends_with(b"\r\n") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "bad PROXY v1 line",
+            ));
+        }
+        return Ok(line);
+    }
+    let mut header = first;
+    header.extend(r.read_exact_vec(15)?);
+    if &header[..12] != V2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "no PROXY header",
+        ));
+    }
+    let len = u16::from_be_bytes([header[14], header[15]]);
+    header.extend(r.read_exact_vec(usize::from(len))?);
+    Ok(header)
+}
+
 fn serve(stream: TcpStream, conn: usize, shared: &Shared) -> io::Result<()> {
     stream.set_read_timeout(Some(shared.idle_timeout))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     stream.set_nodelay(true)?;
     let mut w = stream.try_clone()?;
     let mut r = Reader::new(stream);
+    if shared.proxy_protocol {
+        let header = read_proxy_header(&mut r)?;
+        shared.proxy_headers.lock().unwrap().push((conn, header));
+    }
     loop {
         let raw = match r.read_head(HEAD_SIZE_MAX) {
             Ok(Some(raw)) => raw,

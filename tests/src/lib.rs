@@ -4,8 +4,9 @@
 //! over loopback: starting the process from a config ([`proxy`]), recording
 //! backends ([`backend`]), a raw-socket client ([`client`]), a small strict
 //! HTTP/1.1 reader of its own ([`wire`]), /proc inspection ([`procfs`]) and
-//! the certificates of the TLS tests ([`pki`]), and the keys and tokens of
-//! the authentication tests ([`jws`]).
+//! the certificates of the TLS tests ([`pki`]), the keys and tokens of the
+//! authentication tests ([`jws`]), and raw-TCP backends for the `tcp`
+//! listener tests ([`tcp_backend`]).
 //! It must not depend on the proxy's crates: a bug shared between the code
 //! under test and its tests would hide itself.
 //!
@@ -25,6 +26,7 @@ pub mod pki;
 pub mod procfs;
 pub mod proxy;
 pub mod refusal;
+pub mod tcp_backend;
 pub mod wire;
 
 pub use backend::{Backend, Behaviour, ConnFault, Recorded};

@@ -544,11 +544,16 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> CommandOutput {
         }
         thread::sleep(Duration::from_millis(10));
     };
+    // Lossy: a tool may print bytes that are not UTF-8 (s_client prints what
+    // the server sent, such as an HTTP/2 SETTINGS frame), and the rest of
+    // its output must not be lost with them.
+    let read =
+        |path: &PathBuf| String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned();
     let out = CommandOutput {
         success: status.success(),
         code: status.code(),
-        stdout: fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&err_path).unwrap_or_default(),
+        stdout: read(&out_path),
+        stderr: read(&err_path),
     };
     let _ = fs::remove_file(&out_path);
     let _ = fs::remove_file(&err_path);

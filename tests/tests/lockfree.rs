@@ -17,6 +17,8 @@ const HOT_PATH: &[&str] = &[
     "proxy/src/exchange/retry.rs",
     "proxy/src/io.rs",
     "proxy/src/log_buffer.rs",
+    "proxy/src/proxy_protocol.rs",
+    "proxy/src/tunnel.rs",
     "proxy/src/upstream.rs",
     "proxy/src/worker.rs",
 ];

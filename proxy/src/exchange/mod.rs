@@ -27,6 +27,7 @@ use ringgate_config::{Limits, LogLevel, Route};
 use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
+use ringgate_core::proxy_protocol::ConnAddrs;
 
 use crate::access_log::Sent;
 use crate::error_log::{write_request, Errno, ErrorLog, Kind};
@@ -71,6 +72,8 @@ pub struct Client<'a> {
     pub read_abort: &'a Abort,
     pub write_abort: &'a Abort,
     pub addr: &'a ForwardedClient,
+    /// The connection's addresses, for a backend's PROXY protocol header.
+    pub conn: ConnAddrs,
     /// What went back, for the access log.
     pub sent: &'a Sent,
     /// The listener's mTLS subject header and this client's verified
@@ -444,7 +447,7 @@ async fn attempt(
         fresh,
         hold_5xx,
     } = one_try;
-    let mut conn: UpstreamConn = match upstream.checkout(backend, fresh).await {
+    let mut conn: UpstreamConn = match upstream.checkout(backend, fresh, client.conn).await {
         Ok(conn) => conn,
         Err(e) => {
             let fault = match e {
