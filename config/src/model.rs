@@ -364,6 +364,9 @@ pub struct Route {
     pub checks: RequestChecks,
     /// `cors`: preflights answered here, CORS fields on the responses.
     pub cors: Option<Cors>,
+    /// `upgrade`: lowercase protocols (`websocket`) a request may switch
+    /// to; the connection then becomes a tunnel. Empty: `Upgrade` dropped.
+    pub upgrade: Vec<String>,
     /// `None`: anyone may call the route.
     pub auth: Option<crate::auth::Auth>,
 }

@@ -333,6 +333,9 @@ fn route(out: &mut String, config: &Config, r: &Route) {
         }
         let _ = writeln!(out, "cors = {{ {} }}", fields.join(", "));
     }
+    if !r.upgrade.is_empty() {
+        let _ = writeln!(out, "upgrade = {}", array(&r.upgrade));
+    }
     let checks = &r.checks;
     if let Some(max) = checks.max_body {
         let _ = writeln!(out, "max_body = {max}");

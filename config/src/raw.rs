@@ -158,6 +158,7 @@ pub(crate) struct RawRoute {
     pub cors: Option<Spanned<RawCors>>,
     pub compose: Option<Spanned<RawCompose>>,
     pub auth: Option<Spanned<crate::auth::RawAuth>>,
+    pub upgrade: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2684,3 +2684,14 @@ fn an_h2_upstream_sends_no_proxy_protocol_header() {
     assert_eq!(e.key, "upstreams[0].protocol", "{e}");
     assert!(e.message.contains("many clients"), "{e}");
 }
+
+#[test]
+fn a_route_may_allow_protocol_upgrades_but_never_h2c() {
+    let c = ok(&route_with("upgrade = [\"WebSocket\"]"));
+    assert_eq!(c.routes[0].upgrade, ["websocket"]);
+    assert_round_trip(&route_with("upgrade = [\"websocket\"]"));
+    let e = only_error(&route_with("upgrade = [\"h2c\"]"));
+    assert_eq!(e.key, "routes[0].upgrade", "{e}");
+    let e = only_error(&route_with("upgrade = [\"web socket\"]"));
+    assert_eq!(e.key, "routes[0].upgrade", "{e}");
+}

@@ -375,6 +375,23 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             .unwrap_or_default();
         let checks = request_checks(&mut c, i, r);
         let cors = r.cors.as_ref().map(|raw| cors(&mut c, i, raw));
+        let mut upgrade: Vec<String> = Vec::new();
+        for p in r.upgrade.iter().flat_map(|u| u.get_ref()) {
+            let lower = p.get_ref().trim().to_ascii_lowercase();
+            let why = if lower.is_empty() || !lower.bytes().all(is_tchar) {
+                Some(format!("{:?} is not a protocol token", p.get_ref()))
+            } else if lower == "h2c" {
+                Some("h2c upgrades are never forwarded (HTTP/2 to backends is `protocol = \"h2\"` on the upstream)".to_owned())
+            } else if upgrade.contains(&lower) {
+                Some(format!("{lower:?} is listed twice"))
+            } else {
+                None
+            };
+            match why {
+                Some(why) => c.err(p.span(), format!("routes[{i}].upgrade"), why),
+                None => upgrade.push(lower),
+            }
+        }
         let auth = r
             .auth
             .as_ref()
@@ -436,6 +453,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             checks,
             cors,
             auth,
+            upgrade,
         });
     }
 

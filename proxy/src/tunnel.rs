@@ -218,10 +218,6 @@ async fn relay(
     backend: (&mut StreamReader, &mut StreamWriter),
     (bytes_in, sent): (&Cell<u64>, &Sent),
 ) {
-    let last_activity = Cell::new(Instant::now());
-    let aborts: [Abort; 4] = Default::default();
-    let [client_read, backend_write, backend_read, client_write] = &aborts;
-    let cut_all = || aborts.iter().for_each(Abort::abort);
     let up_moved = |n: usize| {
         bytes_in.set(bytes_in.get() + n as u64);
         worker.counters.tunnel_bytes_in(n);
@@ -230,19 +226,38 @@ async fn relay(
         sent.add_body(n);
         worker.counters.tunnel_bytes_out(n);
     };
+    relay_streams(idle, client, backend, &up_moved, &down_moved).await;
+}
+
+/// Relays bytes between two connections' halves both ways until both
+/// directions end (each end of stream passed on as a half-close) or one is
+/// cut; `up_moved` and `down_moved` are told of every chunk that went
+/// client → backend and backend → client. Also the tunnel an HTTP
+/// `Upgrade` (WebSocket) turns into.
+pub(crate) async fn relay_streams(
+    idle: Duration,
+    client: (&mut StreamReader, &mut StreamWriter),
+    backend: (&mut StreamReader, &mut StreamWriter),
+    up_moved: &dyn Fn(usize),
+    down_moved: &dyn Fn(usize),
+) {
+    let last_activity = Cell::new(Instant::now());
+    let aborts: [Abort; 4] = Default::default();
+    let [client_read, backend_write, backend_read, client_write] = &aborts;
+    let cut_all = || aborts.iter().for_each(Abort::abort);
     let upward = Direction {
         from: client.0,
         to: backend.1,
         read_abort: client_read,
         write_abort: backend_write,
-        moved: &up_moved,
+        moved: up_moved,
     };
     let downward = Direction {
         from: backend.0,
         to: client.1,
         read_abort: backend_read,
         write_abort: client_write,
-        moved: &down_moved,
+        moved: down_moved,
     };
     monoio::join!(
         copy(upward, idle, &last_activity, &cut_all),

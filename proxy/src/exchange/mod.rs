@@ -40,7 +40,7 @@ pub use error::{
 };
 use request::{lay_out_head, send_body, Plan, Upload};
 pub use response::HEAD_READ_BYTES;
-use response::{relay, Added, RelayIo, RelaySpec};
+use response::{relay, Added, RelayDone, RelayIo, RelaySpec};
 
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -503,6 +503,7 @@ async fn attempt(
             request_id: cx.request_id,
             cors: bufs.cors_added,
         },
+        upgrade: plan.upgrade,
         response_timeout: upstream.config.response_timeout,
         hold_5xx,
         sending: &sending,
@@ -540,6 +541,23 @@ async fn attempt(
         }
     };
     match (relayed, uploaded) {
+        (
+            Ok(RelayDone {
+                upgraded: Some(head_len),
+                ..
+            }),
+            Ok(_),
+        ) => {
+            tunnel(
+                client,
+                &mut conn,
+                bufs,
+                (plan.forwarded_len, head_len),
+                upstream.config.tunnel_idle_timeout,
+            )
+            .await;
+            Ok((Next::Close, 101))
+        }
         (Ok(done), Ok(leftover)) => {
             if done.surplus {
                 upstream.taint(conn.backend, Instant::now());
@@ -576,6 +594,56 @@ async fn attempt(
             Err((cause.into(), reused))
         }
     }
+}
+
+/// After a `101`: what either side sent past its head goes on first (a
+/// client's first frames read with its request, the backend's with its
+/// answer), then bytes move both ways until both ends close or the tunnel
+/// idles out. The connections are not reused.
+async fn tunnel(
+    client: &mut Client<'_>,
+    conn: &mut UpstreamConn,
+    bufs: &mut Buffers,
+    (request_len, response_len): (usize, usize),
+    idle: std::time::Duration,
+) {
+    let abort = Abort::default();
+    let early_up = bufs.req.source.len() - request_len;
+    if early_up > 0 {
+        let range = request_len..bufs.req.source.len();
+        let (res, buf) = conn
+            .w
+            .send_range(std::mem::take(&mut bufs.req.source), range, idle, &abort)
+            .await;
+        bufs.req.source = buf;
+        if res.is_err() {
+            return;
+        }
+    }
+    bufs.req.source.clear();
+    let early_down = bufs.resp.source.len() - response_len;
+    if early_down > 0 {
+        let range = response_len..bufs.resp.source.len();
+        let (res, buf) = client
+            .w
+            .send_range(std::mem::take(&mut bufs.resp.source), range, idle, &abort)
+            .await;
+        bufs.resp.source = buf;
+        if res.is_err() {
+            return;
+        }
+        client.sent.add_body(early_down);
+    }
+    bufs.resp.source.clear();
+    let sent = client.sent;
+    crate::tunnel::relay_streams(
+        idle,
+        (&mut *client.r, &mut *client.w),
+        (&mut conn.r, &mut conn.w),
+        &|_| {},
+        &|n| sent.add_body(n),
+    )
+    .await;
 }
 
 #[cfg(test)]

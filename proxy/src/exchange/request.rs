@@ -49,6 +49,9 @@ pub(super) struct Plan {
     /// Body still to stream from the client, taken by the attempt that
     /// sends it.
     pub body_left: Option<BodyLeft>,
+    /// The request asks to switch to a protocol the route allows
+    /// (`upgrade`): a `101` answer turns the exchange into a tunnel.
+    pub upgrade: bool,
     pub replay: Replay,
 }
 
@@ -116,6 +119,14 @@ pub(super) fn prepare(
         bufs.patch_prefix = patch.len();
     }
     write_set_fields(patch, &route.request_headers);
+    let upgrade = upgrade_asked(route, &bufs.req.source[..head.head_len], head);
+    if let Some(protocol) = upgrade {
+        // Hop-by-hop, so dropped from the forwarded fields: said again for
+        // the backend, as the client said it.
+        patch.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
+        patch.extend_from_slice(protocol);
+        patch.extend_from_slice(b"\r\n");
+    }
     // A request id made here goes up in place of the client's own.
     let made_id = cx.request_id.filter(|_| bufs.request_id_made);
     if let Some(name) = made_id {
@@ -167,7 +178,31 @@ pub(super) fn prepare(
         forwarded_len: head.head_len + initial_body,
         body_left,
         replay,
+        upgrade: upgrade.is_some(),
     })
+}
+
+/// The `Upgrade` value of a bodiless request that names one of the route's
+/// protocols and says `Connection: upgrade` (RFC 9110 §7.8).
+fn upgrade_asked<'a>(route: &Route, fields: &'a [u8], head: &RequestHead) -> Option<&'a [u8]> {
+    if route.upgrade.is_empty() || head.body != RequestBody::Empty {
+        return None;
+    }
+    let value = header_value(fields, b"upgrade")?;
+    let protocol = value
+        .split(|&b| b == b'/' || b == b',')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii();
+    let allowed = route
+        .upgrade
+        .iter()
+        .any(|p| protocol.eq_ignore_ascii_case(p.as_bytes()));
+    let connection_says = header_value(fields, b"connection").is_some_and(|c| {
+        c.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    (allowed && connection_says && !value.contains(&b',')).then_some(value)
 }
 
 /// Lays out the upstream head as segments: patched request line, kept

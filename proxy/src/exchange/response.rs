@@ -36,6 +36,9 @@ pub(super) struct RelaySpec<'a> {
     pub edits: &'a HeaderEdits,
     /// Fields the proxy adds to the final response.
     pub added: Added<'a>,
+    /// The request asked for a protocol switch the route allows: a `101`
+    /// is relayed as it came and ends the relay (a tunnel follows).
+    pub upgrade: bool,
     /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
     pub response_timeout: Duration,
     /// A retry can follow a 5xx: report it instead of forwarding it.
@@ -96,6 +99,10 @@ pub(super) struct RelayDone {
     /// Bytes followed the response: the backend sent more than it was
     /// asked for.
     pub surplus: bool,
+    /// A `101` switched protocols: its head (this many bytes of the
+    /// response buffer) went to the client, and what follows it in the
+    /// buffer is the new protocol's.
+    pub upgraded: Option<usize>,
 }
 
 /// Reads the upstream response and streams it to the client. On failure the
@@ -149,7 +156,36 @@ async fn relay_inner(
     };
     loop {
         let head = loop {
-            if !resp.source.is_empty() {
+            if spec.upgrade && resp.source.starts_with(b"HTTP/1.1 101 ") {
+                if let Some(end) = memchr::memmem::find(&resp.source, b"\r\n\r\n") {
+                    let head_len = end + 4;
+                    let (res, buf) = client
+                        .send_range(
+                            std::mem::take(&mut resp.source),
+                            0..head_len,
+                            send_timeout,
+                            client_write_abort,
+                        )
+                        .await;
+                    resp.source = buf;
+                    if let Err(e) = res {
+                        return Err(fail(started, client_write_fault(e)));
+                    }
+                    sent.status.set(101);
+                    return Ok(RelayDone {
+                        status: 101,
+                        upstream_reusable: false,
+                        client_close: true,
+                        ended_before_request: false,
+                        early_error: false,
+                        surplus: false,
+                        upgraded: Some(head_len),
+                    });
+                }
+                if resp.source.len() > cx.head_limits.max_head_bytes {
+                    return Err(fail(started, Fault::BadResponse("101 head too large")));
+                }
+            } else if !resp.source.is_empty() {
                 match parse_response(&resp.source, cx.head_limits, spec.request_was_head, scratch) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
@@ -335,6 +371,7 @@ async fn relay_inner(
             ended_before_request: spec.sending.get(),
             early_error,
             surplus,
+            upgraded: None,
         });
     }
 }
@@ -367,6 +404,7 @@ mod tests {
             ended_before_request,
             early_error: false,
             surplus: !reusable,
+            upgraded: None,
         }
     }
 
