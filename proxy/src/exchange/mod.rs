@@ -634,7 +634,17 @@ async fn tunnel(
         }
         client.sent.add_body(early_down);
     }
-    bufs.resp.source.clear();
+    // The tunnel may idle for hours: it holds no head or body buffer (the
+    // set goes back to the pool smaller, and grows again when next used).
+    for v in [
+        &mut bufs.req.source,
+        &mut bufs.req.patch,
+        &mut bufs.resp.source,
+        &mut bufs.resp.patch,
+        &mut bufs.body,
+    ] {
+        *v = Vec::new();
+    }
     let sent = client.sent;
     crate::tunnel::relay_streams(
         idle,
