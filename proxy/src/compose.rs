@@ -5,11 +5,8 @@
 //! concurrently on the worker, so the answer takes as long as the slowest
 //! call, not their sum; one deadline covers them all.
 
-use std::future::Future;
 use std::io::Write as _;
-use std::pin::pin;
-use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ringgate_config::{Compose, ComposeCall};
 use ringgate_core::backend_view::Outcome;
@@ -90,7 +87,10 @@ async fn one_call(
     upstream.count_request();
     upstream.on_start(backend, now);
     let left = deadline.saturating_duration_since(now);
-    let fetched = within(left, fetch(upstream, backend, call, max_body, conn)).await;
+    // Past the deadline the call is dropped: its connection closes.
+    let fetched = monoio::time::timeout(left, fetch(upstream, backend, call, max_body, conn))
+        .await
+        .map_err(|_| ());
     let outcome = match &fetched {
         Ok(Ok(_)) => Outcome::Success {
             latency_us: now.elapsed().as_micros() as u64,
@@ -245,21 +245,4 @@ async fn fetch(
         upstream.checkin(conn);
     }
     Ok(body)
-}
-
-/// `f`, or `Err` when `limit` passes first (the call is dropped: its
-/// connection closes).
-async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> Result<T, ()> {
-    let mut f = pin!(f);
-    let mut sleep = pin!(monoio::time::sleep(limit));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = f.as_mut().poll(cx) {
-            return Poll::Ready(Ok(v));
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(()));
-        }
-        Poll::Pending
-    })
-    .await
 }

@@ -1215,39 +1215,12 @@ impl H2Sender {
         }
         let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok());
         let status = status.ok_or(WriteFail::Io(io::ErrorKind::InvalidData))?;
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-        let mut length = None;
-        let mut chunked = false;
-        let connection_names: Vec<&[u8]> = parsed
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .map(|t| t.trim_ascii())
-            .collect();
-        for field in parsed.headers.iter() {
-            let name = field.name.as_bytes();
-            if is_hop_by_hop(name)
-                || connection_names
-                    .iter()
-                    .any(|c| c.eq_ignore_ascii_case(name))
-            {
-                chunked |= name.eq_ignore_ascii_case(b"transfer-encoding");
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"content-length") {
-                length = std::str::from_utf8(field.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-            }
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_bytes(field.value),
-            ) else {
-                continue;
-            };
-            headers.append(name, value);
-        }
+        let H2Fields {
+            headers,
+            length,
+            chunked,
+        } = h2_fields(parsed.headers, false, |_| false)
+            .map_err(|_| WriteFail::Io(io::ErrorKind::InvalidData))?;
         let Opener::Respond(respond) = &mut self.opener else {
             return Err(WriteFail::Io(io::ErrorKind::InvalidData));
         };
@@ -1307,44 +1280,19 @@ impl H2Sender {
             return Err(bad);
         };
         let method = Method::from_bytes(parsed.method.unwrap_or("").as_bytes()).map_err(|_| bad)?;
-        let connection_names: Vec<&[u8]> = parsed
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .map(|t| t.trim_ascii())
-            .collect();
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
         let mut authority: Option<&[u8]> = None;
-        let mut length = None;
-        let mut chunked = false;
-        for field in parsed.headers.iter() {
-            let name = field.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"host") {
+        let H2Fields {
+            mut headers,
+            length,
+            chunked,
+        } = h2_fields(parsed.headers, true, |field| {
+            let host = field.name.eq_ignore_ascii_case("host");
+            if host {
                 authority = Some(field.value);
-                continue;
             }
-            if is_hop_by_hop(name)
-                || connection_names
-                    .iter()
-                    .any(|c| c.eq_ignore_ascii_case(name))
-            {
-                chunked |= name.eq_ignore_ascii_case(b"transfer-encoding");
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"content-length") {
-                length = std::str::from_utf8(field.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-            }
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_bytes(field.value),
-            ) else {
-                return Err(bad);
-            };
-            headers.append(name, value);
-        }
+            host
+        })
+        .map_err(|_| bad)?;
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
         let authority = match authority {
             Some(a) => http::uri::Authority::try_from(a).map_err(|_| bad)?,
@@ -1509,6 +1457,65 @@ impl H2Sender {
         }
         Ok(())
     }
+}
+
+/// An HTTP/1.1 head's fields as HTTP/2 ones, and the framing they said.
+struct H2Fields {
+    headers: HeaderMap,
+    length: Option<u64>,
+    chunked: bool,
+}
+
+/// Converts `fields`, dropping what HTTP/2 forbids (RFC 9113 §8.2.2):
+/// hop-by-hop fields and those `Connection` names. `take` takes a field
+/// out first (it returns true: Host, which becomes `:authority`). A field
+/// `http` cannot carry is dropped, or with `strict` refuses the head.
+fn h2_fields<'h>(
+    fields: &[httparse::Header<'h>],
+    strict: bool,
+    mut take: impl FnMut(&httparse::Header<'h>) -> bool,
+) -> Result<H2Fields, ()> {
+    let connection_names: Vec<&[u8]> = fields
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(|t| t.trim_ascii())
+        .collect();
+    let mut out = H2Fields {
+        headers: HeaderMap::with_capacity(fields.len() + 1),
+        length: None,
+        chunked: false,
+    };
+    for field in fields {
+        if take(field) {
+            continue;
+        }
+        let name = field.name.as_bytes();
+        if is_hop_by_hop(name)
+            || connection_names
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name))
+        {
+            out.chunked |= name.eq_ignore_ascii_case(b"transfer-encoding");
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            out.length = std::str::from_utf8(field.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        }
+        match (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(field.value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                out.headers.append(name, value);
+            }
+            _ if strict => return Err(()),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn h2_write_fail(_: h2::Error) -> WriteFail {
