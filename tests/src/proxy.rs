@@ -618,3 +618,26 @@ impl LoadOutcome {
         }
     }
 }
+
+/// `GET /metrics` on the admin port `admin`: the whole response (an error's
+/// text when the port does not answer), read within 2 s.
+pub fn metrics(admin: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect(("127.0.0.1", admin)) {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// The value of the Prometheus series `series` (name and labels as written)
+/// in `page`; 0 when absent.
+pub fn sample(page: &str, series: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringgate_tests::pki::TestCa;
-use ringgate_tests::proxy::{curl, run_with_timeout, temp_path};
+use ringgate_tests::proxy::{curl, metrics, run_with_timeout, temp_path};
 use ringgate_tests::{eventually, Backend, Behaviour, Client, Proxy, ProxyConfig};
 
 const FROM_LOOPBACK: &str = "[\"127.0.0.1/32\"]";
@@ -380,18 +380,6 @@ fn the_header_comes_before_the_tls_handshake_on_a_tls_listener() {
         Some("198.51.100.44")
     );
     assert_eq!(rec.header("x-forwarded-proto").as_deref(), Some("https"));
-}
-
-fn metrics(port: u16) -> String {
-    let mut s = match TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s,
-        Err(e) => return e.to_string(),
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
 }
 
 // ---- send_proxy_protocol ----

@@ -9,7 +9,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringgate_tests::proxy::temp_path;
+use ringgate_tests::proxy::{metrics, sample, temp_path};
 use ringgate_tests::tcp_backend::{fnv1a64, TcpBackend, TcpBehaviour, FNV_OFFSET};
 use ringgate_tests::{eventually, free_port, Pattern, Proxy};
 
@@ -492,22 +492,4 @@ fn send_proxy_protocol_names_the_client_to_a_tcp_backend() {
         };
         assert_eq!(ports, (client_port, proxy.port), "{version}");
     }
-}
-
-fn metrics(port: u16) -> String {
-    let mut s = match TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s,
-        Err(e) => return e.to_string(),
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
-}
-
-fn sample(page: &str, series: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }

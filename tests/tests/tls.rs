@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ringgate_tests::pki::{Issued, TestCa};
 use ringgate_tests::proxy::{
-    curl, run_ringgate, run_with_timeout, write_temp, CommandOutput, LoadOutcome,
+    curl, metrics, run_ringgate, run_with_timeout, sample, write_temp, CommandOutput, LoadOutcome,
 };
 use ringgate_tests::{eventually, ringload_bin, Backend, Behaviour, Proxy, ProxyConfig};
 
@@ -459,21 +459,6 @@ fn a_reload_swaps_the_certificate_under_load_without_failed_requests() {
         "failed requests across the reloads: {outcome:?}"
     );
     assert!(outcome.non_2xx.is_empty(), "{outcome:?}");
-}
-
-/// The body of `GET /metrics` on the admin port.
-fn metrics(admin: u16) -> String {
-    let out = run_with_timeout(
-        Command::new(curl()).args(["-sS", &format!("http://127.0.0.1:{admin}/metrics")]),
-        Duration::from_secs(10),
-    );
-    out.stdout
-}
-
-fn sample(body: &str, series: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ringgate_tests::proxy::{curl, free_port, run_with_timeout, CommandOutput};
+use ringgate_tests::proxy::{curl, free_port, metrics, run_with_timeout, sample, CommandOutput};
 use ringgate_tests::{eventually, Backend, Behaviour, Proxy, ProxyConfig};
 
 fn curl_run(args: &[&str]) -> CommandOutput {
@@ -37,20 +37,6 @@ fn last_line(out: &CommandOutput) -> &str {
 
 fn body_of(out: &CommandOutput) -> &str {
     out.stdout.rsplit_once('\n').map(|(b, _)| b).unwrap_or("")
-}
-
-fn metrics(admin: u16) -> String {
-    run_with_timeout(
-        Command::new(curl()).args(["-sS", &format!("http://127.0.0.1:{admin}/metrics")]),
-        Duration::from_secs(10),
-    )
-    .stdout
-}
-
-fn sample(body: &str, series: &str) -> u64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// An HTTP/2-only hop: a ringgate whose listener takes HTTP/2 with prior

@@ -4,10 +4,9 @@
 //! backend's records prove it), a chunked body that crosses `max_body`
 //! mid-stream included; requests that pass reach the backend whole.
 
-use std::process::Command;
 use std::time::Duration;
 
-use ringgate_tests::proxy::{curl, run_with_timeout};
+use ringgate_tests::proxy::metrics;
 use ringgate_tests::{eventually, Backend, Behaviour, Client, Proxy, ProxyConfig};
 
 /// A proxy whose route requires all four rules, and its admin port.
@@ -21,14 +20,6 @@ fn validated(backend: &Backend) -> (Proxy, u16) {
         .to_toml()
         + &format!("\n[admin]\naddress = \"127.0.0.1:{admin}\"\n");
     (Proxy::start(&toml), admin)
-}
-
-fn metrics(admin: u16) -> String {
-    run_with_timeout(
-        Command::new(curl()).args(["-sS", &format!("http://127.0.0.1:{admin}/metrics")]),
-        Duration::from_secs(10),
-    )
-    .stdout
 }
 
 /// One request on a new connection: status and body.
