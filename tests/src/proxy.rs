@@ -641,3 +641,33 @@ pub fn sample(page: &str, series: &str) -> u64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// curl with `args`, its last stdout line the status and HTTP version it
+/// got (`-w`); 20 s at most.
+pub fn curl_status(args: &[&str]) -> CommandOutput {
+    run_with_timeout(
+        Command::new(curl())
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ])
+            .args(args),
+        Duration::from_secs(25),
+    )
+}
+
+/// The last line of a [`curl_status`] run: `"200 2"`.
+pub fn status_line(out: &CommandOutput) -> &str {
+    out.stdout.lines().last().unwrap_or("")
+}
+
+/// What a [`curl_status`] run printed before its status line.
+pub fn body_before_status(out: &CommandOutput) -> &str {
+    out.stdout
+        .rsplit_once('\n')
+        .map(|(body, _)| body)
+        .unwrap_or("")
+}

@@ -10,35 +10,11 @@ use std::time::{Duration, Instant};
 
 use ringgate_tests::h2wire::{self, frame, request_block, H2Client};
 use ringgate_tests::pki::TestCa;
-use ringgate_tests::proxy::{curl, run_with_timeout, temp_path, write_temp, CommandOutput};
+use ringgate_tests::proxy::{
+    body_before_status, curl, curl_status, run_with_timeout, status_line, temp_path, write_temp,
+    CommandOutput,
+};
 use ringgate_tests::{eventually, Backend, Behaviour, Pattern, Proxy, ProxyConfig};
-
-fn curl_h2(args: &[&str]) -> CommandOutput {
-    run_with_timeout(
-        Command::new(curl())
-            .args([
-                "-sS",
-                "--max-time",
-                "20",
-                "-w",
-                "\n%{http_code} %{http_version}",
-            ])
-            .args(args),
-        Duration::from_secs(25),
-    )
-}
-
-/// The `-w` line: status and HTTP version.
-fn last_line(out: &CommandOutput) -> &str {
-    out.stdout.lines().last().unwrap_or("")
-}
-
-fn body_of(out: &CommandOutput) -> &str {
-    out.stdout
-        .rsplit_once('\n')
-        .map(|(body, _)| body)
-        .unwrap_or("")
-}
 
 /// A cleartext listener that accepts HTTP/2 with prior knowledge.
 fn h2c(backend: &Backend) -> ProxyConfig {
@@ -50,13 +26,13 @@ fn prior_knowledge(port: u16, path: &str, extra: &[&str]) -> CommandOutput {
     let mut args = vec!["--http2-prior-knowledge"];
     args.extend_from_slice(extra);
     args.push(&url);
-    curl_h2(&args)
+    curl_status(&args)
 }
 
 /// A legitimate client is still served while (or after) an attack runs.
 fn still_serves(proxy: &Proxy) {
     let out = prior_knowledge(proxy.port, "/ok", &["-o", "/dev/null"]);
-    assert_eq!(last_line(&out), "200 2", "{}", out.stderr);
+    assert_eq!(status_line(&out), "200 2", "{}", out.stderr);
 }
 
 #[test]
@@ -70,7 +46,7 @@ fn curl_negotiates_h2_over_tls_and_the_backend_gets_http11() {
     let resolve = format!("site.test:{}:127.0.0.1", proxy.port);
     let url = format!("https://site.test:{}/hello?x=1", proxy.port);
     let ca_path = ca.cert.to_string_lossy().into_owned();
-    let out = curl_h2(&[
+    let out = curl_status(&[
         "--http2",
         "-v",
         "--resolve",
@@ -83,14 +59,14 @@ fn curl_negotiates_h2_over_tls_and_the_backend_gets_http11() {
         "cookie: b=2",
         &url,
     ]);
-    assert_eq!(last_line(&out), "200 2", "{}", out.stderr);
+    assert_eq!(status_line(&out), "200 2", "{}", out.stderr);
     assert!(
         out.stderr.contains("ALPN: server accepted h2"),
         "{}",
         out.stderr
     );
     assert!(
-        body_of(&out).starts_with(&backend.ok_body("/hello?x=1")),
+        body_before_status(&out).starts_with(&backend.ok_body("/hello?x=1")),
         "{}",
         out.stdout
     );
@@ -119,7 +95,7 @@ fn a_tls_listener_with_http2_off_offers_only_http11() {
     let resolve = format!("site.test:{}:127.0.0.1", proxy.port);
     let url = format!("https://site.test:{}/", proxy.port);
     let ca_path = ca.cert.to_string_lossy().into_owned();
-    let out = curl_h2(&[
+    let out = curl_status(&[
         "--http2",
         "-v",
         "--resolve",
@@ -128,7 +104,7 @@ fn a_tls_listener_with_http2_off_offers_only_http11() {
         &ca_path,
         &url,
     ]);
-    assert_eq!(last_line(&out), "200 1.1", "{}", out.stderr);
+    assert_eq!(status_line(&out), "200 1.1", "{}", out.stderr);
     assert!(
         out.stderr.contains("ALPN: server accepted http/1.1"),
         "{}",
@@ -141,10 +117,10 @@ fn prior_knowledge_works_only_where_the_listener_allows_it_and_http11_still_does
     let backend = Backend::start("ok", Behaviour::Ok);
     let proxy = h2c(&backend).start();
     let out = prior_knowledge(proxy.port, "/a", &[]);
-    assert_eq!(last_line(&out), "200 2", "{}", out.stderr);
-    let out = curl_h2(&[&format!("http://127.0.0.1:{}/b", proxy.port)]);
+    assert_eq!(status_line(&out), "200 2", "{}", out.stderr);
+    let out = curl_status(&[&format!("http://127.0.0.1:{}/b", proxy.port)]);
     assert_eq!(
-        last_line(&out),
+        status_line(&out),
         "200 1.1",
         "HTTP/1.1 beside h2c: {}",
         out.stderr
@@ -153,7 +129,7 @@ fn prior_knowledge_works_only_where_the_listener_allows_it_and_http11_still_does
     let plain = ProxyConfig::new(backend.addr()).start();
     let out = prior_knowledge(plain.port, "/c", &[]);
     assert!(
-        !last_line(&out).ends_with(" 2"),
+        !status_line(&out).ends_with(" 2"),
         "h2c on a listener without http2: {}",
         out.stdout
     );
@@ -217,10 +193,10 @@ fn bodies_stream_both_ways_and_framing_is_converted() {
     };
     assert_eq!(sizes("/large"), (3u64 << 20).to_string());
     let chunked = prior_knowledge(proxy.port, "/chunked", &[]);
-    assert_eq!(last_line(&chunked), "200 2", "{}", chunked.stderr);
+    assert_eq!(status_line(&chunked), "200 2", "{}", chunked.stderr);
     let close = prior_knowledge(proxy.port, "/close", &[]);
-    assert_eq!(last_line(&close), "200 2", "{}", close.stderr);
-    assert!(!body_of(&close).is_empty());
+    assert_eq!(status_line(&close), "200 2", "{}", close.stderr);
+    assert!(!body_before_status(&close).is_empty());
     let _ = std::fs::remove_file(file);
 }
 
@@ -515,7 +491,7 @@ fn the_access_log_shows_http2_requests_as_http2() {
         );
     let proxy = Proxy::start(&toml);
     let out = prior_knowledge(proxy.port, "/logged?x=1", &[]);
-    assert_eq!(last_line(&out), "200 2", "{}", out.stderr);
+    assert_eq!(status_line(&out), "200 2", "{}", out.stderr);
     let line = eventually(Duration::from_secs(3), || {
         let text = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
         text.lines()

@@ -13,31 +13,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ringgate_tests::proxy::{curl, free_port, metrics, run_with_timeout, sample, CommandOutput};
+use ringgate_tests::proxy::{
+    body_before_status, curl_status, free_port, metrics, run_with_timeout, sample, status_line,
+};
 use ringgate_tests::{eventually, Backend, Behaviour, Proxy, ProxyConfig};
-
-fn curl_run(args: &[&str]) -> CommandOutput {
-    run_with_timeout(
-        Command::new(curl())
-            .args([
-                "-sS",
-                "--max-time",
-                "20",
-                "-w",
-                "\n%{http_code} %{http_version}",
-            ])
-            .args(args),
-        Duration::from_secs(25),
-    )
-}
-
-fn last_line(out: &CommandOutput) -> &str {
-    out.stdout.lines().last().unwrap_or("")
-}
-
-fn body_of(out: &CommandOutput) -> &str {
-    out.stdout.rsplit_once('\n').map(|(b, _)| b).unwrap_or("")
-}
 
 /// An HTTP/2-only hop: a ringgate whose listener takes HTTP/2 with prior
 /// knowledge, in front of `backend`, with `/metrics` on `admin`.
@@ -71,13 +50,13 @@ fn requests_and_bodies_cross_an_http2_upstream_on_one_connection() {
     // Sequential HTTP/1.1 requests, with bodies framed both ways.
     for i in 0..10 {
         let body = format!("body number {i}");
-        let out = curl_run(&["--http1.1", "--data-binary", &body, &url]);
-        assert_eq!(last_line(&out), "200 1.1", "{}", out.stderr);
-        assert_eq!(body_of(&out), body);
+        let out = curl_status(&["--http1.1", "--data-binary", &body, &url]);
+        assert_eq!(status_line(&out), "200 1.1", "{}", out.stderr);
+        assert_eq!(body_before_status(&out), body);
     }
     let big = ringgate_tests::proxy::write_temp("ringgate-h2up-body", "bin", &vec![b'z'; 3 << 20]);
     let big = format!("@{}", big.display());
-    let out = curl_run(&[
+    let out = curl_status(&[
         "--http1.1",
         "-H",
         "transfer-encoding: chunked",
@@ -85,11 +64,11 @@ fn requests_and_bodies_cross_an_http2_upstream_on_one_connection() {
         &big,
         &url,
     ]);
-    assert_eq!(last_line(&out), "200 1.1", "{}", out.stderr);
-    assert_eq!(body_of(&out).len(), 3 << 20);
-    assert!(body_of(&out).bytes().all(|b| b == b'z'));
-    let out = curl_run(&["--http1.1", "--data-binary", &big, &url]);
-    assert_eq!(body_of(&out).len(), 3 << 20, "{}", out.stderr);
+    assert_eq!(status_line(&out), "200 1.1", "{}", out.stderr);
+    assert_eq!(body_before_status(&out).len(), 3 << 20);
+    assert!(body_before_status(&out).bytes().all(|b| b == b'z'));
+    let out = curl_status(&["--http1.1", "--data-binary", &big, &url]);
+    assert_eq!(body_before_status(&out).len(), 3 << 20, "{}", out.stderr);
     // HTTP/2 clients too, many streams at once.
     let out = run_with_timeout(
         Command::new("h2load").args(["-n", "400", "-c", "4", "-m", "20", &url]),
@@ -102,7 +81,7 @@ fn requests_and_bodies_cross_an_http2_upstream_on_one_connection() {
         out.stderr
     );
     // HEAD has no body, whatever the backend's length says.
-    let out = curl_run(&["--http1.1", "-I", &url]);
+    let out = curl_status(&["--http1.1", "-I", &url]);
     assert!(out.stdout.starts_with("HTTP/1.1 200"), "{}", out.stdout);
 
     // The backend hop saw every request over one HTTP/2 connection.
@@ -117,12 +96,12 @@ fn a_connection_that_idles_out_is_replaced() {
     let hop = h2_hop(&backend, admin);
     let proxy = via_h2(hop_addr(&hop)).timeouts("idle = \"300ms\"").start();
     let url = format!("http://127.0.0.1:{}/a", proxy.port);
-    let out = curl_run(&[&url]);
-    assert_eq!(last_line(&out), "200 1.1", "{}", out.stderr);
+    let out = curl_status(&[&url]);
+    assert_eq!(status_line(&out), "200 1.1", "{}", out.stderr);
     std::thread::sleep(Duration::from_millis(900));
-    let out = curl_run(&[&url]);
-    assert_eq!(last_line(&out), "200 1.1", "{}", out.stderr);
-    assert!(body_of(&out).starts_with(&backend.ok_body("/a")));
+    let out = curl_status(&[&url]);
+    assert_eq!(status_line(&out), "200 1.1", "{}", out.stderr);
+    assert!(body_before_status(&out).starts_with(&backend.ok_body("/a")));
     http2_connections_become(admin, 2);
 }
 
@@ -232,7 +211,7 @@ fn grpc_status_reaches_an_http11_client_as_chunked_trailers() {
     message.extend_from_slice(b"hello");
     let body = ringgate_tests::proxy::write_temp("ringgate-grpc-msg", "bin", &message);
     let out = eventually(Duration::from_secs(5), || {
-        let out = curl_run(&[
+        let out = curl_status(&[
             "--http1.1",
             "--raw",
             "-i",
@@ -300,18 +279,18 @@ fn a_backend_that_vanishes_mid_response_is_a_502_and_is_reconnected() {
     let hop_port = hop.port;
     let proxy = via_h2(hop_addr(&hop)).start();
     let url = format!("http://127.0.0.1:{}/slow", proxy.port);
-    let waiting = std::thread::spawn(move || curl_run(&[&url]));
+    let waiting = std::thread::spawn(move || curl_status(&[&url]));
     std::thread::sleep(Duration::from_millis(300));
     drop(hop);
     let out = waiting.join().unwrap();
-    assert_eq!(last_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
+    assert_eq!(status_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
     // The same address comes back: the next request opens a new connection.
     let mut config = ProxyConfig::new(backend.addr()).listener_extra("http2", "true");
     config.port = hop_port;
     let _hop = Proxy::start(&config.to_toml());
     let url = format!("http://127.0.0.1:{}/again", proxy.port);
-    let out = curl_run(&[&url]);
-    assert_eq!(last_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
+    let out = curl_status(&[&url]);
+    assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
 }
 
 #[test]
@@ -323,15 +302,15 @@ fn a_backend_that_does_not_answer_in_time_is_a_504() {
         .timeouts("response = \"300ms\"")
         .start();
     let started = std::time::Instant::now();
-    let out = curl_run(&[&format!("http://127.0.0.1:{}/slow", proxy.port)]);
-    assert_eq!(last_line(&out), "504 1.1", "{}{}", out.stdout, out.stderr);
+    let out = curl_status(&[&format!("http://127.0.0.1:{}/slow", proxy.port)]);
+    assert_eq!(status_line(&out), "504 1.1", "{}{}", out.stdout, out.stderr);
     assert!(started.elapsed() < Duration::from_secs(2));
     // The stream was reset, the connection serves on.
-    let out = curl_run(&[
+    let out = curl_status(&[
         "--http2-prior-knowledge",
         &format!("http://127.0.0.1:{}/slow", proxy.port),
     ]);
-    assert_eq!(last_line(&out), "504 2", "{}{}", out.stdout, out.stderr);
+    assert_eq!(status_line(&out), "504 2", "{}{}", out.stdout, out.stderr);
     http2_connections_become(admin, 1);
 }
 
@@ -342,12 +321,12 @@ fn a_backend_that_does_not_speak_http2_is_a_502_before_any_request_is_sent() {
         .upstream_extra("protocol", "\"h2\"")
         .start();
     let started = std::time::Instant::now();
-    let out = curl_run(&[
+    let out = curl_status(&[
         "--data-binary",
         "not twice",
         &format!("http://127.0.0.1:{}/post", proxy.port),
     ]);
-    assert_eq!(last_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
+    assert_eq!(status_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(
         backend.targets().iter().all(|t| t != "/post"),
