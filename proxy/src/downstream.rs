@@ -722,11 +722,7 @@ impl Downstream {
         if status != 204 && status != 304 {
             let _ = write!(out, "Content-Length: {}\r\n", body.len());
         }
-        match (keep, head.version) {
-            (false, _) => out.extend_from_slice(CLOSE_LINE.as_bytes()),
-            (true, Version::Http10) => out.extend_from_slice(KEEP_ALIVE_LINE.as_bytes()),
-            (true, Version::Http11) => {}
-        }
+        out.extend_from_slice(connection_line(keep, head.version).as_bytes());
         if let Some(bufs) = self.bufs.as_deref() {
             out.extend_from_slice(&bufs.added_fields);
         }
@@ -738,7 +734,19 @@ impl Downstream {
             body.len()
         };
         self.sent.local(status, body_sent);
-        let sent = self.send_local(worker, out).await;
+        self.send_own(worker, out, keep, head).await
+    }
+
+    /// Sends a response of the proxy's own; with `keep`, the connection
+    /// goes on past this request's head (it had no body).
+    async fn send_own(
+        &mut self,
+        worker: &Worker,
+        bytes: Vec<u8>,
+        keep: bool,
+        head: &RequestHead,
+    ) -> Next {
+        let sent = self.send_local(worker, bytes).await;
         if keep && sent {
             if let Some(bufs) = self.bufs.as_deref_mut() {
                 bufs.req.source.drain(..head.head_len);
@@ -764,14 +772,9 @@ impl Downstream {
     ) -> Next {
         // A draining worker says close, so the client sends nothing more.
         let keep = keep && !worker.draining.get();
-        let connection_line = match (keep, head.version) {
-            (false, _) => CLOSE_LINE,
-            (true, Version::Http10) => KEEP_ALIVE_LINE,
-            (true, Version::Http11) => "",
-        };
         self.log_refused(worker, status, reason, Some(head));
         self.sent.local(status, reason.len() + 1);
-        let mut bytes = error_text(status, reason, connection_line);
+        let mut bytes = error_text(status, reason, connection_line(keep, head.version));
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
         }
@@ -779,15 +782,7 @@ impl Downstream {
         if let Some(bufs) = self.bufs.as_deref() {
             insert_lines(&mut bytes, &bufs.added_fields);
         }
-        let sent = self.send_local(worker, bytes).await;
-        if keep && sent {
-            if let Some(bufs) = self.bufs.as_deref_mut() {
-                bufs.req.source.drain(..head.head_len);
-            }
-            Next::KeepAlive
-        } else {
-            Next::Close
-        }
+        self.send_own(worker, bytes, keep, head).await
     }
 }
 
@@ -890,6 +885,16 @@ fn rate_limit_key<'a>(
         Some(RateLimitKey::ClientIp) | None => client.ip_bytes(),
         Some(RateLimitKey::Route) => b"",
         Some(RateLimitKey::Header(name)) => header_value(head, name.as_bytes()).unwrap_or(b""),
+    }
+}
+
+/// What a response of the proxy's own says about the connection: close,
+/// or keep-alive for an HTTP/1.0 client that may reuse it.
+fn connection_line(keep: bool, version: Version) -> &'static str {
+    match (keep, version) {
+        (false, _) => CLOSE_LINE,
+        (true, Version::Http10) => KEEP_ALIVE_LINE,
+        (true, Version::Http11) => "",
     }
 }
 
