@@ -562,7 +562,73 @@ pub struct RateLimit {
     pub per: Duration,
     /// Bucket size, `1..=BURST_MAX`.
     pub burst: u32,
+    /// `scope = "fleet"`: counted across every node that shares the
+    /// `[fleet]` Redis; `None`: node-wide.
+    pub fleet: Option<FleetScope>,
 }
+
+/// A route's fleet-wide count: its name in Redis and what it does while
+/// Redis cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetScope {
+    /// The counter's name, shared by every node (`rate_limit.name`, or
+    /// `route<index>` by default).
+    pub counter: String,
+    pub fallback: FleetFallback,
+}
+
+/// `fleet_fallback`: what a fleet-scoped limit does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetFallback {
+    /// Each node limits to `rate / [fleet] nodes` (and the burst likewise).
+    LocalShare,
+    /// No limit until Redis is back.
+    Open,
+    /// Every request refused with 429 until Redis is back.
+    Closed,
+}
+
+impl FleetFallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetFallback::LocalShare => "local_share",
+            FleetFallback::Open => "open",
+            FleetFallback::Closed => "closed",
+        }
+    }
+}
+
+/// `[fleet]`: where fleet-scoped rate limits meet (see `docs/CONFIG.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fleet {
+    /// The Redis server (an IP address: host names are not resolved).
+    pub redis: std::net::SocketAddr,
+    /// `AUTH` before the first command, when set.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `SELECT`ed when not 0.
+    pub database: u32,
+    /// Put before every counter's name; `FLEET_KEY_PREFIX_MAX` bytes at most.
+    pub key_prefix: String,
+    /// How often the node adds its consumption to the fleet's and learns
+    /// the others'; `FLEET_SYNC_INTERVAL_MIN..=FLEET_SYNC_INTERVAL_MAX`.
+    pub sync_interval: Duration,
+    /// Connecting to Redis, and each sync's round trip.
+    pub timeout: Duration,
+    /// Nodes sharing the limits: `local_share` gives each `1/nodes`.
+    pub nodes: u32,
+}
+
+pub const DEFAULT_FLEET_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+pub const FLEET_SYNC_INTERVAL_MIN: Duration = Duration::from_millis(1);
+/// Longer than this and a fleet limit is mostly each node's own.
+pub const FLEET_SYNC_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// A loopback or LAN Redis answers in well under a millisecond; a sync
+/// that waits longer than this is better counted as failed.
+pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_FLEET_KEY_PREFIX: &str = "ringgate:";
+pub const FLEET_KEY_PREFIX_MAX: usize = 256;
+pub const FLEET_NODES_MAX: u32 = 100_000;
 
 impl RateLimit {
     pub fn rate_per_sec(&self) -> f64 {
@@ -855,6 +921,8 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Limits of HTTP/2 connections, on every listener with `http2`.
     pub http2: Http2,
+    /// `None`: no fleet; no route has `scope = "fleet"`.
+    pub fleet: Option<Fleet>,
 }
 
 /// `[admin]`: `/metrics` (Prometheus text format) and `/healthz`, served by

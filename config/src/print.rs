@@ -16,6 +16,9 @@ pub fn to_toml(config: &Config) -> String {
     limits(&mut out, &config.limits);
     http2(&mut out, &config.http2);
     error_log(&mut out, &config.error_log);
+    if let Some(f) = &config.fleet {
+        fleet(&mut out, f);
+    }
     if let Some(admin) = &config.admin {
         let _ = write!(
             out,
@@ -293,9 +296,16 @@ fn route(out: &mut String, config: &Config, r: &Route) {
         } else {
             "s"
         };
+        let fleet = rl.fleet.as_ref().map_or_else(String::new, |f| {
+            format!(
+                ", scope = \"fleet\", name = {}, fleet_fallback = {}",
+                quote(&f.counter),
+                quote(f.fallback.as_str())
+            )
+        });
         let _ = writeln!(
             out,
-            "rate_limit = {{ key = {}, rate = {}, burst = {} }}",
+            "rate_limit = {{ key = {}, rate = {}, burst = {}{fleet} }}",
             quote(&key),
             quote(&format!("{}/{per}", rl.requests)),
             rl.burst
@@ -489,6 +499,23 @@ fn upstream(out: &mut String, u: &Upstream) {
 }
 
 /// A TOML basic string, escaped by the toml crate.
+fn fleet(out: &mut String, f: &Fleet) {
+    let credentials = match (&f.username, &f.password) {
+        (_, None) => String::new(),
+        (user, Some(password)) => format!("{}:{password}@", user.as_deref().unwrap_or("")),
+    };
+    let _ = writeln!(out, "\n[fleet]");
+    let _ = writeln!(
+        out,
+        "redis = {}",
+        quote(&format!("redis://{credentials}{}/{}", f.redis, f.database))
+    );
+    let _ = writeln!(out, "key_prefix = {}", quote(&f.key_prefix));
+    let _ = writeln!(out, "sync_interval = {}", duration(f.sync_interval));
+    let _ = writeln!(out, "timeout = {}", duration(f.timeout));
+    let _ = writeln!(out, "nodes = {}", f.nodes);
+}
+
 fn quote(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }

@@ -27,6 +27,18 @@ pub(crate) struct RawConfig {
     pub error_log: Option<RawErrorLog>,
     pub admin: Option<RawAdmin>,
     pub http2: Option<RawHttp2>,
+    pub fleet: Option<RawFleet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub redis: Spanned<String>,
+    pub password: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub sync_interval: Option<Spanned<HumanDuration>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
+    pub nodes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +235,9 @@ pub(crate) struct RawRateLimit {
     pub key: Spanned<String>,
     pub rate: Spanned<String>,
     pub burst: Option<Spanned<i64>>,
+    pub scope: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
+    pub fleet_fallback: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2695,3 +2695,140 @@ fn a_route_may_allow_protocol_upgrades_but_never_h2c() {
     let e = only_error(&route_with("upgrade = [\"web socket\"]"));
     assert_eq!(e.key, "routes[0].upgrade", "{e}");
 }
+
+// ---- fleet-wide rate limits ----
+
+const FLEET_ROUTES: &str = r#"[[listeners]]
+name = "web"
+address = "127.0.0.1:8080"
+
+[[routes]]
+listener = "web"
+upstream = "api"
+rate_limit = { key = "client_ip", rate = "1000/s", scope = "fleet" }
+
+[[routes]]
+listener = "web"
+match = { path_prefix = "/admin" }
+upstream = "api"
+rate_limit = { key = "route", rate = "10/s", scope = "fleet", name = "admin", fleet_fallback = "closed" }
+
+[[upstreams]]
+name = "api"
+backends = [{ address = "127.0.0.1:9000" }]
+"#;
+
+#[test]
+fn fleet_scope_reads_its_section_and_names_its_counters() {
+    let c = ok(&format!(
+        "[fleet]\nredis = \"redis://:s3cret@127.0.0.1:6380/2\"\nsync_interval = \"10ms\"\nnodes = 3\n\n{FLEET_ROUTES}"
+    ));
+    let f = c.fleet.as_ref().expect("[fleet]");
+    assert_eq!(f.redis, addr("127.0.0.1:6380"));
+    assert_eq!(
+        (f.username.as_deref(), f.password.as_deref()),
+        (None, Some("s3cret"))
+    );
+    assert_eq!((f.database, f.nodes), (2, 3));
+    assert_eq!(f.sync_interval, Duration::from_millis(10));
+    assert_eq!(f.timeout, DEFAULT_FLEET_TIMEOUT);
+    assert_eq!(f.key_prefix, "ringgate:");
+    let scope = |r: usize| {
+        c.routes[r]
+            .rate_limit
+            .as_ref()
+            .and_then(|rl| rl.fleet.clone())
+    };
+    assert_eq!(
+        scope(0),
+        Some(FleetScope {
+            counter: "route0".into(),
+            fallback: FleetFallback::LocalShare
+        })
+    );
+    assert_eq!(
+        scope(1),
+        Some(FleetScope {
+            counter: "admin".into(),
+            fallback: FleetFallback::Closed
+        })
+    );
+    assert_round_trip(&format!(
+        "[fleet]\nredis = \"redis://ops:pw@127.0.0.1:6379\"\n\n{FLEET_ROUTES}"
+    ));
+}
+
+#[test]
+fn fleet_mistakes_are_pointed_at() {
+    assert_error_at(
+        FLEET_ROUTES,
+        "\"fleet\" }",
+        "routes[0].rate_limit.scope",
+        "needs a [fleet] section",
+    );
+    let with = |fleet: &str| format!("[fleet]\n{fleet}\n\n{FLEET_ROUTES}");
+    assert_error_at(
+        &with("redis = \"redis://localhost:6379\""),
+        "\"redis://localhost",
+        "fleet.redis",
+        "host names are not resolved",
+    );
+    assert_error_at(
+        &with("redis = \"rediss://127.0.0.1:6379\""),
+        "\"rediss",
+        "fleet.redis",
+        "not supported",
+    );
+    assert_error_at(
+        &with("redis = \"127.0.0.1:6379\""),
+        "\"127.0.0.1:6379\"",
+        "fleet.redis",
+        "not a redis:// URL",
+    );
+    assert_error_at(
+        &with("redis = \"redis://127.0.0.1:6379\"\nsync_interval = \"20s\""),
+        "\"20s\"",
+        "fleet.sync_interval",
+        "out of range",
+    );
+    assert_error_at(
+        &with("redis = \"redis://127.0.0.1:6379\"\nnodes = 0"),
+        "0\n",
+        "fleet.nodes",
+        "out of range",
+    );
+    assert_error_at(
+        &with("redis = \"redis://:a@127.0.0.1:6379\"\npassword = \"b\""),
+        "\"b\"",
+        "fleet.password",
+        "in one place",
+    );
+    let base = with("redis = \"redis://127.0.0.1:6379\"");
+    assert_error_at(
+        &base.replace("fleet_fallback = \"closed\"", "fleet_fallback = \"shut\""),
+        "\"shut\"",
+        "routes[1].rate_limit.fleet_fallback",
+        "unknown fallback",
+    );
+    assert_error_at(
+        &base.replace("scope = \"fleet\" }", "scope = \"world\" }"),
+        "\"world\"",
+        "routes[0].rate_limit.scope",
+        "unknown scope",
+    );
+    assert_error_at(
+        &base.replace("name = \"admin\"", "name = \"a b\""),
+        "\"a b\"",
+        "routes[1].rate_limit.name",
+        "Redis key",
+    );
+    assert_error_at(
+        &base.replace(
+            "rate = \"10/s\", scope = \"fleet\",",
+            "rate = \"10/s\", scope = \"node\",",
+        ),
+        "\"admin\"",
+        "routes[1].rate_limit.name",
+        "only read with scope = \"fleet\"",
+    );
+}

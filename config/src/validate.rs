@@ -221,6 +221,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     let server = server(&mut c, raw.server.as_ref());
     let limits = limits(&mut c, raw.limits.as_ref());
     let http2 = http2(&mut c, raw.http2.as_ref());
+    let fleet = raw.fleet.as_ref().and_then(|raw| fleet(&mut c, raw));
 
     let (span, raw_listeners) = spanned_vec(raw.listeners);
     if raw_listeners.is_empty() {
@@ -351,7 +352,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
         let rate_limit = r
             .rate_limit
             .as_ref()
-            .and_then(|rl| rate_limit(&mut c, &format!("routes[{i}].rate_limit"), rl));
+            .and_then(|rl| rate_limit(&mut c, i, rl, fleet.is_some()));
         let rewrite_prefix = r.rewrite.as_ref().map(|rw| {
             let text = rw.prefix.get_ref();
             if !text.starts_with('/') || text.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
@@ -486,6 +487,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             error_log,
             admin,
             http2,
+            fleet,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -1297,7 +1299,13 @@ fn upstream(
     }
 }
 
-fn rate_limit(c: &mut Checker<'_>, key: &str, raw: &RawRateLimit) -> Option<RateLimit> {
+fn rate_limit(
+    c: &mut Checker<'_>,
+    route: usize,
+    raw: &RawRateLimit,
+    have_fleet: bool,
+) -> Option<RateLimit> {
+    let key = &format!("routes[{route}].rate_limit");
     let limit_key = match parse_rate_limit_key(raw.key.get_ref()) {
         Ok(k) => Some(k),
         Err(why) => {
@@ -1323,13 +1331,208 @@ fn rate_limit(c: &mut Checker<'_>, key: &str, raw: &RawRateLimit) -> Option<Rate
         1..=BURST_MAX,
         default_burst,
     );
+    let fleet = fleet_scope(c, key, route, raw, have_fleet);
     let (requests, per) = rate?;
     Some(RateLimit {
         key: limit_key?,
         requests,
         per,
         burst,
+        fleet: fleet?,
     })
+}
+
+/// `scope`, `name` and `fleet_fallback` of a rate limit: `Some(None)` for a
+/// node-wide one, `None` after recording an error.
+fn fleet_scope(
+    c: &mut Checker<'_>,
+    key: &str,
+    route: usize,
+    raw: &RawRateLimit,
+    have_fleet: bool,
+) -> Option<Option<FleetScope>> {
+    let fleet = match raw.scope.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "node")) => false,
+        Some((_, "fleet")) => true,
+        Some((scope, other)) => {
+            c.err(
+                scope.span(),
+                format!("{key}.scope"),
+                format!(
+                    r#"unknown scope {other:?}{}; write "node" or "fleet""#,
+                    close_to(other, &["node", "fleet"])
+                ),
+            );
+            return None;
+        }
+    };
+    if !fleet {
+        for (value, field) in [(&raw.name, "name"), (&raw.fleet_fallback, "fleet_fallback")] {
+            if let Some(value) = value {
+                c.err(
+                    value.span(),
+                    format!("{key}.{field}"),
+                    r#"is only read with scope = "fleet""#,
+                );
+            }
+        }
+        return Some(None);
+    }
+    if !have_fleet {
+        if let Some(scope) = &raw.scope {
+            c.err(
+                scope.span(),
+                format!("{key}.scope"),
+                r#""fleet" needs a [fleet] section naming the Redis server the nodes share"#,
+            );
+        }
+        return None;
+    }
+    let fallback = match raw
+        .fleet_fallback
+        .as_ref()
+        .map(|f| (f, f.get_ref().as_str()))
+    {
+        None | Some((_, "local_share")) => FleetFallback::LocalShare,
+        Some((_, "open")) => FleetFallback::Open,
+        Some((_, "closed")) => FleetFallback::Closed,
+        Some((value, other)) => {
+            const ALL: [&str; 3] = ["local_share", "open", "closed"];
+            c.err(
+                value.span(),
+                format!("{key}.fleet_fallback"),
+                format!(
+                    r#"unknown fallback {other:?}{}; write "local_share", "open" or "closed""#,
+                    close_to(other, &ALL)
+                ),
+            );
+            return None;
+        }
+    };
+    let counter = match &raw.name {
+        None => format!("route{route}"),
+        Some(name) => {
+            let text = name.get_ref();
+            let fine = !text.is_empty()
+                && text.len() <= 64
+                && text
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+            if !fine {
+                c.err(
+                    name.span(),
+                    format!("{key}.name"),
+                    "must be 1 to 64 letters, digits, '_', '-' or '.' (it names a Redis key)",
+                );
+                return None;
+            }
+            text.clone()
+        }
+    };
+    Some(Some(FleetScope { counter, fallback }))
+}
+
+fn fleet(c: &mut Checker<'_>, raw: &RawFleet) -> Option<Fleet> {
+    let parsed = parse_redis_url(raw.redis.get_ref());
+    if let Err(why) = &parsed {
+        c.err(raw.redis.span(), "fleet.redis", why.clone());
+    }
+    let key_prefix = match &raw.key_prefix {
+        None => DEFAULT_FLEET_KEY_PREFIX.to_owned(),
+        Some(p) => {
+            let text = p.get_ref();
+            if text.len() > FLEET_KEY_PREFIX_MAX || text.chars().any(|ch| ch.is_control()) {
+                c.err(
+                    p.span(),
+                    "fleet.key_prefix",
+                    format!(
+                        "must be at most {FLEET_KEY_PREFIX_MAX} bytes with no control characters"
+                    ),
+                );
+            }
+            text.clone()
+        }
+    };
+    let sync_interval = c.duration(
+        raw.sync_interval.as_ref(),
+        "fleet.sync_interval",
+        FLEET_SYNC_INTERVAL_MIN..=FLEET_SYNC_INTERVAL_MAX,
+        DEFAULT_FLEET_SYNC_INTERVAL,
+    );
+    let timeout = c.timeout(raw.timeout.as_ref(), "fleet.timeout", DEFAULT_FLEET_TIMEOUT);
+    let nodes = c.int(raw.nodes.as_ref(), "fleet.nodes", 1..=FLEET_NODES_MAX, 1);
+    let (redis, username, url_password, database) = parsed.ok()?;
+    let password = match (&raw.password, url_password) {
+        (Some(p), Some(_)) => {
+            c.err(
+                p.span(),
+                "fleet.password",
+                "the redis URL carries a password already; give it in one place",
+            );
+            None
+        }
+        (Some(p), None) => Some(p.get_ref().clone()),
+        (None, from_url) => from_url,
+    };
+    Some(Fleet {
+        redis,
+        username,
+        password,
+        database,
+        key_prefix,
+        sync_interval,
+        timeout,
+        nodes,
+    })
+}
+
+/// The address, user, password and database of
+/// `redis://[[user]:password@]IP:port[/db]`.
+type RedisTarget = (SocketAddr, Option<String>, Option<String>, u32);
+
+fn parse_redis_url(text: &str) -> Result<RedisTarget, String> {
+    const SHAPE: &str =
+        r#"write redis://[[user]:password@]IP:port[/db] such as "redis://127.0.0.1:6379""#;
+    if text.starts_with("rediss://") {
+        return Err(format!(
+            "TLS to Redis (rediss://) is not supported; {SHAPE}"
+        ));
+    }
+    let Some(rest) = text.strip_prefix("redis://") else {
+        return Err(format!("{text:?} is not a redis:// URL; {SHAPE}"));
+    };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((c, r)) => (Some(c), r),
+        None => (None, rest),
+    };
+    let (authority, database) = match rest.split_once('/') {
+        None => (rest, 0),
+        Some((a, "")) => (a, 0),
+        Some((a, db)) => match db.parse::<u32>() {
+            Ok(n) => (a, n),
+            Err(_) => return Err(format!("database {db:?} is not a number; {SHAPE}")),
+        },
+    };
+    let Ok(address) = authority.parse::<SocketAddr>() else {
+        return Err(format!(
+            "{authority:?} is not IP:port (host names are not resolved); {SHAPE}"
+        ));
+    };
+    let (username, password) = match credentials {
+        None => (None, None),
+        Some(c) => match c.split_once(':') {
+            Some((user, password)) => {
+                let user = (!user.is_empty()).then(|| user.to_owned());
+                (user, Some(password.to_owned()))
+            }
+            None => {
+                return Err(format!(
+                    "credentials need a ':' before the password; {SHAPE}"
+                ))
+            }
+        },
+    };
+    Ok((address, username, password, database))
 }
 
 fn parse_rate_limit_key(text: &str) -> Result<RateLimitKey, String> {

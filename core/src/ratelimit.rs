@@ -6,8 +6,13 @@
 //! other workers reported consuming ([`KeyedLimiter::charge`]), so every
 //! bucket sees the whole node's consumption, one gossip delay late, and the
 //! node-wide admitted rate tracks the configured rate whether the traffic
-//! lands on one worker or on all. No I/O, no clock (callers pass `now`), no
-//! shared state.
+//! lands on one worker or on all. A fleet-scoped route's limiter on the
+//! worker that syncs with the fleet also counts the whole node's
+//! consumption ([`KeyedLimiter::track_node_usage`]) and is charged for the
+//! other nodes' ([`KeyedLimiter::charge_remote`]); while the fleet is out of
+//! reach its rate can be cut to a share or its verdicts fixed
+//! ([`KeyedLimiter::set_rate`], [`KeyedLimiter::set_verdicts`]). No I/O, no
+//! clock (callers pass `now`), no shared state.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -141,6 +146,17 @@ impl TokenBucket {
         }
     }
 
+    /// Changes the rate and the burst (the debt floor follows), keeping the
+    /// tokens earned so far, down to the new burst.
+    pub fn set_rate(&mut self, rate_per_sec: f64, burst: f64, debt_max: Option<f64>, now: Instant) {
+        self.refill(now);
+        let fresh = TokenBucket::new(rate_per_sec, burst, now);
+        self.rate_per_sec = fresh.rate_per_sec;
+        self.burst = fresh.burst;
+        self.debt_max = debt_max.map_or(fresh.debt_max, |d| d.max(0.0));
+        self.tokens = self.tokens.clamp(-self.debt_max, self.burst);
+    }
+
     /// True when the bucket is full: it carries no information and can be
     /// dropped and recreated later without changing any verdict.
     pub fn is_full(&mut self, now: Instant) -> bool {
@@ -203,10 +219,28 @@ struct Slot {
     local_used: u32,
     /// In `dirty` (at most once).
     dirty: bool,
+    /// With node tracking: tokens this node consumed (here or reported by
+    /// gossip) since the last `take_node_usage`.
+    node_used: u32,
+    /// In `node_dirty` (at most once).
+    node_listed: bool,
     /// LRU list, most recent at `head`.
     prev: u32,
     next: u32,
 }
+
+/// How a limiter decides: by its buckets, or (while a fleet-scoped limit
+/// cannot reach its fleet, per `fleet_fallback`) the same way every time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdicts {
+    Buckets,
+    AdmitAll,
+    RefuseAll,
+}
+
+/// How long a client refused by [`Verdicts::RefuseAll`] is told to wait:
+/// about how long a fleet takes to notice its store is back.
+const REFUSE_ALL_RETRY: Duration = Duration::from_secs(1);
 
 /// The bounded per-key buckets of one rate-limited route in one worker.
 ///
@@ -233,6 +267,11 @@ pub struct KeyedLimiter {
     dirty: Vec<u32>,
     /// Scratch for canonicalising long keys.
     scratch: Vec<u8>,
+    /// Counting the node's consumption (the fleet syncer's worker only).
+    track_node: bool,
+    /// Slots with `node_used > 0` since the last `take_node_usage`.
+    node_dirty: Vec<u32>,
+    verdicts: Verdicts,
 }
 
 impl KeyedLimiter {
@@ -253,7 +292,38 @@ impl KeyedLimiter {
             tail: NIL,
             dirty: Vec::new(),
             scratch: Vec::with_capacity(MAX_KEY_BYTES),
+            track_node: false,
+            node_dirty: Vec::new(),
+            verdicts: Verdicts::Buckets,
         }
+    }
+
+    /// Also counts what the whole node consumes: this worker's admissions
+    /// and the other workers' reported through [`charge`](Self::charge),
+    /// for [`take_node_usage`](Self::take_node_usage).
+    pub fn track_node_usage(mut self) -> Self {
+        self.track_node = true;
+        self
+    }
+
+    /// Sets the rate and burst of every bucket, present and future (the
+    /// debt floor follows unless one was set): a fleet's local share and
+    /// back.
+    pub fn set_rate(&mut self, rate_per_sec: f64, burst: f64, now: Instant) {
+        self.rate_per_sec = rate_per_sec;
+        self.burst = burst;
+        let debt = self.debt_max;
+        for slot in &mut self.slots {
+            slot.bucket.set_rate(rate_per_sec, burst, debt, now);
+        }
+    }
+
+    pub fn set_verdicts(&mut self, verdicts: Verdicts) {
+        self.verdicts = verdicts;
+    }
+
+    pub fn verdicts(&self) -> Verdicts {
+        self.verdicts
     }
 
     /// Every bucket's debt floor (see [`TokenBucket::with_debt_max`]).
@@ -277,6 +347,11 @@ impl KeyedLimiter {
     /// Admits one request for `key` (the client IP's bytes, a header value,
     /// or empty for a route-wide limit).
     pub fn admit(&mut self, key: &[u8], now: Instant) -> Admission {
+        match self.verdicts {
+            Verdicts::Buckets => {}
+            Verdicts::AdmitAll => return self.fixed_verdict(true),
+            Verdicts::RefuseAll => return self.fixed_verdict(false),
+        }
         let slot = self.slot_for(key, now);
         let s = &mut self.slots[slot as usize];
         let admission = s.bucket.admit(now);
@@ -286,11 +361,29 @@ impl KeyedLimiter {
                 s.dirty = true;
                 self.dirty.push(slot);
             }
+            if self.track_node {
+                self.count_node_usage(slot, 1);
+            }
         }
         admission
     }
 
-    /// Charges `key` for `tokens` another worker consumed.
+    fn fixed_verdict(&self, allowed: bool) -> Admission {
+        let limit = self.burst as u64;
+        Admission {
+            allowed,
+            limit,
+            remaining: if allowed { limit } else { 0 },
+            reset_after: if allowed {
+                Duration::ZERO
+            } else {
+                REFUSE_ALL_RETRY
+            },
+            retry_after: (!allowed).then_some(REFUSE_ALL_RETRY),
+        }
+    }
+
+    /// Charges `key` for `tokens` another worker of this node consumed.
     pub fn charge(&mut self, key: &[u8], tokens: u32, now: Instant) {
         if tokens == 0 {
             return;
@@ -299,6 +392,50 @@ impl KeyedLimiter {
         self.slots[slot as usize]
             .bucket
             .charge(f64::from(tokens), now);
+        if self.track_node {
+            self.count_node_usage(slot, tokens);
+        }
+    }
+
+    /// Charges `key` for `tokens` other nodes consumed: not counted as this
+    /// node's.
+    pub fn charge_remote(&mut self, key: &[u8], tokens: u32, now: Instant) {
+        if tokens == 0 {
+            return;
+        }
+        let slot = self.slot_for(key, now);
+        self.slots[slot as usize]
+            .bucket
+            .charge(f64::from(tokens), now);
+    }
+
+    fn count_node_usage(&mut self, slot: u32, tokens: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.node_used = s.node_used.saturating_add(tokens);
+        if !s.node_listed {
+            s.node_listed = true;
+            self.node_dirty.push(slot);
+        }
+    }
+
+    /// With [`track_node_usage`](Self::track_node_usage): hands every key
+    /// the node consumed tokens for since the last call, with the count, to
+    /// `sink` (what the fleet syncer adds to the fleet's counters), and
+    /// resets the counts. Usage of a key evicted in between is lost, as in
+    /// [`take_local_usage`](Self::take_local_usage).
+    pub fn take_node_usage(&mut self, mut sink: impl FnMut(&[u8], u32)) -> usize {
+        let mut handed = 0;
+        for &slot in &self.node_dirty {
+            let s = &mut self.slots[slot as usize];
+            s.node_listed = false;
+            if s.node_used > 0 {
+                sink(&s.key, s.node_used);
+                s.node_used = 0;
+                handed += 1;
+            }
+        }
+        self.node_dirty.clear();
+        handed
     }
 
     /// Hands every key this worker consumed tokens for since the last call,
@@ -353,6 +490,8 @@ impl KeyedLimiter {
                         bucket: self.new_bucket(now),
                         local_used: 0,
                         dirty: false,
+                        node_used: 0,
+                        node_listed: false,
                         prev: NIL,
                         next: NIL,
                     });
@@ -392,9 +531,10 @@ impl KeyedLimiter {
         s.key.extend_from_slice(key);
         s.hash = hash;
         s.bucket = bucket;
-        // `dirty` stays: the slot may still be listed, and is then drained
-        // with whatever the new key consumes.
+        // `dirty` and `node_listed` stay: the slot may still be listed, and
+        // is then drained with whatever the new key consumes.
         s.local_used = 0;
+        s.node_used = 0;
     }
 
     fn touch(&mut self, slot: u32) {
@@ -716,5 +856,49 @@ mod tests {
         // The control for the test above: gossip is what makes it node-wide.
         let admitted = two_workers(1000.0, 20.0, [1500, 1500], Duration::from_secs(100), 5);
         assert!(admitted > 9000, "{admitted}");
+    }
+
+    #[test]
+    fn node_usage_counts_own_admissions_and_gossip_but_not_other_nodes() {
+        let now = Instant::now();
+        let mut l = KeyedLimiter::new(1000.0, 100.0, 8).track_node_usage();
+        l.admit(b"a", now);
+        l.admit(b"a", now);
+        l.charge(b"a", 5, now);
+        l.charge(b"b", 3, now);
+        l.charge_remote(b"a", 50, now);
+        l.charge_remote(b"c", 50, now);
+        let mut used = Vec::new();
+        l.take_node_usage(|k, n| used.push((k.to_vec(), n)));
+        used.sort();
+        assert_eq!(used, [(b"a".to_vec(), 7), (b"b".to_vec(), 3)]);
+        let mut again = 0;
+        l.take_node_usage(|_, _| again += 1);
+        assert_eq!(again, 0, "drained");
+        // Not tracking: nothing counted.
+        let mut plain = KeyedLimiter::new(1000.0, 100.0, 8);
+        plain.admit(b"a", now);
+        assert_eq!(plain.take_node_usage(|_, _| {}), 0);
+    }
+
+    #[test]
+    fn a_share_of_the_rate_and_fixed_verdicts() {
+        let start = Instant::now();
+        let mut l = KeyedLimiter::new(900.0, 900.0, 8);
+        l.admit(b"k", start);
+        l.set_rate(300.0, 300.0, start);
+        // Bucket clamped to the new burst, refilling at the new rate.
+        let admitted = offer(start, 2000, 4, |t| l.admit(b"k", t).allowed);
+        assert!((1490..=1510).contains(&admitted), "{admitted}");
+        l.set_verdicts(Verdicts::RefuseAll);
+        let refused = l.admit(b"k", start + Duration::from_secs(60));
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after_secs(), Some(1));
+        l.set_verdicts(Verdicts::AdmitAll);
+        assert!((0..10_000).all(|_| l.admit(b"k", start).allowed));
+        l.set_verdicts(Verdicts::Buckets);
+        // The buckets were left as they were: still about empty.
+        let after = l.admit(b"k", start + Duration::from_secs(4));
+        assert!(after.remaining <= 1, "{after:?}");
     }
 }
