@@ -64,10 +64,12 @@ pub enum Kind {
     /// A connection refused for its PROXY protocol header, or for having none
     /// (info: it is the peer's doing).
     ProxyProtocol,
+    /// Redis for fleet-scoped rate limits lost and found again.
+    Fleet,
 }
 
 impl Kind {
-    const COUNT: usize = 17;
+    const COUNT: usize = 18;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -83,6 +85,7 @@ impl Kind {
             Kind::Accept => "accept",
             Kind::ConnectionLimit => "connection_limit",
             Kind::Gossip => "gossip",
+            Kind::Fleet => "fleet",
             Kind::Stray => "stray",
             Kind::AccessLog => "access_log",
             Kind::TlsHandshake => "tls_handshake",
@@ -109,6 +112,7 @@ impl Kind {
         Kind::TlsHandshake,
         Kind::Http2,
         Kind::ProxyProtocol,
+        Kind::Fleet,
     ];
 }
 

@@ -217,6 +217,9 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64, all_levels: bool) {
                 .take_local_usage(|key, tokens| msg.push_tokens(route as u32, key, tokens));
         }
     }
+    for (route, key, tokens) in worker.fleet_news.borrow_mut().drain(..) {
+        msg.push_tokens(route, &key, tokens);
+    }
     for (u, upstream) in worker.upstreams.iter().enumerate() {
         let mut view = upstream.view.borrow_mut();
         let mut reported = upstream.reported_levels.borrow_mut();

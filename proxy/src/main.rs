@@ -14,6 +14,7 @@ mod demo;
 mod downstream;
 mod error_log;
 mod exchange;
+mod fleet;
 mod gossip;
 mod h2_upstream;
 mod health;
@@ -594,6 +595,8 @@ pub fn start(
     let upstream_tls = Arc::new(load_upstream_tls(&config).map_err(std::io::Error::other)?);
     let schemas = Arc::new(schema::load_all(&config).map_err(std::io::Error::other)?);
     let auth = auth::load(&config).map_err(|e| std::io::Error::other(e.join("; ")))?;
+    let fleet_status =
+        fleet::has_fleet_routes(&config).then(|| Arc::new(fleet::FleetStatus::default()));
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -624,6 +627,7 @@ pub fn start(
             upstream_tls: upstream_tls.clone(),
             schemas: schemas.clone(),
             auth: auth.clone(),
+            fleet_status: fleet_status.clone(),
         };
         handles.push(
             std::thread::Builder::new()

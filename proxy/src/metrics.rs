@@ -79,6 +79,9 @@ pub struct Counters {
     tunnels_open: Cell<u64>,
     tunnel_bytes_in: Cell<u64>,
     tunnel_bytes_out: Cell<u64>,
+    /// Fleet syncs with Redis that succeeded and that failed (worker 0).
+    pub fleet_syncs: Cell<u64>,
+    pub fleet_failures: Cell<u64>,
 }
 
 const AUTH_REASONS: usize = ringgate_core::auth::Reason::COUNT;
@@ -222,6 +225,10 @@ pub struct Snapshot {
     pub tunnel_bytes: [u64; 2],
     pub open: u64,
     pub gossip_dropped: u64,
+    /// Fleet syncs: succeeded, failed.
+    pub fleet_syncs: [u64; 2],
+    /// Whether Redis answers the fleet syncer (`None`: no fleet).
+    pub fleet_reachable: Option<bool>,
     pub draining: bool,
     pub backends: Vec<BackendSnapshot>,
 }
@@ -252,6 +259,8 @@ impl Snapshot {
             ],
             open: 0,
             gossip_dropped: 0,
+            fleet_syncs: [counters.fleet_syncs.get(), counters.fleet_failures.get()],
+            fleet_reachable: None,
             draining: false,
             backends: Vec::new(),
         }
@@ -291,6 +300,7 @@ struct Totals {
     tunnels: u64,
     tunnel_bytes: [u64; 2],
     gossip_dropped: u64,
+    fleet_syncs: [u64; 2],
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
 }
@@ -312,6 +322,7 @@ impl Totals {
         self.tunnels += s.tunnels;
         add_each(&mut self.tunnel_bytes, &s.tunnel_bytes);
         self.gossip_dropped += s.gossip_dropped;
+        add_each(&mut self.fleet_syncs, &s.fleet_syncs);
         for b in &s.backends {
             let sum = self
                 .outcomes
@@ -340,6 +351,7 @@ impl Totals {
             &other.proxy_protocol_refused,
         );
         self.gossip_dropped += other.gossip_dropped;
+        add_each(&mut self.fleet_syncs, &other.fleet_syncs);
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
             for (sum, n) in sum.iter_mut().zip(outcomes) {
@@ -466,6 +478,32 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     for (name, kind, text, value) in plain {
         help(&mut out, name, kind, text);
         let _ = writeln!(out, "{name} {value}");
+    }
+    if let Some(reachable) = live.iter().find_map(|s| s.fleet_reachable) {
+        let fleet: [(&str, &str, &str, u64); 3] = [
+            (
+                "ringgate_fleet_redis_up",
+                "gauge",
+                "1 while the fleet syncer reaches Redis; 0 while fleet-scoped limits use their fleet_fallback.",
+                u64::from(reachable),
+            ),
+            (
+                "ringgate_fleet_syncs_total",
+                "counter",
+                "Syncs of the node's consumption with Redis that succeeded.",
+                counters.fleet_syncs[0],
+            ),
+            (
+                "ringgate_fleet_sync_failures_total",
+                "counter",
+                "Syncs with Redis that failed (unreachable, timed out, refused).",
+                counters.fleet_syncs[1],
+            ),
+        ];
+        for (name, kind, text, value) in fleet {
+            help(&mut out, name, kind, text);
+            let _ = writeln!(out, "{name} {value}");
+        }
     }
     help(
         &mut out,

@@ -92,6 +92,14 @@ pub struct Worker {
     /// Each route's authentication on this worker (`None`: open), indexed
     /// like `config.routes`.
     pub auth: Vec<Option<crate::auth::RouteGuard>>,
+    /// Whether the node's fleet syncer reaches Redis (`None`: no route is
+    /// fleet-scoped).
+    pub fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
+    /// This worker's fleet-scoped limiters use their fallback.
+    pub fleet_fallback_on: Cell<bool>,
+    /// The other nodes' consumption the syncer learned, for the next gossip
+    /// message to the other workers: (route, key, tokens).
+    pub fleet_news: RefCell<Vec<(u32, Vec<u8>, u32)>>,
 }
 
 impl Worker {
@@ -133,11 +141,17 @@ impl Worker {
             .iter()
             .map(|r| {
                 r.rate_limit.as_ref().map(|limit| {
-                    RefCell::new(KeyedLimiter::new(
+                    let limiter = KeyedLimiter::new(
                         limit.rate_per_sec(),
                         f64::from(limit.burst),
                         config.server.rate_limit_max_keys,
-                    ))
+                    );
+                    // Worker 0 syncs the node's consumption with the fleet.
+                    RefCell::new(if limit.fleet.is_some() && id == 0 {
+                        limiter.track_node_usage()
+                    } else {
+                        limiter
+                    })
                 })
             })
             .collect();
@@ -176,6 +190,9 @@ impl Worker {
             request_ids: RequestIds::new(id),
             schemas: Arc::default(),
             auth: Vec::new(),
+            fleet_status: None,
+            fleet_fallback_on: Cell::new(false),
+            fleet_news: RefCell::new(Vec::new()),
             config,
         }
     }
@@ -256,6 +273,9 @@ impl Worker {
         s.generation = worker.generation;
         s.open = worker.open_connections() as u64;
         s.gossip_dropped = gossip_dropped;
+        if self.id == 0 {
+            s.fleet_reachable = self.fleet_status.as_ref().map(|f| f.reachable());
+        }
         s.draining = worker.draining.get();
         for upstream in &worker.upstreams {
             let view = upstream.view.borrow();

@@ -62,8 +62,10 @@ impl Ticker {
             self.send_snapshot();
             worker.buffers.settle();
         }
+        let now = Instant::now();
+        crate::fleet::follow_status(worker, now);
         // No borrow crosses an await: a round is synchronous.
-        self.gossip.borrow_mut().round(worker, Instant::now());
+        self.gossip.borrow_mut().round(worker, now);
     }
 
     /// Sends the worker's final totals as it ends, so its counters outlive

@@ -67,6 +67,8 @@ pub struct Shared {
     pub schemas: Arc<Schemas>,
     /// Each route's auth files as loaded.
     pub auth: crate::auth::Loaded,
+    /// Whether the node reaches the fleet's Redis (`None`: no fleet).
+    pub fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -80,6 +82,7 @@ struct Owned {
     upstream_tls: Arc<Vec<Option<UpstreamTlsConfig>>>,
     schemas: Arc<Schemas>,
     auth: crate::auth::Loaded,
+    fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -332,6 +335,7 @@ pub fn run(
         upstream_tls,
         schemas,
         auth,
+        fleet_status,
     } = shared;
     let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
     let shared = Owned {
@@ -344,6 +348,7 @@ pub fn run(
         upstream_tls,
         schemas,
         auth,
+        fleet_status,
     };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -397,6 +402,7 @@ async fn worker_main(
         upstream_tls,
         schemas,
         auth,
+        fleet_status,
     } = shared;
     let workers = mesh.workers();
     let mut worker = Worker::new(id, workers, config, log_file, log, generation);
@@ -409,7 +415,11 @@ async fn worker_main(
         upstream.tls = tls.clone();
     }
     worker.auth = crate::auth::RouteGuard::for_worker(&auth);
+    worker.fleet_status = fleet_status;
     let worker = Rc::new(worker);
+    if id == 0 && worker.fleet_status.is_some() {
+        monoio::spawn(crate::fleet::sync_loop(worker.clone()));
+    }
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {
         if upstream.health_check.is_some() {
