@@ -87,11 +87,15 @@ fn resp(args: &[&str]) -> Vec<u8> {
 /// A node: one worker, a route the proxy answers itself (no backend to
 /// measure), limited to `rate` fleet-wide.
 fn node(redis: &str, fleet: &str, rate_limit: &str) -> (Proxy, u16) {
+    node_of(1, redis, fleet, rate_limit)
+}
+
+fn node_of(workers: u32, redis: &str, fleet: &str, rate_limit: &str) -> (Proxy, u16) {
     let port = free_port();
     let admin = free_port();
     let config = format!(
         r#"[server]
-workers = 1
+workers = {workers}
 pin = false
 
 [fleet]
@@ -210,6 +214,35 @@ fn three_nodes_admit_one_fleet_limit_whatever_the_split() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("the fleet counter in Redis: {key:?}"));
     assert!(total >= 900, "Redis counted {total}");
+}
+
+/// Each node's workers gossip their consumption to the worker that syncs,
+/// and it passes the other nodes' back to them.
+#[test]
+fn nodes_of_several_workers_count_every_worker() {
+    let redis = Redis::start(free_port(), None);
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let limit = r#"key = "client_ip", rate = "300/s", burst = 30, scope = "fleet""#;
+    let nodes: Vec<(Proxy, u16)> = (0..2)
+        .map(|_| node_of(2, &url, "sync_interval = \"20ms\"\nnodes = 2", limit))
+        .collect();
+    let admins: Vec<u16> = nodes.iter().map(|n| n.1).collect();
+    let start = Instant::now();
+    // Per node, limits would admit 300 + 150.
+    let loads = [450, 150]
+        .iter()
+        .zip(&nodes)
+        .map(|(&rate, (proxy, _))| load(proxy.port, rate, 5))
+        .collect();
+    let rate = rate_between(&admins, start, 1.5, 4.5);
+    let outcomes = finish(loads);
+    for o in &outcomes {
+        assert_eq!(o.errors, 0, "{o:?}");
+    }
+    assert!(
+        (270.0..=330.0).contains(&rate),
+        "fleet admitted {rate:.0}/s; the fleet limit is 300/s"
+    );
 }
 
 #[test]
