@@ -14,10 +14,11 @@
 #       (fleet_fallback = "local_share", nodes = 3: min(offered, 1000/3) per
 #       node = 816/s), what the clients saw, and how long after Redis came
 #       back each node synced again.
-#   cost [rounds=5]
-#       One node, closed loop with 64 connections for 5 s, alternating: the
+#   cost [rounds=5] [rate]
+#       One node, 64 connections for 5 s (closed loop, or open loop at
+#       `rate` requests/s with corrected latency), alternating: the
 #       same route with a limit it never reaches (10M/s) in scope "node" and
-#       in scope "fleet". Requests/s and p99.
+#       in scope "fleet" (which goes first alternates). Requests/s and p99.
 # Usage: bench/scripts/fleet.sh accuracy|outage|cost [args]
 set -euo pipefail
 MODE=${1:-accuracy}
@@ -27,6 +28,7 @@ W=$(mktemp -d /tmp/rgfleet.XXXX)
 REDIS_PORT=16390; PORT0=18400; ADMIN0=18410
 OFFERED=(2400 450 150)
 PIDS=()
+. "$(dirname "$0")/lib.sh"
 cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
@@ -105,15 +107,20 @@ outage)
   for n in 0 1 2; do node $n 50ms fleet 1000/s; done
   sleep 0.5
   LP=(); for n in 0 1 2; do load $n 16s 0s & LP+=($!); done
-  T0=$(date +%s.%N)
+  T0=$EPOCHREALTIME
   : > $W/samples
   stopped=""; started=""
-  for i in $(seq 1 32); do
+  while kill -0 "${LP[0]}" 2>/dev/null; do
     sleep 0.5
-    now=$(date +%s.%N)
-    echo "$(python3 -c "print(f'{$now-$T0:.2f}')") $(( $(ok_count 0) + $(ok_count 1) + $(ok_count 2) ))" >> $W/samples
-    if [ $i = 10 ]; then redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true; stopped=$(date +%s.%N); fi
-    if [ $i = 20 ]; then start_redis; started=$(date +%s.%N); fi
+    now=$EPOCHREALTIME
+    el=$(awk -v a=$now -v b=$T0 'BEGIN { print a - b }')
+    echo "$el $(( $(ok_count 0) + $(ok_count 1) + $(ok_count 2) ))" >> $W/samples
+    if [ -z "$stopped" ] && awk -v e=$el 'BEGIN { exit !(e >= 5) }'; then
+      redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1 || true; stopped=$EPOCHREALTIME
+    fi
+    if [ -z "$started" ] && awk -v e=$el 'BEGIN { exit !(e >= 10) }'; then
+      started=$EPOCHREALTIME; start_redis
+    fi
   done
   wait "${LP[@]}" || true
   python3 - $W $T0 $stopped $started <<'PY'
@@ -130,7 +137,7 @@ for (ta, a), (tb, b) in zip(rows, rows[1:]):
     print(f"| {tb:.1f} | {rate:.0f} | {state} |")
     # Whole windows well inside each phase.
     if t0 + ta > stopped + 0.3 and at < started: gap.append(rate)
-    elif (t0 + ta > started + 0.5 or at < stopped) and ta > 1.0: fleet.append(rate)
+    elif (t0 + ta > started + 0.5 or at < stopped) and ta > 1.0 and tb < 15.5: fleet.append(rate)
 st = lambda xs: sorted(xs)[len(xs)//2] if xs else float("nan")
 print(f"\nwith Redis: median {st(fleet):.0f}/s (limit 1000/s); without: median {st(gap):.0f}/s (local share: 816/s)")
 for n in range(3):
@@ -141,38 +148,45 @@ for n in range(3):
         m = re.match(r"(\S+)Z .*reachable again", line)
         if m:
             at = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
-            print(f"  synced again {1000*(at-started):.0f} ms after Redis was started")
+            print(f"  synced again {1000*(at-started):.0f} ms after redis-server was launched")
 PY
   ;;
 cost)
-  ROUNDS=${2:-5}
+  ROUNDS=${2:-5}; RATE=${3:-}
   start_redis
   : > $W/cost
-  for r in $(seq 1 $ROUNDS); do for scope in node fleet; do
+  for r in $(seq 1 $ROUNDS); do
+    # Alternate which goes first.
+    order="node fleet"; [ $((r % 2)) = 0 ] && order="fleet node"
+    for scope in $order; do
     node 0 50ms $scope 10000000/s
     sleep 0.5
-    "$RL" http://127.0.0.1:$PORT0/ --connections 64 --cores 1 --duration 5s --warmup 1s --json $W/c.json >/dev/null 2>&1 || true
+    c0=$(cpu_ticks ${PIDS[0]})
+    "$RL" http://127.0.0.1:$PORT0/ ${RATE:+--rate $RATE} --connections 64 --cores 1 --duration 5s --warmup 1s --json $W/c.json >/dev/null 2>&1 || true
+    c1=$(cpu_ticks ${PIDS[0]})
     stop_nodes
-    python3 - $W/c.json $scope $r >> $W/cost <<'PY'
+    python3 - $W/c.json $scope $r $((c1 - c0)) $(getconf CLK_TCK) >> $W/cost <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
-print(sys.argv[3], sys.argv[2], j["requests"] / j["duration_s"], j["latency_us"]["p99"])
+# CPU over warm-up and window, per request of the window plus warm-up's share.
+cpu_us = int(sys.argv[4]) * 1e6 / int(sys.argv[5]) / (j["requests"] * 6 / 5)
+print(sys.argv[3], sys.argv[2], j["requests"] / j["duration_s"], j["latency_us"]["p99"], cpu_us)
 PY
   done; done
   python3 - $W/cost <<'PY'
 import sys, statistics as st
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for r, scope, rps, p99 in rows:
-    by.setdefault(r, {})[scope] = (float(rps), float(p99))
-print("| round | node req/s | fleet req/s | ratio | node p99 | fleet p99 |")
-print("|---:|---:|---:|---:|---:|---:|")
-ratios = []; p99r = []
-for r, v in sorted(by.items()):
-    (nr, np), (fr, fp) = v["node"], v["fleet"]
-    ratios.append(fr / nr); p99r.append(fp / np)
-    print(f"| {r} | {nr:.0f} | {fr:.0f} | {fr/nr:.3f} | {np/1000:.2f} ms | {fp/1000:.2f} ms |")
-print(f"\nmedian fleet/node: requests/s {st.median(ratios):.3f}, p99 {st.median(p99r):.3f}")
+for r, scope, rps, p99, cpu in rows:
+    by.setdefault(r, {})[scope] = (float(rps), float(p99), float(cpu))
+print("| round | node req/s | fleet req/s | ratio | node p99 | fleet p99 | node CPU µs/req | fleet CPU µs/req |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+ratios = []; p99r = []; cpur = []
+for r, v in sorted(by.items(), key=lambda kv: int(kv[0])):
+    (nr, np, nc), (fr, fp, fc) = v["node"], v["fleet"]
+    ratios.append(fr / nr); p99r.append(fp / np); cpur.append(fc / nc)
+    print(f"| {r} | {nr:.0f} | {fr:.0f} | {fr/nr:.3f} | {np/1000:.2f} ms | {fp/1000:.2f} ms | {nc:.2f} | {fc:.2f} |")
+print(f"\nmedian fleet/node: requests/s {st.median(ratios):.3f}, p99 {st.median(p99r):.3f}, CPU per request {st.median(cpur):.3f}")
 PY
   ;;
 *) echo "usage: $0 accuracy|outage|cost" >&2; exit 2 ;;
