@@ -385,28 +385,29 @@ impl KeyedLimiter {
 
     /// Charges `key` for `tokens` another worker of this node consumed.
     pub fn charge(&mut self, key: &[u8], tokens: u32, now: Instant) {
-        if tokens == 0 {
-            return;
-        }
-        let slot = self.slot_for(key, now);
-        self.slots[slot as usize]
-            .bucket
-            .charge(f64::from(tokens), now);
-        if self.track_node {
-            self.count_node_usage(slot, tokens);
+        if let Some(slot) = self.charge_slot(key, tokens, now) {
+            if self.track_node {
+                self.count_node_usage(slot, tokens);
+            }
         }
     }
 
     /// Charges `key` for `tokens` other nodes consumed: not counted as this
     /// node's.
     pub fn charge_remote(&mut self, key: &[u8], tokens: u32, now: Instant) {
+        self.charge_slot(key, tokens, now);
+    }
+
+    /// Charges `key`'s bucket; the slot charged, `None` for no tokens.
+    fn charge_slot(&mut self, key: &[u8], tokens: u32, now: Instant) -> Option<u32> {
         if tokens == 0 {
-            return;
+            return None;
         }
         let slot = self.slot_for(key, now);
         self.slots[slot as usize]
             .bucket
             .charge(f64::from(tokens), now);
+        Some(slot)
     }
 
     fn count_node_usage(&mut self, slot: u32, tokens: u32) {
@@ -423,19 +424,13 @@ impl KeyedLimiter {
     /// `sink` (what the fleet syncer adds to the fleet's counters), and
     /// resets the counts. Usage of a key evicted in between is lost, as in
     /// [`take_local_usage`](Self::take_local_usage).
-    pub fn take_node_usage(&mut self, mut sink: impl FnMut(&[u8], u32)) -> usize {
-        let mut handed = 0;
-        for &slot in &self.node_dirty {
-            let s = &mut self.slots[slot as usize];
-            s.node_listed = false;
-            if s.node_used > 0 {
-                sink(&s.key, s.node_used);
-                s.node_used = 0;
-                handed += 1;
-            }
-        }
-        self.node_dirty.clear();
-        handed
+    pub fn take_node_usage(&mut self, sink: impl FnMut(&[u8], u32)) -> usize {
+        drain_counts(
+            &mut self.slots,
+            &mut self.node_dirty,
+            |s| (&mut s.node_listed, &mut s.node_used),
+            sink,
+        )
     }
 
     /// Hands every key this worker consumed tokens for since the last call,
@@ -446,19 +441,13 @@ impl KeyedLimiter {
     /// to `charge` on another worker hits the same bucket. Usage of a key
     /// evicted before the drain is lost, which only happens while the table
     /// is full and under churn.
-    pub fn take_local_usage(&mut self, mut sink: impl FnMut(&[u8], u32)) -> usize {
-        let mut handed = 0;
-        for &slot in &self.dirty {
-            let s = &mut self.slots[slot as usize];
-            s.dirty = false;
-            if s.local_used > 0 {
-                sink(&s.key, s.local_used);
-                s.local_used = 0;
-                handed += 1;
-            }
-        }
-        self.dirty.clear();
-        handed
+    pub fn take_local_usage(&mut self, sink: impl FnMut(&[u8], u32)) -> usize {
+        drain_counts(
+            &mut self.slots,
+            &mut self.dirty,
+            |s| (&mut s.dirty, &mut s.local_used),
+            sink,
+        )
     }
 
     /// The slot holding `key`, created (or recycled from the least recently
@@ -580,6 +569,29 @@ impl KeyedLimiter {
             self.tail = slot;
         }
     }
+}
+
+/// Hands each slot in `listed` with a count to `sink` and resets it, and
+/// empties the list; `fields` picks the slot's listed flag and count.
+fn drain_counts(
+    slots: &mut [Slot],
+    listed: &mut Vec<u32>,
+    fields: impl Fn(&mut Slot) -> (&mut bool, &mut u32),
+    mut sink: impl FnMut(&[u8], u32),
+) -> usize {
+    let mut handed = 0;
+    for &slot in listed.iter() {
+        let s = &mut slots[slot as usize];
+        let (is_listed, count) = fields(s);
+        *is_listed = false;
+        let n = std::mem::take(count);
+        if n > 0 {
+            sink(&s.key, n);
+            handed += 1;
+        }
+    }
+    listed.clear();
+    handed
 }
 
 /// `key` longer than [`MAX_KEY_BYTES`] → its first 48 bytes and two fixed

@@ -122,6 +122,29 @@ backends = [{{ address = "127.0.0.1:9" }}]
     (Proxy::start(&config), admin)
 }
 
+/// Waits up to 2 s for `want` of the nodes to say they reach Redis.
+fn nodes_up_becomes(admins: &[u16], want: u64) -> Result<(), String> {
+    eventually(Duration::from_secs(2), || {
+        let up = admins
+            .iter()
+            .map(|&a| sample(&metrics(a), "ringgate_fleet_redis_up"))
+            .sum::<u64>();
+        if up == want {
+            Ok(())
+        } else {
+            Err(format!("{up} node(s) up"))
+        }
+    })
+}
+
+/// No client saw an error or a status other than 2xx and the limit's 429.
+fn assert_only_limited(outcomes: &[LoadOutcome]) {
+    for o in outcomes {
+        assert_eq!(o.errors, 0, "{o:?}");
+        assert!(o.non_2xx.iter().all(|s| s == "429"), "{o:?}");
+    }
+}
+
 fn admitted(admins: &[u16]) -> u64 {
     admins
         .iter()
@@ -198,11 +221,7 @@ fn three_nodes_admit_one_fleet_limit_whatever_the_split() {
         .map(|(&rate, (proxy, _))| load(proxy.port, rate, 5))
         .collect();
     let rate = rate_between(&admins, start, 1.5, 4.5);
-    let outcomes = finish(loads);
-    for o in &outcomes {
-        assert_eq!(o.errors, 0, "{o:?}");
-        assert!(o.non_2xx.iter().all(|s| s == "429"), "{o:?}");
-    }
+    assert_only_limited(&finish(loads));
     assert!(
         (270.0..=330.0).contains(&rate),
         "fleet admitted {rate:.0}/s; the fleet limit is 300/s"
@@ -270,40 +289,15 @@ fn redis_lost_falls_back_to_a_local_share_and_the_limit_returns_with_it() {
         .collect();
     let before = rate_between(&admins, start, 1.0, 3.0);
     drop(redis);
-    let down = eventually(Duration::from_secs(2), || {
-        let up = admins
-            .iter()
-            .map(|&a| sample(&metrics(a), "ringgate_fleet_redis_up"))
-            .sum::<u64>();
-        if up == 0 {
-            Ok(())
-        } else {
-            Err(format!("{up} node(s) up"))
-        }
-    });
+    let down = nodes_up_becomes(&admins, 0);
     assert!(down.is_ok(), "every node says Redis is down: {down:?}");
     let gap = rate_between(&admins, start, 3.5, 5.5);
     let _redis = Redis::start(port, None);
     let back_at = Instant::now();
-    eventually(Duration::from_secs(2), || {
-        let up = admins
-            .iter()
-            .map(|&a| sample(&metrics(a), "ringgate_fleet_redis_up"))
-            .sum::<u64>();
-        if up == 3 {
-            Ok(())
-        } else {
-            Err(format!("{up} node(s) up"))
-        }
-    })
-    .expect("every node reaches Redis again");
+    nodes_up_becomes(&admins, 3).expect("every node reaches Redis again");
     let found_again = back_at.elapsed();
     let after = rate_between(&admins, start, 6.5, 8.5);
-    let outcomes = finish(loads);
-    for o in &outcomes {
-        assert_eq!(o.errors, 0, "{o:?}");
-        assert!(o.non_2xx.iter().all(|s| s == "429"), "{o:?}");
-    }
+    assert_only_limited(&finish(loads));
     assert!((270.0..=330.0).contains(&before), "before: {before:.0}/s");
     assert!(
         (171.0..=209.0).contains(&gap),
