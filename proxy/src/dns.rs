@@ -170,8 +170,10 @@ struct Thread {
 }
 
 impl Thread {
+    /// Until the generation drains, or every worker is gone (they each
+    /// hold the status; a generation that failed to start never had any).
     fn run(mut self) {
-        while !self.stop.requested() {
+        while !self.stop.requested() && Arc::strong_count(&self.status) > 1 {
             let now = Instant::now();
             self.round(now);
             let next = self

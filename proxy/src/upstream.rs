@@ -34,6 +34,7 @@ use ringgate_core::backend_view::{
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 use ringgate_core::proxy_protocol::ConnAddrs;
+use ringgate_core::slots::{self, SlotChange};
 
 use crate::error_log::{ErrorLog, Kind};
 use crate::h2_upstream::{self, H2Link, LinkTimeouts, OpenError};
@@ -401,72 +402,55 @@ impl UpstreamState {
     /// that stay keep their slots, pools, health and latency, taking the
     /// new weight; new ones fill empty slots with a fresh state; slots
     /// whose address left empty, their idle connections closed (requests
-    /// in flight on them finish). Every worker applies the same updates in
-    /// the same order from the same start, so slots match across workers
-    /// and gossip by slot index stays meaningful. Returns the addresses
-    /// added and removed. Run by the ticker, never on the request path.
-    pub fn apply_dns(
-        &self,
-        entry: usize,
-        set: &[(SocketAddr, u32)],
-        now: Instant,
-    ) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    /// in flight on them finish). The placement is `slots::plan`'s, the
+    /// same on every worker given the same updates in the same order, so
+    /// slots match across workers and gossip by slot index stays
+    /// meaningful. Run by the ticker, never on the request path.
+    pub fn apply_dns(&self, entry: usize, set: &[(SocketAddr, u32)], now: Instant) {
         let (Some(&first), Some(b)) =
             (self.first_slots.get(entry), self.config.backends.get(entry))
         else {
-            return (Vec::new(), Vec::new());
+            return;
         };
-        let slots = first..first + b.max_addresses;
-        let set = &set[..set.len().min(b.max_addresses)];
-        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        let held: Vec<Option<SocketAddr>> = (first..first + b.max_addresses)
+            .map(|slot| self.addrs[slot].get())
+            .collect();
         let mut view = self.view.borrow_mut();
         let mut changed = false;
-        for slot in slots.clone() {
-            let Some(addr) = self.addrs[slot].get() else {
-                continue;
-            };
-            match set.iter().find(|(a, _)| *a == addr) {
-                Some(&(_, weight)) => {
-                    if view.weight(slot) != weight.max(1) {
-                        view.set_weight(slot, weight, now);
+        for change in slots::plan(&held, set) {
+            match change {
+                SlotChange::Keep { slot, weight } => {
+                    if view.weight(first + slot) != weight.max(1) {
+                        view.set_weight(first + slot, weight, now);
                         changed = true;
                     }
                 }
-                None => {
+                SlotChange::Remove { slot, .. } => {
                     let spec = BackendSpec {
                         id: b"",
                         weight: 1,
                         present: false,
                     };
-                    view.replace(slot, &spec, now);
-                    self.reset_slot(slot, None);
-                    removed.push(addr);
+                    view.replace(first + slot, &spec, now);
+                    self.reset_slot(first + slot, None);
+                    changed = true;
+                }
+                SlotChange::Add { slot, addr, weight } => {
+                    let id = addr.to_string();
+                    let spec = BackendSpec {
+                        id: id.as_bytes(),
+                        weight,
+                        present: true,
+                    };
+                    view.replace(first + slot, &spec, now);
+                    self.reset_slot(first + slot, Some(addr));
                     changed = true;
                 }
             }
         }
-        for &(addr, weight) in set {
-            if slots.clone().any(|s| self.addrs[s].get() == Some(addr)) {
-                continue;
-            }
-            let Some(slot) = slots.clone().find(|&s| self.addrs[s].get().is_none()) else {
-                break;
-            };
-            let id = addr.to_string();
-            let spec = BackendSpec {
-                id: id.as_bytes(),
-                weight,
-                present: true,
-            };
-            view.replace(slot, &spec, now);
-            self.reset_slot(slot, Some(addr));
-            added.push(addr);
-            changed = true;
-        }
         if changed {
             self.balancer.borrow_mut().backends_changed(&view);
         }
-        (added, removed)
     }
 
     /// Slot `slot` takes `addr` (or empties): its pooled connections close,
