@@ -30,6 +30,10 @@ use crate::error_log::{ErrorLog, Kind};
 use crate::state::Worker;
 use crate::stop::StopFlag;
 
+/// A worker's end of the resolver's channel, drained by its ticker only
+/// ([`apply`]), never by a request.
+pub type UpdateRx = Receiver<Update>;
+
 /// One backend entry's new address set, for every worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
@@ -94,7 +98,7 @@ struct Followed {
 
 /// The worker ends of the channels, and the counters.
 pub struct Started {
-    pub receivers: Vec<Receiver<Update>>,
+    pub receivers: Vec<UpdateRx>,
     pub status: Arc<DnsStatus>,
 }
 

@@ -99,7 +99,7 @@ pub struct Worker {
     pub fleet_fallback_on: Cell<bool>,
     /// Address sets from the resolver thread (`None`: no DNS backends),
     /// applied by the ticker.
-    pub dns_rx: Option<crossbeam_channel::Receiver<crate::dns::Update>>,
+    pub dns_rx: Option<crate::dns::UpdateRx>,
     /// The resolver's counters; worker 0 reports them.
     pub dns_status: Option<Arc<crate::dns::DnsStatus>>,
     /// The other nodes' consumption the syncer learned, for the next gossip

@@ -71,10 +71,7 @@ pub struct Shared {
     pub fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
     /// This worker's end of the resolver's channel, and its counters
     /// (`None`: no DNS backends).
-    pub dns: Option<(
-        crossbeam_channel::Receiver<crate::dns::Update>,
-        Arc<crate::dns::DnsStatus>,
-    )>,
+    pub dns: Option<(crate::dns::UpdateRx, Arc<crate::dns::DnsStatus>)>,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -89,10 +86,7 @@ struct Owned {
     schemas: Arc<Schemas>,
     auth: crate::auth::Loaded,
     fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
-    dns: Option<(
-        crossbeam_channel::Receiver<crate::dns::Update>,
-        Arc<crate::dns::DnsStatus>,
-    )>,
+    dns: Option<(crate::dns::UpdateRx, Arc<crate::dns::DnsStatus>)>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
