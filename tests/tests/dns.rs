@@ -134,8 +134,12 @@ impl Drop for Traffic {
     }
 }
 
+/// Requests for `/` each backend received (health probes ask `/health`).
 fn counts(backends: &[Backend]) -> Vec<usize> {
-    backends.iter().map(Backend::heads).collect()
+    backends
+        .iter()
+        .map(|b| b.targets().iter().filter(|t| *t == "/").count())
+        .collect()
 }
 
 /// Waits until exactly the backends in `serving` receive requests: those
@@ -372,6 +376,56 @@ fn a_reload_starts_a_new_resolver_and_the_old_one_ends() {
     assert!(took < MOVE_WITHIN, "took {took:?}");
     // The old generation closes its idle keep-alive connections as it
     // drains: the client reconnects, and no request fails.
+    let t = traffic.finish();
+    assert_eq!(t.failed, 0, "{t:?}");
+}
+
+#[test]
+fn health_checks_follow_the_addresses_in_the_slots() {
+    let dns = DnsServer::start(TTL_S);
+    let port = free_port();
+    let bind = |h: u8| SocketAddr::from(([127, 0, 0, h], port));
+    let backends = vec![
+        Backend::builder("b41").bind(bind(41)).start(),
+        // Fails its health checks, serves everything else.
+        Backend::builder("b42")
+            .bind(bind(42))
+            .route("/health", Behaviour::Status(503))
+            .start(),
+        Backend::builder("b43").bind(bind(43)).start(),
+    ];
+    dns.set_a("api.test", &[ip(41), ip(42)]);
+    let admin = free_port();
+    let text = config(dns.addr(), admin, &format!("{{ address = \"api.test:{port}\" }}"), 2)
+        + "health_check = { path = \"/health\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 1 }\n";
+    let proxy = Proxy::start(&text);
+    let traffic = Traffic::start(proxy.port);
+    // The failing one is taken out by its prober.
+    wait_until_serving(&backends, &[0], Instant::now());
+
+    // Its slot goes to a new address: probed there, and it serves.
+    dns.set_a("api.test", &[ip(41), ip(43)]);
+    wait_until_serving(&backends, &[0, 2], Instant::now());
+    eventually(Duration::from_secs(3), || {
+        let probes = backends[2]
+            .targets()
+            .iter()
+            .filter(|t| *t == "/health")
+            .count();
+        (probes >= 2)
+            .then_some(())
+            .ok_or(format!("{probes} probes reached the new address"))
+    })
+    .expect("the new address is probed");
+    // The address that left is probed no more.
+    let probed = |b: &Backend| b.targets().iter().filter(|t| *t == "/health").count();
+    let before = probed(&backends[1]);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        probed(&backends[1]),
+        before,
+        "the removed address is still probed"
+    );
     let t = traffic.finish();
     assert_eq!(t.failed, 0, "{t:?}");
 }
