@@ -260,6 +260,7 @@ fn view_of(ids: &[String]) -> BackendView {
         .map(|(i, id)| BackendSpec {
             id: id.as_bytes(),
             weight: (i % 3 + 1) as u32,
+            present: true,
         })
         .collect();
     BackendView::new(&specs, 2, ViewConfig::default())

@@ -873,12 +873,86 @@ pub const MAX_BACKEND_CONNECTIONS_MAX: u32 = 1_000_000;
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
 
-/// One backend of an upstream.
-#[derive(Debug, Clone)]
+/// One backend entry of an upstream: an address, or a name resolved through
+/// DNS into up to `max_addresses` addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    pub address: SocketAddr,
-    /// `1..=WEIGHT_MAX`.
+    pub target: BackendTarget,
+    /// `1..=WEIGHT_MAX`; every address of a host name takes it, a SRV
+    /// name's addresses take their records' weights instead.
     pub weight: u32,
+    /// The backend slots this entry holds, `1..=MAX_ADDRESSES_MAX`; 1 for
+    /// an address. A name's addresses beyond it are left out (and logged).
+    pub max_addresses: usize,
+}
+
+/// What a backend entry names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendTarget {
+    /// `address = "IP:port"`.
+    Address(SocketAddr),
+    /// `address = "host.name:port"`: its A and AAAA records.
+    Host { name: String, port: u16 },
+    /// `srv = "_service._proto.name"`: the targets and ports of its SRV
+    /// records of the lowest priority, weighted by the records' weights.
+    Srv { name: String },
+}
+
+impl BackendTarget {
+    /// Resolved through DNS.
+    pub fn is_name(&self) -> bool {
+        !matches!(self, BackendTarget::Address(_))
+    }
+}
+
+impl std::fmt::Display for BackendTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendTarget::Address(a) => write!(f, "{a}"),
+            BackendTarget::Host { name, port } => write!(f, "{name}:{port}"),
+            BackendTarget::Srv { name } => write!(f, "{name}"),
+        }
+    }
+}
+
+/// Addresses a DNS name may hold by default: room for a service to grow
+/// from a few instances to twice as many without a config change.
+pub const DEFAULT_MAX_ADDRESSES: usize = 8;
+/// Every slot costs a keep-alive pool, a view entry and a prober per
+/// worker whether present or not; past 64 a name should be split.
+pub const MAX_ADDRESSES_MAX: usize = 64;
+
+impl Upstream {
+    /// Backend slots: one per address entry, `max_addresses` per name, in
+    /// entry order. Every per-backend structure of the proxy is indexed by
+    /// slot; a name's slots fill and empty as its records change.
+    pub fn slot_count(&self) -> usize {
+        self.backends.iter().map(|b| b.max_addresses).sum()
+    }
+
+    /// The first slot of each entry, in entry order.
+    pub fn first_slots(&self) -> Vec<usize> {
+        let mut first = Vec::with_capacity(self.backends.len());
+        let mut at = 0;
+        for b in &self.backends {
+            first.push(at);
+            at += b.max_addresses;
+        }
+        first
+    }
+
+    /// Each slot's weight and, for an address entry, its address (a
+    /// name's slots start without one).
+    pub fn slots(&self) -> Vec<(Option<SocketAddr>, u32)> {
+        let mut slots = Vec::with_capacity(self.slot_count());
+        for b in &self.backends {
+            match b.target {
+                BackendTarget::Address(a) => slots.push((Some(a), b.weight)),
+                _ => slots.extend(std::iter::repeat_n((None, b.weight), b.max_addresses)),
+            }
+        }
+        slots
+    }
 }
 
 /// Most backends are equal; a weight only matters relative to the others.
@@ -923,6 +997,61 @@ pub struct Config {
     pub http2: Http2,
     /// `None`: no fleet; no route has `scope = "fleet"`.
     pub fleet: Option<Fleet>,
+    /// How backend names are resolved (defaults when the table is absent).
+    pub dns: Dns,
+}
+
+/// `[dns]`: how backends named by a host name or a SRV name are resolved.
+/// One resolver thread per config generation queries each name again when
+/// its records' TTL runs out, clamped to `min_interval..=max_interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Servers asked in turn, at most `DNS_NAMESERVERS_MAX`; empty: the
+    /// `nameserver` lines of /etc/resolv.conf (127.0.0.1:53 without any).
+    pub nameservers: Vec<SocketAddr>,
+    /// Shortest time between two lookups of one name, whatever the TTL.
+    pub min_interval: Duration,
+    /// Longest: a name with a long TTL is still asked this often.
+    pub max_interval: Duration,
+    /// One query's deadline, per server tried.
+    pub timeout: Duration,
+}
+
+/// A TTL of 0 or 1 s would otherwise have the resolver query every tick;
+/// one second keeps a 1 s TTL honoured.
+pub const DEFAULT_DNS_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Below 100 ms a lookup per name would be a load on the nameserver.
+pub const DNS_MIN_INTERVAL_MIN: Duration = Duration::from_millis(100);
+/// Long TTLs (an hour is common) would leave a moved service unnoticed;
+/// 30 s bounds how stale a set may get.
+pub const DEFAULT_DNS_MAX_INTERVAL: Duration = Duration::from_secs(30);
+/// A day: past it the name might as well be an address.
+pub const DNS_INTERVAL_MAX: Duration = Duration::from_secs(86_400);
+/// A nameserver on the local network answers in milliseconds; two seconds
+/// covers a retransmitting one without holding the other names back long.
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DNS_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+/// resolv.conf's own limit (MAXNS) is 3; a few more for an explicit list.
+pub const DNS_NAMESERVERS_MAX: usize = 8;
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            nameservers: Vec::new(),
+            min_interval: DEFAULT_DNS_MIN_INTERVAL,
+            max_interval: DEFAULT_DNS_MAX_INTERVAL,
+            timeout: DEFAULT_DNS_TIMEOUT,
+        }
+    }
+}
+
+impl Config {
+    /// Whether any backend entry is a name the resolver must follow.
+    pub fn has_dns_backends(&self) -> bool {
+        self.upstreams
+            .iter()
+            .any(|u| u.backends.iter().any(|b| b.target.is_name()))
+    }
 }
 
 /// `[admin]`: `/metrics` (Prometheus text format) and `/healthz`, served by

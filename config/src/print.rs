@@ -19,6 +19,7 @@ pub fn to_toml(config: &Config) -> String {
     if let Some(f) = &config.fleet {
         fleet(&mut out, f);
     }
+    dns(&mut out, &config.dns);
     if let Some(admin) = &config.admin {
         let _ = write!(
             out,
@@ -394,12 +395,23 @@ fn upstream(out: &mut String, u: &Upstream) {
     let backends: Vec<String> = u
         .backends
         .iter()
-        .map(|b| {
-            format!(
+        .map(|b| match &b.target {
+            BackendTarget::Address(_) => format!(
                 "{{ address = {}, weight = {} }}",
-                quote(&b.address.to_string()),
+                quote(&b.target.to_string()),
                 b.weight
-            )
+            ),
+            BackendTarget::Host { .. } => format!(
+                "{{ address = {}, weight = {}, max_addresses = {} }}",
+                quote(&b.target.to_string()),
+                b.weight,
+                b.max_addresses
+            ),
+            BackendTarget::Srv { name } => format!(
+                "{{ srv = {}, max_addresses = {} }}",
+                quote(name),
+                b.max_addresses
+            ),
         })
         .collect();
     let _ = writeln!(out, "backends = [{}]", backends.join(", "));
@@ -514,6 +526,15 @@ fn fleet(out: &mut String, f: &Fleet) {
     let _ = writeln!(out, "sync_interval = {}", duration(f.sync_interval));
     let _ = writeln!(out, "timeout = {}", duration(f.timeout));
     let _ = writeln!(out, "nodes = {}", f.nodes);
+}
+
+fn dns(out: &mut String, d: &Dns) {
+    let servers: Vec<String> = d.nameservers.iter().map(|a| a.to_string()).collect();
+    let _ = writeln!(out, "\n[dns]");
+    let _ = writeln!(out, "nameservers = {}", array(&servers));
+    let _ = writeln!(out, "min_interval = {}", duration(d.min_interval));
+    let _ = writeln!(out, "max_interval = {}", duration(d.max_interval));
+    let _ = writeln!(out, "timeout = {}", duration(d.timeout));
 }
 
 fn quote(text: &str) -> String {

@@ -28,6 +28,16 @@ pub(crate) struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub http2: Option<RawHttp2>,
     pub fleet: Option<RawFleet>,
+    pub dns: Option<RawDns>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    pub nameservers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_interval: Option<Spanned<HumanDuration>>,
+    pub max_interval: Option<Spanned<HumanDuration>>,
+    pub timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,8 +355,10 @@ pub(crate) struct RawCircuitBreaker {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBackend {
-    pub address: Spanned<String>,
+    pub address: Option<Spanned<String>>,
+    pub srv: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
+    pub max_addresses: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

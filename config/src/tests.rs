@@ -104,7 +104,10 @@ fn minimal_config_takes_every_default() {
     assert_eq!(c.server.gossip_interval, Duration::from_millis(10));
     assert_eq!(c.server.gossip_inbox, 1024);
     assert_eq!(c.server.rate_limit_max_keys, 100_000);
-    assert_eq!(u.backends[0].address, addr("127.0.0.1:9000"));
+    assert_eq!(
+        u.backends[0].target,
+        BackendTarget::Address(addr("127.0.0.1:9000"))
+    );
     assert_eq!(u.backends[0].weight, 1);
     assert_eq!(u.connect_timeout, Duration::from_secs(1));
     assert_eq!(u.response_timeout, Duration::from_secs(30));
@@ -2830,5 +2833,169 @@ fn fleet_mistakes_are_pointed_at() {
         "\"admin\"",
         "routes[1].rate_limit.name",
         "only read with scope = \"fleet\"",
+    );
+}
+
+// ---- backends found through DNS ----
+
+fn with_backends(backends: &str) -> String {
+    BASE.replace(
+        "backends = [{ address = \"127.0.0.1:9000\" }]",
+        &format!("backends = [{backends}]"),
+    )
+}
+
+#[test]
+fn host_and_srv_backends_parse_into_slots() {
+    let c = ok(&with_backends(
+        "{ address = \"127.0.0.1:9000\" }, { address = \"Api.Internal.:9001\", weight = 3 }, \
+         { srv = \"_http._tcp.api.internal\", max_addresses = 2 }",
+    ));
+    let u = &c.upstreams[0];
+    assert_eq!(
+        u.backends[1].target,
+        BackendTarget::Host {
+            name: "api.internal".to_owned(),
+            port: 9001
+        }
+    );
+    assert_eq!(u.backends[1].max_addresses, DEFAULT_MAX_ADDRESSES);
+    assert_eq!(
+        u.backends[2].target,
+        BackendTarget::Srv {
+            name: "_http._tcp.api.internal".to_owned()
+        }
+    );
+    assert_eq!(u.slot_count(), 1 + DEFAULT_MAX_ADDRESSES + 2);
+    assert_eq!(u.first_slots(), vec![0, 1, 1 + DEFAULT_MAX_ADDRESSES]);
+    let slots = u.slots();
+    assert_eq!(slots[0], (Some(addr("127.0.0.1:9000")), 1));
+    assert_eq!(slots[1], (None, 3));
+    assert!(c.has_dns_backends());
+    assert!(!ok(BASE).has_dns_backends());
+}
+
+#[test]
+fn bad_backend_names_are_refused() {
+    for (backend, key, fragment) in [
+        ("{ address = \"api.internal\" }", "address", "has no port"),
+        (
+            "{ address = \"api.internal:0\" }",
+            "address",
+            "not in 1..=65535",
+        ),
+        (
+            "{ address = \"api.internal:http\" }",
+            "address",
+            "not in 1..=65535",
+        ),
+        (
+            "{ address = \"-api.internal:80\" }",
+            "address",
+            "is not a DNS label",
+        ),
+        (
+            "{ address = \"api..internal:80\" }",
+            "address",
+            "is not a DNS label",
+        ),
+        (
+            "{ address = \"api_x.internal:80\" }",
+            "address",
+            "is not a DNS label",
+        ),
+        (
+            "{ address = \"10.0.0.300:80\" }",
+            "address",
+            "not a valid IPv4",
+        ),
+        ("{ address = \"[::1:80\" }", "address", "not a valid IPv6"),
+        ("{ srv = \"api.internal\" }", "srv", "is not a SRV name"),
+        ("{ srv = \"_http.api\" }", "srv", "is not a SRV name"),
+        ("{ srv = \"_http._tcp.a b\" }", "srv", "is not a DNS label"),
+        ("{ weight = 2 }", "address", "a backend needs address"),
+        (
+            "{ address = \"a.b:1\", srv = \"_h._tcp.b\" }",
+            "srv",
+            "not both",
+        ),
+        (
+            "{ srv = \"_h._tcp.b\", weight = 2 }",
+            "weight",
+            "weights of its SRV records",
+        ),
+        (
+            "{ address = \"127.0.0.1:1\", max_addresses = 2 }",
+            "max_addresses",
+            "only read for a host name",
+        ),
+        (
+            "{ address = \"a.b:1\", max_addresses = 65 }",
+            "max_addresses",
+            "out of range",
+        ),
+    ] {
+        let errors = errors(&with_backends(backend));
+        let want = format!("upstreams[0].backends[0].{key}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == want && e.message.contains(fragment)),
+            "{backend}: no {want} error with {fragment:?} in {errors:#?}"
+        );
+    }
+    let long = format!("{{ address = \"{}.b:1\" }}", "a".repeat(64));
+    assert!(errors(&with_backends(&long))
+        .iter()
+        .any(|e| e.message.contains("is not a DNS label")));
+}
+
+#[test]
+fn a_name_listed_twice_is_refused() {
+    let text = with_backends("{ address = \"a.b:1\" }, { address = \"A.b.:1\" }");
+    assert_error_at(
+        &text,
+        "\"A.b.:1\"",
+        "upstreams[0].backends[1].address",
+        "already listed",
+    );
+}
+
+#[test]
+fn dns_section_is_checked_and_round_trips() {
+    let text = format!(
+        "[dns]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\nmin_interval = \"500ms\"\nmax_interval = \"10s\"\ntimeout = \"300ms\"\n{}",
+        with_backends("{ address = \"api.internal:9000\", max_addresses = 3 }, { srv = \"_http._tcp.api.internal\" }")
+    );
+    let c = ok(&text);
+    assert_eq!(
+        c.dns.nameservers,
+        vec![addr("127.0.0.1:5353"), addr("[::1]:53")]
+    );
+    assert_eq!(c.dns.min_interval, Duration::from_millis(500));
+    assert_round_trip(&text);
+    assert_error_at(
+        &format!("[dns]\nmin_interval = \"5s\"\nmax_interval = \"2s\"\n{BASE}"),
+        "\"2s\"",
+        "dns.max_interval",
+        "at least min_interval",
+    );
+    assert_error_at(
+        &format!("[dns]\nnameservers = [\"ns1:53\"]\n{BASE}"),
+        "\"ns1:53\"",
+        "dns.nameservers[0]",
+        "invalid socket address",
+    );
+    assert_error_at(
+        &format!("[dns]\nmin_interval = \"1ms\"\n{BASE}"),
+        "\"1ms\"",
+        "dns.min_interval",
+        "out of range",
+    );
+    assert_error_at(
+        &format!("[dns]\ntimeout = \"1m\"\n{BASE}"),
+        "\"1m\"",
+        "dns.timeout",
+        "out of range",
     );
 }

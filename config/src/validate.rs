@@ -194,6 +194,188 @@ impl Checker<'_> {
     }
 }
 
+/// A backend entry's `address` (an IP:port or a host name:port) or `srv`
+/// name, with the span errors about it point at.
+fn backend_target(
+    c: &mut Checker<'_>,
+    b: &RawBackend,
+    key: &str,
+    entry: Range<usize>,
+) -> Option<(BackendTarget, Range<usize>)> {
+    match (&b.address, &b.srv) {
+        (Some(a), Some(s)) => {
+            c.err(
+                s.span(),
+                format!("{key}.srv"),
+                format!(
+                    "give address or srv, not both (address is on line {})",
+                    c.line_of(&a.span())
+                ),
+            );
+            None
+        }
+        (None, None) => {
+            c.err(
+                entry,
+                format!("{key}.address"),
+                r#"a backend needs address = "IP:port" or "host:port", or srv = "_service._proto.name""#,
+            );
+            None
+        }
+        (Some(a), None) => {
+            let text = a.get_ref().trim();
+            if let Ok(address) = text.parse::<SocketAddr>() {
+                return Some((BackendTarget::Address(address), a.span()));
+            }
+            match parse_host_port(text) {
+                Ok((name, port)) => Some((BackendTarget::Host { name, port }, a.span())),
+                Err(why) => {
+                    c.err(a.span(), format!("{key}.address"), why);
+                    None
+                }
+            }
+        }
+        (None, Some(s)) => match parse_srv_name(s.get_ref().trim()) {
+            Ok(name) => Some((BackendTarget::Srv { name }, s.span())),
+            Err(why) => {
+                c.err(s.span(), format!("{key}.srv"), why);
+                None
+            }
+        },
+    }
+}
+
+/// `host.name:port`, the name lowercased and without a trailing dot.
+fn parse_host_port(text: &str) -> Result<(String, u16), String> {
+    let shape =
+        r#"write IP:port ("127.0.0.1:8080", "[::1]:8080") or host:port ("api.internal:8080")"#;
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("{text:?} has no port; {shape}"));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(format!(
+                "{text:?}: port {port:?} is not in 1..=65535; {shape}"
+            ))
+        }
+    };
+    if host.starts_with('[') || host.contains(':') {
+        return Err(format!("{text:?} is not a valid IPv6 address; {shape}"));
+    }
+    if host
+        .split('.')
+        .all(|l| l.chars().all(|ch| ch.is_ascii_digit()))
+    {
+        return Err(format!("{text:?} is not a valid IPv4 address; {shape}"));
+    }
+    dns_name(host, false)
+        .map(|name| (name, port))
+        .map_err(|why| format!("{text:?}: {why}; {shape}"))
+}
+
+/// `_service._proto.name` (RFC 2782).
+fn parse_srv_name(text: &str) -> Result<String, String> {
+    let name = dns_name(text, true).map_err(|why| format!("{text:?}: {why}"))?;
+    let mut labels = name.split('.');
+    let service = labels.next().unwrap_or("");
+    let proto = labels.next().unwrap_or("");
+    if !service.starts_with('_') || !proto.starts_with('_') || labels.next().is_none() {
+        return Err(format!(
+            r#"{text:?} is not a SRV name; write "_service._proto.name" such as "_http._tcp.api.internal" (RFC 2782)"#
+        ));
+    }
+    Ok(name)
+}
+
+/// A DNS name (RFC 1123 §2.1 labels; `_` too where `underscore`),
+/// lowercased, without its trailing dot.
+fn dns_name(text: &str, underscore: bool) -> Result<String, String> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if name.is_empty() {
+        return Err("the name is empty".to_owned());
+    }
+    if name.len() > DNS_NAME_MAX {
+        return Err(format!("the name is longer than {DNS_NAME_MAX} bytes"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= DNS_LABEL_MAX
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || (underscore && ch == '_'));
+        if !ok {
+            return Err(format!(
+                "label {label:?} is not a DNS label (1 to {DNS_LABEL_MAX} of A-Z, a-z, 0-9 and '-', not at either end)"
+            ));
+        }
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// RFC 1035 §2.3.4: names of 255 octets on the wire, 253 as text; labels of 63.
+const DNS_NAME_MAX: usize = 253;
+const DNS_LABEL_MAX: usize = 63;
+
+fn dns(c: &mut Checker<'_>, raw: Option<&RawDns>) -> Dns {
+    let Some(raw) = raw else {
+        return Dns::default();
+    };
+    let mut nameservers = Vec::new();
+    if let Some(list) = &raw.nameservers {
+        if list.get_ref().len() > DNS_NAMESERVERS_MAX {
+            c.err(
+                list.span(),
+                "dns.nameservers",
+                format!("at most {DNS_NAMESERVERS_MAX} nameservers"),
+            );
+        }
+        for (i, text) in list.get_ref().iter().enumerate() {
+            if let Some(a) = c.address(text, &format!("dns.nameservers[{i}]")) {
+                nameservers.push(a);
+            }
+        }
+    }
+    let min_interval = c.duration(
+        raw.min_interval.as_ref(),
+        "dns.min_interval",
+        DNS_MIN_INTERVAL_MIN..=DNS_INTERVAL_MAX,
+        DEFAULT_DNS_MIN_INTERVAL,
+    );
+    let max_interval = c.duration(
+        raw.max_interval.as_ref(),
+        "dns.max_interval",
+        DNS_MIN_INTERVAL_MIN..=DNS_INTERVAL_MAX,
+        DEFAULT_DNS_MAX_INTERVAL.max(min_interval),
+    );
+    if max_interval < min_interval {
+        if let Some(m) = &raw.max_interval {
+            c.err(
+                m.span(),
+                "dns.max_interval",
+                format!(
+                    "must be at least min_interval ({})",
+                    humantime::format_duration(min_interval)
+                ),
+            );
+        }
+    }
+    let timeout = c.duration(
+        raw.timeout.as_ref(),
+        "dns.timeout",
+        Duration::from_millis(1)..=DNS_TIMEOUT_MAX,
+        DEFAULT_DNS_TIMEOUT,
+    );
+    Dns {
+        nameservers,
+        min_interval,
+        max_interval,
+        timeout,
+    }
+}
+
 fn human_size(n: usize) -> String {
     match n {
         n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
@@ -222,6 +404,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
     let limits = limits(&mut c, raw.limits.as_ref());
     let http2 = http2(&mut c, raw.http2.as_ref());
     let fleet = raw.fleet.as_ref().and_then(|raw| fleet(&mut c, raw));
+    let dns = dns(&mut c, raw.dns.as_ref());
 
     let (span, raw_listeners) = spanned_vec(raw.listeners);
     if raw_listeners.is_empty() {
@@ -488,6 +671,7 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             admin,
             http2,
             fleet,
+            dns,
         })
     } else {
         c.errors.sort_by_key(|e| (e.line, e.column));
@@ -1091,18 +1275,22 @@ fn upstream(
         None => (raw.name.span(), Vec::new()),
     };
     if raw_backends.is_empty() {
-        c.err(span, &backends_key, "at least one backend is required");
+        c.err(
+            span.clone(),
+            &backends_key,
+            "at least one backend is required",
+        );
     }
-    let mut seen: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+    let mut seen: HashMap<BackendTarget, Range<usize>> = HashMap::new();
     let mut backends = Vec::with_capacity(raw_backends.len());
     // A weight out of range is already reported; comparing its stand-in
     // default with the others would report it again as "weights differ".
     let mut weights_valid = true;
     for (j, b) in raw_backends.iter().enumerate() {
-        let address_key = format!("{backends_key}[{j}].address");
+        let entry_key = format!("{backends_key}[{j}]");
         let weight = c.int(
             b.weight.as_ref(),
-            &format!("{backends_key}[{j}].weight"),
+            &format!("{entry_key}.weight"),
             1..=WEIGHT_MAX,
             DEFAULT_WEIGHT,
         );
@@ -1110,19 +1298,47 @@ fn upstream(
             .weight
             .as_ref()
             .is_none_or(|w| i64::from(weight) == *w.get_ref());
-        let Some(address) = c.address(&b.address, &address_key) else {
+        let Some((target, at)) = backend_target(c, b, &entry_key, span.clone()) else {
             continue;
         };
-        if let Some(first) = seen.get(&address) {
+        let max_addresses = match (&target, &b.max_addresses) {
+            (BackendTarget::Address(_), Some(m)) => {
+                c.err(
+                    m.span(),
+                    format!("{entry_key}.max_addresses"),
+                    "only read for a host name or a srv name; an address is one backend",
+                );
+                1
+            }
+            (BackendTarget::Address(_), None) => 1,
+            (_, m) => c.int(
+                m.as_ref(),
+                &format!("{entry_key}.max_addresses"),
+                1..=MAX_ADDRESSES_MAX,
+                DEFAULT_MAX_ADDRESSES,
+            ),
+        };
+        if let (BackendTarget::Srv { .. }, Some(w)) = (&target, &b.weight) {
+            c.err(
+                w.span(),
+                format!("{entry_key}.weight"),
+                "a srv name's addresses take the weights of its SRV records; remove weight",
+            );
+        }
+        if let Some(first) = seen.get(&target) {
             let line = c.line_of(first);
             let message = format!(
-                "backend {address} is already listed on line {line}; raise its weight instead"
+                "backend {target} is already listed on line {line}; raise its weight instead"
             );
-            c.err(b.address.span(), address_key, message);
+            c.err(at, format!("{entry_key}.address"), message);
         } else {
-            seen.insert(address, b.address.span());
+            seen.insert(target.clone(), at);
         }
-        backends.push(Backend { address, weight });
+        backends.push(Backend {
+            target,
+            weight,
+            max_addresses,
+        });
     }
 
     let balance = match raw.balance.as_ref().map(|b| *b.get_ref()) {
@@ -1136,7 +1352,10 @@ fn upstream(
     };
     if let Some(b) = raw.balance.as_ref() {
         let weights_differ = backends.windows(2).any(|w| w[0].weight != w[1].weight);
-        if balance == Balance::RoundRobin && weights_differ && weights_valid {
+        let srv = backends
+            .iter()
+            .any(|b| matches!(b.target, BackendTarget::Srv { .. }));
+        if balance == Balance::RoundRobin && weights_differ && weights_valid && !srv {
             c.err(
                 b.span(),
                 format!("{key}.balance"),

@@ -326,12 +326,17 @@ impl Default for ViewConfig {
 pub struct BackendSpec<'a> {
     pub id: &'a [u8],
     pub weight: u32,
+    /// Holds a backend: `false` for a DNS name's slot with no address yet,
+    /// which is never available and counts for nothing.
+    pub present: bool,
 }
 
 #[derive(Debug, Clone)]
 struct BackendState {
     id: Box<[u8]>,
     weight: u32,
+    /// Slot holds a backend (see [`BackendSpec::present`]).
+    present: bool,
     /// Active health, from this worker's probes or from gossip.
     healthy: bool,
     consecutive_failures: u32,
@@ -377,6 +382,31 @@ pub struct BackendView {
     total_weight_available: u64,
 }
 
+impl BackendState {
+    fn fresh(spec: &BackendSpec<'_>, config: &ViewConfig) -> Self {
+        BackendState {
+            id: spec.id.into(),
+            weight: spec.weight.max(1),
+            present: spec.present,
+            healthy: true,
+            consecutive_failures: 0,
+            ejected_until: None,
+            ejection_ended: None,
+            times_ejected: 0,
+            breaker: config.breaker.map(CircuitBreaker::new),
+            in_flight: 0,
+            remote_in_flight: 0,
+            remote_connections: 0,
+            ewma_us: config.ewma_initial_us,
+            ewma_stamp: None,
+            local_successes: 0,
+            local_failures: 0,
+            local_trailing_failures: 0,
+            available: spec.present,
+        }
+    }
+}
+
 impl BackendView {
     /// A view of `backends`, for a node of `workers` workers (sizes the
     /// per-worker in-flight table; at least 1). Every backend starts healthy.
@@ -385,25 +415,7 @@ impl BackendView {
         let mut view = BackendView {
             backends: backends
                 .iter()
-                .map(|spec| BackendState {
-                    id: spec.id.into(),
-                    weight: spec.weight.max(1),
-                    healthy: true,
-                    consecutive_failures: 0,
-                    ejected_until: None,
-                    ejection_ended: None,
-                    times_ejected: 0,
-                    breaker: config.breaker.map(CircuitBreaker::new),
-                    in_flight: 0,
-                    remote_in_flight: 0,
-                    remote_connections: 0,
-                    ewma_us: config.ewma_initial_us,
-                    ewma_stamp: None,
-                    local_successes: 0,
-                    local_failures: 0,
-                    local_trailing_failures: 0,
-                    available: true,
-                })
+                .map(|spec| BackendState::fresh(spec, &config))
                 .collect(),
             config,
             remote_in_flight: vec![0; backends.len() * workers],
@@ -433,6 +445,34 @@ impl BackendView {
 
     pub fn weight(&self, b: usize) -> u32 {
         self.backends[b].weight
+    }
+
+    /// Whether slot `b` holds a backend (see [`BackendSpec::present`]).
+    pub fn is_present(&self, b: usize) -> bool {
+        self.backends[b].present
+    }
+
+    /// Puts a new backend in slot `b` (present or not): its health,
+    /// ejection, breaker and latency start afresh, as for a backend never
+    /// seen. Requests still in flight to the slot's previous backend end
+    /// through [`on_request_end`](Self::on_request_end) as usual.
+    pub fn replace(&mut self, b: usize, spec: &BackendSpec<'_>, now: Instant) {
+        let s = &mut self.backends[b];
+        let in_flight = s.in_flight;
+        let remote = (s.remote_in_flight, s.remote_connections);
+        *s = BackendState::fresh(spec, &self.config);
+        // Levels, not history: they drain as the old requests end.
+        s.in_flight = in_flight;
+        (s.remote_in_flight, s.remote_connections) = remote;
+        self.recompute(Some(now));
+    }
+
+    /// Changes the weight of the backend in slot `b`, keeping its state.
+    pub fn set_weight(&mut self, b: usize, weight: u32, now: Instant) {
+        if self.backends[b].weight != weight.max(1) {
+            self.backends[b].weight = weight.max(1);
+            self.recompute(Some(now));
+        }
     }
 
     /// This worker's requests in flight to `b`.
@@ -673,11 +713,12 @@ impl BackendView {
         {
             return false;
         }
-        let n = self.backends.len();
-        let ejected = (0..n).filter(|&i| self.is_ejected(i, now)).count();
+        let present = || (0..self.backends.len()).filter(|&i| self.backends[i].present);
+        let n = present().count();
+        let ejected = present().filter(|&i| self.is_ejected(i, now)).count();
         let cap = (n * usize::from(policy.max_ejection_percent.min(100)) / 100).max(1);
         // Passive detection never ejects the last healthy, un-ejected backend.
-        let others_serving = (0..n)
+        let others_serving = present()
             .filter(|&i| i != b && self.backends[i].healthy && !self.is_ejected(i, now))
             .count();
         if ejected >= cap || others_serving == 0 {
@@ -713,8 +754,10 @@ impl BackendView {
             self.next_expiry = Some(self.next_expiry.map_or(until, |t| t.min(until)));
         }
         let pending = s.in_flight.saturating_add(s.remote_in_flight);
-        let available =
-            s.healthy && (s.ejected_until.is_none() || panic) && breaker.allows(pending, now);
+        let available = s.present
+            && s.healthy
+            && (s.ejected_until.is_none() || panic)
+            && breaker.allows(pending, now);
         if available != s.available {
             s.available = available;
             let weight = u64::from(s.weight);
@@ -749,7 +792,7 @@ impl BackendView {
                     next_expiry = Some(next_expiry.map_or(until, |t| t.min(until)));
                 }
             }
-            if s.healthy {
+            if s.present && s.healthy {
                 healthy += 1;
                 if s.ejected_until.is_none() {
                     healthy_unejected += 1;
@@ -768,7 +811,8 @@ impl BackendView {
                 }
                 _ => true,
             };
-            s.available = s.healthy && (s.ejected_until.is_none() || self.panic) && breaker_ok;
+            s.available =
+                s.present && s.healthy && (s.ejected_until.is_none() || self.panic) && breaker_ok;
             if s.available {
                 count += 1;
                 weight += u64::from(s.weight);
@@ -817,6 +861,7 @@ mod tests {
             .map(|(id, &weight)| BackendSpec {
                 id: id.as_bytes(),
                 weight,
+                present: true,
             })
             .collect();
         BackendView::new(&specs, 2, config)

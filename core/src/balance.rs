@@ -250,6 +250,8 @@ const MAGLEV_KEY_SEED: u64 = 0x6d61_676c_6576_6b79; // "maglevky"
 #[derive(Debug, Clone)]
 pub struct Maglev {
     table: Vec<u32>,
+    /// The size asked for, to build the table again at the same size.
+    size_asked: usize,
 }
 
 impl Maglev {
@@ -258,22 +260,30 @@ impl Maglev {
     /// count. O(M) work and 4·M bytes: build once per upstream, on start-up
     /// or reload, never per request.
     pub fn new(view: &BackendView, table_size: usize) -> Self {
-        let n = view.len();
+        // Absent slots own no entry: the table is the present backends'.
+        let present: Vec<usize> = (0..view.len()).filter(|&b| view.is_present(b)).collect();
+        let n = present.len();
         if n == 0 {
-            return Maglev { table: Vec::new() };
+            return Maglev {
+                table: Vec::new(),
+                size_asked: table_size,
+            };
         }
         let size = next_prime(table_size.max(n));
         let mut table = vec![u32::MAX; size];
         let m = size as u64;
         struct Entry {
+            backend: usize,
             offset: u64,
             skip: u64,
             next: u64,
             weight: u64,
             target: u64,
         }
-        let mut entries: Vec<Entry> = (0..n)
-            .map(|b| Entry {
+        let mut entries: Vec<Entry> = present
+            .iter()
+            .map(|&b| Entry {
+                backend: b,
                 offset: hash(MAGLEV_OFFSET_SEED, view.id(b)) % m,
                 skip: hash(MAGLEV_SKIP_SEED, view.id(b)) % (m - 1) + 1,
                 next: 0,
@@ -285,7 +295,7 @@ impl Maglev {
         let mut filled = 0usize;
         let mut iteration = 1u64;
         while filled < size {
-            for (b, e) in entries.iter_mut().enumerate() {
+            for e in entries.iter_mut() {
                 if filled == size {
                     break;
                 }
@@ -301,13 +311,16 @@ impl Maglev {
                     slot = (e.offset + e.skip * e.next) % m;
                 }
                 // n <= M <= u32::MAX is checked by next_prime's range.
-                table[slot as usize] = b as u32;
+                table[slot as usize] = e.backend as u32;
                 e.next += 1;
                 filled += 1;
             }
             iteration += 1;
         }
-        Maglev { table }
+        Maglev {
+            table,
+            size_asked: table_size,
+        }
     }
 
     pub fn table_size(&self) -> usize {
@@ -484,6 +497,21 @@ impl Balancer {
         }
     }
 
+    /// The view's backends changed (a DNS name's slot filled, emptied or
+    /// took another weight): the Maglev table is built again over the
+    /// present backends and the smooth-WRR counters restart, so a slot
+    /// that comes back carries no credit from its previous backend. Off
+    /// the request path: O(table size) for Maglev.
+    pub fn backends_changed(&mut self, view: &BackendView) {
+        match self {
+            Balancer::MaglevHash(table, _) => {
+                *table = Maglev::new(view, table.size_asked);
+            }
+            Balancer::WeightedRoundRobin(wrr) => *wrr = SmoothWeighted::new(view.len()),
+            _ => {}
+        }
+    }
+
     /// An available backend of `view`, or `None` when none is (the proxy
     /// answers 503). `key` is the hash key's bytes for Maglev (header value,
     /// cookie value or client IP, extracted by the caller) and is ignored by
@@ -524,6 +552,7 @@ mod tests {
             .map(|(id, &weight)| BackendSpec {
                 id: id.as_bytes(),
                 weight,
+                present: true,
             })
             .collect();
         BackendView::new(&specs, 1, ViewConfig::default())
@@ -545,6 +574,106 @@ mod tests {
             Algorithm::MaglevHash { table_size: 251 },
             Algorithm::Random,
         ]
+    }
+
+    fn spec(id: &str, weight: u32, present: bool) -> BackendSpec<'_> {
+        BackendSpec {
+            id: id.as_bytes(),
+            weight,
+            present,
+        }
+    }
+
+    /// Slots 0 and 2 hold backends, 1 and 3 are absent.
+    fn slotted() -> BackendView {
+        let specs = [
+            spec("10.0.0.1:80", 1, true),
+            spec("", 1, false),
+            spec("10.0.0.3:80", 2, true),
+            spec("", 1, false),
+        ];
+        BackendView::new(&specs, 1, ViewConfig::default())
+    }
+
+    #[test]
+    fn absent_slots_are_never_picked_by_any_algorithm() {
+        let v = slotted();
+        assert_eq!(v.available_cached_count(), 2);
+        assert_eq!(v.available_weight(), 3);
+        for algorithm in all_algorithms() {
+            let mut b = Balancer::new(algorithm, &v, 3);
+            for i in 0..200u32 {
+                let key = i.to_le_bytes();
+                let got = b.pick(&v, Some(&key)).expect("a present backend");
+                assert!(
+                    got == 0 || got == 2,
+                    "{algorithm:?} picked absent slot {got}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_filled_slot_is_picked_and_an_emptied_one_is_not() {
+        let now = Instant::now();
+        for algorithm in all_algorithms() {
+            let mut v = slotted();
+            let mut b = Balancer::new(algorithm, &v, 1);
+            // Weight 2 like slot 2: p2c's tie on two unmeasured backends
+            // then goes either way.
+            v.replace(1, &spec("10.0.0.2:80", 2, true), now);
+            v.replace(0, &spec("", 1, false), now);
+            b.backends_changed(&v);
+            let mut seen = [0u32; 4];
+            for i in 0..600u32 {
+                let key = i.to_le_bytes();
+                seen[b.pick(&v, Some(&key)).expect("a present backend")] += 1;
+            }
+            assert_eq!(seen[0] + seen[3], 0, "{algorithm:?}: {seen:?}");
+            assert!(seen[1] > 0 && seen[2] > 0, "{algorithm:?}: {seen:?}");
+        }
+    }
+
+    #[test]
+    fn replacing_a_slot_starts_its_state_afresh_and_set_weight_keeps_it() {
+        let now = Instant::now();
+        let mut v = slotted();
+        v.apply_health(0, false, now);
+        assert!(!v.available(0));
+        v.replace(0, &spec("10.0.0.9:80", 5, true), now);
+        assert!(v.available(0) && v.is_healthy(0));
+        assert_eq!(v.id(0), b"10.0.0.9:80");
+        v.apply_health(2, false, now);
+        v.set_weight(2, 7, now);
+        assert_eq!(v.weight(2), 7);
+        assert!(!v.is_healthy(2), "a weight change keeps the health");
+        assert_eq!(v.available_weight(), 5);
+    }
+
+    #[test]
+    fn maglev_over_slots_moves_only_the_keys_of_the_slot_that_changed() {
+        let now = Instant::now();
+        let mut v = slotted();
+        let mut b = Balancer::new(Algorithm::MaglevHash { table_size: 1009 }, &v, 0);
+        let keys: Vec<[u8; 4]> = (0..2000u32).map(u32::to_le_bytes).collect();
+        let before: Vec<usize> = keys.iter().map(|k| b.pick(&v, Some(k)).unwrap()).collect();
+        v.replace(1, &spec("10.0.0.2:80", 1, true), now);
+        b.backends_changed(&v);
+        let after: Vec<usize> = keys.iter().map(|k| b.pick(&v, Some(k)).unwrap()).collect();
+        let to_new = after.iter().filter(|&&x| x == 1).count();
+        let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+        assert!(to_new > 300, "the new slot takes its share: {to_new}");
+        // Maglev's promise, within its small disruption: keys that moved
+        // went (almost all) to the new backend.
+        assert!(
+            moved < to_new + 100,
+            "moved {moved}, to the new slot {to_new}"
+        );
+        // Emptied again: its keys go back where they were.
+        v.replace(1, &spec("", 1, false), now);
+        b.backends_changed(&v);
+        let again: Vec<usize> = keys.iter().map(|k| b.pick(&v, Some(k)).unwrap()).collect();
+        assert_eq!(again, before);
     }
 
     #[test]
@@ -863,6 +992,7 @@ mod tests {
                 .map(|(_, id)| BackendSpec {
                     id: id.as_bytes(),
                     weight: 1,
+                    present: true,
                 })
                 .collect();
             let smaller = BackendView::new(&specs, 1, ViewConfig::default());

@@ -271,10 +271,12 @@ mod tests {
             BackendSpec {
                 id: b"a",
                 weight: 1,
+                present: true,
             },
             BackendSpec {
                 id: b"b",
                 weight: 1,
+                present: true,
             },
         ];
         // Worker 0 sees traffic.

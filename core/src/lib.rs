@@ -4,7 +4,8 @@
 //! and balancing algorithms, token buckets, the gossip message types, route
 //! authentication (JWT, API keys, Basic) over files the proxy reads, the
 //! PROXY protocol header (read from balancers, written to backends), and the
-//! ledger and RESP2 pipeline of fleet-wide counters in Redis.
+//! ledger and RESP2 pipeline of fleet-wide counters in Redis, and where a
+//! DNS name's addresses go among its backend slots.
 //! No sockets, no runtime, no clock, no I/O here: time comes in as `now`, and
 //! everything is unit-tested and benchmarked without a network.
 #![forbid(unsafe_code)]
@@ -19,3 +20,4 @@ pub mod http;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod router;
+pub mod slots;

@@ -66,10 +66,13 @@ pub enum Kind {
     ProxyProtocol,
     /// Redis for fleet-scoped rate limits lost and found again.
     Fleet,
+    /// A backend name's addresses changed, or its lookups failed or
+    /// recovered.
+    Dns,
 }
 
 impl Kind {
-    const COUNT: usize = 18;
+    const COUNT: usize = 19;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -86,6 +89,7 @@ impl Kind {
             Kind::ConnectionLimit => "connection_limit",
             Kind::Gossip => "gossip",
             Kind::Fleet => "fleet",
+            Kind::Dns => "dns",
             Kind::Stray => "stray",
             Kind::AccessLog => "access_log",
             Kind::TlsHandshake => "tls_handshake",
@@ -113,6 +117,7 @@ impl Kind {
         Kind::Http2,
         Kind::ProxyProtocol,
         Kind::Fleet,
+        Kind::Dns,
     ];
 }
 

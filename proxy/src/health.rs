@@ -1,8 +1,10 @@
 //! Active health checks. Each backend with a `health_check` is probed by
 //! exactly one worker (`prober_of`), which applies transitions to its own
-//! view and hands them to its ticker's gossip round for the others.
+//! view and hands them to its ticker's gossip round for the others. Slots
+//! of DNS names are probed at their current address, empty ones not at all.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,30 +31,47 @@ pub fn prober_of(u: usize, b: usize, workers: usize) -> usize {
     (u + b) % workers.max(1)
 }
 
+/// Probes slot `b` of upstream `u` every `interval` for as long as the
+/// worker runs. A DNS name's slot is followed: an empty slot is not probed,
+/// and a slot that took another address starts its rise/fall count afresh
+/// (the view did the same when the address changed).
 pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
     let upstream = &worker.upstreams[u];
     let Some(check) = upstream.config.health_check.clone() else {
         return;
     };
-    let addr = upstream.backend_addr(b);
-    let host = upstream
-        .config
-        .tls
-        .as_ref()
-        .and_then(|t| t.server_name.clone())
-        .unwrap_or_else(|| addr.to_string());
-    let request = check.path.as_ref().map(|path| {
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
-        )
-        .into_bytes()
-    });
     let what = check.path.as_deref().unwrap_or("connect");
     let mut state = HealthState::new(check.rise, check.fall);
+    let mut probed: Option<(u32, SocketAddr, String, Option<Vec<u8>>)> = None;
     loop {
         monoio::time::sleep(check.interval).await;
+        let epoch = upstream.slot_epoch(b);
+        let Some(addr) = upstream.slot_addr(b) else {
+            probed = None;
+            continue;
+        };
+        if probed.as_ref().is_none_or(|(e, ..)| *e != epoch) {
+            let host = upstream
+                .config
+                .tls
+                .as_ref()
+                .and_then(|t| t.server_name.clone())
+                .unwrap_or_else(|| addr.to_string());
+            let request = check.path.as_ref().map(|path| {
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
+                )
+                .into_bytes()
+            });
+            state = HealthState::new(check.rise, check.fall);
+            probed = Some((epoch, addr, host, request));
+        }
+        let Some((_, addr, host, request)) = &probed else {
+            continue;
+        };
+        let addr = *addr;
         let h2 = (upstream.config.protocol == UpstreamProtocol::H2)
-            .then_some((&*host, &worker.config.http2));
+            .then_some((host.as_str(), &worker.config.http2));
         let ok = probe(
             addr,
             &check,
@@ -62,6 +81,10 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
             h2,
         )
         .await;
+        // The slot moved on while the probe ran: the result is not its.
+        if upstream.slot_epoch(b) != epoch {
+            continue;
+        }
         if let Some(transition) = state.record_probe(ok) {
             let healthy = matches!(transition, Transition::BecameHealthy);
             let level = if healthy {

@@ -11,6 +11,7 @@ mod checks;
 mod compose;
 mod cors;
 mod demo;
+mod dns;
 mod downstream;
 mod error_log;
 mod exchange;
@@ -493,7 +494,7 @@ fn check_open_file_budget(config: &ringgate_config::Config, workers: usize, log:
     let pools: u64 = config
         .upstreams
         .iter()
-        .map(|u| (u.backends.len() * u.max_idle_per_backend) as u64)
+        .map(|u| (u.slot_count() * u.max_idle_per_backend) as u64)
         .sum();
     let per_worker = config.server.max_connections_per_worker as u64 + pools;
     let budget = (workers as u64)
@@ -597,6 +598,11 @@ pub fn start(
     let auth = auth::load(&config).map_err(|e| std::io::Error::other(e.join("; ")))?;
     let fleet_status =
         fleet::has_fleet_routes(&config).then(|| Arc::new(fleet::FleetStatus::default()));
+    // Stops with this generation's workers (the drain flag a reload or a
+    // stop sets).
+    let dns_log = ErrorLog::for_thread(error_log.try_clone()?, &config.error_log, "dns");
+    let mut dns =
+        dns::start(&config, count, drain.clone(), dns_log)?.map(|d| (d.receivers, d.status));
     let mut handles = Vec::with_capacity(count);
     for id in (0..count).rev() {
         let sockets = listeners.pop().unwrap_or_default();
@@ -628,6 +634,9 @@ pub fn start(
             schemas: schemas.clone(),
             auth: auth.clone(),
             fleet_status: fleet_status.clone(),
+            dns: dns
+                .as_mut()
+                .and_then(|(rx, status)| Some((rx.pop()?, status.clone()))),
         };
         handles.push(
             std::thread::Builder::new()

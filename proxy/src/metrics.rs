@@ -229,6 +229,9 @@ pub struct Snapshot {
     pub fleet_syncs: [u64; 2],
     /// Whether Redis answers the fleet syncer (`None`: no fleet).
     pub fleet_reachable: Option<bool>,
+    /// (upstream, backend name, [lookups, failures]) per followed DNS
+    /// name; worker 0 reports them for its generation.
+    pub dns: Vec<(String, String, [u64; 2])>,
     pub draining: bool,
     pub backends: Vec<BackendSnapshot>,
 }
@@ -261,6 +264,7 @@ impl Snapshot {
             gossip_dropped: 0,
             fleet_syncs: [counters.fleet_syncs.get(), counters.fleet_failures.get()],
             fleet_reachable: None,
+            dns: Vec::new(),
             draining: false,
             backends: Vec::new(),
         }
@@ -271,6 +275,9 @@ pub struct BackendSnapshot {
     /// Labels, by name and address: indices change with a reload.
     pub upstream: String,
     pub backend: SocketAddr,
+    /// In a slot now; `false`: the counts of a backend DNS took away
+    /// (which may be back in another slot, reported separately).
+    pub present: bool,
     pub healthy: bool,
     pub ejected: bool,
     pub in_flight: u32,
@@ -301,6 +308,8 @@ struct Totals {
     tunnel_bytes: [u64; 2],
     gossip_dropped: u64,
     fleet_syncs: [u64; 2],
+    /// DNS lookups and failures, by (upstream name, backend name).
+    dns: BTreeMap<(String, String), [u64; 2]>,
     /// Attempts by outcome, by (upstream name, backend address).
     outcomes: BTreeMap<(String, SocketAddr), [u64; OUTCOMES]>,
 }
@@ -323,6 +332,12 @@ impl Totals {
         add_each(&mut self.tunnel_bytes, &s.tunnel_bytes);
         self.gossip_dropped += s.gossip_dropped;
         add_each(&mut self.fleet_syncs, &s.fleet_syncs);
+        for (u, name, counts) in &s.dns {
+            add_each(
+                self.dns.entry((u.clone(), name.clone())).or_default(),
+                counts,
+            );
+        }
         for b in &s.backends {
             let sum = self
                 .outcomes
@@ -352,6 +367,9 @@ impl Totals {
         );
         self.gossip_dropped += other.gossip_dropped;
         add_each(&mut self.fleet_syncs, &other.fleet_syncs);
+        for (key, counts) in &other.dns {
+            add_each(self.dns.entry(key.clone()).or_default(), counts);
+        }
         for (key, outcomes) in &other.outcomes {
             let sum = self.outcomes.entry(key.clone()).or_default();
             for (sum, n) in sum.iter_mut().zip(outcomes) {
@@ -505,6 +523,30 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
             let _ = writeln!(out, "{name} {value}");
         }
     }
+    if !counters.dns.is_empty() {
+        let dns: [(&str, &str, usize); 2] = [
+            (
+                "ringgate_dns_lookups_total",
+                "Lookups of a backend's DNS name (host name or SRV name).",
+                0,
+            ),
+            (
+                "ringgate_dns_lookup_failures_total",
+                "Lookups that failed or found no address; the name keeps its last good addresses.",
+                1,
+            ),
+        ];
+        for (name, text, i) in dns {
+            help(&mut out, name, "counter", text);
+            for ((u, backend), counts) in &counters.dns {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",name=\"{}\"}} {}",
+                    u, backend, counts[i]
+                );
+            }
+        }
+    }
     help(
         &mut out,
         "ringgate_tls_handshakes_total",
@@ -655,7 +697,12 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     // Gauges: the backends the running workers report.
     let mut backends: Vec<(&str, SocketAddr)> = live
         .iter()
-        .flat_map(|s| s.backends.iter().map(|x| (x.upstream.as_str(), x.backend)))
+        .flat_map(|s| {
+            s.backends
+                .iter()
+                .filter(|x| x.present)
+                .map(|x| (x.upstream.as_str(), x.backend))
+        })
         .collect();
     backends.sort();
     backends.dedup();
@@ -664,7 +711,7 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
         live.iter().filter_map(move |s| {
             s.backends
                 .iter()
-                .find(|x| x.upstream == u && x.backend == b)
+                .find(|x| x.present && x.upstream == u && x.backend == b)
         })
     };
     type Gauge = fn(&BackendSnapshot) -> u64;

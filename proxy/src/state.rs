@@ -97,6 +97,11 @@ pub struct Worker {
     pub fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
     /// This worker's fleet-scoped limiters use their fallback.
     pub fleet_fallback_on: Cell<bool>,
+    /// Address sets from the resolver thread (`None`: no DNS backends),
+    /// applied by the ticker.
+    pub dns_rx: Option<crate::dns::UpdateRx>,
+    /// The resolver's counters; worker 0 reports them.
+    pub dns_status: Option<Arc<crate::dns::DnsStatus>>,
     /// The other nodes' consumption the syncer learned, for the next gossip
     /// message to the other workers: (route, key, tokens).
     pub fleet_news: RefCell<Vec<(u32, Vec<u8>, u32)>>,
@@ -192,6 +197,8 @@ impl Worker {
             auth: Vec::new(),
             fleet_status: None,
             fleet_fallback_on: Cell::new(false),
+            dns_rx: None,
+            dns_status: None,
             fleet_news: RefCell::new(Vec::new()),
             config,
         }
@@ -275,19 +282,41 @@ impl Worker {
         s.gossip_dropped = gossip_dropped;
         if self.id == 0 {
             s.fleet_reachable = self.fleet_status.as_ref().map(|f| f.reachable());
+            s.dns = self
+                .dns_status
+                .as_ref()
+                .map_or_else(Vec::new, |d| d.counts());
         }
         s.draining = worker.draining.get();
         for upstream in &worker.upstreams {
             let view = upstream.view.borrow();
             for b in 0..view.len() {
+                // An empty slot (a DNS name's) is no backend.
+                let Some(addr) = upstream.slot_addr(b) else {
+                    continue;
+                };
                 s.backends.push(BackendSnapshot {
                     upstream: upstream.config.name.clone(),
-                    backend: upstream.backend_addr(b),
+                    backend: addr,
+                    present: true,
                     healthy: view.is_healthy(b),
                     ejected: view.is_ejected(b, now),
                     in_flight: view.in_flight(b),
                     connections: upstream.open_connections(b),
                     outcomes: std::array::from_fn(|i| upstream.outcomes[b][i].get()),
+                });
+            }
+            // Backends DNS took away: their counters, no gauges.
+            for (addr, outcomes) in upstream.retired.borrow().iter() {
+                s.backends.push(BackendSnapshot {
+                    upstream: upstream.config.name.clone(),
+                    backend: *addr,
+                    present: false,
+                    healthy: true,
+                    ejected: false,
+                    in_flight: 0,
+                    connections: 0,
+                    outcomes: *outcomes,
                 });
             }
         }

@@ -64,6 +64,7 @@ impl Ticker {
         }
         let now = Instant::now();
         crate::fleet::follow_status(worker, now);
+        crate::dns::apply(worker, now);
         // No borrow crosses an await: a round is synchronous.
         self.gossip.borrow_mut().round(worker, now);
     }

@@ -34,6 +34,7 @@ use ringgate_core::backend_view::{
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 use ringgate_core::proxy_protocol::ConnAddrs;
+use ringgate_core::slots::{self, SlotChange};
 
 use crate::error_log::{ErrorLog, Kind};
 use crate::h2_upstream::{self, H2Link, LinkTimeouts, OpenError};
@@ -51,6 +52,9 @@ pub struct UpstreamConn {
     pub backend: usize,
     /// Came from the pool: the backend may have closed it meanwhile.
     pub reused: bool,
+    /// The slot's backend when the connection was opened: a connection
+    /// outliving its slot's backend (DNS moved the slot) is never pooled.
+    slot_epoch: u32,
     /// The client its PROXY header named: reused only for that client.
     tag: Option<ConnAddrs>,
     /// The socket, for the cleanliness check of a pooled connection; valid
@@ -122,6 +126,15 @@ impl Drop for ConnSlot {
 
 pub struct UpstreamState {
     pub config: Upstream,
+    /// Each slot's backend address; `None` for a DNS name's empty slot.
+    addrs: Vec<Cell<Option<SocketAddr>>>,
+    /// Bumped each time a slot takes another backend or empties.
+    epochs: Vec<Cell<u32>>,
+    /// The first slot of each backend entry.
+    first_slots: Vec<usize>,
+    /// Attempt counts of backends that left their slots, for `/metrics`:
+    /// counters never go back. Bounded by `RETIRED_MAX`.
+    pub retired: RefCell<Vec<(SocketAddr, [u64; OUTCOMES])>>,
     /// Health, ejection, load and latency of each backend as this worker
     /// sees it (its own traffic plus gossip).
     pub view: RefCell<BackendView>,
@@ -176,6 +189,10 @@ struct RetryBudget {
     ratio: f64,
 }
 
+/// Addresses whose counts `retired` keeps per upstream per worker: a name
+/// whose records churn through more than this loses its oldest counts.
+const RETIRED_MAX: usize = 256;
+
 /// Retries a worker may make before any request has paid for them, and the
 /// most it may save up: enough for a burst of failures, not for a storm.
 const RETRY_BUDGET_FLOOR: f64 = 10.0;
@@ -202,17 +219,18 @@ impl UpstreamState {
         workers: usize,
         log: Rc<ErrorLog>,
     ) -> Self {
-        let ids: Vec<String> = config
-            .backends
+        let slots = config.slots();
+        let ids: Vec<String> = slots
             .iter()
-            .map(|b| b.address.to_string())
+            .map(|(a, _)| a.map_or_else(String::new, |a| a.to_string()))
             .collect();
         let specs: Vec<BackendSpec<'_>> = ids
             .iter()
-            .zip(&config.backends)
-            .map(|(id, b)| BackendSpec {
+            .zip(&slots)
+            .map(|(id, &(a, weight))| BackendSpec {
                 id: id.as_bytes(),
-                weight: b.weight,
+                weight,
+                present: a.is_some(),
             })
             .collect();
         let outlier = &config.outlier_detection;
@@ -234,21 +252,17 @@ impl UpstreamState {
         let view = BackendView::new(&specs, workers, view_config);
         // Seeded by worker so that workers do not move in lockstep.
         let balancer = Balancer::new(algorithm(config.balance), &view, worker_id as u64);
-        let pools = config
-            .backends
-            .iter()
-            .map(|_| RefCell::new(Vec::new()))
-            .collect();
+        let pools = slots.iter().map(|_| RefCell::new(Vec::new())).collect();
         let ratio = config
             .retries
             .map_or(0.0, |r| f64::from(r.budget_percent) / 100.0);
         let tally = Rc::new(ConnTally {
-            open: config.backends.iter().map(|_| Cell::new(0)).collect(),
-            waiters: config.backends.iter().map(|_| RefCell::default()).collect(),
+            open: slots.iter().map(|_| Cell::new(0)).collect(),
+            waiters: slots.iter().map(|_| RefCell::default()).collect(),
         });
         let h2 = (config.protocol == UpstreamProtocol::H2).then(|| H2Pool {
-            links: config.backends.iter().map(|_| RefCell::default()).collect(),
-            connecting: config.backends.iter().map(|_| Cell::new(0)).collect(),
+            links: slots.iter().map(|_| RefCell::default()).collect(),
+            connecting: slots.iter().map(|_| Cell::new(0)).collect(),
             settings: http2.clone(),
             scheme: if config.tls.is_some() {
                 Scheme::HTTPS
@@ -258,14 +272,18 @@ impl UpstreamState {
         });
         UpstreamState {
             h2,
-            outcomes: config.backends.iter().map(|_| Default::default()).collect(),
-            reported_levels: RefCell::new(vec![(0, 0); config.backends.len()]),
+            outcomes: slots.iter().map(|_| Default::default()).collect(),
+            reported_levels: RefCell::new(vec![(0, 0); slots.len()]),
+            addrs: slots.iter().map(|&(a, _)| Cell::new(a)).collect(),
+            epochs: slots.iter().map(|_| Cell::new(0)).collect(),
+            first_slots: config.first_slots(),
+            retired: RefCell::default(),
             tally,
             view: RefCell::new(view),
             balancer: RefCell::new(balancer),
             pools,
-            tainted_until: config.backends.iter().map(|_| Cell::new(None)).collect(),
-            strays_seen: config.backends.iter().map(|_| Cell::new(false)).collect(),
+            tainted_until: slots.iter().map(|_| Cell::new(None)).collect(),
+            strays_seen: slots.iter().map(|_| Cell::new(false)).collect(),
             retry_budget: RefCell::new(RetryBudget {
                 tokens: RETRY_BUDGET_FLOOR,
                 ratio,
@@ -360,8 +378,112 @@ impl UpstreamState {
         }
     }
 
+    /// The address of the backend in slot `backend`. An empty slot is
+    /// never picked; asked anyway, it reads as `0.0.0.0:0`, which no
+    /// connect reaches.
     pub fn backend_addr(&self, backend: usize) -> SocketAddr {
-        self.config.backends[backend].address
+        self.addrs[backend]
+            .get()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The address in slot `backend`, `None` while it is empty.
+    pub fn slot_addr(&self, backend: usize) -> Option<SocketAddr> {
+        self.addrs[backend].get()
+    }
+
+    /// Counts the slot's changes of backend (see [`Self::apply_dns`]).
+    pub fn slot_epoch(&self, backend: usize) -> u32 {
+        self.epochs[backend].get()
+    }
+
+    /// Backend entry `entry` (a DNS name) now resolves to `set` (address,
+    /// weight; distinct, at most the entry's `max_addresses`). Addresses
+    /// that stay keep their slots, pools, health and latency, taking the
+    /// new weight; new ones fill empty slots with a fresh state; slots
+    /// whose address left empty, their idle connections closed (requests
+    /// in flight on them finish). The placement is `slots::plan`'s, the
+    /// same on every worker given the same updates in the same order, so
+    /// slots match across workers and gossip by slot index stays
+    /// meaningful. Run by the ticker, never on the request path.
+    pub fn apply_dns(&self, entry: usize, set: &[(SocketAddr, u32)], now: Instant) {
+        let (Some(&first), Some(b)) =
+            (self.first_slots.get(entry), self.config.backends.get(entry))
+        else {
+            return;
+        };
+        let held: Vec<Option<SocketAddr>> = (first..first + b.max_addresses)
+            .map(|slot| self.addrs[slot].get())
+            .collect();
+        let mut view = self.view.borrow_mut();
+        let mut changed = false;
+        for change in slots::plan(&held, set) {
+            match change {
+                SlotChange::Keep { slot, weight } => {
+                    if view.weight(first + slot) != weight.max(1) {
+                        view.set_weight(first + slot, weight, now);
+                        changed = true;
+                    }
+                }
+                SlotChange::Remove { slot, .. } => {
+                    let spec = BackendSpec {
+                        id: b"",
+                        weight: 1,
+                        present: false,
+                    };
+                    view.replace(first + slot, &spec, now);
+                    self.reset_slot(first + slot, None);
+                    changed = true;
+                }
+                SlotChange::Add { slot, addr, weight } => {
+                    let id = addr.to_string();
+                    let spec = BackendSpec {
+                        id: id.as_bytes(),
+                        weight,
+                        present: true,
+                    };
+                    view.replace(first + slot, &spec, now);
+                    self.reset_slot(first + slot, Some(addr));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.balancer.borrow_mut().backends_changed(&view);
+        }
+    }
+
+    /// Slot `slot` takes `addr` (or empties): its pooled connections close,
+    /// its counts move to `retired`, its stray cooldown ends.
+    fn reset_slot(&self, slot: usize, addr: Option<SocketAddr>) {
+        if let Some(old) = self.addrs[slot].replace(addr) {
+            let counts: [u64; OUTCOMES] =
+                std::array::from_fn(|i| self.outcomes[slot][i].replace(0));
+            let mut retired = self.retired.borrow_mut();
+            match retired.iter_mut().find(|(a, _)| *a == old) {
+                Some((_, sum)) => {
+                    for (sum, n) in sum.iter_mut().zip(counts) {
+                        *sum += n;
+                    }
+                }
+                None => {
+                    if retired.len() >= RETIRED_MAX {
+                        retired.remove(0);
+                    }
+                    retired.push((old, counts));
+                }
+            }
+        }
+        self.epochs[slot].set(self.epochs[slot].get().wrapping_add(1));
+        self.tainted_until[slot].set(None);
+        self.strays_seen[slot].set(false);
+        let idle = std::mem::take(&mut *self.pools[slot].borrow_mut());
+        // Dropped outside the pool's borrow: a slot's drop wakes waiters.
+        drop(idle);
+        if let Some(h2) = &self.h2 {
+            let links = std::mem::take(&mut *h2.links[slot].borrow_mut());
+            drop(links);
+        }
     }
 
     /// This worker's open connections to `backend`, idle ones included.
@@ -403,6 +525,7 @@ impl UpstreamState {
                         w: idle.w,
                         backend,
                         reused: true,
+                        slot_epoch: self.slot_epoch(backend),
                         tag,
                         fd: idle.fd,
                         slot: Some(idle.slot),
@@ -433,6 +556,7 @@ impl UpstreamState {
             .as_ref()
             .map(|h2| Connecting::start(h2, &self.tally, backend));
         let started = Instant::now();
+        let epoch = self.slot_epoch(backend);
         let stream = connect(self.backend_addr(backend), self.config.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
@@ -490,12 +614,17 @@ impl UpstreamState {
                     OpenError::Refused => ConnectError::Failed(0),
                 })?;
             let (r, w) = link.stream(&h2.scheme, &self.authority(backend));
-            h2.links[backend].borrow_mut().push(link);
+            // A slot that took another backend meanwhile keeps none of
+            // this one's connections.
+            if epoch == self.slot_epoch(backend) {
+                h2.links[backend].borrow_mut().push(link);
+            }
             return Ok(UpstreamConn {
                 r,
                 w,
                 backend,
                 reused: false,
+                slot_epoch: self.slot_epoch(backend),
                 fd: -1,
                 slot: None,
                 tag: None,
@@ -506,6 +635,7 @@ impl UpstreamState {
             w,
             backend,
             reused: false,
+            slot_epoch: epoch,
             tag,
             fd,
             slot: Some(slot),
@@ -538,6 +668,7 @@ impl UpstreamState {
             w,
             backend,
             reused,
+            slot_epoch: self.slot_epoch(backend),
             fd: -1,
             slot: None,
             tag: None,
@@ -655,7 +786,7 @@ impl UpstreamState {
         let Some(slot) = conn.slot.take() else {
             return;
         };
-        if conn.r.holds_unread() {
+        if conn.r.holds_unread() || conn.slot_epoch != self.slot_epoch(backend) {
             return;
         }
         let mut evicted = None;

@@ -69,6 +69,9 @@ pub struct Shared {
     pub auth: crate::auth::Loaded,
     /// Whether the node reaches the fleet's Redis (`None`: no fleet).
     pub fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
+    /// This worker's end of the resolver's channel, and its counters
+    /// (`None`: no DNS backends).
+    pub dns: Option<(crate::dns::UpdateRx, Arc<crate::dns::DnsStatus>)>,
 }
 
 /// What the worker keeps of [`Shared`] once its error log is made.
@@ -83,6 +86,7 @@ struct Owned {
     schemas: Arc<Schemas>,
     auth: crate::auth::Loaded,
     fleet_status: Option<Arc<crate::fleet::FleetStatus>>,
+    dns: Option<(crate::dns::UpdateRx, Arc<crate::dns::DnsStatus>)>,
 }
 
 /// Counts a live connection, and keeps it in the worker's table, for as
@@ -336,6 +340,7 @@ pub fn run(
         schemas,
         auth,
         fleet_status,
+        dns,
     } = shared;
     let log = Rc::new(ErrorLog::for_worker(error_log, &config.error_log, id));
     let shared = Owned {
@@ -349,6 +354,7 @@ pub fn run(
         schemas,
         auth,
         fleet_status,
+        dns,
     };
     if let Some(cpu) = cpu {
         if !core_affinity::set_for_current(cpu) {
@@ -403,6 +409,7 @@ async fn worker_main(
         schemas,
         auth,
         fleet_status,
+        dns,
     } = shared;
     let workers = mesh.workers();
     let mut worker = Worker::new(id, workers, config, log_file, log, generation);
@@ -416,6 +423,13 @@ async fn worker_main(
     }
     worker.auth = crate::auth::RouteGuard::for_worker(&auth);
     worker.fleet_status = fleet_status;
+    if let Some((rx, status)) = dns {
+        worker.dns_rx = Some(rx);
+        worker.dns_status = Some(status);
+    }
+    // The resolver's first answers are queued already: the worker serves
+    // with them from its first request.
+    crate::dns::apply(&worker, std::time::Instant::now());
     let worker = Rc::new(worker);
     if id == 0 && worker.fleet_status.is_some() {
         monoio::spawn(crate::fleet::sync_loop(worker.clone()));
@@ -423,7 +437,7 @@ async fn worker_main(
     // Each backend with active checks is probed by exactly one worker.
     for (u, upstream) in worker.config.upstreams.iter().enumerate() {
         if upstream.health_check.is_some() {
-            for b in 0..upstream.backends.len() {
+            for b in 0..upstream.slot_count() {
                 if health::prober_of(u, b, workers) == id {
                     monoio::spawn(health::probe_loop(worker.clone(), u, b));
                 }

@@ -20,6 +20,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod dns;
 pub mod h2wire;
 pub mod jws;
 pub mod pki;
