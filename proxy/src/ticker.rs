@@ -61,6 +61,7 @@ impl Ticker {
         if ticks.is_multiple_of(SNAPSHOT_TICKS) {
             self.send_snapshot();
             worker.buffers.settle();
+            worker.relay_buffers.settle();
         }
         // No borrow crosses an await: a round is synchronous.
         self.gossip.borrow_mut().round(worker, Instant::now());
