@@ -125,7 +125,9 @@ impl AccessLog {
     }
 
     /// Appends one line; `captured` is `None` for a request whose head
-    /// could not be parsed (written as `"-"`).
+    /// could not be parsed (written as `"-"`). `received`: the bytes a
+    /// tunnel (an upgraded connection) received from the client, written
+    /// after the TLS field as on a `tcp` listener's line.
     /// `Some` when writing the log begins to fail (see [`LogBuffer::flush`]).
     pub fn write(
         &self,
@@ -134,6 +136,7 @@ impl AccessLog {
         sent: &Sent,
         took: Duration,
         tls_version: &str,
+        received: Option<u64>,
     ) -> Option<io::Error> {
         let mut buf = self.out.line();
         buf.extend_from_slice(client.ip_bytes());
@@ -164,6 +167,9 @@ impl AccessLog {
         }
         buf.push(b' ');
         buf.extend_from_slice(tls_version.as_bytes());
+        if let Some(n) = received {
+            let _ = write!(buf, " {n}");
+        }
         if let Some(c) = captured {
             buf.extend_from_slice(&c.request_id);
         }

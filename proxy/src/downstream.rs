@@ -28,7 +28,7 @@ use crate::cors;
 use crate::error_log::{write_request, Kind};
 use crate::exchange::{
     self, chunk_refusal, error_response, error_text, Buffers, Client, Context, Next, Refusal,
-    RouteId, CLOSE_LINE, CONTINUE_100, HEAD_READ_BYTES, KEEP_ALIVE_LINE,
+    RouteId, Switched, CLOSE_LINE, CONTINUE_100, HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
 use crate::http2;
 use crate::io::{Abort, ReadFail};
@@ -36,6 +36,7 @@ use crate::schema;
 use crate::state::{ConnControl, Worker};
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls;
+use crate::tunnel::{TunnelLine, Upgraded};
 
 /// How long a kept-alive connection keeps its buffers while it waits for a
 /// next request. Longer than a busy client's gap between requests (so
@@ -72,17 +73,24 @@ pub(crate) struct Downstream {
     /// The caller route authentication established for the current
     /// request (reused, so a warm connection does not allocate for it).
     identity: Identity,
+    /// When the current request's head was read, when logging.
+    started: Option<Instant>,
+    /// The upstream end of the tunnel a `101` made of this connection.
+    switched: Option<Box<Switched>>,
 }
 
 /// Serves one client connection; `addrs` are those it is accounted to (its
-/// own, or what its PROXY protocol header carried).
+/// own, or what its PROXY protocol header carried). `Some`: a backend's
+/// `101` made it a tunnel, which the caller runs in a task of its own so
+/// that everything this connection's task holds (its state across the
+/// exchange, its buffers) is freed for the tunnel's life.
 pub async fn serve(
     worker: Rc<Worker>,
     listener: usize,
     stream: TcpStream,
     addrs: ConnAddrs,
     ctl: Rc<ConnControl>,
-) {
+) -> Option<Upgraded> {
     let peer_ip = addrs.src.ip();
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
@@ -115,7 +123,7 @@ pub async fn serve(
                                 worker.config.listeners[listener].name
                             );
                         });
-                    return;
+                    return None;
                 }
             }
         }
@@ -139,7 +147,7 @@ pub async fn serve(
         // Boxed: its state would otherwise size every connection's future,
         // HTTP/1.1 ones included.
         Box::pin(http2::serve(worker, r, w, conn)).await;
-        return;
+        return None;
     }
     let mut d = Downstream {
         r,
@@ -155,6 +163,8 @@ pub async fn serve(
         tls_version,
         client_subject,
         identity: Identity::default(),
+        started: None,
+        switched: None,
     };
     if !early.is_empty() {
         let bufs = d.bufs.insert(worker.buffers.take());
@@ -198,13 +208,18 @@ pub async fn serve(
         match d.handle(&worker, listener, &head).await {
             Next::KeepAlive => continue,
             Next::Close => break,
+            Next::Switched => break,
         }
     }
     d.release_buffers(&worker);
+    if let Some(switched) = d.switched.take() {
+        return Some(d.into_tunnel(&worker, switched));
+    }
     // A client that stopped reading does not hold the connection for a
     // whole send_timeout just for its close_notify.
     let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
     d.w.close(timeout, &d.write_abort).await;
+    None
 }
 
 /// Reads until the bytes either are the HTTP/2 preface or cannot be (an
@@ -270,6 +285,8 @@ impl Downstream {
             tls_version,
             client_subject,
             identity: Identity::default(),
+            started: None,
+            switched: None,
         }
     }
 
@@ -337,7 +354,14 @@ impl Downstream {
         worker.counters.response(self.sent.status.get());
         if let Some(log) = &worker.access_log {
             let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
-            if let Some(e) = log.write(&self.client, captured, &self.sent, took, self.tls_version) {
+            if let Some(e) = log.write(
+                &self.client,
+                captured,
+                &self.sent,
+                took,
+                self.tls_version,
+                None,
+            ) {
                 worker.access_log_failed(&e);
             }
         }
@@ -449,8 +473,34 @@ impl Downstream {
             Instant::now()
         });
         let next = self.route(worker, listener, head).await;
+        if next == Next::Switched {
+            // The 101 counts now; the line is written when the tunnel ends.
+            worker.counters.response(self.sent.status.get());
+            self.started = started;
+            return next;
+        }
         self.record(worker, started.map(|t| (&self.captured, t.elapsed())));
         next
+    }
+
+    /// The tunnel a `101` made of this connection: its halves, the
+    /// upstream end, and (when logging) what its access-log line needs.
+    fn into_tunnel(self, worker: &Worker, switched: Box<Switched>) -> Upgraded {
+        let log = match (&worker.access_log, self.started) {
+            (Some(_), Some(started)) => Some(Box::new(TunnelLine {
+                client: self.client,
+                captured: self.captured,
+                sent: self.sent,
+                started,
+                tls_version: self.tls_version,
+            })),
+            _ => None,
+        };
+        Upgraded {
+            client: (self.r, self.w),
+            switched,
+            log,
+        }
     }
 
     /// Routes the request, then answers it locally (404, 429) or forwards it.
@@ -631,6 +681,7 @@ impl Downstream {
                 .and_then(|t| t.client_subject_header.as_deref())
                 .map(|name| (name, self.client_subject.as_deref())),
             auth: guard.map(|g| (&*g.auth, &self.identity)),
+            switched: &mut self.switched,
         };
         let Some(bufs) = self.bufs.as_deref_mut() else {
             return Next::Close;

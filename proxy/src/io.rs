@@ -137,6 +137,43 @@ async fn read_append(
     (res, buf)
 }
 
+/// Waits until `r`'s socket has something to read (bytes, an end of
+/// stream or an error) without lending it a buffer, so an idle connection
+/// holds none; gives up after `timeout`, and `abort` ends the wait as it
+/// ends a read. The wait is a readiness op (io_uring `POLL_ADD`, or the
+/// epoll driver's readiness) that carries no buffer: dropping it on a
+/// timeout or an abort leaves the kernel nothing to write into, and
+/// monoio's `async-cancel` cancels it.
+pub async fn wait_readable(r: &Reader, timeout: Duration, abort: &Abort) -> Result<(), ReadFail> {
+    if abort.is_aborted() {
+        return Err(ReadFail::Aborted);
+    }
+    // SAFETY: the halves share the stream through an `UnsafeCell`, and
+    // monoio's own halves take a reference from it for every op they
+    // start in the same way. `readable` only clones the stream's fd handle
+    // into its op; nothing moves or replaces the stream while a half of it
+    // lives, and this worker's thread is the only one that touches it.
+    let stream: &TcpStream = unsafe { &*r.0.get() };
+    // Not relaxed: on the epoll driver, a readiness left over from bytes
+    // already read is checked with poll(2) before it is believed.
+    let mut ready = pin!(stream.readable(false));
+    let mut sleep = pin!(monoio::time::sleep(timeout));
+    poll_fn(|cx| {
+        if abort.is_aborted() {
+            return Poll::Ready(Err(ReadFail::Aborted));
+        }
+        if let Poll::Ready(res) = ready.as_mut().poll(cx) {
+            return Poll::Ready(res.map_err(|e| ReadFail::Io(e.kind())));
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(ReadFail::TimedOut));
+        }
+        abort.wake_on_abort(cx.waker());
+        Poll::Pending
+    })
+    .await
+}
+
 /// Makes room for at least `min_spare` more bytes, growing in steps.
 fn reserve_spare(buf: &mut Vec<u8>, min_spare: usize) {
     if buf.capacity() - buf.len() < min_spare {

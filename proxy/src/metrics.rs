@@ -73,16 +73,29 @@ pub struct Counters {
     /// Connections a `proxy_protocol` listener closed unforwarded, indexed
     /// like `PROXY_PROTOCOL_REASONS`.
     proxy_protocol_refused: [Cell<u64>; 4],
-    /// Connections of `tcp` listeners: accepted, open now, and the bytes
-    /// relayed from and to their clients.
-    tunnels: Cell<u64>,
-    tunnels_open: Cell<u64>,
-    tunnel_bytes_in: Cell<u64>,
-    tunnel_bytes_out: Cell<u64>,
+    /// Tunnels by kind (indexed like `TUNNEL_KINDS`): opened, open now,
+    /// and the bytes relayed from and to their clients.
+    tunnels: [Cell<u64>; TUNNEL_KINDS.len()],
+    tunnels_open: [Cell<u64>; TUNNEL_KINDS.len()],
+    tunnel_bytes: [[Cell<u64>; 2]; TUNNEL_KINDS.len()],
     /// Fleet syncs with Redis that succeeded and that failed (worker 0).
     pub fleet_syncs: Cell<u64>,
     pub fleet_failures: Cell<u64>,
 }
+
+/// What a tunnel carries, as `/metrics` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelKind {
+    /// A connection of a `tcp` listener.
+    Tcp,
+    /// An HTTP connection a backend's `101` switched to WebSocket.
+    WebSocket,
+    /// One switched to another protocol a route's `upgrade` allows.
+    Upgrade,
+}
+
+/// `kind` labels of the tunnel series, indexed by `TunnelKind as usize`.
+const TUNNEL_KINDS: [&str; 3] = ["tcp", "websocket", "upgrade"];
 
 const AUTH_REASONS: usize = ringgate_core::auth::Reason::COUNT;
 
@@ -134,24 +147,26 @@ impl Counters {
         Self::bump(&self.proxy_protocol_refused[why.label_index()]);
     }
 
-    pub fn tunnel_opened(&self) {
-        Self::bump(&self.tunnels);
-        Self::bump(&self.tunnels_open);
+    pub fn tunnel_opened(&self, kind: TunnelKind) {
+        Self::bump(&self.tunnels[kind as usize]);
+        Self::bump(&self.tunnels_open[kind as usize]);
     }
 
-    pub fn tunnel_closed(&self) {
-        self.tunnels_open
-            .set(self.tunnels_open.get().saturating_sub(1));
+    pub fn tunnel_closed(&self, kind: TunnelKind) {
+        let open = &self.tunnels_open[kind as usize];
+        open.set(open.get().saturating_sub(1));
     }
 
-    pub fn tunnel_bytes_in(&self, n: usize) {
-        self.tunnel_bytes_in
-            .set(self.tunnel_bytes_in.get() + n as u64);
+    /// `n` bytes went from the client to the backend.
+    pub fn tunnel_bytes_in(&self, kind: TunnelKind, n: usize) {
+        let c = &self.tunnel_bytes[kind as usize][0];
+        c.set(c.get() + n as u64);
     }
 
-    pub fn tunnel_bytes_out(&self, n: usize) {
-        self.tunnel_bytes_out
-            .set(self.tunnel_bytes_out.get() + n as u64);
+    /// `n` bytes went from the backend to the client.
+    pub fn tunnel_bytes_out(&self, kind: TunnelKind, n: usize) {
+        let c = &self.tunnel_bytes[kind as usize][1];
+        c.set(c.get() + n as u64);
     }
 
     pub fn http2_connection(&self) {
@@ -219,10 +234,11 @@ pub struct Snapshot {
     pub validation_refusals: [u64; 5],
     pub auth_refusals: [u64; AUTH_REASONS],
     pub proxy_protocol_refused: [u64; 4],
-    pub tunnels: u64,
-    pub tunnels_open: u64,
-    /// Bytes relayed by `tcp` listeners: from clients, to clients.
-    pub tunnel_bytes: [u64; 2],
+    /// By kind, indexed like `TUNNEL_KINDS`.
+    pub tunnels: [u64; TUNNEL_KINDS.len()],
+    pub tunnels_open: [u64; TUNNEL_KINDS.len()],
+    /// Bytes relayed by tunnels of each kind: from clients, to clients.
+    pub tunnel_bytes: [[u64; 2]; TUNNEL_KINDS.len()],
     pub open: u64,
     pub gossip_dropped: u64,
     /// Fleet syncs: succeeded, failed.
@@ -254,12 +270,11 @@ impl Snapshot {
             proxy_protocol_refused: std::array::from_fn(|i| {
                 counters.proxy_protocol_refused[i].get()
             }),
-            tunnels: counters.tunnels.get(),
-            tunnels_open: counters.tunnels_open.get(),
-            tunnel_bytes: [
-                counters.tunnel_bytes_in.get(),
-                counters.tunnel_bytes_out.get(),
-            ],
+            tunnels: std::array::from_fn(|k| counters.tunnels[k].get()),
+            tunnels_open: std::array::from_fn(|k| counters.tunnels_open[k].get()),
+            tunnel_bytes: std::array::from_fn(|k| {
+                std::array::from_fn(|d| counters.tunnel_bytes[k][d].get())
+            }),
             open: 0,
             gossip_dropped: 0,
             fleet_syncs: [counters.fleet_syncs.get(), counters.fleet_failures.get()],
@@ -304,8 +319,8 @@ struct Totals {
     validation_refusals: [u64; 5],
     auth_refusals: [u64; AUTH_REASONS],
     proxy_protocol_refused: [u64; 4],
-    tunnels: u64,
-    tunnel_bytes: [u64; 2],
+    tunnels: [u64; TUNNEL_KINDS.len()],
+    tunnel_bytes: [[u64; 2]; TUNNEL_KINDS.len()],
     gossip_dropped: u64,
     fleet_syncs: [u64; 2],
     /// DNS lookups and failures, by (upstream name, backend name).
@@ -328,8 +343,10 @@ impl Totals {
         add_each(&mut self.validation_refusals, &s.validation_refusals);
         add_each(&mut self.auth_refusals, &s.auth_refusals);
         add_each(&mut self.proxy_protocol_refused, &s.proxy_protocol_refused);
-        self.tunnels += s.tunnels;
-        add_each(&mut self.tunnel_bytes, &s.tunnel_bytes);
+        add_each(&mut self.tunnels, &s.tunnels);
+        for (sum, n) in self.tunnel_bytes.iter_mut().zip(&s.tunnel_bytes) {
+            add_each(sum, n);
+        }
         self.gossip_dropped += s.gossip_dropped;
         add_each(&mut self.fleet_syncs, &s.fleet_syncs);
         for (u, name, counts) in &s.dns {
@@ -365,6 +382,10 @@ impl Totals {
             &mut self.proxy_protocol_refused,
             &other.proxy_protocol_refused,
         );
+        add_each(&mut self.tunnels, &other.tunnels);
+        for (sum, n) in self.tunnel_bytes.iter_mut().zip(&other.tunnel_bytes) {
+            add_each(sum, n);
+        }
         self.gossip_dropped += other.gossip_dropped;
         add_each(&mut self.fleet_syncs, &other.fleet_syncs);
         for (key, counts) in &other.dns {
@@ -620,36 +641,36 @@ fn render(counters: &Totals, live: &[&Snapshot], draining: bool) -> String {
     }
     help(
         &mut out,
-        "ringgate_tcp_connections_total",
+        "ringgate_tunnels_total",
         "counter",
-        "Connections accepted by tcp listeners.",
+        "Tunnels opened, by kind: tcp (connections accepted by tcp listeners), websocket and upgrade (HTTP connections a backend's 101 switched to WebSocket or to another protocol a route allows).",
     );
-    let _ = writeln!(out, "ringgate_tcp_connections_total {}", counters.tunnels);
+    for (kind, n) in TUNNEL_KINDS.iter().zip(counters.tunnels) {
+        let _ = writeln!(out, "ringgate_tunnels_total{{kind=\"{kind}\"}} {n}");
+    }
     help(
         &mut out,
-        "ringgate_tcp_connections_open",
+        "ringgate_tunnels_open",
         "gauge",
-        "Connections of tcp listeners open now (connecting or relaying).",
+        "Tunnels open now, by kind (a tcp listener's connection counts while it connects).",
     );
-    let _ = writeln!(
-        out,
-        "ringgate_tcp_connections_open {}",
-        gauge_sum(&|s| s.tunnels_open)
-    );
+    for (k, kind) in TUNNEL_KINDS.iter().enumerate() {
+        let n = gauge_sum(&|s| s.tunnels_open[k]);
+        let _ = writeln!(out, "ringgate_tunnels_open{{kind=\"{kind}\"}} {n}");
+    }
     help(
         &mut out,
-        "ringgate_tcp_bytes_total",
+        "ringgate_tunnel_bytes_total",
         "counter",
-        "Bytes relayed by tcp listeners: from_client (to the backend) and to_client.",
+        "Bytes relayed by tunnels, by kind and direction: from_client (to the backend) and to_client.",
     );
-    for (direction, n) in ["from_client", "to_client"]
-        .iter()
-        .zip(counters.tunnel_bytes)
-    {
-        let _ = writeln!(
-            out,
-            "ringgate_tcp_bytes_total{{direction=\"{direction}\"}} {n}"
-        );
+    for (kind, bytes) in TUNNEL_KINDS.iter().zip(counters.tunnel_bytes) {
+        for (direction, n) in ["from_client", "to_client"].iter().zip(bytes) {
+            let _ = writeln!(
+                out,
+                "ringgate_tunnel_bytes_total{{kind=\"{kind}\",direction=\"{direction}\"}} {n}"
+            );
+        }
     }
     help(
         &mut out,

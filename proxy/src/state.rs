@@ -80,6 +80,8 @@ pub struct Worker {
     pub counters: Counters,
     /// Buffers of the connections that are not in an exchange.
     pub buffers: BufferPool,
+    /// Relay buffers of the tunnels that are not moving bytes.
+    pub relay_buffers: Pool<Vec<u8>>,
     /// The config generation this worker runs.
     pub generation: u64,
     /// This worker's TLS configuration of each listener (`None`: plain),
@@ -189,7 +191,8 @@ impl Worker {
                 .map(|(file, log)| AccessLog::new(file, log.buffer)),
             error_log,
             counters: Counters::default(),
-            buffers: BufferPool::default(),
+            buffers: Pool::new(BUFFER_POOL_SPARE),
+            relay_buffers: Pool::new(RELAY_POOL_SPARE),
             generation,
             tls: vec![None; config.listeners.len()],
             request_ids: RequestIds::new(id),
@@ -324,56 +327,95 @@ impl Worker {
     }
 }
 
-/// The worker's spare exchange buffers: a connection takes a set when a
-/// request arrives and gives it back when it goes idle, so idle keep-alive
-/// connections hold none. Bounded: it keeps `BUFFER_POOL_SPARE` sets plus
-/// enough to lend out as many as at the recent peak, so bursts of exchanges
-/// (waves of hundreds of HTTP/2 streams) reuse their sets instead of
-/// allocating one per request; the peak decays every metrics snapshot
-/// (`settle`), and with it the surplus, once the bursts stop.
-#[derive(Default)]
-pub struct BufferPool {
-    // Boxed: a connection holds its set as one pointer, and a set moves
-    // between connection and pool without copying its ~300-byte header.
-    #[allow(clippy::vec_box)]
-    spare: RefCell<Vec<Box<Buffers>>>,
+/// What a [`Pool`] lends: made when the pool has none spare, and emptied
+/// and put back to its normal size when it comes back.
+pub trait Pooled {
+    fn fresh() -> Self;
+    /// `false`: not worth keeping (it is dropped instead).
+    fn recycle(&mut self) -> bool;
+}
+
+/// A connection's exchange buffers. Boxed: a connection holds its set as
+/// one pointer, and a set moves between connection and pool without
+/// copying its ~300-byte header.
+impl Pooled for Box<Buffers> {
+    fn fresh() -> Self {
+        Box::default()
+    }
+
+    fn recycle(&mut self) -> bool {
+        Buffers::recycle(self);
+        true
+    }
+}
+
+/// The worker's spare buffers of one kind, lent while bytes flow and given
+/// back when a connection goes idle: exchange buffer sets (`buffers`: a
+/// connection takes a set when a request arrives and gives it back when it
+/// goes idle, so idle keep-alive connections hold none) and tunnel relay
+/// buffers (`relay_buffers`: a tunnel direction holds one only while bytes
+/// move). Bounded: it keeps `reserve` spares plus enough to lend out as
+/// many as at the recent peak, so bursts (waves of hundreds of HTTP/2
+/// streams) reuse what they gave back instead of allocating; the peak
+/// decays every metrics snapshot (`settle`), and with it the surplus, once
+/// the bursts stop.
+pub struct Pool<T> {
+    spare: RefCell<Vec<T>>,
+    reserve: usize,
     lent: Cell<usize>,
     /// The most lent out at once lately (see `settle`).
     peak: Cell<usize>,
 }
 
-/// Spare sets kept per worker (about 100 KiB each with a body buffer):
-/// enough to absorb the swing between busy and idle connections without
-/// allocating, small against the memory the connections themselves cost.
-const BUFFER_POOL_SPARE: usize = 64;
+pub type BufferPool = Pool<Box<Buffers>>;
 
-impl BufferPool {
-    pub fn take(&self) -> Box<Buffers> {
-        let lent = self.lent.get() + 1;
-        self.lent.set(lent);
-        self.peak.set(self.peak.get().max(lent));
-        self.spare.borrow_mut().pop().unwrap_or_default()
-    }
+/// Spare exchange sets kept per worker (about 100 KiB each with a body
+/// buffer): enough to absorb the swing between busy and idle connections
+/// without allocating, small against the memory the connections
+/// themselves cost.
+pub const BUFFER_POOL_SPARE: usize = 64;
 
-    pub fn give(&self, mut bufs: Box<Buffers>) {
-        let lent = self.lent.get().saturating_sub(1);
-        self.lent.set(lent);
-        let mut spare = self.spare.borrow_mut();
-        if spare.len() < self.keep() {
-            bufs.recycle();
-            spare.push(bufs);
+/// Spare relay buffers kept per worker (64 KiB each): a tunnel direction
+/// holds one for 50 ms after its last byte, so this covers a few dozen
+/// tunnels waking at once without allocating.
+pub const RELAY_POOL_SPARE: usize = 16;
+
+impl<T: Pooled> Pool<T> {
+    pub fn new(reserve: usize) -> Self {
+        Pool {
+            spare: RefCell::new(Vec::new()),
+            reserve,
+            lent: Cell::new(0),
+            peak: Cell::new(0),
         }
     }
 
-    /// Spare sets worth keeping: the fixed reserve, plus what the recent
-    /// peak would lend beyond what is lent now.
+    pub fn take(&self) -> T {
+        let lent = self.lent.get() + 1;
+        self.lent.set(lent);
+        self.peak.set(self.peak.get().max(lent));
+        self.spare.borrow_mut().pop().unwrap_or_else(T::fresh)
+    }
+
+    pub fn give(&self, mut item: T) {
+        let lent = self.lent.get().saturating_sub(1);
+        self.lent.set(lent);
+        let mut spare = self.spare.borrow_mut();
+        if spare.len() < self.keep() && item.recycle() {
+            spare.push(item);
+        }
+    }
+
+    /// Spares worth keeping: the fixed reserve, plus what the recent peak
+    /// would lend beyond what is lent now.
     fn keep(&self) -> usize {
-        BUFFER_POOL_SPARE + self.peak.get().saturating_sub(self.lent.get())
+        self.reserve + self.peak.get().saturating_sub(self.lent.get())
     }
 
     /// Lets the peak decay by a quarter toward what is lent now, and frees
-    /// the spare sets it no longer justifies. Called every metrics snapshot
-    /// (100 ms by default): a burst's sets are gone about a second after it.
+    /// the spares it no longer justifies. Called every metrics snapshot
+    /// (100 ms by default): a burst's spares are gone about a second after
+    /// it.
     pub fn settle(&self) {
         let (lent, peak) = (self.lent.get(), self.peak.get());
         self.peak.set(lent.max(peak - peak.div_ceil(4)));
@@ -388,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_burst_reuses_its_sets_and_the_pool_shrinks_when_it_ends() {
-        let pool = BufferPool::default();
+        let pool = BufferPool::new(BUFFER_POOL_SPARE);
         let burst: Vec<_> = (0..500).map(|_| pool.take()).collect();
         let addrs: Vec<*const Buffers> = burst.iter().map(|b| &**b as *const _).collect();
         // Half the burst ends and the next requests come: they get the

@@ -101,19 +101,6 @@ impl StreamWriter {
         }
     }
 
-    /// Ends this direction only (a half-close): the peer reads an end of
-    /// stream and may still send. TLS says close_notify; plain TCP sends
-    /// its FIN (`shutdown(SHUT_WR)`).
-    pub async fn shutdown_write(&mut self, timeout: Duration, abort: &Abort) {
-        match self {
-            StreamWriter::Plain(w) => {
-                let _ = monoio::io::AsyncWriteRent::shutdown(w).await;
-            }
-            StreamWriter::Tls(w) => w.close(timeout, abort).await,
-            StreamWriter::H2(_) => {}
-        }
-    }
-
     /// The scheme spoken on this connection (`X-Forwarded-Proto`, `Forwarded`).
     pub fn scheme(&self) -> &'static str {
         match self {

@@ -61,6 +61,7 @@ impl Ticker {
         if ticks.is_multiple_of(SNAPSHOT_TICKS) {
             self.send_snapshot();
             worker.buffers.settle();
+            worker.relay_buffers.settle();
         }
         let now = Instant::now();
         crate::fleet::follow_status(worker, now);

@@ -37,7 +37,9 @@ use rustls::{
     ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection,
 };
 
-use crate::io::{read_more, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer};
+use crate::io::{
+    read_more, send_range, wait_readable, Abort, Gather, ReadFail, Reader, WriteFail, Writer,
+};
 
 /// ALPN protocols an upstream connection offers, and a TLS listener without
 /// HTTP/2. A client that offers ALPN without any of a listener's protocols
@@ -664,6 +666,23 @@ impl TlsReader {
         }
     }
 
+    /// Waits until there is something to read, as
+    /// [`crate::io::wait_readable`]: at once when rustls holds decrypted
+    /// bytes or ciphertext is buffered (a record that came with the last
+    /// one), else on the socket, with the ciphertext buffer given back
+    /// while it waits (rustls keeps a partial record in its own).
+    pub async fn wait_readable(
+        &mut self,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> Result<(), ReadFail> {
+        if self.holds_unread() {
+            return Ok(());
+        }
+        self.cipher = Vec::new();
+        wait_readable(&self.tcp, timeout, abort).await
+    }
+
     /// As [`read_more`] on a plain connection: appends decrypted bytes to
     /// `buf`, `Ok(0)` at the end of the stream (close_notify, or a TCP close:
     /// HTTP framing, not TLS, tells a truncated message).
@@ -813,6 +832,14 @@ impl TlsWriter {
         let (res, back) = send_range(&mut self.tcp, cipher, 0..len, timeout, abort).await;
         self.cipher = back;
         res
+    }
+
+    /// Gives back the plaintext and ciphertext buffers between writes (an
+    /// idle tunnel): every write sends all it encrypted before it returns,
+    /// so neither holds anything still due.
+    pub fn release_idle(&mut self) {
+        self.plain = Vec::new();
+        self.cipher = Vec::new();
     }
 
     /// Sends close_notify (RFC 8446 §6.1) before the connection closes, so

@@ -561,19 +561,26 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     listener: index,
                 };
                 monoio::spawn(async move {
-                    let worker = &slot.worker;
-                    if let Some(addrs) = proxy_protocol::accept(worker, index, &stream, peer).await
-                    {
-                        match protocol {
-                            ListenerProtocol::Http => {
-                                downstream::serve(worker.clone(), index, stream, addrs, ctl).await
-                            }
-                            ListenerProtocol::Tcp { upstream } => {
-                                tunnel::serve(worker.clone(), index, upstream, stream, addrs).await
+                    let worker = slot.worker.clone();
+                    let Some(addrs) = proxy_protocol::accept(&worker, index, &stream, peer).await
+                    else {
+                        return;
+                    };
+                    match protocol {
+                        ListenerProtocol::Http => {
+                            let served =
+                                downstream::serve(worker.clone(), index, stream, addrs, ctl);
+                            if let Some(tunnel) = served.await {
+                                // This task, sized for a whole HTTP
+                                // connection, ends here; the tunnel goes on
+                                // in a small one, still counted (`slot`).
+                                monoio::spawn(tunnel::run_upgraded(worker, tunnel, slot));
                             }
                         }
+                        ListenerProtocol::Tcp { upstream } => {
+                            tunnel::serve(worker, index, upstream, stream, addrs).await
+                        }
                     }
-                    drop(slot);
                 });
             }
             // The accept the drain cancelled.

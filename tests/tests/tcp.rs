@@ -368,10 +368,15 @@ fn each_connection_gets_an_access_log_line_and_counts_its_bytes() {
     assert!(line.contains("\"TCP l4\" 200 1000 \"-\" \"-\" "), "{line}");
     eventually(Duration::from_secs(3), || {
         let page = metrics(admin);
-        let from = sample(&page, "ringgate_tcp_bytes_total{direction=\"from_client\"}");
-        let to = sample(&page, "ringgate_tcp_bytes_total{direction=\"to_client\"}");
-        let open = sample(&page, "ringgate_tcp_connections_open");
-        let total = sample(&page, "ringgate_tcp_connections_total");
+        let bytes = |d: &str| {
+            sample(
+                &page,
+                &format!("ringgate_tunnel_bytes_total{{kind=\"tcp\",direction=\"{d}\"}}"),
+            )
+        };
+        let (from, to) = (bytes("from_client"), bytes("to_client"));
+        let open = sample(&page, "ringgate_tunnels_open{kind=\"tcp\"}");
+        let total = sample(&page, "ringgate_tunnels_total{kind=\"tcp\"}");
         (from >= 1000 && to >= 1000 && open == 0 && total >= 1)
             .then_some(())
             .ok_or(page)

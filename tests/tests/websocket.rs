@@ -3,13 +3,17 @@
 //! messages of mixed sizes, text and binary, through the proxy; pings keep
 //! a tunnel past `timeouts.tunnel_idle` and silence ends it; the server's
 //! close reaches the client; a route without `upgrade` drops the header, so
-//! the handshake fails instead of being forwarded.
+//! the handshake fails instead of being forwarded. A tunnel opened by hand
+//! over a raw socket shows its counts in `/metrics` and its access-log
+//! line, and outlives a graceful stop until `drain_timeout`.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use ringgate_tests::proxy::{free_port, run_with_timeout};
+use ringgate_tests::eventually;
+use ringgate_tests::proxy::{free_port, metrics, run_with_timeout, sample, temp_path};
 use ringgate_tests::{Proxy, ProxyConfig};
 
 fn python() -> &'static str {
@@ -147,4 +151,156 @@ fn an_upgrade_the_backend_declines_is_an_ordinary_exchange() {
         .unwrap();
     assert_eq!(c.read_final().unwrap().status, 200);
     assert!(!backend.records().pop().unwrap().has_header("upgrade"));
+}
+
+/// A WebSocket opened by hand on a raw socket through the proxy: the
+/// handshake's 101, then one short masked text frame at a time, which the
+/// echo server sends back unmasked.
+struct RawSocket(TcpStream);
+
+impl RawSocket {
+    fn open(port: u16) -> RawSocket {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"GET /raw HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .expect("handshake");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).expect("101 head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        RawSocket(s)
+    }
+
+    /// Sends `text` (under 126 bytes) and reads its echo.
+    fn echo(&mut self, text: &[u8]) {
+        assert!(text.len() < 126);
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        let mut frame = vec![0x81, 0x80 | text.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(text.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.0.write_all(&frame).expect("frame");
+        let mut back = vec![0u8; 2 + text.len()];
+        self.0.read_exact(&mut back).expect("echo");
+        assert_eq!(&back[..2], &[0x81, text.len() as u8]);
+        assert_eq!(&back[2..], text);
+    }
+}
+
+/// Bytes of one `echo` of an `n`-byte text: a masked frame up, a plain one down.
+fn frame_bytes(n: u64) -> (u64, u64) {
+    (6 + n, 2 + n)
+}
+
+#[test]
+fn a_tunnel_is_counted_in_metrics_while_open_and_logged_with_bytes_each_way() {
+    let server = Server::start();
+    let admin = free_port();
+    let log = temp_path("ringgate-ws-access", "log");
+    let proxy = ProxyConfig::new(format!("127.0.0.1:{}", server.1).parse().unwrap())
+        .timeouts("tunnel_idle = \"10s\"")
+        .route_extra("upgrade", "[\"websocket\"]")
+        .to_toml()
+        + &format!(
+            "\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\n[access_log]\npath = {:?}\nbuffer = \"4KiB\"\n",
+            log.display().to_string()
+        );
+    let proxy = Proxy::start(&proxy);
+    let mut ws = RawSocket::open(proxy.port);
+    let texts: [&[u8]; 3] = [b"hello", b"a somewhat longer message", b"x"];
+    let (mut up, mut down) = (0, 0);
+    for text in texts {
+        ws.echo(text);
+        let (u, d) = frame_bytes(text.len() as u64);
+        up += u;
+        down += d;
+    }
+    let series = |page: &str, name: &str, labels: &str| {
+        sample(page, &format!("{name}{{kind=\"websocket\"{labels}}}"))
+    };
+    let bytes = |page: &str, direction: &str| {
+        let labels = format!(",direction=\"{direction}\"");
+        series(page, "ringgate_tunnel_bytes_total", &labels)
+    };
+    eventually(Duration::from_secs(3), || {
+        let page = metrics(admin);
+        let open = series(&page, "ringgate_tunnels_open", "");
+        let total = series(&page, "ringgate_tunnels_total", "");
+        (open == 1
+            && total == 1
+            && bytes(&page, "from_client") == up
+            && bytes(&page, "to_client") == down)
+            .then_some(())
+            .ok_or(page)
+    })
+    .expect("the open tunnel and its bytes counted");
+
+    ws.0.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    let _ = ws.0.read_to_end(&mut rest);
+    drop(ws);
+    eventually(Duration::from_secs(3), || {
+        let page = metrics(admin);
+        let open = series(&page, "ringgate_tunnels_open", "");
+        let total = series(&page, "ringgate_tunnels_total", "");
+        let tcp = sample(&page, "ringgate_tunnels_total{kind=\"tcp\"}");
+        (open == 0 && total == 1 && tcp == 0 && bytes(&page, "from_client") == up)
+            .then_some(())
+            .ok_or(page)
+    })
+    .expect("the closed tunnel no longer open, its bytes kept");
+    let line = eventually(Duration::from_secs(3), || {
+        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        text.lines()
+            .find(|l| l.contains("\"GET /raw HTTP/1.1\" 101 "))
+            .map(str::to_owned)
+            .ok_or(text)
+    })
+    .expect("the tunnel's line");
+    // ... "GET /raw HTTP/1.1" 101 SENT "-" "-" SECONDS BACKEND - RECEIVED
+    let tail: Vec<&str> = line.rsplitn(5, ' ').collect();
+    assert_eq!(tail[0], up.to_string(), "received: {line}");
+    assert_eq!(tail[1], "-", "{line}");
+    assert_eq!(tail[2], format!("127.0.0.1:{}", server.1), "{line}");
+    let sent: u64 = line
+        .split("\" 101 ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("bytes sent");
+    assert_eq!(sent, down + rest.len() as u64, "{line}");
+}
+
+#[test]
+fn a_drain_lets_an_open_tunnel_go_on_until_drain_timeout() {
+    let server = Server::start();
+    let mut proxy = ProxyConfig::new(format!("127.0.0.1:{}", server.1).parse().unwrap())
+        .timeouts("tunnel_idle = \"10s\"")
+        .route_extra("upgrade", "[\"websocket\"]")
+        .server("drain_timeout", "\"1500ms\"")
+        .start();
+    let mut ws = RawSocket::open(proxy.port);
+    ws.echo(b"before");
+    proxy.signal("-TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    ws.echo(b"while draining");
+    assert!(proxy.is_running(), "a drain waits for the open tunnel");
+    let mut rest = Vec::new();
+    let _ = ws.0.read_to_end(&mut rest);
+    proxy
+        .wait_exit(Duration::from_secs(5))
+        .expect("the process exits once drain_timeout cuts the tunnel");
+    assert!(
+        proxy
+            .stderr()
+            .contains("drain_timeout reached, closing 1 connection(s)"),
+        "{}",
+        proxy.stderr()
+    );
 }

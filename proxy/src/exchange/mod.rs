@@ -32,6 +32,7 @@ use ringgate_core::proxy_protocol::ConnAddrs;
 use crate::access_log::Sent;
 use crate::error_log::{write_request, Errno, ErrorLog, Kind};
 use crate::io::{Abort, Gather, WriteFail};
+use crate::metrics::TunnelKind;
 use crate::stream::{StreamReader, StreamWriter};
 use crate::upstream::{ConnectError, UpstreamConn, UpstreamState};
 use error::ExchangeError;
@@ -49,6 +50,26 @@ pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub enum Next {
     KeepAlive,
     Close,
+    /// The backend answered `101`: the connection is a tunnel now, its
+    /// upstream end left in [`Client::switched`].
+    Switched,
+}
+
+/// What an exchange whose backend switched protocols (`101`) leaves its
+/// client connection: the upstream connection, now the far end of a
+/// tunnel, and what the backend's bookkeeping needs when the tunnel ends.
+/// Whatever either side sent past its head has been passed on.
+pub struct Switched {
+    pub conn: UpstreamConn,
+    /// Its upstream, indexed like `config.upstreams`.
+    pub upstream: usize,
+    pub kind: TunnelKind,
+    /// From the try's start to the `101`, the backend's latency; its
+    /// outcome is recorded when the tunnel ends, so an open tunnel counts
+    /// as a request in flight.
+    pub latency_us: u64,
+    /// Bytes the client sent past its request head (already forwarded).
+    pub early_up: u64,
 }
 
 /// The worker-wide settings an exchange reads; nothing else of the worker.
@@ -82,6 +103,8 @@ pub struct Client<'a> {
     /// The route's auth and the caller it established: its header lines go
     /// up, the client's own copies of those headers do not.
     pub auth: Option<(&'a RouteAuth, &'a Identity)>,
+    /// Where a `101` leaves the upstream connection ([`Next::Switched`]).
+    pub switched: &'a mut Option<Box<Switched>>,
 }
 
 /// Buffers and cancellers an exchange works in, kept by the client
@@ -347,6 +370,12 @@ async fn run_tries(
         let attempt = attempt(cx, &mut client, bufs, &mut ex, one_try).await;
         let now = Instant::now();
         let (e, reused) = match attempt {
+            Ok((Next::Switched, _)) => {
+                if let Some(switched) = client.switched.as_deref_mut() {
+                    switched.latency_us = now.duration_since(started).as_micros() as u64;
+                }
+                return Ok(Next::Switched);
+            }
             Ok((next, status)) => {
                 let outcome = if status >= 500 {
                     Outcome::Status5xx
@@ -503,7 +532,7 @@ async fn attempt(
             request_id: cx.request_id,
             cors: bufs.cors_added,
         },
-        upgrade: plan.upgrade,
+        upgrade: plan.upgrade.is_some(),
         response_timeout: upstream.config.response_timeout,
         hold_5xx,
         sending: &sending,
@@ -548,15 +577,21 @@ async fn attempt(
             }),
             Ok(_),
         ) => {
-            tunnel(
-                client,
-                &mut conn,
-                bufs,
-                (plan.forwarded_len, head_len),
-                upstream.config.tunnel_idle_timeout,
-            )
-            .await;
-            Ok((Next::Close, 101))
+            let idle = upstream.config.tunnel_idle_timeout;
+            let lens = (plan.forwarded_len, head_len);
+            let early = pass_early_bytes(client, &mut conn, bufs, lens, idle).await;
+            // A route that runs an exchange has an upstream.
+            let (Some(early_up), Some(index)) = (early, route.upstream) else {
+                return Ok((Next::Close, 101));
+            };
+            *client.switched = Some(Box::new(Switched {
+                conn,
+                upstream: index,
+                kind: plan.upgrade.unwrap_or(TunnelKind::Upgrade),
+                latency_us: 0,
+                early_up,
+            }));
+            Ok((Next::Switched, 101))
         }
         (Ok(done), Ok(leftover)) => {
             if done.surplus {
@@ -598,15 +633,17 @@ async fn attempt(
 
 /// After a `101`: what either side sent past its head goes on first (a
 /// client's first frames read with its request, the backend's with its
-/// answer), then bytes move both ways until both ends close or the tunnel
-/// idles out. The connections are not reused.
-async fn tunnel(
+/// answer), then the exchange's buffers are emptied (the set goes back to
+/// the pool smaller, and grows again when next used): the tunnel that
+/// follows holds none of them. `Some`: the bytes that went up; `None`: a
+/// side failed, the connection closes.
+async fn pass_early_bytes(
     client: &mut Client<'_>,
     conn: &mut UpstreamConn,
     bufs: &mut Buffers,
     (request_len, response_len): (usize, usize),
     idle: std::time::Duration,
-) {
+) -> Option<u64> {
     let abort = Abort::default();
     let early_up = bufs.req.source.len() - request_len;
     if early_up > 0 {
@@ -616,11 +653,8 @@ async fn tunnel(
             .send_range(std::mem::take(&mut bufs.req.source), range, idle, &abort)
             .await;
         bufs.req.source = buf;
-        if res.is_err() {
-            return;
-        }
+        res.ok()?;
     }
-    bufs.req.source.clear();
     let early_down = bufs.resp.source.len() - response_len;
     if early_down > 0 {
         let range = response_len..bufs.resp.source.len();
@@ -629,13 +663,9 @@ async fn tunnel(
             .send_range(std::mem::take(&mut bufs.resp.source), range, idle, &abort)
             .await;
         bufs.resp.source = buf;
-        if res.is_err() {
-            return;
-        }
+        res.ok()?;
         client.sent.add_body(early_down);
     }
-    // The tunnel may idle for hours: it holds no head or body buffer (the
-    // set goes back to the pool smaller, and grows again when next used).
     for v in [
         &mut bufs.req.source,
         &mut bufs.req.patch,
@@ -645,15 +675,7 @@ async fn tunnel(
     ] {
         *v = Vec::new();
     }
-    let sent = client.sent;
-    crate::tunnel::relay_streams(
-        idle,
-        (&mut *client.r, &mut *client.w),
-        (&mut conn.r, &mut conn.w),
-        &|_| {},
-        &|n| sent.add_body(n),
-    )
-    .await;
+    Some(early_up as u64)
 }
 
 #[cfg(test)]

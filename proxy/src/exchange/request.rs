@@ -18,6 +18,7 @@ use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
 use super::retry::Replay;
 use super::{Buffers, Context};
 use crate::io::{Abort, Part, ReadFail, WriteFail};
+use crate::metrics::TunnelKind;
 use crate::stream::{StreamReader, StreamWriter};
 use crate::upstream::UpstreamState;
 
@@ -50,8 +51,9 @@ pub(super) struct Plan {
     /// sends it.
     pub body_left: Option<BodyLeft>,
     /// The request asks to switch to a protocol the route allows
-    /// (`upgrade`): a `101` answer turns the exchange into a tunnel.
-    pub upgrade: bool,
+    /// (`upgrade`): a `101` answer turns the exchange into a tunnel of
+    /// this kind.
+    pub upgrade: Option<TunnelKind>,
     pub replay: Replay,
 }
 
@@ -178,7 +180,14 @@ pub(super) fn prepare(
         forwarded_len: head.head_len + initial_body,
         body_left,
         replay,
-        upgrade: upgrade.is_some(),
+        upgrade: upgrade.map(|protocol| {
+            let name = protocol.split(|&b| b == b'/').next().unwrap_or(b"");
+            if name.trim_ascii().eq_ignore_ascii_case(b"websocket") {
+                TunnelKind::WebSocket
+            } else {
+                TunnelKind::Upgrade
+            }
+        }),
     })
 }
 
