@@ -617,6 +617,8 @@ pub struct Fleet {
     pub timeout: Duration,
     /// Nodes sharing the limits: `local_share` gives each `1/nodes`.
     pub nodes: u32,
+    /// `rediss://`: the connection is TLS, verified as an upstream's is.
+    pub tls: Option<UpstreamTls>,
 }
 
 pub const DEFAULT_FLEET_SYNC_INTERVAL: Duration = Duration::from_millis(50);

@@ -489,28 +489,31 @@ fn upstream(out: &mut String, u: &Upstream) {
         );
     }
     if let Some(t) = &u.tls {
-        let mut fields = Vec::new();
-        if let Some(name) = &t.server_name {
-            fields.push(format!("server_name = {}", quote(name)));
-        }
-        if let Some(ca) = &t.ca {
-            fields.push(format!("ca = {}", quote(&ca.to_string_lossy())));
-        }
-        if let Some(c) = &t.client_certificate {
-            fields.push(format!(
-                "client_certificate = {{ cert = {}, key = {} }}",
-                quote(&c.cert.to_string_lossy()),
-                quote(&c.key.to_string_lossy())
-            ));
-        }
-        let _ = writeln!(out, "tls = {{ {} }}", fields.join(", "));
+        upstream_tls(out, t);
     }
     if u.protocol == UpstreamProtocol::H2 {
         let _ = writeln!(out, "protocol = \"h2\"");
     }
 }
 
-/// A TOML basic string, escaped by the toml crate.
+fn upstream_tls(out: &mut String, t: &UpstreamTls) {
+    let mut fields = Vec::new();
+    if let Some(name) = &t.server_name {
+        fields.push(format!("server_name = {}", quote(name)));
+    }
+    if let Some(ca) = &t.ca {
+        fields.push(format!("ca = {}", quote(&ca.to_string_lossy())));
+    }
+    if let Some(c) = &t.client_certificate {
+        fields.push(format!(
+            "client_certificate = {{ cert = {}, key = {} }}",
+            quote(&c.cert.to_string_lossy()),
+            quote(&c.key.to_string_lossy())
+        ));
+    }
+    let _ = writeln!(out, "tls = {{ {} }}", fields.join(", "));
+}
+
 fn fleet(out: &mut String, f: &Fleet) {
     let credentials = match (&f.username, &f.password) {
         (_, None) => String::new(),
@@ -520,12 +523,20 @@ fn fleet(out: &mut String, f: &Fleet) {
     let _ = writeln!(
         out,
         "redis = {}",
-        quote(&format!("redis://{credentials}{}/{}", f.redis, f.database))
+        quote(&format!(
+            "{}://{credentials}{}/{}",
+            if f.tls.is_some() { "rediss" } else { "redis" },
+            f.redis,
+            f.database
+        ))
     );
     let _ = writeln!(out, "key_prefix = {}", quote(&f.key_prefix));
     let _ = writeln!(out, "sync_interval = {}", duration(f.sync_interval));
     let _ = writeln!(out, "timeout = {}", duration(f.timeout));
     let _ = writeln!(out, "nodes = {}", f.nodes);
+    if let Some(t) = &f.tls {
+        upstream_tls(out, t);
+    }
 }
 
 fn dns(out: &mut String, d: &Dns) {
@@ -537,6 +548,7 @@ fn dns(out: &mut String, d: &Dns) {
     let _ = writeln!(out, "timeout = {}", duration(d.timeout));
 }
 
+/// A TOML basic string, escaped by the toml crate.
 fn quote(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }

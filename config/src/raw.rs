@@ -49,6 +49,7 @@ pub(crate) struct RawFleet {
     pub sync_interval: Option<Spanned<HumanDuration>>,
     pub timeout: Option<Spanned<HumanDuration>>,
     pub nodes: Option<Spanned<i64>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2762,6 +2762,34 @@ fn fleet_scope_reads_its_section_and_names_its_counters() {
 }
 
 #[test]
+fn fleet_over_tls_is_rediss_with_an_upstream_style_tls_table() {
+    let c = ok(&format!(
+        "[fleet]\nredis = \"rediss://127.0.0.1:6380\"\n\n{FLEET_ROUTES}"
+    ));
+    let tls = c.fleet.as_ref().and_then(|f| f.tls.clone());
+    assert_eq!(
+        tls,
+        Some(UpstreamTls {
+            server_name: None,
+            ca: None,
+            client_certificate: None
+        })
+    );
+    let text = format!(
+        "[fleet]\nredis = \"rediss://127.0.0.1:6380\"\ntls = {{ server_name = \"redis.internal\", ca = \"ca.pem\", client_certificate = {{ cert = \"c.pem\", key = \"c.key\" }} }}\n\n{FLEET_ROUTES}"
+    );
+    let c = ok(&text);
+    let tls = c.fleet.as_ref().and_then(|f| f.tls.clone()).expect("tls");
+    assert_eq!(tls.server_name.as_deref(), Some("redis.internal"));
+    assert_eq!(tls.ca, Some(std::path::PathBuf::from("ca.pem")));
+    assert_round_trip(&text);
+    let plain = ok(&format!(
+        "[fleet]\nredis = \"redis://127.0.0.1:6380\"\n\n{FLEET_ROUTES}"
+    ));
+    assert_eq!(plain.fleet.and_then(|f| f.tls), None);
+}
+
+#[test]
 fn fleet_mistakes_are_pointed_at() {
     assert_error_at(
         FLEET_ROUTES,
@@ -2777,10 +2805,16 @@ fn fleet_mistakes_are_pointed_at() {
         "host names are not resolved",
     );
     assert_error_at(
-        &with("redis = \"rediss://127.0.0.1:6379\""),
-        "\"rediss",
-        "fleet.redis",
-        "not supported",
+        &with("redis = \"redis://127.0.0.1:6379\"\ntls = { ca = \"ca.pem\" }"),
+        "{ ca",
+        "fleet.tls",
+        "needs a rediss:// URL",
+    );
+    assert_error_at(
+        &with("redis = \"rediss://127.0.0.1:6379\"\ntls = { server_name = \"*.x\" }"),
+        "\"*.x\"",
+        "fleet.tls.server_name",
+        "not a host name",
     );
     assert_error_at(
         &with("redis = \"127.0.0.1:6379\""),

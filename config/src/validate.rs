@@ -1406,50 +1406,10 @@ fn upstream(
         .map(|b| circuit_breaker(c, &format!("{key}.circuit_breaker"), b));
 
     let t = raw.timeouts.as_ref();
-    let tls = raw.tls.as_ref().map(|t| UpstreamTls {
-        server_name: t.server_name.as_ref().and_then(|n| {
-            let name = n
-                .get_ref()
-                .trim()
-                .trim_end_matches('.')
-                .to_ascii_lowercase();
-            if name.is_empty() || name.starts_with("*.") || check_host(&name).is_err() {
-                c.err(
-                    n.span(),
-                    format!("{key}.tls.server_name"),
-                    format!("{:?} is not a host name", n.get_ref()),
-                );
-                None
-            } else {
-                Some(name)
-            }
-        }),
-        ca: t.ca.as_ref().map(|ca| {
-            let text = ca.get_ref().trim();
-            if text.is_empty() {
-                c.err(ca.span(), format!("{key}.tls.ca"), "must name a file");
-            }
-            PathBuf::from(text)
-        }),
-        client_certificate: t.client_certificate.as_ref().map(|pair| {
-            let file = |c: &mut Checker<'_>, value: &Spanned<String>, name: &str| {
-                let text = value.get_ref().trim();
-                if text.is_empty() {
-                    c.err(
-                        value.span(),
-                        format!("{key}.tls.client_certificate.{name}"),
-                        "must name a file",
-                    );
-                }
-                PathBuf::from(text)
-            };
-            let pair = pair.get_ref();
-            CertificateFiles {
-                cert: file(c, &pair.cert, "cert"),
-                key: file(c, &pair.key, "key"),
-            }
-        }),
-    });
+    let tls = raw
+        .tls
+        .as_ref()
+        .map(|t| upstream_tls(c, &format!("{key}.tls"), t));
     let protocol = match raw.protocol.as_ref().map(|p| *p.get_ref()) {
         None | Some(RawUpstreamProtocol::Http1) => UpstreamProtocol::Http1,
         Some(RawUpstreamProtocol::H2) => UpstreamProtocol::H2,
@@ -1651,6 +1611,54 @@ fn fleet_scope(
     Some(Some(FleetScope { counter, fallback }))
 }
 
+/// An upstream's (or the fleet's Redis's) `tls` table; `key` names it.
+fn upstream_tls(c: &mut Checker<'_>, key: &str, t: &RawUpstreamTls) -> UpstreamTls {
+    UpstreamTls {
+        server_name: t.server_name.as_ref().and_then(|n| {
+            let name = n
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            if name.is_empty() || name.starts_with("*.") || check_host(&name).is_err() {
+                c.err(
+                    n.span(),
+                    format!("{key}.server_name"),
+                    format!("{:?} is not a host name", n.get_ref()),
+                );
+                None
+            } else {
+                Some(name)
+            }
+        }),
+        ca: t.ca.as_ref().map(|ca| {
+            let text = ca.get_ref().trim();
+            if text.is_empty() {
+                c.err(ca.span(), format!("{key}.ca"), "must name a file");
+            }
+            PathBuf::from(text)
+        }),
+        client_certificate: t.client_certificate.as_ref().map(|pair| {
+            let file = |c: &mut Checker<'_>, value: &Spanned<String>, name: &str| {
+                let text = value.get_ref().trim();
+                if text.is_empty() {
+                    c.err(
+                        value.span(),
+                        format!("{key}.client_certificate.{name}"),
+                        "must name a file",
+                    );
+                }
+                PathBuf::from(text)
+            };
+            let pair = pair.get_ref();
+            CertificateFiles {
+                cert: file(c, &pair.cert, "cert"),
+                key: file(c, &pair.key, "key"),
+            }
+        }),
+    }
+}
+
 fn fleet(c: &mut Checker<'_>, raw: &RawFleet) -> Option<Fleet> {
     let parsed = parse_redis_url(raw.redis.get_ref());
     if let Err(why) = &parsed {
@@ -1680,7 +1688,24 @@ fn fleet(c: &mut Checker<'_>, raw: &RawFleet) -> Option<Fleet> {
     );
     let timeout = c.timeout(raw.timeout.as_ref(), "fleet.timeout", DEFAULT_FLEET_TIMEOUT);
     let nodes = c.int(raw.nodes.as_ref(), "fleet.nodes", 1..=FLEET_NODES_MAX, 1);
-    let (redis, username, url_password, database) = parsed.ok()?;
+    let (redis, username, url_password, database, secure) = parsed.ok()?;
+    let tls = match (&raw.tls, secure) {
+        (Some(t), true) => Some(upstream_tls(c, "fleet.tls", t.get_ref())),
+        (None, true) => Some(UpstreamTls {
+            server_name: None,
+            ca: None,
+            client_certificate: None,
+        }),
+        (Some(t), false) => {
+            c.err(
+                t.span(),
+                "fleet.tls",
+                "TLS to Redis needs a rediss:// URL in fleet.redis",
+            );
+            None
+        }
+        (None, false) => None,
+    };
     let password = match (&raw.password, url_password) {
         (Some(p), Some(_)) => {
             c.err(
@@ -1702,23 +1727,24 @@ fn fleet(c: &mut Checker<'_>, raw: &RawFleet) -> Option<Fleet> {
         sync_interval,
         timeout,
         nodes,
+        tls,
     })
 }
 
 /// The address, user, password and database of
-/// `redis://[[user]:password@]IP:port[/db]`.
-type RedisTarget = (SocketAddr, Option<String>, Option<String>, u32);
+/// `redis[s]://[[user]:password@]IP:port[/db]`, and whether it is `rediss`.
+type RedisTarget = (SocketAddr, Option<String>, Option<String>, u32, bool);
 
 fn parse_redis_url(text: &str) -> Result<RedisTarget, String> {
     const SHAPE: &str =
-        r#"write redis://[[user]:password@]IP:port[/db] such as "redis://127.0.0.1:6379""#;
-    if text.starts_with("rediss://") {
-        return Err(format!(
-            "TLS to Redis (rediss://) is not supported; {SHAPE}"
-        ));
-    }
-    let Some(rest) = text.strip_prefix("redis://") else {
-        return Err(format!("{text:?} is not a redis:// URL; {SHAPE}"));
+        r#"write redis[s]://[[user]:password@]IP:port[/db] such as "redis://127.0.0.1:6379""#;
+    let (rest, secure) = match (
+        text.strip_prefix("redis://"),
+        text.strip_prefix("rediss://"),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Err(format!("{text:?} is not a redis:// URL; {SHAPE}")),
     };
     let (credentials, rest) = match rest.rsplit_once('@') {
         Some((c, r)) => (Some(c), r),
@@ -1751,7 +1777,7 @@ fn parse_redis_url(text: &str) -> Result<RedisTarget, String> {
             }
         },
     };
-    Ok((address, username, password, database))
+    Ok((address, username, password, database, secure))
 }
 
 fn parse_rate_limit_key(text: &str) -> Result<RateLimitKey, String> {

@@ -13,20 +13,21 @@
 //! back once a sync succeeds again.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringgate_config::{Fleet, FleetFallback, LogLevel};
 use ringgate_core::fleet::{self as ledger, Ledger, Reply};
 use ringgate_core::ratelimit::Verdicts;
 
 use crate::error_log::Kind;
+use crate::io::{Abort, ReadFail, WriteFail};
 use crate::state::Worker;
+use crate::stream::{StreamReader, StreamWriter};
+use crate::tls::{self, UpstreamTlsConfig};
 
 /// Counters live this long in Redis after their last sync: a node that
 /// comes back within it carries on; a key nobody uses for this long goes.
@@ -157,7 +158,32 @@ pub async fn sync_loop(worker: Rc<Worker>) {
         forget_after,
     );
     let ttl_ms = COUNTER_TTL.as_millis() as u64;
-    let mut conn: Option<TcpStream> = None;
+    // Checked when the config was (`ringgate check`, start, reload).
+    let tls = match fleet
+        .tls
+        .as_ref()
+        .map(|t| tls::load_upstream("fleet.tls", t, false))
+    {
+        None => None,
+        Some(Ok(mut tls)) => {
+            // Redis negotiates no application protocol: offer none.
+            let mut config = (*tls.config).clone();
+            config.alpn_protocols.clear();
+            tls.config = std::sync::Arc::new(config);
+            Some(tls)
+        }
+        Some(Err(why)) => {
+            worker.error_log.event(LogLevel::Error, Kind::Fleet, |b| {
+                let _ = write!(
+                    b,
+                    "{why}; fleet-scoped rate limits use their fleet_fallback"
+                );
+            });
+            status.set(false);
+            return;
+        }
+    };
+    let mut conn: Option<RedisConn> = None;
     let mut out = Vec::new();
     let mut replies = Vec::new();
     let mut input = Vec::with_capacity(READ_CHUNK);
@@ -174,6 +200,7 @@ pub async fn sync_loop(worker: Rc<Worker>) {
         let expected = ledger.begin_sync(&mut out, fleet.key_prefix.as_bytes(), &names, ttl_ms);
         let result = sync_once(
             &fleet,
+            tls.as_ref(),
             &mut conn,
             &mut out,
             expected,
@@ -239,45 +266,84 @@ fn log_transition(worker: &Worker, fleet: &Fleet, failure: Option<&SyncError>) {
     }
 }
 
+/// The syncer's connection to Redis: plain TCP, or TLS over it for
+/// `rediss://`. Its reads and writes are the worker's own io_uring ops.
+struct RedisConn {
+    r: StreamReader,
+    w: StreamWriter,
+    /// Never aborted: the sync's own deadline ends a wait.
+    read_abort: Abort,
+    write_abort: Abort,
+}
+
 /// One sync: (re)connects if need be, sends the pipeline in `out` and reads
 /// `expected` replies into `replies`, all within `fleet.timeout`.
 async fn sync_once(
     fleet: &Fleet,
-    conn: &mut Option<TcpStream>,
+    tls: Option<&UpstreamTlsConfig>,
+    conn: &mut Option<RedisConn>,
     out: &mut Vec<u8>,
     expected: usize,
     input: &mut Vec<u8>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), SyncError> {
-    let deadline = fleet.timeout;
+    let deadline = Instant::now() + fleet.timeout;
     let work = async {
         if conn.is_none() {
-            *conn = Some(open(fleet, input, replies).await?);
+            *conn = Some(open(fleet, tls, deadline, input, replies).await?);
         }
         if expected == 0 {
             return Ok(());
         }
         let stream = conn.as_mut().ok_or(SyncError::Closed)?;
-        round_trip(stream, out, expected, input, replies).await?;
+        round_trip(stream, out, expected, deadline, input, replies).await?;
         // NOAUTH, OOM, a read-only replica...: this Redis cannot count.
         match replies.iter().find(|r| matches!(r, Reply::Error(_))) {
             Some(Reply::Error(why)) => Err(SyncError::Refused(why.clone())),
             _ => Ok(()),
         }
     };
-    match monoio::time::timeout(deadline, work).await {
+    // Connecting has no deadline of its own: this one covers it too.
+    match monoio::time::timeout(fleet.timeout, work).await {
         Ok(result) => result,
         Err(_) => Err(SyncError::TimedOut),
     }
 }
 
-/// Connects, and sends `AUTH` and `SELECT` when the config asks for them.
+/// Connects (with the TLS handshake for `rediss://`), and sends `AUTH` and
+/// `SELECT` when the config asks for them.
 async fn open(
     fleet: &Fleet,
+    tls: Option<&UpstreamTlsConfig>,
+    deadline: Instant,
     input: &mut Vec<u8>,
     replies: &mut Vec<Reply>,
-) -> Result<TcpStream, SyncError> {
-    let mut stream = connect(fleet.redis).await?;
+) -> Result<RedisConn, SyncError> {
+    let tcp = TcpStream::connect_addr(fleet.redis)
+        .await
+        .map_err(|e| SyncError::Connect(e.to_string()))?;
+    // A sync is a few hundred bytes: send it now, not after an ACK.
+    let _ = tcp.set_nodelay(true);
+    let (r, w) = tcp.into_split();
+    let (read_abort, write_abort) = (Abort::default(), Abort::default());
+    let (r, w) = match tls {
+        None => (StreamReader::Plain(r), StreamWriter::Plain(w)),
+        Some(tls) => {
+            let name = tls.name_for(fleet.redis);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let config = tls.config.clone();
+            match tls::connect(r, w, config, name, left, &read_abort, &write_abort).await {
+                Ok((r, w)) => (StreamReader::Tls(r), StreamWriter::Tls(w)),
+                Err(e) => return Err(SyncError::Connect(format!("TLS handshake: {e}"))),
+            }
+        }
+    };
+    let mut stream = RedisConn {
+        r,
+        w,
+        read_abort,
+        write_abort,
+    };
     let mut hello = Vec::new();
     let mut expected = 0;
     if let Some(password) = &fleet.password {
@@ -295,7 +361,7 @@ async fn open(
         expected += 1;
     }
     if expected > 0 {
-        round_trip(&mut stream, &mut hello, expected, input, replies).await?;
+        round_trip(&mut stream, &mut hello, expected, deadline, input, replies).await?;
         if let Some(Reply::Error(why)) = replies.iter().find(|r| matches!(r, Reply::Error(_))) {
             return Err(SyncError::Refused(why.clone()));
         }
@@ -303,26 +369,26 @@ async fn open(
     Ok(stream)
 }
 
-async fn connect(addr: SocketAddr) -> Result<TcpStream, SyncError> {
-    let stream = TcpStream::connect_addr(addr)
-        .await
-        .map_err(|e| SyncError::Connect(e.to_string()))?;
-    // A sync is a few hundred bytes: send it now, not after an ACK.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
 /// Writes `out` and reads `expected` replies into `replies`.
 async fn round_trip(
-    stream: &mut TcpStream,
+    stream: &mut RedisConn,
     out: &mut Vec<u8>,
     expected: usize,
+    deadline: Instant,
     input: &mut Vec<u8>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), SyncError> {
-    let (written, buf) = stream.write_all(std::mem::take(out)).await;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let len = out.len();
+    let (written, buf) = stream
+        .w
+        .send_range(std::mem::take(out), 0..len, left, &stream.write_abort)
+        .await;
     *out = buf;
-    written.map_err(SyncError::Io)?;
+    written.map_err(|e| match e {
+        WriteFail::TimedOut | WriteFail::Aborted => SyncError::TimedOut,
+        WriteFail::Io(kind) => SyncError::Io(kind.into()),
+    })?;
     replies.clear();
     input.clear();
     let mut parsed = 0;
@@ -348,17 +414,16 @@ async fn round_trip(
                 "more than {MAX_REPLY_BYTES} bytes of replies"
             )));
         }
-        if input.capacity() - input.len() < READ_CHUNK / 4 {
-            input.reserve(READ_CHUNK);
-        }
-        let len = input.len();
-        let cap = input.capacity();
-        let (read, slice) = stream.read(std::mem::take(input).slice_mut(len..cap)).await;
-        *input = slice.into_inner();
-        match read {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stream
+            .r
+            .read_more(input, READ_CHUNK / 4, left, &stream.read_abort)
+            .await
+        {
             Ok(0) => return Err(SyncError::Closed),
             Ok(_) => {}
-            Err(e) => return Err(SyncError::Io(e)),
+            Err(ReadFail::TimedOut | ReadFail::Aborted) => return Err(SyncError::TimedOut),
+            Err(ReadFail::Io(kind)) => return Err(SyncError::Io(kind.into())),
         }
     }
     // Anything after the last reply was not asked for: start clean.

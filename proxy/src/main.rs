@@ -215,6 +215,11 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
             }
         }
     }
+    if let Some(t) = config.fleet.as_ref().and_then(|f| f.tls.as_ref()) {
+        if let Err(e) = tls::load_upstream("fleet.tls", t, false) {
+            problems.push(keyed(e, "fleet"));
+        }
+    }
     if let Err(errors) = auth::load(config) {
         problems.extend(errors.into_iter().map(|e| keyed(e, "routes")));
     }

@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringgate_tests::proxy::{curl_status, metrics, sample, status_line, temp_path, LoadOutcome};
+use ringgate_tests::pki::TestCa;
+use ringgate_tests::proxy::{
+    curl_status, metrics, run_ringgate, sample, status_line, temp_path, write_temp, LoadOutcome,
+};
 use ringgate_tests::{eventually, free_port, ringload_bin, Proxy};
 
 /// A redis-server of the test's own, without persistence; killed on drop.
@@ -21,9 +24,16 @@ struct Redis {
 
 impl Redis {
     fn start(port: u16, password: Option<&str>) -> Redis {
+        Redis::start_with(port, password, &[])
+    }
+
+    /// `extra`: more redis-server arguments (a TLS port beside the plain
+    /// one the test's own commands use).
+    fn start_with(port: u16, password: Option<&str>, extra: &[String]) -> Redis {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"]);
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra);
         if let Some(p) = password {
             cmd.args(["--requirepass", p]);
         }
@@ -392,6 +402,113 @@ fn the_syncer_authenticates_and_selects_its_database() {
     assert!(
         refused_seen.is_ok(),
         "a wrong password is a failed sync: {refused_seen:?}"
+    );
+}
+
+#[test]
+fn the_syncer_speaks_tls_to_rediss_and_refuses_a_certificate_for_another_name() {
+    let mut ca = TestCa::new("fleet test CA");
+    let server = ca.server("redis", &["redis.test"]);
+    let client = ca.client("node", "node-1");
+    let tls_port = free_port();
+    let path = |p: &PathBuf| p.display().to_string();
+    // Clients must present a certificate from the CA: mTLS to Redis.
+    let redis = Redis::start_with(
+        free_port(),
+        None,
+        &[
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(&server.cert),
+            "--tls-key-file".into(),
+            path(&server.key),
+            "--tls-ca-cert-file".into(),
+            path(&ca.cert),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ],
+    );
+    let limit = r#"key = "route", rate = "100/s", scope = "fleet", name = "tls""#;
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let tls = |name: &str| {
+        format!(
+            "tls = {{ server_name = \"{name}\", ca = \"{}\", client_certificate = {} }}",
+            path(&ca.cert),
+            client.toml()
+        )
+    };
+    let (proxy, admin) = node(&url, &tls("redis.test"), limit);
+    let (wrong, wrong_admin) = node(&url, &tls("other.test"), limit);
+    for p in [&proxy, &wrong] {
+        for _ in 0..3 {
+            let _ = curl_status(&["-o", "/dev/null", &format!("http://127.0.0.1:{}/", p.port)]);
+        }
+    }
+    // Only the node that verified Redis's certificate counted.
+    let counted = eventually(Duration::from_secs(3), || {
+        match redis_get_in(&redis, 0, "ringgate:tls:") {
+            Some(3) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(counted.is_ok(), "the counter over TLS: {counted:?}");
+    assert_eq!(sample(&metrics(admin), "ringgate_fleet_redis_up"), 1);
+    assert!(sample(&metrics(admin), "ringgate_fleet_syncs_total") > 0);
+    let refused = eventually(Duration::from_secs(2), || {
+        let page = metrics(wrong_admin);
+        if page.contains("ringgate_fleet_redis_up 0") && wrong.stderr().contains("TLS handshake") {
+            Ok(())
+        } else {
+            Err(format!("{page}\n{}", wrong.stderr()))
+        }
+    });
+    assert!(
+        refused.is_ok(),
+        "a certificate for another name is a failed sync: {refused:?}"
+    );
+    // Without the client certificate, Redis refuses the handshake.
+    let anonymous = format!(
+        "tls = {{ server_name = \"redis.test\", ca = \"{}\" }}",
+        path(&ca.cert)
+    );
+    let (anon, anon_admin) = node(&url, &anonymous, limit);
+    // TLS 1.3 clients finish before the server checks them: the refusal
+    // arrives as the answer to the first sync that carries consumption.
+    for _ in 0..3 {
+        let _ = curl_status(&[
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{}/", anon.port),
+        ]);
+    }
+    let down = eventually(Duration::from_secs(2), || {
+        match sample(&metrics(anon_admin), "ringgate_fleet_sync_failures_total") {
+            0 => Err("no failed sync yet".to_owned()),
+            _ => Ok(()),
+        }
+    });
+    assert!(
+        down.is_ok(),
+        "Redis requires a client certificate: {down:?}"
+    );
+    assert_eq!(sample(&metrics(anon_admin), "ringgate_fleet_redis_up"), 0);
+}
+
+#[test]
+fn check_reads_the_fleets_tls_files() {
+    let toml = format!(
+        "[fleet]\nredis = \"rediss://127.0.0.1:6380\"\ntls = {{ ca = \"/nonexistent/redis-ca.pem\" }}\n\n[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:{}\"\n\n[[routes]]\nlistener = \"web\"\nrespond = {{ status = 200 }}\nrate_limit = {{ key = \"route\", rate = \"10/s\", scope = \"fleet\" }}\n\n[[upstreams]]\nname = \"unused\"\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n",
+        free_port()
+    );
+    let path = write_temp("ringgate-fleet-check", "toml", toml.as_bytes());
+    let out = run_ringgate(&[std::ffi::OsStr::new("check"), path.as_os_str()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(!out.success, "check passed a missing CA file");
+    assert!(
+        out.stderr.contains("fleet.tls.ca") && out.stderr.contains("cannot read"),
+        "{}",
+        out.stderr
     );
 }
 
