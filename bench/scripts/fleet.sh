@@ -19,6 +19,8 @@
 #       `rate` requests/s with corrected latency), alternating: the
 #       same route with a limit it never reaches (10M/s) in scope "node" and
 #       in scope "fleet" (which goes first alternates). Requests/s and p99.
+#       With CONTROL=1 both sides run scope "node": the same table then
+#       shows how far two identical configs differ on this machine.
 # Usage: bench/scripts/fleet.sh accuracy|outage|cost [args]
 set -euo pipefail
 MODE=${1:-accuracy}
@@ -159,7 +161,8 @@ cost)
     # Alternate which goes first.
     order="node fleet"; [ $((r % 2)) = 0 ] && order="fleet node"
     for scope in $order; do
-    node 0 50ms $scope 10000000/s
+    run_scope=$scope; [ -n "${CONTROL:-}" ] && run_scope=node
+    node 0 50ms $run_scope 10000000/s
     sleep 0.5
     c0=$(cpu_ticks ${PIDS[0]})
     "$RL" http://127.0.0.1:$PORT0/ ${RATE:+--rate $RATE} --connections 64 --cores 1 --duration 5s --warmup 1s --json $W/c.json >/dev/null 2>&1 || true
