@@ -12,6 +12,7 @@ use monoio::io::Splitable;
 use ringgate_config::{HealthCheck, Http2, LogLevel, ProxyProtocolVersion, UpstreamProtocol};
 use ringgate_core::backend_view::{HealthState, Transition};
 use ringgate_core::http::{parse_response, HeadLimits, HeadScratch};
+use rustls::pki_types::ServerName;
 
 use crate::error_log::Kind;
 use crate::h2_upstream;
@@ -51,12 +52,7 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
             continue;
         };
         if probed.as_ref().is_none_or(|(e, ..)| *e != epoch) {
-            let host = upstream
-                .config
-                .tls
-                .as_ref()
-                .and_then(|t| t.server_name.clone())
-                .unwrap_or_else(|| addr.to_string());
+            let host = upstream.probe_host(b);
             let request = check.path.as_ref().map(|path| {
                 format!(
                     "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
@@ -76,7 +72,7 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
             addr,
             &check,
             request.clone(),
-            upstream.tls.as_ref(),
+            upstream.tls.as_ref().map(|t| (t, upstream.tls_name(t, b))),
             upstream.config.send_proxy_protocol,
             h2,
         )
@@ -120,7 +116,7 @@ async fn probe(
     addr: std::net::SocketAddr,
     check: &HealthCheck,
     request: Option<Vec<u8>>,
-    tls: Option<&UpstreamTlsConfig>,
+    tls: Option<(&UpstreamTlsConfig, ServerName<'static>)>,
     send_proxy_protocol: Option<ProxyProtocolVersion>,
     h2: Option<(&str, &Http2)>,
 ) -> bool {
@@ -146,9 +142,8 @@ async fn probe(
     // whose certificate stopped verifying is unhealthy.
     let (mut r, mut w) = match tls {
         None => (StreamReader::Plain(r), StreamWriter::Plain(w)),
-        Some(t) => {
+        Some((t, name)) => {
             let left = deadline.saturating_duration_since(Instant::now());
-            let name = t.name_for(addr);
             match tls::connect(r, w, t.config.clone(), name, left, &abort, &write_abort).await {
                 Ok((r, w)) => (StreamReader::Tls(r), StreamWriter::Tls(w)),
                 Err(_) => return false,

@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 use http::uri::Scheme;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
-use ringgate_config::{Balance, Http2, LogLevel, Upstream, UpstreamProtocol};
+use ringgate_config::{BackendTarget, Balance, Http2, LogLevel, Upstream, UpstreamProtocol};
 use ringgate_core::backend_view::{
     BackendSpec, BackendView, BreakerPolicy, BreakerState, Outcome, OutlierPolicy, ViewConfig,
 };
 use ringgate_core::balance::{Algorithm, Balancer, MAGLEV_TABLE_SIZE};
 use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::slots::{self, SlotChange};
+use rustls::pki_types::ServerName;
 
 use crate::error_log::{ErrorLog, Kind};
 use crate::h2_upstream::{self, H2Link, LinkTimeouts, OpenError};
@@ -156,6 +157,10 @@ pub struct UpstreamState {
     log: Rc<ErrorLog>,
     /// HTTPS to the backends, as loaded from the upstream's `tls` table.
     pub tls: Option<UpstreamTlsConfig>,
+    /// Per slot, the host name its entry was configured with
+    /// (`address = "host:port"`): what TLS verifies and a health probe's
+    /// `Host` names when the upstream sets no `tls.server_name`.
+    slot_hosts: Vec<Option<(ServerName<'static>, String)>>,
     /// `protocol = "h2"`: the multiplexed connections per backend, and how
     /// they are set up.
     h2: Option<H2Pool>,
@@ -277,6 +282,7 @@ impl UpstreamState {
             addrs: slots.iter().map(|&(a, _)| Cell::new(a)).collect(),
             epochs: slots.iter().map(|_| Cell::new(0)).collect(),
             first_slots: config.first_slots(),
+            slot_hosts: slot_hosts(&config),
             retired: RefCell::default(),
             tally,
             view: RefCell::new(view),
@@ -291,6 +297,29 @@ impl UpstreamState {
             config,
             log,
             tls: None,
+        }
+    }
+
+    /// The name a TLS connection to `slot` asks for and verifies: the
+    /// upstream's `tls.server_name`, else the host name the slot's entry
+    /// names, else the slot's IP address (as nginx's `proxy_ssl_name`
+    /// defaults to the proxied host).
+    pub fn tls_name(&self, tls: &UpstreamTlsConfig, slot: usize) -> ServerName<'static> {
+        match (&tls.server_name, self.slot_hosts.get(slot)) {
+            (Some(name), _) => name.clone(),
+            (None, Some(Some((name, _)))) => name.clone(),
+            _ => ServerName::IpAddress(self.backend_addr(slot).ip().into()),
+        }
+    }
+
+    /// The `Host` a health probe of `slot` sends: `tls.server_name`, else
+    /// the entry's `host:port`, else the slot's address.
+    pub fn probe_host(&self, slot: usize) -> String {
+        let server_name = self.config.tls.as_ref().and_then(|t| t.server_name.clone());
+        match (server_name, self.slot_hosts.get(slot)) {
+            (Some(name), _) => name,
+            (None, Some(Some((_, host)))) => host.clone(),
+            _ => self.backend_addr(slot).to_string(),
         }
     }
 
@@ -582,7 +611,7 @@ impl UpstreamState {
                     .connect_timeout
                     .saturating_sub(started.elapsed());
                 let (abort_r, abort_w) = (Abort::default(), Abort::default());
-                let name = tls.name_for(self.backend_addr(backend));
+                let name = self.tls_name(tls, backend);
                 match tls::connect(r, w, tls.config.clone(), name, left, &abort_r, &abort_w).await {
                     Ok((r, w)) => (StreamReader::Tls(r), StreamWriter::Tls(w)),
                     Err(tls::HandshakeError::TimedOut) => return Err(ConnectError::TimedOut),
@@ -873,4 +902,26 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         Poll::Pending
     })
     .await
+}
+
+/// Each slot's configured host name (for TLS, as a `ServerName`) and its
+/// `host:port`; `None` for address and SRV entries (an SRV record's target
+/// names are not kept: verify those through `tls.server_name`).
+fn slot_hosts(config: &Upstream) -> Vec<Option<(ServerName<'static>, String)>> {
+    let mut hosts = Vec::with_capacity(config.slot_count());
+    for b in &config.backends {
+        match &b.target {
+            BackendTarget::Address(_) => hosts.push(None),
+            BackendTarget::Host { name, port } => {
+                // Checked as a host name by the config; a name rustls
+                // would not take leaves the slot verified by its address.
+                let host = ServerName::try_from(name.clone())
+                    .ok()
+                    .map(|n| (n, format!("{name}:{port}")));
+                hosts.extend(std::iter::repeat_n(host, b.max_addresses));
+            }
+            BackendTarget::Srv { .. } => hosts.extend(std::iter::repeat_n(None, b.max_addresses)),
+        }
+    }
+    hosts
 }

@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use ringgate_tests::dns::{DnsServer, Srv};
+use ringgate_tests::pki::TestCa;
 use ringgate_tests::procfs::tasks;
 use ringgate_tests::proxy::{metrics, run_ringgate, sample, write_temp};
 use ringgate_tests::{eventually, free_port, Backend, Behaviour, Client, Proxy};
@@ -428,4 +429,42 @@ fn health_checks_follow_the_addresses_in_the_slots() {
     );
     let t = traffic.finish();
     assert_eq!(t.failed, 0, "{t:?}");
+}
+
+#[test]
+fn a_host_name_backend_over_tls_is_verified_for_its_name() {
+    let dns = DnsServer::start(TTL_S);
+    let mut ca = TestCa::new("dns test CA");
+    let cert = ca.server("api", &["api.test"]);
+    let backend = Backend::start("b", Behaviour::Ok);
+    // A second proxy terminates TLS for api.test (and only that name) in
+    // front of the backend.
+    let tls_port = free_port();
+    let _terminator = Proxy::start(&format!(
+        "[[listeners]]\nname = \"tls\"\naddress = \"127.0.0.1:{tls_port}\"\ntls = {{ certificates = [{}] }}\n\n\
+         [[routes]]\nlistener = \"tls\"\nupstream = \"b\"\n\n\
+         [[upstreams]]\nname = \"b\"\nbackends = [{{ address = \"{}\" }}]\n",
+        cert.toml(),
+        backend.addr()
+    ));
+    dns.set_a("api.test", &[ip(1)]);
+    // No server_name: the entry's host name is what is verified.
+    let text = config(
+        dns.addr(),
+        free_port(),
+        &format!("{{ address = \"api.test:{tls_port}\" }}"),
+        1,
+    ) + &format!("tls = {{ ca = \"{}\" }}\n", ca.cert.display());
+    let proxy = Proxy::start(&text);
+    let answered = eventually(Duration::from_secs(5), || {
+        let r = Client::connect(proxy.port).get("/named");
+        match r.status {
+            // Until the first lookup has filled the slot.
+            503 => Err("no backend yet".to_owned()),
+            status => Ok((status, r.body_str().to_owned())),
+        }
+    });
+    let (status, body) = answered.expect("an answer other than 503");
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+    assert_eq!(backend.records().len(), 1);
 }
