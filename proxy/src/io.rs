@@ -8,8 +8,9 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::Range;
 use std::pin::pin;
-use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
 use monoio::io::{
@@ -139,12 +140,17 @@ async fn read_append(
 
 /// Waits until `r`'s socket has something to read (bytes, an end of
 /// stream or an error) without lending it a buffer, so an idle connection
-/// holds none; gives up after `timeout`, and `abort` ends the wait as it
-/// ends a read. The wait is a readiness op (io_uring `POLL_ADD`, or the
+/// holds none; gives up once `deadline` has passed on `timer` (which the
+/// waits of one task share), and `abort` ends the wait as it ends a read. The wait is a readiness op (io_uring `POLL_ADD`, or the
 /// epoll driver's readiness) that carries no buffer: dropping it on a
 /// timeout or an abort leaves the kernel nothing to write into, and
 /// monoio's `async-cancel` cancels it.
-pub async fn wait_readable(r: &Reader, timeout: Duration, abort: &Abort) -> Result<(), ReadFail> {
+pub async fn wait_readable_by(
+    r: &Reader,
+    timer: &SharedTimer,
+    deadline: Instant,
+    abort: &Abort,
+) -> Result<(), ReadFail> {
     if abort.is_aborted() {
         return Err(ReadFail::Aborted);
     }
@@ -157,7 +163,6 @@ pub async fn wait_readable(r: &Reader, timeout: Duration, abort: &Abort) -> Resu
     // Not relaxed: on the epoll driver, a readiness left over from bytes
     // already read is checked with poll(2) before it is believed.
     let mut ready = pin!(stream.readable(false));
-    let mut sleep = pin!(monoio::time::sleep(timeout));
     poll_fn(|cx| {
         if abort.is_aborted() {
             return Poll::Ready(Err(ReadFail::Aborted));
@@ -165,13 +170,46 @@ pub async fn wait_readable(r: &Reader, timeout: Duration, abort: &Abort) -> Resu
         if let Poll::Ready(res) = ready.as_mut().poll(cx) {
             return Poll::Ready(res.map_err(|e| ReadFail::Io(e.kind())));
         }
-        if sleep.as_mut().poll(cx).is_ready() {
+        if timer.poll_deadline(deadline, cx).is_ready() {
             return Poll::Ready(Err(ReadFail::TimedOut));
         }
         abort.wake_on_abort(cx.waker());
         Poll::Pending
     })
     .await
+}
+
+/// One timer for the waits of one task that each have a deadline (a
+/// tunnel's two directions): the task carries one monoio `Sleep` (about
+/// 640 bytes, cache-padded), allocated at its first wait, instead of one
+/// in every wait's future. The task is polled as a whole, so whichever
+/// wait arms the timer, its expiry re-polls them all; each then re-arms it
+/// for its own deadline.
+#[derive(Default)]
+pub struct SharedTimer {
+    sleep: RefCell<Option<Pin<Box<monoio::time::Sleep>>>>,
+}
+
+impl SharedTimer {
+    /// Ready once `deadline` has passed; until then the timer fires by
+    /// `deadline` at the latest, and wakes `cx`'s task.
+    pub fn poll_deadline(&self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= deadline {
+            return Poll::Ready(());
+        }
+        let at = monoio::time::Instant::from_std(deadline);
+        let mut slot = self.sleep.borrow_mut();
+        let sleep = slot.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(at)));
+        if sleep.deadline() > at || sleep.is_elapsed() {
+            sleep.as_mut().reset(at);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            // The wheel's millisecond may end just before `deadline`:
+            // come back rather than wait without a timer.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
 }
 
 /// Makes room for at least `min_spare` more bytes, growing in steps.

@@ -38,7 +38,8 @@ use rustls::{
 };
 
 use crate::io::{
-    read_more, send_range, wait_readable, Abort, Gather, ReadFail, Reader, WriteFail, Writer,
+    read_more, send_range, wait_readable_by, Abort, Gather, ReadFail, Reader, SharedTimer,
+    WriteFail, Writer,
 };
 
 /// ALPN protocols an upstream connection offers, and a TLS listener without
@@ -667,20 +668,21 @@ impl TlsReader {
     }
 
     /// Waits until there is something to read, as
-    /// [`crate::io::wait_readable`]: at once when rustls holds decrypted
+    /// [`crate::io::wait_readable_by`]: at once when rustls holds decrypted
     /// bytes or ciphertext is buffered (a record that came with the last
-    /// one), else on the socket, with the ciphertext buffer given back
+    /// one), else on the socket until `deadline` on `timer`, with the ciphertext buffer given back
     /// while it waits (rustls keeps a partial record in its own).
-    pub async fn wait_readable(
+    pub async fn wait_readable_by(
         &mut self,
-        timeout: Duration,
+        timer: &SharedTimer,
+        deadline: Instant,
         abort: &Abort,
     ) -> Result<(), ReadFail> {
         if self.holds_unread() {
             return Ok(());
         }
         self.cipher = Vec::new();
-        wait_readable(&self.tcp, timeout, abort).await
+        wait_readable_by(&self.tcp, timer, deadline, abort).await
     }
 
     /// As [`read_more`] on a plain connection: appends decrypted bytes to
