@@ -453,8 +453,18 @@ fn the_syncer_speaks_tls_to_rediss_and_refuses_a_certificate_for_another_name() 
         }
     });
     assert!(counted.is_ok(), "the counter over TLS: {counted:?}");
-    assert_eq!(sample(&metrics(admin), "ringgate_fleet_redis_up"), 1);
-    assert!(sample(&metrics(admin), "ringgate_fleet_syncs_total") > 0);
+    // /metrics shows the workers' snapshot of every 100 ms: it may lag
+    // the counter in Redis.
+    let synced = eventually(Duration::from_secs(2), || {
+        let page = metrics(admin);
+        let syncs = sample(&page, "ringgate_fleet_syncs_total");
+        if syncs > 0 && sample(&page, "ringgate_fleet_redis_up") == 1 {
+            Ok(())
+        } else {
+            Err(page)
+        }
+    });
+    assert!(synced.is_ok(), "{synced:?}");
     let refused = eventually(Duration::from_secs(2), || {
         let page = metrics(wrong_admin);
         if page.contains("ringgate_fleet_redis_up 0") && wrong.stderr().contains("TLS handshake") {
