@@ -88,6 +88,9 @@ pub struct TokenEntry {
     key_start: u32,
     key_len: u32,
     pub tokens: u32,
+    /// Other nodes' consumption the fleet syncer learnt one sync late
+    /// (charged with `KeyedLimiter::charge_remote`), not this node's.
+    lagged: bool,
 }
 
 /// Passive results, in-flight level and EWMA of one backend.
@@ -160,6 +163,15 @@ impl GossipMsg {
     /// [`KeyedLimiter`]: crate::ratelimit::KeyedLimiter
     /// [`MAX_KEY_BYTES`]: crate::ratelimit::MAX_KEY_BYTES
     pub fn push_tokens(&mut self, route: u32, key: &[u8], tokens: u32) {
+        self.push_entry(route, key, tokens, false);
+    }
+
+    /// Other nodes' consumption of `key` that the fleet syncer learnt.
+    pub fn push_fleet_tokens(&mut self, route: u32, key: &[u8], tokens: u32) {
+        self.push_entry(route, key, tokens, true);
+    }
+
+    fn push_entry(&mut self, route: u32, key: &[u8], tokens: u32, lagged: bool) {
         let (Ok(key_start), Ok(key_len)) = (
             u32::try_from(self.key_bytes.len()),
             u32::try_from(key.len()),
@@ -172,15 +184,17 @@ impl GossipMsg {
             key_start,
             key_len,
             tokens,
+            lagged,
         });
     }
 
-    /// `(route, key, tokens)` for every token entry.
-    pub fn tokens(&self) -> impl Iterator<Item = (u32, &[u8], u32)> + '_ {
+    /// `(route, key, tokens, lagged)` for every token entry; `lagged`: the
+    /// other nodes' consumption (see [`Self::push_fleet_tokens`]).
+    pub fn tokens(&self) -> impl Iterator<Item = (u32, &[u8], u32, bool)> + '_ {
         self.tokens.iter().map(|e| {
             let start = e.key_start as usize;
             let key = &self.key_bytes[start..start + e.key_len as usize];
-            (e.route, key, e.tokens)
+            (e.route, key, e.tokens, e.lagged)
         })
     }
 
@@ -227,16 +241,18 @@ mod tests {
         m.push_tokens(0, b"10.0.0.1", 3);
         m.push_tokens(2, b"", 1);
         m.push_tokens(0, b"api-key-123", 9);
-        let got: Vec<(u32, &[u8], u32)> = m.tokens().collect();
+        m.push_fleet_tokens(1, b"10.0.0.2", 4);
+        let got: Vec<(u32, &[u8], u32, bool)> = m.tokens().collect();
         assert_eq!(
             got,
             [
-                (0, &b"10.0.0.1"[..], 3),
-                (2, &b""[..], 1),
-                (0, &b"api-key-123"[..], 9)
+                (0, &b"10.0.0.1"[..], 3, false),
+                (2, &b""[..], 1, false),
+                (0, &b"api-key-123"[..], 9, false),
+                (1, &b"10.0.0.2"[..], 4, true)
             ]
         );
-        assert_eq!(m.token_entries(), 3);
+        assert_eq!(m.token_entries(), 4);
     }
 
     #[test]
@@ -300,7 +316,7 @@ mod tests {
         // Worker 1 applies it.
         let mut limiter1 = KeyedLimiter::new(10.0, 10.0, 8);
         let mut view1 = BackendView::new(&specs, 2, ViewConfig::default());
-        for (_route, key, n) in msg.tokens() {
+        for (_route, key, n, _) in msg.tokens() {
             limiter1.charge(key, n, now);
         }
         for e in &msg.backends {

@@ -71,6 +71,8 @@ pub struct TokenBucket {
     debt_max: f64,
     tokens: f64,
     stamp: Instant,
+    /// Tokens the burst cap turned away since the last `charge_lagged`.
+    overflow: f64,
 }
 
 impl TokenBucket {
@@ -94,6 +96,7 @@ impl TokenBucket {
             debt_max: burst + rate_per_sec * DEFAULT_DEBT_SECS,
             tokens: burst,
             stamp: now,
+            overflow: 0.0,
         }
     }
 
@@ -146,6 +149,23 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `tokens` that others consumed over a past interval (the
+    /// fleet's, learnt one sync late), less what the burst cap turned away
+    /// meanwhile. Those tokens were refilled here while the others were
+    /// spending them: a replica that had known would not have been full,
+    /// and would not have lost them to the cap. Without the offset a node
+    /// whose bucket sat full while a busier one spent the rate is charged
+    /// as if it had kept them, and starves (see `three_nodes` in
+    /// `fleet.rs`'s tests).
+    pub fn charge_lagged(&mut self, tokens: f64, now: Instant) {
+        self.refill(now);
+        if tokens.is_finite() && tokens > 0.0 {
+            let offset = self.overflow.min(tokens);
+            self.tokens = (self.tokens - (tokens - offset)).max(-self.debt_max);
+        }
+        self.overflow = 0.0;
+    }
+
     /// Changes the rate and the burst (the debt floor follows), keeping the
     /// tokens earned so far, down to the new burst.
     pub fn set_rate(&mut self, rate_per_sec: f64, burst: f64, debt_max: Option<f64>, now: Instant) {
@@ -166,7 +186,12 @@ impl TokenBucket {
 
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.stamp).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.burst);
+        let filled = self.tokens + elapsed * self.rate_per_sec;
+        if filled > self.burst {
+            // Bounded: only `charge_lagged` reads it, up to what it charges.
+            self.overflow = (self.overflow + filled - self.burst).min(self.burst + self.debt_max);
+        }
+        self.tokens = filled.min(self.burst);
         // A `now` older than the stamp (callers' clocks are per worker and
         // monotonic, but be safe) refills nothing and keeps the later stamp.
         if now > self.stamp {
@@ -395,7 +420,13 @@ impl KeyedLimiter {
     /// Charges `key` for `tokens` other nodes consumed: not counted as this
     /// node's.
     pub fn charge_remote(&mut self, key: &[u8], tokens: u32, now: Instant) {
-        self.charge_slot(key, tokens, now);
+        if tokens == 0 {
+            return;
+        }
+        let slot = self.slot_for(key, now);
+        self.slots[slot as usize]
+            .bucket
+            .charge_lagged(f64::from(tokens), now);
     }
 
     /// Charges `key`'s bucket; the slot charged, `None` for no tokens.
@@ -638,6 +669,26 @@ mod tests {
         assert_eq!(refused.reset_after, Duration::from_millis(300));
         assert_eq!(refused.reset_secs(), 1);
         assert!(b.admit(now + Duration::from_millis(100)).allowed);
+    }
+
+    #[test]
+    fn a_lagged_charge_is_offset_by_what_the_cap_turned_away() {
+        let t0 = Instant::now();
+        // Full at 10 tokens; 0.5 s at 100/s would have added 50 more.
+        let mut b = TokenBucket::new(100.0, 10.0, t0);
+        let t1 = t0 + Duration::from_millis(500);
+        b.charge_lagged(30.0, t1);
+        assert!(
+            (b.tokens(t1) - 10.0).abs() < 1e-9,
+            "30 of the 50 lost: no charge"
+        );
+        // The offset is used up: the same charge now counts in full.
+        b.charge_lagged(30.0, t1);
+        assert!((b.tokens(t1) + 20.0).abs() < 1e-9, "{}", b.tokens(t1));
+        // A plain charge keeps no offset of its own.
+        let mut c = TokenBucket::new(100.0, 10.0, t0);
+        c.charge(30.0, t1);
+        assert!((c.tokens(t1) + 20.0).abs() < 1e-9);
     }
 
     #[test]

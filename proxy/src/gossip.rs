@@ -169,9 +169,14 @@ impl Gossip {
 }
 
 fn apply(worker: &Worker, msg: &GossipMsg, now: Instant) {
-    for (route, key, tokens) in msg.tokens() {
+    for (route, key, tokens, lagged) in msg.tokens() {
         if let Some(Some(limiter)) = worker.limiters.get(route as usize) {
-            limiter.borrow_mut().charge(key, tokens, now);
+            let mut limiter = limiter.borrow_mut();
+            if lagged {
+                limiter.charge_remote(key, tokens, now);
+            } else {
+                limiter.charge(key, tokens, now);
+            }
         }
     }
     for entry in &msg.backends {
@@ -218,7 +223,7 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64, all_levels: bool) {
         }
     }
     for (route, key, tokens) in worker.fleet_news.borrow_mut().drain(..) {
-        msg.push_tokens(route, &key, tokens);
+        msg.push_fleet_tokens(route, &key, tokens);
     }
     for (u, upstream) in worker.upstreams.iter().enumerate() {
         let mut view = upstream.view.borrow_mut();
