@@ -98,6 +98,10 @@ pub struct TokenEntry {
 pub struct BackendEntry {
     pub upstream: u32,
     pub backend: u32,
+    /// The sender's epoch of the backend's slot (bumped each time DNS
+    /// puts another address in it): a receiver whose slot is at another
+    /// epoch drops the entry, which describes another backend than its own.
+    pub epoch: u32,
     pub delta: RemoteDelta,
 }
 
@@ -106,7 +110,18 @@ pub struct BackendEntry {
 pub struct HealthEntry {
     pub upstream: u32,
     pub backend: u32,
+    /// As [`BackendEntry::epoch`].
+    pub epoch: u32,
     pub healthy: bool,
+}
+
+/// A backend that sent a response nobody asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StrayEntry {
+    pub upstream: u32,
+    pub backend: u32,
+    /// As [`BackendEntry::epoch`].
+    pub epoch: u32,
 }
 
 /// One worker's news for one tick.
@@ -124,7 +139,7 @@ pub struct GossipMsg {
     pub health: Vec<HealthEntry>,
     /// (upstream, backend) pairs that sent a response nobody asked for
     /// since the last message: every worker stops reusing their connections.
-    pub strays: Vec<(u32, u32)>,
+    pub strays: Vec<StrayEntry>,
 }
 
 impl GossipMsg {
@@ -205,19 +220,29 @@ impl GossipMsg {
     /// Adds a backend's delta. Its levels (in-flight, EWMA) replace what this
     /// sender reported before, so send a backend whenever its counters are
     /// non-zero or its in-flight level changed since the last tick.
-    pub fn push_backend(&mut self, upstream: u32, backend: u32, delta: RemoteDelta) {
+    pub fn push_backend(&mut self, upstream: u32, backend: u32, epoch: u32, delta: RemoteDelta) {
         self.backends.push(BackendEntry {
             upstream,
             backend,
+            epoch,
             delta,
         });
     }
 
-    pub fn push_health(&mut self, upstream: u32, backend: u32, healthy: bool) {
+    pub fn push_health(&mut self, upstream: u32, backend: u32, epoch: u32, healthy: bool) {
         self.health.push(HealthEntry {
             upstream,
             backend,
+            epoch,
             healthy,
+        });
+    }
+
+    pub fn push_stray(&mut self, upstream: u32, backend: u32, epoch: u32) {
+        self.strays.push(StrayEntry {
+            upstream,
+            backend,
+            epoch,
         });
     }
 
@@ -226,7 +251,7 @@ impl GossipMsg {
         self.key_bytes.capacity()
             + self.tokens.capacity() * std::mem::size_of::<TokenEntry>()
             + self.backends.capacity() * std::mem::size_of::<BackendEntry>()
-            + self.strays.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.strays.capacity() * std::mem::size_of::<StrayEntry>()
             + self.health.capacity() * std::mem::size_of::<HealthEntry>()
     }
 }
@@ -260,8 +285,8 @@ mod tests {
         let mut m = GossipMsg::new(0, 1);
         for i in 0..100u32 {
             m.push_tokens(0, &i.to_be_bytes(), 1);
-            m.push_backend(0, i, RemoteDelta::default());
-            m.push_health(0, i, true);
+            m.push_backend(0, i, 0, RemoteDelta::default());
+            m.push_health(0, i, 0, true);
         }
         let bytes = m.heap_bytes();
         m.clear(1, 2);
@@ -270,8 +295,8 @@ mod tests {
         assert_eq!(m.heap_bytes(), bytes);
         for i in 0..100u32 {
             m.push_tokens(0, &i.to_be_bytes(), 1);
-            m.push_backend(0, i, RemoteDelta::default());
-            m.push_health(0, i, true);
+            m.push_backend(0, i, 0, RemoteDelta::default());
+            m.push_health(0, i, 0, true);
         }
         assert_eq!(m.heap_bytes(), bytes);
     }
@@ -309,9 +334,9 @@ mod tests {
         let mut msg = GossipMsg::new(0, 1);
         limiter0.take_local_usage(|key, n| msg.push_tokens(0, key, n));
         for b in 0..view0.len() {
-            msg.push_backend(0, b as u32, view0.take_local_delta(b));
+            msg.push_backend(0, b as u32, 0, view0.take_local_delta(b));
         }
-        msg.push_health(0, 1, false);
+        msg.push_health(0, 1, 0, false);
 
         // Worker 1 applies it.
         let mut limiter1 = KeyedLimiter::new(10.0, 10.0, 8);

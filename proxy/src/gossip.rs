@@ -179,10 +179,13 @@ fn apply(worker: &Worker, msg: &GossipMsg, now: Instant) {
             }
         }
     }
+    // An entry about a slot whose backend changed on one side and not yet
+    // on the other (DNS sets reach the workers a tick apart) is dropped.
     for entry in &msg.backends {
         if let Some(upstream) = worker.upstreams.get(entry.upstream as usize) {
+            let b = entry.backend as usize;
             let mut view = upstream.view.borrow_mut();
-            if (entry.backend as usize) < view.len() {
+            if b < view.len() && upstream.slot_epoch(b) == entry.epoch {
                 view.apply_remote(
                     msg.sender as usize,
                     entry.backend as usize,
@@ -192,15 +195,19 @@ fn apply(worker: &Worker, msg: &GossipMsg, now: Instant) {
             }
         }
     }
-    for &(u, b) in &msg.strays {
-        if let Some(upstream) = worker.upstreams.get(u as usize) {
-            upstream.taint_remote(b as usize, now);
+    for stray in &msg.strays {
+        if let Some(upstream) = worker.upstreams.get(stray.upstream as usize) {
+            let b = stray.backend as usize;
+            if b < upstream.slots() && upstream.slot_epoch(b) == stray.epoch {
+                upstream.taint_remote(b, now);
+            }
         }
     }
     for entry in &msg.health {
         if let Some(upstream) = worker.upstreams.get(entry.upstream as usize) {
+            let b = entry.backend as usize;
             let mut view = upstream.view.borrow_mut();
-            if (entry.backend as usize) < view.len() {
+            if b < view.len() && upstream.slot_epoch(b) == entry.epoch {
                 view.apply_health(entry.backend as usize, entry.healthy, now);
             }
         }
@@ -234,15 +241,15 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64, all_levels: bool) {
             let levels = (delta.in_flight, delta.connections);
             if all_levels || delta.successes > 0 || delta.failures > 0 || levels != reported[b] {
                 reported[b] = levels;
-                msg.push_backend(u as u32, b as u32, delta);
+                msg.push_backend(u as u32, b as u32, upstream.slot_epoch(b), delta);
             }
         }
     }
     for (u, upstream) in worker.upstreams.iter().enumerate() {
-        upstream.take_strays(|b| msg.strays.push((u as u32, b as u32)));
+        upstream.take_strays(|b| msg.push_stray(u as u32, b as u32, upstream.slot_epoch(b)));
     }
-    for (u, b, healthy) in worker.pending_health.borrow_mut().drain(..) {
-        msg.push_health(u, b, healthy);
+    for (u, b, epoch, healthy) in worker.pending_health.borrow_mut().drain(..) {
+        msg.push_health(u, b, epoch, healthy);
     }
     // Re-send the state of the backends this worker probes now and then, so
     // a receiver that lost a transition in a dropped message catches up.
@@ -254,7 +261,8 @@ fn collect(worker: &Worker, msg: &mut GossipMsg, seq: u64, all_levels: bool) {
             let view = upstream.view.borrow();
             for b in 0..view.len() {
                 if health::prober_of(u, b, worker.workers) == worker.id {
-                    msg.push_health(u as u32, b as u32, view.is_healthy(b));
+                    let epoch = upstream.slot_epoch(b);
+                    msg.push_health(u as u32, b as u32, epoch, view.is_healthy(b));
                 }
             }
         }
@@ -351,6 +359,42 @@ backends = [{ address = "127.0.0.1:2" }]
         let mut strays = 0;
         w0.upstreams[0].take_strays(|_| strays += 1);
         assert_eq!(strays, 0);
+    }
+
+    #[test]
+    fn news_of_a_slot_whose_backend_changed_on_one_side_only_is_dropped() {
+        let text = ONE_UPSTREAM.replace(
+            "backends = [{ address = \"127.0.0.1:2\" }]",
+            "backends = [{ address = \"api.test:2\", max_addresses = 1 }]",
+        ) + "\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n";
+        let config = Arc::new(ringgate_config::parse(&text, "test.toml").expect("config"));
+        let mut meshes = mesh::<GossipMsg>(2, 4);
+        let mut g1 = Gossip::new(meshes.pop().expect("worker 1"));
+        let mut g0 = Gossip::new(meshes.pop().expect("worker 0"));
+        let w0 = Worker::new(0, 2, config.clone(), None, stderr_log(0), 0);
+        let w1 = Worker::new(1, 2, config, None, stderr_log(1), 0);
+        let now = Instant::now();
+        let first = [("127.0.0.11:2".parse().expect("addr"), 1)];
+        let second = [("127.0.0.12:2".parse().expect("addr"), 1)];
+        for w in [&w0, &w1] {
+            w.upstreams[0].apply_dns(0, &first, now);
+        }
+        // Worker 1 has the name's new address; worker 0 not yet, and
+        // catches its old backend sending a stray.
+        w1.upstreams[0].apply_dns(0, &second, now);
+        w0.upstreams[0].taint(0, now);
+        g0.round(&w0, now);
+        g1.round(&w1, now);
+        assert!(
+            !w1.upstreams[0].tainted(0, now),
+            "worker 1 took worker 0's news of 127.0.0.11 for 127.0.0.12"
+        );
+        // Once both hold the same backend in the slot, news passes again.
+        w0.upstreams[0].apply_dns(0, &second, now);
+        w0.upstreams[0].taint(0, now);
+        g0.round(&w0, now);
+        g1.round(&w1, now);
+        assert!(w1.upstreams[0].tainted(0, now));
     }
 
     #[test]

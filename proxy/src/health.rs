@@ -104,7 +104,7 @@ pub async fn probe_loop(worker: Rc<Worker>, u: usize, b: usize) {
             worker
                 .pending_health
                 .borrow_mut()
-                .push((u as u32, b as u32, healthy));
+                .push((u as u32, b as u32, epoch, healthy));
         }
     }
 }

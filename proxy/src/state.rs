@@ -59,8 +59,9 @@ pub struct Worker {
     pub upstreams: Vec<UpstreamState>,
     /// Token buckets of rate-limited routes, indexed like `config.routes`.
     pub limiters: Vec<Option<RefCell<KeyedLimiter>>>,
-    /// Health transitions this worker's probes found since the last tick.
-    pub pending_health: RefCell<Vec<(u32, u32, bool)>>,
+    /// Health transitions this worker's probes found since the last tick:
+    /// (upstream, slot, slot epoch, healthy).
+    pub pending_health: RefCell<Vec<(u32, u32, u32, bool)>>,
     pub workers: usize,
     pub(crate) connections: Cell<usize>,
     /// Of them, each listener's (indexed like `config.listeners`), for its

@@ -421,9 +421,14 @@ impl UpstreamState {
         self.addrs[backend].get()
     }
 
+    /// How many backend slots the upstream has.
+    pub fn slots(&self) -> usize {
+        self.epochs.len()
+    }
+
     /// Counts the slot's changes of backend (see [`Self::apply_dns`]).
     pub fn slot_epoch(&self, backend: usize) -> u32 {
-        self.epochs[backend].get()
+        self.epochs.get(backend).map_or(0, Cell::get)
     }
 
     /// Backend entry `entry` (a DNS name) now resolves to `set` (address,
