@@ -83,31 +83,7 @@ echo "mode $MODE, $ROUNDS rounds of ${DUR}s, $CONNS connections, a new connectio
 echo "backend alone:"
 taskset -c 1 wrk -t1 -c$CONNS -d2s -H "Connection: close" http://127.0.0.1:$BACKEND_PORT$TARGET | grep -E "Requests/sec|Transfer/sec"
 : > $W/results
-for round in $(seq 1 "$ROUNDS"); do
-  for p in $PROXIES; do
-    case $p in
-      ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-      haproxy)  taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
-    esac
-    sleep 1
-    PIDS=$(pgrep -P $PROXY || true); PIDS="$PROXY $PIDS"
-    taskset -c 1 wrk -t1 -c$CONNS -d2s -H "Connection: close" http://127.0.0.1:$PROXY_PORT$TARGET > /dev/null   # warm-up
-    before=$(cpu_ticks $PIDS)
-    out=$(taskset -c 1 wrk -t1 -c$CONNS -d${DUR}s -H "Connection: close" http://127.0.0.1:$PROXY_PORT$TARGET)
-    after=$(cpu_ticks $PIDS)
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    xfer=$(echo "$out" | awk '/Transfer\/sec/ {print $2}')
-    errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
-    cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
-    echo "round $round $p: $rps conn/s ($xfer), $cpu_us µs CPU/connection $errs"
-    echo "$round $p $rps $cpu_us" >> $W/results
-    kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
-    sleep 0.5
-  done
-done
+proxy_rounds "$ROUNDS" "$DUR" $W/results $TARGET -t1 -c$CONNS -H "Connection: close"
 [ "$MODE" = bulk ] && echo "(bulk: one request = one connection = 1 MiB, so req/s reads as MiB/s and µs CPU/request as µs CPU/MiB)"
 round_ratios $W/results
 round_ratios $W/results haproxy | grep "^ringgate"

@@ -51,3 +51,39 @@ for p in sorted({p for v in by.values() for p in v}):
         print(f"{p}: median {st.median(x for x, _ in v):,.0f} req/s, {st.median(c for _, c in v):.2f} µs CPU/request")
 PY
 }
+
+# Alternating rounds of wrk against each proxy in PROXIES, each pinned to
+# CPU 0 (wrk on CPU 1): a 2 s warm-up, then DUR s measured; one line
+# "round proxy requests_per_s cpu_us_per_request" per run appended to
+# RESULTS. Needs RG, W, TICK, PROXY_PORT and the configs $W/ringgate.toml,
+# $W/nginx-proxy.conf, $W/haproxy.cfg.
+# proxy_rounds ROUNDS DUR RESULTS URL_PATH [wrk options...]
+proxy_rounds() {
+  local rounds=$1 dur=$2 results=$3 path=$4; shift 4
+  local round p pids before after out reqs rps xfer errs cpu_us
+  for round in $(seq 1 "$rounds"); do
+    for p in $PROXIES; do
+      case $p in
+        ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+        ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+        nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
+        haproxy)  taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
+      esac
+      sleep 1
+      pids=$(pgrep -P $PROXY || true); pids="$PROXY $pids"
+      taskset -c 1 wrk "$@" -d2s http://127.0.0.1:$PROXY_PORT$path > /dev/null   # warm-up
+      before=$(cpu_ticks $pids)
+      out=$(taskset -c 1 wrk "$@" -d${dur}s http://127.0.0.1:$PROXY_PORT$path)
+      after=$(cpu_ticks $pids)
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      xfer=$(echo "$out" | awk '/Transfer\/sec/ {print $2}')
+      errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
+      cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
+      echo "round $round $p: $rps req/s ($xfer), $cpu_us µs CPU/request $errs"
+      echo "$round $p $rps $cpu_us" >> "$results"
+      kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
+      sleep 0.5
+    done
+  done
+}
