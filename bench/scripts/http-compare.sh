@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # HTTP reverse-proxy comparison in alternating rounds: ringgate, nginx and
 # HAProxy, each one worker pinned to CPU 0 with a keep-alive upstream pool,
-# in front of an nginx backend (1 worker, files with sendfile) that wrk
-# drives, both on CPU 1. Default configs apart from the pool.
+# in front of an nginx backend (1 worker: `return 200` for small
+# responses, a file with sendfile for 1 MiB ones) that wrk drives, both on
+# CPU 1. Default configs apart from the pool.
 #   MODE=keepalive (default) small responses over keep-alive connections.
 #   MODE=churn  `Connection: close` on every request: each request is a
 #               new client connection (the upstream pool stays warm).
@@ -25,20 +26,20 @@ source "$ROOT/bench/scripts/lib.sh"
 
 WRK=(-t1 -c"$CONNS")
 case $MODE in
-  keepalive) TARGET=/small ;;
-  churn) TARGET=/small; WRK+=(-H "Connection: close") ;;
+  keepalive) TARGET=/ok ;;
+  churn) TARGET=/ok; WRK+=(-H "Connection: close") ;;
   bulk) TARGET=/1m ;;
   *) echo "MODE must be keepalive, churn or bulk" >&2; exit 1 ;;
 esac
-printf 'hello from backend\n' > $W/small
 head -c 1048576 /dev/urandom > $W/1m
-# nginx's workers run unprivileged: the files must be theirs to read.
-chmod 755 $W; chmod 644 $W/small $W/1m
+# nginx's workers run unprivileged: the file must be theirs to read.
+chmod 755 $W; chmod 644 $W/1m
 cat > $W/backend.conf <<EOC
 worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err warn;
 events { worker_connections 4096; }
 http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 10000000;
-  server { listen 127.0.0.1:$BACKEND_PORT reuseport backlog=4096; root $W; } }
+  server { listen 127.0.0.1:$BACKEND_PORT reuseport backlog=4096; root $W;
+    location = /ok { return 200 "hello from backend\n"; } } }
 EOC
 cat > $W/ringgate.toml <<EOC
 [server]
