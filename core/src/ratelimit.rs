@@ -410,34 +410,38 @@ impl KeyedLimiter {
 
     /// Charges `key` for `tokens` another worker of this node consumed.
     pub fn charge(&mut self, key: &[u8], tokens: u32, now: Instant) {
-        if let Some(slot) = self.charge_slot(key, tokens, now) {
+        if let Some(slot) = self.charge_slot(key, tokens, now, TokenBucket::charge) {
             if self.track_node {
                 self.count_node_usage(slot, tokens);
             }
         }
     }
 
-    /// Charges `key` for `tokens` other nodes consumed: not counted as this
+    /// Charges `key` for `tokens` other nodes consumed, learnt one sync
+    /// late (see [`TokenBucket::charge_lagged`]): not counted as this
     /// node's.
     pub fn charge_remote(&mut self, key: &[u8], tokens: u32, now: Instant) {
-        if tokens == 0 {
-            return;
-        }
-        let slot = self.slot_for(key, now);
-        self.slots[slot as usize]
-            .bucket
-            .charge_lagged(f64::from(tokens), now);
+        self.charge_slot(key, tokens, now, TokenBucket::charge_lagged);
     }
 
-    /// Charges `key`'s bucket; the slot charged, `None` for no tokens.
-    fn charge_slot(&mut self, key: &[u8], tokens: u32, now: Instant) -> Option<u32> {
+    /// Charges `key`'s bucket with `how`; the slot charged, `None` for no
+    /// tokens.
+    fn charge_slot(
+        &mut self,
+        key: &[u8],
+        tokens: u32,
+        now: Instant,
+        how: fn(&mut TokenBucket, f64, Instant),
+    ) -> Option<u32> {
         if tokens == 0 {
             return None;
         }
         let slot = self.slot_for(key, now);
-        self.slots[slot as usize]
-            .bucket
-            .charge(f64::from(tokens), now);
+        how(
+            &mut self.slots[slot as usize].bucket,
+            f64::from(tokens),
+            now,
+        );
         Some(slot)
     }
 
