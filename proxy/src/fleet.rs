@@ -162,16 +162,10 @@ pub async fn sync_loop(worker: Rc<Worker>) {
     let tls = match fleet
         .tls
         .as_ref()
-        .map(|t| tls::load_upstream("fleet.tls", t, false))
+        .map(|t| tls::load_upstream("fleet.tls", t, tls::ClientAlpn::None))
     {
         None => None,
-        Some(Ok(mut tls)) => {
-            // Redis negotiates no application protocol: offer none.
-            let mut config = (*tls.config).clone();
-            config.alpn_protocols.clear();
-            tls.config = std::sync::Arc::new(config);
-            Some(tls)
-        }
+        Some(Ok(tls)) => Some(tls),
         Some(Err(why)) => {
             worker.error_log.event(LogLevel::Error, Kind::Fleet, |b| {
                 let _ = write!(
@@ -287,26 +281,20 @@ async fn sync_once(
     input: &mut Vec<u8>,
     replies: &mut Vec<Reply>,
 ) -> Result<(), SyncError> {
+    // Every step waits for what is left of one deadline.
     let deadline = Instant::now() + fleet.timeout;
-    let work = async {
-        if conn.is_none() {
-            *conn = Some(open(fleet, tls, deadline, input, replies).await?);
-        }
-        if expected == 0 {
-            return Ok(());
-        }
-        let stream = conn.as_mut().ok_or(SyncError::Closed)?;
-        round_trip(stream, out, expected, deadline, input, replies).await?;
-        // NOAUTH, OOM, a read-only replica...: this Redis cannot count.
-        match replies.iter().find(|r| matches!(r, Reply::Error(_))) {
-            Some(Reply::Error(why)) => Err(SyncError::Refused(why.clone())),
-            _ => Ok(()),
-        }
-    };
-    // Connecting has no deadline of its own: this one covers it too.
-    match monoio::time::timeout(fleet.timeout, work).await {
-        Ok(result) => result,
-        Err(_) => Err(SyncError::TimedOut),
+    if conn.is_none() {
+        *conn = Some(open(fleet, tls, deadline, input, replies).await?);
+    }
+    if expected == 0 {
+        return Ok(());
+    }
+    let stream = conn.as_mut().ok_or(SyncError::Closed)?;
+    round_trip(stream, out, expected, deadline, input, replies).await?;
+    // NOAUTH, OOM, a read-only replica...: this Redis cannot count.
+    match replies.iter().find(|r| matches!(r, Reply::Error(_))) {
+        Some(Reply::Error(why)) => Err(SyncError::Refused(why.clone())),
+        _ => Ok(()),
     }
 }
 
@@ -319,9 +307,12 @@ async fn open(
     input: &mut Vec<u8>,
     replies: &mut Vec<Reply>,
 ) -> Result<RedisConn, SyncError> {
-    let tcp = TcpStream::connect_addr(fleet.redis)
-        .await
-        .map_err(|e| SyncError::Connect(e.to_string()))?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let tcp = match monoio::time::timeout(left, TcpStream::connect_addr(fleet.redis)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(SyncError::Connect(e.to_string())),
+        Err(_) => return Err(SyncError::TimedOut),
+    };
     // A sync is a few hundred bytes: send it now, not after an ACK.
     let _ = tcp.set_nodelay(true);
     let (r, w) = tcp.into_split();

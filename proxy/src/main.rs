@@ -209,14 +209,14 @@ fn start_up_problems(config: &ringgate_config::Config, bind: bool) -> Vec<(Strin
     }
     for (i, upstream) in config.upstreams.iter().enumerate() {
         if let Some(t) = &upstream.tls {
-            let h2 = upstream.protocol == ringgate_config::UpstreamProtocol::H2;
-            if let Err(e) = tls::load_upstream(&format!("upstreams[{i}].tls"), t, h2) {
+            let alpn = tls::ClientAlpn::of(upstream);
+            if let Err(e) = tls::load_upstream(&format!("upstreams[{i}].tls"), t, alpn) {
                 problems.push(keyed(e, "upstreams"));
             }
         }
     }
     if let Some(t) = config.fleet.as_ref().and_then(|f| f.tls.as_ref()) {
-        if let Err(e) = tls::load_upstream("fleet.tls", t, false) {
+        if let Err(e) = tls::load_upstream("fleet.tls", t, tls::ClientAlpn::None) {
             problems.push(keyed(e, "fleet"));
         }
     }
@@ -557,8 +557,7 @@ fn load_upstream_tls(
             u.tls
                 .as_ref()
                 .map(|t| {
-                    let h2 = u.protocol == ringgate_config::UpstreamProtocol::H2;
-                    tls::load_upstream(&format!("upstreams[{i}].tls"), t, h2)
+                    tls::load_upstream(&format!("upstreams[{i}].tls"), t, tls::ClientAlpn::of(u))
                 })
                 .transpose()
         })

@@ -181,12 +181,42 @@ impl UpstreamTlsConfig {
     }
 }
 
+/// What a client connection built from an upstream-style `tls` table
+/// offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAlpn {
+    /// `http/1.1`.
+    Http1,
+    /// Only `h2`: an HTTP/2 upstream's streams cannot fall back.
+    H2,
+    /// Nothing: the fleet's Redis negotiates no application protocol.
+    None,
+}
+
+impl ClientAlpn {
+    /// What `upstream`'s connections offer.
+    pub fn of(upstream: &ringgate_config::Upstream) -> Self {
+        match upstream.protocol {
+            ringgate_config::UpstreamProtocol::H2 => ClientAlpn::H2,
+            ringgate_config::UpstreamProtocol::Http1 => ClientAlpn::Http1,
+        }
+    }
+
+    fn protocols(self) -> &'static [&'static [u8]] {
+        match self {
+            ClientAlpn::Http1 => ALPN,
+            ClientAlpn::H2 => &[b"h2"],
+            ClientAlpn::None => &[],
+        }
+    }
+}
+
 /// Builds an upstream's client configuration: its CA file, or the Mozilla
 /// roots (`webpki-roots`) when none is given.
 pub fn load_upstream(
     key: &str,
     tls: &ringgate_config::UpstreamTls,
-    http2: bool,
+    alpn: ClientAlpn,
 ) -> Result<UpstreamTlsConfig, String> {
     let provider = Arc::new(crypto::default_provider());
     let roots = match &tls.ca {
@@ -215,9 +245,7 @@ pub fn load_upstream(
                 .map_err(|e| format!("{key}: {e}"))?
         }
     };
-    // An HTTP/2 upstream offers only `h2`: its streams cannot fall back.
-    let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { ALPN };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn.protocols().iter().map(|p| p.to_vec()).collect();
     let server_name = tls
         .server_name
         .as_ref()
