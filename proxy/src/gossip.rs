@@ -198,7 +198,7 @@ fn apply(worker: &Worker, msg: &GossipMsg, now: Instant) {
     for stray in &msg.strays {
         if let Some(upstream) = worker.upstreams.get(stray.upstream as usize) {
             let b = stray.backend as usize;
-            if b < upstream.slots() && upstream.slot_epoch(b) == stray.epoch {
+            if upstream.slot_epoch(b) == stray.epoch {
                 upstream.taint_remote(b, now);
             }
         }

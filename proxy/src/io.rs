@@ -141,10 +141,11 @@ async fn read_append(
 /// Waits until `r`'s socket has something to read (bytes, an end of
 /// stream or an error) without lending it a buffer, so an idle connection
 /// holds none; gives up once `deadline` has passed on `timer` (which the
-/// waits of one task share), and `abort` ends the wait as it ends a read. The wait is a readiness op (io_uring `POLL_ADD`, or the
-/// epoll driver's readiness) that carries no buffer: dropping it on a
-/// timeout or an abort leaves the kernel nothing to write into, and
-/// monoio's `async-cancel` cancels it.
+/// waits of one task share), and `abort` ends the wait as it ends a read.
+/// The wait is a readiness op (io_uring `POLL_ADD`, or the epoll driver's
+/// readiness) that carries no buffer: dropping it on a timeout or an abort
+/// leaves the kernel nothing to write into, and monoio's `async-cancel`
+/// cancels it.
 pub async fn wait_readable_by(
     r: &Reader,
     timer: &SharedTimer,

@@ -698,8 +698,9 @@ impl TlsReader {
     /// Waits until there is something to read, as
     /// [`crate::io::wait_readable_by`]: at once when rustls holds decrypted
     /// bytes or ciphertext is buffered (a record that came with the last
-    /// one), else on the socket until `deadline` on `timer`, with the ciphertext buffer given back
-    /// while it waits (rustls keeps a partial record in its own).
+    /// one), else on the socket until `deadline` on `timer`, with the
+    /// ciphertext buffer given back while it waits (rustls keeps a partial
+    /// record in its own).
     pub async fn wait_readable_by(
         &mut self,
         timer: &SharedTimer,

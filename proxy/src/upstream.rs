@@ -306,9 +306,8 @@ impl UpstreamState {
     /// defaults to the proxied host).
     pub fn tls_name(&self, tls: &UpstreamTlsConfig, slot: usize) -> ServerName<'static> {
         match (&tls.server_name, self.slot_hosts.get(slot)) {
-            (Some(name), _) => name.clone(),
             (None, Some(Some((name, _)))) => name.clone(),
-            _ => ServerName::IpAddress(self.backend_addr(slot).ip().into()),
+            _ => tls.name_for(self.backend_addr(slot)),
         }
     }
 
@@ -421,12 +420,8 @@ impl UpstreamState {
         self.addrs[backend].get()
     }
 
-    /// How many backend slots the upstream has.
-    pub fn slots(&self) -> usize {
-        self.epochs.len()
-    }
-
-    /// Counts the slot's changes of backend (see [`Self::apply_dns`]).
+    /// Counts the slot's changes of backend (see [`Self::apply_dns`]); 0 for a
+    /// slot out of range, which every use then bounds itself.
     pub fn slot_epoch(&self, backend: usize) -> u32 {
         self.epochs.get(backend).map_or(0, Cell::get)
     }
