@@ -337,14 +337,20 @@ backends = [{ address = "127.0.0.1:2" }]
         assert_eq!(heard.last(), Some(&2), "heard {heard:?}");
     }
 
-    #[test]
-    fn a_stray_found_on_one_worker_stops_reuse_on_the_others() {
-        let config = Arc::new(ringgate_config::parse(ONE_UPSTREAM, "test.toml").expect("config"));
+    /// Workers 0 and 1 of `config`, each with its end of the gossip mesh.
+    fn two_workers(config: &str) -> ((Gossip, Worker), (Gossip, Worker)) {
+        let config = Arc::new(ringgate_config::parse(config, "test.toml").expect("config"));
         let mut meshes = mesh::<GossipMsg>(2, 4);
-        let mut g1 = Gossip::new(meshes.pop().expect("worker 1"));
-        let mut g0 = Gossip::new(meshes.pop().expect("worker 0"));
+        let g1 = Gossip::new(meshes.pop().expect("worker 1"));
+        let g0 = Gossip::new(meshes.pop().expect("worker 0"));
         let w0 = Worker::new(0, 2, config.clone(), None, stderr_log(0), 0);
         let w1 = Worker::new(1, 2, config, None, stderr_log(1), 0);
+        ((g0, w0), (g1, w1))
+    }
+
+    #[test]
+    fn a_stray_found_on_one_worker_stops_reuse_on_the_others() {
+        let ((mut g0, w0), (mut g1, w1)) = two_workers(ONE_UPSTREAM);
         let now = Instant::now();
         assert!(!w1.upstreams[0].tainted(0, now));
         w0.upstreams[0].taint(0, now);
@@ -367,12 +373,7 @@ backends = [{ address = "127.0.0.1:2" }]
             "backends = [{ address = \"127.0.0.1:2\" }]",
             "backends = [{ address = \"api.test:2\", max_addresses = 1 }]",
         ) + "\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n";
-        let config = Arc::new(ringgate_config::parse(&text, "test.toml").expect("config"));
-        let mut meshes = mesh::<GossipMsg>(2, 4);
-        let mut g1 = Gossip::new(meshes.pop().expect("worker 1"));
-        let mut g0 = Gossip::new(meshes.pop().expect("worker 0"));
-        let w0 = Worker::new(0, 2, config.clone(), None, stderr_log(0), 0);
-        let w1 = Worker::new(1, 2, config, None, stderr_log(1), 0);
+        let ((mut g0, w0), (mut g1, w1)) = two_workers(&text);
         let now = Instant::now();
         let first = [("127.0.0.11:2".parse().expect("addr"), 1)];
         let second = [("127.0.0.12:2".parse().expect("addr"), 1)];
