@@ -33,31 +33,7 @@ name = "b"
 backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
 pool = { max_idle_per_backend = 256 }
 EOC
-cat > $W/nginx-proxy.conf <<EOC
-worker_processes 1; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 10000000;
-  upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 256; keepalive_requests 10000000; }
-  server { listen 127.0.0.1:$PROXY_PORT reuseport;
-    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; } } }
-EOC
-cat > $W/haproxy.cfg <<EOC
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  http-reuse always
-  option http-keep-alive
-frontend f
-  bind 127.0.0.1:$PROXY_PORT
-  default_backend b
-backend b
-  server s1 127.0.0.1:$BACKEND_PORT
-EOC
+http_proxy_confs $W $PROXY_PORT $BACKEND_PORT
 
 taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
 sleep 0.5

@@ -83,7 +83,7 @@ echo "mode $MODE, $ROUNDS rounds of ${DUR}s, $CONNS connections, a new connectio
 echo "backend alone:"
 taskset -c 1 wrk -t1 -c$CONNS -d2s -H "Connection: close" http://127.0.0.1:$BACKEND_PORT$TARGET | grep -E "Requests/sec|Transfer/sec"
 : > $W/results
-proxy_rounds "$ROUNDS" "$DUR" $W/results $TARGET -t1 -c$CONNS -H "Connection: close"
+proxy_rounds "$ROUNDS" "$DUR" $W/results http://127.0.0.1:$PROXY_PORT$TARGET -t1 -c$CONNS -H "Connection: close"
 [ "$MODE" = bulk ] && echo "(bulk: one request = one connection = 1 MiB, so req/s reads as MiB/s and µs CPU/request as µs CPU/MiB)"
 round_ratios $W/results
 round_ratios $W/results haproxy | grep "^ringgate"

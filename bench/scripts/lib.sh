@@ -11,6 +11,38 @@ http { access_log off; keepalive_requests 10000000;
 EOC
 }
 
+# nginx and HAProxy as HTTP reverse proxies with a keep-alive upstream pool
+# (one worker or thread each): $W/nginx-proxy.conf and $W/haproxy.cfg.
+# LISTEN_OPTS goes after nginx's `listen ... reuseport`.
+# http_proxy_confs W PROXY_PORT BACKEND_PORT [LISTEN_OPTS]
+http_proxy_confs() {
+  cat > "$1/nginx-proxy.conf" <<EOC
+worker_processes 1; daemon off; pid $1/proxy.pid; error_log $1/proxy.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  upstream b { server 127.0.0.1:$3; keepalive 256; keepalive_requests 10000000; }
+  server { listen 127.0.0.1:$2 reuseport${4:+ $4};
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering on; } } }
+EOC
+  cat > "$1/haproxy.cfg" <<EOC
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+  option http-keep-alive
+frontend f
+  bind 127.0.0.1:$2
+  default_backend b
+backend b
+  server s1 127.0.0.1:$3
+EOC
+}
+
 # A fresh ECDSA P-256 certificate for bench.test: DIR/cert.pem, DIR/key.pem.
 make_cert() {
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
@@ -52,35 +84,37 @@ for p in sorted({p for v in by.values() for p in v}):
 PY
 }
 
-# Alternating rounds of wrk against each proxy in PROXIES, each pinned to
-# CPU 0 (wrk on CPU 1): a 2 s warm-up, then DUR s measured; one line
-# "round proxy requests_per_s cpu_us_per_request" per run appended to
-# RESULTS. Needs RG, W, TICK, PROXY_PORT and the configs $W/ringgate.toml,
-# $W/nginx-proxy.conf, $W/haproxy.cfg.
-# proxy_rounds ROUNDS DUR RESULTS URL_PATH [wrk options...]
+# Alternating rounds of wrk against each proxy in PROXIES (HAProxy skipped
+# when not installed), each pinned to CPU 0 (wrk on CPU 1): a 2 s warm-up,
+# then DUR s measured; one line "round proxy requests_per_s
+# cpu_us_per_request" per run appended to RESULTS. Needs RG, W, TICK and the
+# configs $W/ringgate.toml, $W/nginx-proxy.conf, $W/haproxy.cfg.
+# proxy_rounds ROUNDS DUR RESULTS URL [wrk options...]
 proxy_rounds() {
-  local rounds=$1 dur=$2 results=$3 path=$4; shift 4
-  local round p pids before after out reqs rps xfer errs cpu_us
+  local rounds=$1 dur=$2 results=$3 url=$4; shift 4
+  local round p pids before after out reqs rps xfer p99 errs cpu_us
   for round in $(seq 1 "$rounds"); do
     for p in $PROXIES; do
       case $p in
         ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
         ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
         nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-        haproxy)  taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
+        haproxy)  command -v haproxy >/dev/null || continue
+                  taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
       esac
       sleep 1
       pids=$(pgrep -P $PROXY || true); pids="$PROXY $pids"
-      taskset -c 1 wrk "$@" -d2s http://127.0.0.1:$PROXY_PORT$path > /dev/null   # warm-up
+      taskset -c 1 wrk "$@" -d2s "$url" > /dev/null   # warm-up
       before=$(cpu_ticks $pids)
-      out=$(taskset -c 1 wrk "$@" -d${dur}s http://127.0.0.1:$PROXY_PORT$path)
+      out=$(taskset -c 1 wrk "$@" -d${dur}s --latency "$url")
       after=$(cpu_ticks $pids)
       reqs=$(echo "$out" | awk '/requests in/ {print $1}')
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
       xfer=$(echo "$out" | awk '/Transfer\/sec/ {print $2}')
+      p99=$(echo "$out" | awk '$1=="99%" {print $2}')
       errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
       cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
-      echo "round $round $p: $rps req/s ($xfer), $cpu_us µs CPU/request $errs"
+      echo "round $round $p: $rps req/s ($xfer), $cpu_us µs CPU/request, p99 $p99 $errs"
       echo "$round $p $rps $cpu_us" >> "$results"
       kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
       sleep 0.5

@@ -90,30 +90,5 @@ trap cleanup EXIT
 
 echo "mode $MODE, $ROUNDS rounds of ${DUR}s, $CONNS connections"
 : > $W/results
-for round in $(seq 1 "$ROUNDS"); do
-  for p in $PROXIES; do
-    case $p in
-      ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-      haproxy)  command -v haproxy >/dev/null || continue
-                taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
-    esac
-    sleep 1
-    PIDS=$(pgrep -P $PROXY || true); PIDS="$PROXY $PIDS"
-    taskset -c 1 wrk -t1 -c$CONNS -d2s "${WRK_ARGS[@]}" https://127.0.0.1:$PROXY_PORT/ > /dev/null   # warm-up
-    before=$(cpu_ticks $PIDS)
-    out=$(taskset -c 1 wrk -t1 -c$CONNS -d${DUR}s --latency "${WRK_ARGS[@]}" https://127.0.0.1:$PROXY_PORT/)
-    after=$(cpu_ticks $PIDS)
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-    errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
-    cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
-    echo "round $round $p: $rps req/s, $cpu_us µs CPU/request, p99 $p99 $errs"
-    echo "$round $p $rps $cpu_us" >> $W/results
-    kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
-    sleep 0.5
-  done
-done
+proxy_rounds "$ROUNDS" "$DUR" $W/results https://127.0.0.1:$PROXY_PORT/ -t1 -c$CONNS "${WRK_ARGS[@]}"
 round_ratios $W/results
