@@ -31,7 +31,7 @@ use crate::exchange::{
     RouteId, Switched, CLOSE_LINE, CONTINUE_100, HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
 use crate::http2;
-use crate::io::{Abort, ReadFail};
+use crate::io::{wait_readable_by, Abort, ReadFail, SharedTimer};
 use crate::schema;
 use crate::state::{ConnControl, Worker};
 use crate::stream::{StreamReader, StreamWriter};
@@ -77,6 +77,9 @@ pub(crate) struct Downstream {
     started: Option<Instant>,
     /// The upstream end of the tunnel a `101` made of this connection.
     switched: Option<Box<Switched>>,
+    /// The deadline of the connection's wait for a next request once idle
+    /// past the grace (allocated at its first such wait).
+    idle_timer: SharedTimer,
 }
 
 /// Serves one client connection; `addrs` are those it is accounted to (its
@@ -84,6 +87,11 @@ pub(crate) struct Downstream {
 /// `101` made it a tunnel, which the caller runs in a task of its own so
 /// that everything this connection's task holds (its state across the
 /// exchange, its buffers) is freed for the tunnel's life.
+///
+/// This future lives as long as the connection and holds only what an
+/// idle one needs: the connection's state (boxed) and its idle wait. Its
+/// set-up (TLS handshake, HTTP/2) and its busy phases run in futures boxed
+/// for their while, one allocation per phase and none per request.
 pub async fn serve(
     worker: Rc<Worker>,
     listener: usize,
@@ -91,6 +99,58 @@ pub async fn serve(
     addrs: ConnAddrs,
     ctl: Rc<ConnControl>,
 ) -> Option<Upgraded> {
+    let mut d = Box::pin(open(&worker, listener, stream, addrs, ctl)).await?;
+    let mut first = true;
+    loop {
+        match Box::pin(d.serve_busy(&worker, listener, first)).await {
+            Phase::Idle => {}
+            Phase::Closed => break,
+        }
+        first = false;
+        // A drain closes a connection idle past the grace at once.
+        if worker.draining.get() {
+            break;
+        }
+        let woke = d.wait_idle(&worker).await;
+        d.ctl.idle.set(false);
+        if !woke {
+            break;
+        }
+    }
+    d.release_buffers(&worker);
+    if let Some(switched) = d.switched.take() {
+        return Some(d.into_tunnel(&worker, switched));
+    }
+    // A client that stopped reading does not hold the connection for a
+    // whole send_timeout just for its close_notify.
+    let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
+    if matches!(d.w, StreamWriter::Tls(_)) {
+        Box::pin(d.w.close(timeout, &d.write_abort)).await;
+    }
+    None
+}
+
+/// How a busy phase of a connection ended.
+enum Phase {
+    /// No next request within `IDLE_BUFFER_GRACE`: the buffers went back to
+    /// the worker's pool and the connection is idle (`ConnControl::idle`).
+    Idle,
+    /// The connection is done: closed, timed out, refused, draining, or
+    /// switched to a tunnel.
+    Closed,
+}
+
+/// A connection's set-up: its TLS handshake and, where the listener
+/// allows HTTP/2, the protocol's choice. An HTTP/2 connection is served
+/// here to its end (`None`); an HTTP/1.1 one comes back ready for its
+/// first request.
+async fn open(
+    worker: &Rc<Worker>,
+    listener: usize,
+    stream: TcpStream,
+    addrs: ConnAddrs,
+    ctl: Rc<ConnControl>,
+) -> Option<Box<Downstream>> {
     let peer_ip = addrs.src.ip();
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
@@ -146,16 +206,16 @@ pub async fn serve(
         };
         // Boxed: its state would otherwise size every connection's future,
         // HTTP/1.1 ones included.
-        Box::pin(http2::serve(worker, r, w, conn)).await;
+        Box::pin(http2::serve(worker.clone(), r, w, conn)).await;
         return None;
     }
-    let mut d = Downstream {
+    let mut d = Box::new(Downstream {
         r,
         w,
         client: ForwardedClient::new(peer_ip),
         conn: addrs,
         bufs: None,
-        idle_probe: Vec::with_capacity(1),
+        idle_probe: Vec::new(),
         ctl,
         write_abort,
         sent: Sent::default(),
@@ -165,61 +225,13 @@ pub async fn serve(
         identity: Identity::default(),
         started: None,
         switched: None,
-    };
+        idle_timer: SharedTimer::default(),
+    });
     if !early.is_empty() {
         let bufs = d.bufs.insert(worker.buffers.take());
         bufs.req.source.extend_from_slice(&early);
     }
-    let mut first = true;
-    loop {
-        // A connection's first request is served even while draining: the
-        // client connected before the listener closed.
-        let idle = !first && d.bufs.as_ref().is_none_or(|b| b.req.source.is_empty());
-        // A response that went out before the drain began promised
-        // keep-alive, so the client may be sending its next request now:
-        // `wait_while_idle` lets it in for the buffer grace (its response
-        // says close) rather than cutting it.
-        if idle && worker.draining.get() && d.bufs.is_none() {
-            break;
-        }
-        d.ctl.idle.set(idle);
-        d.ctl.idle_ticket.set(worker.idle_ticket());
-        if idle && !d.wait_while_idle(&worker).await {
-            d.ctl.idle.set(false);
-            break;
-        }
-        let head = d.read_head(&worker, first).await;
-        d.ctl.idle.set(false);
-        let head = match head {
-            Ok(Some(head)) => head,
-            Ok(None) => break,
-            Err(refusal) => {
-                d.sent.reset();
-                // An unreadable head is accounted to the peer, not to the
-                // client of the connection's previous request.
-                d.client.reset_to_peer();
-                d.log_refusal(&worker, &refusal, None);
-                d.send_refusal(&worker, &refusal).await;
-                d.record(&worker, None);
-                break;
-            }
-        };
-        first = false;
-        match d.handle(&worker, listener, &head).await {
-            Next::KeepAlive => continue,
-            Next::Close => break,
-            Next::Switched => break,
-        }
-    }
-    d.release_buffers(&worker);
-    if let Some(switched) = d.switched.take() {
-        return Some(d.into_tunnel(&worker, switched));
-    }
-    // A client that stopped reading does not hold the connection for a
-    // whole send_timeout just for its close_notify.
-    let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
-    d.w.close(timeout, &d.write_abort).await;
-    None
+    Some(d)
 }
 
 /// Reads until the bytes either are the HTTP/2 preface or cannot be (an
@@ -287,6 +299,7 @@ impl Downstream {
             identity: Identity::default(),
             started: None,
             switched: None,
+            idle_timer: SharedTimer::default(),
         }
     }
 
@@ -305,40 +318,89 @@ impl Downstream {
         }
     }
 
-    /// Waits for the next request on a kept-alive connection with nothing
-    /// of it read yet. A client that sends it at once (a busy keep-alive
-    /// connection) finds the buffers still here; one that stays idle past
-    /// `IDLE_BUFFER_GRACE` gives them back and waits on a one-byte read.
-    /// `false`: the connection closed, or stayed idle past the keep-alive
-    /// timeout, or the worker drains.
-    async fn wait_while_idle(&mut self, worker: &Worker) -> bool {
+    /// Serves requests for as long as each comes within `IDLE_BUFFER_GRACE`
+    /// of the previous response (a busy keep-alive client sends its next
+    /// one at once, and keeps its buffers); a connection idle for longer
+    /// gives its buffers back and returns [`Phase::Idle`].
+    async fn serve_busy(&mut self, worker: &Worker, listener: usize, mut first: bool) -> Phase {
         let keepalive = worker.config.limits.keepalive_timeout;
         let grace = IDLE_BUFFER_GRACE.min(keepalive);
-        if let Some(bufs) = self.bufs.as_deref_mut() {
-            self.ctl.just_idle.set(true);
-            let res = self
-                .r
-                .read_more(
-                    &mut bufs.req.source,
-                    HEAD_READ_BYTES,
-                    grace,
-                    &self.ctl.abort,
-                )
-                .await;
-            self.ctl.just_idle.set(false);
-            match res {
-                Ok(0) => return false,
-                Ok(_) => return true,
-                Err(ReadFail::TimedOut) if grace < keepalive && !worker.draining.get() => {}
-                Err(_) => return false,
+        loop {
+            // A connection's first request is served even while draining:
+            // the client connected before the listener closed.
+            if !first && self.bufs.as_ref().is_none_or(|b| b.req.source.is_empty()) {
+                // A response that went out before the drain began promised
+                // keep-alive, so the client may be sending its next request
+                // now: the grace lets it in (its response says close)
+                // rather than cutting it.
+                self.ctl.idle.set(true);
+                self.ctl.idle_ticket.set(worker.idle_ticket());
+                self.ctl.just_idle.set(true);
+                let bufs = self.bufs.get_or_insert_with(|| worker.buffers.take());
+                let res = self
+                    .r
+                    .read_more(
+                        &mut bufs.req.source,
+                        HEAD_READ_BYTES,
+                        grace,
+                        &self.ctl.abort,
+                    )
+                    .await;
+                self.ctl.just_idle.set(false);
+                match res {
+                    Ok(1..) => self.ctl.idle.set(false),
+                    Err(ReadFail::TimedOut) if grace < keepalive && !worker.draining.get() => {
+                        // Still idle (`ctl.idle`), now without buffers.
+                        self.release_buffers(worker);
+                        return Phase::Idle;
+                    }
+                    _ => {
+                        self.ctl.idle.set(false);
+                        return Phase::Closed;
+                    }
+                }
             }
-            self.release_buffers(worker);
+            let head = match self.read_head(worker, first).await {
+                Ok(Some(head)) => head,
+                Ok(None) => return Phase::Closed,
+                Err(refusal) => {
+                    self.sent.reset();
+                    // An unreadable head is accounted to the peer, not to the
+                    // client of the connection's previous request.
+                    self.client.reset_to_peer();
+                    self.log_refusal(worker, &refusal, None);
+                    self.send_refusal(worker, &refusal).await;
+                    self.record(worker, None);
+                    return Phase::Closed;
+                }
+            };
+            first = false;
+            match self.handle(worker, listener, &head).await {
+                Next::KeepAlive => {}
+                Next::Close | Next::Switched => return Phase::Closed,
+            }
         }
-        self.idle_probe.clear();
-        let res = self
-            .r
-            .read_more(&mut self.idle_probe, 1, keepalive - grace, &self.ctl.abort)
-            .await;
+    }
+
+    /// Waits, holding no buffer, for the next request of a connection that
+    /// stayed idle past the grace, up to the rest of the keep-alive
+    /// timeout. `false`: the connection closed, timed out, or a drain (or
+    /// a worker out of descriptors) closed it.
+    async fn wait_idle(&mut self, worker: &Worker) -> bool {
+        let keepalive = worker.config.limits.keepalive_timeout;
+        let deadline = Instant::now() + keepalive.saturating_sub(IDLE_BUFFER_GRACE);
+        if let StreamReader::Plain(r) = &self.r {
+            // Readable may also mean closed: the next read finds out.
+            return wait_readable_by(r, &self.idle_timer, deadline, &self.ctl.abort)
+                .await
+                .is_ok();
+        }
+        // A TLS connection's readiness may be a record that holds no
+        // request byte (a key update, a close_notify): it reads one.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let probe = &mut self.idle_probe;
+        probe.clear();
+        let res = Box::pin(self.r.read_more(probe, 1, left, &self.ctl.abort)).await;
         if !matches!(res, Ok(1..)) {
             return false;
         }
@@ -1012,4 +1074,22 @@ fn insert_rate_limit_headers(response: &mut Vec<u8>, a: &Admission) {
         a.reset_secs()
     );
     response.splice(end..end, extra);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle keep-alive connection costs its task: the future must not
+    /// make room for an exchange, a TLS handshake or an HTTP/2 connection
+    /// (25 KiB when it did), only for the connection's idle wait.
+    #[test]
+    fn a_connections_future_is_sized_for_its_idle_wait() {
+        let task = future_size(serve);
+        assert!(task <= 1024, "serve's future is {task} bytes");
+    }
 }

@@ -489,6 +489,43 @@ async fn worker_main(
     // in-flight io_uring operation cancels it.
 }
 
+/// One accepted connection's task. What a connection does only while it
+/// is busy (reading a PROXY header, a TLS handshake, an exchange, an L4
+/// relay) runs in futures boxed for that while, so the task itself, which
+/// lives as long as the connection, is sized for its idle wait: an idle
+/// keep-alive client costs little more than its socket.
+async fn serve_connection(
+    slot: ConnectionSlot,
+    protocol: ListenerProtocol,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    ctl: Rc<ConnControl>,
+) {
+    let worker = slot.worker.clone();
+    let index = slot.listener;
+    let addrs = if worker.config.listeners[index].proxy_protocol_from.is_none() {
+        proxy_protocol::own_addrs(&worker, index, &stream, peer)
+    } else {
+        match Box::pin(proxy_protocol::accept(&worker, index, &stream, peer)).await {
+            Some(addrs) => addrs,
+            None => return,
+        }
+    };
+    match protocol {
+        ListenerProtocol::Http => {
+            if let Some(tunnel) = downstream::serve(worker.clone(), index, stream, addrs, ctl).await
+            {
+                // The tunnel goes on in a task of its own, sized for its
+                // relay, still counted (`slot`).
+                monoio::spawn(tunnel::run_upgraded(worker, tunnel, slot));
+            }
+        }
+        ListenerProtocol::Tcp { upstream } => {
+            Box::pin(tunnel::serve(worker, index, upstream, stream, addrs)).await
+        }
+    }
+}
+
 async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::TcpListener) {
     let max = worker.config.server.max_connections_per_worker;
     let listener_max = worker.config.listeners[index].max_connections_per_worker;
@@ -560,28 +597,7 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     key,
                     listener: index,
                 };
-                monoio::spawn(async move {
-                    let worker = slot.worker.clone();
-                    let Some(addrs) = proxy_protocol::accept(&worker, index, &stream, peer).await
-                    else {
-                        return;
-                    };
-                    match protocol {
-                        ListenerProtocol::Http => {
-                            let served =
-                                downstream::serve(worker.clone(), index, stream, addrs, ctl);
-                            if let Some(tunnel) = served.await {
-                                // This task, sized for a whole HTTP
-                                // connection, ends here; the tunnel goes on
-                                // in a small one, still counted (`slot`).
-                                monoio::spawn(tunnel::run_upgraded(worker, tunnel, slot));
-                            }
-                        }
-                        ListenerProtocol::Tcp { upstream } => {
-                            tunnel::serve(worker, index, upstream, stream, addrs).await
-                        }
-                    }
-                });
+                monoio::spawn(serve_connection(slot, protocol, stream, peer, ctl));
             }
             // The accept the drain cancelled.
             Err(_) if draining => {}
@@ -643,5 +659,23 @@ impl AcceptErrors {
 
     fn recovered(&mut self) {
         self.backoff = Duration::ZERO;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The task of every connection, kept alive or not, is sized for an
+    /// idle connection's wait: a PROXY header's read and an L4 relay are
+    /// boxed for their while.
+    #[test]
+    fn a_connections_task_is_sized_for_its_idle_wait() {
+        let task = future_size(serve_connection);
+        assert!(task <= 1024, "serve_connection's future is {task} bytes");
     }
 }
