@@ -31,7 +31,8 @@ use crate::exchange::{
     RouteId, Switched, CLOSE_LINE, CONTINUE_100, HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
 use crate::http2;
-use crate::io::{wait_readable_by, Abort, ReadFail, SharedTimer};
+use crate::idle::IdleDeadlines;
+use crate::io::{wait_readable_by, Abort, ReadFail};
 use crate::schema;
 use crate::state::{ConnControl, Worker};
 use crate::stream::{StreamReader, StreamWriter};
@@ -55,9 +56,6 @@ pub(crate) struct Downstream {
     /// once the connection has been idle for `IDLE_BUFFER_GRACE`: an idle
     /// keep-alive connection holds none.
     pub(crate) bufs: Option<Box<Buffers>>,
-    /// The one byte an idle connection without buffers reads to learn that
-    /// its next request is coming.
-    idle_probe: Vec<u8>,
     /// The connection's read canceller, shared with the worker so a drain
     /// can close the connection while it waits for a next request.
     ctl: Rc<ConnControl>,
@@ -77,9 +75,6 @@ pub(crate) struct Downstream {
     started: Option<Instant>,
     /// The upstream end of the tunnel a `101` made of this connection.
     switched: Option<Box<Switched>>,
-    /// The deadline of the connection's wait for a next request once idle
-    /// past the grace (allocated at its first such wait).
-    idle_timer: SharedTimer,
 }
 
 /// Serves one client connection; `addrs` are those it is accounted to (its
@@ -215,7 +210,6 @@ async fn open(
         client: ForwardedClient::new(peer_ip),
         conn: addrs,
         bufs: None,
-        idle_probe: Vec::new(),
         ctl,
         write_abort,
         sent: Sent::default(),
@@ -225,7 +219,6 @@ async fn open(
         identity: Identity::default(),
         started: None,
         switched: None,
-        idle_timer: SharedTimer::default(),
     });
     if !early.is_empty() {
         let bufs = d.bufs.insert(worker.buffers.take());
@@ -289,7 +282,6 @@ impl Downstream {
             client: ForwardedClient::new(conn.src.ip()),
             conn,
             bufs: Some(bufs),
-            idle_probe: Vec::new(),
             ctl: Rc::default(),
             write_abort: Abort::default(),
             sent: Sent::default(),
@@ -299,7 +291,6 @@ impl Downstream {
             identity: Identity::default(),
             started: None,
             switched: None,
-            idle_timer: SharedTimer::default(),
         }
     }
 
@@ -384,29 +375,21 @@ impl Downstream {
 
     /// Waits, holding no buffer, for the next request of a connection that
     /// stayed idle past the grace, up to the rest of the keep-alive
-    /// timeout. `false`: the connection closed, timed out, or a drain (or
-    /// a worker out of descriptors) closed it.
+    /// timeout (on the worker's idle deadlines). `false`: the connection
+    /// timed out, or a drain (or a worker out of descriptors) closed it.
+    /// Readable may also mean closed: the busy phase's read finds out.
     async fn wait_idle(&mut self, worker: &Worker) -> bool {
         let keepalive = worker.config.limits.keepalive_timeout;
         let deadline = Instant::now() + keepalive.saturating_sub(IDLE_BUFFER_GRACE);
-        if let StreamReader::Plain(r) = &self.r {
-            // Readable may also mean closed: the next read finds out.
-            return wait_readable_by(r, &self.idle_timer, deadline, &self.ctl.abort)
-                .await
-                .is_ok();
-        }
-        // A TLS connection's readiness may be a record that holds no
-        // request byte (a key update, a close_notify): it reads one.
-        let left = deadline.saturating_duration_since(Instant::now());
-        let probe = &mut self.idle_probe;
-        probe.clear();
-        let res = Box::pin(self.r.read_more(probe, 1, left, &self.ctl.abort)).await;
-        if !matches!(res, Ok(1..)) {
-            return false;
-        }
-        let bufs = self.bufs.insert(worker.buffers.take());
-        bufs.req.source.extend_from_slice(&self.idle_probe);
-        true
+        worker.idle_deadlines.arm(&self.ctl, deadline);
+        let res = match &mut self.r {
+            StreamReader::Plain(r) => wait_readable_by(r, None, &self.ctl.abort).await,
+            StreamReader::Tls(r) => r.wait_readable_by(None, &self.ctl.abort).await,
+            // HTTP/2 streams are not served by this loop.
+            StreamReader::H2(_) | StreamReader::H2Upstream(_) => Err(ReadFail::Aborted),
+        };
+        IdleDeadlines::disarm(&self.ctl);
+        res.is_ok()
     }
 
     /// Counts what went back for the request and logs it: `request` holds

@@ -140,16 +140,16 @@ async fn read_append(
 
 /// Waits until `r`'s socket has something to read (bytes, an end of
 /// stream or an error) without lending it a buffer, so an idle connection
-/// holds none; gives up once `deadline` has passed on `timer` (which the
-/// waits of one task share), and `abort` ends the wait as it ends a read.
+/// holds none; gives up once `deadline` has passed on its timer (which the
+/// waits of one task share; `None`: only `abort` ends it, as the worker's
+/// idle deadlines do), and `abort` ends the wait as it ends a read.
 /// The wait is a readiness op (io_uring `POLL_ADD`, or the epoll driver's
 /// readiness) that carries no buffer: dropping it on a timeout or an abort
 /// leaves the kernel nothing to write into, and monoio's `async-cancel`
 /// cancels it.
 pub async fn wait_readable_by(
     r: &Reader,
-    timer: &SharedTimer,
-    deadline: Instant,
+    deadline: Option<(&SharedTimer, Instant)>,
     abort: &Abort,
 ) -> Result<(), ReadFail> {
     if abort.is_aborted() {
@@ -171,8 +171,10 @@ pub async fn wait_readable_by(
         if let Poll::Ready(res) = ready.as_mut().poll(cx) {
             return Poll::Ready(res.map_err(|e| ReadFail::Io(e.kind())));
         }
-        if timer.poll_deadline(deadline, cx).is_ready() {
-            return Poll::Ready(Err(ReadFail::TimedOut));
+        if let Some((timer, deadline)) = deadline {
+            if timer.poll_deadline(deadline, cx).is_ready() {
+                return Poll::Ready(Err(ReadFail::TimedOut));
+            }
         }
         abort.wake_on_abort(cx.waker());
         Poll::Pending

@@ -20,6 +20,7 @@ mod gossip;
 mod h2_upstream;
 mod health;
 mod http2;
+mod idle;
 mod io;
 mod log_buffer;
 mod metrics;

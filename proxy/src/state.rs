@@ -45,6 +45,8 @@ pub struct ConnControl {
     /// An HTTP/2 connection: a drain reaches it even with streams open, so
     /// it says GOAWAY at once and lets them finish.
     pub http2: Cell<bool>,
+    /// Its keep-alive deadline while idle past the buffer grace.
+    pub idle_mark: crate::idle::IdleMark,
 }
 
 /// Everything one worker owns. Built on the worker's own thread.
@@ -74,6 +76,8 @@ pub struct Worker {
     pub draining: Cell<bool>,
     /// Cancels the accept loops' pending accepts when the drain starts.
     pub(crate) accept_canceller: RefCell<Canceller>,
+    /// The keep-alive deadlines of the connections idle past the grace.
+    pub idle_deadlines: Rc<crate::idle::IdleDeadlines>,
     /// Every open client connection, to close the idle ones on drain.
     pub(crate) conns: RefCell<Slab<Rc<ConnControl>>>,
     pub access_log: Option<AccessLog>,
@@ -186,6 +190,7 @@ impl Worker {
             idle_tickets: Cell::new(0),
             draining: Cell::new(false),
             accept_canceller: RefCell::new(Canceller::new()),
+            idle_deadlines: Rc::default(),
             conns: RefCell::new(Slab::new()),
             access_log: log_file
                 .zip(config.access_log.as_ref())

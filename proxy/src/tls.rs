@@ -703,15 +703,14 @@ impl TlsReader {
     /// record in its own).
     pub async fn wait_readable_by(
         &mut self,
-        timer: &SharedTimer,
-        deadline: Instant,
+        deadline: Option<(&SharedTimer, Instant)>,
         abort: &Abort,
     ) -> Result<(), ReadFail> {
         if self.holds_unread() {
             return Ok(());
         }
         self.cipher = Vec::new();
-        wait_readable_by(&self.tcp, timer, deadline, abort).await
+        wait_readable_by(&self.tcp, deadline, abort).await
     }
 
     /// As [`read_more`] on a plain connection: appends decrypted bytes to

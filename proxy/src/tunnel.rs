@@ -338,7 +338,7 @@ impl TunnelRead for Reader {
         deadline: Instant,
         abort: &Abort,
     ) -> Result<(), ReadFail> {
-        io::wait_readable_by(self, timer, deadline, abort).await
+        io::wait_readable_by(self, Some((timer, deadline)), abort).await
     }
 
     async fn read_more(
@@ -359,7 +359,7 @@ impl TunnelRead for TlsReader {
         deadline: Instant,
         abort: &Abort,
     ) -> Result<(), ReadFail> {
-        TlsReader::wait_readable_by(self, timer, deadline, abort).await
+        TlsReader::wait_readable_by(self, Some((timer, deadline)), abort).await
     }
 
     async fn read_more(

@@ -451,6 +451,7 @@ async fn worker_main(
         metrics_tx,
     ));
     monoio::spawn(ticker.clone().run());
+    monoio::spawn(crate::idle::reap(worker.idle_deadlines.clone()));
     let mut loops = Vec::new();
     for (index, std_listener) in listeners.into_iter().enumerate() {
         match monoio::net::TcpListener::from_std(std_listener) {
