@@ -77,27 +77,24 @@ pub(crate) struct Downstream {
     switched: Option<Box<Switched>>,
 }
 
-/// Serves one client connection; `addrs` are those it is accounted to (its
-/// own, or what its PROXY protocol header carried). `Some`: a backend's
-/// `101` made it a tunnel, which the caller runs in a task of its own so
-/// that everything this connection's task holds (its state across the
-/// exchange, its buffers) is freed for the tunnel's life.
+/// Serves an HTTP/1.1 client connection that [`open`] made ready, from
+/// its first request. `Some`: a backend's `101` made it a tunnel, which
+/// the caller runs in a task of its own so that everything this
+/// connection's task holds (its state across the exchange, its buffers)
+/// is freed for the tunnel's life.
 ///
 /// This future lives as long as the connection and holds only what an
 /// idle one needs: the connection's state (boxed) and its idle wait. Its
-/// set-up (TLS handshake, HTTP/2) and its busy phases run in futures boxed
-/// for their while, one allocation per phase and none per request.
+/// busy phases run in futures boxed for their while, one allocation per
+/// phase and none per request.
 pub async fn serve(
-    worker: Rc<Worker>,
+    worker: &Rc<Worker>,
     listener: usize,
-    stream: TcpStream,
-    addrs: ConnAddrs,
-    ctl: Rc<ConnControl>,
+    mut d: Box<Downstream>,
 ) -> Option<Upgraded> {
-    let mut d = Box::pin(open(&worker, listener, stream, addrs, ctl)).await?;
     let mut first = true;
     loop {
-        match Box::pin(d.serve_busy(&worker, listener, first)).await {
+        match Box::pin(d.serve_busy(worker, listener, first)).await {
             Phase::Idle => {}
             Phase::Closed => break,
         }
@@ -106,15 +103,15 @@ pub async fn serve(
         if worker.draining.get() {
             break;
         }
-        let woke = d.wait_idle(&worker).await;
+        let woke = d.wait_idle(worker).await;
         d.ctl.idle.set(false);
         if !woke {
             break;
         }
     }
-    d.release_buffers(&worker);
+    d.release_buffers(worker);
     if let Some(switched) = d.switched.take() {
-        return Some(d.into_tunnel(&worker, switched));
+        return Some(d.into_tunnel(worker, switched));
     }
     // A client that stopped reading does not hold the connection for a
     // whole send_timeout just for its close_notify.
@@ -135,11 +132,12 @@ enum Phase {
     Closed,
 }
 
-/// A connection's set-up: its TLS handshake and, where the listener
-/// allows HTTP/2, the protocol's choice. An HTTP/2 connection is served
-/// here to its end (`None`); an HTTP/1.1 one comes back ready for its
-/// first request.
-async fn open(
+/// A connection's set-up, `addrs` being those it is accounted to (its
+/// own, or what its PROXY protocol header carried): its TLS handshake
+/// and, where the listener allows HTTP/2, the protocol's choice. An
+/// HTTP/2 connection is served here to its end (`None`); an HTTP/1.1 one
+/// comes back ready for its first request.
+pub(crate) async fn open(
     worker: &Rc<Worker>,
     listener: usize,
     stream: TcpStream,
@@ -1063,7 +1061,7 @@ fn insert_rate_limit_headers(response: &mut Vec<u8>, a: &Admission) {
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+    fn future_size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 

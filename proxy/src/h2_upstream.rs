@@ -94,7 +94,7 @@ impl H2Link {
             framing: Framing::Head,
             link: self.state.clone(),
         };
-        (StreamReader::H2Upstream(r), StreamWriter::H2(w))
+        (StreamReader::H2Upstream(r), StreamWriter::H2(Box::new(w)))
     }
 }
 

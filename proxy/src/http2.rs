@@ -758,7 +758,7 @@ async fn serve_stream(
     drop(parts);
     let chunked = matches!(synthesized, Ok(BodyFraming::Chunked));
     let r = StreamReader::H2(H2Body::new(body, chunked));
-    let w = StreamWriter::H2(H2Sender::response(respond, is_head, cx.scheme));
+    let w = StreamWriter::H2(Box::new(H2Sender::response(respond, is_head, cx.scheme)));
     let conn = cx.conn;
     let mut d = Downstream::for_stream(
         r,

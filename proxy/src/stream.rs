@@ -29,7 +29,9 @@ pub enum StreamReader {
 pub enum StreamWriter {
     Plain(Writer),
     Tls(TlsWriter),
-    H2(H2Sender),
+    /// Boxed: the largest variant by far, it would size every HTTP/1.1
+    /// connection's state, idle ones included.
+    H2(Box<H2Sender>),
 }
 
 impl StreamReader {

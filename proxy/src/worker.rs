@@ -490,39 +490,50 @@ async fn worker_main(
     // in-flight io_uring operation cancels it.
 }
 
+/// A connection as accepted.
+struct Accepted {
+    slot: ConnectionSlot,
+    protocol: ListenerProtocol,
+    stream: monoio::net::TcpStream,
+    peer: SocketAddr,
+    ctl: Rc<ConnControl>,
+}
+
 /// One accepted connection's task. What a connection does only while it
 /// is busy (reading a PROXY header, a TLS handshake, an exchange, an L4
 /// relay) runs in futures boxed for that while, so the task itself, which
 /// lives as long as the connection, is sized for its idle wait: an idle
-/// keep-alive client costs little more than its socket.
-async fn serve_connection(
-    slot: ConnectionSlot,
-    protocol: ListenerProtocol,
-    stream: monoio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    ctl: Rc<ConnControl>,
-) {
-    let worker = slot.worker.clone();
-    let index = slot.listener;
-    let addrs = if worker.config.listeners[index].proxy_protocol_from.is_none() {
-        proxy_protocol::own_addrs(&worker, index, &stream, peer)
-    } else {
-        match Box::pin(proxy_protocol::accept(&worker, index, &stream, peer)).await {
-            Some(addrs) => addrs,
-            None => return,
-        }
+/// keep-alive client costs little more than its socket. (Its start comes
+/// boxed too: an async fn keeps its arguments for its whole life.)
+async fn serve_connection(accepted: Box<Accepted>) {
+    let Some((slot, d)) = Box::pin(open_connection(*accepted)).await else {
+        return;
     };
-    match protocol {
-        ListenerProtocol::Http => {
-            if let Some(tunnel) = downstream::serve(worker.clone(), index, stream, addrs, ctl).await
-            {
-                // The tunnel goes on in a task of its own, sized for its
-                // relay, still counted (`slot`).
-                monoio::spawn(tunnel::run_upgraded(worker, tunnel, slot));
-            }
-        }
+    if let Some(tunnel) = downstream::serve(&slot.worker, slot.listener, d).await {
+        // The tunnel goes on in a task of its own, sized for its relay,
+        // still counted (`slot`).
+        monoio::spawn(tunnel::run_upgraded(slot.worker.clone(), tunnel, slot));
+    }
+}
+
+/// A connection's start: its PROXY header, then its protocol. An L4
+/// relay runs here to its end, and so does an HTTP/2 connection; an
+/// HTTP/1.1 one comes back ready for its first request.
+async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Box<downstream::Downstream>)> {
+    let worker = a.slot.worker.clone();
+    let index = a.slot.listener;
+    let addrs = if worker.config.listeners[index].proxy_protocol_from.is_none() {
+        proxy_protocol::own_addrs(&worker, index, &a.stream, a.peer)
+    } else {
+        proxy_protocol::accept(&worker, index, &a.stream, a.peer).await?
+    };
+    match a.protocol {
+        ListenerProtocol::Http => downstream::open(&worker, index, a.stream, addrs, a.ctl)
+            .await
+            .map(|d| (a.slot, d)),
         ListenerProtocol::Tcp { upstream } => {
-            Box::pin(tunnel::serve(worker, index, upstream, stream, addrs)).await
+            tunnel::serve(worker, index, upstream, a.stream, addrs).await;
+            None
         }
     }
 }
@@ -598,7 +609,13 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                     key,
                     listener: index,
                 };
-                monoio::spawn(serve_connection(slot, protocol, stream, peer, ctl));
+                monoio::spawn(serve_connection(Box::new(Accepted {
+                    slot,
+                    protocol,
+                    stream,
+                    peer,
+                    ctl,
+                })));
             }
             // The accept the drain cancelled.
             Err(_) if draining => {}
@@ -667,7 +684,7 @@ impl AcceptErrors {
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+    fn future_size<A, F: std::future::Future>(_: impl Fn(A) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
