@@ -1073,4 +1073,21 @@ mod tests {
         let task = future_size(serve);
         assert!(task <= 1024, "serve's future is {task} bytes");
     }
+
+    /// A busy phase's future is copied into its box each time a connection
+    /// wakes from idle, and every request runs in it: the HTTP/2 writer's
+    /// state must not size it (23 KiB when it did).
+    #[test]
+    fn an_exchanges_future_is_not_sized_for_an_http2_write() {
+        fn size<A, F: std::future::Future>(_: impl Fn(A) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        type Args = (
+            &'static mut Downstream,
+            &'static Worker,
+            &'static RequestHead,
+        );
+        let handle = size(|(d, w, h): Args| d.handle(w, 0, h));
+        assert!(handle <= 12 * 1024, "handle's future is {handle} bytes");
+    }
 }

@@ -1093,7 +1093,10 @@ impl H2Sender {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         g.take_into(&mut scratch, usize::MAX);
-        let res = self.feed(&scratch, timeout, abort).await;
+        // Boxed (here and in `send_range`): `feed`'s state would size every
+        // `StreamWriter` write, and so every HTTP/1.1 exchange, at 10 KiB.
+        // A stream already copies each chunk into a `Bytes` of its own.
+        let res = Box::pin(self.feed(&scratch, timeout, abort)).await;
         self.scratch = scratch;
         (res, g)
     }
@@ -1109,7 +1112,7 @@ impl H2Sender {
         // `buf` owns and keeps alive until it is handed back below.
         let bytes = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
         let res = match bytes.get(range) {
-            Some(part) => self.feed(part, timeout, abort).await,
+            Some(part) => Box::pin(self.feed(part, timeout, abort)).await,
             None => Err(WriteFail::Io(io::ErrorKind::InvalidInput)),
         };
         (res, buf)
