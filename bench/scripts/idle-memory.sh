@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # RSS per idle keep-alive client connection: N clients each make one
 # request through the proxy and then stay connected, idle. Reports the
-# proxy's RSS growth per connection (VmRSS before and after), for ringgate
+# proxy's RSS growth per connection (VmRSS before, and 1 s and 5 s after the
+# last client is idle: a burst's transient memory is gone by the second), for ringgate
 # and nginx (and HAProxy when installed), each with one worker on CPU 0,
 # the backend nginx on CPU 1.
 # Usage: bench/scripts/idle-memory.sh [connections=5000] [proxies="ringgate nginx haproxy"]
@@ -95,7 +96,9 @@ for p in $PROXIES; do
   while ! grep -q ready $W/clients.out 2>/dev/null; do sleep 0.2; kill -0 $CLIENTS || { echo "clients failed"; exit 1; }; done
   sleep 1
   after=$(rss_kib $PIDS)
-  python3 -c "print(f'$p: {$N} idle connections, RSS {$before} -> {$after} KiB, {($after-$before)*1024/$N:.0f} bytes per connection')"
+  sleep 4
+  settled=$(rss_kib $PIDS)
+  python3 -c "print(f'$p: {$N} idle connections, RSS {$before} -> {$after} KiB after 1 s ({($after-$before)*1024/$N:.0f} bytes per connection), {$settled} KiB after 5 s ({($settled-$before)*1024/$N:.0f} bytes per connection)')"
   kill $CLIENTS; wait $CLIENTS 2>/dev/null || true
   kill $PROXY; wait $PROXY 2>/dev/null || true
   sleep 0.5

@@ -99,6 +99,9 @@ pub async fn serve(
             Phase::Closed => break,
         }
         first = false;
+        // Nothing is in flight: the cancellers are made again on waking.
+        d.ctl.abort.release();
+        d.write_abort.release();
         // A drain closes a connection idle past the grace at once.
         if worker.draining.get() {
             break;

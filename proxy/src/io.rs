@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
 use monoio::io::{
-    CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller, OwnedReadHalf, OwnedWriteHalf,
+    CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRent, Canceller, OwnedReadHalf,
+    OwnedWriteHalf,
 };
 use monoio::net::TcpStream;
 
@@ -26,7 +27,10 @@ pub type Writer = OwnedWriteHalf<TcpStream>;
 /// read, so a read allocates nothing once warm.
 #[derive(Default)]
 pub struct Abort {
-    canceller: RefCell<Canceller>,
+    /// Made at the first op it may cancel and dropped by `release`: a
+    /// canceller is a shared set of op handles (about 200 bytes once an
+    /// op has used it), which an idle connection need not hold.
+    canceller: RefCell<Option<Canceller>>,
     aborted: Cell<bool>,
     /// A wait that is not a kernel op (an HTTP/2 stream's body or window)
     /// parks its waker here, so an abort reaches it as it reaches a read.
@@ -61,8 +65,25 @@ impl Abort {
     }
 
     fn cancel_pending(&self) {
-        let old = std::mem::take(&mut *self.canceller.borrow_mut());
-        *self.canceller.borrow_mut() = old.cancel();
+        let old = self.canceller.borrow_mut().take();
+        if let Some(old) = old {
+            *self.canceller.borrow_mut() = Some(old.cancel());
+        }
+    }
+
+    /// A handle for the next op, which `abort` (or a timeout) cancels.
+    fn handle(&self) -> CancelHandle {
+        self.canceller
+            .borrow_mut()
+            .get_or_insert_with(Canceller::new)
+            .handle()
+    }
+
+    /// Drops the canceller, to be made again by the next op; only when no
+    /// op that it may have to cancel is in flight (a connection going
+    /// idle).
+    pub fn release(&self) {
+        self.canceller.borrow_mut().take();
     }
 }
 
@@ -104,7 +125,7 @@ async fn read_append(
     let start = buf.len();
     let end = buf.capacity();
     debug_assert!(end > start, "caller must reserve space before reading");
-    let handle = abort.canceller.borrow().handle();
+    let handle = abort.handle();
     let mut read = pin!(r.cancelable_read(buf.slice_mut(start..end), handle));
     let mut sleep = pin!(monoio::time::sleep(timeout));
     let mut timed_out = false;
@@ -438,7 +459,7 @@ pub async fn send_gather(
             Ok(p) => p,
             Err(back) => return (Err(WriteFail::Io(io::ErrorKind::InvalidInput)), back),
         };
-        let handle = abort.canceller.borrow().handle();
+        let handle = abort.handle();
         let (res, back) = write_op(w.cancelable_writev(prepared, handle), timeout, abort).await;
         g = back.0;
         match res {
@@ -465,7 +486,7 @@ pub async fn send_range<B: IoBuf>(
         if abort.is_aborted() {
             return (Err(WriteFail::Aborted), buf);
         }
-        let handle = abort.canceller.borrow().handle();
+        let handle = abort.handle();
         let op = w.cancelable_write(buf.slice(at..range.end), handle);
         let (res, slice) = write_op(op, timeout, abort).await;
         buf = slice.into_inner();

@@ -6,7 +6,7 @@
 //! on the request path; the one atomic it reads (the stop flag) stays out
 //! of the connection code.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,15 @@ pub struct Ticker {
     gossip: RefCell<Gossip>,
     stop: StopFlag,
     metrics: Option<SnapshotTx>,
+    /// When the worker last gave its allocator's free pages back.
+    collected: Cell<Instant>,
 }
+
+/// How often a worker gives the pages its allocator holds free back to the
+/// OS. mimalloc purges them only from its own calls, after a delay: a
+/// worker that went quiet after a burst (connections idle, buffers back in
+/// the pool) would otherwise keep the burst's memory resident.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Ticker {
     pub fn new(
@@ -37,6 +45,7 @@ impl Ticker {
             gossip: RefCell::new(gossip),
             stop,
             metrics,
+            collected: Cell::new(Instant::now()),
         }
     }
 
@@ -64,6 +73,11 @@ impl Ticker {
             worker.relay_buffers.settle();
         }
         let now = Instant::now();
+        if now.duration_since(self.collected.get()) >= COLLECT_INTERVAL {
+            self.collected.set(now);
+            // SAFETY: collects this thread's heap; no pointer is involved.
+            unsafe { libmimalloc_sys::mi_collect(true) };
+        }
         crate::fleet::follow_status(worker, now);
         crate::dns::apply(worker, now);
         // No borrow crosses an await: a round is synchronous.
