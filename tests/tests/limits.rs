@@ -120,3 +120,51 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
         proxy.stderr()
     );
 }
+
+/// An idle keep-alive connection is closed at `keepalive_timeout`, and only
+/// then: requests that each come after the buffer grace (so the connection
+/// waits on the worker's idle deadlines, not on a read of its own) move its
+/// deadline on each time, many connections' deadlines come due in turn,
+/// and a connection that is busy again when its old deadline passes stays.
+#[test]
+fn idle_connections_close_at_keepalive_timeout_and_a_request_moves_the_deadline() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .limit("keepalive_timeout", "\"600ms\"")
+        .start();
+    let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    // Requests 300 ms apart, past the 50 ms grace and within the timeout:
+    // the connection lives through 1.2 s, twice the timeout.
+    let mut steady = Client::try_connect(addr).expect("connect");
+    // Connections that go idle at once, a few milliseconds apart.
+    let mut idle: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut c = Client::try_connect(addr).expect("connect");
+            assert_eq!(try_get(&mut c, "/"), Ok(200));
+            c
+        })
+        .collect();
+    for i in 0..5 {
+        assert_eq!(try_get(&mut steady, "/"), Ok(200), "request {i}");
+        thread::sleep(Duration::from_millis(300));
+    }
+    // 1.5 s on: the idle ones are closed (600 ms after their one request),
+    // the steady one, idle for 300 ms, is not.
+    for (i, c) in idle.iter_mut().enumerate() {
+        c.wait_closed(Duration::from_millis(100))
+            .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+    }
+    assert_eq!(try_get(&mut steady, "/"), Ok(200), "after 1.5 s of requests");
+    // Not early: idle for 450 ms of its 600, it is still served.
+    thread::sleep(Duration::from_millis(450));
+    assert_eq!(try_get(&mut steady, "/"), Ok(200), "after 450 ms idle");
+    let idle_since = std::time::Instant::now();
+    steady
+        .wait_closed(Duration::from_millis(1500))
+        .expect("closed after its last request's timeout");
+    let waited = idle_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "closed after {waited:?} of a 600 ms timeout"
+    );
+}
