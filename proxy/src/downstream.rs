@@ -114,6 +114,9 @@ pub async fn serve(
     }
     d.release_buffers(worker);
     if let Some(switched) = d.switched.take() {
+        // The tunnel has cancellers of its own; the connection's read
+        // canceller, kept for a drain, holds nothing for it.
+        d.ctl.abort.release();
         return Some(d.into_tunnel(worker, switched));
     }
     // A client that stopped reading does not hold the connection for a

@@ -601,7 +601,12 @@ async fn copy_until_end<R: TunnelRead, W: TunnelWrite>(
     // burst.
     loop {
         match Box::pin(burst(&mut d, shared)).await {
-            Burst::Quiet => {}
+            // The burst's reads and writes are done: an idle direction
+            // holds no canceller (the next burst's first op makes them).
+            Burst::Quiet => {
+                d.read_abort.release();
+                d.write_abort.release();
+            }
             Burst::Ended(end) => return end,
         }
         loop {
