@@ -129,7 +129,7 @@ pub async fn reap(deadlines: Rc<IdleDeadlines>) {
             // back rather than wait without a timer.
             cx.waker().wake_by_ref();
         }
-        return Poll::Pending;
+        Poll::Pending
     })
     .await
 }
