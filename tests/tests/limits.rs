@@ -154,7 +154,11 @@ fn idle_connections_close_at_keepalive_timeout_and_a_request_moves_the_deadline(
         c.wait_closed(Duration::from_millis(100))
             .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
     }
-    assert_eq!(try_get(&mut steady, "/"), Ok(200), "after 1.5 s of requests");
+    assert_eq!(
+        try_get(&mut steady, "/"),
+        Ok(200),
+        "after 1.5 s of requests"
+    );
     // Not early: idle for 450 ms of its 600, it is still served.
     thread::sleep(Duration::from_millis(450));
     assert_eq!(try_get(&mut steady, "/"), Ok(200), "after 450 ms idle");
