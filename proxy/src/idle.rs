@@ -8,12 +8,12 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
+use crate::io::SharedTimer;
 use crate::state::ConnControl;
 
 /// One connection's place in the deadlines: the deadline it had when
@@ -113,23 +113,16 @@ impl IdleDeadlines {
 /// The worker's reaper task: sleeps until the earliest idle deadline and
 /// aborts the waits that reached theirs.
 pub async fn reap(deadlines: Rc<IdleDeadlines>) {
-    let mut timer: Option<Pin<Box<monoio::time::Sleep>>> = None;
+    let timer = SharedTimer::default();
     poll_fn(|cx| {
         *deadlines.reaper.borrow_mut() = Some(cx.waker().clone());
-        let Some(next) = deadlines.expire(Instant::now()) else {
-            return Poll::<()>::Pending;
-        };
-        let at = monoio::time::Instant::from_std(next);
-        let sleep = timer.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(at)));
-        if sleep.deadline() != at {
-            sleep.as_mut().reset(at);
+        if let Some(next) = deadlines.expire(Instant::now()) {
+            if timer.poll_deadline(next, cx).is_ready() {
+                // `next` came while expiring: go round.
+                cx.waker().wake_by_ref();
+            }
         }
-        if sleep.as_mut().poll(cx).is_ready() {
-            // The wheel's millisecond may end just before `next`: come
-            // back rather than wait without a timer.
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
+        Poll::<()>::Pending
     })
     .await
 }

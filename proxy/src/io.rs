@@ -204,7 +204,7 @@ pub async fn wait_readable_by(
 }
 
 /// One timer for the waits of one task that each have a deadline (a
-/// tunnel's two directions): the task carries one monoio `Sleep` (about
+/// tunnel's two directions; the worker's idle reaper): the task carries one monoio `Sleep` (about
 /// 640 bytes, cache-padded), allocated at its first wait, instead of one
 /// in every wait's future. The task is polled as a whole, so whichever
 /// wait arms the timer, its expiry re-polls them all; each then re-arms it

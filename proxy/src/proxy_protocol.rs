@@ -55,23 +55,6 @@ impl Refused {
     }
 }
 
-/// The connection's own addresses, as its socket has them.
-pub fn own_addrs(
-    worker: &Worker,
-    listener: usize,
-    stream: &TcpStream,
-    peer: SocketAddr,
-) -> ConnAddrs {
-    // A listener bound to a wildcard learns the address the client dialled
-    // only from the socket.
-    ConnAddrs {
-        src: peer,
-        dst: stream
-            .local_addr()
-            .unwrap_or(worker.config.listeners[listener].address),
-    }
-}
-
 /// The addresses the connection from `peer` is accounted to: its own, or
 /// on a `proxy_protocol` listener those its header carried. `None`: it was
 /// refused (counted, and logged at `info`), and is to be closed unanswered.
@@ -81,7 +64,14 @@ pub async fn accept(
     stream: &TcpStream,
     peer: SocketAddr,
 ) -> Option<ConnAddrs> {
-    let own = own_addrs(worker, listener, stream, peer);
+    // A listener bound to a wildcard learns the address the client dialled
+    // only from the socket.
+    let own = ConnAddrs {
+        src: peer,
+        dst: stream
+            .local_addr()
+            .unwrap_or(worker.config.listeners[listener].address),
+    };
     let Some(from) = &worker.config.listeners[listener].proxy_protocol_from else {
         return Some(own);
     };

@@ -522,11 +522,7 @@ async fn serve_connection(accepted: Box<Accepted>) {
 async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Box<downstream::Downstream>)> {
     let worker = a.slot.worker.clone();
     let index = a.slot.listener;
-    let addrs = if worker.config.listeners[index].proxy_protocol_from.is_none() {
-        proxy_protocol::own_addrs(&worker, index, &a.stream, a.peer)
-    } else {
-        proxy_protocol::accept(&worker, index, &a.stream, a.peer).await?
-    };
+    let addrs = proxy_protocol::accept(&worker, index, &a.stream, a.peer).await?;
     match a.protocol {
         ListenerProtocol::Http => downstream::open(&worker, index, a.stream, addrs, a.ctl)
             .await
