@@ -18,21 +18,7 @@ for tool in nginx wrk taskset; do command -v $tool >/dev/null || { echo "missing
 
 source "$ROOT/bench/scripts/lib.sh"
 backend_conf $W/backend.conf $W $BACKEND_PORT
-cat > $W/ringgate.toml <<EOC
-[server]
-workers = 1
-${RING_SETUP:+io_uring_setup = \"$RING_SETUP\"}
-[[listeners]]
-name = "web"
-address = "127.0.0.1:$PROXY_PORT"
-[[routes]]
-listener = "web"
-upstream = "b"
-[[upstreams]]
-name = "b"
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-pool = { max_idle_per_backend = 256 }
-EOC
+ringgate_conf $W $PROXY_PORT $BACKEND_PORT "${RING_SETUP:+io_uring_setup = \"$RING_SETUP\"}" "pool = { max_idle_per_backend = 256 }"
 http_proxy_confs $W $PROXY_PORT $BACKEND_PORT
 
 taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!

@@ -41,21 +41,7 @@ http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 10000000;
   server { listen 127.0.0.1:$BACKEND_PORT reuseport backlog=4096; root $W;
     location = /ok { return 200 "hello from backend\n"; } } }
 EOC
-cat > $W/ringgate.toml <<EOC
-[server]
-workers = 1
-backlog = 4096
-[[listeners]]
-name = "web"
-address = "127.0.0.1:$PROXY_PORT"
-[[routes]]
-listener = "web"
-upstream = "b"
-[[upstreams]]
-name = "b"
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-pool = { max_idle_per_backend = 256 }
-EOC
+ringgate_conf $W $PROXY_PORT $BACKEND_PORT "backlog = 4096" "pool = { max_idle_per_backend = 256 }"
 http_proxy_confs $W $PROXY_PORT $BACKEND_PORT backlog=4096
 
 taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!

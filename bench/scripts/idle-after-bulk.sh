@@ -22,19 +22,8 @@ events { worker_connections 4096; }
 http { access_log off; sendfile on; keepalive_requests 10000000;
   server { listen 127.0.0.1:$BACKEND_PORT; root $W; location = /ok { return 200 "hello\n"; } } }
 EOC
-cat > $W/ringgate.toml <<EOC
-[server]
-workers = 1
-[[listeners]]
-name = "web"
-address = "127.0.0.1:$PROXY_PORT"
-[[routes]]
-listener = "web"
-upstream = "b"
-[[upstreams]]
-name = "b"
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-EOC
+source "$ROOT/bench/scripts/lib.sh"
+ringgate_conf $W $PROXY_PORT $BACKEND_PORT
 # Reads one response with a Content-Length body; the connection stays open.
 cat > $W/clients.py <<'EOC'
 import socket, sys

@@ -20,20 +20,8 @@ worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err war
 events { worker_connections 4096; }
 http { access_log off; server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "hello\n"; } } }
 EOC
-cat > $W/ringgate.toml <<EOC
-[server]
-workers = 1
-max_connections_per_worker = 20000
-[[listeners]]
-name = "web"
-address = "127.0.0.1:$PROXY_PORT"
-[[routes]]
-listener = "web"
-upstream = "b"
-[[upstreams]]
-name = "b"
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-EOC
+source "$ROOT/bench/scripts/lib.sh"
+ringgate_conf $W $PROXY_PORT $BACKEND_PORT "max_connections_per_worker = 20000"
 cat > $W/nginx-proxy.conf <<EOC
 worker_processes 1; worker_rlimit_nofile 20000; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;
 events { worker_connections 20000; }

@@ -11,6 +11,28 @@ http { access_log off; keepalive_requests 10000000;
 EOC
 }
 
+# ringgate as a one-worker HTTP reverse proxy to the backend, for
+# `ringgate -c $W/ringgate.toml`: SERVER_LINES go under [server],
+# UPSTREAM_LINES under the upstream (either may be empty).
+# ringgate_conf W PROXY_PORT BACKEND_PORT [SERVER_LINES] [UPSTREAM_LINES]
+ringgate_conf() {
+  cat > "$1/ringgate.toml" <<EOC
+[server]
+workers = 1
+${4:-}
+[[listeners]]
+name = "web"
+address = "127.0.0.1:$2"
+[[routes]]
+listener = "web"
+upstream = "b"
+[[upstreams]]
+name = "b"
+backends = [{ address = "127.0.0.1:$3" }]
+${5:-}
+EOC
+}
+
 # nginx and HAProxy as HTTP reverse proxies with a keep-alive upstream pool
 # (one worker or thread each): $W/nginx-proxy.conf and $W/haproxy.cfg.
 # LISTEN_OPTS goes after nginx's `listen ... reuseport`.
