@@ -392,7 +392,7 @@ impl Downstream {
             // HTTP/2 streams are not served by this loop.
             StreamReader::H2(_) | StreamReader::H2Upstream(_) => Err(ReadFail::Aborted),
         };
-        IdleDeadlines::disarm(&self.ctl);
+        IdleDeadlines::disarm(&*self.ctl);
         res.is_ok()
     }
 

@@ -8,8 +8,8 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::Range;
 use std::pin::pin;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
@@ -18,6 +18,8 @@ use monoio::io::{
     OwnedWriteHalf,
 };
 use monoio::net::TcpStream;
+
+use crate::idle::IdleClock;
 
 pub type Reader = OwnedReadHalf<TcpStream>;
 pub type Writer = OwnedWriteHalf<TcpStream>;
@@ -170,7 +172,7 @@ async fn read_append(
 /// cancels it.
 pub async fn wait_readable_by(
     r: &Reader,
-    deadline: Option<(&SharedTimer, Instant)>,
+    deadline: Option<(&Rc<IdleClock>, Instant)>,
     abort: &Abort,
 ) -> Result<(), ReadFail> {
     if abort.is_aborted() {
@@ -192,8 +194,8 @@ pub async fn wait_readable_by(
         if let Poll::Ready(res) = ready.as_mut().poll(cx) {
             return Poll::Ready(res.map_err(|e| ReadFail::Io(e.kind())));
         }
-        if let Some((timer, deadline)) = deadline {
-            if timer.poll_deadline(deadline, cx).is_ready() {
+        if let Some((clock, deadline)) = deadline {
+            if clock.poll_deadline(deadline, cx).is_ready() {
                 return Poll::Ready(Err(ReadFail::TimedOut));
             }
         }
@@ -201,39 +203,6 @@ pub async fn wait_readable_by(
         Poll::Pending
     })
     .await
-}
-
-/// One timer for the waits of one task that each have a deadline (a
-/// tunnel's two directions; the worker's idle reaper): the task carries one monoio `Sleep` (about
-/// 640 bytes, cache-padded), allocated at its first wait, instead of one
-/// in every wait's future. The task is polled as a whole, so whichever
-/// wait arms the timer, its expiry re-polls them all; each then re-arms it
-/// for its own deadline.
-#[derive(Default)]
-pub struct SharedTimer {
-    sleep: RefCell<Option<Pin<Box<monoio::time::Sleep>>>>,
-}
-
-impl SharedTimer {
-    /// Ready once `deadline` has passed; until then the timer fires by
-    /// `deadline` at the latest, and wakes `cx`'s task.
-    pub fn poll_deadline(&self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= deadline {
-            return Poll::Ready(());
-        }
-        let at = monoio::time::Instant::from_std(deadline);
-        let mut slot = self.sleep.borrow_mut();
-        let sleep = slot.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(at)));
-        if sleep.deadline() > at || sleep.is_elapsed() {
-            sleep.as_mut().reset(at);
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            // The wheel's millisecond may end just before `deadline`:
-            // come back rather than wait without a timer.
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
-    }
 }
 
 /// Makes room for at least `min_spare` more bytes, growing in steps.

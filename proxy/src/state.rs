@@ -49,6 +49,17 @@ pub struct ConnControl {
     pub idle_mark: crate::idle::IdleMark,
 }
 
+impl crate::idle::IdleWaiter for ConnControl {
+    fn mark(&self) -> &crate::idle::IdleMark {
+        &self.idle_mark
+    }
+
+    /// Past its keep-alive deadline: the connection closes.
+    fn expire(&self) {
+        self.abort.abort();
+    }
+}
+
 /// Everything one worker owns. Built on the worker's own thread.
 pub struct Worker {
     pub id: usize,

@@ -38,8 +38,7 @@ use rustls::{
 };
 
 use crate::io::{
-    read_more, send_range, wait_readable_by, Abort, Gather, ReadFail, Reader, SharedTimer,
-    WriteFail, Writer,
+    read_more, send_range, wait_readable_by, Abort, Gather, ReadFail, Reader, WriteFail, Writer,
 };
 
 /// ALPN protocols an upstream connection offers, and a TLS listener without
@@ -703,7 +702,7 @@ impl TlsReader {
     /// record in its own).
     pub async fn wait_readable_by(
         &mut self,
-        deadline: Option<(&SharedTimer, Instant)>,
+        deadline: Option<(&Rc<crate::idle::IdleClock>, Instant)>,
         abort: &Abort,
     ) -> Result<(), ReadFail> {
         if self.holds_unread() {

@@ -25,7 +25,8 @@ use ringgate_core::proxy_protocol::ConnAddrs;
 use crate::access_log::{Captured, Sent};
 use crate::error_log::{Errno, Kind};
 use crate::exchange::Switched;
-use crate::io::{self, Abort, ReadFail, Reader, SharedTimer, WriteFail, Writer};
+use crate::idle::{IdleClock, IdleDeadlines};
+use crate::io::{self, Abort, ReadFail, Reader, WriteFail, Writer};
 use crate::metrics::TunnelKind;
 use crate::state::{Pool, Pooled, Worker};
 use crate::stream::{StreamReader, StreamWriter};
@@ -151,10 +152,9 @@ pub async fn run_upgraded<C>(worker: Rc<Worker>, mut t: Upgraded, connection: C)
     };
     let (cr, cw) = &mut t.client;
     relay_streams(
-        &worker.relay_buffers,
+        &worker,
         up.config.tunnel_idle_timeout,
-        (cr, cw),
-        (&mut conn.r, &mut conn.w),
+        ((cr, cw), (&mut conn.r, &mut conn.w)),
         &up_moved,
         &down_moved,
     )
@@ -299,10 +299,10 @@ struct Direction<'a, R, W> {
 /// loops can be in, and an idle tunnel costs that much.
 trait TunnelRead {
     /// Waits until a read would return at once, holding no buffer, until
-    /// `deadline` on the tunnel's one timer.
+    /// `deadline` on the tunnel's clock.
     async fn wait_readable(
         &mut self,
-        timer: &SharedTimer,
+        clock: &Rc<IdleClock>,
         deadline: Instant,
         abort: &Abort,
     ) -> Result<(), ReadFail>;
@@ -334,11 +334,11 @@ trait TunnelWrite {
 impl TunnelRead for Reader {
     async fn wait_readable(
         &mut self,
-        timer: &SharedTimer,
+        clock: &Rc<IdleClock>,
         deadline: Instant,
         abort: &Abort,
     ) -> Result<(), ReadFail> {
-        io::wait_readable_by(self, Some((timer, deadline)), abort).await
+        io::wait_readable_by(self, Some((clock, deadline)), abort).await
     }
 
     async fn read_more(
@@ -355,11 +355,11 @@ impl TunnelRead for Reader {
 impl TunnelRead for TlsReader {
     async fn wait_readable(
         &mut self,
-        timer: &SharedTimer,
+        clock: &Rc<IdleClock>,
         deadline: Instant,
         abort: &Abort,
     ) -> Result<(), ReadFail> {
-        TlsReader::wait_readable_by(self, Some((timer, deadline)), abort).await
+        TlsReader::wait_readable_by(self, Some((clock, deadline)), abort).await
     }
 
     async fn read_more(
@@ -436,8 +436,8 @@ async fn relay(
         sent.add_body(n);
         worker.counters.tunnel_bytes_out(TunnelKind::Tcp, n);
     };
-    let pool = &worker.relay_buffers;
-    relay_streams(pool, idle, client, backend, &up_moved, &down_moved).await;
+    let ends = (client, backend);
+    relay_streams(worker, idle, ends, &up_moved, &down_moved).await;
 }
 
 /// A tunnel direction's buffer: `RELAY_BYTES`, lent by the worker's pool.
@@ -480,21 +480,22 @@ impl Drop for Held<'_> {
 /// cut; `up_moved` and `down_moved` are told of every chunk that went
 /// client → backend and backend → client. Also the tunnel an HTTP
 /// `Upgrade` (WebSocket) turns into. Each direction borrows a relay buffer
-/// from `pool` while bytes flow, and holds none while idle. Plain to plain
+/// from the worker's pool while bytes flow, and holds none while idle; the
+/// idle waits of both are on the worker's idle deadlines. Plain to plain
 /// runs in the caller's future; a TLS end's larger loops are boxed, once
 /// per tunnel, so they do not size every tunnel's task. An HTTP/2 stream
 /// never becomes a tunnel: with one, nothing is relayed.
-pub(crate) async fn relay_streams(
-    pool: &Pool<Vec<u8>>,
+async fn relay_streams(
+    worker: &Worker,
     idle: Duration,
-    client: (&mut StreamReader, &mut StreamWriter),
-    backend: (&mut StreamReader, &mut StreamWriter),
+    (client, backend): (Ends<'_>, Ends<'_>),
     up_moved: &dyn Fn(usize),
     down_moved: &dyn Fn(usize),
 ) {
     use StreamReader as R;
     use StreamWriter as W;
     let moved = (up_moved, down_moved);
+    let pool = (&worker.relay_buffers, &worker.idle_deadlines);
     match (client, backend) {
         ((R::Plain(cr), W::Plain(cw)), (R::Plain(br), W::Plain(bw))) => {
             relay_halves(pool, idle, (cr, cw), (br, bw), moved).await
@@ -512,8 +513,11 @@ pub(crate) async fn relay_streams(
     }
 }
 
+/// One connection's two halves.
+type Ends<'a> = (&'a mut StreamReader, &'a mut StreamWriter);
+
 async fn relay_halves<CR, CW, BR, BW>(
-    pool: &Pool<Vec<u8>>,
+    (pool, deadlines): (&Pool<Vec<u8>>, &Rc<IdleDeadlines>),
     idle: Duration,
     client: (&mut CR, &mut CW),
     backend: (&mut BR, &mut BW),
@@ -525,7 +529,7 @@ async fn relay_halves<CR, CW, BR, BW>(
     BW: TunnelWrite,
 {
     let last_activity = Cell::new(Instant::now());
-    let timer = SharedTimer::default();
+    let clock = IdleClock::new(deadlines);
     let aborts: [Abort; 4] = Default::default();
     let [client_read, backend_write, backend_read, client_write] = &aborts;
     let cut_all = || aborts.iter().for_each(Abort::abort);
@@ -547,12 +551,14 @@ async fn relay_halves<CR, CW, BR, BW>(
         pool,
         idle,
         last_activity: &last_activity,
-        timer: &timer,
+        clock: &clock,
     };
     monoio::join!(
         copy(upward, &shared, &cut_all),
         copy(downward, &shared, &cut_all)
     );
+    // Its entry, if queued, wakes no one when it comes due.
+    IdleDeadlines::disarm(&*clock);
 }
 
 /// What a tunnel's two directions share.
@@ -561,8 +567,8 @@ struct Shared<'a> {
     idle: Duration,
     /// When a byte last moved either way.
     last_activity: &'a Cell<Instant>,
-    /// The clock of both directions' idle waits.
-    timer: &'a SharedTimer,
+    /// The deadline of both directions' idle waits.
+    clock: &'a Rc<IdleClock>,
 }
 
 /// Copies `d.from` to `d.to` until end of stream (then half-closes `d.to`)
@@ -615,7 +621,7 @@ async fn copy_until_end<R: TunnelRead, W: TunnelWrite>(
             };
             match d
                 .from
-                .wait_readable(shared.timer, deadline, d.read_abort)
+                .wait_readable(shared.clock, deadline, d.read_abort)
                 .await
             {
                 Ok(()) => break,
