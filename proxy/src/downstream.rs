@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
-use ringgate_core::auth::Identity;
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
     header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
@@ -21,14 +20,14 @@ use ringgate_core::http::{
 use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::ratelimit::Admission;
 
-use crate::access_log::{AccessLog, Captured, Sent};
+use crate::access_log::{AccessLog, Captured};
 use crate::checks;
 use crate::compose;
 use crate::cors;
 use crate::error_log::{write_request, Kind};
 use crate::exchange::{
     self, chunk_refusal, error_response, error_text, Buffers, Client, Context, Next, Refusal,
-    RouteId, Switched, CLOSE_LINE, CONTINUE_100, HEAD_READ_BYTES, KEEP_ALIVE_LINE,
+    RequestState, RouteId, Switched, CLOSE_LINE, CONTINUE_100, HEAD_READ_BYTES, KEEP_ALIVE_LINE,
 };
 use crate::http2;
 use crate::idle::IdleDeadlines;
@@ -59,20 +58,13 @@ pub(crate) struct Downstream {
     /// The connection's read canceller, shared with the worker so a drain
     /// can close the connection while it waits for a next request.
     ctl: Rc<ConnControl>,
-    write_abort: Abort,
-    /// What went back for the current request (for the access log).
-    sent: Sent,
-    /// The current request's access-log fields, when logging.
-    captured: Captured,
+    /// The current request's state, taken from the worker's pool when
+    /// handling begins and given back with the buffers.
+    req: Option<Box<RequestState>>,
     /// The negotiated TLS version for the access log (`-`: plain).
     tls_version: &'static str,
     /// The verified client certificate's subject (mTLS).
     client_subject: Option<Box<str>>,
-    /// The caller route authentication established for the current
-    /// request (reused, so a warm connection does not allocate for it).
-    identity: Identity,
-    /// When the current request's head was read, when logging.
-    started: Option<Instant>,
     /// The upstream end of the tunnel a `101` made of this connection.
     switched: Option<Box<Switched>>,
 }
@@ -99,9 +91,8 @@ pub async fn serve(
             Phase::Closed => break,
         }
         first = false;
-        // Nothing is in flight: the cancellers are made again on waking.
+        // Nothing is in flight: the canceller is made again on waking.
         d.ctl.abort.release();
-        d.write_abort.release();
         // A drain closes a connection idle past the grace at once.
         if worker.draining.get() {
             break;
@@ -112,18 +103,21 @@ pub async fn serve(
             break;
         }
     }
+    // The request that became a tunnel: its access-log line is written
+    // when the tunnel ends.
+    let tunnel_request = d.switched.as_ref().and(d.req.take());
     d.release_buffers(worker);
     if let Some(switched) = d.switched.take() {
         // The tunnel has cancellers of its own; the connection's read
         // canceller, kept for a drain, holds nothing for it.
         d.ctl.abort.release();
-        return Some(d.into_tunnel(worker, switched));
+        return Some(d.into_tunnel(worker, switched, tunnel_request));
     }
     // A client that stopped reading does not hold the connection for a
     // whole send_timeout just for its close_notify.
     let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
     if matches!(d.w, StreamWriter::Tls(_)) {
-        Box::pin(d.w.close(timeout, &d.write_abort)).await;
+        Box::pin(d.w.close(timeout, &Abort::default())).await;
     }
     None
 }
@@ -215,13 +209,9 @@ pub(crate) async fn open(
         conn: addrs,
         bufs: None,
         ctl,
-        write_abort,
-        sent: Sent::default(),
-        captured: Captured::default(),
+        req: None,
         tls_version,
         client_subject,
-        identity: Identity::default(),
-        started: None,
         switched: None,
     });
     if !early.is_empty() {
@@ -262,7 +252,25 @@ async fn read_preface(
 /// How long a TLS close_notify may wait for room in the socket.
 const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The state of the request being handled; `begin_request` took it.
+fn cur(req: &Option<Box<RequestState>>) -> &RequestState {
+    req.as_deref()
+        .expect("a request is handled only after begin_request")
+}
+
+fn cur_mut(req: &mut Option<Box<RequestState>>) -> &mut RequestState {
+    req.as_deref_mut()
+        .expect("a request is handled only after begin_request")
+}
+
 impl Downstream {
+    /// Takes a request state (kept from the connection's last request
+    /// while it is busy) for the request about to be handled.
+    fn begin_request(&mut self, worker: &Worker) {
+        let st = self.req.get_or_insert_with(|| worker.request_states.take());
+        st.sent.reset();
+    }
+
     /// The buffers of the request being handled; `read_head` took them.
     fn buffers(&self) -> &Buffers {
         self.bufs
@@ -287,20 +295,16 @@ impl Downstream {
             conn,
             bufs: Some(bufs),
             ctl: Rc::default(),
-            write_abort: Abort::default(),
-            sent: Sent::default(),
-            captured: Captured::default(),
+            req: None,
             tls_version,
             client_subject,
-            identity: Identity::default(),
-            started: None,
             switched: None,
         }
     }
 
     /// Answers a request the proxy refuses before routing it, and logs it.
     pub(crate) async fn refuse(&mut self, worker: &Worker, refusal: &Refusal) {
-        self.sent.reset();
+        self.begin_request(worker);
         self.log_refusal(worker, refusal, None);
         self.send_refusal(worker, refusal).await;
         self.record(worker, None);
@@ -308,6 +312,9 @@ impl Downstream {
 
     /// Gives this connection's buffers back to the worker's pool.
     pub(crate) fn release_buffers(&mut self, worker: &Worker) {
+        if let Some(req) = self.req.take() {
+            worker.request_states.give(req);
+        }
         if let Some(bufs) = self.bufs.take() {
             worker.buffers.give(bufs);
         }
@@ -359,7 +366,7 @@ impl Downstream {
                 Ok(Some(head)) => head,
                 Ok(None) => return Phase::Closed,
                 Err(refusal) => {
-                    self.sent.reset();
+                    self.begin_request(worker);
                     // An unreadable head is accounted to the peer, not to the
                     // client of the connection's previous request.
                     self.client.reset_to_peer();
@@ -400,17 +407,11 @@ impl Downstream {
     /// its captured fields and how long it took, `None` for a head that
     /// could not be parsed.
     fn record(&self, worker: &Worker, request: Option<(&Captured, Duration)>) {
-        worker.counters.response(self.sent.status.get());
+        let sent = &cur(&self.req).sent;
+        worker.counters.response(sent.status.get());
         if let Some(log) = &worker.access_log {
             let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
-            if let Some(e) = log.write(
-                &self.client,
-                captured,
-                &self.sent,
-                took,
-                self.tls_version,
-                None,
-            ) {
+            if let Some(e) = log.write(&self.client, captured, sent, took, self.tls_version, None) {
                 worker.access_log_failed(&e);
             }
         }
@@ -420,12 +421,10 @@ impl Downstream {
     /// take it within `send_timeout`.
     async fn send_local(&mut self, worker: &Worker, bytes: Vec<u8>) -> bool {
         let len = bytes.len();
-        self.write_abort.reset();
+        let abort = &cur(&self.req).write_abort;
+        abort.reset();
         let timeout = worker.config.limits.send_timeout;
-        let (res, _) = self
-            .w
-            .send_range(bytes, 0..len, timeout, &self.write_abort)
-            .await;
+        let (res, _) = self.w.send_range(bytes, 0..len, timeout, abort).await;
         res.is_ok()
     }
 
@@ -447,7 +446,9 @@ impl Downstream {
     }
 
     async fn send_refusal(&mut self, worker: &Worker, refusal: &Refusal) -> bool {
-        self.sent.local(refusal.status, refusal.reason.len() + 1);
+        cur(&self.req)
+            .sent
+            .local(refusal.status, refusal.reason.len() + 1);
         self.send_local(worker, error_response(refusal, CLOSE_LINE))
             .await
     }
@@ -504,7 +505,7 @@ impl Downstream {
         listener: usize,
         head: &RequestHead,
     ) -> Next {
-        self.sent.reset();
+        self.begin_request(worker);
         let trusted = &worker.config.server.trusted_proxies;
         if !trusted.is_empty() {
             let bufs = self.bufs.as_deref().expect("read_head took buffers");
@@ -515,34 +516,52 @@ impl Downstream {
         }
         let started = worker.access_log.as_ref().map(|_| {
             let bufs = self.bufs.as_deref().expect("read_head took buffers");
-            AccessLog::capture(&mut self.captured, &bufs.req.source, head);
+            let captured = &mut cur_mut(&mut self.req).captured;
+            AccessLog::capture(captured, &bufs.req.source, head);
             if matches!(self.r, StreamReader::H2(_)) {
-                self.captured.set_version(b"HTTP/2.0");
+                captured.set_version(b"HTTP/2.0");
             }
             Instant::now()
         });
         let next = self.route(worker, listener, head).await;
         if next == Next::Switched {
             // The 101 counts now; the line is written when the tunnel ends.
-            worker.counters.response(self.sent.status.get());
-            self.started = started;
+            let st = cur_mut(&mut self.req);
+            worker.counters.response(st.sent.status.get());
+            st.started = started;
             return next;
         }
-        self.record(worker, started.map(|t| (&self.captured, t.elapsed())));
+        let captured = &cur(&self.req).captured;
+        self.record(worker, started.map(|t| (captured, t.elapsed())));
         next
     }
 
     /// The tunnel a `101` made of this connection: its halves, the
     /// upstream end, and (when logging) what its access-log line needs.
-    fn into_tunnel(self, worker: &Worker, switched: Box<Switched>) -> Upgraded {
-        let log = match (&worker.access_log, self.started) {
-            (Some(_), Some(started)) => Some(Box::new(TunnelLine {
-                client: self.client,
-                captured: self.captured,
-                sent: self.sent,
-                started,
-                tls_version: self.tls_version,
-            })),
+    fn into_tunnel(
+        self,
+        worker: &Worker,
+        switched: Box<Switched>,
+        req: Option<Box<RequestState>>,
+    ) -> Upgraded {
+        let log = match (&worker.access_log, req) {
+            (Some(_), Some(req)) => {
+                let RequestState {
+                    sent,
+                    captured,
+                    started,
+                    ..
+                } = *req;
+                started.map(|started| {
+                    Box::new(TunnelLine {
+                        client: self.client,
+                        captured,
+                        sent,
+                        started,
+                        tls_version: self.tls_version,
+                    })
+                })
+            }
             _ => None,
         };
         Upgraded {
@@ -569,7 +588,9 @@ impl Downstream {
                 bufs.added_fields.extend_from_slice(&bufs.request_id);
                 bufs.added_fields.extend_from_slice(b"\r\n");
                 if worker.access_log.is_some() {
-                    self.captured.set_request_id(&bufs.request_id);
+                    cur_mut(&mut self.req)
+                        .captured
+                        .set_request_id(&bufs.request_id);
                 }
             }
         }
@@ -629,7 +650,7 @@ impl Downstream {
             let verdict = guard.check(
                 &src[..head.head_len],
                 &src[head.target.clone()],
-                &mut self.identity,
+                &mut cur_mut(&mut self.req).identity,
             );
             if let Err(reason) = verdict {
                 worker.counters.auth_refused(reason);
@@ -640,7 +661,8 @@ impl Downstream {
                     .await;
             }
             if worker.access_log.is_some() {
-                self.captured.set_user(&self.identity.consumer);
+                let st = cur_mut(&mut self.req);
+                st.captured.set_user(&st.identity.consumer);
             }
         }
         let checks = &worker.config.routes[route].checks;
@@ -690,7 +712,7 @@ impl Downstream {
                 &worker.config.routes[route],
                 &self.buffers().req.source[..head.head_len],
                 &self.client,
-                &self.identity.consumer,
+                &cur(&self.req).identity.consumer,
             );
             let admission = limiter.borrow_mut().admit(key, Instant::now());
             if !admission.allowed {
@@ -720,16 +742,16 @@ impl Downstream {
             r: &mut self.r,
             w: &mut self.w,
             read_abort: &self.ctl.abort,
-            write_abort: &self.write_abort,
+            write_abort: &cur(&self.req).write_abort,
             addr: &self.client,
             conn: self.conn,
-            sent: &self.sent,
+            sent: &cur(&self.req).sent,
             subject: worker.config.listeners[listener]
                 .tls
                 .as_ref()
                 .and_then(|t| t.client_subject_header.as_deref())
                 .map(|name| (name, self.client_subject.as_deref())),
-            auth: guard.map(|g| (&*g.auth, &self.identity)),
+            auth: guard.map(|g| (&*g.auth, &cur(&self.req).identity)),
             switched: &mut self.switched,
         };
         let Some(bufs) = self.bufs.as_deref_mut() else {
@@ -833,7 +855,7 @@ impl Downstream {
             out.extend_from_slice(body);
             body.len()
         };
-        self.sent.local(status, body_sent);
+        cur(&self.req).sent.local(status, body_sent);
         self.send_own(worker, out, keep, head).await
     }
 
@@ -873,7 +895,7 @@ impl Downstream {
         // A draining worker says close, so the client sends nothing more.
         let keep = keep && !worker.draining.get();
         self.log_refused(worker, status, reason, Some(head));
-        self.sent.local(status, reason.len() + 1);
+        cur(&self.req).sent.local(status, reason.len() + 1);
         let mut bytes = error_text(status, reason, connection_line(keep, head.version));
         if let Some(a) = admission {
             insert_rate_limit_headers(&mut bytes, a);
@@ -906,11 +928,12 @@ impl Downstream {
         };
         if head.expect_continue {
             // The client waits for this before it sends the body.
-            self.write_abort.reset();
+            let abort = &cur(&self.req).write_abort;
+            abort.reset();
             let whole = 0..CONTINUE_100.len();
             let (sent, _) = self
                 .w
-                .send_range(CONTINUE_100, whole, limits.send_timeout, &self.write_abort)
+                .send_range(CONTINUE_100, whole, limits.send_timeout, abort)
                 .await;
             if sent.is_err() {
                 return Ok(None);
@@ -1078,6 +1101,15 @@ mod tests {
     fn a_connections_future_is_sized_for_its_idle_wait() {
         let task = future_size(serve);
         assert!(task <= 1024, "serve's future is {task} bytes");
+    }
+
+    /// Every idle keep-alive connection holds its `Downstream` (boxed): the
+    /// current request's state and write canceller go back to the worker's
+    /// pool with the buffers, not stay in it (632 bytes when they did).
+    #[test]
+    fn an_idle_connections_state_holds_no_request_state() {
+        let size = std::mem::size_of::<Downstream>();
+        assert!(size <= 384, "Downstream is {size} bytes");
     }
 
     /// A busy phase's future is copied into its box each time a connection

@@ -20,7 +20,7 @@ use slab::Slab;
 
 use crate::access_log::AccessLog;
 use crate::error_log::{ErrorLog, Kind};
-use crate::exchange::Buffers;
+use crate::exchange::{Buffers, RequestState};
 use crate::io::Abort;
 use crate::metrics::{BackendSnapshot, Counters, Snapshot};
 use crate::request_id::RequestIds;
@@ -96,6 +96,9 @@ pub struct Worker {
     pub counters: Counters,
     /// Buffers of the connections that are not in an exchange.
     pub buffers: BufferPool,
+    /// Request states of the connections that are not serving a request,
+    /// lent with the buffers.
+    pub request_states: Pool<Box<RequestState>>,
     /// Relay buffers of the tunnels that are not moving bytes.
     pub relay_buffers: Pool<Vec<u8>>,
     /// The config generation this worker runs.
@@ -209,6 +212,7 @@ impl Worker {
             error_log,
             counters: Counters::default(),
             buffers: Pool::new(BUFFER_POOL_SPARE),
+            request_states: Pool::new(BUFFER_POOL_SPARE),
             relay_buffers: Pool::new(RELAY_POOL_SPARE),
             generation,
             tls: vec![None; config.listeners.len()],
@@ -355,6 +359,17 @@ pub trait Pooled {
 /// A connection's exchange buffers. Boxed: a connection holds its set as
 /// one pointer, and a set moves between connection and pool without
 /// copying its ~300-byte header.
+impl Pooled for Box<RequestState> {
+    fn fresh() -> Self {
+        Box::default()
+    }
+
+    /// Each request sets what it uses of it.
+    fn recycle(&mut self) -> bool {
+        true
+    }
+}
+
 impl Pooled for Box<Buffers> {
     fn fresh() -> Self {
         Box::default()

@@ -29,7 +29,7 @@ use ringgate_core::chunked::ChunkLimits;
 use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 use ringgate_core::proxy_protocol::ConnAddrs;
 
-use crate::access_log::Sent;
+use crate::access_log::{Captured, Sent};
 use crate::error_log::{write_request, Errno, ErrorLog, Kind};
 use crate::io::{Abort, Gather, WriteFail};
 use crate::metrics::TunnelKind;
@@ -105,6 +105,24 @@ pub struct Client<'a> {
     pub auth: Option<(&'a RouteAuth, &'a Identity)>,
     /// Where a `101` leaves the upstream connection ([`Next::Switched`]).
     pub switched: &'a mut Option<Box<Switched>>,
+}
+
+/// What a client connection keeps for the request it is serving, besides
+/// its [`Buffers`]: taken from the worker's pool with them and given back
+/// with them, so an idle keep-alive connection holds neither.
+#[derive(Default)]
+pub struct RequestState {
+    /// What went back for the request (for the access log).
+    pub sent: Sent,
+    /// The request's access-log fields, when logging.
+    pub captured: Captured,
+    /// The caller route authentication established (reused, so a warm
+    /// connection does not allocate for it).
+    pub identity: Identity,
+    /// When the request's head was read, when logging.
+    pub started: Option<Instant>,
+    /// Cancels the client writes that time out.
+    pub write_abort: Abort,
 }
 
 /// Buffers and cancellers an exchange works in, kept by the client
