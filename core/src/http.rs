@@ -875,6 +875,11 @@ impl ForwardedClient {
         self.client = self.peer;
     }
 
+    /// The connection's peer.
+    pub fn peer(&self) -> IpAddr {
+        self.peer.ip
+    }
+
     /// The address the request is accounted to, as text: the key of
     /// per-client rate limits and hashes, and the access log's client.
     pub fn ip_bytes(&self) -> &[u8] {

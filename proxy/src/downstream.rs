@@ -47,7 +47,6 @@ const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(50);
 pub(crate) struct Downstream {
     r: StreamReader,
     pub(crate) w: StreamWriter,
-    client: ForwardedClient,
     /// The connection's addresses, as a PROXY header to a backend names them.
     conn: ConnAddrs,
     /// Buffers and cancellers every exchange on this connection reuses,
@@ -205,7 +204,6 @@ pub(crate) async fn open(
     let mut d = Box::new(Downstream {
         r,
         w,
-        client: ForwardedClient::new(peer_ip),
         conn: addrs,
         bufs: None,
         ctl,
@@ -269,6 +267,11 @@ impl Downstream {
     fn begin_request(&mut self, worker: &Worker) {
         let st = self.req.get_or_insert_with(|| worker.request_states.take());
         st.sent.reset();
+        // A state from the pool was another connection's.
+        let peer = self.conn.src.ip();
+        if st.client.peer() != peer {
+            st.client = ForwardedClient::new(peer);
+        }
     }
 
     /// The buffers of the request being handled; `read_head` took them.
@@ -291,7 +294,6 @@ impl Downstream {
         Downstream {
             r,
             w,
-            client: ForwardedClient::new(conn.src.ip()),
             conn,
             bufs: Some(bufs),
             ctl: Rc::default(),
@@ -369,7 +371,7 @@ impl Downstream {
                     self.begin_request(worker);
                     // An unreadable head is accounted to the peer, not to the
                     // client of the connection's previous request.
-                    self.client.reset_to_peer();
+                    cur_mut(&mut self.req).client.reset_to_peer();
                     self.log_refusal(worker, &refusal, None);
                     self.send_refusal(worker, &refusal).await;
                     self.record(worker, None);
@@ -411,7 +413,8 @@ impl Downstream {
         worker.counters.response(sent.status.get());
         if let Some(log) = &worker.access_log {
             let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
-            if let Some(e) = log.write(&self.client, captured, sent, took, self.tls_version, None) {
+            let client = &cur(&self.req).client;
+            if let Some(e) = log.write(client, captured, sent, took, self.tls_version, None) {
                 worker.access_log_failed(&e);
             }
         }
@@ -437,7 +440,7 @@ impl Downstream {
     fn log_refused(&self, worker: &Worker, status: u16, reason: &str, head: Option<&RequestHead>) {
         worker.error_log.event(LogLevel::Info, Kind::Refused, |b| {
             let _ = write!(b, "status={status} reason=\"{reason}\" client=");
-            b.extend_from_slice(self.client.ip_bytes());
+            b.extend_from_slice(cur(&self.req).client.ip_bytes());
             let src = self.bufs.as_deref().map(|bufs| &bufs.req.source[..]);
             if let (Some(head), Some(src)) = (head, src) {
                 write_request(b, src, head);
@@ -509,7 +512,8 @@ impl Downstream {
         let trusted = &worker.config.server.trusted_proxies;
         if !trusted.is_empty() {
             let bufs = self.bufs.as_deref().expect("read_head took buffers");
-            self.client
+            cur_mut(&mut self.req)
+                .client
                 .resolve(&bufs.req.source, &bufs.req_scratch, |ip| {
                     trusted.contains(ip)
                 });
@@ -547,6 +551,7 @@ impl Downstream {
         let log = match (&worker.access_log, req) {
             (Some(_), Some(req)) => {
                 let RequestState {
+                    client,
                     sent,
                     captured,
                     started,
@@ -554,7 +559,7 @@ impl Downstream {
                 } = *req;
                 started.map(|started| {
                     Box::new(TunnelLine {
-                        client: self.client,
+                        client,
                         captured,
                         sent,
                         started,
@@ -711,7 +716,7 @@ impl Downstream {
             let key = rate_limit_key(
                 &worker.config.routes[route],
                 &self.buffers().req.source[..head.head_len],
-                &self.client,
+                &cur(&self.req).client,
                 &cur(&self.req).identity.consumer,
             );
             let admission = limiter.borrow_mut().admit(key, Instant::now());
@@ -743,7 +748,7 @@ impl Downstream {
             w: &mut self.w,
             read_abort: &self.ctl.abort,
             write_abort: &cur(&self.req).write_abort,
-            addr: &self.client,
+            addr: &cur(&self.req).client,
             conn: self.conn,
             sent: &cur(&self.req).sent,
             subject: worker.config.listeners[listener]
@@ -1106,10 +1111,11 @@ mod tests {
     /// Every idle keep-alive connection holds its `Downstream` (boxed): the
     /// current request's state and write canceller go back to the worker's
     /// pool with the buffers, not stay in it (632 bytes when they did).
+    /// So does whom the request is from (the peer is in its addresses).
     #[test]
     fn an_idle_connections_state_holds_no_request_state() {
         let size = std::mem::size_of::<Downstream>();
-        assert!(size <= 384, "Downstream is {size} bytes");
+        assert!(size <= 256, "Downstream is {size} bytes");
     }
 
     /// A busy phase's future is copied into its box each time a connection

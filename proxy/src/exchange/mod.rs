@@ -110,8 +110,10 @@ pub struct Client<'a> {
 /// What a client connection keeps for the request it is serving, besides
 /// its [`Buffers`]: taken from the worker's pool with them and given back
 /// with them, so an idle keep-alive connection holds neither.
-#[derive(Default)]
 pub struct RequestState {
+    /// Whom the request is from: the connection's peer, or for a trusted
+    /// proxy the client its forwarding headers name.
+    pub client: ForwardedClient,
     /// What went back for the request (for the access log).
     pub sent: Sent,
     /// The request's access-log fields, when logging.
@@ -123,6 +125,20 @@ pub struct RequestState {
     pub started: Option<Instant>,
     /// Cancels the client writes that time out.
     pub write_abort: Abort,
+}
+
+impl Default for RequestState {
+    /// Set for its connection's peer when a request begins.
+    fn default() -> Self {
+        RequestState {
+            client: ForwardedClient::new(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            sent: Sent::default(),
+            captured: Captured::default(),
+            identity: Identity::default(),
+            started: None,
+            write_abort: Abort::default(),
+        }
+    }
 }
 
 /// Buffers and cancellers an exchange works in, kept by the client
