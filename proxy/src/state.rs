@@ -401,11 +401,13 @@ pub struct Pool<T> {
 
 pub type BufferPool = Pool<Box<Buffers>>;
 
-/// Spare exchange sets kept per worker (about 100 KiB each with a body
-/// buffer): enough to absorb the swing between busy and idle connections
-/// without allocating, small against the memory the connections
-/// themselves cost.
-pub const BUFFER_POOL_SPARE: usize = 64;
+/// Spare exchange sets kept per worker beyond what the recent peak keeps
+/// (about 36 KiB each, 100 KiB with a body buffer): a few connections
+/// waking at once after a quiet spell take one without allocating. Kept
+/// small: the spares and the freed sets around them stay resident, which
+/// idle connections pay for (64 spares cost 100-130 bytes per connection
+/// at 5 000 idle ones).
+pub const BUFFER_POOL_SPARE: usize = 16;
 
 /// Spare relay buffers kept per worker (64 KiB each): a tunnel direction
 /// holds one for 50 ms after its last byte, so this covers a few dozen
