@@ -102,16 +102,17 @@ pub async fn serve(
             break;
         }
     }
-    // The request that became a tunnel: its access-log line is written
-    // when the tunnel ends.
-    let tunnel_request = d.switched.as_ref().and(d.req.take());
-    d.release_buffers(worker);
     if let Some(switched) = d.switched.take() {
+        // The request that became a tunnel: its access-log line is
+        // written when the tunnel ends.
+        let request = d.req.take();
+        d.release_buffers(worker);
         // The tunnel has cancellers of its own; the connection's read
         // canceller, kept for a drain, holds nothing for it.
         d.ctl.abort.release();
-        return Some(d.into_tunnel(worker, switched, tunnel_request));
+        return Some(d.into_tunnel(worker, switched, request));
     }
+    d.release_buffers(worker);
     // A client that stopped reading does not hold the connection for a
     // whole send_timeout just for its close_notify.
     let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
