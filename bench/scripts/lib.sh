@@ -107,16 +107,21 @@ PY
 }
 
 # Alternating rounds of wrk against each proxy in PROXIES (HAProxy skipped
-# when not installed), each pinned to CPU 0 (wrk on CPU 1): a 2 s warm-up,
+# when not installed), each pinned to CPU 0 (wrk on CPU 1). Each round
+# starts one proxy further down the list, so a drift of the machine over
+# the run (connection churn fills the TIME_WAIT tables and slows every
+# later round) favours no proxy by its place in the list. A 2 s warm-up,
 # then DUR s measured; one line "round proxy requests_per_s
 # cpu_us_per_request" per run appended to RESULTS. Needs RG, W, TICK and the
 # configs $W/ringgate.toml, $W/nginx-proxy.conf, $W/haproxy.cfg.
 # proxy_rounds ROUNDS DUR RESULTS URL [wrk options...]
 proxy_rounds() {
   local rounds=$1 dur=$2 results=$3 url=$4; shift 4
-  local round p pids before after out reqs rps xfer p99 errs cpu_us
+  local round p pids before after out reqs rps xfer p99 errs cpu_us i
+  local list=($PROXIES)
   for round in $(seq 1 "$rounds"); do
-    for p in $PROXIES; do
+    for ((i = 0; i < ${#list[@]}; i++)); do
+      p=${list[$(( (i + round - 1) % ${#list[@]} ))]}
       case $p in
         ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
         ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
