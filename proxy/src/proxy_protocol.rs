@@ -64,14 +64,16 @@ pub async fn accept(
     stream: &TcpStream,
     peer: SocketAddr,
 ) -> Option<ConnAddrs> {
-    // A listener bound to a wildcard learns the address the client dialled
-    // only from the socket.
-    let own = ConnAddrs {
-        src: peer,
-        dst: stream
-            .local_addr()
-            .unwrap_or(worker.config.listeners[listener].address),
+    // A listener bound to a wildcard (or an ephemeral port) learns the
+    // address the client dialled only from the socket; one bound to an
+    // address and port knows it without a getsockname per connection.
+    let bound = worker.config.listeners[listener].address;
+    let dst = if bound.ip().is_unspecified() || bound.port() == 0 {
+        stream.local_addr().unwrap_or(bound)
+    } else {
+        bound
     };
+    let own = ConnAddrs { src: peer, dst };
     let Some(from) = &worker.config.listeners[listener].proxy_protocol_from else {
         return Some(own);
     };
