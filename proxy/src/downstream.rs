@@ -85,10 +85,10 @@ pub async fn serve(
 ) -> Option<Upgraded> {
     let mut first = true;
     loop {
-        match Box::pin(d.serve_busy(worker, listener, first)).await {
-            Phase::Idle => {}
+        let after_grace = match Box::pin(d.serve_busy(worker, listener, first)).await {
+            Phase::Idle { after_grace } => after_grace,
             Phase::Closed => break,
-        }
+        };
         first = false;
         // Nothing is in flight: the canceller is made again on waking.
         d.ctl.abort.release();
@@ -96,7 +96,7 @@ pub async fn serve(
         if worker.draining.get() {
             break;
         }
-        let woke = d.wait_idle(worker).await;
+        let woke = d.wait_idle(worker, after_grace).await;
         d.ctl.idle.set(false);
         if !woke {
             break;
@@ -124,9 +124,10 @@ pub async fn serve(
 
 /// How a busy phase of a connection ended.
 enum Phase {
-    /// No next request within `IDLE_BUFFER_GRACE`: the buffers went back to
+    /// No next request within `IDLE_BUFFER_GRACE` (`after_grace`), or a
+    /// sparse client's (`ConnControl::sparse`): the buffers went back to
     /// the worker's pool and the connection is idle (`ConnControl::idle`).
-    Idle,
+    Idle { after_grace: bool },
     /// The connection is done: closed, timed out, refused, draining, or
     /// switched to a tunnel.
     Closed,
@@ -330,10 +331,21 @@ impl Downstream {
     async fn serve_busy(&mut self, worker: &Worker, listener: usize, mut first: bool) -> Phase {
         let keepalive = worker.config.limits.keepalive_timeout;
         let grace = IDLE_BUFFER_GRACE.min(keepalive);
+        // The phase began with the request that woke the connection: its
+        // client may be sparse, but it is sending now.
+        let mut woke = !first;
         loop {
             // A connection's first request is served even while draining:
             // the client connected before the listener closed.
-            if !first && self.bufs.as_ref().is_none_or(|b| b.req.source.is_empty()) {
+            let nothing_read = self.bufs.as_ref().is_none_or(|b| b.req.source.is_empty());
+            if !first && !woke && nothing_read && self.ctl.sparse.get() && !worker.draining.get() {
+                self.ctl.idle.set(true);
+                self.ctl.idle_ticket.set(worker.idle_ticket());
+                self.release_buffers(worker);
+                return Phase::Idle { after_grace: false };
+            }
+            woke = false;
+            if !first && nothing_read {
                 // A response that went out before the drain began promised
                 // keep-alive, so the client may be sending its next request
                 // now: the grace lets it in (its response says close)
@@ -356,8 +368,9 @@ impl Downstream {
                     Ok(1..) => self.ctl.idle.set(false),
                     Err(ReadFail::TimedOut) if grace < keepalive && !worker.draining.get() => {
                         // Still idle (`ctl.idle`), now without buffers.
+                        self.ctl.sparse.set(true);
                         self.release_buffers(worker);
-                        return Phase::Idle;
+                        return Phase::Idle { after_grace: true };
                     }
                     _ => {
                         self.ctl.idle.set(false);
@@ -392,17 +405,35 @@ impl Downstream {
     /// timeout (on the worker's idle deadlines). `false`: the connection
     /// timed out, or a drain (or a worker out of descriptors) closed it.
     /// Readable may also mean closed: the busy phase's read finds out.
-    async fn wait_idle(&mut self, worker: &Worker) -> bool {
-        let keepalive = worker.config.limits.keepalive_timeout;
-        let deadline = Instant::now() + keepalive.saturating_sub(IDLE_BUFFER_GRACE);
-        worker.idle_deadlines.arm(&self.ctl, deadline);
+    async fn wait_idle(&mut self, worker: &Worker, after_grace: bool) -> bool {
+        // Computed again after the wait rather than kept across it: every
+        // byte of this future is held by each idle connection.
+        let wait = move |worker: &Worker| {
+            let keepalive = worker.config.limits.keepalive_timeout;
+            match after_grace {
+                true => keepalive.saturating_sub(IDLE_BUFFER_GRACE),
+                false => keepalive,
+            }
+        };
+        worker
+            .idle_deadlines
+            .arm(&self.ctl, Instant::now() + wait(worker));
         let res = match &mut self.r {
             StreamReader::Plain(r) => wait_readable_by(r, None, &self.ctl.abort).await,
             StreamReader::Tls(r) => r.wait_readable_by(None, &self.ctl.abort).await,
             // HTTP/2 streams are not served by this loop.
             StreamReader::H2(_) | StreamReader::H2Upstream(_) => Err(ReadFail::Aborted),
         };
-        IdleDeadlines::disarm(&*self.ctl);
+        let deadline = IdleDeadlines::disarm(&*self.ctl);
+        // A request within the grace of going idle: the client is busy
+        // again, and its connection keeps its buffers between requests.
+        if let Some(deadline) = deadline.filter(|_| !after_grace) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let waited = wait(worker).saturating_sub(left);
+            if waited < IDLE_BUFFER_GRACE {
+                self.ctl.sparse.set(false);
+            }
+        }
         res.is_ok()
     }
 

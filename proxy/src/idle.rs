@@ -83,9 +83,10 @@ impl IdleDeadlines {
         }
     }
 
-    /// The wait ended before its deadline (its entry is dropped when due).
-    pub fn disarm(waiter: &impl IdleWaiter) {
-        waiter.mark().deadline.set(None);
+    /// The wait ended before its deadline (its entry is dropped when due);
+    /// the deadline it had, if it had not passed.
+    pub fn disarm(waiter: &impl IdleWaiter) -> Option<Instant> {
+        waiter.mark().deadline.take()
     }
 
     /// Aborts the waits whose deadline has passed; the earliest deadline

@@ -45,6 +45,11 @@ pub struct ConnControl {
     /// An HTTP/2 connection: a drain reaches it even with streams open, so
     /// it says GOAWAY at once and lets them finish.
     pub http2: Cell<bool>,
+    /// Its client's last request came later than the buffer grace after
+    /// the response before: the next response skips the grace read and
+    /// waits for readiness at once (a sparse client is not kept warm for
+    /// requests that do not come).
+    pub sparse: Cell<bool>,
     /// Its keep-alive deadline while idle past the buffer grace.
     pub idle_mark: crate::idle::IdleMark,
 }
