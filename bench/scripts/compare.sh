@@ -30,14 +30,7 @@ printf "| proxy | requests/s | p50 | p99 | CPU µs/request |\n|---|---:|---:|---
 echo "backend alone:"
 taskset -c 1 wrk -t1 -c$CONNS -d${DUR}s http://127.0.0.1:$BACKEND_PORT/ | grep -E "Requests/sec"
 for p in $PROXIES; do
-  case $p in
-    ringgate) [ -x "$RG" ] || { echo "skip ringgate: build it first (cargo build --release -p ringgate)"; continue; }
-              taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-    ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-    nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-    haproxy)  command -v haproxy >/dev/null || { echo "skip haproxy: apt-get install haproxy"; continue; }
-              taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
-  esac
+  start_proxy $p || continue
   sleep 1
   PIDS=$(pgrep -P $PROXY || true); PIDS="$PROXY $PIDS"
   taskset -c 1 wrk -t1 -c$CONNS -d2s http://127.0.0.1:$PROXY_PORT/ > /dev/null   # warm-up

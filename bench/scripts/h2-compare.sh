@@ -77,13 +77,7 @@ echo "$ROUNDS rounds of ${DUR}s, $CONNS connections x $STREAMS streams"
 : > $W/results
 for round in $(seq 1 "$ROUNDS"); do
   for p in $PROXIES; do
-    case $p in
-      ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-      haproxy)  command -v haproxy >/dev/null || continue
-                taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
-    esac
+    start_proxy $p || continue
     sleep 1
     PIDS=$(pgrep -P $PROXY || true); PIDS="$PROXY $PIDS"
     taskset -c 1 h2load -t1 -c$CONNS -m$STREAMS -D 2 https://127.0.0.1:$PROXY_PORT/ > /dev/null   # warm-up

@@ -69,12 +69,7 @@ taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
 sleep 0.5
 rss_kib() { local t=0; for p in "$@"; do v=$(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0); t=$((t + v)); done; echo $t; }
 for p in $PROXIES; do
-  case $p in
-    ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-    nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-    haproxy)  command -v haproxy >/dev/null || continue
-              taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
-  esac
+  start_proxy $p || continue
   sleep 1
   PIDS="$PROXY $(pgrep -P $PROXY | tr "\n" " " || true)"
   # One warm-up request, so pools and lazily built state exist before the baseline.

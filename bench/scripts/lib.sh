@@ -106,6 +106,22 @@ for p in sorted({p for v in by.values() for p in v}):
 PY
 }
 
+# Starts proxy NAME (ringgate, ringgate-alt, nginx or haproxy) pinned to
+# CPU 0 with the configs in $W, its pid in PROXY; returns 1, saying why,
+# for one that is not there to run. Needs RG (and RINGGATE_ALT_BIN for
+# ringgate-alt) and W.
+# start_proxy NAME
+start_proxy() {
+  case $1 in
+    ringgate) [ -x "$RG" ] || { echo "skip ringgate: build it first (cargo build --release -p ringgate)" >&2; return 1; }
+              taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+    ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+    nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
+    haproxy)  command -v haproxy >/dev/null || { echo "skip haproxy: apt-get install haproxy" >&2; return 1; }
+              taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
+  esac
+}
+
 # Alternating rounds of wrk against each proxy in PROXIES (HAProxy skipped
 # when not installed), each pinned to CPU 0 (wrk on CPU 1). Each round
 # starts one proxy further down the list, so a drift of the machine over
@@ -122,13 +138,7 @@ proxy_rounds() {
   for round in $(seq 1 "$rounds"); do
     for ((i = 0; i < ${#list[@]}; i++)); do
       p=${list[$(( (i + round - 1) % ${#list[@]} ))]}
-      case $p in
-        ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-        ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-        nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-        haproxy)  command -v haproxy >/dev/null || continue
-                  taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
-      esac
+      start_proxy $p || continue
       sleep 1
       pids=$(pgrep -P $PROXY || true); pids="$PROXY $pids"
       taskset -c 1 wrk "$@" -d2s "$url" > /dev/null   # warm-up

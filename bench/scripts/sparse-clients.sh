@@ -34,12 +34,7 @@ echo "$CONNS connections, $RATE requests/s in all (one per connection every $(py
 : > $W/results
 for round in $(seq 1 "$ROUNDS"); do
   for p in $PROXIES; do
-    case $p in
-      ringgate) taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-      nginx) taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
-      haproxy) taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
-    esac
+    start_proxy $p || continue
     sleep 1
     pids="$PROXY $(pgrep -P $PROXY | tr '\n' ' ' || true)"
     # The CPU window is the run's: its 2 s warm-up (connections opening)
