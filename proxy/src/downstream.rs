@@ -20,7 +20,7 @@ use ringgate_core::http::{
 use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::ratelimit::Admission;
 
-use crate::access_log::{AccessLog, Captured};
+use crate::access_log::AccessLog;
 use crate::checks;
 use crate::compose;
 use crate::cors;
@@ -314,7 +314,8 @@ impl Downstream {
         self.record(worker, None);
     }
 
-    /// Gives this connection's buffers back to the worker's pool.
+    /// Gives this connection's buffers and request state back to the
+    /// worker's pools.
     pub(crate) fn release_buffers(&mut self, worker: &Worker) {
         if let Some(req) = self.req.take() {
             worker.request_states.give(req);
@@ -437,15 +438,16 @@ impl Downstream {
         res.is_ok()
     }
 
-    /// Counts what went back for the request and logs it: `request` holds
-    /// its captured fields and how long it took, `None` for a head that
-    /// could not be parsed.
-    fn record(&self, worker: &Worker, request: Option<(&Captured, Duration)>) {
-        let sent = &cur(&self.req).sent;
-        worker.counters.response(sent.status.get());
+    /// Counts what went back for the request and logs it: `took` is how
+    /// long it took, `None` for a head that could not be parsed (no
+    /// captured fields).
+    fn record(&self, worker: &Worker, took: Option<Duration>) {
+        let st = cur(&self.req);
+        worker.counters.response(st.sent.status.get());
         if let Some(log) = &worker.access_log {
-            let (captured, took) = request.map_or((None, Duration::ZERO), |(c, t)| (Some(c), t));
-            let client = &cur(&self.req).client;
+            let captured = took.map(|_| &st.captured);
+            let took = took.unwrap_or_default();
+            let (client, sent) = (&st.client, &st.sent);
             if let Some(e) = log.write(client, captured, sent, took, self.tls_version, None) {
                 worker.access_log_failed(&e);
             }
@@ -567,8 +569,7 @@ impl Downstream {
             st.started = started;
             return next;
         }
-        let captured = &cur(&self.req).captured;
-        self.record(worker, started.map(|t| (captured, t.elapsed())));
+        self.record(worker, started.map(|t| t.elapsed()));
         next
     }
 

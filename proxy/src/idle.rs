@@ -64,8 +64,8 @@ pub struct IdleDeadlines {
 }
 
 impl IdleDeadlines {
-    /// `ctl`'s connection waits for its next request until `deadline`, when
-    /// the reaper aborts its wait unless `disarm` came first.
+    /// `waiter` waits until `deadline`, when the reaper ends its wait
+    /// (`IdleWaiter::expire`) unless `disarm` came first.
     pub fn arm<W: IdleWaiter + 'static>(&self, waiter: &Rc<W>, deadline: Instant) {
         let mark = waiter.mark();
         mark.deadline.set(Some(deadline));

@@ -361,9 +361,8 @@ pub trait Pooled {
     fn recycle(&mut self) -> bool;
 }
 
-/// A connection's exchange buffers. Boxed: a connection holds its set as
-/// one pointer, and a set moves between connection and pool without
-/// copying its ~300-byte header.
+/// A connection's request state, lent with its buffers. Boxed, as they
+/// are: a connection holds it as one pointer.
 impl Pooled for Box<RequestState> {
     fn fresh() -> Self {
         Box::default()
@@ -375,6 +374,9 @@ impl Pooled for Box<RequestState> {
     }
 }
 
+/// A connection's exchange buffers. Boxed: a connection holds its set as
+/// one pointer, and a set moves between connection and pool without
+/// copying its ~300-byte header.
 impl Pooled for Box<Buffers> {
     fn fresh() -> Self {
         Box::default()

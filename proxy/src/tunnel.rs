@@ -495,19 +495,19 @@ async fn relay_streams(
     use StreamReader as R;
     use StreamWriter as W;
     let moved = (up_moved, down_moved);
-    let pool = (&worker.relay_buffers, &worker.idle_deadlines);
+    let parts = (&worker.relay_buffers, &worker.idle_deadlines);
     match (client, backend) {
         ((R::Plain(cr), W::Plain(cw)), (R::Plain(br), W::Plain(bw))) => {
-            relay_halves(pool, idle, (cr, cw), (br, bw), moved).await
+            relay_halves(parts, idle, (cr, cw), (br, bw), moved).await
         }
         ((R::Plain(cr), W::Plain(cw)), (R::Tls(br), W::Tls(bw))) => {
-            Box::pin(relay_halves(pool, idle, (cr, cw), (br, bw), moved)).await
+            Box::pin(relay_halves(parts, idle, (cr, cw), (br, bw), moved)).await
         }
         ((R::Tls(cr), W::Tls(cw)), (R::Plain(br), W::Plain(bw))) => {
-            Box::pin(relay_halves(pool, idle, (cr, cw), (br, bw), moved)).await
+            Box::pin(relay_halves(parts, idle, (cr, cw), (br, bw), moved)).await
         }
         ((R::Tls(cr), W::Tls(cw)), (R::Tls(br), W::Tls(bw))) => {
-            Box::pin(relay_halves(pool, idle, (cr, cw), (br, bw), moved)).await
+            Box::pin(relay_halves(parts, idle, (cr, cw), (br, bw), moved)).await
         }
         _ => {}
     }
