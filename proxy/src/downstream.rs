@@ -339,20 +339,19 @@ impl Downstream {
             // A connection's first request is served even while draining:
             // the client connected before the listener closed.
             let nothing_read = self.bufs.as_ref().is_none_or(|b| b.req.source.is_empty());
-            if !first && !woke && nothing_read && self.ctl.sparse.get() && !worker.draining.get() {
-                self.ctl.idle.set(true);
-                self.ctl.idle_ticket.set(worker.idle_ticket());
-                self.release_buffers(worker);
-                return Phase::Idle { after_grace: false };
-            }
+            let skip_grace = !woke && self.ctl.sparse.get() && !worker.draining.get();
             woke = false;
             if !first && nothing_read {
+                self.ctl.idle.set(true);
+                self.ctl.idle_ticket.set(worker.idle_ticket());
+                if skip_grace {
+                    self.release_buffers(worker);
+                    return Phase::Idle { after_grace: false };
+                }
                 // A response that went out before the drain began promised
                 // keep-alive, so the client may be sending its next request
                 // now: the grace lets it in (its response says close)
                 // rather than cutting it.
-                self.ctl.idle.set(true);
-                self.ctl.idle_ticket.set(worker.idle_ticket());
                 self.ctl.just_idle.set(true);
                 let bufs = self.bufs.get_or_insert_with(|| worker.buffers.take());
                 let res = self
