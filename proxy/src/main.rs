@@ -4,6 +4,7 @@
 //! The request path lives in `downstream` and `exchange`; everything
 //! runtime-free in ringgate-core.
 
+mod accept;
 mod access_log;
 mod admin;
 mod auth;

@@ -17,6 +17,7 @@ use ringgate_config::{Config, ListenerProtocol, LogLevel, RingSetup, Workers};
 use ringgate_core::gossip::GossipMsg;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::accept;
 use crate::downstream;
 use crate::error_log::{Errno, ErrorLog, Kind};
 use crate::gossip::{Gossip, Mesh};
@@ -535,86 +536,26 @@ async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Box<downstream:
 }
 
 async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::TcpListener) {
-    let max = worker.config.server.max_connections_per_worker;
-    let listener_max = worker.config.listeners[index].max_connections_per_worker;
-    let protocol = worker.config.listeners[index].protocol;
     let mut errors = AcceptErrors::default();
     loop {
         if worker.draining.get() {
+            // A connection accepted as the drain began was served below;
+            // the clients the cancelled accept owed are served too. Then
+            // the loop ends and dropping the listener closes this
+            // worker's duplicate of the socket.
+            while let Some(Ok((stream, peer))) = accept::take_queued(&listener).await {
+                admit(&worker, index, stream, peer);
+            }
             return;
         }
         let cancel = worker.accept_canceller.borrow().handle();
-        let accepted = listener.cancelable_accept(cancel).await;
-        // Read before serving what was accepted: a connection accepted as
-        // the drain began is still served (after a reload the next
-        // generation takes the rest), then the loop ends and dropping the
-        // listener closes this worker's socket.
-        let draining = worker.draining.get();
-        match accepted {
+        match listener.cancelable_accept(cancel).await {
             Ok((stream, peer)) => {
                 errors.recovered();
-                // A full worker gives a new client the place of its
-                // longest-idle keep-alive connection; the count may exceed
-                // `max` by the connections being closed, for a turn of the
-                // loop. With none idle it refuses.
-                if worker.connections.get() >= max && !worker.close_longest_idle() {
-                    Counters::bump(&worker.counters.refused);
-                    // Shed load at the door rather than degrade every
-                    // connection; say so once per episode.
-                    if !worker.over_limit_logged.replace(true) {
-                        worker
-                            .error_log
-                            .event(LogLevel::Warn, Kind::ConnectionLimit, |b| {
-                                let _ = write!(
-                                    b,
-                                    "max_connections_per_worker ({max}) reached, refusing"
-                                );
-                            });
-                    }
-                    drop(stream);
-                    continue;
-                }
-                // The listener's own cap sheds nothing: its connections
-                // may be busy tunnels, not idle keep-alive ones.
-                let of_listener = &worker.listener_connections[index];
-                if listener_max.is_some_and(|cap| of_listener.get() >= cap) {
-                    Counters::bump(&worker.counters.refused);
-                    if !worker.over_limit_logged.replace(true) {
-                        worker
-                            .error_log
-                            .event(LogLevel::Warn, Kind::ConnectionLimit, |b| {
-                                let _ = write!(
-                                    b,
-                                    "listener {} at its max_connections_per_worker ({}), refusing",
-                                    worker.config.listeners[index].name,
-                                    listener_max.unwrap_or_default()
-                                );
-                            });
-                    }
-                    drop(stream);
-                    continue;
-                }
-                worker.over_limit_logged.set(false);
-                Counters::bump(&worker.counters.accepted);
-                worker.connections.set(worker.connections.get() + 1);
-                of_listener.set(of_listener.get() + 1);
-                let ctl = Rc::new(ConnControl::default());
-                let key = worker.conns.borrow_mut().insert(ctl.clone());
-                let slot = ConnectionSlot {
-                    worker: worker.clone(),
-                    key,
-                    listener: index,
-                };
-                monoio::spawn(serve_connection(Box::new(Accepted {
-                    slot,
-                    protocol,
-                    stream,
-                    peer,
-                    ctl,
-                })));
+                admit(&worker, index, stream, peer);
             }
             // The accept the drain cancelled.
-            Err(_) if draining => {}
+            Err(_) if worker.draining.get() => {}
             Err(e) => {
                 // Out of descriptors, the pending client waits in the accept
                 // queue: an idle keep-alive connection gives it one back.
@@ -625,10 +566,67 @@ async fn accept_loop(worker: Rc<Worker>, index: usize, listener: monoio::net::Tc
                 monoio::time::sleep(pause).await;
             }
         }
-        if draining {
-            return;
-        }
     }
+}
+
+/// Serves an accepted connection in a task of its own, or refuses it when
+/// the worker or its listener is at its connection limit.
+fn admit(worker: &Rc<Worker>, index: usize, stream: monoio::net::TcpStream, peer: SocketAddr) {
+    let max = worker.config.server.max_connections_per_worker;
+    let listener_max = worker.config.listeners[index].max_connections_per_worker;
+    // A full worker gives a new client the place of its longest-idle
+    // keep-alive connection; the count may exceed `max` by the connections
+    // being closed, for a turn of the loop. With none idle it refuses.
+    if worker.connections.get() >= max && !worker.close_longest_idle() {
+        Counters::bump(&worker.counters.refused);
+        // Shed load at the door rather than degrade every connection; say
+        // so once per episode.
+        if !worker.over_limit_logged.replace(true) {
+            worker
+                .error_log
+                .event(LogLevel::Warn, Kind::ConnectionLimit, |b| {
+                    let _ = write!(b, "max_connections_per_worker ({max}) reached, refusing");
+                });
+        }
+        return;
+    }
+    // The listener's own cap sheds nothing: its connections may be busy
+    // tunnels, not idle keep-alive ones.
+    let of_listener = &worker.listener_connections[index];
+    if listener_max.is_some_and(|cap| of_listener.get() >= cap) {
+        Counters::bump(&worker.counters.refused);
+        if !worker.over_limit_logged.replace(true) {
+            worker
+                .error_log
+                .event(LogLevel::Warn, Kind::ConnectionLimit, |b| {
+                    let _ = write!(
+                        b,
+                        "listener {} at its max_connections_per_worker ({}), refusing",
+                        worker.config.listeners[index].name,
+                        listener_max.unwrap_or_default()
+                    );
+                });
+        }
+        return;
+    }
+    worker.over_limit_logged.set(false);
+    Counters::bump(&worker.counters.accepted);
+    worker.connections.set(worker.connections.get() + 1);
+    of_listener.set(of_listener.get() + 1);
+    let ctl = Rc::new(ConnControl::default());
+    let key = worker.conns.borrow_mut().insert(ctl.clone());
+    let slot = ConnectionSlot {
+        worker: worker.clone(),
+        key,
+        listener: index,
+    };
+    monoio::spawn(serve_connection(Box::new(Accepted {
+        slot,
+        protocol: worker.config.listeners[index].protocol,
+        stream,
+        peer,
+        ctl,
+    })));
 }
 
 /// Accept failures of one accept loop: how long to pause, and when to say so.

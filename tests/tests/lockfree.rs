@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 const HOT_PATH: &[&str] = &[
+    "proxy/src/accept.rs",
     "proxy/src/access_log.rs",
     "proxy/src/auth.rs",
     "proxy/src/downstream.rs",

@@ -157,3 +157,55 @@ fn reloads_under_keep_alive_load_cut_no_request() {
         proxy.stderr()
     );
 }
+
+#[test]
+fn a_connection_arriving_as_the_old_workers_stop_accepting_is_served() {
+    // The generations share each listening socket. A connection arriving
+    // as an old worker's accept is cancelled wakes that accept alone (an
+    // io_uring accept waits exclusively); if the old worker then gives up
+    // without taking it, the new worker's accept sleeps on with the client
+    // queued. One client, one connection at a time, so nothing else comes
+    // to wake the new worker: a lost connection waits out its timeout.
+    let backend = Backend::start("a", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).workers(2).start();
+    let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut results = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let started = std::time::Instant::now();
+                let r = Client::try_connect(addr)
+                    .and_then(|mut c| {
+                        c.set_read_timeout(Duration::from_secs(2));
+                        c.try_send(b"GET /x HTTP/1.1\r\nHost: test\r\n\r\n")?;
+                        c.read_final()
+                    })
+                    .map_err(|e| format!("{e} after {:?}", started.elapsed()));
+                results.push(r.map(|r| r.status));
+            }
+            results
+        })
+    };
+    let reloads = 40;
+    for _ in 0..reloads {
+        proxy.signal("-HUP");
+        thread::sleep(Duration::from_millis(60));
+    }
+    done.store(true, Ordering::SeqCst);
+    let results = client.join().expect("client");
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections across {reloads} reloads got no answer: {failed:?}",
+        failed.len(),
+        results.len()
+    );
+    assert!(results.iter().all(|r| r == &Ok(200)), "{results:?}");
+    assert!(
+        proxy.stderr().contains(&format!("(generation {reloads})")),
+        "{}",
+        proxy.stderr()
+    );
+}
