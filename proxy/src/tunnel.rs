@@ -73,6 +73,8 @@ pub async fn serve(
                 (&bytes_in, &sent),
             )
             .await;
+            crate::stream::close_tunnel_end(client_side.0, client_side.1);
+            conn.close_tunnel_end();
             up.on_end(
                 backend,
                 Outcome::Success {

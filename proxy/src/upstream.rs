@@ -66,6 +66,16 @@ pub struct UpstreamConn {
     slot: Option<ConnSlot>,
 }
 
+impl UpstreamConn {
+    /// Closes the connection after a tunnel ended both its directions
+    /// (see [`crate::stream::close_tunnel_end`]).
+    pub fn close_tunnel_end(self) {
+        let UpstreamConn { r, w, slot, .. } = self;
+        crate::stream::close_tunnel_end(r, w);
+        drop(slot);
+    }
+}
+
 struct Idle {
     r: StreamReader,
     w: StreamWriter,
