@@ -486,6 +486,22 @@ impl FramingFields {
     }
 }
 
+/// `Content_Length` or `Transfer_Encoding` in any case: a backend that
+/// reads `_` as `-` (CGI and WSGI servers map both to one variable)
+/// would frame the body by a field the proxy did not, which is a request
+/// smuggled; nginx ignores such fields by default, ringgate refuses them.
+fn spells_a_framing_field_with_underscores(name: &[u8]) -> bool {
+    let dashed = |spelling: &[u8]| {
+        name.len() == spelling.len()
+            && name.contains(&b'_')
+            && name
+                .iter()
+                .zip(spelling)
+                .all(|(&n, &f)| n.eq_ignore_ascii_case(&f) || (n == b'_' && f == b'-'))
+    };
+    dashed(b"content-length") || dashed(b"transfer-encoding")
+}
+
 fn is_framing_field(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
@@ -664,6 +680,10 @@ pub fn parse_request(
             host = Some(offset_in(buf, h.value));
         } else if name.eq_ignore_ascii_case(b"connection") {
             collect_connection_options(buf, h.value, &mut scratch.connection_options)?;
+        } else if spells_a_framing_field_with_underscores(name) {
+            return Err(HeadError::Malformed(
+                "Content-Length or Transfer-Encoding spelt with '_'",
+            ));
         } else if name.eq_ignore_ascii_case(b"expect") {
             if h.value.eq_ignore_ascii_case(b"100-continue") {
                 // RFC 9110 §10.1.1: ignored in an HTTP/1.0 request.
@@ -1285,6 +1305,27 @@ mod tests {
     fn cl_and_te_together_is_refused() {
         let e = refused(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn framing_fields_spelt_with_underscores_are_refused() {
+        for field in [
+            "Transfer_Encoding: chunked",
+            "content_length: 5",
+            "CONTENT_length: 5",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\n{field}\r\n\r\nhello");
+            assert_eq!(refused(raw.as_bytes()).status(), 400, "{field}");
+        }
+        // Other names with underscores, and near misses, are ordinary fields.
+        for field in [
+            "X_Request_Id: 1",
+            "Content_Len: 5",
+            "Transfer_Encodings: chunked",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{field}\r\n\r\n");
+            assert!(req(raw.as_bytes()).unwrap().is_some(), "{field}");
+        }
     }
 
     #[test]

@@ -99,6 +99,32 @@ fn obfuscated_transfer_encoding_is_refused() {
     );
 }
 
+/// A backend that reads `_` as `-` in field names (CGI and WSGI servers
+/// turn both into `HTTP_TRANSFER_ENCODING`) would frame by a field the
+/// proxy never framed by: a `Transfer_Encoding: chunked` beside the
+/// Content-Length the proxy honoured ends the body early upstream and
+/// leaves the rest as a request of the attacker's.
+#[test]
+fn underscore_spelling_of_a_framing_field_is_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "Transfer_Encoding beside Content-Length",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+            (
+                "Content_Length beside chunked",
+                b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent_Length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
+            (
+                "Content_length alone, odd case",
+                b"POST /a HTTP/1.1\r\nHost: x\r\ncontent_LENGTH: 5\r\n\r\nhello",
+            ),
+        ],
+    );
+}
+
 #[test]
 fn duplicated_chunked_is_refused() {
     assert_refused(
