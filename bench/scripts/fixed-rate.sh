@@ -43,19 +43,14 @@ fi
 RATE=$(python3 -c "print(int(float('$MAX') * float('$FRACTION')))")
 echo "nginx's closed-loop maximum $MAX req/s; $ROUNDS rounds of ${DUR}s at $RATE req/s ($FRACTION), $CONNS connections"
 
-: > $W/results
-list=($PROXIES)
-for round in $(seq 1 "$ROUNDS"); do
-  for ((i = 0; i < ${#list[@]}; i++)); do
-    p=${list[$(( (i + round - 1) % ${#list[@]} ))]}
-    start_proxy $p || continue
-    sleep 1
-    pids=$(pgrep -P $PROXY || true); pids="$PROXY $pids"
-    taskset -c 1 "$RINGLOAD" $URL --rate $RATE -c "$CONNS" -d 2s --cores 1 -q > /dev/null   # warm-up
-    before=$(cpu_ticks $pids)
-    taskset -c 1 "$RINGLOAD" $URL --rate $RATE -c "$CONNS" -d ${DUR}s --cores 1 -q --json $W/run.json > /dev/null
-    after=$(cpu_ticks $pids)
-    python3 - $W/run.json $round $p $((after - before)) $TICK >> $W/results <<'PY'
+# One round's run of ringload against the proxy rotated_rounds started.
+rate_round() {
+  local round=$1 p=$2 before after
+  taskset -c 1 "$RINGLOAD" $URL --rate $RATE -c "$CONNS" -d 2s --cores 1 -q > /dev/null   # warm-up
+  before=$(cpu_ticks $PROXY_PIDS)
+  taskset -c 1 "$RINGLOAD" $URL --rate $RATE -c "$CONNS" -d ${DUR}s --cores 1 -q --json $W/run.json > /dev/null
+  after=$(cpu_ticks $PROXY_PIDS)
+  python3 - $W/run.json $round $p $((after - before)) $TICK >> $W/results <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 lat = r["latency_us"]
@@ -63,11 +58,11 @@ errors = sum(r["errors"].values())
 cpu_us = int(sys.argv[4]) / int(sys.argv[5]) * 1e6 / max(r["requests"], 1)
 print(sys.argv[2], sys.argv[3], r["rate_achieved"], lat["p50"], lat["p99"], lat["p999"], f"{cpu_us:.2f}", errors, len(r["warnings"]))
 PY
-    tail -1 $W/results | awk '{printf "round %s %s: %.0f req/s achieved, corrected p50 %s µs, p99 %s µs, p99.9 %s µs, %s µs CPU/request, %s errors, %s warnings\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
-    kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
-    sleep 0.5
-  done
-done
+  tail -1 $W/results | awk '{printf "round %s %s: %.0f req/s achieved, corrected p50 %s µs, p99 %s µs, p99.9 %s µs, %s µs CPU/request, %s errors, %s warnings\n", $1, $2, $3, $4, $5, $6, $7, $8, $9}'
+}
+
+: > $W/results
+rotated_rounds "$ROUNDS" rate_round
 
 python3 - $W/results <<'PY'
 import sys, statistics as st

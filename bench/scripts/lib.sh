@@ -122,39 +122,54 @@ start_proxy() {
   esac
 }
 
-# Alternating rounds of wrk against each proxy in PROXIES (HAProxy skipped
-# when not installed), each pinned to CPU 0 (wrk on CPU 1). Each round
-# starts one proxy further down the list, so a drift of the machine over
-# the run (connection churn fills the TIME_WAIT tables and slows every
-# later round) favours no proxy by its place in the list. A 2 s warm-up,
-# then DUR s measured; one line "round proxy requests_per_s
-# cpu_us_per_request" per run appended to RESULTS. Needs RG, W, TICK and the
-# configs $W/ringgate.toml, $W/nginx-proxy.conf, $W/haproxy.cfg.
-# proxy_rounds ROUNDS DUR RESULTS URL [wrk options...]
-proxy_rounds() {
-  local rounds=$1 dur=$2 results=$3 url=$4; shift 4
-  local round p pids before after out reqs rps xfer p99 errs cpu_us i
+# Calls FN ROUND PROXY once per proxy in PROXIES (HAProxy skipped when not
+# installed) in each of ROUNDS rounds, with that proxy started pinned to
+# CPU 0 (its process and workers in PROXY_PIDS) and stopped after. Each
+# round starts one proxy further down the list, so a drift of the machine
+# over the run (connection churn fills the TIME_WAIT tables and slows every
+# later round) favours no proxy by its place in the list.
+# rotated_rounds ROUNDS FN
+rotated_rounds() {
+  local rounds=$1 fn=$2 round p i
   local list=($PROXIES)
   for round in $(seq 1 "$rounds"); do
     for ((i = 0; i < ${#list[@]}; i++)); do
       p=${list[$(( (i + round - 1) % ${#list[@]} ))]}
       start_proxy $p || continue
       sleep 1
-      pids=$(pgrep -P $PROXY || true); pids="$PROXY $pids"
-      taskset -c 1 wrk "$@" -d2s "$url" > /dev/null   # warm-up
-      before=$(cpu_ticks $pids)
-      out=$(taskset -c 1 wrk "$@" -d${dur}s --latency "$url")
-      after=$(cpu_ticks $pids)
-      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-      xfer=$(echo "$out" | awk '/Transfer\/sec/ {print $2}')
-      p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-      errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
-      cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
-      echo "round $round $p: $rps req/s ($xfer), $cpu_us µs CPU/request, p99 $p99 $errs"
-      echo "$round $p $rps $cpu_us" >> "$results"
+      PROXY_PIDS=$(pgrep -P $PROXY || true); PROXY_PIDS="$PROXY $PROXY_PIDS"
+      "$fn" "$round" "$p"
       kill $PROXY; wait $PROXY 2>/dev/null || true; PROXY=
       sleep 0.5
     done
   done
+}
+
+# Alternating rounds of wrk (on CPU 1) against each proxy in PROXIES
+# (rotated_rounds): a 2 s warm-up, then DUR s measured; one line "round
+# proxy requests_per_s cpu_us_per_request" per run appended to RESULTS.
+# Needs RG, W, TICK and the configs $W/ringgate.toml, $W/nginx-proxy.conf,
+# $W/haproxy.cfg.
+# proxy_rounds ROUNDS DUR RESULTS URL [wrk options...]
+proxy_rounds() {
+  local rounds=$1 dur=$2 results=$3 url=$4; shift 4
+  local wrk_args=("$@")
+  rotated_rounds "$rounds" wrk_round
+}
+
+# One proxy_rounds run; reads its caller's dur, results, url and wrk_args.
+wrk_round() {
+  local round=$1 p=$2 before after out reqs rps xfer p99 errs cpu_us
+  taskset -c 1 wrk "${wrk_args[@]}" -d2s "$url" > /dev/null   # warm-up
+  before=$(cpu_ticks $PROXY_PIDS)
+  out=$(taskset -c 1 wrk "${wrk_args[@]}" -d${dur}s --latency "$url")
+  after=$(cpu_ticks $PROXY_PIDS)
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  xfer=$(echo "$out" | awk '/Transfer\/sec/ {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  errs=$(echo "$out" | grep -E "Non-2xx|Socket errors" | tr '\n' ' ' || true)
+  cpu_us=$(python3 -c "print(f'{($after-$before)/$TICK*1e6/$reqs:.2f}')")
+  echo "round $round $p: $rps req/s ($xfer), $cpu_us µs CPU/request, p99 $p99 $errs"
+  echo "$round $p $rps $cpu_us" >> "$results"
 }
