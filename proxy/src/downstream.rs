@@ -146,7 +146,6 @@ pub(crate) async fn open(
     ctl: Rc<ConnControl>,
 ) -> Option<Box<Downstream>> {
     let peer_ip = addrs.src.ip();
-    let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let write_abort = Abort::default();
     let mut client_subject = None;

@@ -51,7 +51,6 @@ pub async fn serve(
     addrs: ConnAddrs,
 ) {
     let started = Instant::now();
-    let _ = stream.set_nodelay(true);
     let up = &worker.upstreams[upstream];
     let client = ForwardedClient::new(addrs.src.ip());
     let sent = Sent::default();

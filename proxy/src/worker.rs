@@ -151,6 +151,9 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     // Each worker binds its own socket on the port; the kernel spreads
     // connections across them, so no accept lock is shared.
     socket.set_reuse_port(true)?;
+    // Accepted sockets inherit it: one call here instead of one per
+    // connection.
+    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
@@ -689,5 +692,17 @@ mod tests {
     fn a_connections_task_is_sized_for_its_idle_wait() {
         let task = future_size(serve_connection);
         assert!(task <= 1024, "serve_connection's future is {task} bytes");
+    }
+
+    /// Accepted sockets inherit TCP_NODELAY from the listener, so no
+    /// connection pays a `setsockopt` of its own.
+    #[test]
+    fn an_accepted_connection_sends_without_nagles_delay() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 8).expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let _client = std::net::TcpStream::connect(addr).expect("connect");
+        listener.set_nonblocking(false).expect("blocking");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(accepted.nodelay().expect("TCP_NODELAY"));
     }
 }
