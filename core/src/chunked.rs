@@ -46,6 +46,10 @@ pub enum ChunkError {
     InvalidTrailer,
     /// The trailer section is longer than [`ChunkLimits::max_trailer_bytes`].
     TrailerTooLarge,
+    /// A trailer field that must not be sent in a trailer section (framing,
+    /// routing, credentials, request modifiers, content format: see
+    /// [`FORBIDDEN_IN_TRAILERS`]).
+    ForbiddenTrailer,
     /// The chunk data add up to more than [`ChunkedDecoder::with_max_body`].
     BodyTooLarge,
 }
@@ -61,6 +65,7 @@ impl fmt::Display for ChunkError {
             ChunkError::MissingCrlfAfterData => "chunk data not followed by CRLF",
             ChunkError::InvalidTrailer => "invalid trailer field",
             ChunkError::TrailerTooLarge => "trailer section too large",
+            ChunkError::ForbiddenTrailer => "field not allowed in a trailer section",
             ChunkError::BodyTooLarge => "body larger than allowed",
         };
         f.write_str(msg)
@@ -68,6 +73,44 @@ impl fmt::Display for ChunkError {
 }
 
 impl std::error::Error for ChunkError {}
+
+/// Fields refused in a trailer section (RFC 9110 §6.5.1: a field that
+/// frames, routes, authenticates, modifies the request or describes the
+/// content cannot be processed after the content). The body is forwarded
+/// byte for byte, so such a trailer cannot be dropped on the way: it is
+/// refused, so that no recipient that merges trailers into the header
+/// section takes a `Host` or `Content-Length` the proxy never routed or
+/// framed by. The list is Go's `net/http` one, plus cookies and `Upgrade`.
+/// Names are matched with `_` read as `-`, as CGI-style backends read them.
+pub const FORBIDDEN_IN_TRAILERS: [&str; 24] = [
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "expect",
+    "host",
+    "keep-alive",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "range",
+    "realm",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "www-authenticate",
+];
+
+/// Longer than every name in [`FORBIDDEN_IN_TRAILERS`].
+const TRAILER_NAME_KEPT: usize = 20;
 
 /// The outcome of one [`ChunkedDecoder::feed`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +182,11 @@ pub struct ChunkedDecoder {
     line_bytes: usize,
     /// Bytes of the trailer section so far.
     trailer_bytes: usize,
+    /// The trailer field-name being read, lowercased, `_` as `-`; only its
+    /// length counts once it outgrows the buffer (no forbidden name is
+    /// that long).
+    trailer_name: [u8; TRAILER_NAME_KEPT],
+    trailer_name_len: usize,
     /// Chunk data bytes still allowed.
     body_left: u64,
 }
@@ -151,6 +199,8 @@ impl ChunkedDecoder {
             size: 0,
             line_bytes: 0,
             trailer_bytes: 0,
+            trailer_name: [0; TRAILER_NAME_KEPT],
+            trailer_name_len: 0,
             body_left: u64::MAX,
         }
     }
@@ -268,13 +318,41 @@ impl ChunkedDecoder {
                 if self.trailer_bytes > self.limits.max_trailer_bytes {
                     return Err(ChunkError::TrailerTooLarge);
                 }
-                self.state = step_trailer(self.state, b)?;
+                let next = step_trailer(self.state, b)?;
+                match (self.state, next) {
+                    (TrailerLineStart | TrailerName, TrailerName) => self.keep_trailer_name(b),
+                    (TrailerName, TrailerValue) => {
+                        if self.trailer_is_forbidden() {
+                            return Err(ChunkError::ForbiddenTrailer);
+                        }
+                        self.trailer_name_len = 0;
+                    }
+                    _ => {}
+                }
+                self.state = next;
             }
             Data { .. } | Done | Failed(_) => {
                 debug_assert!(false, "step called in {:?}", self.state);
             }
         }
         Ok(())
+    }
+
+    fn keep_trailer_name(&mut self, b: u8) {
+        if let Some(slot) = self.trailer_name.get_mut(self.trailer_name_len) {
+            *slot = if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            };
+        }
+        self.trailer_name_len += 1;
+    }
+
+    fn trailer_is_forbidden(&self) -> bool {
+        self.trailer_name
+            .get(..self.trailer_name_len)
+            .is_some_and(|name| FORBIDDEN_IN_TRAILERS.iter().any(|f| f.as_bytes() == name))
     }
 
     /// One byte of a chunk-size line (RFC 9112 §7.1, §7.1.1):
@@ -505,6 +583,51 @@ mod tests {
         assert_eq!(ok(b"1;a=\"hello world\"\r\nx\r\n0\r\n\r\n"), b"x");
         assert_eq!(ok(b"1;a=\"q\\\"uote\\\\\" ;b=\"\"\r\nx\r\n0\r\n\r\n"), b"x");
         assert_eq!(ok(b"1;a=\"tab\there; semi=\"\r\nx\r\n0\r\n\r\n"), b"x");
+    }
+
+    #[test]
+    fn framing_routing_and_credential_fields_are_refused_in_trailers() {
+        for name in FORBIDDEN_IN_TRAILERS.iter().map(|n| n.to_string()).chain([
+            "Content-Length".into(),
+            "HOST".into(),
+            "Transfer_Encoding".into(),
+        ]) {
+            let body = format!("2\r\nab\r\n0\r\nX-Ok: 1\r\n{name}: v\r\n\r\n");
+            assert_eq!(
+                decode(body.as_bytes()).1,
+                Err(ChunkError::ForbiddenTrailer),
+                "{name}"
+            );
+            // The same, one byte per read: the name is matched across reads.
+            let mut d = ChunkedDecoder::new(LIMITS);
+            let refused = body
+                .as_bytes()
+                .chunks(1)
+                .map(|b| d.feed(b, &mut |_: &[u8]| {}))
+                .find_map(Result::err);
+            assert_eq!(
+                refused,
+                Some(ChunkError::ForbiddenTrailer),
+                "{name} bytewise"
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_whose_names_only_resemble_forbidden_ones_pass() {
+        for name in [
+            "Hos",
+            "X-Host",
+            "Content-Lengthy",
+            "Content-MD5",
+            "Server-Timing",
+            "Tea",
+            "a-field-name-longer-than-any-forbidden-one",
+            "proxy-authorization-x",
+        ] {
+            let body = format!("2\r\nab\r\n0\r\n{name}: v\r\nTe-Ok: 1\r\n\r\n");
+            assert_eq!(ok(body.as_bytes()), b"ab", "{name}");
+        }
     }
 
     #[test]

@@ -154,3 +154,39 @@ fn slow_head_gets_408_and_close() {
         backend.targets()
     );
 }
+
+/// A backend's trailer that repeats a framing field reaches no client: a
+/// downstream that merges trailers would reframe or reroute by it.
+#[test]
+fn a_response_trailer_carrying_a_framing_field_gives_502() {
+    for field in [
+        "Content-Length: 99",
+        "Transfer-Encoding: chunked",
+        "Set-Cookie: session=evil",
+    ] {
+        let backend = Backend::start(
+            "b",
+            Behaviour::Raw(
+                format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n{field}\r\n\r\n")
+                    .into_bytes(),
+            ),
+        );
+        let proxy = ProxyConfig::new(backend.addr()).start();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+            .unwrap();
+        use std::io::{Read as _, Write as _};
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            !text.contains(field),
+            "trailer {field:?} reached the client: {text:?}"
+        );
+        assert!(
+            text.starts_with("HTTP/1.1 502"),
+            "trailer {field:?}: {text:?}"
+        );
+    }
+}

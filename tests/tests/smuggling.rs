@@ -92,3 +92,58 @@ fn properly_pipelined_unrouted_request_gets_404_and_never_reaches_the_backend() 
         assert_eq!(r.body, b"hello", "body of {} {}", r.method, r.target);
     }
 }
+
+/// RFC 9110 §6.5.1: framing, routing and authentication fields have no
+/// place in a trailer section. A backend that merges trailers into the
+/// header section would take a `Host` or `Content-Length` the proxy never
+/// routed or framed by, so such a request is refused before its body
+/// completes upstream.
+#[test]
+fn a_trailer_carrying_a_framing_routing_or_credential_field_is_refused() {
+    for field in [
+        "Host: evil.example",
+        "Content-Length: 5",
+        "transfer-encoding: chunked",
+        "Authorization: Basic YTpi",
+        "Connection: close",
+    ] {
+        let backend = Backend::start("b", Behaviour::Ok);
+        let proxy = ProxyConfig::new(backend.addr()).start();
+        let raw = format!(
+            "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n{field}\r\n\r\n"
+        );
+        let ex = exchange(proxy.port, raw.as_bytes());
+        match ex.response {
+            Ok(r) => assert_eq!(r.status, 400, "trailer {field:?}: {r:?}"),
+            Err(e) => panic!("trailer {field:?}: no response: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let complete: Vec<_> = backend
+            .records()
+            .into_iter()
+            .filter(|r| r.body_complete)
+            .map(|r| r.target)
+            .collect();
+        assert!(
+            complete.is_empty(),
+            "trailer {field:?}: the backend received a complete request: {complete:?}"
+        );
+    }
+}
+
+/// A trailer a backend may legitimately send, or a client, passes.
+#[test]
+fn an_ordinary_trailer_still_passes() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let raw = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nServer-Timing: db;dur=53\r\nX-Checksum: 9a\r\n\r\n";
+    let mut c = Client::connect(proxy.port);
+    c.send(raw);
+    let r = c.read_response().expect("response");
+    assert_eq!(r.status, 200, "{r:?}");
+    let records = backend.records();
+    assert!(
+        records.iter().any(|r| r.body_complete && r.body == b"ab"),
+        "{records:?}"
+    );
+}

@@ -198,6 +198,7 @@ pub fn chunk_refusal(e: ChunkError) -> Refusal {
             ChunkError::MissingCrlfAfterData => "chunk data not followed by CRLF",
             ChunkError::InvalidTrailer => "invalid trailer field",
             ChunkError::TrailerTooLarge => "trailer section too large",
+            ChunkError::ForbiddenTrailer => "field not allowed in a trailer section",
             ChunkError::BodyTooLarge => {
                 return Refusal::new(413, "request body larger than max_body")
             }
