@@ -1129,6 +1129,11 @@ pub fn parse_response(
     if status == 101 {
         return Err(HeadError::Malformed("protocol upgrade not supported"));
     }
+    // RFC 9110 §15: codes outside 100-599 are invalid (httparse takes any
+    // three digits). A client may read a 0xx as interim and wait on.
+    if !(100..=599).contains(&status) {
+        return Err(HeadError::Malformed("status code outside 100-599"));
+    }
     let version = if minor == 1 {
         Version::Http11
     } else {
@@ -1715,6 +1720,18 @@ mod tests {
         .unwrap_err();
         res(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).unwrap_err();
         res(b"HTTP/1.1 200 OK\nContent-Length: 3\n\n", false).unwrap_err();
+    }
+
+    #[test]
+    fn status_codes_outside_100_to_599_are_refused() {
+        for code in ["000", "099", "600", "999"] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            res(raw.as_bytes(), false).unwrap_err();
+        }
+        for code in ["100", "599"] {
+            let raw = format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            res(raw.as_bytes(), false).unwrap().unwrap();
+        }
     }
 
     #[test]

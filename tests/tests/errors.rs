@@ -190,3 +190,21 @@ fn a_response_trailer_carrying_a_framing_field_gives_502() {
         );
     }
 }
+
+/// RFC 9110 §15: a status code outside 100-599 is invalid. A 0xx reaches
+/// no client as if it were a response (a client may take it for an
+/// interim one and wait for another, or misframe what follows).
+#[test]
+fn a_status_code_outside_100_to_599_gives_502() {
+    for status in ["000", "099", "600", "999"] {
+        let backend = Backend::start(
+            "b",
+            Behaviour::Raw(
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\nab").into_bytes(),
+            ),
+        );
+        let proxy = ProxyConfig::new(backend.addr()).start();
+        let r = Client::connect(proxy.port).get("/x");
+        assert_eq!(r.status, 502, "status {status}: {r:?}");
+    }
+}
