@@ -632,6 +632,13 @@ pub fn parse_request(
     if method == "CONNECT" || method == "TRACE" {
         return Err(HeadError::UnsupportedMethod);
     }
+    // RFC 9112 §3.2, RFC 3986 §2: a target is ASCII (clients percent-encode
+    // the rest; httparse lets bytes above 0x7F through). Backends decode raw
+    // UTF-8 differently, so a route could match one path and the backend
+    // serve another.
+    if !target.is_ascii() {
+        return Err(HeadError::Malformed("non-ASCII byte in request-target"));
+    }
     // RFC 9112 §3.2: a fragment is never part of a request-target.
     if target.contains('#') {
         return Err(HeadError::Malformed("fragment in request-target"));
@@ -1890,6 +1897,18 @@ mod tests {
         );
         assert_eq!(
             refused(b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            400
+        );
+    }
+
+    #[test]
+    fn raw_non_ascii_bytes_in_the_target_are_refused() {
+        assert_eq!(
+            refused(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            400
+        );
+        assert_eq!(
+            refused(b"GET /?q=\xff HTTP/1.1\r\nHost: x\r\n\r\n").status(),
             400
         );
     }

@@ -283,3 +283,28 @@ fn an_expectation_other_than_100_continue_is_417() {
         ],
     );
 }
+
+/// RFC 9112 §3.2 and RFC 3986: a request-target is ASCII; raw bytes above
+/// 0x7F are percent-encoded by every conforming client. Backends decode
+/// raw UTF-8 (or overlong forms of `/` and `.`) in different ways, so a
+/// route or rewrite could match one path and the backend serve another.
+#[test]
+fn a_request_target_with_raw_non_ascii_bytes_is_refused() {
+    assert_refused(
+        400,
+        &[
+            (
+                "raw UTF-8 in the path",
+                b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+            (
+                "overlong slash",
+                b"GET /a\xc0\xafb HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+            (
+                "raw byte in the query",
+                b"GET /a?q=\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+        ],
+    );
+}
