@@ -181,6 +181,13 @@ pub async fn run_upgraded<C>(worker: Rc<Worker>, mut t: Upgraded, connection: C)
             worker.access_log_failed(&e);
         }
     }
+    let Upgraded {
+        client: (cr, cw),
+        switched,
+        ..
+    } = t;
+    crate::stream::close_tunnel_end(cr, cw);
+    switched.conn.close_tunnel_end();
     drop(connection);
 }
 
