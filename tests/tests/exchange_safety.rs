@@ -450,3 +450,50 @@ fn trace_and_fragments_are_refused() {
         ],
     );
 }
+
+/// RFC 9110 §15.2: a server must not send a 1xx to an HTTP/1.0 client,
+/// which takes the first status line it reads for the response: the real
+/// one would follow as bytes it never asked for. An HTTP/1.1 client still
+/// gets the interim response.
+#[test]
+fn interim_responses_reach_http11_clients_and_never_http10_ones() {
+    use std::io::Read as _;
+    let backend = Backend::start(
+        "b",
+        Behaviour::Raw(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                .to_vec(),
+        ),
+    );
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    for (version, want_interim) in [("HTTP/1.0", false), ("HTTP/1.1", true)] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        write!(
+            s,
+            "GET /x {version}\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        let statuses: Vec<&str> = text
+            .split("\r\n")
+            .filter(|l| l.starts_with("HTTP/1."))
+            .collect();
+        let want: &[&str] = if want_interim {
+            &[
+                "HTTP/1.1 103 Early Hints",
+                "HTTP/1.1 100 Continue",
+                "HTTP/1.1 200 OK",
+            ]
+        } else {
+            &["HTTP/1.1 200 OK"]
+        };
+        assert_eq!(statuses, want, "{version} client got {text:?}");
+        assert!(
+            text.ends_with("\r\n\r\nok"),
+            "{version} client got {text:?}"
+        );
+    }
+}

@@ -249,6 +249,12 @@ async fn relay_inner(
                     Fault::BadResponse("too many interim responses"),
                 ));
             }
+            // RFC 9110 §15.2: never a 1xx to an HTTP/1.0 client, which would
+            // take it for the response and the real one for stray bytes.
+            if spec.client_version == Version::Http10 {
+                resp.source.drain(..head.head_len);
+                continue;
+            }
         }
         if spec.hold_5xx && head.status >= 500 && !started {
             // Discarded with its connection; the caller retries elsewhere.
