@@ -1066,7 +1066,19 @@ fn status_reason(status: u16) -> &'static str {
 
 /// A redirect's Location: `to` with `$path` and `$query` replaced from the
 /// request's `target` (its path, and `?` with the query when it has one).
+/// A relative Location starting with `//` is protocol-relative to a
+/// browser (so is `///`): a path of `//evil.example` would send it to
+/// another host, so the leading slashes collapse to one.
 fn write_location(out: &mut Vec<u8>, to: &str, target: &[u8]) {
+    let start = out.len();
+    write_substituted(out, to, target);
+    let slashes = out[start..].iter().take_while(|&&b| b == b'/').count();
+    if slashes > 1 {
+        out.drain(start + 1..start + slashes);
+    }
+}
+
+fn write_substituted(out: &mut Vec<u8>, to: &str, target: &[u8]) {
     let (path, query) = match target.iter().position(|&b| b == b'?') {
         Some(q) => (&target[..q], &target[q..]),
         None => (target, &[][..]),

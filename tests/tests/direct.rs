@@ -96,3 +96,36 @@ fn a_request_with_a_body_is_answered_and_closed() {
         .unwrap();
     assert_eq!(c.read_final().unwrap().status, 410);
 }
+
+/// A relative redirect to `$path` must not send a browser to another
+/// host: `//evil.example` (or `///evil.example`) is protocol-relative to a
+/// browser, so the leading slashes of a relative Location collapse to one.
+#[test]
+fn a_relative_redirect_to_the_path_cannot_name_another_host() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let routes = r#"
+[[routes]]
+listener = "web"
+match = { path_prefix = "/" }
+redirect = { to = "$path$query", status = 308 }
+"#;
+    let base = ProxyConfig::new(backend.addr())
+        .route_prefix("/app/")
+        .to_toml();
+    let proxy = Proxy::start(&format!("{base}\n{routes}"));
+    let mut c = Client::connect(proxy.port);
+    for (target, want) in [
+        ("//evil.example/x", "/evil.example/x"),
+        ("///evil.example?q=1", "/evil.example?q=1"),
+        ("/a//b", "/a//b"),
+    ] {
+        c.try_send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = c.read_final().expect("a response");
+        assert_eq!(
+            (r.status, r.header("location").as_deref()),
+            (308, Some(want)),
+            "{target}"
+        );
+    }
+}
