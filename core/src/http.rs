@@ -118,6 +118,9 @@ pub struct RequestHead {
     /// in origin-form ([`write_request_line`]) and Host is the target's
     /// authority (RFC 9112 §3.2.2), which the patch writes.
     pub absolute_form: bool,
+    /// [`normalize_path`] rewrote the path in the buffer: the request line
+    /// must go upstream as the proxy writes it ([`write_request_line`]).
+    pub path_normalized: bool,
 }
 
 /// A framing field the proxy writes itself instead of forwarding what was
@@ -790,6 +793,7 @@ pub fn parse_request(
         target: target_range,
         path: path_range,
         absolute_form: target_authority.is_some(),
+        path_normalized: false,
         authority: target_authority.or(host),
         version,
         body,
@@ -1086,6 +1090,72 @@ pub fn write_request_line(
         Version::Http10 => b" HTTP/1.0\r\n",
         Version::Http11 => b" HTTP/1.1\r\n",
     });
+}
+
+/// Rewrites the path of `head`'s target in `buf`, in place, into the form a
+/// backend that normalizes URIs reads (RFC 3986 §6.2.2): percent-encoded
+/// unreserved characters decoded (`%61` is `a`), runs of `/` merged. Routes
+/// match and rewrites apply to this form, and it is what goes upstream, so
+/// `/%61dmin/` or `//admin/` cannot slip past a `/admin/` route to another
+/// one while the backend serves `/admin/`. The query is left as sent. Only
+/// shrinks: the query moves left, `path` and `target` end earlier and the
+/// bytes after them are stale (the request line is then written by the
+/// proxy). Returns whether anything changed; most paths need nothing and
+/// cost one scan. A dot segment that only decoding reveals is refused, as
+/// [`parse_request`] refuses the others.
+pub fn normalize_path(buf: &mut [u8], head: &mut RequestHead) -> Result<bool, HeadError> {
+    let path = &buf[head.path.clone()];
+    let path_len = path.iter().position(|&b| b == b'?').unwrap_or(path.len());
+    let path = &path[..path_len];
+    let needs = memchr::memchr(b'%', path).is_some() || memchr::memmem::find(path, b"//").is_some();
+    if !needs {
+        return Ok(false);
+    }
+    let (start, query_start, end) = (head.path.start, head.path.start + path_len, head.path.end);
+    let mut read = start;
+    let mut write = start;
+    while read < query_start {
+        let b = buf[read];
+        if b == b'/' && write > start && buf[write - 1] == b'/' {
+            read += 1;
+            continue;
+        }
+        if b == b'%' && read + 2 < query_start {
+            if let (Some(hi), Some(lo)) = (hex_digit(buf[read + 1]), hex_digit(buf[read + 2])) {
+                let decoded = hi << 4 | lo;
+                if is_unreserved(decoded) {
+                    buf[write] = decoded;
+                    write += 1;
+                    read += 3;
+                    continue;
+                }
+            }
+        }
+        buf[write] = b;
+        write += 1;
+        read += 1;
+    }
+    if write == query_start {
+        return Ok(false);
+    }
+    if has_dot_segment(&buf[start..write]) {
+        return Err(HeadError::Malformed("dot segment in request path"));
+    }
+    buf.copy_within(query_start..end, write);
+    let new_end = write + (end - query_start);
+    head.path.end = new_end;
+    head.target.end = new_end;
+    head.path_normalized = true;
+    Ok(true)
+}
+
+/// RFC 3986 §2.3: unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~".
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 /// A parsed response head: offsets into the buffer it was parsed from.
@@ -1899,6 +1969,41 @@ mod tests {
             refused(b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n").status(),
             400
         );
+    }
+
+    /// The target after [`normalize_path`], as the request line carries it.
+    fn normalized(raw: &str) -> (String, bool) {
+        let mut buf = raw.as_bytes().to_vec();
+        let mut scratch = HeadScratch::default();
+        let mut head = parse_request(&buf, LIMITS, &mut scratch).unwrap().unwrap();
+        let changed = normalize_path(&mut buf, &mut head).unwrap();
+        assert_eq!(changed, head.path_normalized);
+        let mut line = Vec::new();
+        write_request_line(&mut line, &buf, &head, None);
+        (String::from_utf8(line).unwrap(), changed)
+    }
+
+    #[test]
+    fn paths_are_normalized_for_routing_and_the_query_is_left_alone() {
+        let req = |t: &str| format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n");
+        for (target, want, changed) in [
+            ("/plain/path?a=%61", "/plain/path?a=%61", false),
+            ("/%61dmin/x", "/admin/x", true),
+            ("/%7e%7Euser%2D%5f", "/~~user-_", true),
+            ("//a///b/?q=//", "/a/b/?q=//", true),
+            ("/a%2Fb%3F%20c", "/a%2Fb%3F%20c", false),
+            ("/a%2Fb%41", "/a%2FbA", true),
+            ("/bad%4", "/bad%4", false),
+            ("/bad%zz%", "/bad%zz%", false),
+            ("/end%41?", "/endA?", true),
+            ("http://h.example//x%79z?k", "/xyz?k", true),
+        ] {
+            assert_eq!(
+                normalized(&req(target)),
+                (format!("GET {want} HTTP/1.1\r\n"), changed),
+                "{target}"
+            );
+        }
     }
 
     #[test]

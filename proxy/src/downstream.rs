@@ -15,7 +15,7 @@ use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
-    header_value, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
+    header_value, normalize_path, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
 };
 use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::ratelimit::Admission;
@@ -501,7 +501,12 @@ impl Downstream {
         loop {
             if !bufs.req.source.is_empty() {
                 match parse_request(&bufs.req.source, worker.head_limits, &mut bufs.req_scratch) {
-                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(Some(mut head)) => {
+                        return match normalize_path(&mut bufs.req.source, &mut head) {
+                            Ok(_) => Ok(Some(head)),
+                            Err(e) => Err(Refusal::new(e.status(), e.reason())),
+                        }
+                    }
                     Ok(None) => {}
                     Err(e) => return Err(Refusal::new(e.status(), e.reason())),
                 }

@@ -37,7 +37,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use monoio::buf::IoBuf;
 use ringgate_config::{Http2, LogLevel};
-use ringgate_core::http::parse_request;
+use ringgate_core::http::{normalize_path, parse_request};
 use ringgate_core::proxy_protocol::ConnAddrs;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -771,7 +771,9 @@ async fn serve_stream(
     let parsed = synthesized.and_then(|_| {
         let bufs = d.bufs.as_deref_mut().expect("buffers were given");
         match parse_request(&bufs.req.source, worker.head_limits, &mut bufs.req_scratch) {
-            Ok(Some(head)) => Ok(head),
+            Ok(Some(mut head)) => normalize_path(&mut bufs.req.source, &mut head)
+                .map(|_| head)
+                .map_err(|e| Refusal::new(e.status(), e.reason())),
             Ok(None) => Err(Refusal::new(400, "incomplete request head")),
             Err(e) => Err(Refusal::new(e.status(), e.reason())),
         }

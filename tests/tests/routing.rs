@@ -133,3 +133,75 @@ backends = [{{ address = "{}" }}]
     assert_eq!(untouched.target, "/other");
     assert_eq!(untouched.header("x-debug").as_deref(), Some("1"));
 }
+
+/// A path that only differs from a route's prefix by percent-encoded
+/// unreserved characters (`%61` for `a`) or repeated slashes is the same
+/// path to a backend that decodes or merges them (RFC 3986 §6.2.2), so it
+/// takes the same route, and goes upstream in the form it was routed by:
+/// `/%61dmin/x` cannot slip past the `/admin/` route to the catch-all.
+#[test]
+fn encoded_unreserved_characters_and_repeated_slashes_cannot_route_around_a_prefix() {
+    let public = Backend::start("public", Behaviour::Ok);
+    let admin = Backend::start("admin", Behaviour::Ok);
+    let port = free_port();
+    let toml = format!(
+        r#"[server]
+workers = 1
+
+[[listeners]]
+name = "web"
+address = "127.0.0.1:{port}"
+
+[[routes]]
+listener = "web"
+upstream = "public"
+
+[[routes]]
+listener = "web"
+match = {{ path_prefix = "/admin/" }}
+upstream = "admin"
+
+[[routes]]
+listener = "web"
+match = {{ path_prefix = "/api/" }}
+rewrite = {{ prefix = "/v2/" }}
+upstream = "admin"
+
+[[upstreams]]
+name = "public"
+backends = [{{ address = "{}" }}]
+
+[[upstreams]]
+name = "admin"
+backends = [{{ address = "{}" }}]
+"#,
+        public.addr(),
+        admin.addr()
+    );
+    let proxy = Proxy::start(&toml);
+    let mut c = Client::connect(proxy.port);
+    let cases = [
+        ("/%61dmin/x", "admin", "/admin/x"),
+        ("/ad%6Din/x?q=%61", "admin", "/admin/x?q=%61"),
+        ("//admin/x", "admin", "/admin/x"),
+        ("/admin//x///y", "admin", "/admin/x/y"),
+        ("/%7Euser/a%2Fb", "public", "/~user/a%2Fb"),
+        ("/%61pi/users?id=7", "admin", "/v2/users?id=7"),
+        ("/admin/plain", "admin", "/admin/plain"),
+    ];
+    for (target, want, upstream_target) in cases {
+        let r = c.request(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200, "{target}: {r:?}");
+        assert_eq!(r.header("x-backend").as_deref(), Some(want), "{target}");
+        let seen = if want == "admin" {
+            admin.targets()
+        } else {
+            public.targets()
+        };
+        assert_eq!(
+            seen.last().map(String::as_str),
+            Some(upstream_target),
+            "{target}"
+        );
+    }
+}

@@ -108,7 +108,8 @@ pub(super) fn prepare(
     let patch = &mut bufs.req.patch;
     patch.clear();
     bufs.patch_prefix = 0;
-    let new_request_line = route.rewrite_prefix.is_some() || head.absolute_form;
+    let new_request_line =
+        route.rewrite_prefix.is_some() || head.absolute_form || head.path_normalized;
     if new_request_line {
         // The target with the matched prefix replaced, or an absolute-form
         // target's path, in origin-form (RFC 9112 §3.2.1), as the request
