@@ -49,6 +49,23 @@ pub struct Server {
     /// client sends a well-formed one, made otherwise), upstream, back to
     /// the client and into the access log; `None`: no request ids.
     pub request_id: Option<String>,
+    /// The `Via` each forwarded request gets, and the name whose presence
+    /// in a request's `Via` means it has looped back.
+    pub via: Via,
+}
+
+/// `[server] via`: how this proxy names itself in the `Via` field it adds
+/// to forwarded requests (RFC 9110 §7.6.3), and finds a request that has
+/// already passed through it (a loop: answered 508, not forwarded again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// `ringgate-` and 12 hex digits random per process: never the name
+    /// of another proxy, so a chain of ringgates is no loop.
+    Auto,
+    /// No `Via`, and no loop detection.
+    Off,
+    /// This pseudonym (a token).
+    Named(String),
 }
 
 /// `[server] trusted_proxies`: the networks of proxies in front of this one,
@@ -152,6 +169,7 @@ impl Default for Server {
             share_ports: false,
             trusted_proxies: TrustedProxies::default(),
             request_id: None,
+            via: Via::Auto,
         }
     }
 }

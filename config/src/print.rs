@@ -108,6 +108,12 @@ fn server(out: &mut String, s: &Server) {
     if let Some(name) = &s.request_id {
         let _ = writeln!(out, "request_id = {}", quote(name));
     }
+    let via = match &s.via {
+        Via::Auto => "auto",
+        Via::Off => "off",
+        Via::Named(name) => name,
+    };
+    let _ = writeln!(out, "via = {}", quote(via));
 }
 
 fn quoted_networks(networks: &TrustedProxies) -> String {

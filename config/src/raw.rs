@@ -104,6 +104,7 @@ pub(crate) struct RawServer {
     pub share_ports: Option<bool>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub request_id: Option<Spanned<String>>,
+    pub via: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2529,6 +2529,24 @@ fn bad_request_checks_are_refused_where_they_are_written() {
 }
 
 #[test]
+fn via_is_auto_off_or_a_token() {
+    assert_eq!(ok(BASE).server.via, Via::Auto);
+    for (value, want) in [
+        ("auto", Via::Auto),
+        ("off", Via::Off),
+        ("edge-1.example", Via::Named("edge-1.example".into())),
+    ] {
+        let toml = format!("[server]\nvia = \"{value}\"\n\n{BASE}");
+        assert_eq!(ok(&toml).server.via, want, "{value}");
+        assert_round_trip(&toml);
+    }
+    for bad in ["", "a b", "x,y", "1.1 edge"] {
+        let e = only_error(&format!("[server]\nvia = \"{bad}\"\n\n{BASE}"));
+        assert_eq!(e.key, "server.via", "{bad:?}: {e}");
+    }
+}
+
+#[test]
 fn request_ids_name_a_header_the_proxy_does_not_manage() {
     let c = ok(&format!(
         "[server]\nrequest_id = \"X-Request-Id\"\n\n{BASE}"

@@ -804,6 +804,23 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             .map_or(d.trusted_proxies, |list| {
                 networks(c, "server.trusted_proxies", list)
             }),
+        via: raw.via.as_ref().map_or(Via::Auto, |v| match v.get_ref().as_str() {
+            "auto" => Via::Auto,
+            "off" => Via::Off,
+            name if (1..=64).contains(&name.len())
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) =>
+            {
+                Via::Named(name.to_owned())
+            }
+            other => {
+                c.err(
+                    v.span(),
+                    "server.via",
+                    format!("{other:?}: write \"auto\", \"off\" or a pseudonym of 1 to 64 token characters (letters, digits, -._~ and the like)"),
+                );
+                Via::Auto
+            }
+        }),
         request_id: raw.request_id.as_ref().and_then(|name| {
             let checked = header_name(name.get_ref()).and_then(|lower| {
                 if MANAGED_HEADERS.contains(&lower.as_str()) || lower == "host" {

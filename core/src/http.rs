@@ -153,6 +153,9 @@ pub struct HeadScratch {
     pub forwarded: Vec<Range<usize>>,
     pub forwarded_proto: Vec<Range<usize>>,
     pub forwarded_host: Vec<Range<usize>>,
+    /// Values of the request's `Via` lines, which are forwarded as read: a
+    /// proxy finds its own name there when a request loops back to it.
+    pub via: Vec<Range<usize>>,
     /// The host the client asked for (Host, or an absolute-form target's
     /// authority): our `X-Forwarded-Host`.
     pub requested_host: Option<Range<usize>>,
@@ -173,6 +176,7 @@ impl HeadScratch {
         self.forwarded.clear();
         self.forwarded_proto.clear();
         self.forwarded_host.clear();
+        self.via.clear();
         self.requested_host = None;
         self.connection_options.clear();
         self.framing = None;
@@ -766,6 +770,9 @@ pub fn parse_request(
         let name_range = offset_in(buf, name);
         let value_range = offset_in(buf, h.value);
         let line = name_range.start..line_end(buf, value_range.end);
+        if name.eq_ignore_ascii_case(b"via") {
+            scratch.via.push(value_range.clone());
+        }
         if (!framing_as_read && is_framing_field(name))
             || (target_authority.is_some() && name.eq_ignore_ascii_case(b"host"))
         {
@@ -1021,6 +1028,23 @@ pub fn write_request_patch(
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// Does a `Via` value of the request (RFC 9110 §7.6.3: a list of
+/// `received-protocol RWS received-by [ RWS comment ]`) name `pseudonym`
+/// as a proxy it passed? Compared ignoring case.
+pub fn via_names(buf: &[u8], scratch: &HeadScratch, pseudonym: &[u8]) -> bool {
+    scratch.via.iter().any(|r| {
+        buf[r.clone()].split(|&b| b == b',').any(|element| {
+            let mut words = element
+                .split(|&b| b == b' ' || b == b'\t')
+                .filter(|w| !w.is_empty());
+            let _received_protocol = words.next();
+            words
+                .next()
+                .is_some_and(|by| by.eq_ignore_ascii_case(pseudonym))
+        })
+    })
 }
 
 /// The values of `ranges` joined as one list.

@@ -778,6 +778,7 @@ impl Downstream {
             chunk_limits: worker.chunk_limits,
             draining: &worker.draining,
             request_id: worker.config.server.request_id.as_deref(),
+            via: crate::via::pseudonym(&worker.config.server.via),
         };
         let client = Client {
             r: &mut self.r,

@@ -36,6 +36,7 @@ mod ticker;
 mod tls;
 mod tunnel;
 mod upstream;
+mod via;
 mod worker;
 
 use std::io::Write as _;

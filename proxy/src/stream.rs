@@ -10,6 +10,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use monoio::buf::IoBuf;
+use ringgate_core::http::Version;
 
 use crate::h2_upstream::H2Reply;
 use crate::http2::{H2Body, H2Sender};
@@ -111,6 +112,16 @@ impl StreamWriter {
     pub async fn close(&mut self, timeout: Duration, abort: &Abort) {
         if let StreamWriter::Tls(w) = self {
             w.close(timeout, abort).await;
+        }
+    }
+
+    /// The protocol a request on this connection came in, as `Via` names
+    /// it (RFC 9110 §7.6.3: `received-protocol`, the name omitted for HTTP).
+    pub fn received_protocol(&self, version: Version) -> &'static str {
+        match (self, version) {
+            (StreamWriter::H2(_), _) => "2",
+            (_, Version::Http10) => "1.0",
+            (_, Version::Http11) => "1.1",
         }
     }
 

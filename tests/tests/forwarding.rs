@@ -278,3 +278,77 @@ fn close_delimited_response_is_relayed() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body_str(), backend.ok_body("/cd"));
 }
+
+/// RFC 9110 §7.6.3: a gateway names itself in `Via` on each request it
+/// forwards, after what earlier proxies said.
+#[test]
+fn a_forwarded_request_names_the_proxy_in_via_after_earlier_proxies() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    assert_eq!(
+        c.request(b"GET /a HTTP/1.1\r\nHost: x\r\nVia: 1.0 corp-proxy\r\n\r\n")
+            .status,
+        200
+    );
+    assert_eq!(
+        c.request(b"GET /b HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+            .status,
+        200
+    );
+    let records = backend.records();
+    let first = records[0].header("via").expect("a Via");
+    let ours = first.strip_prefix("1.0 corp-proxy, 1.1 ").expect(&first);
+    assert!(
+        ours.starts_with("ringgate-") && ours.len() == 21,
+        "the process's pseudonym: {first:?}"
+    );
+    assert_eq!(
+        records[1].header("via").as_deref(),
+        Some(&*format!("1.0 {ours}"))
+    );
+
+    let backend = Backend::start("b", Behaviour::Ok);
+    let named = ProxyConfig::new(backend.addr())
+        .server("via", "\"edge-7\"")
+        .start();
+    Client::connect(named.port).get("/c");
+    assert_eq!(
+        backend.records()[0].header("via").as_deref(),
+        Some("1.1 edge-7")
+    );
+
+    let backend = Backend::start("b", Behaviour::Ok);
+    let off = ProxyConfig::new(backend.addr())
+        .server("via", "\"off\"")
+        .start();
+    Client::connect(off.port).get("/d");
+    assert_eq!(backend.records()[0].header("via"), None);
+}
+
+/// An upstream that points back at the proxy's own listener: the request
+/// comes back naming this proxy in `Via` and is answered 508 there, instead
+/// of being forwarded to itself until every connection is spent.
+#[test]
+fn a_request_that_loops_back_to_the_proxy_gets_508() {
+    let port = ringgate_tests::free_port();
+    let proxy = ringgate_tests::Proxy::start(&format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:{port}\"\n\n\
+         [[routes]]\nlistener = \"web\"\nupstream = \"self\"\n\n\
+         [[upstreams]]\nname = \"self\"\nbackends = [{{ address = \"127.0.0.1:{port}\" }}]\n"
+    ));
+    let started = std::time::Instant::now();
+    let mut c = Client::connect(proxy.port);
+    let r = c.request(b"GET /loop HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 508, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The connection and the proxy serve on.
+    assert_eq!(
+        c.request(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n").status,
+        508
+    );
+}

@@ -83,6 +83,8 @@ pub struct Context<'a> {
     pub draining: &'a Cell<bool>,
     /// The request-id header (`[server] request_id`).
     pub request_id: Option<&'a str>,
+    /// This proxy's `Via` pseudonym (`[server] via`), `None` when off.
+    pub via: Option<&'a str>,
 }
 
 /// What an exchange borrows from its client connection.
@@ -362,6 +364,7 @@ async fn run_tries(
     let origin = request::Origin {
         addr: client.addr,
         scheme: client.w.scheme(),
+        received: client.w.received_protocol(head.version),
         subject: client.subject,
         auth: client.auth,
     };

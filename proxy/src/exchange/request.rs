@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ringgate_config::{HashKey, HeaderEdits, Route};
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
-    cookie_value, header_value, write_request_line, write_request_patch, ForwardedClient,
-    RequestBody, RequestHead, Version,
+    cookie_value, header_value, via_names, write_request_line, write_request_patch,
+    ForwardedClient, RequestBody, RequestHead, Version,
 };
 
 use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
@@ -62,6 +62,8 @@ pub(super) struct Origin<'a> {
     pub addr: &'a ForwardedClient,
     /// `http` or `https`, for the forwarding fields.
     pub scheme: &'a str,
+    /// The protocol the request came in, for `Via`.
+    pub received: &'a str,
     /// The listener's mTLS subject header and the client's verified subject.
     pub subject: Option<(&'a str, Option<&'a str>)>,
     /// The route's auth and the caller's identity (see `Client::auth`).
@@ -84,6 +86,7 @@ pub(super) fn prepare(
     let Origin {
         addr: client,
         scheme,
+        received,
         subject,
         auth,
     } = origin;
@@ -104,6 +107,16 @@ pub(super) fn prepare(
             )
         }
     };
+    if let Some(name) = cx.via {
+        if via_names(&bufs.req.source, &bufs.req_scratch, name.as_bytes()) {
+            // Forwarding it again would only come back again, each time
+            // holding another pair of connections.
+            return Err(Refusal::new(
+                508,
+                "request loop: it has already passed through this proxy",
+            ));
+        }
+    }
     let replay = Replay::new(&bufs.req.source[head.method.clone()], body_left.is_none());
     let patch = &mut bufs.req.patch;
     patch.clear();
@@ -122,6 +135,15 @@ pub(super) fn prepare(
         bufs.patch_prefix = patch.len();
     }
     write_set_fields(patch, &route.request_headers);
+    if let Some(name) = cx.via {
+        // After the client's own Via lines (forwarded as read): the list's
+        // last element.
+        patch.extend_from_slice(b"Via: ");
+        patch.extend_from_slice(received.as_bytes());
+        patch.push(b' ');
+        patch.extend_from_slice(name.as_bytes());
+        patch.extend_from_slice(b"\r\n");
+    }
     let upgrade = upgrade_asked(route, &bufs.req.source[..head.head_len], head);
     if let Some(protocol) = upgrade {
         // Hop-by-hop, so dropped from the forwarded fields: said again for
