@@ -58,6 +58,9 @@ pub enum ResponseBody {
 pub enum HeadError {
     Malformed(&'static str),
     TooLarge,
+    /// The start line alone does not end within the head limit: for a
+    /// request, a target longer than the proxy parses (RFC 9112 §3: 414).
+    StartLineTooLong,
     TooManyHeaders,
     UnsupportedTransferCoding,
     UnsupportedMethod,
@@ -70,6 +73,7 @@ impl HeadError {
         match self {
             HeadError::Malformed(_) => 400,
             HeadError::TooLarge | HeadError::TooManyHeaders => 431,
+            HeadError::StartLineTooLong => 414,
             HeadError::UnsupportedTransferCoding | HeadError::UnsupportedMethod => 501,
             HeadError::UnsupportedExpectation => 417,
         }
@@ -79,6 +83,7 @@ impl HeadError {
         match self {
             HeadError::Malformed(why) => why,
             HeadError::TooLarge => "header section too large",
+            HeadError::StartLineTooLong => "request-target too long",
             HeadError::TooManyHeaders => "too many header fields",
             HeadError::UnsupportedTransferCoding => "unsupported transfer coding",
             HeadError::UnsupportedMethod => "method not supported by this proxy",
@@ -588,7 +593,15 @@ fn complete_head(
     let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= limits.max_head_bytes => {
-            return Err(HeadError::TooLarge)
+            // Past the empty lines a head may start with (RFC 9112 §2.2).
+            let window = &buf[..limits.max_head_bytes];
+            let start = window.iter().position(|&b| b != b'\r' && b != b'\n');
+            let line_ends = start.is_some_and(|s| memchr::memchr(b'\n', &window[s..]).is_some());
+            return Err(if line_ends {
+                HeadError::TooLarge
+            } else {
+                HeadError::StartLineTooLong
+            });
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(map_parse_error(e)),
@@ -1221,7 +1234,13 @@ pub fn parse_response(
         window,
         &mut storage[..max_headers],
     );
-    let Some(head_len) = complete_head(parsed, buf, limits)? else {
+    // 414 is a request's status; a response's long status line is just
+    // a head too large.
+    let head = complete_head(parsed, buf, limits).map_err(|e| match e {
+        HeadError::StartLineTooLong => HeadError::TooLarge,
+        other => other,
+    });
+    let Some(head_len) = head? else {
         return Ok(None);
     };
     let (Some(status), Some(minor)) = (res.code, res.version) else {
@@ -1387,6 +1406,14 @@ mod tests {
     #[test]
     fn partial_head_asks_for_more() {
         assert_eq!(req(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn a_request_line_over_the_limit_is_414() {
+        let mut raw = b"GET /".to_vec();
+        raw.resize(LIMITS.max_head_bytes + 10, b'a');
+        assert_eq!(refused(&raw), HeadError::StartLineTooLong);
+        assert_eq!(HeadError::StartLineTooLong.status(), 414);
     }
 
     #[test]

@@ -80,6 +80,25 @@ fn head_larger_than_max_head_size_gives_431() {
     );
 }
 
+/// RFC 9112 §3: a request-target longer than the server will parse gets
+/// 414 (URI Too Long), not the 431 of a header section too large.
+#[test]
+fn a_request_line_longer_than_max_head_size_gives_414() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .limit("max_head_size", "\"1KiB\"")
+        .start();
+    let long = "a".repeat(2000);
+    let r = Client::connect(proxy.port)
+        .request(format!("GET /{long} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+    assert_eq!(r.status, 414, "{r:?}");
+    assert!(
+        backend.targets().is_empty(),
+        "backend saw {:?}",
+        backend.targets()
+    );
+}
+
 #[test]
 fn more_headers_than_max_headers_gives_431() {
     let backend = Backend::start("b", Behaviour::Ok);

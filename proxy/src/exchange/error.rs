@@ -213,6 +213,7 @@ fn status_text(status: u16) -> &'static str {
         404 => "Not Found",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         415 => "Unsupported Media Type",
         417 => "Expectation Failed",
         429 => "Too Many Requests",
