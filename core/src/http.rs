@@ -1204,6 +1204,9 @@ pub struct ResponseHead {
     pub body: ResponseBody,
     /// The upstream connection may be reused after this response.
     pub reusable: bool,
+    /// The response has a `Date` field (RFC 9110 §6.6.1: one forwarded
+    /// without gets the time it was received).
+    pub has_date: bool,
 }
 
 impl ResponseHead {
@@ -1271,6 +1274,7 @@ pub fn parse_response(
     let mut content_length: Option<u64> = None;
     let mut codings = TransferCodings::default();
     let mut framing = FramingFields::default();
+    let mut has_date = false;
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -1281,6 +1285,8 @@ pub fn parse_response(
             framing.coding_line(h.value);
         } else if name.eq_ignore_ascii_case(b"connection") {
             collect_connection_options(buf, h.value, &mut scratch.connection_options)?;
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
         }
     }
     let no_body =
@@ -1354,6 +1360,7 @@ pub fn parse_response(
         version,
         body,
         reusable,
+        has_date,
     }))
 }
 

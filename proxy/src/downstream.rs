@@ -887,6 +887,7 @@ impl Downstream {
             let _ = write!(out, "Content-Length: {}\r\n", body.len());
         }
         out.extend_from_slice(connection_line(keep, head.version).as_bytes());
+        crate::exchange::write_date_line(&mut out);
         if let Some(bufs) = self.bufs.as_deref() {
             out.extend_from_slice(&bufs.added_fields);
         }

@@ -91,6 +91,12 @@ impl Stamp {
         Stamp::with(write_rfc3339_seconds)
     }
 
+    /// An HTTP date (RFC 9110 §5.6.7 IMF-fixdate): `Sun, 06 Nov 1994
+    /// 08:49:37 GMT`.
+    pub fn http_date() -> Self {
+        Stamp::with(write_http_date)
+    }
+
     fn with(format: fn(&mut Vec<u8>, u64)) -> Self {
         Stamp {
             second: Cell::new(u64::MAX),
@@ -122,6 +128,21 @@ pub fn write_clf_time(out: &mut Vec<u8>, unix_secs: u64) {
     let _ = write!(
         out,
         "[{:02}/{month}/{}:{:02}:{:02}:{:02} +0000]",
+        t.day, t.year, t.hour, t.minute, t.second
+    );
+}
+
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+
+/// IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn write_http_date(out: &mut Vec<u8>, unix_secs: u64) {
+    let t = Utc::of(unix_secs);
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[(unix_secs / 86_400 % 7) as usize];
+    let month = MONTHS[(t.month - 1) as usize];
+    let _ = write!(
+        out,
+        "{weekday}, {:02} {month} {} {:02}:{:02}:{:02} GMT",
         t.day, t.year, t.hour, t.minute, t.second
     );
 }
@@ -221,6 +242,20 @@ mod tests {
         assert_eq!(text(0), "1970-01-01T00:00:00");
         assert_eq!(text(951_782_400), "2000-02-29T00:00:00");
         assert_eq!(text(4_107_542_399), "2100-02-28T23:59:59");
+    }
+
+    #[test]
+    fn http_date_matches_known_dates() {
+        let text = |secs| {
+            let mut out = Vec::new();
+            write_http_date(&mut out, secs);
+            String::from_utf8(out).unwrap()
+        };
+        // RFC 9110 §5.6.7's own example.
+        assert_eq!(text(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(text(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(text(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(text(4_107_542_399), "Sun, 28 Feb 2100 23:59:59 GMT");
     }
 
     #[test]

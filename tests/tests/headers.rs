@@ -287,3 +287,99 @@ fn client_ip_hashing_uses_the_client_a_trusted_proxy_names() {
         "an untrusted peer's claims moved its requests"
     );
 }
+
+/// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
+/// GMT`), `None` when `v` is not one.
+fn imf_fixdate(v: &str) -> Option<i64> {
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = v.split(' ').collect();
+    if v.len() != 29 || parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let weekday = days.iter().position(|d| format!("{d},") == parts[0])? as i64;
+    let day: i64 = parts[1].parse().ok()?;
+    let month = months.iter().position(|m| *m == parts[2])? as i64 + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // Days from civil (Howard Hinnant), 1970-01-01 = 0, a Thursday.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days_since = era * 146_097 + doe - 719_468;
+    if (days_since + 3).rem_euclid(7) != weekday {
+        return None;
+    }
+    Some(days_since * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// RFC 9110 §6.6.1: a response forwarded without `Date` gets one (the
+/// time it was received), a backend's own is kept, and the proxy's own
+/// answers (404, 502, a route's `respond`) carry one as an origin's must.
+#[test]
+fn every_response_carries_one_date() {
+    let with_date = Backend::start(
+        "b",
+        Behaviour::Raw(
+            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 2\r\n\r\nok"
+                .to_vec(),
+        ),
+    );
+    let proxy = ProxyConfig::new(with_date.addr()).start();
+    let r = Client::connect(proxy.port).get("/x");
+    let dates: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("date"))
+        .collect();
+    assert_eq!(dates.len(), 1, "{r:?}");
+    assert_eq!(dates[0].1, "Sun, 06 Nov 1994 08:49:37 GMT");
+
+    let without = Backend::start("b", Behaviour::Ok);
+    let base = ProxyConfig::new(without.addr())
+        .route_prefix("/app/")
+        .to_toml();
+    let proxy = Proxy::start(&format!(
+        "{base}\n[[routes]]\nlistener = \"web\"\nmatch = {{ path_prefix = \"/health\" }}\nrespond = {{ status = 200, body = \"ok\" }}\n"
+    ));
+    let mut stopped = Backend::start("gone", Behaviour::Ok);
+    let gone = ProxyConfig::new(stopped.addr()).start();
+    stopped.stop();
+    for (port, target, status) in [
+        (proxy.port, "/app/x", 200),
+        (proxy.port, "/health", 200),
+        (proxy.port, "/nowhere", 404),
+        (gone.port, "/x", 502),
+    ] {
+        let r = Client::connect(port).get(target);
+        assert_eq!(r.status, status, "{target}: {r:?}");
+        let dates: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("date"))
+            .collect();
+        assert_eq!(dates.len(), 1, "{target}: {r:?}");
+        let at = imf_fixdate(&dates[0].1)
+            .unwrap_or_else(|| panic!("{target}: not an IMF-fixdate: {:?}", dates[0].1));
+        assert!(
+            (at - now_secs()).abs() <= 5,
+            "{target}: {:?} is not now",
+            dates[0].1
+        );
+    }
+}

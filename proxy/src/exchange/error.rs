@@ -245,13 +245,14 @@ pub fn error_text(status: u16, reason: &str, connection_line: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body_len);
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}",
         status,
         status_text(status),
         body_len,
         connection_line,
-        reason
     );
+    super::write_date_line(&mut out);
+    let _ = write!(out, "\r\n{reason}\n");
     out
 }
 

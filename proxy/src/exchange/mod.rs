@@ -45,6 +45,19 @@ use response::{relay, Added, RelayDone, RelayIo, RelaySpec};
 
 pub const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+thread_local! {
+    /// This worker's `Date` value, formatted once a second.
+    static DATE: crate::log_buffer::Stamp = crate::log_buffer::Stamp::http_date();
+}
+
+/// Writes `Date: <now>` and its CRLF (RFC 9110 §6.6.1): on the proxy's own
+/// answers, as an origin's, and on a forwarded response that came without.
+pub fn write_date_line(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"Date: ");
+    DATE.with(|d| d.write(out, std::time::SystemTime::now()));
+    out.extend_from_slice(b"\r\n");
+}
+
 /// What happens to the client connection after an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {

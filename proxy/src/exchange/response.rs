@@ -278,6 +278,9 @@ async fn relay_inner(
             resp.patch.extend_from_slice(added.fields);
         }
         write_replaced_fields(&mut resp.patch, &resp.source, scratch);
+        if !interim && !head.has_date {
+            super::write_date_line(&mut resp.patch);
+        }
         if client_close && !interim {
             resp.patch.extend_from_slice(CLOSE_LINE.as_bytes());
         } else if spec.client_version == Version::Http10 && !interim {
