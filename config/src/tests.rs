@@ -2529,6 +2529,28 @@ fn bad_request_checks_are_refused_where_they_are_written() {
 }
 
 #[test]
+fn a_path_prefix_must_be_in_the_normal_form_requests_are_routed_in() {
+    for (prefix, normal) in [
+        ("/%61dmin/", "/admin/"),
+        ("//api/", "/api/"),
+        ("/a//b/%7Eu", "/a/b/~u"),
+    ] {
+        let e = only_error(&route_with(&format!(
+            "match = {{ path_prefix = \"{prefix}\" }}"
+        )));
+        assert_eq!(e.key, "routes[0].match.path_prefix", "{prefix}: {e}");
+        assert!(e.message.contains(&format!("{normal:?}")), "{prefix}: {e}");
+    }
+    let e = only_error(&route_with("match = { path_prefix = \"/caf\u{e9}/\" }"));
+    assert_eq!(e.key, "routes[0].match.path_prefix", "{e}");
+    for fine in ["/a%2Fb/", "/%20x", "/api/", "/%zz", "/x%4"] {
+        ok(&route_with(&format!(
+            "match = {{ path_prefix = \"{fine}\" }}"
+        )));
+    }
+}
+
+#[test]
 fn via_is_auto_off_or_a_token() {
     assert_eq!(ok(BASE).server.via, Via::Auto);
     for (value, want) in [

@@ -2142,6 +2142,22 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
                     format!("{key}.path_prefix"),
                     format!("{text:?} must not contain whitespace or control characters"),
                 );
+            } else if !text.is_ascii() {
+                c.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!(
+                        "{text:?}: request paths are ASCII; percent-encode the other characters"
+                    ),
+                );
+            } else if let Some(normal) = path_in_normal_form(text) {
+                c.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!(
+                        "{text:?} would never match: requests are routed with encoded letters, digits and -._~ decoded and repeated slashes merged; write {normal:?}"
+                    ),
+                );
             }
             text.clone()
         }
@@ -2682,4 +2698,34 @@ fn check_host(host: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+/// `path`'s normal form (RFC 3986 §6.2.2: percent-encoded unreserved
+/// characters decoded, runs of `/` merged), as the proxy routes requests;
+/// `None` when it already is.
+fn path_in_normal_form(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'/' && out.last() == Some(&b'/') {
+            i += 1;
+            continue;
+        }
+        if b == b'%' && i + 2 < bytes.len() {
+            let hex = |x: u8| (x as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let decoded = (h * 16 + l) as u8;
+                if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
+                    out.push(decoded);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    (out != bytes).then(|| String::from_utf8_lossy(&out).into_owned())
 }
