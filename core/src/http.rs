@@ -126,6 +126,10 @@ pub struct RequestHead {
     /// [`normalize_path`] rewrote the path in the buffer: the request line
     /// must go upstream as the proxy writes it ([`write_request_line`]).
     pub path_normalized: bool,
+    /// An OPTIONS request's one well-formed `Max-Forwards` (RFC 9110
+    /// §7.6.2): at 0 the proxy answers it as the final recipient, otherwise
+    /// it goes up one less (the line read is not forwarded).
+    pub max_forwards: Option<u64>,
 }
 
 /// A framing field the proxy writes itself instead of forwarding what was
@@ -691,6 +695,10 @@ pub fn parse_request(
     let mut host_count = 0usize;
     let mut expect_continue = false;
     let mut framing = FramingFields::default();
+    // RFC 9110 §7.6.2: OPTIONS's hop limit (TRACE is refused above).
+    let is_options = method == "OPTIONS";
+    let mut max_forwards_seen = 0usize;
+    let mut max_forwards: Option<u64> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -699,6 +707,16 @@ pub fn parse_request(
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             codings.add(h.value)?;
             framing.coding_line(h.value);
+        } else if is_options && name.eq_ignore_ascii_case(b"max-forwards") {
+            max_forwards_seen += 1;
+            max_forwards = (!h.value.is_empty()
+                && h.value.len() <= 18
+                && h.value.iter().all(u8::is_ascii_digit))
+            .then(|| {
+                h.value
+                    .iter()
+                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
+            });
         } else if name.eq_ignore_ascii_case(b"host") {
             host_count += 1;
             if !valid_authority(h.value) {
@@ -721,6 +739,8 @@ pub fn parse_request(
             }
         }
     }
+    // One well-formed value is honoured; anything else goes up as sent.
+    let max_forwards = max_forwards.filter(|_| max_forwards_seen == 1);
     // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one in 1.0.
     if host_count > 1 {
         return Err(HeadError::Malformed("more than one Host"));
@@ -790,6 +810,8 @@ pub fn parse_request(
             || (target_authority.is_some() && name.eq_ignore_ascii_case(b"host"))
         {
             // Written by the patch instead.
+        } else if max_forwards.is_some() && name.eq_ignore_ascii_case(b"max-forwards") {
+            // Written by the patch, one less.
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             scratch.forwarded_for.push(value_range);
         } else if name.eq_ignore_ascii_case(b"forwarded") {
@@ -820,6 +842,7 @@ pub fn parse_request(
         keep_alive,
         expect_continue,
         is_head_method: method == "HEAD",
+        max_forwards,
     }))
 }
 
@@ -2062,6 +2085,40 @@ mod tests {
                 "{target}"
             );
         }
+    }
+
+    #[test]
+    fn only_an_options_requests_one_well_formed_max_forwards_is_taken() {
+        let parse = |raw: &[u8]| {
+            let mut scratch = HeadScratch::default();
+            let head = parse_request(raw, LIMITS, &mut scratch).unwrap().unwrap();
+            let kept = scratch.forward.iter().any(|r| {
+                raw[r.clone()]
+                    .windows(12)
+                    .any(|w| w.eq_ignore_ascii_case(b"max-forwards"))
+            });
+            (head.max_forwards, kept)
+        };
+        assert_eq!(
+            parse(b"OPTIONS / HTTP/1.1\r\nHost: x\r\nMax-Forwards: 3\r\n\r\n"),
+            (Some(3), false)
+        );
+        assert_eq!(
+            parse(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nmax-forwards: 0\r\n\r\n"),
+            (Some(0), false)
+        );
+        assert_eq!(
+            parse(b"OPTIONS / HTTP/1.1\r\nHost: x\r\nMax-Forwards: x\r\n\r\n"),
+            (None, true)
+        );
+        assert_eq!(
+            parse(b"OPTIONS / HTTP/1.1\r\nHost: x\r\nMax-Forwards: 1\r\nMax-Forwards: 2\r\n\r\n"),
+            (None, true)
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n"),
+            (None, true)
+        );
     }
 
     #[test]

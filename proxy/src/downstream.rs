@@ -768,6 +768,11 @@ impl Downstream {
             listener: &worker.config.listeners[listener].name,
         };
         let route = &worker.config.routes[route];
+        if head.max_forwards == Some(0) {
+            // RFC 9110 §7.6.2: no hops left, so the proxy is the OPTIONS
+            // request's final recipient.
+            return self.answer_own(worker, 200, b"", b"", can_keep, head).await;
+        }
         let Some(upstream) = route.upstream.map(|u| &worker.upstreams[u]) else {
             return self.answer_direct(worker, route, can_keep, head).await;
         };

@@ -352,3 +352,35 @@ fn a_request_that_loops_back_to_the_proxy_gets_508() {
         508
     );
 }
+
+/// RFC 9110 §7.6.2: an OPTIONS request with `Max-Forwards: 0` is answered
+/// by the proxy as its final recipient; with more hops it goes up with one
+/// less. Other methods' Max-Forwards pass untouched.
+#[test]
+fn max_forwards_on_options_is_answered_at_zero_and_decremented_otherwise() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    let r = c.request(b"OPTIONS /a HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        backend.targets().is_empty(),
+        "the backend saw {:?}",
+        backend.targets()
+    );
+    assert_eq!(
+        c.request(b"OPTIONS /b HTTP/1.1\r\nHost: x\r\nMax-Forwards: 5\r\n\r\n")
+            .status,
+        200
+    );
+    assert_eq!(
+        c.request(b"GET /c HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n")
+            .status,
+        200
+    );
+    let records = backend.records();
+    let targets: Vec<_> = records.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/b", "/c"]);
+    assert_eq!(records[0].header("max-forwards").as_deref(), Some("4"));
+    assert_eq!(records[1].header("max-forwards").as_deref(), Some("0"));
+}

@@ -144,6 +144,11 @@ pub(super) fn prepare(
         patch.extend_from_slice(name.as_bytes());
         patch.extend_from_slice(b"\r\n");
     }
+    if let Some(hops) = head.max_forwards {
+        // Zero was answered here; this hop is spent.
+        use std::io::Write as _;
+        let _ = write!(patch, "Max-Forwards: {}\r\n", hops.saturating_sub(1));
+    }
     let upgrade = upgrade_asked(route, &bufs.req.source[..head.head_len], head);
     if let Some(protocol) = upgrade {
         // Hop-by-hop, so dropped from the forwarded fields: said again for
