@@ -250,6 +250,42 @@ fn has_bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
+/// Checks a `101 Switching Protocols` head (through its blank line) before
+/// it is relayed and its connection becomes a tunnel: CRLF line ends, a head
+/// httparse reads, and one `Upgrade` naming one protocol, `protocol` (a
+/// version after `/` allowed): RFC 9110 §7.8 lets a server switch only to a
+/// protocol the client asked for, and a client handed another (`h2c`, say)
+/// would read a stream it cannot parse.
+pub fn check_switching_head(head: &[u8], protocol: &[u8]) -> Result<(), &'static str> {
+    if has_bare_lf(head) {
+        return Err("bare LF line terminator in a 101");
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut fields);
+    match res.parse(head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() && res.code == Some(101) => {}
+        _ => return Err("malformed 101 head"),
+    }
+    let mut upgrades = res
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("upgrade"));
+    let named = match (upgrades.next(), upgrades.next()) {
+        (Some(one), None) if !one.value.contains(&b',') => one
+            .value
+            .split(|&b| b == b'/')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii(),
+        _ => return Err("101 to a protocol the client did not ask for"),
+    };
+    if named.eq_ignore_ascii_case(protocol) {
+        Ok(())
+    } else {
+        Err("101 to a protocol the client did not ask for")
+    }
+}
+
 /// End (exclusive) of the field line whose value ends at `value_end`: just past
 /// its LF.
 fn line_end(buf: &[u8], value_end: usize) -> usize {
@@ -2119,6 +2155,23 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHost: x\r\nMax-Forwards: 0\r\n\r\n"),
             (None, true)
         );
+    }
+
+    #[test]
+    fn a_101_must_switch_to_the_protocol_asked_for() {
+        let ok = |h: &[u8]| check_switching_head(h, b"websocket");
+        ok(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").unwrap();
+        ok(b"HTTP/1.1 101 X\r\nupgrade: WebSocket/13\r\n\r\n").unwrap();
+        for bad in [
+            &b"HTTP/1.1 101 X\r\nUpgrade: h2c\r\n\r\n"[..],
+            b"HTTP/1.1 101 X\r\nConnection: Upgrade\r\n\r\n",
+            b"HTTP/1.1 101 X\r\nUpgrade: websocket, h2c\r\n\r\n",
+            b"HTTP/1.1 101 X\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+            b"HTTP/1.1 101 X\r\nUpgrade: websocket\nX: y\r\n\r\n",
+            b"HTTP/1.1 101 X\r\nUp grade: websocket\r\n\r\n",
+        ] {
+            ok(bad).unwrap_err();
+        }
     }
 
     #[test]

@@ -304,3 +304,71 @@ fn a_drain_lets_an_open_tunnel_go_on_until_drain_timeout() {
         proxy.stderr()
     );
 }
+
+/// RFC 9110 §7.8: a 101 names the protocol it switches to, one the client
+/// asked for. A backend that switches a WebSocket request to `h2c`, or
+/// says no protocol at all, gets a 502 and no tunnel: the client would
+/// otherwise be handed a byte stream it cannot read, and `h2c` is never
+/// tunnelled.
+#[test]
+fn a_101_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
+    for answer in [
+        &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nRAW"[..],
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\nRAW",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket, h2c\r\nConnection: Upgrade\r\n\r\nRAW",
+        b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n\nRAW",
+    ] {
+        let backend = ringgate_tests::Backend::start(
+            "b",
+            ringgate_tests::Behaviour::Raw(answer.to_vec()),
+        );
+        let proxy = ProxyConfig::new(backend.addr())
+            .route_extra("upgrade", "[\"websocket\"]")
+            .start();
+        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 502 "),
+            "{:?}: got {text:?}",
+            String::from_utf8_lossy(answer)
+        );
+        assert!(!text.contains("RAW"), "{text:?}");
+    }
+    // A 101 that names the protocol asked for, with its version, tunnels.
+    let backend = ringgate_tests::Backend::start(
+        "b",
+        ringgate_tests::Behaviour::Raw(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\nRAW".to_vec(),
+        ),
+    );
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra("upgrade", "[\"websocket\"]")
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = vec![0u8; 200];
+    let mut n = 0;
+    while !got[..n].ends_with(b"RAW") {
+        match s.read(&mut got[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    let text = String::from_utf8_lossy(&got[..n]);
+    assert!(
+        text.starts_with("HTTP/1.1 101 ") && text.ends_with("RAW"),
+        "{text:?}"
+    );
+}

@@ -26,7 +26,7 @@ use std::time::Instant;
 use ringgate_config::{Limits, LogLevel, Route};
 use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::ChunkLimits;
-use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
+use ringgate_core::http::{header_value, ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 use ringgate_core::proxy_protocol::ConnAddrs;
 
 use crate::access_log::{Captured, Sent};
@@ -582,7 +582,16 @@ async fn attempt(
             request_id: cx.request_id,
             cors: bufs.cors_added,
         },
-        upgrade: plan.upgrade.is_some(),
+        upgrade: plan.upgrade.and_then(|_| {
+            let asked = header_value(&bufs.req.source[..head.head_len], b"upgrade")?;
+            Some(
+                asked
+                    .split(|&b| b == b'/')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii(),
+            )
+        }),
         response_timeout: upstream.config.response_timeout,
         hold_5xx,
         sending: &sending,

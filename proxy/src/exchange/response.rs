@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ringgate_config::HeaderEdits;
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
-    parse_response, write_replaced_fields, HeadScratch, ResponseBody, Version,
+    check_switching_head, parse_response, write_replaced_fields, HeadScratch, ResponseBody, Version,
 };
 
 use super::error::{ExchangeError, Fault, CLOSE_LINE, KEEP_ALIVE_LINE};
@@ -36,9 +36,10 @@ pub(super) struct RelaySpec<'a> {
     pub edits: &'a HeaderEdits,
     /// Fields the proxy adds to the final response.
     pub added: Added<'a>,
-    /// The request asked for a protocol switch the route allows: a `101`
-    /// is relayed as it came and ends the relay (a tunnel follows).
-    pub upgrade: bool,
+    /// The protocol the request asked to switch to, when the route allows
+    /// it: a `101` naming it is relayed as it came and ends the relay (a
+    /// tunnel follows).
+    pub upgrade: Option<&'a [u8]>,
     /// Longest wait for the next upstream read (nginx's proxy_read_timeout).
     pub response_timeout: Duration,
     /// A retry can follow a 5xx: report it instead of forwarding it.
@@ -156,9 +157,24 @@ async fn relay_inner(
     };
     loop {
         let head = loop {
-            if spec.upgrade && resp.source.starts_with(b"HTTP/1.1 101 ") {
-                if let Some(end) = memchr::memmem::find(&resp.source, b"\r\n\r\n") {
+            let switching = spec
+                .upgrade
+                .filter(|_| resp.source.starts_with(b"HTTP/1.1 101 "));
+            if let Some(protocol) = switching {
+                let end = memchr::memmem::find(&resp.source, b"\r\n\r\n");
+                // A head ended by bare LFs would never show its CRLF end.
+                if memchr::memmem::find(&resp.source, b"\n\n")
+                    .is_some_and(|lf| end.is_none_or(|e| lf < e))
+                {
+                    return Err(fail(
+                        started,
+                        Fault::BadResponse("bare LF line terminator in a 101"),
+                    ));
+                }
+                if let Some(end) = end {
                     let head_len = end + 4;
+                    check_switching_head(&resp.source[..head_len], protocol)
+                        .map_err(|why| fail(started, Fault::BadResponse(why)))?;
                     let (res, buf) = client
                         .send_range(
                             std::mem::take(&mut resp.source),
