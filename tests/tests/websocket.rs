@@ -358,7 +358,7 @@ fn a_101_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
         b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     )
     .unwrap();
-    let mut got = vec![0u8; 200];
+    let mut got = [0u8; 200];
     let mut n = 0;
     while !got[..n].ends_with(b"RAW") {
         match s.read(&mut got[n..]) {
