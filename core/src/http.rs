@@ -250,6 +250,16 @@ fn has_bare_lf(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
+/// The protocol an `Upgrade` value names, without its `/version` and the
+/// whitespace around it: `WebSocket` of `WebSocket/13`.
+pub fn upgrade_protocol_name(value: &[u8]) -> &[u8] {
+    value
+        .split(|&b| b == b'/')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
 /// Checks a `101 Switching Protocols` head (through its blank line) before
 /// it is relayed and its connection becomes a tunnel: CRLF line ends, a head
 /// httparse reads, and one `Upgrade` naming one protocol, `protocol` (a
@@ -271,12 +281,7 @@ pub fn check_switching_head(head: &[u8], protocol: &[u8]) -> Result<(), &'static
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("upgrade"));
     let named = match (upgrades.next(), upgrades.next()) {
-        (Some(one), None) if !one.value.contains(&b',') => one
-            .value
-            .split(|&b| b == b'/')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii(),
+        (Some(one), None) if !one.value.contains(&b',') => upgrade_protocol_name(one.value),
         _ => return Err("101 to a protocol the client did not ask for"),
     };
     if named.eq_ignore_ascii_case(protocol) {

@@ -26,7 +26,7 @@ use std::time::Instant;
 use ringgate_config::{Limits, LogLevel, Route};
 use ringgate_core::backend_view::Outcome;
 use ringgate_core::chunked::ChunkLimits;
-use ringgate_core::http::{header_value, ForwardedClient, HeadLimits, HeadScratch, RequestHead};
+use ringgate_core::http::{ForwardedClient, HeadLimits, HeadScratch, RequestHead};
 use ringgate_core::proxy_protocol::ConnAddrs;
 
 use crate::access_log::{Captured, Sent};
@@ -582,16 +582,9 @@ async fn attempt(
             request_id: cx.request_id,
             cors: bufs.cors_added,
         },
-        upgrade: plan.upgrade.and_then(|_| {
-            let asked = header_value(&bufs.req.source[..head.head_len], b"upgrade")?;
-            Some(
-                asked
-                    .split(|&b| b == b'/')
-                    .next()
-                    .unwrap_or_default()
-                    .trim_ascii(),
-            )
-        }),
+        upgrade: plan
+            .upgrade
+            .map(|allowed| route.upgrade[allowed].as_bytes()),
         response_timeout: upstream.config.response_timeout,
         hold_5xx,
         sending: &sending,
@@ -646,7 +639,9 @@ async fn attempt(
             *client.switched = Some(Box::new(Switched {
                 conn,
                 upstream: index,
-                kind: plan.upgrade.unwrap_or(TunnelKind::Upgrade),
+                kind: plan.upgrade.map_or(TunnelKind::Upgrade, |allowed| {
+                    request::tunnel_kind(&route.upgrade[allowed])
+                }),
                 latency_us: 0,
                 early_up,
             }));

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ringgate_config::{HashKey, HeaderEdits, Route};
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
-    cookie_value, header_value, via_names, write_request_line, write_request_patch,
-    ForwardedClient, RequestBody, RequestHead, Version,
+    cookie_value, header_value, upgrade_protocol_name, via_names, write_request_line,
+    write_request_patch, ForwardedClient, RequestBody, RequestHead, Version,
 };
 
 use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
@@ -50,10 +50,10 @@ pub(super) struct Plan {
     /// Body still to stream from the client, taken by the attempt that
     /// sends it.
     pub body_left: Option<BodyLeft>,
-    /// The request asks to switch to a protocol the route allows
-    /// (`upgrade`): a `101` answer turns the exchange into a tunnel of
-    /// this kind.
-    pub upgrade: Option<TunnelKind>,
+    /// The request asks to switch to a protocol the route allows: its
+    /// index in the route's `upgrade`. A `101` naming that protocol turns
+    /// the exchange into a tunnel ([`tunnel_kind`]).
+    pub upgrade: Option<usize>,
     pub replay: Replay,
 }
 
@@ -150,7 +150,7 @@ pub(super) fn prepare(
         let _ = write!(patch, "Max-Forwards: {}\r\n", hops.saturating_sub(1));
     }
     let upgrade = upgrade_asked(route, &bufs.req.source[..head.head_len], head);
-    if let Some(protocol) = upgrade {
+    if let Some((_, protocol)) = upgrade {
         // Hop-by-hop, so dropped from the forwarded fields: said again for
         // the backend, as the client said it.
         patch.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
@@ -208,38 +208,41 @@ pub(super) fn prepare(
         forwarded_len: head.head_len + initial_body,
         body_left,
         replay,
-        upgrade: upgrade.map(|protocol| {
-            let name = protocol.split(|&b| b == b'/').next().unwrap_or(b"");
-            if name.trim_ascii().eq_ignore_ascii_case(b"websocket") {
-                TunnelKind::WebSocket
-            } else {
-                TunnelKind::Upgrade
-            }
-        }),
+        upgrade: upgrade.map(|(allowed, _)| allowed),
     })
 }
 
-/// The `Upgrade` value of a bodiless request that names one of the route's
-/// protocols and says `Connection: upgrade` (RFC 9110 §7.8).
-fn upgrade_asked<'a>(route: &Route, fields: &'a [u8], head: &RequestHead) -> Option<&'a [u8]> {
+/// What a tunnel to one of a route's `upgrade` protocols counts as.
+pub(super) fn tunnel_kind(protocol: &str) -> TunnelKind {
+    if protocol.eq_ignore_ascii_case("websocket") {
+        TunnelKind::WebSocket
+    } else {
+        TunnelKind::Upgrade
+    }
+}
+
+/// For a bodiless request whose one `Upgrade` protocol is one of the
+/// route's and that says `Connection: upgrade` (RFC 9110 §7.8): that
+/// protocol's index in the route's `upgrade`, and the `Upgrade` value.
+fn upgrade_asked<'a>(
+    route: &Route,
+    fields: &'a [u8],
+    head: &RequestHead,
+) -> Option<(usize, &'a [u8])> {
     if route.upgrade.is_empty() || head.body != RequestBody::Empty {
         return None;
     }
     let value = header_value(fields, b"upgrade")?;
-    let protocol = value
-        .split(|&b| b == b'/' || b == b',')
-        .next()
-        .unwrap_or(b"")
-        .trim_ascii();
+    let protocol = upgrade_protocol_name(value);
     let allowed = route
         .upgrade
         .iter()
-        .any(|p| protocol.eq_ignore_ascii_case(p.as_bytes()));
+        .position(|p| protocol.eq_ignore_ascii_case(p.as_bytes()))?;
     let connection_says = header_value(fields, b"connection").is_some_and(|c| {
         c.split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
-    (allowed && connection_says && !value.contains(&b',')).then_some(value)
+    (connection_says && !value.contains(&b',')).then_some((allowed, value))
 }
 
 /// Lays out the upstream head as segments: patched request line, kept
