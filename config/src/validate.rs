@@ -2700,32 +2700,11 @@ fn check_host(host: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// `path`'s normal form (RFC 3986 §6.2.2: percent-encoded unreserved
-/// characters decoded, runs of `/` merged), as the proxy routes requests;
-/// `None` when it already is.
+/// `path`'s normal form, as the proxy routes requests
+/// (`ringgate_core::http::normalize_path_bytes`); `None` when it already is.
 fn path_in_normal_form(path: &str) -> Option<String> {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'/' && out.last() == Some(&b'/') {
-            i += 1;
-            continue;
-        }
-        if b == b'%' && i + 2 < bytes.len() {
-            let hex = |x: u8| (x as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                let decoded = (h * 16 + l) as u8;
-                if decoded.is_ascii_alphanumeric() || b"-._~".contains(&decoded) {
-                    out.push(decoded);
-                    i += 3;
-                    continue;
-                }
-            }
-        }
-        out.push(b);
-        i += 1;
-    }
-    (out != bytes).then(|| String::from_utf8_lossy(&out).into_owned())
+    let mut normal = path.as_bytes().to_vec();
+    let len = ringgate_core::http::normalize_path_bytes(&mut normal);
+    normal.truncate(len);
+    (normal != path.as_bytes()).then(|| String::from_utf8_lossy(&normal).into_owned())
 }

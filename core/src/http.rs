@@ -1201,53 +1201,59 @@ pub fn write_request_line(
 /// one while the backend serves `/admin/`. The query is left as sent. Only
 /// shrinks: the query moves left, `path` and `target` end earlier and the
 /// bytes after them are stale (the request line is then written by the
-/// proxy). Returns whether anything changed; most paths need nothing and
-/// cost one scan. A dot segment that only decoding reveals is refused, as
-/// [`parse_request`] refuses the others.
-pub fn normalize_path(buf: &mut [u8], head: &mut RequestHead) -> Result<bool, HeadError> {
+/// proxy). Returns whether anything changed. It reveals no dot segment:
+/// [`parse_request`] has refused every one, escaped dots included, and
+/// decoding never makes a `/`.
+pub fn normalize_path(buf: &mut [u8], head: &mut RequestHead) -> bool {
     let path = &buf[head.path.clone()];
-    let path_len = path.iter().position(|&b| b == b'?').unwrap_or(path.len());
-    let path = &path[..path_len];
-    let needs = memchr::memchr(b'%', path).is_some() || memchr::memmem::find(path, b"//").is_some();
-    if !needs {
-        return Ok(false);
-    }
+    let path_len = memchr::memchr(b'?', path).unwrap_or(path.len());
     let (start, query_start, end) = (head.path.start, head.path.start + path_len, head.path.end);
-    let mut read = start;
-    let mut write = start;
-    while read < query_start {
-        let b = buf[read];
-        if b == b'/' && write > start && buf[write - 1] == b'/' {
+    let normal_len = normalize_path_bytes(&mut buf[start..query_start]);
+    if normal_len == path_len {
+        return false;
+    }
+    let write = start + normal_len;
+    buf.copy_within(query_start..end, write);
+    let new_end = write + (end - query_start);
+    head.path.end = new_end;
+    head.target.end = new_end;
+    head.path_normalized = true;
+    true
+}
+
+/// Rewrites `path` (a path without its query) in place into its normal
+/// form (RFC 3986 §6.2.2: percent-encoded unreserved characters decoded,
+/// runs of `/` merged) and returns its new length; what follows is stale.
+/// The one definition of the form requests are routed in, which `check`
+/// holds route prefixes to. A path already normal (nearly all) costs one
+/// `memchr` and one `memmem`.
+pub fn normalize_path_bytes(path: &mut [u8]) -> usize {
+    if memchr::memchr(b'%', path).is_none() && memchr::memmem::find(path, b"//").is_none() {
+        return path.len();
+    }
+    let (mut read, mut write) = (0, 0);
+    while read < path.len() {
+        let b = path[read];
+        if b == b'/' && write > 0 && path[write - 1] == b'/' {
             read += 1;
             continue;
         }
-        if b == b'%' && read + 2 < query_start {
-            if let (Some(hi), Some(lo)) = (hex_digit(buf[read + 1]), hex_digit(buf[read + 2])) {
+        if b == b'%' && read + 2 < path.len() {
+            if let (Some(hi), Some(lo)) = (hex_digit(path[read + 1]), hex_digit(path[read + 2])) {
                 let decoded = hi << 4 | lo;
                 if is_unreserved(decoded) {
-                    buf[write] = decoded;
+                    path[write] = decoded;
                     write += 1;
                     read += 3;
                     continue;
                 }
             }
         }
-        buf[write] = b;
+        path[write] = b;
         write += 1;
         read += 1;
     }
-    if write == query_start {
-        return Ok(false);
-    }
-    if has_dot_segment(&buf[start..write]) {
-        return Err(HeadError::Malformed("dot segment in request path"));
-    }
-    buf.copy_within(query_start..end, write);
-    let new_end = write + (end - query_start);
-    head.path.end = new_end;
-    head.target.end = new_end;
-    head.path_normalized = true;
-    Ok(true)
+    write
 }
 
 /// RFC 3986 §2.3: unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~".
@@ -2098,7 +2104,7 @@ mod tests {
         let mut buf = raw.as_bytes().to_vec();
         let mut scratch = HeadScratch::default();
         let mut head = parse_request(&buf, LIMITS, &mut scratch).unwrap().unwrap();
-        let changed = normalize_path(&mut buf, &mut head).unwrap();
+        let changed = normalize_path(&mut buf, &mut head);
         assert_eq!(changed, head.path_normalized);
         let mut line = Vec::new();
         write_request_line(&mut line, &buf, &head, None);

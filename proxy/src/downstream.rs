@@ -502,10 +502,8 @@ impl Downstream {
             if !bufs.req.source.is_empty() {
                 match parse_request(&bufs.req.source, worker.head_limits, &mut bufs.req_scratch) {
                     Ok(Some(mut head)) => {
-                        return match normalize_path(&mut bufs.req.source, &mut head) {
-                            Ok(_) => Ok(Some(head)),
-                            Err(e) => Err(Refusal::new(e.status(), e.reason())),
-                        }
+                        normalize_path(&mut bufs.req.source, &mut head);
+                        return Ok(Some(head));
                     }
                     Ok(None) => {}
                     Err(e) => return Err(Refusal::new(e.status(), e.reason())),

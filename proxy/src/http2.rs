@@ -771,9 +771,10 @@ async fn serve_stream(
     let parsed = synthesized.and_then(|_| {
         let bufs = d.bufs.as_deref_mut().expect("buffers were given");
         match parse_request(&bufs.req.source, worker.head_limits, &mut bufs.req_scratch) {
-            Ok(Some(mut head)) => normalize_path(&mut bufs.req.source, &mut head)
-                .map(|_| head)
-                .map_err(|e| Refusal::new(e.status(), e.reason())),
+            Ok(Some(mut head)) => {
+                normalize_path(&mut bufs.req.source, &mut head);
+                Ok(head)
+            }
             Ok(None) => Err(Refusal::new(400, "incomplete request head")),
             Err(e) => Err(Refusal::new(e.status(), e.reason())),
         }
