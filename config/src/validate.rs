@@ -808,7 +808,7 @@ fn server(c: &mut Checker<'_>, raw: Option<&RawServer>) -> Server {
             "auto" => Via::Auto,
             "off" => Via::Off,
             name if (1..=64).contains(&name.len())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) =>
+                && name.bytes().all(is_tchar) =>
             {
                 Via::Named(name.to_owned())
             }
