@@ -305,6 +305,24 @@ fn a_drain_lets_an_open_tunnel_go_on_until_drain_timeout() {
     );
 }
 
+/// A WebSocket handshake through a proxy whose backend answers `answer`:
+/// the backend and proxy (kept alive) and the client's socket.
+fn handshake_against(answer: &[u8]) -> (ringgate_tests::Backend, Proxy, TcpStream) {
+    let backend =
+        ringgate_tests::Backend::start("b", ringgate_tests::Behaviour::Raw(answer.to_vec()));
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra("upgrade", "[\"websocket\"]")
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    (backend, proxy, s)
+}
+
 /// RFC 9110 §7.8: a 101 names the protocol it switches to, one the client
 /// asked for. A backend that switches a WebSocket request to `h2c`, or
 /// says no protocol at all, gets a 502 and no tunnel: the client would
@@ -318,20 +336,7 @@ fn a_101_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket, h2c\r\nConnection: Upgrade\r\n\r\nRAW",
         b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n\nRAW",
     ] {
-        let backend = ringgate_tests::Backend::start(
-            "b",
-            ringgate_tests::Behaviour::Raw(answer.to_vec()),
-        );
-        let proxy = ProxyConfig::new(backend.addr())
-            .route_extra("upgrade", "[\"websocket\"]")
-            .start();
-        let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(
-            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+        let (_backend, _proxy, mut s) = handshake_against(answer);
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got);
         let text = String::from_utf8_lossy(&got);
@@ -342,22 +347,10 @@ fn a_101_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
         );
         assert!(!text.contains("RAW"), "{text:?}");
     }
-    // A 101 that names the protocol asked for, with its version, tunnels.
-    let backend = ringgate_tests::Backend::start(
-        "b",
-        ringgate_tests::Behaviour::Raw(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\nRAW".to_vec(),
-        ),
+    // A 101 that names the protocol asked for, in another case, tunnels.
+    let (_backend, _proxy, mut s) = handshake_against(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\nRAW",
     );
-    let proxy = ProxyConfig::new(backend.addr())
-        .route_extra("upgrade", "[\"websocket\"]")
-        .start();
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
-    .unwrap();
     let mut got = [0u8; 200];
     let mut n = 0;
     while !got[..n].ends_with(b"RAW") {
