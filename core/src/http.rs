@@ -457,9 +457,9 @@ fn has_dot_segment(target: &[u8]) -> bool {
     while i < path.len() {
         let (unit, len) = match path[i] {
             b'%' => {
-                let hex = |at: usize| path.get(at).and_then(|&b| (b as char).to_digit(16));
+                let hex = |at: usize| path.get(at).copied().and_then(hex_digit);
                 match (hex(i + 1), hex(i + 2)) {
-                    (Some(h), Some(l)) => ((h * 16 + l) as u8, 3),
+                    (Some(h), Some(l)) => (h << 4 | l, 3),
                     _ => (b'%', 1),
                 }
             }
