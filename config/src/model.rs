@@ -194,6 +194,12 @@ pub struct Limits {
     pub max_chunk_line_bytes: usize,
     /// Time for a TLS client to finish its handshake, from the accept.
     pub tls_handshake_timeout: Duration,
+    /// Longest a connection closed before its request was read whole keeps
+    /// reading (and dropping) what the client still sends; zero: no
+    /// lingering close.
+    pub lingering_time: Duration,
+    /// Longest wait for the next bytes while lingering.
+    pub lingering_timeout: Duration,
 }
 
 /// Between HAProxy's ~15 KiB (tune.bufsize 16 KiB less reserve) and Envoy's
@@ -229,6 +235,12 @@ pub const MAX_CHUNK_LINE_BYTES_MAX: usize = 64 * 1024;
 /// them (every stray restarts it), short enough that a backend fixed by a
 /// deploy gets its keep-alive back within a minute.
 pub const DEFAULT_STRAY_COOLDOWN: Duration = Duration::from_secs(30);
+/// nginx's lingering_time (30 s): long enough for a client to finish
+/// sending a refused upload on a slow link and read its answer.
+pub const DEFAULT_LINGERING_TIME: Duration = Duration::from_secs(30);
+/// nginx's lingering_timeout (5 s): a client that went quiet after its
+/// answer has nothing more to send.
+pub const DEFAULT_LINGERING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every timeout in the file must be at most this: an hour-long timeout is a
 /// leak, not a policy.
 pub const TIMEOUT_MAX: Duration = Duration::from_secs(3600);
@@ -244,6 +256,8 @@ impl Default for Limits {
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_chunk_line_bytes: DEFAULT_MAX_CHUNK_LINE_BYTES,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            lingering_time: DEFAULT_LINGERING_TIME,
+            lingering_timeout: DEFAULT_LINGERING_TIMEOUT,
         }
     }
 }

@@ -196,6 +196,8 @@ fn limits(out: &mut String, l: &Limits) {
     let _ = writeln!(out, "body_read_timeout = {}", duration(l.body_read_timeout));
     let _ = writeln!(out, "send_timeout = {}", duration(l.send_timeout));
     let _ = writeln!(out, "max_chunk_line_size = {}", l.max_chunk_line_bytes);
+    let _ = writeln!(out, "lingering_time = {}", duration(l.lingering_time));
+    let _ = writeln!(out, "lingering_timeout = {}", duration(l.lingering_timeout));
     let _ = writeln!(
         out,
         "tls_handshake_timeout = {}",

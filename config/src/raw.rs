@@ -118,6 +118,8 @@ pub(crate) struct RawLimits {
     pub send_timeout: Option<Spanned<HumanDuration>>,
     pub max_chunk_line_size: Option<Spanned<Size>>,
     pub tls_handshake_timeout: Option<Spanned<HumanDuration>>,
+    pub lingering_time: Option<Spanned<HumanDuration>>,
+    pub lingering_timeout: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]

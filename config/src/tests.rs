@@ -255,6 +255,27 @@ fn limits_and_server_defaults_match_the_constants() {
 }
 
 #[test]
+fn lingering_close_is_on_by_default_and_zero_turns_it_off() {
+    let c = ok(BASE);
+    assert_eq!(c.limits.lingering_time, DEFAULT_LINGERING_TIME);
+    assert_eq!(c.limits.lingering_timeout, DEFAULT_LINGERING_TIMEOUT);
+    let c = ok(&format!(
+        "[limits]\nlingering_time = \"0s\"\nlingering_timeout = \"250ms\"\n{BASE}"
+    ));
+    assert_eq!(c.limits.lingering_time, Duration::ZERO);
+    assert_eq!(c.limits.lingering_timeout, Duration::from_millis(250));
+    let text = format!("[limits]\nlingering_time = \"2h\"\nlingering_timeout = \"0s\"\n{BASE}");
+    assert_error(&text, 2, 18, "limits.lingering_time", "must be in 0s..=1h");
+    assert_error(
+        &text,
+        3,
+        21,
+        "limits.lingering_timeout",
+        "must be in 1ms..=1h",
+    );
+}
+
+#[test]
 fn sizes_accept_integers_bare_strings_and_binary_units() {
     let c = ok(&format!(
         "[limits]\nmax_head_size = 2048\nmax_chunk_line_size = \"512\"\n{BASE}"

@@ -1058,6 +1058,18 @@ fn limits(c: &mut Checker<'_>, raw: Option<&RawLimits>) -> Limits {
             "limits.tls_handshake_timeout",
             d.tls_handshake_timeout,
         ),
+        // Zero turns lingering off: the connection closes at once.
+        lingering_time: c.duration(
+            raw.lingering_time.as_ref(),
+            "limits.lingering_time",
+            Duration::ZERO..=TIMEOUT_MAX,
+            d.lingering_time,
+        ),
+        lingering_timeout: c.timeout(
+            raw.lingering_timeout.as_ref(),
+            "limits.lingering_timeout",
+            d.lingering_timeout,
+        ),
     }
 }
 

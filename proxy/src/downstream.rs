@@ -84,10 +84,14 @@ pub async fn serve(
     mut d: Box<Downstream>,
 ) -> Option<Upgraded> {
     let mut first = true;
+    let mut linger = false;
     loop {
         let after_grace = match Box::pin(d.serve_busy(worker, listener, first)).await {
             Phase::Idle { after_grace } => after_grace,
-            Phase::Closed => break,
+            Phase::Closed { unread_input } => {
+                linger = unread_input;
+                break;
+            }
         };
         first = false;
         // Nothing is in flight: the canceller is made again on waking.
@@ -112,13 +116,18 @@ pub async fn serve(
         d.ctl.abort.release();
         return Some(d.into_tunnel(worker, switched, request));
     }
-    d.release_buffers(worker);
     // A client that stopped reading does not hold the connection for a
     // whole send_timeout just for its close_notify.
     let timeout = worker.config.limits.send_timeout.min(CLOSE_NOTIFY_TIMEOUT);
     if matches!(d.w, StreamWriter::Tls(_)) {
         Box::pin(d.w.close(timeout, &Abort::default())).await;
     }
+    if linger {
+        Box::pin(d.linger(worker)).await;
+    }
+    d.release_buffers(worker);
+    let Downstream { r, w, .. } = *d;
+    crate::stream::close_connection(r, w);
     None
 }
 
@@ -129,8 +138,11 @@ enum Phase {
     /// the worker's pool and the connection is idle (`ConnControl::idle`).
     Idle { after_grace: bool },
     /// The connection is done: closed, timed out, refused, draining, or
-    /// switched to a tunnel.
-    Closed,
+    /// switched to a tunnel. `unread_input`: the proxy answered before it
+    /// read the whole request (a refused head or body, a cut upload) or
+    /// holds bytes past it, so the client may still be sending, and the
+    /// close lingers.
+    Closed { unread_input: bool },
 }
 
 /// A connection's set-up, `addrs` being those it is accounted to (its
@@ -373,13 +385,19 @@ impl Downstream {
                     }
                     _ => {
                         self.ctl.idle.set(false);
-                        return Phase::Closed;
+                        return Phase::Closed {
+                            unread_input: false,
+                        };
                     }
                 }
             }
             let head = match self.read_head(worker, first).await {
                 Ok(Some(head)) => head,
-                Ok(None) => return Phase::Closed,
+                Ok(None) => {
+                    return Phase::Closed {
+                        unread_input: false,
+                    }
+                }
                 Err(refusal) => {
                     self.begin_request(worker);
                     // An unreadable head is accounted to the peer, not to the
@@ -388,15 +406,65 @@ impl Downstream {
                     self.log_refusal(worker, &refusal, None);
                     self.send_refusal(worker, &refusal).await;
                     self.record(worker, None);
-                    return Phase::Closed;
+                    return Phase::Closed { unread_input: true };
                 }
             };
             first = false;
             match self.handle(worker, listener, &head).await {
                 Next::KeepAlive => {}
-                Next::Close | Next::Switched => return Phase::Closed,
+                // Every path that read its request whole took it off the
+                // buffer (an answer, an exchange); what is left was not read
+                // as a request.
+                Next::Close => {
+                    let unread_input = self.bufs.as_ref().is_some_and(|b| !b.req.source.is_empty());
+                    return Phase::Closed { unread_input };
+                }
+                Next::Switched => {
+                    return Phase::Closed {
+                        unread_input: false,
+                    }
+                }
             }
         }
+    }
+
+    /// A lingering close (RFC 9112 §9.6, nginx's `lingering_close`): the
+    /// response went out before the request was read whole, so the client
+    /// may still be sending it. Closing now, with its bytes unread, would
+    /// make the kernel answer them with a reset that can destroy the
+    /// response before the client reads it (and fail the writes of a client
+    /// that reads only once its upload is done). So the proxy half-closes,
+    /// then reads and drops what comes until the client closes, goes quiet
+    /// for `lingering_timeout`, or `lingering_time` runs out. A drain
+    /// closes a lingering connection at once, as an idle one: its response
+    /// is out.
+    async fn linger(&mut self, worker: &Worker) {
+        let limits = &worker.config.limits;
+        if limits.lingering_time.is_zero() || worker.draining.get() {
+            return;
+        }
+        self.w.shutdown_tcp().await;
+        self.ctl.idle.set(true);
+        self.ctl.idle_ticket.set(worker.idle_ticket());
+        let deadline = Instant::now() + limits.lingering_time;
+        let bufs = self.bufs.get_or_insert_with(|| worker.buffers.take());
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.min(limits.lingering_timeout);
+            if wait.is_zero() {
+                break;
+            }
+            match self
+                .r
+                .discard_more(&mut bufs.req.source, wait, &self.ctl.abort)
+                .await
+            {
+                Ok(1..) => {}
+                _ => break,
+            }
+        }
+        bufs.req.source.clear();
+        self.ctl.idle.set(false);
     }
 
     /// Waits, holding no buffer, for the next request of a connection that
@@ -915,10 +983,14 @@ impl Downstream {
         head: &RequestHead,
     ) -> Next {
         let sent = self.send_local(worker, bytes).await;
-        if keep && sent {
+        // A request without a body was read whole: off the buffer, so that
+        // a close after it does not linger.
+        if sent && head.body == RequestBody::Empty {
             if let Some(bufs) = self.bufs.as_deref_mut() {
                 bufs.req.source.drain(..head.head_len);
             }
+        }
+        if keep && sent {
             Next::KeepAlive
         } else {
             Next::Close

@@ -19,6 +19,10 @@ use crate::io::{
 };
 use crate::tls::{TlsReader, TlsWriter};
 
+/// What a lingering close reads at a time when the connection holds no
+/// buffer of its own by then.
+const DISCARD_READ_BYTES: usize = 16 * 1024;
+
 pub enum StreamReader {
     Plain(Reader),
     Tls(TlsReader),
@@ -35,12 +39,13 @@ pub enum StreamWriter {
     H2(Box<H2Sender>),
 }
 
-/// Closes a connection whose every direction a tunnel has ended (each
-/// half-closed after its end of stream, or cut): a plain connection's
-/// halves are put back together first, so that dropping it closes the
-/// socket without the `shutdown(SHUT_WR)` that dropping monoio's write
-/// half makes, one wasted syscall per side of every L4 connection.
-pub fn close_tunnel_end(r: StreamReader, w: StreamWriter) {
+/// Closes a connection with nothing more to say or hear (a tunnel whose
+/// every direction ended, a client connection read to its end): a plain
+/// connection's halves are put back together first, so that dropping it
+/// closes the socket without the `shutdown(SHUT_WR)` that dropping
+/// monoio's write half makes, a wasted syscall per connection (close sends
+/// the FIN all the same).
+pub fn close_connection(r: StreamReader, w: StreamWriter) {
     if let (StreamReader::Plain(r), StreamWriter::Plain(w)) = (r, w) {
         drop(r.reunite(w));
     }
@@ -58,6 +63,24 @@ impl StreamReader {
 
     pub fn is_tls(&self) -> bool {
         matches!(self, StreamReader::Tls(_))
+    }
+
+    /// Reads what the peer sends next into `buf` (cleared first) to be
+    /// dropped, below TLS: bytes after a response that closed the
+    /// connection are never a request to decrypt or parse.
+    pub async fn discard_more(
+        &mut self,
+        buf: &mut Vec<u8>,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> Result<usize, ReadFail> {
+        buf.clear();
+        let spare = buf.capacity().max(DISCARD_READ_BYTES);
+        match self {
+            StreamReader::Plain(r) => read_more(r, buf, spare, timeout, abort).await,
+            StreamReader::Tls(r) => r.discard_more(buf, spare, timeout, abort).await,
+            StreamReader::H2(_) | StreamReader::H2Upstream(_) => Ok(0),
+        }
     }
 
     /// Appends what the client sends next to `buf` (see [`read_more`]).
@@ -113,6 +136,17 @@ impl StreamWriter {
         if let StreamWriter::Tls(w) = self {
             w.close(timeout, abort).await;
         }
+    }
+
+    /// Half-closes the TCP connection (`shutdown(SHUT_WR)`, after a TLS
+    /// connection's close_notify, which [`Self::close`] sends): the client
+    /// sees the end of the response while the proxy can still read.
+    pub async fn shutdown_tcp(&mut self) {
+        let _ = match self {
+            StreamWriter::Plain(w) => monoio::io::AsyncWriteRent::shutdown(w).await,
+            StreamWriter::Tls(w) => w.shutdown_tcp().await,
+            StreamWriter::H2(_) => Ok(()),
+        };
     }
 
     /// The protocol a request on this connection came in, as `Via` names

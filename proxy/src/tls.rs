@@ -712,6 +712,19 @@ impl TlsReader {
         wait_readable_by(&self.tcp, deadline, abort).await
     }
 
+    /// Reads what the peer sends after the connection's last response, to
+    /// be dropped (a lingering close): ciphertext, neither decrypted nor kept.
+    pub async fn discard_more(
+        &mut self,
+        buf: &mut Vec<u8>,
+        min_spare: usize,
+        timeout: Duration,
+        abort: &Abort,
+    ) -> Result<usize, ReadFail> {
+        self.cipher = Vec::new();
+        crate::io::read_more(&mut self.tcp, buf, min_spare, timeout, abort).await
+    }
+
     /// As [`read_more`] on a plain connection: appends decrypted bytes to
     /// `buf`, `Ok(0)` at the end of the stream (close_notify, or a TCP close:
     /// HTTP framing, not TLS, tells a truncated message).
@@ -869,6 +882,11 @@ impl TlsWriter {
     pub fn release_idle(&mut self) {
         self.plain = Vec::new();
         self.cipher = Vec::new();
+    }
+
+    /// Half-closes the TCP connection under TLS, once close_notify went.
+    pub async fn shutdown_tcp(&mut self) -> io::Result<()> {
+        monoio::io::AsyncWriteRent::shutdown(&mut self.tcp).await
     }
 
     /// Sends close_notify (RFC 8446 §6.1) before the connection closes, so

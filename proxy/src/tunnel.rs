@@ -72,7 +72,7 @@ pub async fn serve(
                 (&bytes_in, &sent),
             )
             .await;
-            crate::stream::close_tunnel_end(client_side.0, client_side.1);
+            crate::stream::close_connection(client_side.0, client_side.1);
             conn.close_tunnel_end();
             up.on_end(
                 backend,
@@ -186,7 +186,7 @@ pub async fn run_upgraded<C>(worker: Rc<Worker>, mut t: Upgraded, connection: C)
         switched,
         ..
     } = t;
-    crate::stream::close_tunnel_end(cr, cw);
+    crate::stream::close_connection(cr, cw);
     switched.conn.close_tunnel_end();
     drop(connection);
 }

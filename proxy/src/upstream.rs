@@ -68,10 +68,10 @@ pub struct UpstreamConn {
 
 impl UpstreamConn {
     /// Closes the connection after a tunnel ended both its directions
-    /// (see [`crate::stream::close_tunnel_end`]).
+    /// (see [`crate::stream::close_connection`]).
     pub fn close_tunnel_end(self) {
         let UpstreamConn { r, w, slot, .. } = self;
-        crate::stream::close_tunnel_end(r, w);
+        crate::stream::close_connection(r, w);
         drop(slot);
     }
 }

@@ -1,0 +1,226 @@
+//! How the proxy closes a client connection it answered before reading the
+//! whole request (RFC 9112 §9.6): it half-closes, then reads and discards
+//! what the client still sends, up to `limits.lingering_time`, so that a
+//! client busy sending a body it was refused still gets its response
+//! instead of a reset. A closing time bounds the discarding.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use ringgate_tests::pki::TestCa;
+use ringgate_tests::proxy::run_with_timeout;
+use ringgate_tests::{Backend, Behaviour, Client, ProxyConfig};
+
+const BODY: usize = 8 << 20;
+
+/// Writes `head` then `BODY` bytes, as a client that sends its whole
+/// request before it reads (Python's urllib, curl without Expect), then
+/// reads everything until the proxy closes. Returns how many body bytes
+/// went out, the write error if one cut the upload, and what was read.
+fn send_all_then_read(port: u16, head: &[u8]) -> (usize, Option<std::io::Error>, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head).unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    let mut failed = None;
+    while sent < BODY {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let mut got = Vec::new();
+    if let Err(e) = s.read_to_end(&mut got) {
+        failed.get_or_insert(e);
+    }
+    (sent, failed, got)
+}
+
+fn status_line(got: &[u8]) -> String {
+    String::from_utf8_lossy(got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn a_client_that_sends_its_whole_refused_body_before_reading_gets_the_413() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra("max_body", "100")
+        .start();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
+    let (sent, failed, got) = send_all_then_read(proxy.port, head.as_bytes());
+    assert!(
+        failed.is_none(),
+        "the upload was cut after {sent} bytes: {failed:?}; read {:?}",
+        status_line(&got)
+    );
+    assert!(
+        status_line(&got).starts_with("HTTP/1.1 413"),
+        "{}",
+        status_line(&got)
+    );
+    assert!(backend.records().is_empty(), "nothing goes upstream");
+}
+
+#[test]
+fn a_client_whose_head_is_refused_while_its_body_follows_gets_the_400() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    // A space before the colon: refused by the parser (RFC 9112 §5.1).
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: t\r\nX-Bad : 1\r\nContent-Length: {BODY}\r\n\r\n");
+    let (sent, failed, got) = send_all_then_read(proxy.port, head.as_bytes());
+    assert!(
+        failed.is_none(),
+        "the upload was cut after {sent} bytes: {failed:?}; read {:?}",
+        status_line(&got)
+    );
+    assert!(
+        status_line(&got).starts_with("HTTP/1.1 400"),
+        "{}",
+        status_line(&got)
+    );
+}
+
+#[test]
+fn a_client_that_never_stops_sending_is_closed_after_the_lingering_time() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra("max_body", "100")
+        .limit("lingering_time", "\"1s\"")
+        .start();
+    let mut c = Client::connect(proxy.port);
+    c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000000\r\n\r\n");
+    let mut w = c.writer();
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 16 * 1024];
+        // Far past the lingering time, if nothing stops it.
+        while started.elapsed() < Duration::from_secs(20) {
+            if w.write_all(&chunk).is_err() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    });
+    let r = c.read_final().expect("the 413 while the body still comes");
+    assert_eq!(r.status, 413);
+    let cut = writer.join().unwrap().expect("the proxy never closed");
+    assert!(
+        cut >= Duration::from_millis(900) && cut < Duration::from_secs(5),
+        "closed after {cut:?}, lingering_time is 1s"
+    );
+}
+
+#[test]
+fn a_client_that_goes_quiet_after_its_refusal_is_closed_after_the_lingering_timeout() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra("max_body", "100")
+        .limit("lingering_timeout", "\"300ms\"")
+        .start();
+    let mut c = Client::connect(proxy.port);
+    c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n");
+    c.send(&[b'x'; 1000]);
+    let r = c.read_final().expect("the 413");
+    assert_eq!(r.status, 413);
+    // The client neither sends more nor closes: the proxy stops waiting.
+    let started = Instant::now();
+    c.wait_closed(Duration::from_secs(5)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed after {:?}, lingering_timeout is 300ms",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_connection_closed_after_a_request_read_whole_does_not_linger() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let pid = proxy.pid();
+    // Warm the upstream pool, so that only client sockets change below.
+    let mut warm = Client::connect(proxy.port);
+    assert_eq!(warm.get("/").status, 200);
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = ringgate_tests::procfs::socket_fds(pid);
+    // Clients that read their answers and keep their ends open: one
+    // proxied request, one answered by the proxy.
+    let mut kept = Vec::new();
+    for raw in [
+        &b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        b"GET /x HTTP/1.0\r\nHost: t\r\n\r\n",
+    ] {
+        let mut c = Client::connect(proxy.port);
+        c.send(raw);
+        let r = c.read_final().unwrap();
+        assert_eq!(r.status, 200);
+        c.wait_closed(Duration::from_secs(5)).unwrap();
+        kept.push(c);
+    }
+    // The proxy let go of each socket at once rather than lingering on it.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ringgate_tests::procfs::socket_fds(pid), before);
+    drop(kept);
+}
+
+/// Python's `http.client` (under urllib and requests) sends the whole
+/// body before it reads: a reset while it sends loses the response.
+const PYTHON_UPLOAD: &str = r#"
+import http.client, ssl, sys
+port, ca = int(sys.argv[1]), sys.argv[2]
+if ca:
+    ctx = ssl.create_default_context(cafile=ca)
+    c = http.client.HTTPSConnection("site.test", port, context=ctx, timeout=10)
+    c.sock = ctx.wrap_socket(__import__("socket").create_connection(("127.0.0.1", port)), server_hostname="site.test")
+else:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+c.request("POST", "/upload", body=b"x" * (8 << 20))
+r = c.getresponse()
+print(r.status)
+"#;
+
+#[test]
+fn pythons_http_client_gets_the_413_for_a_refused_upload_over_plain_and_tls() {
+    let mut ca = TestCa::new("ringgate test CA");
+    let cert = ca.server("site", &["site.test"]);
+    let backend = Backend::start("b", Behaviour::Ok);
+    let plain = ProxyConfig::new(backend.addr())
+        .route_extra("max_body", "100")
+        .start();
+    let tls = ProxyConfig::new(backend.addr())
+        .route_extra("max_body", "100")
+        .listener_extra("tls", &format!("{{ certificates = [{}] }}", cert.toml()))
+        .start();
+    let ca_path = ca.cert.to_string_lossy().into_owned();
+    for (port, ca) in [(plain.port, ""), (tls.port, ca_path.as_str())] {
+        let out = run_with_timeout(
+            std::process::Command::new("python3").args([
+                "-c",
+                PYTHON_UPLOAD,
+                &port.to_string(),
+                ca,
+            ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            out.stdout.trim(),
+            "413",
+            "{} listener: {}",
+            if ca.is_empty() { "plain" } else { "TLS" },
+            out.stderr
+        );
+    }
+}
