@@ -224,3 +224,39 @@ fn pythons_http_client_gets_the_413_for_a_refused_upload_over_plain_and_tls() {
         );
     }
 }
+
+#[test]
+fn a_drain_does_not_wait_for_a_lingering_connection() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let mut proxy = ProxyConfig::new(backend.addr())
+        .route_extra("max_body", "100")
+        .start();
+    let mut c = Client::connect(proxy.port);
+    c.send(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\n");
+    let r = c.read_final().expect("the 413");
+    assert_eq!(r.status, 413);
+    // The client keeps sending its body: the connection lingers.
+    let mut w = c.writer();
+    let writer = std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            if w.write_all(&[b'x'; 1024]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    proxy.signal("-TERM");
+    let status = proxy
+        .wait_exit(Duration::from_secs(10))
+        .expect("the proxy exits");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "the drain waited {:?} for a lingering connection",
+        asked.elapsed()
+    );
+    writer.join().unwrap();
+}
