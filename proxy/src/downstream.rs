@@ -440,6 +440,11 @@ impl Downstream {
     /// is out.
     async fn linger(&mut self, worker: &Worker) {
         let limits = &worker.config.limits;
+        // An exchange that stopped reading the body (the backend answered
+        // early) left the read canceller aborted. Nothing else can have
+        // aborted it: a drain aborts only idle connections, and one that
+        // began is seen below.
+        self.ctl.abort.reset();
         if limits.lingering_time.is_zero() || worker.draining.get() {
             return;
         }

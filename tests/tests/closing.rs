@@ -92,6 +92,29 @@ fn a_client_whose_head_is_refused_while_its_body_follows_gets_the_400() {
 }
 
 #[test]
+fn a_client_still_sending_when_the_backend_answers_early_gets_that_answer() {
+    let backend = Backend::start(
+        "b",
+        Behaviour::AnswerBeforeBody(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n".to_vec(),
+        ),
+    );
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
+    let (sent, failed, got) = send_all_then_read(proxy.port, head.as_bytes());
+    assert!(
+        failed.is_none(),
+        "the upload was cut after {sent} bytes: {failed:?}; read {:?}",
+        status_line(&got)
+    );
+    assert!(
+        status_line(&got).starts_with("HTTP/1.1 413"),
+        "{}",
+        status_line(&got)
+    );
+}
+
+#[test]
 fn a_client_that_never_stops_sending_is_closed_after_the_lingering_time() {
     let backend = Backend::start("b", Behaviour::Ok);
     let proxy = ProxyConfig::new(backend.addr())
