@@ -115,6 +115,39 @@ fn a_client_still_sending_when_the_backend_answers_early_gets_that_answer() {
 }
 
 #[test]
+fn a_streamed_chunked_body_cut_at_max_body_still_gets_its_413() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra("max_body", "\"2MiB\"")
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut sent = 0;
+    let mut write = |bytes: &[u8]| -> std::io::Result<()> {
+        s.write_all(bytes)?;
+        sent += bytes.len();
+        Ok(())
+    };
+    let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+    // 8 MiB in 64 KiB chunks, the 33rd crossing max_body, then the end.
+    let upload = write(b"POST /big HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .and_then(|()| (0..128).try_for_each(|_| write(chunk.as_bytes())))
+        .and_then(|()| write(b"0\r\n\r\n"));
+    let mut got = Vec::new();
+    let read = s.read_to_end(&mut got);
+    assert!(
+        upload.is_ok() && read.is_ok(),
+        "upload {upload:?} after {sent} bytes, read {read:?}"
+    );
+    assert!(
+        status_line(&got).starts_with("HTTP/1.1 413"),
+        "{}",
+        status_line(&got)
+    );
+}
+
+#[test]
 fn a_client_that_never_stops_sending_is_closed_after_the_lingering_time() {
     let backend = Backend::start("b", Behaviour::Ok);
     let proxy = ProxyConfig::new(backend.addr())
