@@ -45,7 +45,7 @@ use crate::tunnel::{TunnelLine, Upgraded};
 const IDLE_BUFFER_GRACE: Duration = Duration::from_millis(50);
 
 pub(crate) struct Downstream {
-    r: StreamReader,
+    pub(crate) r: StreamReader,
     pub(crate) w: StreamWriter,
     /// The connection's addresses, as a PROXY header to a backend names them.
     conn: ConnAddrs,

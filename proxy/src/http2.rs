@@ -36,7 +36,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use monoio::buf::IoBuf;
-use ringgate_config::{Http2, LogLevel};
+use ringgate_config::{Http2, Limits, LogLevel};
 use ringgate_core::http::{normalize_path, parse_request};
 use ringgate_core::proxy_protocol::ConnAddrs;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -789,6 +789,10 @@ async fn serve_stream(
         w.finish();
     }
     d.release_buffers(worker);
+    if let StreamReader::H2(body) = &mut d.r {
+        body.discard_rest(&worker.config.limits, &worker.draining)
+            .await;
+    }
 }
 
 /// How the synthesized request says its body is framed.
@@ -901,6 +905,34 @@ impl H2Body {
             body,
             chunked,
             done: false,
+        }
+    }
+
+    /// What the client still sends of a body after its stream was
+    /// answered (a refused upload), read and dropped, so the stream ends
+    /// with the client's END_STREAM rather than a reset: RFC 9113 §8.1
+    /// allows RST_STREAM(NO_ERROR) there, but some clients (curl 7.88)
+    /// then report an error instead of the response. The bounds of
+    /// HTTP/1.1's lingering close apply; a drain stops it.
+    pub async fn discard_rest(&mut self, limits: &Limits, draining: &Cell<bool>) {
+        if self.done || self.body.is_end_stream() || limits.lingering_time.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + limits.lingering_time;
+        let abort = Abort::default();
+        while !draining.get() {
+            let wait_for = deadline
+                .saturating_duration_since(Instant::now())
+                .min(limits.lingering_timeout);
+            if wait_for.is_zero() {
+                return;
+            }
+            match wait(wait_for, &abort, |cx| self.body.poll_data(cx)).await {
+                Ok(Some(Ok(data))) => {
+                    let _ = self.body.flow_control().release_capacity(data.len());
+                }
+                _ => return,
+            }
         }
     }
 

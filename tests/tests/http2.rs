@@ -140,6 +140,77 @@ fn prior_knowledge_works_only_where_the_listener_allows_it_and_http11_still_does
 }
 
 #[test]
+fn curl_uploading_a_body_it_was_refused_gets_the_413() {
+    // The answer comes before the body: a stream reset with NO_ERROR at
+    // that point is allowed (RFC 9113 §8.1), but curl 7.88 then reports
+    // error 92 and no status, so the proxy reads the rest and drops it.
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let proxy = h2c(&backend).route_extra("max_body", "1000").start();
+    let body = write_temp("h2-upload", "bin", &vec![b'x'; 8 << 20]);
+    let data = format!("@{}", body.display());
+    for framing in [
+        &["-H", "Expect:"][..],
+        &["-H", "Expect:", "-H", "Content-Length:"],
+    ] {
+        let mut args = vec!["-o", "/dev/null", "-X", "POST", "--data-binary", &data];
+        args.extend_from_slice(framing);
+        let out = prior_knowledge(proxy.port, "/upload", &args);
+        assert_eq!(status_line(&out), "413 2", "{framing:?}: {}", out.stderr);
+    }
+    still_serves(&proxy);
+}
+
+#[test]
+fn a_refused_upload_that_never_ends_is_reset_after_the_lingering_time() {
+    let backend = Backend::start("ok", Behaviour::Ok);
+    let proxy = h2c(&backend)
+        .route_extra("max_body", "1000")
+        .limit("lingering_time", "\"1s\"")
+        .start();
+    let mut client = H2Client::connect(proxy.port);
+    let block = request_block("POST", "/upload", &[("content-length", "1000000000000")]);
+    client
+        .send(&frame(h2wire::HEADERS, h2wire::END_HEADERS, 1, &block))
+        .unwrap();
+    let started = Instant::now();
+    let mut w = client.stream.try_clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let data = frame(h2wire::DATA, 0, 1, &[b'x'; 1024]);
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed)
+            && started.elapsed() < Duration::from_secs(8)
+        {
+            if std::io::Write::write_all(&mut w, &data).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let answer = client
+        .until_frame(h2wire::HEADERS, 1, Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the 413 came only after {:?}",
+        started.elapsed()
+    );
+    assert!(!answer.payload.is_empty());
+    client
+        .until_frame(h2wire::RST_STREAM, 1, Duration::from_secs(8))
+        .unwrap();
+    let reset_after = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        reset_after >= Duration::from_millis(900) && reset_after < Duration::from_secs(5),
+        "reset after {reset_after:?}, lingering_time is 1s"
+    );
+    drop(client);
+    sender.join().unwrap();
+    still_serves(&proxy);
+}
+
+#[test]
 fn bodies_stream_both_ways_and_framing_is_converted() {
     let backend = Backend::builder("echo")
         .route("/echo", Behaviour::Echo)
