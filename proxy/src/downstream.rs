@@ -404,9 +404,9 @@ impl Downstream {
                     // client of the connection's previous request.
                     cur_mut(&mut self.req).client.reset_to_peer();
                     self.log_refusal(worker, &refusal, None);
-                    self.send_refusal(worker, &refusal).await;
+                    let sent = self.send_refusal(worker, &refusal).await;
                     self.record(worker, None);
-                    return Phase::Closed { unread_input: true };
+                    return Phase::Closed { unread_input: sent };
                 }
             };
             first = false;
@@ -419,7 +419,7 @@ impl Downstream {
                     let unread_input = self.bufs.as_ref().is_some_and(|b| !b.req.source.is_empty());
                     return Phase::Closed { unread_input };
                 }
-                Next::Switched => {
+                Next::Cut | Next::Switched => {
                     return Phase::Closed {
                         unread_input: false,
                     }
@@ -792,7 +792,7 @@ impl Downstream {
             if let Some(max) = checks::reads_body_whole(checks, head) {
                 let body = match self.read_body_whole(worker, head, max).await {
                     Ok(Some(body)) => body,
-                    Ok(None) => return Next::Close,
+                    Ok(None) => return Next::Cut,
                     Err(refusal) => {
                         if refusal.status == 413 {
                             worker.counters.validation_refused("max_body");
@@ -877,10 +877,10 @@ impl Downstream {
         };
         match exchange::run(&cx, client, bufs, (route, id), upstream, head).await {
             Ok(next) => next,
-            Err(refusal) => {
-                self.send_refusal(worker, &refusal).await;
-                Next::Close
-            }
+            Err(refusal) => match self.send_refusal(worker, &refusal).await {
+                true => Next::Close,
+                false => Next::Cut,
+            },
         }
     }
 
@@ -995,10 +995,10 @@ impl Downstream {
                 bufs.req.source.drain(..head.head_len);
             }
         }
-        if keep && sent {
-            Next::KeepAlive
-        } else {
-            Next::Close
+        match (keep, sent) {
+            (true, true) => Next::KeepAlive,
+            (false, true) => Next::Close,
+            (_, false) => Next::Cut,
         }
     }
 

@@ -63,6 +63,10 @@ pub fn write_date_line(out: &mut Vec<u8>) {
 pub enum Next {
     KeepAlive,
     Close,
+    /// Close at once, without lingering: the client is gone (it closed,
+    /// or stopped taking its response), or its response was cut, so no
+    /// answer is left to deliver.
+    Cut,
     /// The backend answered `101`: the connection is a tunnel now, its
     /// upstream end left in [`Client::switched`].
     Switched,
@@ -459,7 +463,7 @@ async fn run_tries(
                     describe_try(b, upstream, cause, tries.get());
                 });
             }
-            return Ok(Next::Close);
+            return Ok(Next::Cut);
         };
         if !ex.plan.replay.allowed(&e) {
             return Err(Failed { refusal, cause });
