@@ -2162,6 +2162,14 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
                         "{text:?}: request paths are ASCII; percent-encode the other characters"
                     ),
                 );
+            } else if ringgate_core::http::has_stray_percent(text.as_bytes()) {
+                c.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!(
+                        "{text:?} would never match: a request path with a % that begins no %XX escape is refused (400); write % as %25"
+                    ),
+                );
             } else if let Some(normal) = path_in_normal_form(text) {
                 c.err(
                     p.span(),

@@ -204,4 +204,33 @@ backends = [{{ address = "{}" }}]
             "{target}"
         );
     }
+    // A `%` that begins no escape could make one out of what decoding
+    // yields (`%%361` → `%61`): the public backend would then be handed
+    // `/%61dmin/x`, which it decodes to `/admin/x`. Such a path is refused.
+    for target in [
+        "/%%361dmin/x",
+        "/%%36%31dmin/x",
+        "/a%4%61/x",
+        "/%zz/x",
+        "/x%",
+        "/x%4",
+    ] {
+        let exchange = ringgate_tests::client::exchange(
+            proxy.port,
+            format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+        );
+        let r = exchange.response.expect("an answer");
+        assert_eq!(r.status, 400, "{target}: {r:?}");
+    }
+    assert!(
+        public
+            .targets()
+            .iter()
+            .all(|t| !t.contains('%') || t.contains("%2F")),
+        "{:?}",
+        public.targets()
+    );
+    // The query is not a path: a `%` there is the backend's to read.
+    let r = c.request(b"GET /p?discount=100% HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
 }
