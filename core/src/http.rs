@@ -418,10 +418,16 @@ fn valid_authority(value: &[u8]) -> bool {
     } else {
         let colon = value.iter().position(|&b| b == b':').unwrap_or(value.len());
         let host = &value[..colon];
-        if host.is_empty()
-            || !host.iter().all(|&b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~' | b'%')
-            })
+        // No escape and no empty label (one trailing dot, the root, is
+        // allowed): routes compare the name as written, so it must have
+        // one spelling a backend cannot read as another (nginx refuses
+        // empty labels too).
+        let name = host.strip_suffix(b".").unwrap_or(host);
+        if name.is_empty()
+            || !host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'~'))
+            || name.split(|&b| b == b'.').any(<[u8]>::is_empty)
         {
             return false;
         }
@@ -2155,6 +2161,32 @@ mod tests {
                 (format!("GET {want} HTTP/1.1\r\n"), changed),
                 "{target}"
             );
+        }
+    }
+
+    #[test]
+    fn an_authority_has_one_spelling_no_empty_label_and_no_escape() {
+        for good in [
+            "a.example",
+            "a.example.",
+            "A.Example:80",
+            "a_b.example:",
+            "127.0.0.1:8080",
+            "[::1]:443",
+        ] {
+            assert!(valid_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a.example..",
+            "a..example",
+            ".a.example",
+            ".",
+            "..",
+            "a%2eexample",
+            ":80",
+            "a.example.:x",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
         }
     }
 

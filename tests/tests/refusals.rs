@@ -235,6 +235,43 @@ fn missing_host_in_http11_is_refused() {
 }
 
 #[test]
+fn a_host_with_an_empty_label_or_an_escape_is_refused() {
+    // Routed as written, `admin.example..` or `admin%2eexample` would miss
+    // a `host = "admin.example"` route, while a backend that trims dots or
+    // decodes the name serves admin.example. nginx refuses the first kind.
+    assert_refused(
+        400,
+        &[
+            (
+                "two trailing dots",
+                b"GET /a HTTP/1.1\r\nHost: admin.example..\r\n\r\n",
+            ),
+            (
+                "an empty label",
+                b"GET /a HTTP/1.1\r\nHost: admin..example\r\n\r\n",
+            ),
+            (
+                "a leading dot",
+                b"GET /a HTTP/1.1\r\nHost: .admin.example\r\n\r\n",
+            ),
+            ("only a dot", b"GET /a HTTP/1.1\r\nHost: .\r\n\r\n"),
+            (
+                "an escape",
+                b"GET /a HTTP/1.1\r\nHost: admin%2eexample\r\n\r\n",
+            ),
+            (
+                "an empty label, absolute-form",
+                b"GET http://admin..example/a HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+            (
+                "an empty label and a port",
+                b"GET /a HTTP/1.1\r\nHost: a..b:80\r\n\r\n",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn two_host_headers_are_refused() {
     assert_refused(
         400,
