@@ -718,6 +718,13 @@ pub fn parse_request(
     let request_line_end = line_end(buf, target_range.end);
     scratch.keep(line_start..request_line_end);
 
+    // Methods are case-sensitive (RFC 9110 §9.1), every registered one is
+    // uppercase, and routes name them so: `post` would miss a POST route
+    // for another while a backend that folds case runs it as POST, and
+    // `connect` would slip past the check below. nginx refuses them too.
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(HeadError::Malformed("a method with a lowercase letter"));
+    }
     // CONNECT would open a tunnel; TRACE echoes the request, credentials
     // included, back to whoever can make a browser send it.
     if method == "CONNECT" || method == "TRACE" {

@@ -235,6 +235,26 @@ fn missing_host_in_http11_is_refused() {
 }
 
 #[test]
+fn a_method_with_a_lowercase_letter_is_refused() {
+    // Methods are case-sensitive and routes name them in uppercase: `post`
+    // would miss a `methods = ["POST"]` route (and its authentication) for
+    // another, while a backend that folds case runs it as POST; `connect`
+    // would pass the CONNECT refusal. nginx refuses them too.
+    assert_refused(
+        400,
+        &[
+            ("get", b"get /a HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (
+                "Post",
+                b"Post /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+            ),
+            ("connect", b"connect x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n"),
+            ("trace", b"trace /a HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ],
+    );
+}
+
+#[test]
 fn a_host_with_an_empty_label_or_an_escape_is_refused() {
     // Routed as written, `admin.example..` or `admin%2eexample` would miss
     // a `host = "admin.example"` route, while a backend that trims dots or
