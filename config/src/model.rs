@@ -557,13 +557,11 @@ impl HeaderEdits {
 
     /// Whether a field of this name is dropped from the forwarded head.
     pub fn drops(&self, name: &[u8]) -> bool {
-        self.remove
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
-            || self
-                .set
-                .iter()
-                .any(|(n, _)| name.eq_ignore_ascii_case(n.as_bytes()))
+        // `_` read as `-`: a client's X_Internal_User is the X-Internal-User
+        // the route removes, to a backend that maps both to one variable.
+        let same = ringgate_core::http::same_field_name;
+        self.remove.iter().any(|n| same(name, n.as_bytes()))
+            || self.set.iter().any(|(n, _)| same(name, n.as_bytes()))
     }
 }
 

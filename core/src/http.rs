@@ -574,15 +574,21 @@ impl FramingFields {
 /// would frame the body by a field the proxy did not, which is a request
 /// smuggled; nginx ignores such fields by default, ringgate refuses them.
 fn spells_a_framing_field_with_underscores(name: &[u8]) -> bool {
-    let dashed = |spelling: &[u8]| {
-        name.len() == spelling.len()
-            && name.contains(&b'_')
-            && name
-                .iter()
-                .zip(spelling)
-                .all(|(&n, &f)| n.eq_ignore_ascii_case(&f) || (n == b'_' && f == b'-'))
-    };
-    dashed(b"content-length") || dashed(b"transfer-encoding")
+    name.contains(&b'_')
+        && (same_field_name(name, b"content-length") || same_field_name(name, b"transfer-encoding"))
+}
+
+/// Whether `name` is the field `field` as a backend that reads `_` as `-`
+/// sees it (CGI and WSGI servers map both to one variable): equal ignoring
+/// ASCII case, an `_` in `name` matching a `-` in `field`. A field the
+/// proxy drops, replaces or writes itself is dropped in that spelling too,
+/// or a client's `X_Forwarded_For` would sit beside the proxy's own.
+pub fn same_field_name(name: &[u8], field: &[u8]) -> bool {
+    name.len() == field.len()
+        && name
+            .iter()
+            .zip(field)
+            .all(|(&n, &f)| n.eq_ignore_ascii_case(&f) || (n == b'_' && f == b'-'))
 }
 
 fn is_framing_field(name: &[u8]) -> bool {
@@ -606,7 +612,7 @@ fn is_request_header_replaced(name: &[u8]) -> bool {
         b"x-forwarded-host",
         b"forwarded",
     ];
-    DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+    DROPPED.iter().any(|d| same_field_name(name, d))
 }
 
 fn is_response_hop_by_hop(name: &[u8]) -> bool {

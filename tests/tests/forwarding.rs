@@ -384,3 +384,40 @@ fn max_forwards_on_options_is_answered_at_zero_and_decremented_otherwise() {
     assert_eq!(records[0].header("max-forwards").as_deref(), Some("4"));
     assert_eq!(records[1].header("max-forwards").as_deref(), Some("0"));
 }
+
+/// A backend that reads `_` as `-` (CGI and WSGI servers map both to one
+/// variable) must not find a client's `X_Forwarded_For` beside the proxy's
+/// own X-Forwarded-For, nor its own spelling of a field the route removes,
+/// sets or the proxy writes (the request id): the proxy drops those
+/// spellings as it drops the fields themselves.
+#[test]
+fn a_clients_underscore_spelling_of_a_field_the_proxy_writes_or_removes_is_dropped() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr())
+        .server("request_id", "\"X-Request-Id\"")
+        .route_extra(
+            "request_headers",
+            "{ set = { X-Env = \"prod\" }, remove = [\"x-internal-user\"] }",
+        )
+        .start();
+    let mut c = Client::connect(proxy.port);
+    let r = c.request(
+        b"GET /a HTTP/1.1\r\nHost: t\r\nX_Forwarded_For: 6.6.6.6\r\nX_FORWARDED_PROTO: https\r\n\
+          x_forwarded_host: evil.example\r\nKeep_Alive: 1\r\nProxy_Connection: x\r\nX_Env: dev\r\n\
+          X_Internal_User: admin\r\nX_Request_Id: forged\r\nX_Unrelated: kept\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let rec = backend
+        .records()
+        .pop()
+        .expect("the backend got the request");
+    let underscored: Vec<&str> = rec
+        .headers
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| name.contains('_'))
+        .collect();
+    assert_eq!(underscored, ["X_Unrelated"], "{:?}", rec.headers);
+    assert_eq!(rec.header("x-env").as_deref(), Some("prod"));
+    assert_eq!(rec.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+}

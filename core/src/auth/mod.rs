@@ -223,9 +223,10 @@ impl RouteAuth {
 
     /// Whether the client's copy of header `name` must be dropped.
     pub fn strips(&self, name: &[u8]) -> bool {
+        // `_` read as `-`, as a CGI or WSGI backend reads it.
         self.strip
             .iter()
-            .any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+            .any(|s| crate::http::same_field_name(name, s.as_bytes()))
     }
 
     fn consumer_line(&self, out: &mut Identity) {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ringgate_config::{HashKey, HeaderEdits, Route};
 use ringgate_core::chunked::{ChunkError, ChunkedDecoder};
 use ringgate_core::http::{
-    cookie_value, header_value, upgrade_protocol_name, via_names, write_request_line,
-    write_request_patch, ForwardedClient, RequestBody, RequestHead, Version,
+    cookie_value, header_value, same_field_name, upgrade_protocol_name, via_names,
+    write_request_line, write_request_patch, ForwardedClient, RequestBody, RequestHead, Version,
 };
 
 use super::error::{chunk_refusal, Fault, Refusal, KEEP_ALIVE_LINE};
@@ -185,8 +185,8 @@ pub(super) fn prepare(
         bufs.req_scratch
             .retain_lines(&bufs.req.source, !new_request_line, |name| {
                 !edits.drops(name)
-                    && subject_name.is_none_or(|s| !name.eq_ignore_ascii_case(s))
-                    && made_id.is_none_or(|n| !name.eq_ignore_ascii_case(n.as_bytes()))
+                    && subject_name.is_none_or(|s| !same_field_name(name, s))
+                    && made_id.is_none_or(|n| !same_field_name(name, n.as_bytes()))
                     && auth.is_none_or(|(a, _)| !a.strips(name))
             });
     }
