@@ -452,12 +452,15 @@ fn valid_authority(value: &[u8]) -> bool {
 /// once normalised, so a prefix route or rewrite could be escaped
 /// (`/files/../admin`). Percent-encoded dots (`%2e`) count as dots, and
 /// encoded slashes and backslashes (`%2f`, `\`, `%5c`) as separators,
-/// since backends decode them before they resolve segments. The query is not
-/// part of the path.
+/// since backends decode them before they resolve segments. A segment's
+/// `;parameters` do not count: Tomcat and Jetty drop them first, so `..;x`
+/// climbs as `..` does. The query is not part of the path.
 fn has_dot_segment(target: &[u8]) -> bool {
     let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
     let mut dots = 0usize;
     let mut other = false;
+    // Past a `;` in this segment: its parameters.
+    let mut params = false;
     let mut i = 0;
     let dot_segment = |dots: usize, other: bool| !other && (dots == 1 || dots == 2);
     while i < path.len() {
@@ -478,7 +481,10 @@ fn has_dot_segment(target: &[u8]) -> bool {
                 }
                 dots = 0;
                 other = false;
+                params = false;
             }
+            _ if params => {}
+            b';' => params = true,
             b'.' => dots += 1,
             _ => other = true,
         }
@@ -2114,6 +2120,9 @@ mod tests {
             "/files%2f..%2fecho",
             "/files%2F..%5Cecho",
             "/a\\..\\b",
+            "/a/..;/b",
+            "/a/.;x=1/b",
+            "/a/..%3bjsessionid=1",
         ] {
             let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
             assert!(req(raw.as_bytes()).is_err(), "{path} accepted");
@@ -2125,6 +2134,9 @@ mod tests {
             "/a?x=/../",
             "/%2e%2e%2e",
             "/.well-known/x",
+            "/a;jsessionid=1/b",
+            "/a/b;..",
+            "/a/x..;/b",
         ] {
             let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
             assert!(matches!(req(raw.as_bytes()), Ok(Some(_))), "{path} refused");

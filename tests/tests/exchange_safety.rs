@@ -387,6 +387,11 @@ fn dot_segments_cannot_escape_a_rewrite_prefix() {
         "/files/../../echo",
         "/files/%2e%2e/%2e%2e/echo",
         "/files/..%2f..%2fecho",
+        // Tomcat and Jetty drop a segment's `;parameters` before they
+        // resolve dots: `..;` climbs as `..` does ("Breaking Parser Logic").
+        "/files/..;/..;/echo",
+        "/files/..;jsessionid=1/echo",
+        "/files/.;x/%2e%2e%3Bx/echo",
     ] {
         let r = Client::connect(proxy.port).get(target);
         assert_eq!(r.status, 400, "{target}: {r:?}");
