@@ -307,7 +307,7 @@ fn is_tchar(b: u8) -> bool {
         b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
 }
 
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }

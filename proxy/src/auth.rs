@@ -148,5 +148,6 @@ pub fn refusal_text(reason: Reason) -> &'static str {
         Reason::WrongAudience => "invalid token: wrong audience",
         Reason::UnknownApiKey => "invalid credentials: unknown API key",
         Reason::BadPassword => "invalid credentials: user or password",
+        Reason::Ambiguous => "invalid credentials: more than one of a kind",
     }
 }

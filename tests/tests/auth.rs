@@ -199,6 +199,9 @@ fn jwt_corpus_valid_tokens_pass_with_their_claims_and_bad_ones_never_reach_the_b
     );
     let r = get(port, "/bad/forged-only", "X-Consumer: root\r\n");
     assert_eq!(r.status, 401);
+    // A valid token and a second one the proxy would not check.
+    let two = format!("{}Authorization: Bearer forged\r\n", bearer(&good));
+    assert_eq!(get(port, "/bad/two-tokens", &two).status, 401);
 
     // Refusals are counted by reason.
     let counted = |reason: &str| format!("ringgate_auth_refusals_total{{reason=\"{reason}\"}} ");
@@ -329,6 +332,24 @@ fn api_keys_and_basic_users_pass_wrong_ones_get_401_and_file_changes_apply_on_si
             "Basic realm=\"staff\"",
         ),
         ("/basic/missing", String::new(), "Basic realm=\"staff\""),
+        // Two credentials of one kind, a valid one first: the proxy would
+        // check one while a backend that reads the last (or all) reads
+        // another.
+        (
+            "/key/two",
+            "X-Api-Key: key-one\r\nX-Api-Key: key-two\r\n".to_string(),
+            "ApiKey realm",
+        ),
+        (
+            "/query/two?api_key=key-one&api_key=forged",
+            String::new(),
+            "ApiKey realm",
+        ),
+        (
+            "/basic/two",
+            basic("alice", "alice-pw") + &basic("root", "forged"),
+            "Basic realm=\"staff\"",
+        ),
     ];
     for (path, headers, challenge) in &refused {
         let r = get(port, path, headers);

@@ -16,7 +16,6 @@ pub mod jwt;
 
 use base64::Engine as _;
 
-use crate::http::header_value;
 use api_key::ApiKeys;
 use basic::Htpasswd;
 use cache::{digest_of, VerifiedCache};
@@ -44,10 +43,14 @@ pub enum Reason {
     UnknownApiKey,
     /// Basic credentials that do not match the htpasswd file.
     BadPassword,
+    /// Two credentials of one kind (two `Authorization` fields, two API-key
+    /// fields or query parameters): the proxy would check one while a
+    /// backend that reads the last, or all, reads another.
+    Ambiguous,
 }
 
 impl Reason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     pub const LABELS: [&'static str; Reason::COUNT] = [
         "missing",
         "malformed",
@@ -60,6 +63,7 @@ impl Reason {
         "wrong_audience",
         "unknown_api_key",
         "bad_password",
+        "ambiguous",
     ];
 
     pub fn label(self) -> &'static str {
@@ -141,20 +145,54 @@ impl Guard {
 
 /// The scheme's token after `Authorization: <scheme> ` (RFC 9110 §11.1:
 /// the scheme is case-insensitive).
-fn authorization<'a>(head: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
-    let value = header_value(head, b"authorization")?;
-    let (s, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
-    s.eq_ignore_ascii_case(scheme)
-        .then(|| rest.trim_ascii_start())
+fn authorization<'a>(head: &'a [u8], scheme: &[u8]) -> Result<Option<&'a [u8]>, Reason> {
+    let Some(value) = only_header_value(head, b"authorization")? else {
+        return Ok(None);
+    };
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return Ok(None);
+    };
+    let (s, rest) = value.split_at(space);
+    Ok(s.eq_ignore_ascii_case(scheme)
+        .then(|| rest.trim_ascii_start()))
 }
 
-/// The value of query parameter `name` in a request target.
-fn query_value<'a>(target: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let q = &target[target.iter().position(|&b| b == b'?')? + 1..];
-    q.split(|&b| b == b'&').find_map(|pair| {
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        (&pair[..eq] == name).then(|| &pair[eq + 1..])
-    })
+/// The value of the one field `name` (`_` read as `-`, as a CGI backend
+/// reads it); [`Reason::Ambiguous`] when there are two.
+fn only_header_value<'a>(head: &'a [u8], name: &[u8]) -> Result<Option<&'a [u8]>, Reason> {
+    let mut found = None;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if crate::http::same_field_name(&line[..colon], name) {
+            if found.is_some() {
+                return Err(Reason::Ambiguous);
+            }
+            found = Some(crate::http::trim_ows(&line[colon + 1..]));
+        }
+    }
+    Ok(found)
+}
+
+/// The value of query parameter `name` in a request target;
+/// [`Reason::Ambiguous`] when it is given twice.
+fn query_value<'a>(target: &'a [u8], name: &[u8]) -> Result<Option<&'a [u8]>, Reason> {
+    let Some(q) = target.iter().position(|&b| b == b'?') else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for pair in target[q + 1..].split(|&b| b == b'&') {
+        let eq = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+        if &pair[..eq] == name {
+            if found.is_some() {
+                return Err(Reason::Ambiguous);
+            }
+            found = Some(pair.get(eq + 1..).unwrap_or(b""));
+        }
+    }
+    Ok(found)
 }
 
 /// A quoted-string's content for a challenge: no `"`, `\` or controls.
@@ -257,7 +295,7 @@ impl RouteAuth {
             first_failure.get_or_insert(r);
         };
         if let Some(verifier) = &self.jwt {
-            if let Some(token) = authorization(head, b"bearer") {
+            if let Some(token) = authorization(head, b"bearer")? {
                 match self.check_jwt(verifier, guard, token, now, out) {
                     Ok(()) => return Ok(()),
                     Err(r) => fail(r),
@@ -266,8 +304,8 @@ impl RouteAuth {
         }
         if let Some((keys, source)) = &self.api_keys {
             let presented = match source {
-                KeySource::Header(h) => header_value(head, h.as_bytes()),
-                KeySource::Query(q) => query_value(target, q.as_bytes()),
+                KeySource::Header(h) => only_header_value(head, h.as_bytes())?,
+                KeySource::Query(q) => query_value(target, q.as_bytes())?,
             };
             if let Some(key) = presented {
                 match keys.consumer(key) {
@@ -281,7 +319,7 @@ impl RouteAuth {
             }
         }
         if let Some(users) = &self.basic {
-            if let Some(encoded) = authorization(head, b"basic") {
+            if let Some(encoded) = authorization(head, b"basic")? {
                 match Self::check_basic(users, guard, encoded, now) {
                     Ok(user) => {
                         out.consumer.extend_from_slice(user.as_bytes());

@@ -147,6 +147,25 @@ fn each_bad_token_gets_its_reason() {
 }
 
 #[test]
+fn two_credentials_of_one_kind_are_ambiguous_even_when_the_first_is_valid() {
+    let key = es256("k1");
+    let auth = route(&key);
+    let good = sign(&key, "k1", &claims());
+    let two = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\nauthorization: Bearer forged\r\n\r\n"
+    );
+    assert_eq!(check(&auth, two.as_bytes()).err(), Some(Reason::Ambiguous));
+    let underscore = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\nAuthorization_: x\r\nAuthorization: Basic Zm9v\r\n\r\n"
+    );
+    assert_eq!(
+        check(&auth, underscore.as_bytes()).err(),
+        Some(Reason::Ambiguous)
+    );
+    assert!(check(&auth, &bearer(&good)).is_ok());
+}
+
+#[test]
 fn a_verified_token_is_cached_until_it_expires() {
     let key = es256("k1");
     let auth = route(&key);
