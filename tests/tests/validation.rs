@@ -50,7 +50,29 @@ fn each_rule_refuses_before_anything_goes_upstream() {
     assert_eq!((status, body.as_str()), (200, "{\"a\":1}"));
     assert_eq!(backend.records().len(), 1);
 
-    let cases: [(&str, Vec<u8>, u16, &str); 6] = [
+    let cases: [(&str, Vec<u8>, u16, &str); 8] = [
+        (
+            // An allowed type first, another after it: the backend may
+            // parse the body by the last.
+            "two content types",
+            post(
+                "/x?page=1",
+                "X-Tenant: acme\r\nContent-Type: application/json\r\nContent-Type: application/xml\r\n",
+                "{}",
+            ),
+            400,
+            "more than one Content-Type",
+        ),
+        (
+            "a content type and its _ spelling",
+            post(
+                "/x?page=1",
+                "X-Tenant: acme\r\nContent-Type: application/json\r\nContent_Type: application/xml\r\n",
+                "{}",
+            ),
+            400,
+            "more than one Content-Type",
+        ),
         (
             "no tenant header",
             post("/x?page=1", "Content-Type: application/json\r\n", "{}"),
@@ -128,7 +150,7 @@ fn each_rule_refuses_before_anything_goes_upstream() {
 
     for (rule, n) in [
         ("max_body", 2),
-        ("content_types", 2),
+        ("content_types", 4),
         ("required_headers", 1),
         ("required_query", 1),
     ] {
