@@ -454,8 +454,9 @@ fn valid_authority(value: &[u8]) -> bool {
 /// encoded slashes and backslashes (`%2f`, `\`, `%5c`) as separators,
 /// since backends decode them before they resolve segments. A segment's
 /// `;parameters` do not count: Tomcat and Jetty drop them first, so `..;x`
-/// climbs as `..` does. The query is not part of the path.
-fn has_dot_segment(target: &[u8]) -> bool {
+/// climbs as `..` does. The query is not part of the path. The same pass
+/// finds a `%` that begins no escape ([`has_stray_percent`]).
+fn path_fault(target: &[u8]) -> Option<PathFault> {
     let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
     let mut dots = 0usize;
     let mut other = false;
@@ -469,7 +470,8 @@ fn has_dot_segment(target: &[u8]) -> bool {
                 let hex = |at: usize| path.get(at).copied().and_then(hex_digit);
                 match (hex(i + 1), hex(i + 2)) {
                     (Some(h), Some(l)) => (h << 4 | l, 3),
-                    _ => (b'%', 1),
+                    // See `has_stray_percent`.
+                    _ => return Some(PathFault::StrayPercent),
                 }
             }
             b => (b, 1),
@@ -477,7 +479,7 @@ fn has_dot_segment(target: &[u8]) -> bool {
         match unit {
             b'/' | b'\\' => {
                 if dot_segment(dots, other) {
-                    return true;
+                    return Some(PathFault::DotSegment);
                 }
                 dots = 0;
                 other = false;
@@ -490,7 +492,19 @@ fn has_dot_segment(target: &[u8]) -> bool {
         }
         i += len;
     }
-    dot_segment(dots, other)
+    dot_segment(dots, other).then_some(PathFault::DotSegment)
+}
+
+/// Why [`path_fault`] refuses a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathFault {
+    DotSegment,
+    StrayPercent,
+}
+
+#[cfg(test)]
+fn has_dot_segment(target: &[u8]) -> bool {
+    path_fault(target) == Some(PathFault::DotSegment)
 }
 
 /// Whether the path (the target up to its query) holds a `%` that does not
@@ -580,8 +594,8 @@ impl FramingFields {
 /// would frame the body by a field the proxy did not, which is a request
 /// smuggled; nginx ignores such fields by default, ringgate refuses them.
 fn spells_a_framing_field_with_underscores(name: &[u8]) -> bool {
-    name.contains(&b'_')
-        && (same_field_name(name, b"content-length") || same_field_name(name, b"transfer-encoding"))
+    (same_field_name(name, b"content-length") || same_field_name(name, b"transfer-encoding"))
+        && name.contains(&b'_')
 }
 
 /// Whether `name` is the field `field` as a backend that reads `_` as `-`
@@ -589,12 +603,17 @@ fn spells_a_framing_field_with_underscores(name: &[u8]) -> bool {
 /// ASCII case, an `_` in `name` matching a `-` in `field`. A field the
 /// proxy drops, replaces or writes itself is dropped in that spelling too,
 /// or a client's `X_Forwarded_For` would sit beside the proxy's own.
+#[inline]
 pub fn same_field_name(name: &[u8], field: &[u8]) -> bool {
-    name.len() == field.len()
-        && name
-            .iter()
-            .zip(field)
-            .all(|(&n, &f)| n.eq_ignore_ascii_case(&f) || (n == b'_' && f == b'-'))
+    // One byte map for both: ASCII case folded, `_` read as `-`.
+    let fold = |b: u8| {
+        if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    name.len() == field.len() && name.iter().zip(field).all(|(&n, &f)| fold(n) == fold(f))
 }
 
 fn is_framing_field(name: &[u8]) -> bool {
@@ -771,13 +790,16 @@ pub fn parse_request(
     } else {
         return Err(HeadError::Malformed("invalid request-target"));
     };
-    if has_dot_segment(&buf[path_range.clone()]) {
-        return Err(HeadError::Malformed("dot segment in request path"));
-    }
-    if has_stray_percent(&buf[path_range.clone()]) {
-        return Err(HeadError::Malformed(
-            "a % in the request path that begins no %XX escape",
-        ));
+    match path_fault(&buf[path_range.clone()]) {
+        None => {}
+        Some(PathFault::DotSegment) => {
+            return Err(HeadError::Malformed("dot segment in request path"))
+        }
+        Some(PathFault::StrayPercent) => {
+            return Err(HeadError::Malformed(
+                "a % in the request path that begins no %XX escape",
+            ))
+        }
     }
 
     let mut content_length: Option<u64> = None;
