@@ -42,6 +42,18 @@ fn send_all_then_read(port: u16, head: &[u8]) -> (usize, Option<std::io::Error>,
     (sent, failed, got)
 }
 
+/// [`send_all_then_read`], then: the whole body went out and the answer
+/// read was `status`.
+fn assert_answered_whole_upload(port: u16, head: &str, status: u16) {
+    let (sent, failed, got) = send_all_then_read(port, head.as_bytes());
+    let line = status_line(&got);
+    assert!(
+        failed.is_none(),
+        "the upload was cut after {sent} bytes: {failed:?}; read {line:?}"
+    );
+    assert!(line.starts_with(&format!("HTTP/1.1 {status}")), "{line}");
+}
+
 fn status_line(got: &[u8]) -> String {
     String::from_utf8_lossy(got)
         .lines()
@@ -57,17 +69,7 @@ fn a_client_that_sends_its_whole_refused_body_before_reading_gets_the_413() {
         .route_extra("max_body", "100")
         .start();
     let head = format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
-    let (sent, failed, got) = send_all_then_read(proxy.port, head.as_bytes());
-    assert!(
-        failed.is_none(),
-        "the upload was cut after {sent} bytes: {failed:?}; read {:?}",
-        status_line(&got)
-    );
-    assert!(
-        status_line(&got).starts_with("HTTP/1.1 413"),
-        "{}",
-        status_line(&got)
-    );
+    assert_answered_whole_upload(proxy.port, &head, 413);
     assert!(backend.records().is_empty(), "nothing goes upstream");
 }
 
@@ -78,17 +80,7 @@ fn a_client_whose_head_is_refused_while_its_body_follows_gets_the_400() {
     // A space before the colon: refused by the parser (RFC 9112 §5.1).
     let head =
         format!("POST /upload HTTP/1.1\r\nHost: t\r\nX-Bad : 1\r\nContent-Length: {BODY}\r\n\r\n");
-    let (sent, failed, got) = send_all_then_read(proxy.port, head.as_bytes());
-    assert!(
-        failed.is_none(),
-        "the upload was cut after {sent} bytes: {failed:?}; read {:?}",
-        status_line(&got)
-    );
-    assert!(
-        status_line(&got).starts_with("HTTP/1.1 400"),
-        "{}",
-        status_line(&got)
-    );
+    assert_answered_whole_upload(proxy.port, &head, 400);
 }
 
 #[test]
@@ -101,17 +93,7 @@ fn a_client_still_sending_when_the_backend_answers_early_gets_that_answer() {
     );
     let proxy = ProxyConfig::new(backend.addr()).start();
     let head = format!("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {BODY}\r\n\r\n");
-    let (sent, failed, got) = send_all_then_read(proxy.port, head.as_bytes());
-    assert!(
-        failed.is_none(),
-        "the upload was cut after {sent} bytes: {failed:?}; read {:?}",
-        status_line(&got)
-    );
-    assert!(
-        status_line(&got).starts_with("HTTP/1.1 413"),
-        "{}",
-        status_line(&got)
-    );
+    assert_answered_whole_upload(proxy.port, &head, 413);
 }
 
 #[test]
