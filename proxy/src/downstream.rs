@@ -449,26 +449,23 @@ impl Downstream {
             return;
         }
         self.w.shutdown_tcp().await;
+        // Like an idle connection, a lingering one holds no buffer: many
+        // clients sending refused bodies must not pin exchange buffers for
+        // `lingering_time`.
+        self.release_buffers(worker);
         self.ctl.idle.set(true);
         self.ctl.idle_ticket.set(worker.idle_ticket());
         let deadline = Instant::now() + limits.lingering_time;
-        let bufs = self.bufs.get_or_insert_with(|| worker.buffers.take());
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let wait = left.min(limits.lingering_timeout);
             if wait.is_zero() {
                 break;
             }
-            match self
-                .r
-                .discard_more(&mut bufs.req.source, wait, &self.ctl.abort)
-                .await
-            {
-                Ok(1..) => {}
-                _ => break,
+            if !matches!(self.r.discard_more(wait, &self.ctl.abort).await, Ok(true)) {
+                break;
             }
         }
-        bufs.req.source.clear();
         self.ctl.idle.set(false);
     }
 

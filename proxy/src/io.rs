@@ -506,6 +506,50 @@ pub fn pending_input(fd: std::os::fd::RawFd) -> PendingInput {
     }
 }
 
+/// Waits up to `timeout` for `r` to be readable, then drops what is
+/// waiting on it without copying it anywhere (`recv` with `MSG_TRUNC`, which
+/// discards TCP data): a lingering close holds no buffer. `Ok(false)` at
+/// the end of the stream; `Ok(true)` when bytes were dropped or none were
+/// there after all.
+pub async fn discard_waiting(
+    r: &Reader,
+    timeout: Duration,
+    abort: &Abort,
+) -> Result<bool, ReadFail> {
+    match monoio::time::timeout(timeout, wait_readable_by(r, None, abort)).await {
+        // The readiness op holds no buffer: dropping it on timeout is safe
+        // (monoio cancels it).
+        Err(_) => return Err(ReadFail::TimedOut),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => {}
+    }
+    // SAFETY: as in `wait_readable_by`: the halves share the stream, and
+    // only this worker's thread touches it.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(unsafe { &*r.0.get() });
+    // SAFETY: with MSG_TRUNC a TCP socket discards the bytes instead of
+    // copying them, so no buffer is written (a null one would fail with
+    // EFAULT, not overflow, were the flag ignored).
+    let n = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::null_mut(),
+            DISCARD_BYTES,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Ok(false),
+        1.. => Ok(true),
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(true),
+            kind => Err(ReadFail::Io(kind)),
+        },
+    }
+}
+
+/// At most this much is dropped per readiness of a lingering connection.
+const DISCARD_BYTES: usize = 1 << 20;
+
 /// Copies up to `max` bytes of what is waiting on `fd` into `buf` without
 /// taking it off the socket (`MSG_PEEK`), never blocking: `Ok(0)` is end of
 /// stream, `WouldBlock` means nothing is there yet. For a prelude (the

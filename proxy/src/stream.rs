@@ -15,13 +15,10 @@ use ringgate_core::http::Version;
 use crate::h2_upstream::H2Reply;
 use crate::http2::{H2Body, H2Sender};
 use crate::io::{
-    read_more, send_gather, send_range, Abort, Gather, ReadFail, Reader, WriteFail, Writer,
+    discard_waiting, read_more, send_gather, send_range, Abort, Gather, ReadFail, Reader,
+    WriteFail, Writer,
 };
 use crate::tls::{TlsReader, TlsWriter};
-
-/// What a lingering close reads at a time when the connection holds no
-/// buffer of its own by then.
-const DISCARD_READ_BYTES: usize = 16 * 1024;
 
 pub enum StreamReader {
     Plain(Reader),
@@ -65,22 +62,21 @@ impl StreamReader {
         matches!(self, StreamReader::Tls(_))
     }
 
-    /// Reads what the peer sends next into `buf` (cleared first) to be
-    /// dropped, below TLS: bytes after a response that closed the
-    /// connection are never a request to decrypt or parse.
+    /// Waits up to `timeout` for what the peer sends next and drops it,
+    /// below TLS and without a buffer (a lingering close: bytes after the
+    /// last response are never a request to decrypt or parse). `Ok(false)`
+    /// at the end of the stream.
     pub async fn discard_more(
         &mut self,
-        buf: &mut Vec<u8>,
         timeout: Duration,
         abort: &Abort,
-    ) -> Result<usize, ReadFail> {
-        buf.clear();
-        let spare = buf.capacity().max(DISCARD_READ_BYTES);
-        match self {
-            StreamReader::Plain(r) => read_more(r, buf, spare, timeout, abort).await,
-            StreamReader::Tls(r) => r.discard_more(buf, spare, timeout, abort).await,
-            StreamReader::H2(_) | StreamReader::H2Upstream(_) => Ok(0),
-        }
+    ) -> Result<bool, ReadFail> {
+        let tcp = match self {
+            StreamReader::Plain(r) => &*r,
+            StreamReader::Tls(r) => r.tcp(),
+            StreamReader::H2(_) | StreamReader::H2Upstream(_) => return Ok(false),
+        };
+        discard_waiting(tcp, timeout, abort).await
     }
 
     /// Appends what the client sends next to `buf` (see [`read_more`]).

@@ -712,17 +712,10 @@ impl TlsReader {
         wait_readable_by(&self.tcp, deadline, abort).await
     }
 
-    /// Reads what the peer sends after the connection's last response, to
-    /// be dropped (a lingering close): ciphertext, neither decrypted nor kept.
-    pub async fn discard_more(
-        &mut self,
-        buf: &mut Vec<u8>,
-        min_spare: usize,
-        timeout: Duration,
-        abort: &Abort,
-    ) -> Result<usize, ReadFail> {
-        self.cipher = Vec::new();
-        crate::io::read_more(&mut self.tcp, buf, min_spare, timeout, abort).await
+    /// The TCP connection under TLS (a lingering close drops what arrives
+    /// on it without decrypting).
+    pub fn tcp(&self) -> &Reader {
+        &self.tcp
     }
 
     /// As [`read_more`] on a plain connection: appends decrypted bytes to
