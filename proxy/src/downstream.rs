@@ -15,7 +15,8 @@ use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
-    header_value, normalize_path, parse_request, ForwardedClient, RequestBody, RequestHead, Version,
+    header_value, normalize_path, parse_request, path_without_parameters, ForwardedClient,
+    RequestBody, RequestHead, Version,
 };
 use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::ratelimit::Admission;
@@ -37,6 +38,36 @@ use crate::state::{ConnControl, Worker};
 use crate::stream::{StreamReader, StreamWriter};
 use crate::tls;
 use crate::tunnel::{TunnelLine, Upgraded};
+
+thread_local! {
+    /// A path without its `;parameters`, for the rare request that has some.
+    static PATH_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether the request would take another route were its path's
+/// `;parameters` removed, as Tomcat and Jetty remove them before they map
+/// a path: `/admin;x/secret` misses an `/admin/` route for another, while
+/// such a backend serves `/admin/secret`. Costs one `memchr` when the path
+/// has no `;`.
+fn routed_otherwise_without_parameters(
+    router: &ringgate_core::router::Router,
+    host: Option<&[u8]>,
+    path: &[u8],
+    head: &RequestHead,
+    src: &[u8],
+    route: Option<usize>,
+) -> bool {
+    PATH_SCRATCH.with(|scratch| {
+        let mut plain = scratch.borrow_mut();
+        path_without_parameters(path, &mut plain)
+            && router.find_request(
+                host,
+                &plain,
+                &src[head.method.clone()],
+                &src[..head.head_len],
+            ) != route
+    })
+}
 
 /// How long a kept-alive connection keeps its buffers while it waits for a
 /// next request. Longer than a busy client's gap between requests (so
@@ -723,6 +754,14 @@ impl Downstream {
         // The body was never forwarded when we answer ourselves; only a
         // body-less request leaves the connection in sync.
         let can_keep = head.keep_alive && head.body == RequestBody::Empty;
+        if preflight.is_none()
+            && routed_otherwise_without_parameters(router, host, path, head, src, route)
+        {
+            let refusal = Refusal::new(400, "path parameters (;) would change the route");
+            return self
+                .answer_locally(worker, &refusal, can_keep, None, head)
+                .await;
+        }
         let Some(route) = route else {
             return self
                 .answer_locally(worker, &Refusal::new(404, "no route"), can_keep, None, head)

@@ -234,3 +234,55 @@ backends = [{{ address = "{}" }}]
     let r = c.request(b"GET /p?discount=100% HTTP/1.1\r\nHost: test\r\n\r\n");
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// Tomcat and Jetty drop each segment's `;parameters` before they map a
+/// path, so `/admin;x/secret` is `/admin/secret` to them. A path whose
+/// parameters would change which route it takes is refused; parameters
+/// that change nothing (a session id) pass.
+#[test]
+fn path_parameters_cannot_route_around_a_prefix() {
+    let public = Backend::start("public", Behaviour::Ok);
+    let admin = Backend::start("admin", Behaviour::Ok);
+    let port = free_port();
+    let toml = format!(
+        r#"[[listeners]]
+name = "web"
+address = "127.0.0.1:{port}"
+
+[[routes]]
+listener = "web"
+upstream = "public"
+
+[[routes]]
+listener = "web"
+match = {{ path_prefix = "/admin/" }}
+upstream = "admin"
+
+[[upstreams]]
+name = "public"
+backends = [{{ address = "{}" }}]
+
+[[upstreams]]
+name = "admin"
+backends = [{{ address = "{}" }}]
+"#,
+        public.addr(),
+        admin.addr()
+    );
+    let proxy = Proxy::start(&toml);
+    for target in ["/admin;x/secret", "/admin;/secret", "/admin;x=1;y/z?q=1"] {
+        let r = Client::connect(proxy.port).get(target);
+        assert_eq!(r.status, 400, "{target}: {r:?}");
+    }
+    assert!(public.targets().is_empty(), "{:?}", public.targets());
+    for (target, want) in [
+        ("/app;jsessionid=A1/page", "public"),
+        ("/admin/page;jsessionid=A1", "admin"),
+        ("/admin;v=1", "public"),
+        ("/ad;min/x", "public"),
+    ] {
+        let r = Client::connect(proxy.port).get(target);
+        assert_eq!(r.status, 200, "{target}: {r:?}");
+        assert_eq!(r.header("x-backend").as_deref(), Some(want), "{target}");
+    }
+}
