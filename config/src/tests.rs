@@ -2569,6 +2569,8 @@ fn a_path_prefix_must_be_in_the_normal_form_requests_are_routed_in() {
             "match = {{ path_prefix = \"{fine}\" }}"
         )));
     }
+    let e = only_error(&route_with("match = { path_prefix = \"/app;v=1/\" }"));
+    assert!(e.message.contains(";parameters"), "{e}");
     // Requests with such a path are refused, so the route could never match.
     for stray in ["/%zz", "/x%4", "/%%361dmin/", "/100%/"] {
         let e = only_error(&route_with(&format!(

@@ -2162,6 +2162,14 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
                         "{text:?}: request paths are ASCII; percent-encode the other characters"
                     ),
                 );
+            } else if text.contains(';') {
+                c.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!(
+                        "{text:?} would never match: requests are routed as their path without ;parameters, and refused when those would change the route"
+                    ),
+                );
             } else if ringgate_core::http::has_stray_percent(text.as_bytes()) {
                 c.err(
                     p.span(),
