@@ -134,13 +134,9 @@ backends = [{{ address = "{}" }}]
     assert_eq!(untouched.header("x-debug").as_deref(), Some("1"));
 }
 
-/// A path that only differs from a route's prefix by percent-encoded
-/// unreserved characters (`%61` for `a`) or repeated slashes is the same
-/// path to a backend that decodes or merges them (RFC 3986 §6.2.2), so it
-/// takes the same route, and goes upstream in the form it was routed by:
-/// `/%61dmin/x` cannot slip past the `/admin/` route to the catch-all.
-#[test]
-fn encoded_unreserved_characters_and_repeated_slashes_cannot_route_around_a_prefix() {
+/// A catch-all to the `public` backend, `/admin/` to `admin`, and `/api/`
+/// rewritten to `/v2/` on `admin`, on one worker.
+fn public_admin_and_api_routes() -> (Backend, Backend, Proxy) {
     let public = Backend::start("public", Behaviour::Ok);
     let admin = Backend::start("admin", Behaviour::Ok);
     let port = free_port();
@@ -179,6 +175,17 @@ backends = [{{ address = "{}" }}]
         admin.addr()
     );
     let proxy = Proxy::start(&toml);
+    (public, admin, proxy)
+}
+
+/// A path that only differs from a route's prefix by percent-encoded
+/// unreserved characters (`%61` for `a`) or repeated slashes is the same
+/// path to a backend that decodes or merges them (RFC 3986 §6.2.2), so it
+/// takes the same route, and goes upstream in the form it was routed by:
+/// `/%61dmin/x` cannot slip past the `/admin/` route to the catch-all.
+#[test]
+fn encoded_unreserved_characters_and_repeated_slashes_cannot_route_around_a_prefix() {
+    let (public, admin, proxy) = public_admin_and_api_routes();
     let mut c = Client::connect(proxy.port);
     let cases = [
         ("/%61dmin/x", "admin", "/admin/x"),
@@ -241,35 +248,7 @@ backends = [{{ address = "{}" }}]
 /// that change nothing (a session id) pass.
 #[test]
 fn path_parameters_cannot_route_around_a_prefix() {
-    let public = Backend::start("public", Behaviour::Ok);
-    let admin = Backend::start("admin", Behaviour::Ok);
-    let port = free_port();
-    let toml = format!(
-        r#"[[listeners]]
-name = "web"
-address = "127.0.0.1:{port}"
-
-[[routes]]
-listener = "web"
-upstream = "public"
-
-[[routes]]
-listener = "web"
-match = {{ path_prefix = "/admin/" }}
-upstream = "admin"
-
-[[upstreams]]
-name = "public"
-backends = [{{ address = "{}" }}]
-
-[[upstreams]]
-name = "admin"
-backends = [{{ address = "{}" }}]
-"#,
-        public.addr(),
-        admin.addr()
-    );
-    let proxy = Proxy::start(&toml);
+    let (public, _admin, proxy) = public_admin_and_api_routes();
     for target in ["/admin;x/secret", "/admin;/secret", "/admin;x=1;y/z?q=1"] {
         let r = Client::connect(proxy.port).get(target);
         assert_eq!(r.status, 400, "{target}: {r:?}");
