@@ -18,11 +18,20 @@ fn field_of(path: &str, key: &str) -> Option<String> {
 
 /// Peak resident set size (VmHWM) in KiB.
 pub fn vm_hwm_kib(pid: u32) -> u64 {
-    let v = status_field(pid, "VmHWM").unwrap_or_else(|| panic!("no VmHWM for pid {pid}"));
+    kib_field(pid, "VmHWM")
+}
+
+/// Resident set size (VmRSS) in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    kib_field(pid, "VmRSS")
+}
+
+fn kib_field(pid: u32, key: &str) -> u64 {
+    let v = status_field(pid, key).unwrap_or_else(|| panic!("no {key} for pid {pid}"));
     v.trim_end_matches("kB")
         .trim()
         .parse()
-        .unwrap_or_else(|_| panic!("bad VmHWM {v:?}"))
+        .unwrap_or_else(|_| panic!("bad {key} {v:?}"))
 }
 
 /// One thread of a process.

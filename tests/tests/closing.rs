@@ -299,12 +299,6 @@ fn a_drain_does_not_wait_for_a_lingering_connection() {
     writer.join().unwrap();
 }
 
-/// Resident memory of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let v = ringgate_tests::procfs::status_field(pid, "VmRSS").expect("VmRSS");
-    v.trim_end_matches("kB").trim().parse().expect("a number")
-}
-
 #[test]
 fn a_lingering_connection_holds_no_exchange_buffers() {
     let backend = Backend::start("b", Behaviour::Ok);
@@ -315,7 +309,7 @@ fn a_lingering_connection_holds_no_exchange_buffers() {
         assert_eq!(Client::connect(proxy.port).get("/").status, 200);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(pid);
+    let before = ringgate_tests::procfs::vm_rss_kib(pid);
     // One at a time, clients whose heads are refused and who then neither
     // send nor close: each connection lingers for lingering_timeout (5 s).
     const CLIENTS: u64 = 300;
@@ -326,7 +320,8 @@ fn a_lingering_connection_holds_no_exchange_buffers() {
         assert_eq!(c.read_final().expect("the 400").status, 400);
         lingering.push(c);
     }
-    let per_connection = (rss_kib(pid).saturating_sub(before)) * 1024 / CLIENTS;
+    let per_connection =
+        (ringgate_tests::procfs::vm_rss_kib(pid).saturating_sub(before)) * 1024 / CLIENTS;
     // Holding its exchange buffers, a connection that read only a head kept
     // that 16 KiB head buffer (15.1 KB each, measured); its socket and
     // task are about 3 KB.
