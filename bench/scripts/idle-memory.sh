@@ -6,6 +6,8 @@
 # and nginx (and HAProxy when installed), each with one worker on CPU 0,
 # the backend nginx on CPU 1.
 # Usage: bench/scripts/idle-memory.sh [connections=5000] [proxies="ringgate nginx haproxy"]
+# TLS=1: the clients connect over TLS 1.3 (an ECDSA P-256 certificate) and
+# stay idle after their request, as an edge node's HTTPS clients do.
 # HAProxy reserves two descriptors per connection: under a 20 000 open-file
 # limit its maxconn stays below 10 000, so it takes part up to 9 900.
 set -euo pipefail
@@ -22,12 +24,22 @@ http { access_log off; server { listen 127.0.0.1:$BACKEND_PORT; location / { ret
 EOC
 source "$ROOT/bench/scripts/lib.sh"
 ringgate_conf $W $PROXY_PORT $BACKEND_PORT "max_connections_per_worker = 20000"
+TLS=${TLS:-0}
+NGINX_TLS=""; HAPROXY_TLS=""; SCHEME=http
+if [ "$TLS" = 1 ]; then
+  make_cert $W
+  cat $W/cert.pem $W/key.pem > $W/combined.pem
+  sed -i "s|^address = .*|&\ntls = { certificates = [{ cert = \"$W/cert.pem\", key = \"$W/key.pem\" }] }|" $W/ringgate.toml
+  NGINX_TLS=" ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem; ssl_protocols TLSv1.2 TLSv1.3"
+  HAPROXY_TLS=" ssl crt $W/combined.pem"
+  SCHEME=https
+fi
 cat > $W/nginx-proxy.conf <<EOC
 worker_processes 1; worker_rlimit_nofile 20000; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;
 events { worker_connections 20000; }
 http { access_log off; keepalive_timeout 300s; keepalive_requests 10000000;
   upstream b { server 127.0.0.1:$BACKEND_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$PROXY_PORT;
+  server { listen 127.0.0.1:$PROXY_PORT$NGINX_TLS;
     location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 EOC
 cat > $W/haproxy.cfg <<EOC
@@ -43,17 +55,23 @@ defaults
   http-reuse always
   option http-keep-alive
 frontend f
-  bind 127.0.0.1:$PROXY_PORT
+  bind 127.0.0.1:$PROXY_PORT$HAPROXY_TLS
   default_backend b
 backend b
   server s1 127.0.0.1:$BACKEND_PORT
 EOC
 cat > $W/clients.py <<'EOC'
-import socket, sys, time
-n, port = int(sys.argv[1]), int(sys.argv[2])
+import socket, ssl, sys, time
+n, port, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
 socks = []
 for i in range(n):
     s = socket.create_connection(("127.0.0.1", port))
+    if tls:
+        s = ctx.wrap_socket(s, server_hostname="bench.test")
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     got = b""
     while b"hello\n" not in got:
@@ -73,9 +91,9 @@ for p in $PROXIES; do
   sleep 1
   PIDS="$PROXY $(pgrep -P $PROXY | tr "\n" " " || true)"
   # One warm-up request, so pools and lazily built state exist before the baseline.
-  curl -s -o /dev/null http://127.0.0.1:$PROXY_PORT/
+  curl -sk -o /dev/null $SCHEME://127.0.0.1:$PROXY_PORT/
   before=$(rss_kib $PIDS)
-  taskset -c 1 python3 $W/clients.py $N $PROXY_PORT > $W/clients.out & CLIENTS=$!
+  taskset -c 1 python3 $W/clients.py $N $PROXY_PORT $TLS > $W/clients.out & CLIENTS=$!
   while ! grep -q ready $W/clients.out 2>/dev/null; do sleep 0.2; kill -0 $CLIENTS || { echo "clients failed"; exit 1; }; done
   sleep 1
   after=$(rss_kib $PIDS)
