@@ -54,6 +54,9 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Connections each demo worker admits unless `--connections` asks for more.
+const DEMO_MAX_CONNECTIONS_PER_WORKER: usize = 1024;
+
 fn demo(args: DemoArgs) -> Result<(), String> {
     let err = |e: std::io::Error| e.to_string();
     let mut backends = Vec::new();
@@ -71,8 +74,12 @@ fn demo(args: DemoArgs) -> Result<(), String> {
         Workers::Auto => "\"auto\"".to_string(),
         Workers::Count(n) => n.to_string(),
     };
+    // The load run's connections and room to spare, not the 10 000 a
+    // production default allows: the demo's descriptor budget fits the
+    // common 20 000 open-file limit, so a first run warns about nothing.
+    let max_connections = args.connections.max(DEMO_MAX_CONNECTIONS_PER_WORKER);
     let toml = format!(
-        "[server]\nworkers = {workers}\n\n[[listeners]]\nname = \"demo\"\naddress = \"127.0.0.1:{proxy_port}\"\n\n\
+        "[server]\nworkers = {workers}\nmax_connections_per_worker = {max_connections}\n\n[[listeners]]\nname = \"demo\"\naddress = \"127.0.0.1:{proxy_port}\"\n\n\
          [[routes]]\nlistener = \"demo\"\nupstream = \"demo\"\n\n[[upstreams]]\nname = \"demo\"\n\
          backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n",
         backends[0], backends[1]

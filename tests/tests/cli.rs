@@ -125,6 +125,40 @@ fn demo_runs_and_prints_the_latency_table() {
     assert!(text.contains("(round robin)"), "{text}");
 }
 
+/// README's first command on a 2-core machine whose open-file limit is
+/// 20 000 (these build machines'): the demo sizes its own config to the
+/// limit, so a new user's first run warns about nothing.
+#[test]
+fn the_demo_warns_about_nothing_under_a_20000_open_file_limit() {
+    let out = run_with_timeout(
+        Command::new("prlimit")
+            .arg("--nofile=20000:20000")
+            .arg("--")
+            .arg(ringgate_bin())
+            .args([
+                "demo",
+                "--duration",
+                "1s",
+                "--workers",
+                "2",
+                "--connections",
+                "4",
+            ]),
+        Duration::from_secs(10),
+    );
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.success, "{text}");
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" warn ") || l.contains(" error "))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "the demo warned:\n{}",
+        warnings.join("\n")
+    );
+}
+
 #[test]
 fn check_takes_the_file_in_every_place_a_user_would_put_it() {
     let cfg = ProxyConfig::new("127.0.0.1:9".parse().unwrap());
