@@ -507,22 +507,57 @@ fn has_dot_segment(target: &[u8]) -> bool {
     path_fault(target) == Some(PathFault::DotSegment)
 }
 
-/// The path of `target` (up to its query) with each segment's
-/// `;parameters` removed, into `out`: the path Tomcat and Jetty map
-/// (`/admin;x/secret` is `/admin/secret` to them). `false`, and `out`
-/// untouched, when the path has no `;`.
-pub fn path_without_parameters(target: &[u8], out: &mut Vec<u8>) -> bool {
+/// The length of a separator that some backends read at the start of
+/// `rest` where a route sees none (0 when there is none): `%2F`, which
+/// nginx and most frameworks decode before they map a path, and `\` and
+/// `%5C`, which IIS reads as `/`.
+fn backend_separator_len(rest: &[u8]) -> usize {
+    match rest {
+        [b'\\', ..] => 1,
+        [b'%', b'2', b'f' | b'F', ..] | [b'%', b'5', b'c' | b'C', ..] => 3,
+        _ => 0,
+    }
+}
+
+/// The path of `target` (up to its query) as backends may read it when
+/// they map it, into `out`: each separator [`backend_separator_len`]
+/// names read as `/`, each segment's `;parameters` dropped (Tomcat and
+/// Jetty: `/admin;x/secret` is their `/admin/secret`), and runs of `/`
+/// merged, as in the normal form routes match. `false`, and `out`
+/// untouched, when the path holds none of these: backends read it as it
+/// was routed. A path without `;`, `\` or `%` costs one `memchr3`.
+pub fn path_as_backends_read(target: &[u8], out: &mut Vec<u8>) -> bool {
     let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
-    if memchr::memchr(b';', path).is_none() {
+    let Some(first) = memchr::memchr3(b';', b'\\', b'%', path) else {
+        return false;
+    };
+    let read_otherwise = memchr::memchr3_iter(b';', b'\\', b'%', &path[first..])
+        .any(|i| path[first + i] == b';' || backend_separator_len(&path[first + i..]) > 0);
+    if !read_otherwise {
         return false;
     }
     out.clear();
-    for (i, segment) in path.split(|&b| b == b'/').enumerate() {
-        if i > 0 {
-            out.push(b'/');
+    let mut i = 0;
+    let mut in_parameters = false;
+    while i < path.len() {
+        let separator = if path[i] == b'/' {
+            1
+        } else {
+            backend_separator_len(&path[i..])
+        };
+        if separator > 0 {
+            if out.last() != Some(&b'/') {
+                out.push(b'/');
+            }
+            in_parameters = false;
+            i += separator;
+            continue;
         }
-        let end = memchr::memchr(b';', segment).unwrap_or(segment.len());
-        out.extend_from_slice(&segment[..end]);
+        in_parameters |= path[i] == b';';
+        if !in_parameters {
+            out.push(path[i]);
+        }
+        i += 1;
     }
     true
 }
@@ -2258,21 +2293,33 @@ mod tests {
     }
 
     #[test]
-    fn path_parameters_are_removed_segment_by_segment() {
+    fn a_path_is_read_as_backends_read_it_only_when_they_read_it_otherwise() {
         let mut out = Vec::new();
         for (target, want) in [
             ("/admin;x/secret", "/admin/secret"),
             ("/a;b;c/d;e?q=;x", "/a/d"),
-            ("/;x/y", "//y"),
+            ("/;x/y", "/y"),
             ("/a/b;", "/a/b"),
+            ("/admin%2Fsecret", "/admin/secret"),
+            ("/admin%2f%2F/secret", "/admin/secret"),
+            ("/admin%5Csecret", "/admin/secret"),
+            ("/admin%5c", "/admin/"),
+            ("/admin\\secret\\", "/admin/secret/"),
+            ("/a;x%2Fb;y\\c", "/a/b/c"),
+            ("/a%20b%2Fc?d%2Fe", "/a%20b/c"),
         ] {
             assert!(
-                path_without_parameters(target.as_bytes(), &mut out),
+                path_as_backends_read(target.as_bytes(), &mut out),
                 "{target}"
             );
             assert_eq!(String::from_utf8_lossy(&out), want, "{target}");
         }
-        assert!(!path_without_parameters(b"/plain?q=;", &mut out));
+        for target in ["/plain?q=;", "/a%20b", "/a%2", "/x%25?q=%2F", "/%2"] {
+            assert!(
+                !path_as_backends_read(target.as_bytes(), &mut out),
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
-    header_value, normalize_path, parse_request, path_without_parameters, ForwardedClient,
+    header_value, normalize_path, parse_request, path_as_backends_read, ForwardedClient,
     RequestBody, RequestHead, Version,
 };
 use ringgate_core::proxy_protocol::ConnAddrs;
@@ -40,16 +40,17 @@ use crate::tls;
 use crate::tunnel::{TunnelLine, Upgraded};
 
 thread_local! {
-    /// A path without its `;parameters`, for the rare request that has some.
+    /// A path as backends may read it, for the rare request whose path they
+    /// read otherwise than it was routed.
     static PATH_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether the request would take another route were its path's
-/// `;parameters` removed, as Tomcat and Jetty remove them before they map
-/// a path: `/admin;x/secret` misses an `/admin/` route for another, while
-/// such a backend serves `/admin/secret`. Costs one `memchr` when the path
-/// has no `;`.
-fn routed_otherwise_without_parameters(
+/// Whether the request would take another route were its path read as
+/// some backends read it ([`path_as_backends_read`]): `/admin%2Fsecret`
+/// (nginx's `/admin/secret`), `/admin\secret` (IIS's) or `/admin;x/secret`
+/// (Tomcat's) miss an `/admin/` route for another. Costs one `memchr3`
+/// when the path has no `;`, `\` or `%`.
+fn routed_otherwise_as_backends_read(
     router: &ringgate_core::router::Router,
     host: Option<&[u8]>,
     path: &[u8],
@@ -58,11 +59,11 @@ fn routed_otherwise_without_parameters(
     route: Option<usize>,
 ) -> bool {
     PATH_SCRATCH.with(|scratch| {
-        let mut plain = scratch.borrow_mut();
-        path_without_parameters(path, &mut plain)
+        let mut read = scratch.borrow_mut();
+        path_as_backends_read(path, &mut read)
             && router.find_request(
                 host,
-                &plain,
+                &read,
                 &src[head.method.clone()],
                 &src[..head.head_len],
             ) != route
@@ -755,9 +756,12 @@ impl Downstream {
         // body-less request leaves the connection in sync.
         let can_keep = head.keep_alive && head.body == RequestBody::Empty;
         if preflight.is_none()
-            && routed_otherwise_without_parameters(router, host, path, head, src, route)
+            && routed_otherwise_as_backends_read(router, host, path, head, src, route)
         {
-            let refusal = Refusal::new(400, "path parameters (;) would change the route");
+            let refusal = Refusal::new(
+                400,
+                "the path takes another route as backends read it (%2F, \\, %5C or ;parameters)",
+            );
             return self
                 .answer_locally(worker, &refusal, can_keep, None, head)
                 .await;

@@ -242,6 +242,53 @@ fn encoded_unreserved_characters_and_repeated_slashes_cannot_route_around_a_pref
     assert_eq!(r.status, 200, "{r:?}");
 }
 
+/// Backends read some characters of a path as a separator where routes do
+/// not: nginx decodes `%2F` before it maps a path, IIS reads `\` and `%5C`
+/// as `/`. A path that such a reading would send down another route is
+/// refused; one it routes the same goes up as sent.
+#[test]
+fn encoded_and_back_slashes_cannot_route_around_a_prefix() {
+    let (public, _admin, proxy) = public_admin_and_api_routes();
+    // nginx decodes `%2F` before it maps a path (`/admin%2Fsecret` is
+    // its `/admin/secret`), IIS reads `\` and `%5C` as `/`: each of these
+    // missed the `/admin/` route for the catch-all.
+    for target in [
+        "/admin%2Fsecret",
+        "/admin%2fsecret",
+        "/admin%2F%2Fsecret",
+        "/admin%5Csecret",
+        "/admin%5csecret",
+        "/admin\\secret",
+        "/admin;x%2Fsecret",
+        "/api%2Fusers",
+        "/admin%2F",
+    ] {
+        let r = Client::connect(proxy.port).get(target);
+        assert_eq!(r.status, 400, "{target}: {r:?}");
+    }
+    assert!(public.targets().is_empty(), "{:?}", public.targets());
+    // Encoded slashes that route the same either way pass as sent.
+    for (target, want, forwarded) in [
+        ("/files/a%2Fb", "public", "/files/a%2Fb"),
+        ("/admin/a%2Fb", "admin", "/admin/a%2Fb"),
+        (
+            "/api/projects/group%2Fproj",
+            "admin",
+            "/v2/projects/group%2Fproj",
+        ),
+        ("/x\\y", "public", "/x\\y"),
+    ] {
+        let r = Client::connect(proxy.port).get(target);
+        assert_eq!(r.status, 200, "{target}: {r:?}");
+        assert_eq!(r.header("x-backend").as_deref(), Some(want), "{target}");
+        assert_eq!(
+            r.body_str(),
+            format!("hello from {want} {forwarded}\n"),
+            "{target}"
+        );
+    }
+}
+
 /// Tomcat and Jetty drop each segment's `;parameters` before they map a
 /// path, so `/admin;x/secret` is `/admin/secret` to them. A path whose
 /// parameters would change which route it takes is refused; parameters
