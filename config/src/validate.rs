@@ -2162,12 +2162,12 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
                         "{text:?}: request paths are ASCII; percent-encode the other characters"
                     ),
                 );
-            } else if text.contains(';') {
+            } else if ringgate_core::http::path_as_backends_read(text.as_bytes(), &mut Vec::new()) {
                 c.err(
                     p.span(),
                     format!("{key}.path_prefix"),
                     format!(
-                        "{text:?} would never match: requests are routed as their path without ;parameters, and refused when those would change the route"
+                        "{text:?} would never match: a request path with ;parameters, %2F, \\ or %5C is routed a second time as backends read it (without the parameters, those as /), and refused when that changes the route"
                     ),
                 );
             } else if ringgate_core::http::has_stray_percent(text.as_bytes()) {
