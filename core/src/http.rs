@@ -455,7 +455,8 @@ fn valid_authority(value: &[u8]) -> bool {
 /// since backends decode them before they resolve segments. A segment's
 /// `;parameters` do not count: Tomcat and Jetty drop them first, so `..;x`
 /// climbs as `..` does. The query is not part of the path. The same pass
-/// finds a `%` that begins no escape ([`has_stray_percent`]).
+/// finds a `%` that begins no escape ([`has_stray_percent`]) and an
+/// encoded NUL (`%00`).
 fn path_fault(target: &[u8]) -> Option<PathFault> {
     let path = &target[..memchr::memchr(b'?', target).unwrap_or(target.len())];
     let mut dots = 0usize;
@@ -477,6 +478,9 @@ fn path_fault(target: &[u8]) -> Option<PathFault> {
             b => (b, 1),
         };
         match unit {
+            // An encoded NUL names no resource; a backend in C may read
+            // the path only up to it.
+            0 if len == 3 => return Some(PathFault::EncodedNul),
             b'/' | b'\\' => {
                 if dot_segment(dots, other) {
                     return Some(PathFault::DotSegment);
@@ -500,6 +504,7 @@ fn path_fault(target: &[u8]) -> Option<PathFault> {
 enum PathFault {
     DotSegment,
     StrayPercent,
+    EncodedNul,
 }
 
 #[cfg(test)]
@@ -855,6 +860,7 @@ pub fn parse_request(
                 "a % in the request path that begins no %XX escape",
             ))
         }
+        Some(PathFault::EncodedNul) => return Err(HeadError::Malformed("%00 in the request path")),
     }
 
     let mut content_length: Option<u64> = None;
@@ -2334,6 +2340,8 @@ mod tests {
             "/a%4%61",
             "/%g0",
             "http://h/%",
+            "/a%00b",
+            "/a%00",
         ] {
             let mut scratch = HeadScratch::default();
             assert!(
@@ -2344,7 +2352,14 @@ mod tests {
                 "{target}"
             );
         }
-        for target in ["/a%2Fb%25?q=%", "/%41%7e", "/p?%%%", "/"] {
+        for target in [
+            "/a%2Fb%25?q=%",
+            "/%41%7e",
+            "/p?%%%",
+            "/",
+            "/a?q=%00",
+            "/a%01",
+        ] {
             let mut scratch = HeadScratch::default();
             assert!(
                 parse_request(req(target).as_bytes(), LIMITS, &mut scratch)

@@ -2,7 +2,7 @@
 //! ambiguous framing, malformed lengths and codings, bad chunks, malformed
 //! heads (RFC 9112 §2.2, §3, §5, §6, §7).
 
-use ringgate_tests::assert_refused;
+use ringgate_tests::{assert_refused, Backend, Behaviour, Client, Proxy, ProxyConfig};
 
 #[test]
 fn cl_and_te_together_are_refused() {
@@ -364,4 +364,26 @@ fn a_request_target_with_raw_non_ascii_bytes_is_refused() {
             ),
         ],
     );
+}
+
+/// An encoded NUL in a path names no resource, and a backend written in C
+/// may read the path only up to it: refused (400), as nginx refuses it. A
+/// query is the backend's to read.
+#[test]
+fn an_encoded_nul_in_the_path_is_refused() {
+    assert_refused(
+        400,
+        &[
+            ("%00", b"GET /a%00b HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (
+                "%00 before a prefix",
+                b"GET /admin%00/x HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+            ("at the end", b"GET /a%00 HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ],
+    );
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = Proxy::start(&ProxyConfig::new(backend.addr()).to_toml());
+    let r = Client::connect(proxy.port).get("/a?q=%00");
+    assert_eq!(r.status, 200, "{r:?}");
 }
