@@ -681,10 +681,13 @@ fn is_framing_field(name: &[u8]) -> bool {
 }
 
 /// Headers a proxy consumes itself (RFC 9110 §7.6.1) plus the ones the patch
-/// re-emits. Transfer-Encoding is not among them: chunked bodies are
-/// forwarded as they are, so the framing header goes with them.
+/// re-emits, and the path overrides a client has no reason to send:
+/// IIS's URL Rewrite and the frameworks of CVE-2018-14773 serve the path
+/// `X-Original-URL` or `X-Rewrite-URL` names, not the one that was routed.
+/// Transfer-Encoding is not among them: chunked bodies are forwarded as
+/// they are, so the framing header goes with them.
 fn is_request_header_replaced(name: &[u8]) -> bool {
-    const DROPPED: [&[u8]; 11] = [
+    const DROPPED: [&[u8]; 13] = [
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -696,6 +699,8 @@ fn is_request_header_replaced(name: &[u8]) -> bool {
         b"x-forwarded-proto",
         b"x-forwarded-host",
         b"forwarded",
+        b"x-original-url",
+        b"x-rewrite-url",
     ];
     DROPPED.iter().any(|d| same_field_name(name, d))
 }

@@ -421,3 +421,42 @@ fn a_clients_underscore_spelling_of_a_field_the_proxy_writes_or_removes_is_dropp
     assert_eq!(rec.header("x-env").as_deref(), Some("prod"));
     assert_eq!(rec.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
 }
+
+/// IIS's URL Rewrite, Symfony and Zend before CVE-2018-14773, and the
+/// applications built on them take `X-Original-URL` or `X-Rewrite-URL` as
+/// the path they serve: a client's `GET /public` with `X-Original-URL:
+/// /admin/secret` would take the public route and be served the admin
+/// page. At the edge no client has a reason to send them: they are
+/// dropped, in any spelling.
+#[test]
+fn a_clients_path_override_fields_never_reach_the_backend() {
+    let backend = Backend::start("b", Behaviour::Ok);
+    let proxy = ProxyConfig::new(backend.addr()).start();
+    let mut c = Client::connect(proxy.port);
+    let r = c.request(
+        b"GET /public HTTP/1.1\r\nHost: t\r\nX-Original-URL: /admin/secret\r\n\
+          x-rewrite-url: /admin/secret\r\nX_Original_Url: /admin/x\r\nX-Original-Method: GET\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let rec = backend
+        .records()
+        .pop()
+        .expect("the backend got the request");
+    let names: Vec<String> = rec
+        .headers
+        .iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    for dropped in ["x-original-url", "x-rewrite-url", "x_original_url"] {
+        assert!(
+            !names.iter().any(|n| n == dropped),
+            "{dropped}: {:?}",
+            rec.headers
+        );
+    }
+    assert!(
+        names.iter().any(|n| n == "x-original-method"),
+        "{:?}",
+        rec.headers
+    );
+}
