@@ -1172,6 +1172,44 @@ pub fn header_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
+/// Fields that frameworks take as the method of the request that carries
+/// them (Rack's MethodOverride and Symfony on a POST, Laravel, ASP.NET's
+/// override handlers, Google's APIs).
+const METHOD_OVERRIDE_FIELDS: [&[u8]; 3] = [
+    b"x-http-method-override",
+    b"x-http-method",
+    b"x-method-override",
+];
+
+/// Calls `each` with the value of every method-override field in `head`
+/// (in any spelling with `_` for `-`), uppercased as the frameworks read
+/// it, until `each` returns `true`; returns whether one did. A value longer
+/// than any method is passed as it is (it names no route's method).
+pub fn any_method_override(head: &[u8], mut each: impl FnMut(&[u8]) -> bool) -> bool {
+    const LONGEST_METHOD: usize = 32;
+    head.split(|&b| b == b'\n').skip(1).any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = memchr::memchr(b':', line) else {
+            return false;
+        };
+        if !METHOD_OVERRIDE_FIELDS
+            .iter()
+            .any(|f| same_field_name(&line[..colon], f))
+        {
+            return false;
+        }
+        let value = trim_ows(&line[colon + 1..]);
+        if value.len() > LONGEST_METHOD {
+            return each(value);
+        }
+        let mut upper = [0u8; LONGEST_METHOD];
+        let upper = &mut upper[..value.len()];
+        upper.copy_from_slice(value);
+        upper.make_ascii_uppercase();
+        each(upper)
+    })
+}
+
 /// The value of cookie `name` (RFC 6265 §5.4: `name=value` pairs separated
 /// by `; `), searched in every `Cookie` field.
 pub fn cookie_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
@@ -2331,6 +2369,23 @@ mod tests {
                 "{target}"
             );
         }
+    }
+
+    #[test]
+    fn method_overrides_are_read_uppercased_in_every_spelling() {
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nx-http-method-override:  delete \r\n\
+                     X_Method_Override: Put\r\nX-HTTP-Method: PATCH\r\nX-Other: GET\r\n\r\n";
+        let mut seen = Vec::new();
+        assert!(!any_method_override(head, |m| {
+            seen.push(String::from_utf8_lossy(m).into_owned());
+            false
+        }));
+        assert_eq!(seen, ["DELETE", "PUT", "PATCH"]);
+        assert!(any_method_override(head, |m| m == b"PUT"));
+        assert!(!any_method_override(
+            b"POST / HTTP/1.1\r\nHost: x\r\n\r\n",
+            |_| true
+        ));
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Router {
     wildcard: HashMap<Box<[u8]>, Bucket>,
     /// Host-less routes.
     any: Bucket,
+    /// Some route lists methods: the method can change the route.
+    by_method: bool,
 }
 
 /// The routes of one host key, as table indices in table order. Those with
@@ -277,8 +279,15 @@ impl Router {
             exact: buckets(exact),
             wildcard: buckets(wildcard),
             any: Bucket::new(&routes, &any),
+            by_method: routes.iter().any(|r| !r.methods.is_empty()),
             routes: routes.into(),
         }
+    }
+
+    /// Whether some route lists methods, so that the method a request is
+    /// taken for can change its route.
+    pub fn routes_by_method(&self) -> bool {
+        self.by_method
     }
 
     /// The first route of `bucket` in table order that takes this path,

@@ -15,8 +15,8 @@ use monoio::net::TcpStream;
 use ringgate_config::{LogLevel, RateLimitKey, Route};
 use ringgate_core::chunked::ChunkedDecoder;
 use ringgate_core::http::{
-    header_value, normalize_path, parse_request, path_as_backends_read, ForwardedClient,
-    RequestBody, RequestHead, Version,
+    any_method_override, header_value, normalize_path, parse_request, path_as_backends_read,
+    ForwardedClient, RequestBody, RequestHead, Version,
 };
 use ringgate_core::proxy_protocol::ConnAddrs;
 use ringgate_core::ratelimit::Admission;
@@ -68,6 +68,23 @@ fn routed_otherwise_as_backends_read(
                 &src[..head.head_len],
             ) != route
     })
+}
+
+/// Whether a method-override field (`X-HTTP-Method-Override: DELETE` on a
+/// POST, which Rack, Symfony and Laravel backends run as a DELETE) names a
+/// method that takes another route. Only a listener with routes that list
+/// methods looks.
+fn routed_otherwise_by_method_override(
+    router: &ringgate_core::router::Router,
+    host: Option<&[u8]>,
+    path: &[u8],
+    fields: &[u8],
+    route: Option<usize>,
+) -> bool {
+    router.routes_by_method()
+        && any_method_override(fields, |method| {
+            router.find_request(host, path, method, fields) != route
+        })
 }
 
 /// How long a kept-alive connection keeps its buffers while it waits for a
@@ -762,6 +779,12 @@ impl Downstream {
                 400,
                 "the path takes another route as backends read it (%2F, \\, %5C or ;parameters)",
             );
+            return self
+                .answer_locally(worker, &refusal, can_keep, None, head)
+                .await;
+        }
+        if routed_otherwise_by_method_override(router, host, path, fields, route) {
+            let refusal = Refusal::new(400, "a method override takes another route");
             return self
                 .answer_locally(worker, &refusal, can_keep, None, head)
                 .await;

@@ -312,3 +312,85 @@ fn path_parameters_cannot_route_around_a_prefix() {
         assert_eq!(r.header("x-backend").as_deref(), Some(want), "{target}");
     }
 }
+
+/// Rack's MethodOverride, Symfony, Laravel and Google's APIs take a POST
+/// with `X-HTTP-Method-Override: DELETE` (or `X-HTTP-Method`,
+/// `X-Method-Override`) for a DELETE. Where routes choose by method, such a
+/// request would take the POST route while the backend runs the DELETE
+/// another route (and its authentication) guards: refused (400). An
+/// override that routes the same passes, and on a listener whose routes
+/// ignore the method nothing is checked.
+#[test]
+fn a_method_override_cannot_route_around_a_methods_route() {
+    let public = Backend::start("public", Behaviour::Ok);
+    let admin = Backend::start("admin", Behaviour::Ok);
+    let port = free_port();
+    let other_port = free_port();
+    let toml = format!(
+        r#"[server]
+workers = 1
+
+[[listeners]]
+name = "web"
+address = "127.0.0.1:{port}"
+
+[[listeners]]
+name = "plain"
+address = "127.0.0.1:{other_port}"
+
+[[routes]]
+listener = "web"
+upstream = "public"
+
+[[routes]]
+listener = "web"
+match = {{ methods = ["DELETE", "PUT"] }}
+upstream = "admin"
+
+[[routes]]
+listener = "plain"
+upstream = "public"
+
+[[upstreams]]
+name = "public"
+backends = [{{ address = "{}" }}]
+
+[[upstreams]]
+name = "admin"
+backends = [{{ address = "{}" }}]
+"#,
+        public.addr(),
+        admin.addr()
+    );
+    let _proxy = Proxy::start(&toml);
+    let send = |port: u16, method: &str, field: &str| {
+        Client::connect(port).request(
+            format!("{method} /items/7 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n{field}\r\n")
+                .as_bytes(),
+        )
+    };
+    for field in [
+        "X-HTTP-Method-Override: DELETE\r\n",
+        "x-http-method-override: delete\r\n",
+        "X-HTTP-Method: PUT\r\n",
+        "X-Method-Override: DELETE\r\n",
+        "X_HTTP_Method_Override: DELETE\r\n",
+        "X-HTTP-Method-Override: POST\r\nX-HTTP-Method-Override: DELETE\r\n",
+    ] {
+        let r = send(port, "POST", field);
+        assert_eq!(r.status, 400, "{field:?}: {r:?}");
+    }
+    assert!(public.targets().is_empty(), "{:?}", public.targets());
+    for (method, field, want) in [
+        ("POST", "X-HTTP-Method-Override: POST\r\n", "public"),
+        ("POST", "X-HTTP-Method-Override: PATCH\r\n", "public"),
+        ("DELETE", "X-HTTP-Method-Override: PUT\r\n", "admin"),
+        ("POST", "X-Unrelated: DELETE\r\n", "public"),
+    ] {
+        let r = send(port, method, field);
+        assert_eq!(r.status, 200, "{method} {field:?}: {r:?}");
+        assert_eq!(r.header("x-backend").as_deref(), Some(want), "{field:?}");
+    }
+    let r = send(other_port, "POST", "X-HTTP-Method-Override: DELETE\r\n");
+    assert_eq!(r.status, 200, "{r:?}");
+}
