@@ -657,40 +657,6 @@ mod tests {
         }
     }
 
-    /// A canceller's timer, left in place for a later deadline within the
-    /// slack, still ends each wait at its own deadline: not at the earlier
-    /// one it was set for, and not later.
-    #[test]
-    fn a_deadline_moved_within_the_slack_ends_the_wait_on_time() {
-        on_each_driver(|| async {
-            let abort = Abort::default();
-            let t0 = Instant::now();
-            let first = t0 + Duration::from_millis(40);
-            let pending = poll_fn(|cx| Poll::Ready(abort.poll_deadline(first, cx))).await;
-            assert!(pending.is_pending());
-            // The next op's deadline, 200 ms later: within the slack, the
-            // timer stays at 40 ms.
-            let second = t0 + Duration::from_millis(240);
-            poll_fn(|cx| abort.poll_deadline(second, cx)).await;
-            let waited = t0.elapsed();
-            assert!(
-                waited >= Duration::from_millis(240),
-                "ended at {waited:?}, before its deadline"
-            );
-            assert!(
-                waited < Duration::from_millis(400),
-                "ended at {waited:?}, long after its deadline"
-            );
-            // An earlier deadline than the timer's moves it back.
-            let t1 = Instant::now();
-            let far = t1 + Duration::from_secs(30);
-            let pending = poll_fn(|cx| Poll::Ready(abort.poll_deadline(far, cx))).await;
-            assert!(pending.is_pending());
-            poll_fn(|cx| abort.poll_deadline(t1 + Duration::from_millis(30), cx)).await;
-            assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
-        });
-    }
-
     /// Writes `g` to a loopback peer, closes, and returns what the peer read
     /// (it reads slowly, so a large write goes out in several parts).
     async fn send(g: Gather) -> (io::Result<()>, Vec<u8>) {
