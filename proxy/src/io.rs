@@ -7,9 +7,9 @@ use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::Range;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
@@ -37,21 +37,7 @@ pub struct Abort {
     /// A wait that is not a kernel op (an HTTP/2 stream's body or window)
     /// parks its waker here, so an abort reaches it as it reaches a read.
     waiter: RefCell<Option<Waker>>,
-    /// The deadline timer of the ops this cancels, one at a time: kept from
-    /// op to op and moved only when a deadline leaves [`TIMER_SLACK`], so
-    /// a busy connection's reads and writes do not each insert a timer in
-    /// monoio's wheel, remove it and read the clock for it (5% of the
-    /// proxy's CPU in a keep-alive run, docs/BENCHMARKS.md). Boxed: a
-    /// timer is pinned where the wheel links it.
-    timer: RefCell<Option<Pin<Box<monoio::time::Sleep>>>>,
 }
-
-/// How much earlier than an op's deadline its timer may be left to fire:
-/// a timer that fires early finds the deadline still ahead and moves to
-/// it, so no op times out early, and a connection whose ops come faster
-/// than this moves its timer at most once per `TIMER_SLACK`. nginx leaves
-/// its timers alone within 300 ms for the same reason.
-const TIMER_SLACK: Duration = Duration::from_millis(300);
 
 impl Abort {
     /// Fails the pending read, and every read after it until `reset`.
@@ -95,38 +81,11 @@ impl Abort {
             .handle()
     }
 
-    /// Drops the canceller and the timer, to be made again by the next op;
-    /// only when no op that it may have to cancel is in flight (a
-    /// connection going idle).
+    /// Drops the canceller, to be made again by the next op; only when no
+    /// op that it may have to cancel is in flight (a connection going
+    /// idle).
     pub fn release(&self) {
         self.canceller.borrow_mut().take();
-        self.timer.borrow_mut().take();
-    }
-
-    /// Ready once `deadline` has passed; until then the timer wakes `cx`
-    /// by `deadline` (perhaps up to [`TIMER_SLACK`] before, to find it
-    /// still ahead and move on to it).
-    fn poll_deadline(&self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let at = monoio::time::Instant::from_std(deadline);
-        let mut slot = self.timer.borrow_mut();
-        let timer = slot.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(at)));
-        let set = timer.deadline();
-        if set > at || at - set > TIMER_SLACK || timer.is_elapsed() {
-            timer.as_mut().reset(at);
-        }
-        if timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            // Fired early, within the slack: wait on for the deadline.
-            timer.as_mut().reset(at);
-            if timer.as_mut().poll(cx).is_ready() {
-                // The wheel's millisecond may end just before `deadline`:
-                // come back rather than wait without a timer.
-                cx.waker().wake_by_ref();
-            }
-        }
-        Poll::Pending
     }
 }
 
@@ -170,13 +129,13 @@ async fn read_append(
     debug_assert!(end > start, "caller must reserve space before reading");
     let handle = abort.handle();
     let mut read = pin!(r.cancelable_read(buf.slice_mut(start..end), handle));
-    let deadline = Instant::now() + timeout;
+    let mut sleep = pin!(monoio::time::sleep(timeout));
     let mut timed_out = false;
     let (res, slice) = poll_fn(|cx| {
         if let Poll::Ready(out) = read.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
-        if !timed_out && abort.poll_deadline(deadline, cx).is_ready() {
+        if !timed_out && sleep.as_mut().poll(cx).is_ready() {
             // The read is still in the kernel: cancel it and wait for it to
             // hand the buffer back (it may still complete with data).
             timed_out = true;
@@ -423,13 +382,13 @@ where
     F: Future<Output = monoio::BufResult<usize, T>>,
 {
     let mut op = pin!(op);
-    let deadline = Instant::now() + timeout;
+    let mut sleep = pin!(monoio::time::sleep(timeout));
     let mut timed_out = false;
     let (res, buf) = poll_fn(|cx| {
         if let Poll::Ready(out) = op.as_mut().poll(cx) {
             return Poll::Ready(out);
         }
-        if !timed_out && abort.poll_deadline(deadline, cx).is_ready() {
+        if !timed_out && sleep.as_mut().poll(cx).is_ready() {
             timed_out = true;
             abort.cancel_pending();
             if let Poll::Ready(out) = op.as_mut().poll(cx) {
