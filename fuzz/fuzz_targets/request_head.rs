@@ -2,10 +2,14 @@
 //! it returns lies inside the head, and the path's normal form is what
 //! routing and the backend see (no `//`, no escaped unreserved character,
 //! no dot segment, the query untouched, a fixed point), whatever the bytes.
+//! The path as backends read it (`%2F`, `%5C`, `\` as `/`, `;parameters`
+//! dropped) has no dot segment either, and is its own reading.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringgate_core::http::{normalize_path, parse_request, HeadLimits, HeadScratch};
+use ringgate_core::http::{
+    normalize_path, parse_request, path_as_backends_read, HeadLimits, HeadScratch,
+};
 
 fuzz_target!(|data: &[u8]| {
     let limits = HeadLimits {
@@ -63,6 +67,22 @@ fuzz_target!(|data: &[u8]| {
         "a dot segment appeared: {:?}",
         String::from_utf8_lossy(only_path)
     );
+    // The reading some backends make of the path: a refused dot segment
+    // cannot hide behind a separator only they see.
+    let mut read = Vec::new();
+    if path_as_backends_read(only_path, &mut read) {
+        assert!(
+            !read
+                .split(|&b| b == b'/')
+                .any(|segment| segment == b"." || segment == b".."),
+            "a dot segment as backends read {:?}: {:?}",
+            String::from_utf8_lossy(only_path),
+            String::from_utf8_lossy(&read)
+        );
+        assert!(!read.windows(2).any(|w| w == b"//"), "{read:?}");
+        let mut twice = Vec::new();
+        assert!(!path_as_backends_read(&read, &mut twice) || twice == read);
+    }
     // Normalizing again changes nothing.
     let mut again = head.clone();
     assert!(!normalize_path(&mut buf, &mut again));
