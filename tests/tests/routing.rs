@@ -137,9 +137,33 @@ backends = [{{ address = "{}" }}]
 /// A catch-all to the `public` backend, `/admin/` to `admin`, and `/api/`
 /// rewritten to `/v2/` on `admin`, on one worker.
 fn public_admin_and_api_routes() -> (Backend, Backend, Proxy) {
+    let (public, admin, proxy, _) = public_and_admin_upstreams(
+        r#"[[routes]]
+listener = "web"
+upstream = "public"
+
+[[routes]]
+listener = "web"
+match = { path_prefix = "/admin/" }
+upstream = "admin"
+
+[[routes]]
+listener = "web"
+match = { path_prefix = "/api/" }
+rewrite = { prefix = "/v2/" }
+upstream = "admin"
+"#,
+    );
+    (public, admin, proxy)
+}
+
+/// A one-worker proxy with `routes` (TOML) over two listeners, `web` (the
+/// proxy's port) and `plain` (the port returned), and two upstreams,
+/// `public` and `admin`, each a backend answering with its name.
+fn public_and_admin_upstreams(routes: &str) -> (Backend, Backend, Proxy, u16) {
     let public = Backend::start("public", Behaviour::Ok);
     let admin = Backend::start("admin", Behaviour::Ok);
-    let port = free_port();
+    let (port, plain_port) = (free_port(), free_port());
     let toml = format!(
         r#"[server]
 workers = 1
@@ -148,21 +172,11 @@ workers = 1
 name = "web"
 address = "127.0.0.1:{port}"
 
-[[routes]]
-listener = "web"
-upstream = "public"
+[[listeners]]
+name = "plain"
+address = "127.0.0.1:{plain_port}"
 
-[[routes]]
-listener = "web"
-match = {{ path_prefix = "/admin/" }}
-upstream = "admin"
-
-[[routes]]
-listener = "web"
-match = {{ path_prefix = "/api/" }}
-rewrite = {{ prefix = "/v2/" }}
-upstream = "admin"
-
+{routes}
 [[upstreams]]
 name = "public"
 backends = [{{ address = "{}" }}]
@@ -175,7 +189,7 @@ backends = [{{ address = "{}" }}]
         admin.addr()
     );
     let proxy = Proxy::start(&toml);
-    (public, admin, proxy)
+    (public, admin, proxy, plain_port)
 }
 
 /// A path that only differs from a route's prefix by percent-encoded
@@ -322,47 +336,22 @@ fn path_parameters_cannot_route_around_a_prefix() {
 /// ignore the method nothing is checked.
 #[test]
 fn a_method_override_cannot_route_around_a_methods_route() {
-    let public = Backend::start("public", Behaviour::Ok);
-    let admin = Backend::start("admin", Behaviour::Ok);
-    let port = free_port();
-    let other_port = free_port();
-    let toml = format!(
-        r#"[server]
-workers = 1
-
-[[listeners]]
-name = "web"
-address = "127.0.0.1:{port}"
-
-[[listeners]]
-name = "plain"
-address = "127.0.0.1:{other_port}"
-
-[[routes]]
+    let (public, _admin, proxy, other_port) = public_and_admin_upstreams(
+        r#"[[routes]]
 listener = "web"
 upstream = "public"
 
 [[routes]]
 listener = "web"
-match = {{ methods = ["DELETE", "PUT"] }}
+match = { methods = ["DELETE", "PUT"] }
 upstream = "admin"
 
 [[routes]]
 listener = "plain"
 upstream = "public"
-
-[[upstreams]]
-name = "public"
-backends = [{{ address = "{}" }}]
-
-[[upstreams]]
-name = "admin"
-backends = [{{ address = "{}" }}]
 "#,
-        public.addr(),
-        admin.addr()
     );
-    let _proxy = Proxy::start(&toml);
+    let port = proxy.port;
     let send = |port: u16, method: &str, field: &str| {
         Client::connect(port).request(
             format!("{method} /items/7 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n{field}\r\n")
