@@ -1,6 +1,7 @@
 //! Routing on header values, end to end: a canary route that only requests
 //! carrying `x-canary: 1` take, next to the default route for the same path.
 
+use ringgate_tests::proxy::{curl_status, status_line};
 use ringgate_tests::{free_port, Backend, Behaviour, Client, Proxy};
 
 #[test]
@@ -158,8 +159,9 @@ upstream = "admin"
 }
 
 /// A one-worker proxy with `routes` (TOML) over two listeners, `web` (the
-/// proxy's port) and `plain` (the port returned), and two upstreams,
-/// `public` and `admin`, each a backend answering with its name.
+/// proxy's port, HTTP/2 with prior knowledge too) and `plain` (the port
+/// returned), and two upstreams, `public` and `admin`, each a backend
+/// answering with its name.
 fn public_and_admin_upstreams(routes: &str) -> (Backend, Backend, Proxy, u16) {
     let public = Backend::start("public", Behaviour::Ok);
     let admin = Backend::start("admin", Behaviour::Ok);
@@ -171,6 +173,7 @@ workers = 1
 [[listeners]]
 name = "web"
 address = "127.0.0.1:{port}"
+http2 = true
 
 [[listeners]]
 name = "plain"
@@ -280,6 +283,10 @@ fn encoded_and_back_slashes_cannot_route_around_a_prefix() {
         let r = Client::connect(proxy.port).get(target);
         assert_eq!(r.status, 400, "{target}: {r:?}");
     }
+    // An HTTP/2 request's path is read the same way.
+    let url = format!("http://127.0.0.1:{}/admin%2Fsecret", proxy.port);
+    let out = curl_status(&["--http2-prior-knowledge", "--path-as-is", &url]);
+    assert_eq!(status_line(&out), "400 2", "{}", out.stderr);
     assert!(public.targets().is_empty(), "{:?}", public.targets());
     // Encoded slashes that route the same either way pass as sent.
     for (target, want, forwarded) in [
