@@ -2583,6 +2583,8 @@ fn a_path_prefix_must_be_in_the_normal_form_requests_are_routed_in() {
         assert_eq!(e.key, "routes[0].match.path_prefix", "{stray}: {e}");
         assert!(e.message.contains("%25"), "{stray}: {e}");
     }
+    let e = only_error(&route_with("match = { path_prefix = \"/a%00/\" }"));
+    assert!(e.message.contains("encoded NUL"), "{e}");
 }
 
 #[test]

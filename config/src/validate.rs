@@ -2178,6 +2178,14 @@ fn route_match(c: &mut Checker<'_>, i: usize, raw: Option<&RawMatch>) -> Match {
                         "{text:?} would never match: a request path with a % that begins no %XX escape is refused (400); write % as %25"
                     ),
                 );
+            } else if text.as_bytes().windows(3).any(|w| w == b"%00") {
+                c.err(
+                    p.span(),
+                    format!("{key}.path_prefix"),
+                    format!(
+                        "{text:?} would never match: a request path with an encoded NUL (%00) is refused (400)"
+                    ),
+                );
             } else if let Some(normal) = path_in_normal_form(text) {
                 c.err(
                     p.span(),
