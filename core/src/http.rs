@@ -1172,13 +1172,18 @@ fn parse_forwarded_ip(element: &[u8]) -> Option<IpAddr> {
 /// value is folded). Only used by features that key on a header, never on
 /// the plain forwarding path.
 pub fn header_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let mut lines = head.split(|&b| b == b'\n').skip(1);
-    lines.find_map(|line| {
+    field_lines(head).find_map(|(n, value)| n.eq_ignore_ascii_case(name).then_some(value))
+}
+
+/// Each field line of a head accepted by `parse_request` (the request or
+/// status line skipped), as its name and its value without surrounding
+/// whitespace. The one walk of a head's fields for the features that read
+/// them after parsing.
+pub fn field_lines(head: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    head.split(|&b| b == b'\n').skip(1).filter_map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        line[..colon]
-            .eq_ignore_ascii_case(name)
-            .then(|| trim_ows(&line[colon + 1..]))
+        let colon = memchr::memchr(b':', line)?;
+        Some((&line[..colon], trim_ows(&line[colon + 1..])))
     })
 }
 
@@ -1197,18 +1202,13 @@ const METHOD_OVERRIDE_FIELDS: [&[u8]; 3] = [
 /// than any method is passed as it is (it names no route's method).
 pub fn any_method_override(head: &[u8], mut each: impl FnMut(&[u8]) -> bool) -> bool {
     const LONGEST_METHOD: usize = 32;
-    head.split(|&b| b == b'\n').skip(1).any(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = memchr::memchr(b':', line) else {
-            return false;
-        };
+    field_lines(head).any(|(name, value)| {
         if !METHOD_OVERRIDE_FIELDS
             .iter()
-            .any(|f| same_field_name(&line[..colon], f))
+            .any(|f| same_field_name(name, f))
         {
             return false;
         }
-        let value = trim_ows(&line[colon + 1..]);
         if value.len() > LONGEST_METHOD {
             return each(value);
         }
@@ -1223,14 +1223,11 @@ pub fn any_method_override(head: &[u8], mut each: impl FnMut(&[u8]) -> bool) -> 
 /// The value of cookie `name` (RFC 6265 §5.4: `name=value` pairs separated
 /// by `; `), searched in every `Cookie` field.
 pub fn cookie_value<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let mut lines = head.split(|&b| b == b'\n').skip(1);
-    lines.find_map(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        if !line[..colon].eq_ignore_ascii_case(b"cookie") {
+    field_lines(head).find_map(|(field, value)| {
+        if !field.eq_ignore_ascii_case(b"cookie") {
             return None;
         }
-        line[colon + 1..].split(|&b| b == b';').find_map(|pair| {
+        value.split(|&b| b == b';').find_map(|pair| {
             let pair = trim_ows(pair);
             let eq = pair.iter().position(|&b| b == b'=')?;
             (&pair[..eq] == name).then(|| &pair[eq + 1..])

@@ -9,7 +9,7 @@
 use std::io::Write as _;
 
 use ringgate_config::RequestChecks;
-use ringgate_core::http::{header_value, same_field_name, RequestBody, RequestHead};
+use ringgate_core::http::{field_lines, header_value, same_field_name, RequestBody, RequestHead};
 
 /// A chunked body on a route whose `max_body` is at most this is read whole
 /// before it goes upstream, so one over the limit never reaches the
@@ -90,14 +90,8 @@ pub fn check(
     if has_body && !checks.content_types.is_empty() {
         // Content-Type is one field (RFC 9110 §8.3): with two, the proxy
         // would check one while the backend parses the body by the other.
-        let content_types = fields
-            .split(|&b| b == b'\n')
-            .skip(1)
-            .filter(|line| {
-                line.iter()
-                    .position(|&b| b == b':')
-                    .is_some_and(|colon| same_field_name(&line[..colon], b"content-type"))
-            })
+        let content_types = field_lines(fields)
+            .filter(|(name, _)| same_field_name(name, b"content-type"))
             .count();
         if content_types > 1 {
             reason.extend_from_slice(b"more than one Content-Type");

@@ -161,16 +161,12 @@ fn authorization<'a>(head: &'a [u8], scheme: &[u8]) -> Result<Option<&'a [u8]>, 
 /// reads it); [`Reason::Ambiguous`] when there are two.
 fn only_header_value<'a>(head: &'a [u8], name: &[u8]) -> Result<Option<&'a [u8]>, Reason> {
     let mut found = None;
-    for line in head.split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
-        if crate::http::same_field_name(&line[..colon], name) {
+    for (field, value) in crate::http::field_lines(head) {
+        if crate::http::same_field_name(field, name) {
             if found.is_some() {
                 return Err(Reason::Ambiguous);
             }
-            found = Some(crate::http::trim_ows(&line[colon + 1..]));
+            found = Some(value);
         }
     }
     Ok(found)
