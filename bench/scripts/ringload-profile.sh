@@ -9,7 +9,8 @@
 #          scheduler, timers, clock;
 #   user   the leaf is in user space (the client, libc, vDSO clock reads);
 #   other  samples of other processes on CPU 0 (idle included).
-# Usage: bench/scripts/ringload-profile.sh CLIENT [duration_s=5]
+# Usage: [RATE=req/s] bench/scripts/ringload-profile.sh CLIENT [duration_s=5]
+#   RATE: ringload open loop at that rate instead of closed loop.
 #   CLIENT: path to a ringload binary, or `wrk`.
 set -euo pipefail
 CLIENT=${1:?ringload binary or wrk}; DUR=${2:-5}
@@ -28,7 +29,7 @@ sleep 0.5
 if [ "$CLIENT" = wrk ]; then
   taskset -c 0 wrk -t1 -c64 -d$((DUR + 1))s http://127.0.0.1:$PORT/ > $W/client.out &
 else
-  taskset -c 0 "$CLIENT" http://127.0.0.1:$PORT/ -c 64 -d $((DUR + 1))s --cores 1 --quiet > $W/client.out &
+  taskset -c 0 "$CLIENT" http://127.0.0.1:$PORT/ -c 64 -d $((DUR + 1))s --cores 1 --quiet ${RATE:+--rate $RATE} > $W/client.out &
 fi
 CLIENT_PID=$!
 sleep 0.5
