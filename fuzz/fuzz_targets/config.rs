@@ -15,6 +15,10 @@ fuzz_target!(|text: &str| {
         Ok(again) => again,
         Err(e) => panic!("the printed config does not parse:\n{e}\n--- printed ---\n{printed}"),
     };
-    assert_eq!(format!("{again:?}"), format!("{config:?}"), "printed:\n{printed}");
+    assert_eq!(
+        format!("{again:?}"),
+        format!("{config:?}"),
+        "printed:\n{printed}"
+    );
     assert_eq!(to_toml(&again), printed);
 });

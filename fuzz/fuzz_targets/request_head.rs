@@ -33,7 +33,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let query_before = {
         let path = &data[head.path.clone()];
-        path.iter().position(|&b| b == b'?').map(|q| path[q..].to_vec())
+        path.iter()
+            .position(|&b| b == b'?')
+            .map(|q| path[q..].to_vec())
     };
     let mut buf = data.to_vec();
     normalize_path(&mut buf, &mut head);
@@ -61,9 +63,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(
-        !only_path
-            .split(|&b| b == b'/')
-            .any(|segment| segment == b"." || segment == b".."),
+        !has_dot_segment(only_path),
         "a dot segment appeared: {:?}",
         String::from_utf8_lossy(only_path)
     );
@@ -72,9 +72,7 @@ fuzz_target!(|data: &[u8]| {
     let mut read = Vec::new();
     if path_as_backends_read(only_path, &mut read) {
         assert!(
-            !read
-                .split(|&b| b == b'/')
-                .any(|segment| segment == b"." || segment == b".."),
+            !has_dot_segment(&read),
             "a dot segment as backends read {:?}: {:?}",
             String::from_utf8_lossy(only_path),
             String::from_utf8_lossy(&read)
@@ -90,4 +88,10 @@ fuzz_target!(|data: &[u8]| {
 
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// A `.` or `..` segment between slashes.
+fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/')
+        .any(|segment| segment == b"." || segment == b"..")
 }
