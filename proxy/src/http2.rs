@@ -71,10 +71,12 @@ pub struct Conn {
 
 /// Serves one HTTP/2 connection until the client closes it, it stays idle
 /// past the keep-alive timeout, it breaks a limit, or the worker drains.
-pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter, conn: Conn) {
+pub async fn serve(worker: Rc<Worker>, mut r: StreamReader, mut w: StreamWriter, mut conn: Conn) {
     let cfg = &worker.config.http2;
     let limits = &worker.config.limits;
-    let pipes = Pipes::new(cfg, &conn.early);
+    // Taken, not borrowed: the preface's read buffer (16 KiB of capacity)
+    // would otherwise stay with the connection for its whole life.
+    let pipes = Pipes::new(cfg, &std::mem::take(&mut conn.early));
     worker.counters.http2_connection();
     let scheme = w.scheme();
     let stream_cx = StreamCx {
