@@ -811,7 +811,10 @@ enum BodyFraming {
 /// "; " (§8.2.3), `te` dropped (hop-by-hop in HTTP/1.1), and the body's
 /// framing made explicit. `h2` has already refused connection-specific
 /// fields and a `te` other than `trailers`; field values with CR, LF or NUL
-/// are refused here, since they would split a line of the HTTP/1.1 head.
+/// are refused here, since they would split a line of the HTTP/1.1 head,
+/// and so are the other malformed requests `h2` lets through (RFC 9113
+/// §8.1.1: an intermediary must not forward them): a value with whitespace
+/// at either end (§8.2.1) and a second `host` (which HTTP/1.1 refuses).
 fn synthesize_head(
     parts: &http::request::Parts,
     end_of_stream: bool,
@@ -827,7 +830,11 @@ fn synthesize_head(
         .map(|p| p.as_str())
         .filter(|p| !p.is_empty())
         .ok_or(Refusal::new(400, "missing :path"))?;
-    let host_header = parts.headers.get(http::header::HOST).map(|v| v.as_bytes());
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let host_header = hosts.next().map(|v| v.as_bytes());
+    if hosts.next().is_some() {
+        return Err(Refusal::new(400, "more than one host field"));
+    }
     let host = match (parts.uri.authority(), host_header) {
         (Some(a), Some(h)) if a.as_str().as_bytes() != h => {
             return Err(Refusal::new(400, ":authority and host differ"))
@@ -848,6 +855,10 @@ fn synthesize_head(
         let value = value.as_bytes();
         if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(Refusal::new(400, "invalid character in a field value"));
+        }
+        let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+        if blank(value.first()) || blank(value.last()) {
+            return Err(Refusal::new(400, "whitespace around a field value"));
         }
         if name == http::header::HOST || name == http::header::TE || name == http::header::COOKIE {
             cookies += usize::from(name == http::header::COOKIE);
@@ -1714,6 +1725,44 @@ mod tests {
             .unwrap();
         let err = synthesize_head(&parts(req), true, &mut Vec::new()).unwrap_err();
         assert_eq!(err.status, 400);
+    }
+
+    #[test]
+    fn a_second_host_is_refused_even_when_the_first_matches() {
+        // As HTTP/1.1 refuses two Host fields (RFC 9112 §3.2): the second
+        // would otherwise be dropped unseen, and a backend or log that
+        // reads the last one would see another host than the route did.
+        for authority in ["https://a.example/", "/"] {
+            let req = http::Request::builder()
+                .uri(authority)
+                .header("host", "a.example")
+                .header("host", "b.example")
+                .body(())
+                .unwrap();
+            let err = synthesize_head(&parts(req), true, &mut Vec::new()).unwrap_err();
+            assert_eq!(err.status, 400, "{authority}");
+        }
+    }
+
+    #[test]
+    fn a_field_value_with_outer_whitespace_is_refused() {
+        // RFC 9113 §8.2.1: such a request is malformed, and an intermediary
+        // must not forward it.
+        for value in [" v", "v ", "\tv", "v\t"] {
+            let req = http::Request::builder()
+                .uri("https://a.example/")
+                .header("x-a", value)
+                .body(())
+                .unwrap();
+            let err = synthesize_head(&parts(req), true, &mut Vec::new()).unwrap_err();
+            assert_eq!(err.status, 400, "{value:?}");
+        }
+        let inner = http::Request::builder()
+            .uri("https://a.example/")
+            .header("x-a", "v\tw x")
+            .body(())
+            .unwrap();
+        assert!(synthesize_head(&parts(inner), true, &mut Vec::new()).is_ok());
     }
 
     #[test]
