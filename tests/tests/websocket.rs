@@ -365,3 +365,40 @@ fn a_101_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
         "{text:?}"
     );
 }
+
+/// RFC 9110 §7.8: a server must ignore `Upgrade` in an HTTP/1.0 request,
+/// and HTTP/1.0 has no 101. The proxy does not ask for the switch on
+/// such a client's behalf, so a backend that answers 101 anyway is a 502,
+/// and no tunnel carries what the client sends next.
+#[test]
+fn an_http10_request_is_never_upgraded() {
+    let backend = ringgate_tests::Backend::start(
+        "b",
+        ringgate_tests::Behaviour::Raw(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW"
+                .to_vec(),
+        ),
+    );
+    let proxy = ProxyConfig::new(backend.addr())
+        .route_extra("upgrade", "[\"websocket\"]")
+        .start();
+    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.0\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text:?}");
+    assert!(!text.contains("RAW"), "{text:?}");
+    let records = backend.records();
+    assert_eq!(records.len(), 1, "one request upstream");
+    assert!(
+        !records[0].has_header("upgrade"),
+        "Upgrade went upstream for an HTTP/1.0 client: {:?}",
+        records[0]
+    );
+}

@@ -221,15 +221,19 @@ pub(super) fn tunnel_kind(protocol: &str) -> TunnelKind {
     }
 }
 
-/// For a bodiless request whose one `Upgrade` protocol is one of the
-/// route's and that says `Connection: upgrade` (RFC 9110 §7.8): that
+/// For a bodiless HTTP/1.1 request whose one `Upgrade` protocol is one of
+/// the route's and that says `Connection: upgrade` (RFC 9110 §7.8): that
 /// protocol's index in the route's `upgrade`, and the `Upgrade` value.
+/// HTTP/1.0 has no 101, and §7.8 has a server ignore its `Upgrade`.
 fn upgrade_asked<'a>(
     route: &Route,
     fields: &'a [u8],
     head: &RequestHead,
 ) -> Option<(usize, &'a [u8])> {
-    if route.upgrade.is_empty() || head.body != RequestBody::Empty {
+    if route.upgrade.is_empty()
+        || head.body != RequestBody::Empty
+        || head.version == Version::Http10
+    {
         return None;
     }
     let value = header_value(fields, b"upgrade")?;
