@@ -18,7 +18,7 @@ use std::io;
 use std::io::Write as _;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -293,6 +293,23 @@ fn write_field(buf: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 impl H2Reply {
+    /// Whether the backend said it did not process the request (RFC 9113
+    /// §8.7), for an exchange that failed before the response head: a
+    /// refusal the exchange did not wait for (its body upload failed on
+    /// it first) is still in the response future, which is asked once.
+    pub fn unprocessed(&mut self) -> bool {
+        if !self.reply.unprocessed.get() {
+            let taken = self.reply.response.borrow_mut().take();
+            if let Some(mut response) = self.response.take().or(taken) {
+                let mut cx = Context::from_waker(Waker::noop());
+                if let Poll::Ready(Err(e)) = Pin::new(&mut response).poll(&mut cx) {
+                    self.reply.note(&e);
+                }
+            }
+        }
+        self.reply.unprocessed.get()
+    }
+
     pub async fn read_more(
         &mut self,
         buf: &mut Vec<u8>,
@@ -371,7 +388,10 @@ impl H2Reply {
         let response = wait(timeout, abort, |cx| Pin::new(&mut *response).poll(cx))
             .await
             .map_err(read_fail)?
-            .map_err(|_| ReadFail::Io(io::ErrorKind::ConnectionReset))?;
+            .map_err(|e| {
+                self.reply.note(&e);
+                ReadFail::Io(io::ErrorKind::ConnectionReset)
+            })?;
         self.response = None;
         let (parts, body) = response.into_parts();
         let status = parts.status;

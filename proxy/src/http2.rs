@@ -1068,6 +1068,22 @@ pub(crate) struct RequestOpener {
 pub(crate) struct PendingReply {
     pub response: RefCell<Option<h2::client::ResponseFuture>>,
     pub request_was_head: Cell<bool>,
+    /// The backend said it did not process the request: RST_STREAM
+    /// REFUSED_STREAM, or a GOAWAY whose last stream id is below this
+    /// stream's (RFC 9113 §8.7). Set by whichever half saw it first.
+    pub unprocessed: Cell<bool>,
+}
+
+impl PendingReply {
+    /// Records what `e` says of the request: `h2` fails a stream with the
+    /// backend's own REFUSED_STREAM, or with its GOAWAY only when the
+    /// GOAWAY left the stream out (streams it counted as processed end
+    /// with the connection, as a broken pipe).
+    pub fn note(&self, e: &h2::Error) {
+        if e.is_remote() && (e.is_go_away() || e.reason() == Some(Reason::REFUSED_STREAM)) {
+            self.unprocessed.set(true);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1371,12 +1387,15 @@ impl H2Sender {
         // A connection at its peer's stream limit queues the stream; a
         // handle whose last stream is still queued must wait here.
         let ready = wait(timeout, abort, |cx| opener.send.poll_ready(cx)).await?;
-        ready.map_err(h2_write_fail)?;
+        // A GOAWAY already received fails the stream here, before it opens.
+        let reply = Rc::clone(&opener.reply);
+        let noted = |e: h2::Error| {
+            reply.note(&e);
+            h2_write_fail(e)
+        };
+        ready.map_err(noted)?;
         let end = self.state == Out::Done;
-        let (response, send) = opener
-            .send
-            .send_request(request, end)
-            .map_err(h2_write_fail)?;
+        let (response, send) = opener.send.send_request(request, end).map_err(noted)?;
         opener.reply.request_was_head.set(is_head);
         *opener.reply.response.borrow_mut() = Some(response);
         self.opener = Opener::Sent;

@@ -49,6 +49,15 @@ pub fn close_connection(r: StreamReader, w: StreamWriter) {
 }
 
 impl StreamReader {
+    /// An upstream HTTP/2 stream the backend refused or left out of its
+    /// GOAWAY: it did not act on the request (see [`H2Reply::unprocessed`]).
+    pub fn backend_left_unprocessed(&mut self) -> bool {
+        match self {
+            StreamReader::H2Upstream(r) => r.unprocessed(),
+            _ => false,
+        }
+    }
+
     /// Whether the peer sent anything not yet read: for TLS, what rustls
     /// holds (the socket itself is checked by `io::pending_input`).
     pub fn holds_unread(&mut self) -> bool {

@@ -334,3 +334,183 @@ fn a_backend_that_does_not_speak_http2_is_a_502_before_any_request_is_sent() {
         backend.targets()
     );
 }
+
+/// What a [`ScriptedH2`] backend does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2Answer {
+    /// `200` with body `ok`, once the request has ended.
+    Ok,
+    /// RST_STREAM REFUSED_STREAM: not processed (RFC 9113 §8.7).
+    Refuse,
+    /// GOAWAY naming the stream before this one as the last processed
+    /// (this one was not), then the connection closes.
+    GoAwayBefore,
+    /// GOAWAY naming this stream as processed, then the connection closes
+    /// without an answer: the backend may have acted on it.
+    GoAwayAfter,
+}
+
+/// A raw HTTP/2 backend (prior knowledge) that answers each request as
+/// `script(connection, request on it)` says, both counted from 0, and
+/// records every request stream it saw as `(connection, stream id)`.
+struct ScriptedH2 {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, u32)>>>,
+}
+
+impl ScriptedH2 {
+    fn start(script: fn(usize, usize) -> H2Answer) -> ScriptedH2 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for (conn_no, stream) in listener.incoming().enumerate() {
+                let Ok(mut s) = stream else { return };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut preface = [0u8; 24];
+                    if s.read_exact(&mut preface).is_err() {
+                        return;
+                    }
+                    let _ = s.write_all(&h2_frame(4, 0, 0, &[]));
+                    let mut requests = 0;
+                    let mut header = [0u8; 9];
+                    let mut pending = Vec::new();
+                    while s.read_exact(&mut header).is_ok() {
+                        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+                        let (kind, flags) = (header[3], header[4]);
+                        let id = u32::from_be_bytes(header[5..9].try_into().unwrap()) & !(1 << 31);
+                        let mut payload = vec![0u8; len as usize];
+                        if s.read_exact(&mut payload).is_err() {
+                            return;
+                        }
+                        let ended = flags & 0x1 != 0;
+                        let out = match kind {
+                            4 if flags & 0x1 == 0 => h2_frame(4, 1, 0, &[]),
+                            1 => {
+                                log.lock().unwrap().push((conn_no, id));
+                                let answer = script(conn_no, requests);
+                                requests += 1;
+                                match answer {
+                                    H2Answer::Ok if ended => ok_answer(id),
+                                    H2Answer::Ok => {
+                                        pending.push(id);
+                                        continue;
+                                    }
+                                    H2Answer::Refuse => h2_frame(3, 0, id, &7u32.to_be_bytes()),
+                                    H2Answer::GoAwayBefore | H2Answer::GoAwayAfter => {
+                                        let last = if answer == H2Answer::GoAwayAfter {
+                                            id
+                                        } else {
+                                            id.saturating_sub(2)
+                                        };
+                                        let mut body = last.to_be_bytes().to_vec();
+                                        body.extend_from_slice(&0u32.to_be_bytes());
+                                        let _ = s.write_all(&h2_frame(7, 0, 0, &body));
+                                        std::thread::sleep(Duration::from_millis(100));
+                                        return;
+                                    }
+                                }
+                            }
+                            0 if ended && pending.contains(&id) => {
+                                pending.retain(|&p| p != id);
+                                ok_answer(id)
+                            }
+                            _ => continue,
+                        };
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedH2 { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<(usize, u32)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// One frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HEADERS `:status: 200` (HPACK static index 8) and DATA `ok`, ending
+/// stream `id`.
+fn ok_answer(id: u32) -> Vec<u8> {
+    let mut out = h2_frame(1, 0x4, id, &[0x88]);
+    out.extend_from_slice(&h2_frame(0, 0x1, id, b"ok"));
+    out
+}
+
+/// RFC 9113 §8.7: a stream a GOAWAY leaves out was not processed, so even a
+/// POST goes again, on a new connection (a backend shutting down
+/// gracefully, as at every deploy, loses no request). A stream the GOAWAY
+/// counts as processed is never sent twice.
+#[test]
+fn a_post_a_goaway_left_unprocessed_is_sent_again_on_a_new_connection() {
+    // Connection 0: the first request is answered, the second is left out
+    // by a GOAWAY. Connection 1 answers.
+    let backend = ScriptedH2::start(|conn, req| match (conn, req) {
+        (0, 1) => H2Answer::GoAwayBefore,
+        _ => H2Answer::Ok,
+    });
+    let proxy = ProxyConfig::new(backend.addr)
+        .upstream_extra("protocol", "\"h2\"")
+        .start();
+    let url = format!("http://127.0.0.1:{}/p", proxy.port);
+    let out = curl_status(&[&url]);
+    assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
+    let out = curl_status(&["--data-binary", "once", &url]);
+    assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
+    assert_eq!(body_before_status(&out), "ok");
+    assert_eq!(backend.seen(), [(0, 1), (0, 3), (1, 1)]);
+
+    // The same, but the GOAWAY says the POST's stream was processed.
+    let backend = ScriptedH2::start(|conn, req| match (conn, req) {
+        (0, 1) => H2Answer::GoAwayAfter,
+        _ => H2Answer::Ok,
+    });
+    let proxy = ProxyConfig::new(backend.addr)
+        .upstream_extra("protocol", "\"h2\"")
+        .start();
+    let url = format!("http://127.0.0.1:{}/p", proxy.port);
+    let out = curl_status(&[&url]);
+    assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
+    let out = curl_status(&["--data-binary", "once", &url]);
+    assert_eq!(status_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
+    assert_eq!(backend.seen(), [(0, 1), (0, 3)], "the POST went twice");
+}
+
+/// RST_STREAM REFUSED_STREAM says the same of one stream: with retries on
+/// connect failures (the backend did nothing), a refused POST goes to the
+/// next backend; any other reset of a POST is never replayed.
+#[test]
+fn a_post_refused_unprocessed_goes_to_another_backend() {
+    let refusing = ScriptedH2::start(|_, _| H2Answer::Refuse);
+    let answering = ScriptedH2::start(|_, _| H2Answer::Ok);
+    let proxy = ProxyConfig::with_backends(&[refusing.addr, answering.addr])
+        .upstream_extra("protocol", "\"h2\"")
+        .upstream_extra("retries", "{ attempts = 1, on = [\"connect_failure\"] }")
+        .start();
+    let url = format!("http://127.0.0.1:{}/p", proxy.port);
+    for _ in 0..4 {
+        let out = curl_status(&["--data-binary", "once", &url]);
+        assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
+        assert_eq!(body_before_status(&out), "ok");
+    }
+    assert_eq!(answering.seen().len(), 4);
+    assert!(
+        !refusing.seen().is_empty(),
+        "round robin tried the refusing backend"
+    );
+}

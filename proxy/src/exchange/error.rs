@@ -36,6 +36,10 @@ pub enum Fault {
     ConnectionLimit,
     /// The connection closed or reset before a byte of response.
     UpstreamClosed,
+    /// An HTTP/2 backend refused the stream, or left it out of a GOAWAY,
+    /// before a byte of response: it says it did not act on the request
+    /// (RFC 9113 §8.7).
+    UpstreamRefused,
     /// Writing the request failed (the backend closed or reset).
     UpstreamWriteFailed,
     /// The backend stopped reading the request (`timeouts.send`).
@@ -96,6 +100,7 @@ impl ExchangeError {
             Fault::UpstreamClosed => {
                 Refusal::new(502, "upstream closed the connection without a response")
             }
+            Fault::UpstreamRefused => Refusal::new(502, "upstream refused the request unprocessed"),
             Fault::UpstreamWriteFailed => Refusal::new(502, "upstream write failed"),
             Fault::UpstreamSendTimedOut => {
                 Refusal::new(504, "upstream did not read the request in time")
@@ -118,6 +123,7 @@ impl ExchangeError {
             Fault::TlsHandshakeFailed => "tls_handshake_failed",
             Fault::ConnectionLimit => "connection_limit",
             Fault::UpstreamClosed => "upstream_closed",
+            Fault::UpstreamRefused => "upstream_refused",
             Fault::UpstreamWriteFailed => "upstream_write_failed",
             Fault::UpstreamSendTimedOut => "upstream_send_timed_out",
             Fault::ResponseTimedOut => "response_timed_out",
@@ -146,6 +152,7 @@ impl ExchangeError {
                 Outcome::ConnectFailure
             }
             Fault::UpstreamClosed
+            | Fault::UpstreamRefused
             | Fault::UpstreamWriteFailed
             | Fault::BadResponse(_)
             | Fault::Aborted => Outcome::Reset,
@@ -162,10 +169,13 @@ impl ExchangeError {
     /// sent again at all is [`super::retry`]'s call.
     pub fn retry_class(&self, on: RetryOn) -> bool {
         match self.fault {
+            // A refused stream is, like a failed connect, a request the
+            // backend did not act on.
             Fault::ConnectFailed(_)
             | Fault::ConnectTimedOut
             | Fault::ConnectionLimit
-            | Fault::TlsHandshakeFailed => on.connect_failure,
+            | Fault::TlsHandshakeFailed
+            | Fault::UpstreamRefused => on.connect_failure,
             Fault::UpstreamClosed | Fault::UpstreamWriteFailed | Fault::BadResponse(_) => on.reset,
             Fault::UpstreamSendTimedOut | Fault::ResponseTimedOut => on.timeout,
             Fault::ServerError => on.status_5xx,
@@ -183,6 +193,12 @@ impl ExchangeError {
                 | Fault::ConnectionLimit
                 | Fault::TlsHandshakeFailed
         )
+    }
+
+    /// Did the backend say it did not act on the request, whatever of it
+    /// reached it?
+    pub fn backend_did_not_act(&self) -> bool {
+        self.fault == Fault::UpstreamRefused
     }
 }
 

@@ -443,9 +443,13 @@ async fn run_tries(
             }
             Err(failed) => failed,
         };
+        // A GOAWAY's or a refusal's remedy is the same: a new connection.
         let stale = reused
             && !fresh
-            && matches!(e.fault, Fault::UpstreamClosed | Fault::UpstreamWriteFailed);
+            && matches!(
+                e.fault,
+                Fault::UpstreamClosed | Fault::UpstreamWriteFailed | Fault::UpstreamRefused
+            );
         upstream.on_end(
             backend,
             if stale { Outcome::Aborted } else { e.outcome() },
@@ -560,7 +564,7 @@ async fn attempt(
     match res {
         Ok(()) => {}
         Err(WriteFail::TimedOut) => return fail(Fault::UpstreamSendTimedOut),
-        Err(_) => return fail(Fault::UpstreamWriteFailed),
+        Err(_) => return fail(unless_unprocessed(Fault::UpstreamWriteFailed, &mut conn)),
     }
     if head.expect_continue && plan.body_left.is_some() {
         let timeout = cx.limits.send_timeout;
@@ -671,7 +675,7 @@ async fn attempt(
         // the client connection is out of sync, the upstream one too.
         (Ok(done), Err(_)) => Ok((Next::Close, done.status)),
         (Err(e), _) if e.response_started => Err((e, reused)),
-        (Err(e), Ok(_)) => Err((e, reused)),
+        (Err(e), Ok(_)) => Err((unless_unprocessed(e.fault, &mut conn).into(), reused)),
         (Err(e), Err(upload_fault)) => {
             // The half that failed first has the cause; the other was
             // cancelled by it.
@@ -684,8 +688,24 @@ async fn attempt(
             } else {
                 e.fault
             };
-            Err((cause.into(), reused))
+            Err((unless_unprocessed(cause, &mut conn).into(), reused))
         }
+    }
+}
+
+/// `fault`, unless it is the upstream's breaking off before its response
+/// and the backend said it did not act on the request (an HTTP/2 stream it
+/// refused or left out of its GOAWAY): then [`Fault::UpstreamRefused`],
+/// which may be sent again.
+fn unless_unprocessed(fault: Fault, conn: &mut UpstreamConn) -> Fault {
+    let broke_off = matches!(
+        fault,
+        Fault::UpstreamClosed | Fault::UpstreamWriteFailed | Fault::Aborted
+    );
+    if broke_off && conn.r.backend_left_unprocessed() {
+        Fault::UpstreamRefused
+    } else {
+        fault
     }
 }
 

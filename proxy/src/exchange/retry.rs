@@ -1,10 +1,11 @@
 //! The one rule for sending a request again, whatever the path that wants
 //! to (a pooled connection found dead, a configured retry, a 5xx held back):
 //! RFC 9110 §9.2.2. A request may go out again only when the backend cannot
-//! have acted on it (nothing was sent: the connect failed), or when it is
-//! idempotent and every byte of it is still in hand. A POST that went out on
-//! a connection that then closed is never sent twice: the backend may have
-//! done it.
+//! have acted on it (nothing was sent: the connect failed), or said it did
+//! not (an HTTP/2 stream refused or left out of a GOAWAY, RFC 9113 §8.7)
+//! and every byte of it is still in hand, or when it is idempotent and every
+//! byte of it is still in hand. A POST that went out on a connection that
+//! then closed is never sent twice: the backend may have done it.
 
 use super::error::ExchangeError;
 
@@ -30,7 +31,8 @@ impl Replay {
         if e.response_started {
             return false;
         }
-        !e.request_may_have_reached_backend() || (self.idempotent && self.in_hand)
+        !e.request_may_have_reached_backend()
+            || (self.in_hand && (self.idempotent || e.backend_did_not_act()))
     }
 
     /// Is a held-back 5xx worth waiting for, i.e. could the request go to
@@ -75,6 +77,16 @@ mod tests {
             assert!(r.allowed(&Fault::ConnectTimedOut.into()));
             assert!(r.allowed(&Fault::ConnectionLimit.into()));
         }
+    }
+
+    #[test]
+    fn a_post_the_backend_did_not_act_on_is_replayed_while_in_hand() {
+        let refused = Fault::UpstreamRefused.into();
+        assert!(Replay::new(b"POST", true).allowed(&refused));
+        assert!(!Replay::new(b"POST", false).allowed(&refused));
+        assert!(
+            !Replay::new(b"POST", true).allowed(&ExchangeError::started(Fault::UpstreamRefused))
+        );
     }
 
     #[test]
