@@ -18,10 +18,11 @@ use ringgate_core::gossip::GossipMsg;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accept;
-use crate::downstream;
+use crate::downstream::{self, Http2Start, Opened};
 use crate::error_log::{Errno, ErrorLog, Kind};
 use crate::gossip::{Gossip, Mesh};
 use crate::health;
+use crate::http2;
 use crate::metrics::{Counters, SnapshotTx};
 use crate::proxy_protocol;
 use crate::schema::Schemas;
@@ -510,20 +511,28 @@ struct Accepted {
 /// keep-alive client costs little more than its socket. (Its start comes
 /// boxed too: an async fn keeps its arguments for its whole life.)
 async fn serve_connection(accepted: Box<Accepted>) {
-    let Some((slot, d)) = Box::pin(open_connection(*accepted)).await else {
+    let Some((slot, opened)) = Box::pin(open_connection(*accepted)).await else {
         return;
     };
-    if let Some(tunnel) = downstream::serve(&slot.worker, slot.listener, d).await {
-        // The tunnel goes on in a task of its own, sized for its relay,
-        // still counted (`slot`).
-        monoio::spawn(tunnel::run_upgraded(slot.worker.clone(), tunnel, slot));
+    match opened {
+        Opened::Http1(d) => {
+            if let Some(tunnel) = downstream::serve(&slot.worker, slot.listener, d).await {
+                // The tunnel goes on in a task of its own, sized for its
+                // relay, still counted (`slot`).
+                monoio::spawn(tunnel::run_upgraded(slot.worker.clone(), tunnel, slot));
+            }
+        }
+        Opened::Http2(h2) => {
+            let Http2Start { r, w, conn } = *h2;
+            Box::pin(http2::serve(slot.worker.clone(), r, w, conn)).await;
+        }
     }
 }
 
 /// A connection's start: its PROXY header, then its protocol. An L4
-/// relay runs here to its end, and so does an HTTP/2 connection; an
-/// HTTP/1.1 one comes back ready for its first request.
-async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Box<downstream::Downstream>)> {
+/// relay runs here to its end; an HTTP connection comes back ready for
+/// its protocol's loop.
+async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Opened)> {
     let worker = a.slot.worker.clone();
     let index = a.slot.listener;
     let addrs = proxy_protocol::accept(&worker, index, &a.stream, a.peer).await?;
