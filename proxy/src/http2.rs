@@ -170,8 +170,10 @@ enum Event {
 async fn drive<'s, 'a: 's>(pipes: &'s Pipes, streams: &'s Streams<'a>, cx: &'a StreamCx<'a>) {
     let worker = cx.worker;
     let cfg = &worker.config.http2;
-    let mut builder = h2::server::Builder::new();
-    builder
+    // A client that breaks a limit in its first bytes still gets its
+    // GOAWAY: the bytes before the offending frame (the preface at least,
+    // which the guard does not count) complete the handshake.
+    let handshake = h2::server::Builder::new()
         .max_concurrent_streams(cfg.max_concurrent_streams)
         .max_header_list_size(cfg.max_header_list_bytes)
         .header_table_size(cfg.header_table_bytes)
@@ -182,13 +184,12 @@ async fn drive<'s, 'a: 's>(pipes: &'s Pipes, streams: &'s Streams<'a>, cx: &'a S
         // Streams the client resets before they are accepted: rapid reset
         // is also counted per second by the frame guard.
         .max_pending_accept_reset_streams(cfg.max_concurrent_streams as usize)
-        .max_concurrent_reset_streams(cfg.max_concurrent_streams as usize);
-    // A client that breaks a limit in its first bytes still gets its
-    // GOAWAY: the bytes before the offending frame (the preface at least,
-    // which the guard does not count) complete the handshake.
-    let handshake = builder.handshake::<_, Bytes>(H2Io(pipes));
+        .max_concurrent_reset_streams(cfg.max_concurrent_streams as usize)
+        .handshake::<_, Bytes>(H2Io(pipes));
     let timeout = worker.config.limits.header_read_timeout;
-    let mut conn = match monoio::time::timeout(timeout, handshake).await {
+    // Boxed for its while: the handshake's state (1.2 KiB with its timer)
+    // would otherwise size the connection's future for its whole life.
+    let mut conn = match Box::pin(monoio::time::timeout(timeout, handshake)).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             log_connection_error(worker, cx.conn, &e);
@@ -1608,6 +1609,18 @@ pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An idle HTTP/2 connection holds its connection's future for its
+    /// life: the handshake's state is boxed for its while, not kept in it
+    /// (8.6 KiB with it, 6.6 KiB without).
+    #[test]
+    fn a_connections_future_holds_no_handshake() {
+        fn size<A, B, C, D, F: Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let serve = size(serve);
+        assert!(serve <= 7 * 1024, "serve's future is {serve} bytes");
+    }
 
     fn guard() -> FrameGuard {
         let cfg = Http2 {
