@@ -56,7 +56,9 @@ pub async fn serve(
     let sent = Sent::default();
     worker.counters.tunnel_opened(TunnelKind::Tcp);
     let bytes_in = Cell::new(0u64);
-    match connect(&worker, listener, up, &client, addrs).await {
+    // Boxed for its while: the connect's state (a TLS handshake's, a PROXY
+    // header's write) would otherwise be kept for the relay's life.
+    match Box::pin(connect(&worker, listener, up, &client, addrs)).await {
         Ok(mut conn) => {
             let backend = conn.backend;
             sent.status.set(200);
@@ -708,6 +710,18 @@ mod tests {
 
     fn future_size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    /// A `tcp` listener's connection holds this future for its life: the
+    /// upstream connect's state is boxed for its while, not kept in it
+    /// (6.3 KiB with it, 2.6 KiB without).
+    #[test]
+    fn a_tcp_relays_future_holds_no_connect_state() {
+        fn size<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let relay = size(serve);
+        assert!(relay <= 3 * 1024, "serve's future is {relay} bytes");
     }
 
     /// An idle tunnel costs its task: its future must not make room for

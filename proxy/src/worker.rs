@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 use ringgate_config::{Config, ListenerProtocol, LogLevel, RingSetup, Workers};
 use ringgate_core::gossip::GossipMsg;
+use ringgate_core::proxy_protocol::ConnAddrs;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accept;
@@ -511,39 +512,69 @@ struct Accepted {
 /// keep-alive client costs little more than its socket. (Its start comes
 /// boxed too: an async fn keeps its arguments for its whole life.)
 async fn serve_connection(accepted: Box<Accepted>) {
-    let Some((slot, opened)) = Box::pin(open_connection(*accepted)).await else {
+    let Some((slot, started)) = Box::pin(open_connection(*accepted)).await else {
         return;
     };
-    match opened {
-        Opened::Http1(d) => {
+    match started {
+        Started::Http(Opened::Http1(d)) => {
             if let Some(tunnel) = downstream::serve(&slot.worker, slot.listener, d).await {
                 // The tunnel goes on in a task of its own, sized for its
                 // relay, still counted (`slot`).
                 monoio::spawn(tunnel::run_upgraded(slot.worker.clone(), tunnel, slot));
             }
         }
-        Opened::Http2(h2) => {
+        Started::Http(Opened::Http2(h2)) => {
             let Http2Start { r, w, conn } = *h2;
             Box::pin(http2::serve(slot.worker.clone(), r, w, conn)).await;
+        }
+        Started::Tcp {
+            upstream,
+            stream,
+            addrs,
+        } => {
+            let worker = slot.worker.clone();
+            Box::pin(tunnel::serve(
+                worker,
+                slot.listener,
+                upstream,
+                stream,
+                addrs,
+            ))
+            .await;
         }
     }
 }
 
-/// A connection's start: its PROXY header, then its protocol. An L4
-/// relay runs here to its end; an HTTP connection comes back ready for
-/// its protocol's loop.
-async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Opened)> {
+/// A connection after its set-up, for its protocol's loop, which runs
+/// once the set-up's future is dropped: it is not kept for the life of a
+/// long connection (6.6 KiB per HTTP/2 or L4 connection when it was).
+enum Started {
+    Http(Opened),
+    /// A `tcp` listener's connection, for [`tunnel::serve`].
+    Tcp {
+        upstream: usize,
+        stream: monoio::net::TcpStream,
+        addrs: ConnAddrs,
+    },
+}
+
+/// A connection's start: its PROXY header, then its protocol's set-up.
+async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Started)> {
     let worker = a.slot.worker.clone();
     let index = a.slot.listener;
     let addrs = proxy_protocol::accept(&worker, index, &a.stream, a.peer).await?;
     match a.protocol {
         ListenerProtocol::Http => downstream::open(&worker, index, a.stream, addrs, a.ctl)
             .await
-            .map(|d| (a.slot, d)),
-        ListenerProtocol::Tcp { upstream } => {
-            tunnel::serve(worker, index, upstream, a.stream, addrs).await;
-            None
-        }
+            .map(|opened| (a.slot, Started::Http(opened))),
+        ListenerProtocol::Tcp { upstream } => Some((
+            a.slot,
+            Started::Tcp {
+                upstream,
+                stream: a.stream,
+                addrs,
+            },
+        )),
     }
 }
 
