@@ -527,11 +527,12 @@ async fn serve_connection(accepted: Box<Accepted>) {
             let Http2Start { r, w, conn } = *h2;
             Box::pin(http2::serve(slot.worker.clone(), r, w, conn)).await;
         }
-        Started::Tcp {
-            upstream,
-            stream,
-            addrs,
-        } => {
+        Started::Tcp(tcp) => {
+            let TcpStart {
+                upstream,
+                stream,
+                addrs,
+            } = *tcp;
             let worker = slot.worker.clone();
             Box::pin(tunnel::serve(
                 worker,
@@ -550,12 +551,16 @@ async fn serve_connection(accepted: Box<Accepted>) {
 /// long connection (6.6 KiB per HTTP/2 or L4 connection when it was).
 enum Started {
     Http(Opened),
-    /// A `tcp` listener's connection, for [`tunnel::serve`].
-    Tcp {
-        upstream: usize,
-        stream: monoio::net::TcpStream,
-        addrs: ConnAddrs,
-    },
+    /// A `tcp` listener's connection, for [`tunnel::serve`]; boxed, as
+    /// the task of every connection would otherwise make room for it.
+    Tcp(Box<TcpStart>),
+}
+
+/// What a `tcp` listener's relay starts from.
+struct TcpStart {
+    upstream: usize,
+    stream: monoio::net::TcpStream,
+    addrs: ConnAddrs,
 }
 
 /// A connection's start: its PROXY header, then its protocol's set-up.
@@ -569,11 +574,11 @@ async fn open_connection(a: Accepted) -> Option<(ConnectionSlot, Started)> {
             .map(|opened| (a.slot, Started::Http(opened))),
         ListenerProtocol::Tcp { upstream } => Some((
             a.slot,
-            Started::Tcp {
+            Started::Tcp(Box::new(TcpStart {
                 upstream,
                 stream: a.stream,
                 addrs,
-            },
+            })),
         )),
     }
 }
@@ -731,7 +736,9 @@ mod tests {
     #[test]
     fn a_connections_task_is_sized_for_its_idle_wait() {
         let task = future_size(serve_connection);
-        assert!(task <= 1024, "serve_connection's future is {task} bytes");
+        // 560 bytes when an L4 connection's start was kept unboxed in it:
+        // 190 bytes more per idle HTTP/1.1 connection (idle-memory.sh).
+        assert!(task <= 512, "serve_connection's future is {task} bytes");
     }
 
     /// Accepted sockets inherit TCP_NODELAY from the listener, so no
