@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use ringgate_tests::proxy::{
     body_before_status, curl_status, free_port, metrics, run_with_timeout, sample, status_line,
+    CommandOutput,
 };
 use ringgate_tests::{eventually, Backend, Behaviour, Proxy, ProxyConfig};
 
@@ -460,26 +461,28 @@ fn ok_answer(id: u32) -> Vec<u8> {
 fn a_post_a_goaway_left_unprocessed_is_sent_again_on_a_new_connection() {
     // Connection 0: the first request is answered, the second is left out
     // by a GOAWAY. Connection 1 answers.
-    let backend = ScriptedH2::start(|conn, req| match (conn, req) {
+    let (backend, out) = a_post_after_a_get(|conn, req| match (conn, req) {
         (0, 1) => H2Answer::GoAwayBefore,
         _ => H2Answer::Ok,
     });
-    let proxy = ProxyConfig::new(backend.addr)
-        .upstream_extra("protocol", "\"h2\"")
-        .start();
-    let url = format!("http://127.0.0.1:{}/p", proxy.port);
-    let out = curl_status(&[&url]);
-    assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
-    let out = curl_status(&["--data-binary", "once", &url]);
     assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
     assert_eq!(body_before_status(&out), "ok");
     assert_eq!(backend.seen(), [(0, 1), (0, 3), (1, 1)]);
 
     // The same, but the GOAWAY says the POST's stream was processed.
-    let backend = ScriptedH2::start(|conn, req| match (conn, req) {
+    let (backend, out) = a_post_after_a_get(|conn, req| match (conn, req) {
         (0, 1) => H2Answer::GoAwayAfter,
         _ => H2Answer::Ok,
     });
+    assert_eq!(status_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
+    assert_eq!(backend.seen(), [(0, 1), (0, 3)], "the POST went twice");
+}
+
+/// Through a proxy to a [`ScriptedH2`] backend playing `script`: a GET
+/// (answered), then a POST on the same upstream connection; the backend
+/// and what the POST's client got.
+fn a_post_after_a_get(script: fn(usize, usize) -> H2Answer) -> (ScriptedH2, CommandOutput) {
+    let backend = ScriptedH2::start(script);
     let proxy = ProxyConfig::new(backend.addr)
         .upstream_extra("protocol", "\"h2\"")
         .start();
@@ -487,8 +490,7 @@ fn a_post_a_goaway_left_unprocessed_is_sent_again_on_a_new_connection() {
     let out = curl_status(&[&url]);
     assert_eq!(status_line(&out), "200 1.1", "{}{}", out.stdout, out.stderr);
     let out = curl_status(&["--data-binary", "once", &url]);
-    assert_eq!(status_line(&out), "502 1.1", "{}{}", out.stdout, out.stderr);
-    assert_eq!(backend.seen(), [(0, 1), (0, 3)], "the POST went twice");
+    (backend, out)
 }
 
 /// RST_STREAM REFUSED_STREAM says the same of one stream: with retries on

@@ -308,6 +308,11 @@ fn a_drain_lets_an_open_tunnel_go_on_until_drain_timeout() {
 /// A WebSocket handshake through a proxy whose backend answers `answer`:
 /// the backend and proxy (kept alive) and the client's socket.
 fn handshake_against(answer: &[u8]) -> (ringgate_tests::Backend, Proxy, TcpStream) {
+    handshake_in(b"HTTP/1.1", answer)
+}
+
+/// [`handshake_against`] with the request line's `version`.
+fn handshake_in(version: &[u8], answer: &[u8]) -> (ringgate_tests::Backend, Proxy, TcpStream) {
     let backend =
         ringgate_tests::Backend::start("b", ringgate_tests::Behaviour::Raw(answer.to_vec()));
     let proxy = ProxyConfig::new(backend.addr())
@@ -315,11 +320,14 @@ fn handshake_against(answer: &[u8]) -> (ringgate_tests::Backend, Proxy, TcpStrea
         .start();
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    let request = [
+        &b"GET /ws "[..],
+        version,
+        b"\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
+    ]
+    .concat();
+    s.write_all(&request).unwrap();
     (backend, proxy, s)
 }
 
@@ -372,23 +380,10 @@ fn a_101_to_a_protocol_the_client_did_not_ask_for_is_a_502() {
 /// and no tunnel carries what the client sends next.
 #[test]
 fn an_http10_request_is_never_upgraded() {
-    let backend = ringgate_tests::Backend::start(
-        "b",
-        ringgate_tests::Behaviour::Raw(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW"
-                .to_vec(),
-        ),
+    let (backend, _proxy, mut s) = handshake_in(
+        b"HTTP/1.0",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW",
     );
-    let proxy = ProxyConfig::new(backend.addr())
-        .route_extra("upgrade", "[\"websocket\"]")
-        .start();
-    let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.0\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .unwrap();
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     let text = String::from_utf8_lossy(&got);
