@@ -60,48 +60,8 @@ frontend f
 backend b
   server s1 127.0.0.1:$BACKEND_PORT
 EOC
-cat > $W/clients.py <<'EOC'
-import socket, ssl, sys, time
-n, port, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-socks = []
-for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
-    if tls:
-        s = ctx.wrap_socket(s, server_hostname="bench.test")
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    got = b""
-    while b"hello\n" not in got:
-        chunk = s.recv(4096)
-        if not chunk:
-            sys.exit(f"connection {i} closed")
-        got += chunk
-    socks.append(s)
-print("ready", flush=True)
-time.sleep(3600)
-EOC
+idle_clients_py $W
 taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
 sleep 0.5
-rss_kib() { local t=0; for p in "$@"; do v=$(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0); t=$((t + v)); done; echo $t; }
-for p in $PROXIES; do
-  start_proxy $p || continue
-  sleep 1
-  PIDS="$PROXY $(pgrep -P $PROXY | tr "\n" " " || true)"
-  # One warm-up request, so pools and lazily built state exist before the baseline.
-  curl -sk -o /dev/null $SCHEME://127.0.0.1:$PROXY_PORT/
-  before=$(rss_kib $PIDS)
-  taskset -c 1 python3 $W/clients.py $N $PROXY_PORT $TLS > $W/clients.out & CLIENTS=$!
-  while ! grep -q ready $W/clients.out 2>/dev/null; do sleep 0.2; kill -0 $CLIENTS || { echo "clients failed"; exit 1; }; done
-  sleep 1
-  after=$(rss_kib $PIDS)
-  sleep 4
-  settled=$(rss_kib $PIDS)
-  python3 -c "print(f'$p: {$N} idle connections, RSS {$before} -> {$after} KiB after 1 s ({($after-$before)*1024/$N:.0f} bytes per connection), {$settled} KiB after 5 s ({($settled-$before)*1024/$N:.0f} bytes per connection)')"
-  kill $CLIENTS; wait $CLIENTS 2>/dev/null || true
-  kill $PROXY; wait $PROXY 2>/dev/null || true
-  sleep 0.5
-done
+idle_rss_runs $N $PROXY_PORT $TLS $SCHEME://127.0.0.1:$PROXY_PORT/ "idle connections"
 kill $BACKEND

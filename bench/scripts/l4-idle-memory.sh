@@ -62,43 +62,9 @@ frontend f
 backend b
   server s1 127.0.0.1:$BACKEND_PORT
 EOC
-cat > $W/clients.py <<'EOC'
-import socket, sys, time
-n, port = int(sys.argv[1]), int(sys.argv[2])
-socks = []
-for i in range(n):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    got = b""
-    while b"hello\n" not in got:
-        chunk = s.recv(4096)
-        if not chunk:
-            sys.exit(f"connection {i} closed")
-        got += chunk
-    socks.append(s)
-print("ready", flush=True)
-time.sleep(3600)
-EOC
+idle_clients_py $W
 taskset -c 1 nginx -c $W/backend.conf & BACKEND=$!
 sleep 0.5
 cleanup() { kill $BACKEND 2>/dev/null || true; [ -n "${PROXY:-}" ] && kill $PROXY 2>/dev/null || true; [ -n "${CLIENTS:-}" ] && kill $CLIENTS 2>/dev/null || true; }
 trap cleanup EXIT
-rss_kib() { local t=0; for p in "$@"; do v=$(awk '/VmRSS/ {print $2}' /proc/$p/status 2>/dev/null || echo 0); t=$((t + v)); done; echo $t; }
-for p in $PROXIES; do
-  start_proxy $p || continue
-  sleep 1
-  PIDS="$PROXY $(pgrep -P $PROXY | tr "\n" " " || true)"
-  # One warm-up connection, so lazily built state exists before the baseline.
-  curl -s -o /dev/null http://127.0.0.1:$PROXY_PORT/
-  before=$(rss_kib $PIDS)
-  taskset -c 1 python3 $W/clients.py $N $PROXY_PORT > $W/clients.out & CLIENTS=$!
-  while ! grep -q ready $W/clients.out 2>/dev/null; do sleep 0.2; kill -0 $CLIENTS || { echo "clients failed"; exit 1; }; done
-  sleep 1
-  after=$(rss_kib $PIDS)
-  sleep 4
-  settled=$(rss_kib $PIDS)
-  python3 -c "print(f'$p: {$N} idle L4 connections, RSS {$before} -> {$after} KiB after 1 s ({($after-$before)*1024/$N:.0f} bytes per connection), {$settled} KiB after 5 s ({($settled-$before)*1024/$N:.0f} bytes per connection)')"
-  kill $CLIENTS; wait $CLIENTS 2>/dev/null || true
-  kill $PROXY; wait $PROXY 2>/dev/null || true
-  sleep 0.5
-done
+idle_rss_runs $N $PROXY_PORT 0 http://127.0.0.1:$PROXY_PORT/ "idle L4 connections"

@@ -173,3 +173,63 @@ wrk_round() {
   echo "round $round $p: $rps req/s ($xfer), $cpu_us µs CPU/request, p99 $p99 $errs"
   echo "$round $p $rps $cpu_us" >> "$results"
 }
+
+# $W/clients.py N PORT TLS: N clients, each opens a connection to PORT
+# (TLS=1: over TLS 1.3, certificate not checked), makes one `GET /` on it,
+# reads up to the backend's "hello\n" and stays connected, idle; prints
+# "ready" once all are.
+# idle_clients_py W
+idle_clients_py() {
+  cat > "$1/clients.py" <<'EOC'
+import socket, ssl, sys, time
+n, port, tls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    if tls:
+        s = ctx.wrap_socket(s, server_hostname="bench.test")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while b"hello\n" not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit(f"connection {i} closed")
+        got += chunk
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(3600)
+EOC
+}
+
+# For each proxy of PROXIES: starts it (start_proxy), makes one warm-up
+# request to URL so that lazily built state exists before the baseline,
+# opens N idle clients ($W/clients.py, see idle_clients_py) on CPU 1, and
+# prints the proxy's RSS growth per connection 1 s and 5 s after the last
+# is idle (a burst's transient memory is gone by the second), as
+# "PROXY: N WHAT, ...".
+# idle_rss_runs N PORT TLS URL WHAT
+idle_rss_runs() {
+  local n=$1 port=$2 tls=$3 url=$4 what=$5 p pids before after settled
+  rss_kib() { local t=0 v q; for q in "$@"; do v=$(awk '/VmRSS/ {print $2}' /proc/$q/status 2>/dev/null || echo 0); t=$((t + v)); done; echo $t; }
+  for p in $PROXIES; do
+    start_proxy $p || continue
+    sleep 1
+    pids="$PROXY $(pgrep -P $PROXY | tr "\n" " " || true)"
+    curl -sk -o /dev/null "$url"
+    before=$(rss_kib $pids)
+    taskset -c 1 python3 $W/clients.py $n $port $tls > $W/clients.out & CLIENTS=$!
+    while ! grep -q ready $W/clients.out 2>/dev/null; do sleep 0.2; kill -0 $CLIENTS || { echo "clients failed"; exit 1; }; done
+    sleep 1
+    after=$(rss_kib $pids)
+    sleep 4
+    settled=$(rss_kib $pids)
+    python3 -c "print(f'$p: {$n} $what, RSS {$before} -> {$after} KiB after 1 s ({($after-$before)*1024/$n:.0f} bytes per connection), {$settled} KiB after 5 s ({($settled-$before)*1024/$n:.0f} bytes per connection)')"
+    kill $CLIENTS; wait $CLIENTS 2>/dev/null || true
+    kill $PROXY; wait $PROXY 2>/dev/null || true
+    sleep 0.5
+  done
+}
