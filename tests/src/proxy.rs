@@ -3,9 +3,10 @@
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -63,19 +64,53 @@ pub fn ringload_bin() -> PathBuf {
     bin
 }
 
-/// A unique path in the temp directory (`prefix-PID-N-NANOS.ext`).
+/// A unique path (`prefix-PID-N-NANOS.ext`) in this test process's own
+/// directory of the temp directory (see [`run_dir`]).
 pub fn temp_path(prefix: &str, ext: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    std::env::temp_dir().join(format!(
+    run_dir().join(format!(
         "{prefix}-{}-{}-{nanos}.{ext}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ))
 }
+
+/// Where this test process's files go: `ringgate-tests-PID` in the temp
+/// directory. A test cannot clean up after itself when it fails, and a
+/// process cannot when it is killed, so each process removes the
+/// directories of earlier ones whose process is gone: the files of one
+/// suite run (17 MB of configs, logs and request bodies) do not pile up
+/// run after run.
+fn run_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::temp_dir();
+        if let Ok(entries) = fs::read_dir(&base) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(RUN_DIR_PREFIX))
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = base.join(format!("{RUN_DIR_PREFIX}{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        dir
+    })
+}
+
+const RUN_DIR_PREFIX: &str = "ringgate-tests-";
 
 /// Writes `contents` to a fresh temp file and returns its path.
 pub fn write_temp(prefix: &str, ext: &str, contents: &[u8]) -> PathBuf {
