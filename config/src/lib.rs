@@ -29,6 +29,7 @@ pub use auth::{ApiKeyAuth, ApiKeySource, Auth, BasicAuth, JwtAuth};
 pub use error::{locate, ConfigError, ConfigErrors};
 pub use model::*;
 pub use print::to_toml;
+pub use validate::unusable_backend_address;
 
 /// Reads and parses the config file at `path`. A read failure is reported as
 /// a [`ConfigError`] at line 1, column 1 with key `(file)`.

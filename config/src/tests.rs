@@ -3021,6 +3021,25 @@ fn bad_backend_names_are_refused() {
             "not a valid IPv4",
         ),
         ("{ address = \"[::1:80\" }", "address", "not a valid IPv6"),
+        // An IP:port as strictly as a host name:port: port 0 is not a
+        // port a backend listens on, and a connect to the unspecified
+        // address reaches this host (HAProxy reads 0.0.0.0 as "the
+        // client's destination", so the mistake is easy to make).
+        (
+            "{ address = \"127.0.0.1:0\" }",
+            "address",
+            "not in 1..=65535",
+        ),
+        ("{ address = \"[::1]:0\" }", "address", "not in 1..=65535"),
+        ("{ address = \"0.0.0.0:80\" }", "address", "unspecified"),
+        ("{ address = \"[::]:80\" }", "address", "unspecified"),
+        ("{ address = \"224.0.0.1:80\" }", "address", "multicast"),
+        ("{ address = \"[ff02::1]:80\" }", "address", "multicast"),
+        (
+            "{ address = \"255.255.255.255:80\" }",
+            "address",
+            "broadcast",
+        ),
         ("{ srv = \"api.internal\" }", "srv", "is not a SRV name"),
         ("{ srv = \"_http.api\" }", "srv", "is not a SRV name"),
         ("{ srv = \"_http._tcp.a b\" }", "srv", "is not a DNS label"),

@@ -225,6 +225,14 @@ fn backend_target(
         (Some(a), None) => {
             let text = a.get_ref().trim();
             if let Ok(address) = text.parse::<SocketAddr>() {
+                if let Some(why) = unusable_backend_address(address) {
+                    c.err(
+                        a.span(),
+                        format!("{key}.address"),
+                        format!("{address}: {why}"),
+                    );
+                    return None;
+                }
                 return Some((BackendTarget::Address(address), a.span()));
             }
             match parse_host_port(text) {
@@ -243,6 +251,26 @@ fn backend_target(
             }
         },
     }
+}
+
+/// Why an IP:port cannot be a backend's, whether a config names it or DNS
+/// answers it: no backend listens on port 0, a connect to the unspecified
+/// address reaches this host (HAProxy reads `0.0.0.0` as "the client's
+/// destination", and DNS sinkholes answer it), and TCP has no multicast or
+/// broadcast peers.
+pub fn unusable_backend_address(address: SocketAddr) -> Option<&'static str> {
+    let ip = address.ip();
+    Some(if address.port() == 0 {
+        "port 0 is not in 1..=65535"
+    } else if ip.is_unspecified() {
+        "the unspecified address is not a backend's (a connect to it reaches this host); write the backend's own address, 127.0.0.1 for this one"
+    } else if ip.is_multicast() {
+        "a multicast address cannot be a TCP peer"
+    } else if ip == std::net::Ipv4Addr::BROADCAST {
+        "the broadcast address cannot be a TCP peer"
+    } else {
+        return None;
+    })
 }
 
 /// `host.name:port`, the name lowercased and without a trailing dot.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use ringgate_config::{BackendTarget, Config, Dns, LogLevel, WEIGHT_MAX};
+use ringgate_config::{unusable_backend_address, BackendTarget, Config, Dns, LogLevel, WEIGHT_MAX};
 
 use crate::error_log::{ErrorLog, Kind};
 use crate::state::Worker;
@@ -347,8 +347,8 @@ impl Resolver {
             match self.query(&name, rtype) {
                 Ok(reply) => {
                     for r in &reply.answers {
-                        if let Some(ip) = ip_of(&r.data) {
-                            addrs.push(SocketAddr::new(ip, port));
+                        if let Some(address) = backend_at(&r.data, port) {
+                            addrs.push(address);
                             ttl = ttl.min(r.ttl);
                         }
                     }
@@ -394,8 +394,8 @@ impl Resolver {
             let mut found = false;
             for r in &reply.additionals {
                 if r.name == srv.target {
-                    if let Some(ip) = ip_of(&r.data) {
-                        set.push((SocketAddr::new(ip, srv.port), weight));
+                    if let Some(address) = backend_at(&r.data, srv.port) {
+                        set.push((address, weight));
                         ttl = ttl.min(r.ttl);
                         found = true;
                     }
@@ -533,12 +533,19 @@ fn absolute(name: &str) -> Result<Name, String> {
     Name::from_ascii(format!("{name}.")).map_err(|e| format!("{name}: {e}"))
 }
 
-fn ip_of(data: &RData) -> Option<IpAddr> {
-    match data {
-        RData::A(a) => Some(IpAddr::V4(a.0)),
-        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-        _ => None,
-    }
+/// The backend address an A or AAAA record gives with `port`; `None` for
+/// other records and for addresses no backend could be at (a sinkhole's
+/// 0.0.0.0, multicast, port 0), which `check` refuses in a config too.
+fn backend_at(data: &RData, port: u16) -> Option<SocketAddr> {
+    let ip = match data {
+        RData::A(a) => IpAddr::V4(a.0),
+        RData::AAAA(a) => IpAddr::V6(a.0),
+        _ => return None,
+    };
+    let address = SocketAddr::new(ip, port);
+    unusable_backend_address(address)
+        .is_none()
+        .then_some(address)
 }
 
 /// A SRV weight (0..=65535) as a backend weight: kept when the group's

@@ -468,3 +468,33 @@ fn a_host_name_backend_over_tls_is_verified_for_its_name() {
     assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
     assert_eq!(backend.records().len(), 1);
 }
+
+/// An answer no backend could be at (a DNS sinkhole's 0.0.0.0, whose
+/// connect reaches this host; a multicast address) is skipped as
+/// `check` refuses it in a config: traffic goes to the usable address
+/// alone, and no request fails.
+#[test]
+fn answers_no_backend_could_be_at_are_skipped() {
+    let dns = DnsServer::start(TTL_S);
+    let port = free_port();
+    let backends = backends_on(port, &[11]);
+    dns.set_a(
+        "api.test",
+        &[Ipv4Addr::UNSPECIFIED, ip(11), Ipv4Addr::new(224, 0, 0, 1)],
+    );
+    let admin = free_port();
+    let text = config(
+        dns.addr(),
+        admin,
+        &format!("{{ address = \"api.test:{port}\" }}"),
+        2,
+    );
+    let proxy = Proxy::start(&text);
+    let traffic = Traffic::start(proxy.port);
+    wait_until_serving(&backends, &[0], Instant::now());
+    thread::sleep(Duration::from_millis(500));
+    let t = traffic.finish();
+    assert!(t.sent > 50, "the client kept sending: {t:?}");
+    assert_eq!(t.failed, 0, "{t:?}");
+    drop(proxy);
+}
