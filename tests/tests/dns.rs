@@ -19,6 +19,15 @@ const TTL_S: u32 = 1;
 /// One TTL, plus the ticker and a loaded machine's slack.
 const MOVE_WITHIN: Duration = Duration::from_millis(2_500);
 
+/// A proxy with `workers` workers whose one backend is the name
+/// `api.test` on `port`, looked up at `dns`; and its admin port.
+fn proxy_to_api_test(dns: &DnsServer, port: u16, workers: u32) -> (Proxy, u16) {
+    let admin = free_port();
+    let backend = format!("{{ address = \"api.test:{port}\" }}");
+    let text = config(dns.addr(), admin, &backend, workers);
+    (Proxy::start(&text), admin)
+}
+
 fn config(dns: SocketAddr, admin: u16, backends: &str, workers: u32) -> String {
     format!(
         "[server]\nworkers = {workers}\n\n[dns]\nnameservers = [\"{dns}\"]\nmin_interval = \"200ms\"\n\n\
@@ -174,14 +183,7 @@ fn traffic_follows_a_name_from_two_backends_to_three_then_one() {
     let port = free_port();
     let backends = backends_on(port, &[11, 12, 13]);
     dns.set_a("api.test", &[ip(11), ip(12)]);
-    let admin = free_port();
-    let text = config(
-        dns.addr(),
-        admin,
-        &format!("{{ address = \"api.test:{port}\" }}"),
-        2,
-    );
-    let proxy = Proxy::start(&text);
+    let (proxy, admin) = proxy_to_api_test(&dns, port, 2);
     let traffic = Traffic::start(proxy.port);
 
     wait_until_serving(&backends, &[0, 1], Instant::now());
@@ -259,14 +261,7 @@ fn a_failed_lookup_keeps_the_last_set_and_is_counted() {
     let port = free_port();
     let backends = backends_on(port, &[21, 22]);
     dns.set_a("api.test", &[ip(21), ip(22)]);
-    let admin = free_port();
-    let text = config(
-        dns.addr(),
-        admin,
-        &format!("{{ address = \"api.test:{port}\" }}"),
-        1,
-    );
-    let proxy = Proxy::start(&text);
+    let (proxy, admin) = proxy_to_api_test(&dns, port, 1);
     let traffic = Traffic::start(proxy.port);
     wait_until_serving(&backends, &[0, 1], Instant::now());
 
@@ -482,14 +477,7 @@ fn answers_no_backend_could_be_at_are_skipped() {
         "api.test",
         &[Ipv4Addr::UNSPECIFIED, ip(11), Ipv4Addr::new(224, 0, 0, 1)],
     );
-    let admin = free_port();
-    let text = config(
-        dns.addr(),
-        admin,
-        &format!("{{ address = \"api.test:{port}\" }}"),
-        2,
-    );
-    let proxy = Proxy::start(&text);
+    let (proxy, _) = proxy_to_api_test(&dns, port, 2);
     let traffic = Traffic::start(proxy.port);
     wait_until_serving(&backends, &[0], Instant::now());
     thread::sleep(Duration::from_millis(500));
