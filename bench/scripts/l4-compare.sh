@@ -39,19 +39,7 @@ events { worker_connections 4096; }
 http { access_log off; sendfile on; tcp_nopush on;
   server { listen 127.0.0.1:$BACKEND_PORT reuseport backlog=4096; root $W; } }
 EOC
-cat > $W/ringgate.toml <<EOC
-[server]
-workers = 1
-backlog = 4096
-[[listeners]]
-name = "l4"
-address = "127.0.0.1:$PROXY_PORT"
-protocol = "tcp"
-upstream = "b"
-[[upstreams]]
-name = "b"
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-EOC
+l4_ringgate_conf $W $PROXY_PORT $BACKEND_PORT
 cat > $W/nginx-proxy.conf <<EOC
 load_module $STREAM_MODULE;
 worker_processes 1; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;

@@ -26,21 +26,7 @@ events { worker_connections 20000; }
 http { access_log off; keepalive_timeout 300s; keepalive_requests 10000000;
   server { listen 127.0.0.1:$BACKEND_PORT backlog=4096; location / { return 200 "hello\n"; } } }
 EOC
-cat > $W/ringgate.toml <<EOC
-[server]
-workers = 1
-backlog = 4096
-max_connections_per_worker = 20000
-[[listeners]]
-name = "l4"
-address = "127.0.0.1:$PROXY_PORT"
-protocol = "tcp"
-upstream = "b"
-[[upstreams]]
-name = "b"
-backends = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-timeouts = { tunnel_idle = "10m" }
-EOC
+l4_ringgate_conf $W $PROXY_PORT $BACKEND_PORT "max_connections_per_worker = 20000" 'timeouts = { tunnel_idle = "10m" }'
 cat > $W/nginx-proxy.conf <<EOC
 load_module $STREAM_MODULE;
 worker_processes 1; worker_rlimit_nofile 20000; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;

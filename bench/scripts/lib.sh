@@ -33,6 +33,27 @@ ${5:-}
 EOC
 }
 
+# ringgate as a one-worker L4 (`protocol = "tcp"`) proxy to the backend,
+# for `ringgate -c $W/ringgate.toml`; extra lines as for ringgate_conf.
+# l4_ringgate_conf W PROXY_PORT BACKEND_PORT [SERVER_LINES] [UPSTREAM_LINES]
+l4_ringgate_conf() {
+  cat > "$1/ringgate.toml" <<EOC
+[server]
+workers = 1
+backlog = 4096
+${4:-}
+[[listeners]]
+name = "l4"
+address = "127.0.0.1:$2"
+protocol = "tcp"
+upstream = "b"
+[[upstreams]]
+name = "b"
+backends = [{ address = "127.0.0.1:$3" }]
+${5:-}
+EOC
+}
+
 # nginx and HAProxy as HTTP reverse proxies with a keep-alive upstream pool
 # (one worker or thread each): $W/nginx-proxy.conf and $W/haproxy.cfg.
 # LISTEN_OPTS goes after nginx's `listen ... reuseport`.
