@@ -37,7 +37,7 @@ pub struct RouteSpec {
 }
 
 /// How a route constrains the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum HostMatch {
     /// Lowercase host, no trailing dot.
     Exact(Box<[u8]>),
@@ -228,15 +228,46 @@ impl Router {
     ///
     /// A request that matches a class's host but none of its paths or methods
     /// falls through to the next, less specific class.
+    ///
+    /// A route listing `GET` takes `HEAD` too (RFC 9110 §9.3.2, as nginx's
+    /// `limit_except GET` and HAProxy's `METH_GET` do), unless a route with
+    /// the same host, path prefix and header conditions lists `HEAD` itself.
     pub fn new(routes: Vec<RouteSpec>) -> Self {
+        let same_requests = |r: &RouteSpec| {
+            let mut headers: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+                .collect();
+            headers.sort_unstable();
+            (
+                HostMatch::parse(r.host.as_deref()),
+                r.path_prefix.clone(),
+                headers,
+            )
+        };
+        let lists = |r: &RouteSpec, method: &str| r.methods.iter().any(|m| m == method);
+        let head_listed: std::collections::HashSet<_> = routes
+            .iter()
+            .filter(|r| lists(r, "HEAD"))
+            .map(same_requests)
+            .collect();
+        let implies_head: Vec<bool> = routes
+            .iter()
+            .map(|r| {
+                lists(r, "GET") && !lists(r, "HEAD") && !head_listed.contains(&same_requests(r))
+            })
+            .collect();
         let mut routes: Vec<Route> = routes
             .into_iter()
-            .map(|r| Route {
+            .zip(implies_head)
+            .map(|(r, implies_head)| Route {
                 host: HostMatch::parse(r.host.as_deref()),
                 path_prefix: r.path_prefix.into_bytes().into(),
                 methods: r
                     .methods
                     .into_iter()
+                    .chain(implies_head.then(|| "HEAD".to_owned()))
                     .map(|m| m.into_bytes().into())
                     .collect(),
                 headers: r
@@ -530,6 +561,28 @@ mod tests {
     }
 
     #[test]
+    fn head_takes_the_route_that_lists_get() {
+        // RFC 9110 §9.3.2: HEAD is GET without content. nginx's
+        // `limit_except GET` and HAProxy's `METH_GET` admit it too; a HEAD
+        // that fell through to a catch-all would reach another backend.
+        let r = Router::new(vec![
+            route(None, "/", &[], 1),
+            route(None, "/admin/", &["GET"], 2),
+            route(None, "/files/", &["GET"], 3),
+            route(None, "/files/", &["HEAD"], 4),
+            route(None, "/post/", &["POST"], 5),
+        ]);
+        assert_eq!(find(&r, None, "/admin/x", "HEAD"), Some(2));
+        assert_eq!(find(&r, None, "/admin/x", "GET"), Some(2));
+        // A route listing HEAD itself keeps it.
+        assert_eq!(find(&r, None, "/files/x", "HEAD"), Some(4));
+        assert_eq!(find(&r, None, "/files/x", "GET"), Some(3));
+        // Only GET implies HEAD.
+        assert_eq!(find(&r, None, "/post/x", "HEAD"), Some(1));
+        assert_eq!(find(&r, None, "/admin/x", "POST"), Some(1));
+    }
+
+    #[test]
     fn method_compare_is_case_sensitive() {
         let r = Router::new(vec![route(None, "/", &["GET"], 1)]);
         assert_eq!(find(&r, None, "/", "GET"), Some(1));
@@ -636,7 +689,27 @@ mod tests {
                 if !path.starts_with(r.path_prefix.as_bytes()) {
                     return None;
                 }
-                if !r.methods.is_empty() && !r.methods.iter().any(|m| m.as_bytes() == method) {
+                let lists = |r: &RouteSpec, m: &[u8]| r.methods.iter().any(|l| l.as_bytes() == m);
+                let same_requests = |o: &RouteSpec| {
+                    let key = |r: &RouteSpec| {
+                        let host = r.host.as_deref().map(|h| {
+                            let h = h.to_lowercase();
+                            h.strip_suffix('.').unwrap_or(&h).to_owned()
+                        });
+                        let mut headers: Vec<(String, String)> = r
+                            .headers
+                            .iter()
+                            .map(|(n, v)| (n.to_lowercase(), v.clone()))
+                            .collect();
+                        headers.sort();
+                        (host, r.path_prefix.clone(), headers)
+                    };
+                    key(o) == key(r)
+                };
+                let head_as_get = method == b"HEAD"
+                    && lists(r, b"GET")
+                    && !routes.iter().any(|o| same_requests(o) && lists(o, b"HEAD"));
+                if !r.methods.is_empty() && !lists(r, method) && !head_as_get {
                     return None;
                 }
                 let first_field = |name: &str| {
@@ -824,7 +897,7 @@ mod tests {
         }
     }
 
-    const METHODS: &[&str] = &["GET", "POST", "PUT", "get"];
+    const METHODS: &[&str] = &["GET", "POST", "PUT", "HEAD", "get"];
 
     fn spec_strategy() -> impl Strategy<Value = RouteSpec> {
         (
