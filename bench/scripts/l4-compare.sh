@@ -10,6 +10,9 @@
 # Rounds alternate the proxies; the summary is the medians of the per-round
 # ratios (to nginx, then to HAProxy) and each proxy's medians.
 # Usage: bench/scripts/l4-compare.sh [rounds=5] [duration_s=8] [connections=16] [proxies="ringgate nginx haproxy"]
+# ringgate-alt in PROXIES runs RINGGATE_ALT_BIN (default: the same build)
+# with RINGGATE_ALT_SERVER's lines added to its [server] table, e.g.
+# RINGGATE_ALT_SERVER='io_uring_setup = "coop_taskrun"'.
 # Needs nginx with its stream module (Debian: libnginx-mod-stream), haproxy, wrk.
 set -euo pipefail
 ROUNDS=${1:-5}; DUR=${2:-8}; CONNS=${3:-16}; PROXIES=${4:-"ringgate nginx haproxy"}
@@ -40,6 +43,10 @@ http { access_log off; sendfile on; tcp_nopush on;
   server { listen 127.0.0.1:$BACKEND_PORT reuseport backlog=4096; root $W; } }
 EOC
 l4_ringgate_conf $W $PROXY_PORT $BACKEND_PORT
+if [ -n "${RINGGATE_ALT_SERVER:-}" ]; then
+  mkdir $W/alt && l4_ringgate_conf $W/alt $PROXY_PORT $BACKEND_PORT "$RINGGATE_ALT_SERVER"
+  mv $W/alt/ringgate.toml $W/ringgate-alt.toml
+fi
 cat > $W/nginx-proxy.conf <<EOC
 load_module $STREAM_MODULE;
 worker_processes 1; daemon off; pid $W/proxy.pid; error_log $W/proxy.err warn;

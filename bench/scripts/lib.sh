@@ -129,14 +129,16 @@ PY
 
 # Starts proxy NAME (ringgate, ringgate-alt, nginx or haproxy) pinned to
 # CPU 0 with the configs in $W, its pid in PROXY; returns 1, saying why,
-# for one that is not there to run. Needs RG (and RINGGATE_ALT_BIN for
-# ringgate-alt) and W.
+# for one that is not there to run. Needs RG and W. ringgate-alt runs
+# RINGGATE_ALT_BIN (default RG) with $W/ringgate-alt.toml where a script
+# wrote one (default $W/ringgate.toml).
 # start_proxy NAME
 start_proxy() {
   case $1 in
     ringgate) [ -x "$RG" ] || { echo "skip ringgate: build it first (cargo build --release -p ringgate)" >&2; return 1; }
               taskset -c 0 "$RG" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
-    ringgate-alt) taskset -c 0 "$RINGGATE_ALT_BIN" -c $W/ringgate.toml 2>$W/rg.err & PROXY=$! ;;
+    ringgate-alt) local conf=$W/ringgate.toml; [ -f $W/ringgate-alt.toml ] && conf=$W/ringgate-alt.toml
+                  taskset -c 0 "${RINGGATE_ALT_BIN:-$RG}" -c $conf 2>$W/rg.err & PROXY=$! ;;
     nginx)    taskset -c 0 nginx -c $W/nginx-proxy.conf & PROXY=$! ;;
     haproxy)  command -v haproxy >/dev/null || { echo "skip haproxy: apt-get install haproxy" >&2; return 1; }
               taskset -c 0 haproxy -f $W/haproxy.cfg -db 2>$W/haproxy.err & PROXY=$! ;;
