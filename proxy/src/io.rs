@@ -547,6 +547,70 @@ pub async fn discard_waiting(
     }
 }
 
+/// What was already waiting behind a short read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behind {
+    /// Nothing yet (or a failure, which the next read reports).
+    Nothing,
+    /// This many more bytes, appended.
+    More(usize),
+    /// The end of the stream: the peer's FIN came with the bytes.
+    End,
+}
+
+/// Appends what is already waiting on `r` into `buf`'s spare room, never
+/// blocking (`recv` with `MSG_DONTWAIT`).
+pub fn read_waiting(r: &Reader, buf: &mut Vec<u8>) -> Behind {
+    let spare = buf.spare_capacity_mut();
+    if spare.is_empty() {
+        return Behind::Nothing;
+    }
+    // SAFETY: as in `wait_readable_by`: the halves share the stream, and
+    // only this worker's thread touches it.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(unsafe { &*r.0.get() });
+    // SAFETY: the kernel writes at most `spare.len()` bytes into the spare
+    // room, which `set_len` then covers exactly.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    match usize::try_from(n) {
+        Ok(0) => Behind::End,
+        Ok(n) => {
+            // SAFETY: the kernel initialised these `n` bytes.
+            unsafe { buf.set_len(buf.len() + n) };
+            Behind::More(n)
+        }
+        Err(_) => Behind::Nothing,
+    }
+}
+
+/// Sends what of `buf` the socket takes now, never blocking, held back
+/// (`MSG_MORE`) for the half-close or close that the caller makes next:
+/// the kernel puts the FIN on the same segment as the bytes, so the peer
+/// sees one segment, not the bytes, its ACK, then the FIN. Returns how many
+/// bytes were taken (0 on any failure: the caller's ordinary send follows
+/// and reports it).
+pub fn send_before_end(w: &Writer, buf: &[u8]) -> usize {
+    // SAFETY: as in `wait_readable_by`: the halves share the stream, and
+    // only this worker's thread touches it.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(unsafe { &*w.0.get() });
+    // SAFETY: the kernel reads at most `buf.len()` bytes of `buf`.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_MORE | libc::MSG_NOSIGNAL,
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
+}
+
 /// At most this much is dropped per readiness of a lingering connection.
 const DISCARD_BYTES: usize = 1 << 20;
 

@@ -26,7 +26,7 @@ use crate::access_log::{Captured, Sent};
 use crate::error_log::{Errno, Kind};
 use crate::exchange::Switched;
 use crate::idle::{IdleClock, IdleDeadlines};
-use crate::io::{self, Abort, ReadFail, Reader, WriteFail, Writer};
+use crate::io::{self, Abort, Behind, ReadFail, Reader, WriteFail, Writer};
 use crate::metrics::TunnelKind;
 use crate::state::{Pool, Pooled, Worker};
 use crate::stream::{StreamReader, StreamWriter};
@@ -324,6 +324,12 @@ trait TunnelRead {
         timeout: Duration,
         abort: &Abort,
     ) -> Result<usize, ReadFail>;
+    /// What is already waiting behind a short read, appended to `buf`
+    /// without waiting (see [`crate::io::read_waiting`]); a TLS end says
+    /// nothing (its records need the state machine).
+    fn read_waiting(&mut self, _buf: &mut Vec<u8>) -> Behind {
+        Behind::Nothing
+    }
 }
 
 /// The write half of a tunnel's end: plain TCP or TLS.
@@ -343,6 +349,11 @@ trait TunnelWrite {
     fn closing_says_it(&self) -> bool;
     /// Gives back what a write keeps for the next one.
     fn release_idle(&mut self);
+    /// Sends what of `buf` goes now, held for the FIN that follows (see
+    /// [`crate::io::send_before_end`]); a TLS end sends nothing here.
+    fn send_before_end(&mut self, _buf: &[u8]) -> usize {
+        0
+    }
 }
 
 impl TunnelRead for Reader {
@@ -363,6 +374,10 @@ impl TunnelRead for Reader {
         abort: &Abort,
     ) -> Result<usize, ReadFail> {
         io::read_more(self, buf, min_spare, timeout, abort).await
+    }
+
+    fn read_waiting(&mut self, buf: &mut Vec<u8>) -> Behind {
+        io::read_waiting(self, buf)
     }
 }
 
@@ -407,6 +422,10 @@ impl TunnelWrite for Writer {
     }
 
     fn release_idle(&mut self) {}
+
+    fn send_before_end(&mut self, buf: &[u8]) -> usize {
+        io::send_before_end(self, buf)
+    }
 }
 
 impl TunnelWrite for TlsWriter {
@@ -679,6 +698,7 @@ async fn burst<R: TunnelRead, W: TunnelWrite>(
         pool,
         buf: Some(pool.take()),
     };
+    let mut first_read = true;
     loop {
         let quiet = shared.last_activity.get().elapsed();
         let Some(left) = idle.checked_sub(quiet).filter(|d| !d.is_zero()) else {
@@ -690,18 +710,38 @@ async fn burst<R: TunnelRead, W: TunnelWrite>(
         match d.from.read_more(buf, RELAY_BYTES, wait, d.read_abort).await {
             Ok(0) => {
                 held.release();
-                // The other way ended already: both connections close
-                // next, and a plain close sends the FIN this half-close
-                // would (one syscall fewer per L4 connection).
-                if !(shared.one_way_ended.get() && d.to.closing_says_it()) {
-                    d.to.shutdown_write(idle, d.write_abort).await;
-                }
-                shared.one_way_ended.set(true);
-                return Burst::Ended(End::Eof);
+                return Burst::Ended(pass_end_on(d, shared).await);
             }
             Ok(n) => {
                 shared.last_activity.set(Instant::now());
                 (d.moved)(n);
+                // A burst's first read came up short: the peer's FIN may
+                // have come with these bytes (a response, then the server's
+                // close). Knowing it now lets the FIN leave on the bytes'
+                // segment. Only the first: a bulk transfer's many short
+                // reads would each pay the look for nothing.
+                if std::mem::take(&mut first_read) && buf.len() < buf.capacity() {
+                    match d.from.read_waiting(buf) {
+                        Behind::Nothing => {}
+                        Behind::More(more) => (d.moved)(more),
+                        Behind::End => {
+                            let sent = d.to.send_before_end(buf);
+                            if sent < buf.len() {
+                                buf.drain(..sent);
+                                let (res, back) =
+                                    d.to.send_all(std::mem::take(buf), idle, d.write_abort)
+                                        .await;
+                                *buf = back;
+                                if res.is_err() {
+                                    return Burst::Ended(End::Cut);
+                                }
+                            }
+                            shared.last_activity.set(Instant::now());
+                            held.release();
+                            return Burst::Ended(pass_end_on(d, shared).await);
+                        }
+                    }
+                }
             }
             Err(ReadFail::TimedOut) if wait < left => {
                 // The grace, not the idle deadline: this direction is
@@ -724,6 +764,22 @@ async fn burst<R: TunnelRead, W: TunnelWrite>(
         }
         shared.last_activity.set(Instant::now());
     }
+}
+
+/// `d.from` ended: half-closes `d.to`, unless the other way ended already
+/// and closing says as much.
+async fn pass_end_on<R: TunnelRead, W: TunnelWrite>(
+    d: &mut Direction<'_, R, W>,
+    shared: &Shared<'_>,
+) -> End {
+    // The other way ended already: both connections close next, and a
+    // plain close sends the FIN this half-close would (one syscall fewer
+    // per L4 connection).
+    if !(shared.one_way_ended.get() && d.to.closing_says_it()) {
+        d.to.shutdown_write(shared.idle, d.write_abort).await;
+    }
+    shared.one_way_ended.set(true);
+    End::Eof
 }
 
 #[cfg(test)]

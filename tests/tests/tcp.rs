@@ -206,6 +206,32 @@ fn a_half_close_from_the_backend_reaches_the_client_which_still_sends() {
 }
 
 #[test]
+fn a_backend_that_sends_then_closes_at_once_reaches_a_slow_client_whole() {
+    // The backend's last bytes and its FIN arrive together: the relay sends
+    // them on held for the FIN, which a client not reading yet can take
+    // only in part. The rest must follow, then the end.
+    let body = Pattern::new(5).take((16 << 20) + 1000);
+    let backend = TcpBackend::start("send", TcpBehaviour::SendThenRead(body.clone()));
+    let proxy = TcpConfig::new(&[backend.addr()]).start();
+    let mut s = connect(proxy.port);
+    thread::sleep(Duration::from_millis(200));
+    // Read slowly, so the relay's send buffer is full when the last bytes
+    // and the FIN reach it.
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+        thread::sleep(Duration::from_micros(300));
+    }
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the bytes arrived changed or out of order");
+}
+
+#[test]
 fn a_tunnel_idle_past_tunnel_idle_is_closed_and_traffic_either_way_keeps_it() {
     let backend = TcpBackend::start("echo", TcpBehaviour::Echo);
     let proxy = TcpConfig::new(&[backend.addr()])
