@@ -707,6 +707,7 @@ async fn burst<R: TunnelRead, W: TunnelWrite>(
         let buf = held.buf.get_or_insert_with(|| pool.take());
         buf.clear();
         let wait = left.min(IDLE_BUFFER_GRACE);
+        let mut end_follows = false;
         match d.from.read_more(buf, RELAY_BYTES, wait, d.read_abort).await {
             Ok(0) => {
                 held.release();
@@ -725,20 +726,10 @@ async fn burst<R: TunnelRead, W: TunnelWrite>(
                         Behind::Nothing => {}
                         Behind::More(more) => (d.moved)(more),
                         Behind::End => {
+                            // What the socket did not take goes below.
                             let sent = d.to.send_before_end(buf);
-                            if sent < buf.len() {
-                                buf.drain(..sent);
-                                let (res, back) =
-                                    d.to.send_all(std::mem::take(buf), idle, d.write_abort)
-                                        .await;
-                                *buf = back;
-                                if res.is_err() {
-                                    return Burst::Ended(End::Cut);
-                                }
-                            }
-                            shared.last_activity.set(Instant::now());
-                            held.release();
-                            return Burst::Ended(pass_end_on(d, shared).await);
+                            buf.drain(..sent);
+                            end_follows = true;
                         }
                     }
                 }
@@ -755,14 +746,20 @@ async fn burst<R: TunnelRead, W: TunnelWrite>(
             Err(ReadFail::TimedOut) => continue,
             Err(_) => return Burst::Ended(End::Cut),
         }
-        let (res, back) =
-            d.to.send_all(std::mem::take(buf), idle, d.write_abort)
-                .await;
-        *buf = back;
-        if res.is_err() {
-            return Burst::Ended(End::Cut);
+        if !buf.is_empty() {
+            let (res, back) =
+                d.to.send_all(std::mem::take(buf), idle, d.write_abort)
+                    .await;
+            *buf = back;
+            if res.is_err() {
+                return Burst::Ended(End::Cut);
+            }
         }
         shared.last_activity.set(Instant::now());
+        if end_follows {
+            held.release();
+            return Burst::Ended(pass_end_on(d, shared).await);
+        }
     }
 }
 
