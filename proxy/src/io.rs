@@ -161,6 +161,18 @@ async fn read_append(
     (res, buf)
 }
 
+/// The stream a connection's halves share, for a readiness op or a direct
+/// system call on its descriptor.
+fn shared_stream(half: &std::cell::UnsafeCell<TcpStream>) -> &TcpStream {
+    // SAFETY: the halves share the stream through an `UnsafeCell`, and
+    // monoio's own halves take a reference from it for every op they
+    // start in the same way. The callers only use its fd (a readiness op
+    // clones the fd handle into itself); nothing moves or replaces the
+    // stream while a half of it lives, and this worker's thread is the
+    // only one that touches it.
+    unsafe { &*half.get() }
+}
+
 /// Waits until `r`'s socket has something to read (bytes, an end of
 /// stream or an error) without lending it a buffer, so an idle connection
 /// holds none; gives up once `deadline` has passed on its timer (which the
@@ -178,12 +190,7 @@ pub async fn wait_readable_by(
     if abort.is_aborted() {
         return Err(ReadFail::Aborted);
     }
-    // SAFETY: the halves share the stream through an `UnsafeCell`, and
-    // monoio's own halves take a reference from it for every op they
-    // start in the same way. `readable` only clones the stream's fd handle
-    // into its op; nothing moves or replaces the stream while a half of it
-    // lives, and this worker's thread is the only one that touches it.
-    let stream: &TcpStream = unsafe { &*r.0.get() };
+    let stream = shared_stream(&r.0);
     // Not relaxed: on the epoll driver, a readiness left over from bytes
     // already read is checked with poll(2) before it is believed.
     let mut ready = pin!(stream.readable(false));
@@ -523,9 +530,7 @@ pub async fn discard_waiting(
         Ok(Err(e)) => return Err(e),
         Ok(Ok(())) => {}
     }
-    // SAFETY: as in `wait_readable_by`: the halves share the stream, and
-    // only this worker's thread touches it.
-    let fd = std::os::fd::AsRawFd::as_raw_fd(unsafe { &*r.0.get() });
+    let fd = std::os::fd::AsRawFd::as_raw_fd(shared_stream(&r.0));
     // SAFETY: with MSG_TRUNC a TCP socket discards the bytes instead of
     // copying them, so no buffer is written (a null one would fail with
     // EFAULT, not overflow, were the flag ignored).
@@ -565,9 +570,7 @@ pub fn read_waiting(r: &Reader, buf: &mut Vec<u8>) -> Behind {
     if spare.is_empty() {
         return Behind::Nothing;
     }
-    // SAFETY: as in `wait_readable_by`: the halves share the stream, and
-    // only this worker's thread touches it.
-    let fd = std::os::fd::AsRawFd::as_raw_fd(unsafe { &*r.0.get() });
+    let fd = std::os::fd::AsRawFd::as_raw_fd(shared_stream(&r.0));
     // SAFETY: the kernel writes at most `spare.len()` bytes into the spare
     // room, which `set_len` then covers exactly.
     let n = unsafe {
@@ -596,9 +599,7 @@ pub fn read_waiting(r: &Reader, buf: &mut Vec<u8>) -> Behind {
 /// bytes were taken (0 on any failure: the caller's ordinary send follows
 /// and reports it).
 pub fn send_before_end(w: &Writer, buf: &[u8]) -> usize {
-    // SAFETY: as in `wait_readable_by`: the halves share the stream, and
-    // only this worker's thread touches it.
-    let fd = std::os::fd::AsRawFd::as_raw_fd(unsafe { &*w.0.get() });
+    let fd = std::os::fd::AsRawFd::as_raw_fd(shared_stream(&w.0));
     // SAFETY: the kernel reads at most `buf.len()` bytes of `buf`.
     let n = unsafe {
         libc::send(
