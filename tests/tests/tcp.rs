@@ -208,8 +208,9 @@ fn a_half_close_from_the_backend_reaches_the_client_which_still_sends() {
 #[test]
 fn a_backend_that_sends_then_closes_at_once_reaches_a_slow_client_whole() {
     // The backend's last bytes and its FIN arrive together: the relay sends
-    // them on held for the FIN, which a client not reading yet can take
-    // only in part. The rest must follow, then the end.
+    // them on held for the FIN. Every byte must reach a client that reads
+    // slowly, in order, then the end. (On loopback the socket has so far
+    // taken the held bytes whole; the branch for a part is not forced.)
     let body = Pattern::new(5).take((16 << 20) + 1000);
     let backend = TcpBackend::start("send", TcpBehaviour::SendThenRead(body.clone()));
     let proxy = TcpConfig::new(&[backend.addr()]).start();
