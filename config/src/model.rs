@@ -290,6 +290,20 @@ pub struct Listener {
     /// This listener's connections one worker holds at once (beyond them a
     /// new one is closed at accept); `None`: only the worker's own limit.
     pub max_connections_per_worker: Option<usize>,
+    /// The kernel hands a connection over only once its client has sent
+    /// something (`TCP_DEFER_ACCEPT`, one second, as nginx's `deferred`):
+    /// the first read finds the request waiting, and a client that never
+    /// speaks costs no task until then. On by default where the client
+    /// speaks first (`http`); off on `tcp`, whose protocol may have the
+    /// server speak first.
+    pub defer_accept: bool,
+    /// The ACK of a new connection's first request rides on the response
+    /// instead of going out alone (`TCP_QUICKACK` off on the listening
+    /// socket, as HAProxy's `tcp-smart-accept`): one segment less per
+    /// connection. A client that leaves Nagle's algorithm on and writes a
+    /// request in two pieces waits up to the delayed-ACK timer (40 ms) for
+    /// its second piece to leave. Defaults as `defer_accept`.
+    pub delayed_ack: bool,
 }
 
 /// `[[listeners]] protocol`.

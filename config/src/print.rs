@@ -57,6 +57,11 @@ pub fn to_toml(config: &Config) -> String {
         if let Some(n) = l.max_connections_per_worker {
             let _ = writeln!(out, "max_connections_per_worker = {n}");
         }
+        let _ = writeln!(
+            out,
+            "defer_accept = {}\ndelayed_ack = {}",
+            l.defer_accept, l.delayed_ack
+        );
         let _ = writeln!(out, "proxy_protocol = {}", l.proxy_protocol_from.is_some());
         if let Some(from) = &l.proxy_protocol_from {
             let _ = writeln!(out, "proxy_protocol_from = [{}]", quoted_networks(from));

@@ -134,6 +134,8 @@ pub(crate) struct RawListener {
     pub protocol: Option<Spanned<RawListenerProtocol>>,
     pub upstream: Option<Spanned<String>>,
     pub max_connections_per_worker: Option<Spanned<i64>>,
+    pub defer_accept: Option<bool>,
+    pub delayed_ack: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -130,6 +130,7 @@ fn full_example_sets_every_key() {
         ListenerProtocol::Tcp { upstream: pg }
     );
     assert_eq!(c.listeners[2].max_connections_per_worker, Some(2000));
+    assert!(c.listeners[0].defer_accept && !c.listeners[0].delayed_ack);
     assert_eq!(
         c.upstreams[pg].tunnel_idle_timeout,
         Duration::from_secs(1800)
@@ -1754,6 +1755,46 @@ fn a_tcp_listener_relays_to_its_upstream_and_needs_no_routes() {
         Duration::from_secs(30)
     );
     assert_eq!(to_toml(&again), printed);
+}
+
+/// Deferred accepts and a delayed first ACK where the client speaks first
+/// (http), not where the server may (tcp); either way on request.
+#[test]
+fn accepts_are_deferred_on_http_listeners_and_not_on_tcp_ones_by_default() {
+    let http = &ok(BASE).listeners[0];
+    assert!(http.defer_accept && http.delayed_ack);
+    let tcp = &ok(TCP_ONLY).listeners[0];
+    assert!(!tcp.defer_accept && !tcp.delayed_ack);
+
+    let off = ok(&BASE.replace(
+        "address = \"127.0.0.1:8080\"\n",
+        "address = \"127.0.0.1:8080\"\ndefer_accept = false\ndelayed_ack = false\n",
+    ));
+    assert!(!off.listeners[0].defer_accept && !off.listeners[0].delayed_ack);
+    let on = ok(&TCP_ONLY.replace(
+        "upstream = \"pg\"\n",
+        "upstream = \"pg\"\ndefer_accept = true\ndelayed_ack = true\n",
+    ));
+    assert!(on.listeners[0].defer_accept && on.listeners[0].delayed_ack);
+    for c in [off, on] {
+        let printed = to_toml(&c);
+        let again = &ok(&printed).listeners[0];
+        assert_eq!(
+            (again.defer_accept, again.delayed_ack),
+            (c.listeners[0].defer_accept, c.listeners[0].delayed_ack),
+            "{printed}"
+        );
+    }
+    assert_error(
+        &BASE.replace(
+            "address = \"127.0.0.1:8080\"\n",
+            "address = \"127.0.0.1:8080\"\ndefer_accept = 1\n",
+        ),
+        4,
+        16,
+        "listeners[0].defer_accept",
+        "expected a boolean",
+    );
 }
 
 #[test]

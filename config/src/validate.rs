@@ -462,6 +462,8 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
                 proxy_protocol_from: None,
                 protocol: ListenerProtocol::Http,
                 max_connections_per_worker: None,
+                defer_accept: false,
+                delayed_ack: false,
             });
             continue;
         };
@@ -491,6 +493,12 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
                 MAX_CONNECTIONS_PER_WORKER_MAX,
             )
         });
+        // Where the client speaks first; a tcp listener's protocol may have
+        // the server speak first, and its client would wait for nothing.
+        let client_speaks_first = l
+            .protocol
+            .as_ref()
+            .is_none_or(|p| *p.get_ref() == RawListenerProtocol::Http);
         listeners.push(Listener {
             name: l.name.get_ref().clone(),
             address,
@@ -500,6 +508,8 @@ pub(crate) fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, Confi
             // A tcp listener's upstream is resolved once the upstreams are.
             protocol: ListenerProtocol::Http,
             max_connections_per_worker,
+            defer_accept: l.defer_accept.unwrap_or(client_speaks_first),
+            delayed_ack: l.delayed_ack.unwrap_or(client_speaks_first),
         });
     }
 

@@ -8,12 +8,13 @@
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
-use ringgate_config::{Config, ListenerProtocol, LogLevel, RingSetup, Workers};
+use ringgate_config::{Config, Listener, ListenerProtocol, LogLevel, RingSetup, Workers};
 use ringgate_core::gossip::GossipMsg;
 use ringgate_core::proxy_protocol::ConnAddrs;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -162,6 +163,33 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// How a listening socket hands over its connections: `defer_accept` and
+/// `delayed_ack` (see the config's `Listener`). Set after `listen`, which
+/// resets the socket's ACK state; accepted sockets inherit both.
+fn tune_accepts(socket: &std::net::TcpListener, listener: &Listener) -> io::Result<()> {
+    let sock = socket2::SockRef::from(socket);
+    sock.set_quickack(!listener.delayed_ack)?;
+    // nginx's `deferred` uses one second too: a connection whose client
+    // stays silent that long is handed over anyway, when its ACK of the
+    // retransmitted SYN-ACK arrives.
+    let seconds: libc::c_int = i32::from(listener.defer_accept);
+    // SAFETY: an int option on a descriptor the socket owns, with its size.
+    let set = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A listener's sockets (one per worker, duplicated file descriptors) kept
 /// by the main thread for the next generation, by configured address.
 pub struct InheritedListener {
@@ -225,6 +253,8 @@ pub fn bind_all(
                 }
             };
             addr.get_or_insert(socket.local_addr()?);
+            // Inherited sockets too: a reload may have changed the keys.
+            tune_accepts(&socket, listener)?;
             sockets.push(socket);
         }
         bound.push(addr.unwrap_or(listener.address));

@@ -57,18 +57,26 @@ fn full_worker_with_no_idle_connection_refuses_a_new_client() {
         .start();
     let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
     thread::sleep(Duration::from_millis(100));
-    // Two clients that have connected but not yet sent their first
-    // request are not idle: neither may be closed for a newcomer.
+    // Two clients in the middle of their first request's head are not
+    // idle: neither may be closed for a newcomer. (A client that has sent
+    // nothing yet is not the worker's at all: `defer_accept`.)
     let mut first = Client::try_connect(addr).expect("connect");
     let mut second = Client::try_connect(addr).expect("connect");
+    first.try_send(b"GET /1 HTTP/1.1\r\n").expect("send");
+    second.try_send(b"GET /2 HTTP/1.1\r\n").expect("send");
     thread::sleep(Duration::from_millis(50));
     let mut third = Client::try_connect(addr).expect("connect");
     assert!(
         try_get(&mut third, "/3").is_err(),
         "the third client is refused"
     );
-    assert_eq!(try_get(&mut first, "/1"), Ok(200));
-    assert_eq!(try_get(&mut second, "/2"), Ok(200));
+    for c in [&mut first, &mut second] {
+        c.try_send(b"Host: test\r\n\r\n").expect("send");
+        assert_eq!(
+            c.read_final().map(|r| r.status).map_err(|e| e.to_string()),
+            Ok(200)
+        );
+    }
 }
 
 #[test]
@@ -77,10 +85,15 @@ fn out_of_file_descriptors_accept_backs_off_with_few_log_lines_and_recovers() {
     let toml = ProxyConfig::new(backend.addr()).to_toml();
     let proxy = ringgate_tests::Proxy::start_under(&toml, &["prlimit", "--nofile=64:64", "--"]);
     let addr: SocketAddr = ([127, 0, 0, 1], proxy.port).into();
-    // Clients that connect and send nothing (yet): past ~50 the proxy has
-    // no descriptor left, and the rest wait in the accept queue.
+    // Clients that connect and send the start of a request (so that the
+    // kernel hands them over at once, `defer_accept`): past ~50 the proxy
+    // has no descriptor left, and the rest wait in the accept queue.
     let held: Vec<std::net::TcpStream> = (0..90)
-        .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\n").expect("send");
+            s
+        })
         .collect();
     thread::sleep(Duration::from_secs(2));
     let log = proxy.stderr();

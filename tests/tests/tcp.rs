@@ -177,6 +177,24 @@ fn a_half_close_from_the_client_reaches_the_backend_which_still_answers() {
     assert_eq!(read_to_eof(&mut s), Ok(Vec::new()));
 }
 
+/// A tcp listener does not defer its accepts by default: the backend may
+/// speak first (SMTP, MySQL, SSH), so a client that has sent nothing must
+/// be relayed at once. A deferred accept hands it over only after a second
+/// and a retransmitted SYN-ACK.
+#[test]
+fn a_silent_client_of_a_tcp_listener_gets_the_backends_greeting_at_once() {
+    let backend = TcpBackend::start("greeter", TcpBehaviour::Greet);
+    let proxy = TcpConfig::new(&[backend.addr()]).start();
+    let started = Instant::now();
+    let mut s = connect(proxy.port);
+    assert_eq!(read_line(&mut s), "greeter");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(800),
+        "the greeting took {waited:?}: the accept waited for the client to speak"
+    );
+}
+
 #[test]
 fn a_half_close_from_the_backend_reaches_the_client_which_still_sends() {
     let greeting = b"all of it, then EOF".to_vec();
