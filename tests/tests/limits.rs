@@ -13,6 +13,11 @@ use ringgate_tests::{Backend, Behaviour, Client, ProxyConfig};
 fn try_get(c: &mut Client, path: &str) -> Result<u16, String> {
     c.try_send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
+    final_status(c)
+}
+
+/// The status of the final response `c` reads next, or what went wrong.
+fn final_status(c: &mut Client) -> Result<u16, String> {
     c.read_final()
         .map(|r| r.status)
         .map_err(|e| format!("read: {e}"))
@@ -72,10 +77,7 @@ fn full_worker_with_no_idle_connection_refuses_a_new_client() {
     );
     for c in [&mut first, &mut second] {
         c.try_send(b"Host: test\r\n\r\n").expect("send");
-        assert_eq!(
-            c.read_final().map(|r| r.status).map_err(|e| e.to_string()),
-            Ok(200)
-        );
+        assert_eq!(final_status(c), Ok(200));
     }
 }
 
